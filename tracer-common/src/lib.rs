@@ -1,0 +1,274 @@
+//! Types shared by the kernel programs (`tracer-ebpf`) and userspace (`tracer`).
+//!
+//! Everything here is `#[repr(C)]` with explicit padding and no `bool`/`Option`, so both sides
+//! agree on the layout byte for byte. The size asserts catch drift at compile time.
+#![no_std]
+
+use core::mem::size_of;
+
+/// What a kernel event records. The numbers travel in [`Event::kind`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A TCP SYN (no ACK) to a watched port arrived at the NIC (XDP).
+    Syn = 1,
+    /// The kernel freed a TCP packet of a watched flow with a drop reason (`skb:kfree_skb`).
+    Drop = 2,
+    /// The TCP stack sent a RST (`tcp:tcp_send_reset`).
+    ResetSent = 3,
+    /// The TCP stack received a RST on a socket (`tcp:tcp_receive_reset`).
+    ResetReceived = 4,
+    /// A passive open completed: SYN_RECV -> ESTABLISHED (`sock:inet_sock_set_state`).
+    Established = 5,
+    /// A connection on a watched port went to CLOSE (`sock:inet_sock_set_state`).
+    Closed = 6,
+    /// The origin retransmitted a SYN-ACK (`tcp:tcp_retransmit_synack`).
+    SynackRetransmit = 7,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Syn,
+            2 => Self::Drop,
+            3 => Self::ResetSent,
+            4 => Self::ResetReceived,
+            5 => Self::Established,
+            6 => Self::Closed,
+            7 => Self::SynackRetransmit,
+            _ => return None,
+        })
+    }
+}
+
+/// [`Event::flags`]: the peer is inside the watched (edge) ranges.
+pub const EVENT_F_EDGE: u32 = 1 << 0;
+/// [`Event::flags`]: [`Event::reason`] holds a kernel reason code.
+pub const EVENT_F_HAS_REASON: u32 = 1 << 1;
+/// [`Event::flags`]: the event had a socket (`skaddr != 0`).
+pub const EVENT_F_HAS_SOCK: u32 = 1 << 2;
+/// [`Event::flags`]: [`Event::tcp_flags`] and [`Event::seq`] were read from the packet.
+pub const EVENT_F_HAS_TCP: u32 = 1 << 3;
+/// [`Event::flags`]: the packet was leaving the origin (peer = destination).
+pub const EVENT_F_EGRESS: u32 = 1 << 4;
+
+/// One kernel observation, written to the ring buffer.
+///
+/// Addresses are from the origin's point of view: `local_*` is this host, `peer_*` the other end.
+/// IPv4 addresses use the first 4 bytes of the 16-byte arrays. Ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// An [`EventKind`] number.
+    pub kind: u32,
+    /// 4 or 6.
+    pub family: u32,
+    pub peer_addr: [u8; 16],
+    pub local_addr: [u8; 16],
+    pub peer_port: u16,
+    pub local_port: u16,
+    /// `EVENT_F_*` bits.
+    pub flags: u32,
+    /// Raw kernel reason: `enum skb_drop_reason` for drops, `enum sk_rst_reason` for sent resets.
+    pub reason: u32,
+    /// TCP state: the socket's state for resets; `old << 8 | new` for state changes.
+    pub state: u32,
+    /// TCP header flags byte (FIN=0x01, SYN=0x02, RST=0x04, ACK=0x10) when known.
+    pub tcp_flags: u32,
+    /// TCP sequence number when known (a retransmitted SYN repeats it).
+    pub seq: u32,
+    /// Kind-specific: ingress ifindex for SYNs, drop location for drops, socket cookie otherwise.
+    pub aux: u64,
+}
+
+const _: () = assert!(size_of::<Event>() == 80);
+
+/// Indices into the per-CPU `COUNTERS` array. The kernel only adds; userspace sums the CPUs.
+pub mod counter {
+    /// Ring buffer reservations that failed: events lost.
+    pub const LOST: u32 = 0;
+    /// Frames the XDP program looked at.
+    pub const XDP_PACKETS: u32 = 1;
+    /// SYNs to watched ports from peers inside the watched ranges.
+    pub const SYN_EDGE: u32 = 2;
+    /// SYNs to watched ports from other peers.
+    pub const SYN_OTHER: u32 = 3;
+    /// Tracepoint hits skipped because they belonged to another network namespace.
+    pub const OTHER_NETNS: u32 = 4;
+    /// Number of counters.
+    pub const COUNT: u32 = 8;
+}
+
+/// Sentinel for a tracepoint field or kernel struct member that does not exist on this kernel.
+pub const FIELD_ABSENT: u16 = 0xffff;
+
+/// Offsets of the fields used from the `sock:*`/`tcp:*` tracepoints that carry split
+/// address fields (`sport`, `dport`, `family`, `saddr`, `daddr`, `saddr_v6`, `daddr_v6`).
+/// Their `s*` side is the local socket, their `d*` side the peer; ports are host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockTpLayout {
+    pub skaddr: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    /// `inet_sock_set_state` only.
+    pub oldstate: u16,
+    pub newstate: u16,
+    pub protocol: u16,
+    /// `tcp_receive_reset` only.
+    pub sock_cookie: u16,
+}
+
+impl SockTpLayout {
+    pub const ABSENT: Self = Self {
+        skaddr: FIELD_ABSENT,
+        sport: FIELD_ABSENT,
+        dport: FIELD_ABSENT,
+        family: FIELD_ABSENT,
+        saddr: FIELD_ABSENT,
+        daddr: FIELD_ABSENT,
+        saddr_v6: FIELD_ABSENT,
+        daddr_v6: FIELD_ABSENT,
+        oldstate: FIELD_ABSENT,
+        newstate: FIELD_ABSENT,
+        protocol: FIELD_ABSENT,
+        sock_cookie: FIELD_ABSENT,
+    };
+}
+
+/// `tcp:tcp_send_reset`. Since Linux 6.10 it carries `saddr`/`daddr` as 28-byte sockaddrs
+/// (local first, ports in network order) and a `reason`; before, split fields like
+/// [`SockTpLayout`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendResetLayout {
+    pub skbaddr: u16,
+    pub state: u16,
+    pub reason: u16,
+    /// `saddr`/`daddr` as sockaddr_in/sockaddr_in6; FIELD_ABSENT when the split layout is used.
+    pub sockaddr_saddr: u16,
+    pub sockaddr_daddr: u16,
+    pub _pad: u16,
+    pub split: SockTpLayout,
+}
+
+/// `skb:kfree_skb`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KfreeSkbLayout {
+    pub skbaddr: u16,
+    pub location: u16,
+    pub protocol: u16,
+    pub reason: u16,
+}
+
+/// Kernel struct member offsets, read from BTF at run time (`FIELD_ABSENT` when unknown).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `sk_buff.sk`
+    pub skb_sk: u16,
+    /// `sk_buff.dev`
+    pub skb_dev: u16,
+    /// `sk_buff.head`
+    pub skb_head: u16,
+    /// `sk_buff.network_header`
+    pub skb_network_header: u16,
+    /// `sk_buff.transport_header`
+    pub skb_transport_header: u16,
+    /// `net_device.nd_net` (a `possible_net_t` holding `struct net *`)
+    pub dev_nd_net: u16,
+    /// `sock.__sk_common.skc_net`
+    pub sk_net: u16,
+    /// `net.ns.inum`
+    pub net_inum: u16,
+}
+
+impl KernelOffsets {
+    pub const ABSENT: Self = Self {
+        skb_sk: FIELD_ABSENT,
+        skb_dev: FIELD_ABSENT,
+        skb_head: FIELD_ABSENT,
+        skb_network_header: FIELD_ABSENT,
+        skb_transport_header: FIELD_ABSENT,
+        dev_nd_net: FIELD_ABSENT,
+        sk_net: FIELD_ABSENT,
+        net_inum: FIELD_ABSENT,
+    };
+}
+
+/// [`Config::flags`]: emit events for peers outside the watched ranges too.
+pub const CONFIG_F_ALL_PEERS: u32 = 1 << 0;
+/// [`Config::flags`]: drop tracepoint events whose network namespace is not `netns_inum`.
+pub const CONFIG_F_NETNS_FILTER: u32 = 1 << 1;
+
+/// Load-time configuration, written into the programs' read-only data
+/// (`EbpfLoader::override_global("CONFIG", ..)`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub flags: u32,
+    /// Inode number of the network namespace that counts (`stat /proc/self/ns/net`).
+    pub netns_inum: u32,
+    pub kernel: KernelOffsets,
+    pub kfree_skb: KfreeSkbLayout,
+    pub send_reset: SendResetLayout,
+    pub receive_reset: SockTpLayout,
+    pub set_state: SockTpLayout,
+    pub retransmit_synack: SockTpLayout,
+    /// `req` field of `tcp_retransmit_synack` (unused today, kept for layout checks).
+    pub synack_req: u16,
+    pub _pad: u16,
+}
+
+impl Config {
+    pub const DEFAULT: Self = Self {
+        flags: 0,
+        netns_inum: 0,
+        kernel: KernelOffsets::ABSENT,
+        kfree_skb: KfreeSkbLayout {
+            skbaddr: FIELD_ABSENT,
+            location: FIELD_ABSENT,
+            protocol: FIELD_ABSENT,
+            reason: FIELD_ABSENT,
+        },
+        send_reset: SendResetLayout {
+            skbaddr: FIELD_ABSENT,
+            state: FIELD_ABSENT,
+            reason: FIELD_ABSENT,
+            sockaddr_saddr: FIELD_ABSENT,
+            sockaddr_daddr: FIELD_ABSENT,
+            _pad: 0,
+            split: SockTpLayout::ABSENT,
+        },
+        receive_reset: SockTpLayout::ABSENT,
+        set_state: SockTpLayout::ABSENT,
+        retransmit_synack: SockTpLayout::ABSENT,
+        synack_req: FIELD_ABSENT,
+        _pad: 0,
+    };
+}
+
+const _: () = assert!(size_of::<Config>() % 8 == 0);
+
+/// Number of u64 words in the watched-port bitmap (`PORTS` array map): one bit per port.
+pub const PORT_BITMAP_WORDS: u32 = 65536 / 64;
+
+/// Key data of the IPv4 LPM trie (`EDGE_V4`).
+pub type Ipv4Key = [u8; 4];
+/// Key data of the IPv6 LPM trie (`EDGE_V6`).
+pub type Ipv6Key = [u8; 16];
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for Config {}
+}

@@ -1,0 +1,177 @@
+//! Maps, load-time configuration and helpers shared by every program.
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::map,
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, PerCpuArray, RingBuf,
+    },
+    programs::TracePointContext,
+};
+use tracer_common::{
+    counter, Config, Event, Ipv4Key, Ipv6Key, CONFIG_F_ALL_PEERS, CONFIG_F_NETNS_FILTER,
+    EVENT_F_EDGE, FIELD_ABSENT, PORT_BITMAP_WORDS,
+};
+
+/// Written by userspace at load time; read with `read_volatile` so the compiler cannot fold the
+/// defaults into the code.
+#[unsafe(no_mangle)]
+pub static CONFIG: Config = Config::DEFAULT;
+
+/// Events to userspace. Userspace resizes it at load time (`--ring-size`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 23, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Watched local ports, one bit per port.
+#[map]
+pub static PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
+
+/// Watched peer ranges (Cloudflare's by default).
+#[map]
+pub static EDGE_V4: LpmTrie<Ipv4Key, u8> = LpmTrie::with_max_entries(4096, 0);
+#[map]
+pub static EDGE_V6: LpmTrie<Ipv6Key, u8> = LpmTrie::with_max_entries(4096, 0);
+
+/// Reads one configuration field without letting the compiler assume its initial value.
+macro_rules! config {
+    ($($field:tt)+) => {
+        unsafe { core::ptr::read_volatile(&$crate::common::CONFIG.$($field)+) }
+    };
+}
+pub(crate) use config;
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // Per-CPU slot: no other writer runs on this CPU while we hold it.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn port_watched(port: u16) -> bool {
+    match PORTS.get(u32::from(port >> 6)) {
+        Some(word) => *word & (1u64 << (port & 63)) != 0,
+        None => false,
+    }
+}
+
+#[inline(always)]
+pub fn all_peers() -> bool {
+    config!(flags) & CONFIG_F_ALL_PEERS != 0
+}
+
+/// Is the peer inside the watched ranges? `family` is 4 or 6.
+#[inline(always)]
+pub fn peer_is_edge(family: u32, addr: &[u8; 16]) -> bool {
+    if family == 4 {
+        let key = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
+        EDGE_V4.get(&key).is_some()
+    } else {
+        let key = Key::new(128, *addr);
+        EDGE_V6.get(&key).is_some()
+    }
+}
+
+/// Edge flag for the event, or `None` when the peer is not wanted (non-edge, no `--all-peers`).
+#[inline(always)]
+pub fn peer_flags(family: u32, addr: &[u8; 16]) -> Option<u32> {
+    if peer_is_edge(family, addr) {
+        Some(EVENT_F_EDGE)
+    } else if all_peers() {
+        Some(0)
+    } else {
+        None
+    }
+}
+
+/// Sends the event, or counts it as lost when the ring buffer is full.
+#[inline(always)]
+pub fn emit(mut event: Event) {
+    event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(event);
+            entry.submit(0);
+        }
+        None => count(counter::LOST),
+    }
+}
+
+pub const fn empty_event(kind: u32) -> Event {
+    Event {
+        ts_ns: 0,
+        kind,
+        family: 0,
+        peer_addr: [0; 16],
+        local_addr: [0; 16],
+        peer_port: 0,
+        local_port: 0,
+        flags: 0,
+        reason: 0,
+        state: 0,
+        tcp_flags: 0,
+        seq: 0,
+        aux: 0,
+    }
+}
+
+/// Reads a tracepoint field; `None` when this kernel's tracepoint lacks it.
+#[inline(always)]
+pub fn field<T>(ctx: &TracePointContext, offset: u16) -> Option<T> {
+    if offset == FIELD_ABSENT {
+        return None;
+    }
+    unsafe { ctx.read_at::<T>(usize::from(offset)).ok() }
+}
+
+/// Reads a `T` at `base + offset` in kernel memory; `None` when the offset is unknown.
+#[inline(always)]
+pub fn read_kernel<T>(base: u64, offset: u16) -> Option<T> {
+    if offset == FIELD_ABSENT || base == 0 {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T).ok() }
+}
+
+/// `sk->__sk_common.skc_net->ns.inum`
+#[inline(always)]
+fn netns_of_sock(sk: u64) -> Option<u32> {
+    let net: u64 = read_kernel(sk, config!(kernel.sk_net))?;
+    read_kernel(net, config!(kernel.net_inum))
+}
+
+/// The namespace of a packet: its socket's when it has one, else its device's.
+#[inline(always)]
+fn netns_of_skb(skb: u64) -> Option<u32> {
+    let sk: u64 = read_kernel(skb, config!(kernel.skb_sk)).unwrap_or(0);
+    if sk != 0 {
+        return netns_of_sock(sk);
+    }
+    let dev: u64 = read_kernel(skb, config!(kernel.skb_dev))?;
+    let net: u64 = read_kernel(dev, config!(kernel.dev_nd_net))?;
+    read_kernel(net, config!(kernel.net_inum))
+}
+
+/// Does this socket/packet belong to the namespace the tracer watches? Tracepoints fire for
+/// every namespace; without the filter (no BTF) everything counts and userspace says so.
+#[inline(always)]
+pub fn in_watched_netns(sk: u64, skb: u64) -> bool {
+    if config!(flags) & CONFIG_F_NETNS_FILTER == 0 {
+        return true;
+    }
+    let ns = if sk != 0 {
+        netns_of_sock(sk)
+    } else {
+        netns_of_skb(skb)
+    };
+    let ok = ns == Some(config!(netns_inum));
+    if !ok {
+        count(counter::OTHER_NETNS);
+    }
+    ok
+}

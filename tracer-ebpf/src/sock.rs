@@ -1,0 +1,165 @@
+//! How the origin's TCP stack answers: resets sent and received, handshakes completed,
+//! connections closed, SYN-ACKs retransmitted.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use tracer_common::{
+    Event, EventKind, SockTpLayout, EVENT_F_HAS_REASON, EVENT_F_HAS_SOCK, FIELD_ABSENT,
+};
+
+use crate::common::{config, emit, empty_event, field, in_watched_netns, peer_flags, port_watched};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+
+/// Reads the split address fields: the `s*` side is the local socket, `d*` the peer.
+#[inline(always)]
+fn read_split(ctx: &TracePointContext, l: &SockTpLayout, ev: &mut Event) -> Option<()> {
+    let family: u16 = field(ctx, l.family)?;
+    ev.local_port = field(ctx, l.sport)?;
+    ev.peer_port = field(ctx, l.dport)?;
+    match family {
+        AF_INET => {
+            let s: [u8; 4] = field(ctx, l.saddr)?;
+            let d: [u8; 4] = field(ctx, l.daddr)?;
+            ev.family = 4;
+            ev.local_addr[..4].copy_from_slice(&s);
+            ev.peer_addr[..4].copy_from_slice(&d);
+        }
+        AF_INET6 => {
+            ev.family = 6;
+            ev.local_addr = field(ctx, l.saddr_v6)?;
+            ev.peer_addr = field(ctx, l.daddr_v6)?;
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+/// Reads a 28-byte sockaddr_in/sockaddr_in6 field: (family 4|6, port host order, address).
+#[inline(always)]
+fn read_sockaddr(ctx: &TracePointContext, offset: u16) -> Option<(u32, u16, [u8; 16])> {
+    let sa: [u8; 28] = field(ctx, offset)?;
+    let family = u16::from_ne_bytes([sa[0], sa[1]]);
+    let port = u16::from_be_bytes([sa[2], sa[3]]);
+    let mut addr = [0u8; 16];
+    match family {
+        AF_INET => {
+            addr[..4].copy_from_slice(&sa[4..8]);
+            Some((4, port, addr))
+        }
+        AF_INET6 => {
+            addr.copy_from_slice(&sa[8..24]);
+            Some((6, port, addr))
+        }
+        _ => None,
+    }
+}
+
+/// Common tail: watched port, wanted peer, our namespace; then send.
+#[inline(always)]
+fn filter_and_emit(mut ev: Event, sk: u64, skb: u64) -> Option<()> {
+    if !port_watched(ev.local_port) {
+        return None;
+    }
+    ev.flags |= peer_flags(ev.family, &ev.peer_addr)?;
+    if !in_watched_netns(sk, skb) {
+        return None;
+    }
+    if sk != 0 {
+        ev.flags |= EVENT_F_HAS_SOCK;
+    }
+    emit(ev);
+    Some(())
+}
+
+#[tracepoint]
+pub fn tp_send_reset(ctx: TracePointContext) -> u32 {
+    let _ = try_send_reset(&ctx);
+    0
+}
+
+fn try_send_reset(ctx: &TracePointContext) -> Option<()> {
+    let l = config!(send_reset);
+    let sk: u64 = field(ctx, l.split.skaddr).unwrap_or(0);
+    let skb: u64 = field(ctx, l.skbaddr).unwrap_or(0);
+    let mut ev = empty_event(EventKind::ResetSent as u32);
+    if l.sockaddr_saddr != FIELD_ABSENT {
+        // Since 6.10: saddr is the origin's side even when replying to a packet without socket.
+        let (family, local_port, local_addr) = read_sockaddr(ctx, l.sockaddr_saddr)?;
+        let (_, peer_port, peer_addr) = read_sockaddr(ctx, l.sockaddr_daddr)?;
+        ev.family = family;
+        ev.local_port = local_port;
+        ev.local_addr = local_addr;
+        ev.peer_port = peer_port;
+        ev.peer_addr = peer_addr;
+    } else {
+        read_split(ctx, &l.split, &mut ev)?;
+    }
+    ev.state = field::<i32>(ctx, l.state).unwrap_or(0) as u32;
+    if let Some(reason) = field::<u32>(ctx, l.reason) {
+        ev.reason = reason;
+        ev.flags |= EVENT_F_HAS_REASON;
+    }
+    filter_and_emit(ev, sk, skb)
+}
+
+#[tracepoint]
+pub fn tp_recv_reset(ctx: TracePointContext) -> u32 {
+    let _ = try_receive_reset(&ctx);
+    0
+}
+
+fn try_receive_reset(ctx: &TracePointContext) -> Option<()> {
+    let l = config!(receive_reset);
+    let sk: u64 = field(ctx, l.skaddr)?;
+    let mut ev = empty_event(EventKind::ResetReceived as u32);
+    read_split(ctx, &l, &mut ev)?;
+    ev.aux = field::<u64>(ctx, l.sock_cookie).unwrap_or(0);
+    filter_and_emit(ev, sk, 0)
+}
+
+#[tracepoint]
+pub fn tp_set_state(ctx: TracePointContext) -> u32 {
+    let _ = try_set_state(&ctx);
+    0
+}
+
+fn try_set_state(ctx: &TracePointContext) -> Option<()> {
+    let l = config!(set_state);
+    let old: i32 = field(ctx, l.oldstate)?;
+    let new: i32 = field(ctx, l.newstate)?;
+    let kind = if new == TCP_ESTABLISHED && old == TCP_SYN_RECV {
+        EventKind::Established
+    } else if new == TCP_CLOSE && old != TCP_LISTEN {
+        EventKind::Closed
+    } else {
+        return None;
+    };
+    if field::<u16>(ctx, l.protocol).unwrap_or(IPPROTO_TCP) != IPPROTO_TCP {
+        return None;
+    }
+    let sk: u64 = field(ctx, l.skaddr)?;
+    let mut ev = empty_event(kind as u32);
+    read_split(ctx, &l, &mut ev)?;
+    ev.state = ((old as u32) << 8) | new as u32;
+    filter_and_emit(ev, sk, 0)
+}
+
+#[tracepoint]
+pub fn tp_synack_rtx(ctx: TracePointContext) -> u32 {
+    let _ = try_retransmit_synack(&ctx);
+    0
+}
+
+fn try_retransmit_synack(ctx: &TracePointContext) -> Option<()> {
+    let l = config!(retransmit_synack);
+    let sk: u64 = field(ctx, l.skaddr)?;
+    let mut ev = empty_event(EventKind::SynackRetransmit as u32);
+    read_split(ctx, &l, &mut ev)?;
+    filter_and_emit(ev, sk, 0)
+}

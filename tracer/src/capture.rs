@@ -1,0 +1,103 @@
+//! Reading the ring buffer: events as they come, and a `loss` event whenever the kernel counted
+//! reservations that failed. Shared by `events`, `diagnose` and `agent`.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::io::{unix::AsyncFd, Interest};
+use tracer_common::{counter, Event};
+
+use crate::{
+    events::{decode, Clock, TracedEvent},
+    kernel::Probe,
+};
+
+pub struct Capture {
+    pub probe: Probe,
+    ring: AsyncFd<RingBuf<MapData>>,
+    clock: Clock,
+    lost_reported: u64,
+}
+
+impl Capture {
+    pub fn new(mut probe: Probe) -> Result<Self> {
+        let ring = probe.take_ring()?;
+        // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd, so the fd stays open for
+        // as long as it is registered.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(std::io::Error::from)
+            .context("registering the ring buffer with the runtime")?;
+        Ok(Self {
+            probe,
+            ring,
+            clock: Clock::now(),
+            lost_reported: 0,
+        })
+    }
+
+    /// Total events the kernel could not queue so far.
+    pub fn lost_total(&self) -> u64 {
+        self.lost_reported
+    }
+
+    /// Waits until events are ready, at most `tick`, then appends what is there.
+    pub async fn next_batch(&mut self, out: &mut Vec<TracedEvent>, tick: Duration) -> Result<()> {
+        if let Ok(guard) = tokio::time::timeout(tick, self.ring.readable_mut()).await {
+            let mut guard = guard.context("waiting for the ring buffer")?;
+            guard.clear_ready();
+        }
+        self.drain(out);
+        Ok(())
+    }
+
+    /// Appends everything queued now, plus a loss event if the kernel counted new losses.
+    pub fn drain(&mut self, out: &mut Vec<TracedEvent>) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<Event>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole `Event`; read_unaligned copes with any alignment.
+            let raw: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if let Some(ev) = decode(&raw, &self.clock, &self.probe.names) {
+                out.push(ev);
+            }
+        }
+        if let Ok(counters) = self.probe.counters() {
+            let lost = counters[counter::LOST as usize];
+            if lost > self.lost_reported {
+                out.push(TracedEvent::loss(
+                    SystemTime::now(),
+                    lost - self.lost_reported,
+                ));
+                self.lost_reported = lost;
+            }
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Creates the ready file once every program is attached.
+pub fn write_ready_file(path: Option<&std::path::Path>) -> Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write ready file {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Cloudflare's origin ports: HTTP 80, 8080, 8880, 2052, 2082, 2086, 2095; HTTPS 443, 2053,
+/// 2083, 2087, 2096, 8443.
+pub const CLOUDFLARE_PORTS: [u16; 13] = [
+    80, 443, 2052, 2053, 2082, 2083, 2086, 2087, 2095, 2096, 8080, 8443, 8880,
+];
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tracer",
+    version,
+    about = "Explains Cloudflare HTTP 521 from the origin's own kernel",
+    long_about = "Watches, from the origin's kernel, how edge connections arrive and how the TCP \
+                  stack answers them: refused, dropped by the firewall, dropped by overload, reset \
+                  after accept, or never arriving."
+)]
+pub struct Cli {
+    /// More diagnostics on stderr (-v, -vv).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Stream kernel events (SYNs at the NIC, drops, resets, handshakes) until Ctrl-C.
+    Events(EventsArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Options shared by every command that attaches the kernel programs.
+#[derive(Args, Debug, Clone)]
+pub struct CaptureArgs {
+    /// Interface to watch [default: the one holding the default route].
+    #[arg(long, value_name = "IF")]
+    pub iface: Option<String>,
+    /// Local port to watch; repeat or comma-separate [default: Cloudflare's origin ports].
+    #[arg(long = "port", value_name = "P", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// Create this file once every program is attached (for scripts and tests).
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::kernel::DEFAULT_RING_BYTES, hide = true)]
+    pub ring_bytes: u32,
+}
+
+impl CaptureArgs {
+    pub fn ports(&self) -> Vec<u16> {
+        let mut ports = if self.ports.is_empty() {
+            CLOUDFLARE_PORTS.to_vec()
+        } else {
+            self.ports.clone()
+        };
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    /// Also report peers outside the watched ranges.
+    #[arg(long)]
+    pub all_peers: bool,
+    /// Watched ranges: the Cloudflare API's JSON or one CIDR per line [default: embedded
+    /// Cloudflare list].
+    #[arg(long, value_name = "FILE")]
+    pub ranges: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Stop after this many seconds [default: until Ctrl-C or SIGTERM].
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+}

@@ -1,0 +1,92 @@
+//! `tracer events`: stream kernel events.
+
+use std::{
+    io::Write as _,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+
+use crate::{
+    capture::{shutdown_signal, write_ready_file, Capture},
+    cli::{EventsArgs, Format},
+    kernel::{Probe, ProbeOptions},
+    netinfo,
+    ranges::RangeSet,
+};
+
+pub async fn run(args: EventsArgs) -> Result<()> {
+    if let Some(d) = args.duration {
+        if !(d > 0.0 && d.is_finite()) {
+            bail!("--duration must be a positive number of seconds");
+        }
+    }
+    let ranges = match &args.ranges {
+        Some(path) => RangeSet::from_file(path)?,
+        None => RangeSet::embedded(),
+    };
+    let iface = match &args.capture.iface {
+        Some(i) => i.clone(),
+        None => netinfo::default_interface()?,
+    };
+    let ports = args.capture.ports();
+    let probe = Probe::start(&ProbeOptions {
+        iface: &iface,
+        ports: &ports,
+        all_peers: args.all_peers,
+        ranges: &ranges,
+        ring_bytes: args.capture.ring_bytes,
+    })?;
+    super::print_notes(&probe);
+    let mut capture = Capture::new(probe)?;
+    write_ready_file(args.capture.ready_file.as_deref())?;
+
+    let deadline = args
+        .duration
+        .map(|d| Instant::now() + Duration::from_secs_f64(d));
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut batch = Vec::new();
+    let stdout = std::io::stdout();
+    loop {
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if remaining == Some(Duration::ZERO) {
+            break;
+        }
+        let tick = remaining
+            .unwrap_or(Duration::from_millis(250))
+            .min(Duration::from_millis(250));
+        tokio::select! {
+            _ = &mut shutdown => break,
+            r = capture.next_batch(&mut batch, tick) => r?,
+        }
+        if !emit(&stdout, &mut batch, args.format) {
+            return Ok(()); // stdout closed (e.g. `| head`): nothing left to do.
+        }
+    }
+    capture.drain(&mut batch);
+    emit(&stdout, &mut batch, args.format);
+    Ok(())
+}
+
+/// Writes and clears the batch; false when stdout is gone.
+fn emit(
+    stdout: &std::io::Stdout,
+    batch: &mut Vec<crate::events::TracedEvent>,
+    format: Format,
+) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let mut out = stdout.lock();
+    for ev in batch.drain(..) {
+        let line = match format {
+            Format::Json => ev.to_json(),
+            Format::Text => ev.to_text(),
+        };
+        if writeln!(out, "{line}").is_err() {
+            return false;
+        }
+    }
+    out.flush().is_ok()
+}

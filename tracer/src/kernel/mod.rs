@@ -1,0 +1,405 @@
+//! Loading, configuring and attaching the kernel programs; reading their maps.
+
+pub mod btf;
+pub mod privileges;
+pub mod tracefs;
+
+use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::{TracePoint, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use tracer_common::{
+    counter, Config, Ipv4Key, Ipv6Key, KfreeSkbLayout, SendResetLayout, SockTpLayout,
+    CONFIG_F_ALL_PEERS, CONFIG_F_NETNS_FILTER, FIELD_ABSENT, PORT_BITMAP_WORDS,
+};
+
+use crate::ranges::RangeSet;
+
+/// The eBPF object built by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Default ring buffer size: ~100k events of 80 bytes, enough for bursts of several hundred
+/// thousand SYNs per second while userspace drains it.
+pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
+
+pub struct ProbeOptions<'a> {
+    pub iface: &'a str,
+    pub ports: &'a [u16],
+    pub all_peers: bool,
+    pub ranges: &'a RangeSet,
+    pub ring_bytes: u32,
+}
+
+/// Kernel reason codes to the kernel's own names, resolved from this kernel.
+#[derive(Clone, Debug, Default)]
+pub struct ReasonNames {
+    pub drop: HashMap<u32, String>,
+    pub reset: HashMap<u32, String>,
+}
+
+impl ReasonNames {
+    /// Name of an `enum skb_drop_reason` value. Since 6.4 the high 16 bits name a subsystem.
+    pub fn drop_reason(&self, raw: u32) -> String {
+        if let Some(name) = self.drop.get(&raw) {
+            return name.clone();
+        }
+        if raw >> 16 != 0 {
+            return format!("SUBSYS_{}_{}", raw >> 16, raw & 0xffff);
+        }
+        format!("DROP_REASON_{raw}")
+    }
+
+    pub fn reset_reason(&self, raw: u32) -> String {
+        self.reset
+            .get(&raw)
+            .cloned()
+            .unwrap_or_else(|| format!("RST_REASON_{raw}"))
+    }
+}
+
+/// What was attached, and what could not be.
+pub struct Probe {
+    ebpf: Ebpf,
+    pub names: ReasonNames,
+    /// One line each: hooks this kernel lacks and what that degrades.
+    pub notes: Vec<String>,
+    pub xdp_mode: &'static str,
+    pub ifindex: u32,
+}
+
+/// (program, tracepoint category, tracepoint name)
+const TRACEPOINTS: [(&str, &str, &str); 5] = [
+    ("tp_kfree_skb", "skb", "kfree_skb"),
+    ("tp_send_reset", "tcp", "tcp_send_reset"),
+    ("tp_recv_reset", "tcp", "tcp_receive_reset"),
+    ("tp_set_state", "sock", "inet_sock_set_state"),
+    ("tp_synack_rtx", "tcp", "tcp_retransmit_synack"),
+];
+
+fn off(format: &tracefs::Format, name: &str) -> u16 {
+    format.offset(name).unwrap_or(FIELD_ABSENT)
+}
+
+fn sock_layout(f: &tracefs::Format) -> SockTpLayout {
+    SockTpLayout {
+        skaddr: off(f, "skaddr"),
+        sport: off(f, "sport"),
+        dport: off(f, "dport"),
+        family: off(f, "family"),
+        saddr: off(f, "saddr"),
+        daddr: off(f, "daddr"),
+        saddr_v6: off(f, "saddr_v6"),
+        daddr_v6: off(f, "daddr_v6"),
+        oldstate: off(f, "oldstate"),
+        newstate: off(f, "newstate"),
+        protocol: off(f, "protocol"),
+        sock_cookie: off(f, "sock_cookie"),
+    }
+}
+
+/// Network namespace inode of this process: the namespace whose traffic counts.
+pub fn own_netns_inode() -> Result<u32> {
+    let meta = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
+    u32::try_from(meta.ino()).map_err(|_| anyhow!("netns inode {} too large", meta.ino()))
+}
+
+pub fn ifindex(iface: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(iface).map_err(|_| anyhow!("bad interface name"))?;
+    // SAFETY: NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        let known = crate::netinfo::interface_names().join(", ");
+        return Err(anyhow!(
+            "unknown interface {iface}: pass --iface with one of: {known}"
+        ));
+    }
+    Ok(index)
+}
+
+impl Probe {
+    pub fn start(opts: &ProbeOptions<'_>) -> Result<Self> {
+        privileges::check()?;
+        let ifindex = ifindex(opts.iface)?;
+        let tracefs = tracefs::ensure_mounted()?;
+        let mut notes = Vec::new();
+        let mut config = Config::DEFAULT;
+        config.netns_inum = own_netns_inode()?;
+        if opts.all_peers {
+            config.flags |= CONFIG_F_ALL_PEERS;
+        }
+
+        let mut names = ReasonNames::default();
+        let kernel_btf = match btf::KernelBtf::load() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                notes.push(format!(
+                    "no BTF ({e:#}): drops cannot be traced and events from other network namespaces are not filtered"
+                ));
+                None
+            }
+        };
+        if let Some(b) = &kernel_btf {
+            let (offsets, missing) = b.kernel_offsets();
+            config.kernel = offsets;
+            if offsets.sk_net != FIELD_ABSENT
+                && offsets.net_inum != FIELD_ABSENT
+                && offsets.skb_sk != FIELD_ABSENT
+            {
+                config.flags |= CONFIG_F_NETNS_FILTER;
+            } else {
+                notes.push(format!(
+                    "network namespace filter off ({}): events from other namespaces may be counted",
+                    missing.join("; ")
+                ));
+            }
+        }
+
+        // Tracepoint layouts from this kernel's format files.
+        let mut formats = HashMap::new();
+        for (prog, category, name) in TRACEPOINTS {
+            match tracefs::Format::read(&tracefs, category, name) {
+                Ok(f) => {
+                    formats.insert(prog, f);
+                }
+                Err(e) => notes.push(format!("{name} is not available ({e:#}): not traced")),
+            }
+        }
+        if let Some(f) = formats.get("tp_kfree_skb") {
+            config.kfree_skb = KfreeSkbLayout {
+                skbaddr: off(f, "skbaddr"),
+                location: off(f, "location"),
+                protocol: off(f, "protocol"),
+                reason: off(f, "reason"),
+            };
+            names.drop = f.symbols("reason");
+            if config.kfree_skb.reason == FIELD_ABSENT {
+                notes.push(
+                    "kfree_skb has no reason field: drops are reported without the kernel's reason"
+                        .into(),
+                );
+            }
+            let k = &config.kernel;
+            if k.skb_head == FIELD_ABSENT || k.skb_network_header == FIELD_ABSENT {
+                notes.push(
+                    "kfree_skb: sk_buff layout unknown (no BTF): drops are not traced".into(),
+                );
+                formats.remove("tp_kfree_skb");
+            }
+        }
+        if let Some(f) = formats.get("tp_send_reset") {
+            let sockaddr = f.fields.get("saddr").is_some_and(|s| s.size == 28);
+            config.send_reset = SendResetLayout {
+                skbaddr: off(f, "skbaddr"),
+                state: off(f, "state"),
+                reason: off(f, "reason"),
+                sockaddr_saddr: if sockaddr {
+                    off(f, "saddr")
+                } else {
+                    FIELD_ABSENT
+                },
+                sockaddr_daddr: if sockaddr {
+                    off(f, "daddr")
+                } else {
+                    FIELD_ABSENT
+                },
+                _pad: 0,
+                split: if sockaddr {
+                    SockTpLayout {
+                        skaddr: off(f, "skaddr"),
+                        ..SockTpLayout::ABSENT
+                    }
+                } else {
+                    sock_layout(f)
+                },
+            };
+            names.reset = f.symbols("reason");
+            if config.send_reset.reason == FIELD_ABSENT {
+                notes.push("tcp_send_reset has no reason field: resets are reported without the kernel's reason, refusals come from kfree_skb NO_SOCKET".into());
+            }
+        }
+        if let Some(b) = &kernel_btf {
+            if names.drop.is_empty() {
+                names.drop = b.enum_names("skb_drop_reason", "SKB_DROP_REASON_");
+            }
+            if names.reset.is_empty() {
+                names.reset = b.enum_names("sk_rst_reason", "SK_RST_REASON_");
+            }
+        }
+        if let Some(f) = formats.get("tp_recv_reset") {
+            config.receive_reset = sock_layout(f);
+        }
+        if let Some(f) = formats.get("tp_set_state") {
+            config.set_state = sock_layout(f);
+        }
+        if let Some(f) = formats.get("tp_synack_rtx") {
+            config.retransmit_synack = sock_layout(f);
+            config.synack_req = off(f, "req");
+        }
+
+        let ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF programs")?;
+
+        let mut probe = Probe {
+            ebpf,
+            names,
+            notes,
+            xdp_mode: "driver",
+            ifindex,
+        };
+        probe.set_ports(opts.ports)?;
+        probe.set_ranges(opts.ranges)?;
+
+        for (prog, category, name) in TRACEPOINTS {
+            if !formats.contains_key(prog) {
+                continue;
+            }
+            let result = (|| -> Result<()> {
+                let tp: &mut TracePoint = probe
+                    .ebpf
+                    .program_mut(prog)
+                    .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
+                    .try_into()?;
+                tp.load()?;
+                tp.attach(category, name)?;
+                Ok(())
+            })();
+            if let Err(e) = result {
+                probe.notes.push(format!(
+                    "{category}:{name} could not be attached ({e:#}): not traced"
+                ));
+            }
+        }
+        probe.attach_xdp(opts.iface)?;
+        Ok(probe)
+    }
+
+    fn attach_xdp(&mut self, iface: &str) -> Result<()> {
+        let xdp: &mut Xdp = self
+            .ebpf
+            .program_mut("xdp_syn")
+            .ok_or_else(|| anyhow!("program xdp_syn missing from the object"))?
+            .try_into()?;
+        xdp.load().context("loading the XDP program")?;
+        match xdp.attach(iface, XdpMode::Driver) {
+            Ok(_) => self.xdp_mode = "driver",
+            Err(native) => {
+                xdp.attach(iface, XdpMode::Skb).map_err(|generic| {
+                    anyhow!(
+                        "cannot attach XDP to {iface}: driver mode: {native}; generic mode: {generic} (is another XDP program attached?)"
+                    )
+                })?;
+                self.xdp_mode = "generic";
+                self.notes.push(format!(
+                    "{iface}: driver doesn't support native XDP ({native}); using generic (skb) mode"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn set_ports(&mut self, ports: &[u16]) -> Result<()> {
+        let mut words = vec![0u64; PORT_BITMAP_WORDS as usize];
+        for &p in ports {
+            words[usize::from(p >> 6)] |= 1u64 << (p & 63);
+        }
+        let mut map: Array<&mut MapData, u64> = Array::try_from(
+            self.ebpf
+                .map_mut("PORTS")
+                .ok_or_else(|| anyhow!("PORTS map missing"))?,
+        )?;
+        for (i, w) in words.iter().enumerate() {
+            if *w != 0 {
+                map.set(i as u32, w, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the watched ranges in place: new entries first, then stale ones removed, so a
+    /// peer inside both lists never stops matching and nothing is detached.
+    pub fn set_ranges(&mut self, ranges: &RangeSet) -> Result<()> {
+        {
+            let mut v4: LpmTrie<&mut MapData, Ipv4Key, u8> = LpmTrie::try_from(
+                self.ebpf
+                    .map_mut("EDGE_V4")
+                    .ok_or_else(|| anyhow!("EDGE_V4 map missing"))?,
+            )?;
+            let wanted: Vec<Key<Ipv4Key>> = ranges
+                .v4
+                .iter()
+                .map(|n| Key::new(u32::from(n.prefix_len()), n.network().octets()))
+                .collect();
+            for k in &wanted {
+                v4.insert(k, 1, 0).context("updating EDGE_V4")?;
+            }
+            let stale: Vec<Key<Ipv4Key>> = v4
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| {
+                    !wanted
+                        .iter()
+                        .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+                })
+                .collect();
+            for k in &stale {
+                v4.remove(k).context("updating EDGE_V4")?;
+            }
+        }
+        let mut v6: LpmTrie<&mut MapData, Ipv6Key, u8> = LpmTrie::try_from(
+            self.ebpf
+                .map_mut("EDGE_V6")
+                .ok_or_else(|| anyhow!("EDGE_V6 map missing"))?,
+        )?;
+        let wanted: Vec<Key<Ipv6Key>> = ranges
+            .v6
+            .iter()
+            .map(|n| Key::new(u32::from(n.prefix_len()), n.network().octets()))
+            .collect();
+        for k in &wanted {
+            v6.insert(k, 1, 0).context("updating EDGE_V6")?;
+        }
+        let stale: Vec<Key<Ipv6Key>> = v6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                !wanted
+                    .iter()
+                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+            })
+            .collect();
+        for k in &stale {
+            v6.remove(k).context("updating EDGE_V6")?;
+        }
+        Ok(())
+    }
+
+    /// The event ring buffer; call once.
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow!("EVENTS ring buffer already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Sums of the per-CPU counters, indexed by `tracer_common::counter`.
+    pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map("COUNTERS")
+                .ok_or_else(|| anyhow!("COUNTERS map missing"))?,
+        )?;
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = map.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,80 @@
+//! Facts about this network namespace's interfaces and routes.
+
+use anyhow::{bail, Result};
+
+/// Interface names in this namespace, from /sys/class/net (falls back to /proc/net/dev).
+pub fn interface_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_to_string("/proc/net/dev")
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The interface holding the IPv4 default route, from `/proc/net/route` text.
+pub fn default_route_iface_v4(route_table: &str) -> Option<String> {
+    route_table.lines().skip(1).find_map(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        (cols.len() > 7 && cols[1] == "00000000" && cols[7] == "00000000")
+            .then(|| cols[0].to_string())
+    })
+}
+
+/// The interface holding the IPv6 default route, from `/proc/net/ipv6_route` text.
+pub fn default_route_iface_v6(route_table: &str) -> Option<String> {
+    route_table.lines().find_map(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        (cols.len() == 10
+            && cols[0] == "00000000000000000000000000000000"
+            && cols[1] == "00"
+            && cols[9] != "lo")
+            .then(|| cols[9].to_string())
+    })
+}
+
+/// The interface to watch when none is given: the default route's; without a default route, the
+/// only non-loopback interface.
+pub fn default_interface() -> Result<String> {
+    let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    if let Some(i) = default_route_iface_v4(&v4) {
+        return Ok(i);
+    }
+    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    if let Some(i) = default_route_iface_v6(&v6) {
+        return Ok(i);
+    }
+    let others: Vec<String> = interface_names()
+        .into_iter()
+        .filter(|n| n != "lo")
+        .collect();
+    match others.as_slice() {
+        [only] => Ok(only.clone()),
+        [] => bail!("no network interface besides lo: pass --iface"),
+        many => bail!(
+            "no default route to pick an interface from: pass --iface (one of: {})",
+            many.join(", ")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_default_routes() {
+        let v4 =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                  eth0\t0002000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                  eth1\t00000000\t0102000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
+        assert_eq!(default_route_iface_v4(v4).as_deref(), Some("eth1"));
+        assert_eq!(default_route_iface_v4("Iface\tDestination\n"), None);
+        let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003 ens5\n";
+        assert_eq!(default_route_iface_v6(v6).as_deref(), Some("ens5"));
+    }
+}

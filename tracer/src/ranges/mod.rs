@@ -1,0 +1,266 @@
+//! The watched peer ranges (Cloudflare's by default): parsing, validation and matching.
+
+use std::{fmt, net::IpAddr, path::Path, time::SystemTime};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+
+/// Cloudflare's ranges as its API returned them on 2026-10-02 (the project's own copy).
+const EMBEDDED_JSON: &str = include_str!("../../data/cloudflare-ips.json");
+/// When the embedded snapshot was recorded (RFC 3339).
+pub const EMBEDDED_RECORDED: &str = "2026-10-02T00:00:00Z";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RangeSource {
+    Embedded,
+    File,
+    Api,
+    Cache,
+}
+
+impl fmt::Display for RangeSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Embedded => "embedded",
+            Self::File => "file",
+            Self::Api => "api",
+            Self::Cache => "cache",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RangeSet {
+    pub v4: Vec<Ipv4Net>,
+    pub v6: Vec<Ipv6Net>,
+    pub source: RangeSource,
+    pub etag: Option<String>,
+    /// When the list was fetched from the API (api/cache) or recorded (embedded).
+    pub fetched_at: Option<SystemTime>,
+    /// The file it came from, for `file`.
+    pub path: Option<String>,
+}
+
+/// The API's answer: `{"result":{"ipv4_cidrs":[..],"ipv6_cidrs":[..],"etag":".."},"success":true}`.
+#[derive(Deserialize)]
+struct ApiAnswer {
+    success: bool,
+    result: Option<ApiResult>,
+}
+
+#[derive(Deserialize)]
+struct ApiResult {
+    #[serde(default)]
+    ipv4_cidrs: Vec<String>,
+    #[serde(default)]
+    ipv6_cidrs: Vec<String>,
+    etag: Option<String>,
+}
+
+/// Ranges parsed from the API's JSON shape: (v4, v6, etag). Both families must be non-empty.
+pub fn parse_api_json(text: &str) -> Result<(Vec<Ipv4Net>, Vec<Ipv6Net>, Option<String>)> {
+    let answer: ApiAnswer =
+        serde_json::from_str(text).map_err(|e| anyhow!("not the Cloudflare API's JSON: {e}"))?;
+    if !answer.success {
+        bail!("the answer says success=false");
+    }
+    let result = answer
+        .result
+        .ok_or_else(|| anyhow!("the answer has no `result`"))?;
+    let mut v4 = Vec::new();
+    for cidr in &result.ipv4_cidrs {
+        match parse_cidr(cidr)? {
+            IpNet::V4(n) => v4.push(n),
+            IpNet::V6(_) => bail!("{cidr} is IPv6 but listed in ipv4_cidrs"),
+        }
+    }
+    let mut v6 = Vec::new();
+    for cidr in &result.ipv6_cidrs {
+        match parse_cidr(cidr)? {
+            IpNet::V6(n) => v6.push(n),
+            IpNet::V4(_) => bail!("{cidr} is IPv4 but listed in ipv6_cidrs"),
+        }
+    }
+    if v4.is_empty() || v6.is_empty() {
+        bail!("the answer lists no IPv4 or no IPv6 ranges");
+    }
+    Ok((v4, v6, result.etag))
+}
+
+/// A CIDR, or a bare address taken as a host route.
+fn parse_cidr(text: &str) -> Result<IpNet> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    Err(anyhow!(
+        "'{text}' is not a CIDR (expected e.g. 173.245.48.0/20 or 2400:cb00::/32)"
+    ))
+}
+
+/// One CIDR per line; `#` starts a comment; blank lines are skipped.
+pub fn parse_lines(text: &str) -> Result<(Vec<Ipv4Net>, Vec<Ipv6Net>)> {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let body = line.split('#').next().unwrap_or_default().trim();
+        if body.is_empty() {
+            continue;
+        }
+        match parse_cidr(body).with_context(|| format!("line {}", i + 1))? {
+            IpNet::V4(n) => v4.push(n),
+            IpNet::V6(n) => v6.push(n),
+        }
+    }
+    if v4.is_empty() && v6.is_empty() {
+        bail!("no ranges in it");
+    }
+    Ok((v4, v6))
+}
+
+impl RangeSet {
+    /// The compiled-in snapshot of Cloudflare's ranges.
+    pub fn embedded() -> Self {
+        let (v4, v6, etag) = parse_api_json(EMBEDDED_JSON).expect("embedded ranges are valid");
+        Self {
+            v4,
+            v6,
+            source: RangeSource::Embedded,
+            etag,
+            fetched_at: humantime::parse_rfc3339(EMBEDDED_RECORDED).ok(),
+            path: None,
+        }
+    }
+
+    /// A ranges file: the API's JSON shape, or one CIDR per line.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let shown = path.display();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow!("cannot read ranges file {shown}: {e}"))?;
+        let (v4, v6, etag) = if text.trim_start().starts_with('{') {
+            parse_api_json(&text).map_err(|e| anyhow!("malformed ranges file {shown}: {e}"))?
+        } else {
+            let (v4, v6) =
+                parse_lines(&text).map_err(|e| anyhow!("malformed ranges file {shown}: {e:#}"))?;
+            (v4, v6, None)
+        };
+        Ok(Self {
+            v4,
+            v6,
+            source: RangeSource::File,
+            etag,
+            fetched_at: std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+            path: Some(shown.to_string()),
+        })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => self.v4.iter().any(|n| n.contains(&a)),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(a4) => self.v4.iter().any(|n| n.contains(&a4)),
+                None => self.v6.iter().any(|n| n.contains(&a)),
+            },
+        }
+    }
+
+    /// Seconds since the list was fetched or recorded.
+    pub fn age_secs(&self) -> Option<u64> {
+        self.fetched_at
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .map(|d| d.as_secs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_snapshot_has_cloudflares_ranges() {
+        let set = RangeSet::embedded();
+        assert_eq!(set.v4.len(), 15);
+        assert_eq!(set.v6.len(), 7);
+        assert_eq!(
+            set.etag.as_deref(),
+            Some("38f79d050aa027e3be3865e495dcc9bc")
+        );
+        assert_eq!(set.source, RangeSource::Embedded);
+        assert!(set.contains("173.245.48.10".parse().unwrap()));
+        assert!(set.contains("104.16.0.1".parse().unwrap()));
+        assert!(set.contains("172.71.255.255".parse().unwrap()));
+        assert!(!set.contains("172.72.0.0".parse().unwrap()));
+        assert!(!set.contains("192.0.2.10".parse().unwrap()));
+        assert!(set.contains("2606:4700::10".parse().unwrap()));
+        assert!(set.contains("2a06:98c7:ffff::1".parse().unwrap()));
+        assert!(!set.contains("2001:db8::10".parse().unwrap()));
+        assert!(set.contains("::ffff:173.245.48.10".parse().unwrap()));
+    }
+
+    #[test]
+    fn lines_with_comments_and_bare_hosts() {
+        let (v4, v6) =
+            parse_lines("# edge\n10.0.0.0/8  # lab\n\n192.0.2.7\n2001:db8::/32\n").unwrap();
+        assert_eq!(
+            v4,
+            vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "192.0.2.7/32".parse().unwrap()
+            ]
+        );
+        assert_eq!(v6, vec!["2001:db8::/32".parse::<Ipv6Net>().unwrap()]);
+    }
+
+    #[test]
+    fn host_bits_are_cleared() {
+        let (v4, _) = parse_lines("173.245.48.1/20").unwrap();
+        assert_eq!(v4[0].to_string(), "173.245.48.0/20");
+    }
+
+    #[test]
+    fn bad_line_names_its_number() {
+        let err = parse_lines("10.0.0.0/8\n\n10.0.0.0/33\n").unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("10.0.0.0/33"), "{msg}");
+    }
+
+    #[test]
+    fn merged_v4_v6_line_is_rejected() {
+        // The classic bug: ips-v4 without trailing newline concatenated with ips-v6.
+        assert!(parse_lines("131.0.72.0/222400:cb00::/32").is_err());
+    }
+
+    #[test]
+    fn empty_list_is_rejected() {
+        assert!(parse_lines("# nothing\n\n").is_err());
+    }
+
+    #[test]
+    fn api_json_validation() {
+        assert!(parse_api_json("<html>challenge</html>").is_err());
+        assert!(parse_api_json(r#"{"success":false,"result":null}"#).is_err());
+        assert!(parse_api_json(
+            r#"{"success":true,"result":{"ipv4_cidrs":["1.2.3.0/24"],"ipv6_cidrs":[]}}"#
+        )
+        .is_err());
+        assert!(parse_api_json(
+            r#"{"success":true,"result":{"ipv4_cidrs":["1.2.3.0/24","nope"],"ipv6_cidrs":["2001:db8::/32"]}}"#
+        )
+        .is_err());
+        assert!(parse_api_json(
+            r#"{"success":true,"result":{"ipv4_cidrs":["2001:db8::/32"],"ipv6_cidrs":["2001:db8::/32"]}}"#
+        )
+        .is_err());
+        let (v4, v6, etag) = parse_api_json(
+            r#"{"success":true,"result":{"ipv4_cidrs":["1.2.3.0/24"],"ipv6_cidrs":["2001:db8::/32"],"etag":"e1"}}"#,
+        )
+        .unwrap();
+        assert_eq!((v4.len(), v6.len(), etag.as_deref()), (1, 1, Some("e1")));
+    }
+}
