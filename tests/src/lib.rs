@@ -1,1 +1,354 @@
+//! Test lab for the integration tests: an origin and an edge network namespace joined by one
+//! veth pair and nothing else, removed on drop even when the test fails.
+//!
+//! Addresses (the same in every lab; namespaces keep labs apart):
+//! - origin: 192.0.2.1/24, 2001:db8::1/64
+//! - edge: 173.245.48.10 (Cloudflare), 192.0.2.10 (not Cloudflare), 2606:4700::10 (Cloudflare),
+//!   2001:db8::10 (not Cloudflare)
 
+use std::{
+    fs::File,
+    io,
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+pub const ORIGIN_V4: &str = "192.0.2.1";
+pub const ORIGIN_V6: &str = "2001:db8::1";
+pub const EDGE_V4: &str = "173.245.48.10";
+pub const EDGE_V6: &str = "2606:4700::10";
+pub const OTHER_V4: &str = "192.0.2.10";
+pub const OTHER_V6: &str = "2001:db8::10";
+/// Interface names inside the namespaces.
+pub const ORIGIN_IF: &str = "o521";
+pub const EDGE_IF: &str = "e521";
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "integration tests need root (they create network namespaces and load eBPF): run `sudo cargo xtask test`"
+    );
+}
+
+/// Runs a shell command, panicking with its output when it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{cmd}`: {e}"));
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Runs a shell command inside the namespace.
+    pub fn sh(&self, cmd: &str) -> String {
+        sh(&format!(
+            "ip netns exec {} sh -c '{}'",
+            self.name,
+            cmd.replace('\'', "'\\''")
+        ))
+    }
+
+    /// Runs `f` on a thread that has joined this namespace; sockets it creates stay in it.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: valid namespace fd; only this thread changes namespace.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    }
+
+    /// A TCP listener inside the namespace with the given backlog.
+    pub fn listen(&self, addr: &str, port: u16, backlog: i32) -> TcpListener {
+        let addr = SocketAddr::new(addr.parse().expect("address"), port);
+        self.enter(move || {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+                .expect("socket");
+            socket.set_reuse_address(true).expect("SO_REUSEADDR");
+            if addr.is_ipv6() {
+                socket.set_only_v6(true).expect("IPV6_V6ONLY");
+            }
+            socket
+                .bind(&addr.into())
+                .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+            socket.listen(backlog).expect("listen");
+            socket.into()
+        })
+    }
+
+    /// Connects from `from` to `to` inside the namespace. With a timeout below one second the
+    /// kernel sends exactly one SYN when nothing answers.
+    pub fn connect(&self, from: &str, to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        let from: IpAddr = from.parse().expect("address");
+        self.enter(move || {
+            let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
+            socket.bind(&SockAddr::from(SocketAddr::new(from, 0)))?;
+            socket.connect_timeout(&to.into(), timeout)?;
+            Ok(socket.into())
+        })
+    }
+}
+
+pub struct Lab {
+    pub origin: Netns,
+    pub edge: Netns,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        require_root();
+        let n = NEXT_LAB.fetch_add(1, Ordering::SeqCst);
+        let base = format!("t521-{}-{n}", std::process::id());
+        let lab = Lab {
+            origin: Netns {
+                name: format!("{base}-o"),
+            },
+            edge: Netns {
+                name: format!("{base}-e"),
+            },
+        };
+        // Created before any command that can fail, so Drop removes whatever exists.
+        sh(&format!("ip netns add {}", lab.origin.name));
+        sh(&format!("ip netns add {}", lab.edge.name));
+        sh(&format!(
+            "ip link add {ORIGIN_IF} netns {} type veth peer name {EDGE_IF} netns {}",
+            lab.origin.name, lab.edge.name
+        ));
+        for (ns, dev) in [(&lab.origin, ORIGIN_IF), (&lab.edge, EDGE_IF)] {
+            ns.sh(&format!(
+                "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0; \
+                 ip link set lo up; ip link set {dev} up"
+            ));
+        }
+        lab.origin.sh(&format!(
+            "ip addr add {ORIGIN_V4}/24 dev {ORIGIN_IF}; \
+             ip -6 addr add {ORIGIN_V6}/64 dev {ORIGIN_IF} nodad; \
+             ip route add {EDGE_V4}/32 dev {ORIGIN_IF}; \
+             ip -6 route add {EDGE_V6}/128 dev {ORIGIN_IF}"
+        ));
+        lab.edge.sh(&format!(
+            "ip addr add {OTHER_V4}/24 dev {EDGE_IF}; \
+             ip addr add {EDGE_V4}/32 dev {EDGE_IF}; \
+             ip -6 addr add {OTHER_V6}/64 dev {EDGE_IF} nodad; \
+             ip -6 addr add {EDGE_V6}/128 dev {EDGE_IF} nodad"
+        ));
+        // Prime neighbour tables both ways so the first SYN is not delayed or lost to ND.
+        lab.edge.sh(&format!(
+            "ping -c1 -W2 -I {EDGE_V4} {ORIGIN_V4} >/dev/null || true"
+        ));
+        lab.edge.sh(&format!(
+            "ping -6 -c1 -W2 -I {EDGE_V6} {ORIGIN_V6} >/dev/null || true"
+        ));
+        lab.edge
+            .sh(&format!("ping -c1 -W2 {ORIGIN_V4} >/dev/null || true"));
+        lab.edge
+            .sh(&format!("ping -6 -c1 -W2 {ORIGIN_V6} >/dev/null || true"));
+        lab
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.origin, &self.edge] {
+            let _ = Command::new("ip")
+                .args(["netns", "pids", &ns.name])
+                .output()
+                .map(|o| {
+                    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                        let _ = Command::new("kill").args(["-9", pid]).status();
+                    }
+                });
+            let _ = Command::new("ip").args(["netns", "del", &ns.name]).status();
+        }
+    }
+}
+
+pub fn tracer_bin() -> PathBuf {
+    let path = std::env::var_os("TRACER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tracer"));
+    assert!(
+        path.is_file(),
+        "tracer binary not found at {}: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// A tracer process running in the origin namespace.
+pub struct Tracer {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    dir: PathBuf,
+}
+
+impl Tracer {
+    /// Starts `tracer ARGS... --ready-file F` in `ns` and waits until it is attached.
+    pub fn start(ns: &Netns, args: &[&str]) -> Tracer {
+        let dir = std::env::temp_dir().join(format!("{}-{}", ns.name, rand_suffix()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let ready = dir.join("ready");
+        let stdout = dir.join("stdout");
+        let stderr = dir.join("stderr");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(tracer_bin())
+            .args(args)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).expect("stdout file"))
+            .stderr(File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawn tracer");
+        let mut tracer = Tracer {
+            child,
+            stdout,
+            stderr,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            if let Ok(Some(status)) = tracer.child.try_wait() {
+                panic!("tracer exited early ({status}): {}", tracer.stderr_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tracer not ready after 30 s: {}",
+                tracer.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracer
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to the tracer.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the tracer to exit on its own (e.g. `--duration`), returning stdout.
+    pub fn wait(mut self, limit: Duration) -> (i32, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+                return (status.code().unwrap_or(-1), out);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tracer still running after {limit:?}: {}",
+                self.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lets in-flight events arrive, stops the tracer with SIGTERM and returns its JSON lines.
+    pub fn stop(self) -> Vec<Value> {
+        std::thread::sleep(Duration::from_millis(300));
+        self.signal(libc::SIGTERM);
+        let stderr = self.stderr_text();
+        let (code, out) = self.wait(Duration::from_secs(10));
+        assert_eq!(code, 0, "tracer exited with {code}: {stderr}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect()
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Events of `kind` (and, when given, `reason`) — from the events JSON lines.
+pub fn count(events: &[Value], kind: &str, reason: Option<&str>) -> usize {
+    events
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .filter(|e| reason.is_none_or(|r| e["reason"] == r))
+        .count()
+}
+
+/// Events of `kind` from `peer`.
+pub fn count_from(events: &[Value], kind: &str, peer: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e["kind"] == kind && e["peer_addr"] == peer)
+        .count()
+}
+
+pub fn sockaddr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("address"), port)
+}
+
+/// Summary of events for assertion messages.
+pub fn summary(events: &[Value]) -> String {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}:{}->{} {}",
+                e["kind"].as_str().unwrap_or("?"),
+                e["peer_addr"].as_str().unwrap_or("-"),
+                e["peer_port"],
+                e["local_port"],
+                e["reason"].as_str().unwrap_or("")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -256,7 +256,7 @@ impl Config {
     };
 }
 
-const _: () = assert!(size_of::<Config>() % 8 == 0);
+const _: () = assert!(size_of::<Config>().is_multiple_of(8));
 
 /// Number of u64 words in the watched-port bitmap (`PORTS` array map): one bit per port.
 pub const PORT_BITMAP_WORDS: u32 = 65536 / 64;

@@ -1,0 +1,333 @@
+//! `tracer events` on the real kernel: each scenario in its own namespaces, exact counts.
+
+use std::{io::Write as _, time::Duration};
+
+use integration_tests::*;
+
+const PORT: u16 = 8080;
+/// Below the kernel's first SYN retransmission (1 s): one SYN per attempt.
+const SHORT: Duration = Duration::from_millis(500);
+
+fn events(lab: &Lab, extra: &[&str]) -> Tracer {
+    let mut args = vec![
+        "events", "--iface", ORIGIN_IF, "--port", "8080", "--format", "json",
+    ];
+    args.extend_from_slice(extra);
+    Tracer::start(&lab.origin, &args)
+}
+
+fn assert_counts(ev: &[serde_json::Value], expected: &[(&str, Option<&str>, usize)]) {
+    for (kind, reason, n) in expected {
+        assert_eq!(
+            count(ev, kind, *reason),
+            *n,
+            "{kind} {reason:?}: expected {n}; events:\n{}",
+            summary(ev)
+        );
+    }
+}
+
+#[test]
+fn syn_to_closed_port_is_refused_by_the_stack() {
+    let lab = Lab::new();
+    let tracer = events(&lab, &[]);
+    let r = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT);
+    assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
+    let ev = tracer.stop();
+    assert_counts(
+        &ev,
+        &[
+            ("syn", None, 1),
+            ("reset_sent", Some("NO_SOCKET"), 1),
+            ("drop", Some("NO_SOCKET"), 1),
+            ("established", None, 0),
+            ("loss", None, 0),
+        ],
+    );
+    let syn = ev.iter().find(|e| e["kind"] == "syn").unwrap();
+    assert_eq!(syn["peer_addr"], EDGE_V4);
+    assert_eq!(syn["local_addr"], ORIGIN_V4);
+    assert_eq!(syn["local_port"], PORT);
+    assert_eq!(syn["edge"], true);
+    let rst = ev.iter().find(|e| e["kind"] == "reset_sent").unwrap();
+    assert_eq!(rst["socket"], false);
+    assert_eq!(rst["peer_port"], syn["peer_port"]);
+}
+
+#[test]
+fn listener_on_loopback_only_refuses_edge_syns() {
+    let lab = Lab::new();
+    let _listener = lab.origin.listen("127.0.0.1", PORT, 16);
+    let tracer = events(&lab, &[]);
+    let r = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT);
+    assert!(r.is_err());
+    let ev = tracer.stop();
+    assert_counts(
+        &ev,
+        &[
+            ("syn", None, 1),
+            ("reset_sent", Some("NO_SOCKET"), 1),
+            ("drop", Some("NO_SOCKET"), 1),
+        ],
+    );
+}
+
+#[test]
+fn nft_drop_is_a_netfilter_drop() {
+    let lab = Lab::new();
+    let _listener = lab.origin.listen("0.0.0.0", PORT, 16);
+    lab.origin.sh(&format!(
+        "nft add table inet t521; \
+         nft add chain inet t521 input '{{ type filter hook input priority 0; }}'; \
+         nft add rule inet t521 input tcp dport {PORT} drop"
+    ));
+    let tracer = events(&lab, &[]);
+    let r = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT);
+    assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+    let ev = tracer.stop();
+    assert_counts(
+        &ev,
+        &[
+            ("syn", None, 1),
+            ("drop", Some("NETFILTER_DROP"), 1),
+            ("reset_sent", None, 0),
+            ("established", None, 0),
+        ],
+    );
+}
+
+#[test]
+fn iptables_reject_with_tcp_reset_is_the_firewalls_rst() {
+    let lab = Lab::new();
+    let _listener = lab.origin.listen("0.0.0.0", PORT, 16);
+    lab.origin.sh(&format!(
+        "iptables -A INPUT -p tcp --dport {PORT} -j REJECT --reject-with tcp-reset"
+    ));
+    let tracer = events(&lab, &[]);
+    let r = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT);
+    assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
+    let ev = tracer.stop();
+    // netfilter builds the RST itself: no tcp_send_reset, the SYN is a NETFILTER_DROP.
+    assert_counts(
+        &ev,
+        &[
+            ("syn", None, 1),
+            ("drop", Some("NETFILTER_DROP"), 1),
+            ("reset_sent", None, 0),
+        ],
+    );
+}
+
+#[test]
+fn completed_handshake_is_established() {
+    let lab = Lab::new();
+    let listener = lab.origin.listen("0.0.0.0", PORT, 16);
+    let tracer = events(&lab, &[]);
+    let client = lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT)
+        .expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    drop(client);
+    drop(server);
+    let ev = tracer.stop();
+    assert_counts(
+        &ev,
+        &[
+            ("syn", None, 1),
+            ("established", None, 1),
+            ("reset_sent", None, 0),
+            ("drop", None, 0),
+        ],
+    );
+    assert!(count(&ev, "closed", None) >= 1, "{}", summary(&ev));
+}
+
+#[test]
+fn application_reset_after_accept() {
+    let lab = Lab::new();
+    let listener = lab.origin.listen("0.0.0.0", PORT, 16);
+    let tracer = events(&lab, &[]);
+    let mut client = lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT)
+        .expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    // SO_LINGER 0: close() aborts with RST.
+    socket2::SockRef::from(&server)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(server);
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = client.write_all(b"x");
+    let ev = tracer.stop();
+    assert_counts(&ev, &[("syn", None, 1), ("established", None, 1)]);
+    let resets: Vec<_> = ev.iter().filter(|e| e["kind"] == "reset_sent").collect();
+    assert_eq!(resets.len(), 1, "{}", summary(&ev));
+    assert_eq!(resets[0]["socket"], true);
+    assert_eq!(resets[0]["peer_addr"], EDGE_V4);
+}
+
+#[test]
+fn full_accept_queue_drops_syns_silently() {
+    let lab = Lab::new();
+    // Backlog 0: one connection fills the accept queue; it is never accepted.
+    let _listener = lab.origin.listen("0.0.0.0", PORT, 0);
+    let first = lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT)
+        .expect("first connect");
+    let tracer = events(&lab, &[]);
+    let mut refused = 0;
+    for _ in 0..3 {
+        if lab
+            .edge
+            .connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT)
+            .is_err()
+        {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 3, "the queue should have been full");
+    let ev = tracer.stop();
+    drop(first);
+    assert_counts(
+        &ev,
+        &[
+            ("syn", None, 3),
+            ("established", None, 0),
+            ("reset_sent", None, 0),
+            ("drop", Some("NETFILTER_DROP"), 0),
+            ("drop", Some("NO_SOCKET"), 0),
+        ],
+    );
+}
+
+#[test]
+fn ipv6_closed_port_and_handshake() {
+    let lab = Lab::new();
+    let listener = lab.origin.listen("::", 443, 16);
+    let tracer = Tracer::start(
+        &lab.origin,
+        &[
+            "events", "--iface", ORIGIN_IF, "--port", "8080,443", "--format", "json",
+        ],
+    );
+    let r = lab.edge.connect(EDGE_V6, sockaddr(ORIGIN_V6, PORT), SHORT);
+    assert!(r.is_err());
+    let client = lab
+        .edge
+        .connect(EDGE_V6, sockaddr(ORIGIN_V6, 443), SHORT)
+        .expect("connect v6");
+    let (server, _) = listener.accept().expect("accept");
+    drop((client, server));
+    let ev = tracer.stop();
+    assert_counts(
+        &ev,
+        &[
+            ("syn", None, 2),
+            ("reset_sent", Some("NO_SOCKET"), 1),
+            ("drop", Some("NO_SOCKET"), 1),
+            ("established", None, 1),
+        ],
+    );
+    for e in ev.iter().filter(|e| e["kind"] != "loss") {
+        assert_eq!(e["peer_addr"], EDGE_V6, "{}", summary(&ev));
+        assert_eq!(e["edge"], true);
+    }
+}
+
+#[test]
+fn ipv6_nft_drop() {
+    let lab = Lab::new();
+    lab.origin.sh(&format!(
+        "nft add table inet t521; \
+         nft add chain inet t521 input '{{ type filter hook input priority 0; }}'; \
+         nft add rule inet t521 input ip6 saddr 2606:4700::/32 tcp dport {PORT} drop"
+    ));
+    let tracer = events(&lab, &[]);
+    assert!(lab
+        .edge
+        .connect(EDGE_V6, sockaddr(ORIGIN_V6, PORT), SHORT)
+        .is_err());
+    let ev = tracer.stop();
+    assert_counts(
+        &ev,
+        &[("syn", None, 1), ("drop", Some("NETFILTER_DROP"), 1)],
+    );
+}
+
+#[test]
+fn non_edge_peers_only_with_all_peers() {
+    let lab = Lab::new();
+    let tracer = events(&lab, &[]);
+    assert!(lab
+        .edge
+        .connect(OTHER_V4, sockaddr(ORIGIN_V4, PORT), SHORT)
+        .is_err());
+    assert!(lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT)
+        .is_err());
+    let ev = tracer.stop();
+    assert_eq!(count_from(&ev, "syn", OTHER_V4), 0, "{}", summary(&ev));
+    assert_eq!(count_from(&ev, "reset_sent", OTHER_V4), 0);
+    assert_eq!(count_from(&ev, "syn", EDGE_V4), 1);
+
+    let tracer = events(&lab, &["--all-peers"]);
+    assert!(lab
+        .edge
+        .connect(OTHER_V4, sockaddr(ORIGIN_V4, PORT), SHORT)
+        .is_err());
+    assert!(lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT)
+        .is_err());
+    let ev = tracer.stop();
+    assert_eq!(count_from(&ev, "syn", OTHER_V4), 1, "{}", summary(&ev));
+    assert_eq!(count_from(&ev, "reset_sent", OTHER_V4), 1);
+    assert_eq!(count_from(&ev, "drop", OTHER_V4), 1);
+    assert_eq!(count_from(&ev, "syn", EDGE_V4), 1);
+    let other = ev.iter().find(|e| e["peer_addr"] == OTHER_V4).unwrap();
+    assert_eq!(other["edge"], false);
+}
+
+#[test]
+fn drop_inside_the_edge_namespace_is_not_the_origins() {
+    let lab = Lab::new();
+    // The edge drops its own SYNs on the way out: a drop in another namespace.
+    lab.edge.sh(&format!(
+        "nft add table inet t521; \
+         nft add chain inet t521 output '{{ type filter hook output priority 0; }}'; \
+         nft add rule inet t521 output tcp dport {PORT} drop"
+    ));
+    let tracer = events(&lab, &["--all-peers"]);
+    assert!(lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT)
+        .is_err());
+    let ev = tracer.stop();
+    assert!(ev.is_empty(), "origin saw events:\n{}", summary(&ev));
+}
+
+#[test]
+fn ranges_file_changes_what_is_edge() {
+    let lab = Lab::new();
+    let dir = std::env::temp_dir().join(format!("t521-ranges-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ranges.txt");
+    std::fs::write(&file, "# lab\n192.0.2.0/24\n").unwrap();
+    let tracer = events(&lab, &["--ranges", file.to_str().unwrap()]);
+    assert!(lab
+        .edge
+        .connect(OTHER_V4, sockaddr(ORIGIN_V4, PORT), SHORT)
+        .is_err());
+    assert!(lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT)
+        .is_err());
+    let ev = tracer.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(count_from(&ev, "syn", OTHER_V4), 1, "{}", summary(&ev));
+    assert_eq!(count_from(&ev, "syn", EDGE_V4), 0);
+}

@@ -1,0 +1,135 @@
+//! `cargo xtask setup`: everything a fresh Debian machine needs to build and test, installed
+//! only when missing.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::run_cmd;
+
+/// Debian packages: LLVM 22 for bpf-linker; iproute2/nftables/iptables for the lab; prometheus
+/// for promtool; nginx, wrk and hping3 for the benchmarks.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "iproute2",
+    "nftables",
+    "iptables",
+    "prometheus",
+    "nginx-light",
+    "wrk",
+    "hping3",
+    "procps",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> Result<()> {
+    if std::env::var_os("XTASK_SKIP_SETUP").is_some() {
+        eprintln!("setup: skipped (XTASK_SKIP_SETUP)");
+        return Ok(());
+    }
+    debian_packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        eprintln!("setup: Debian packages present");
+        return Ok(());
+    }
+    if which("apt-get").is_none() {
+        bail!(
+            "missing packages {} and no apt-get: install them by hand",
+            missing.join(" ")
+        );
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "missing packages {}: run `sudo cargo xtask setup` (or install them)",
+            missing.join(" ")
+        );
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn rust_src() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("rustup is needed: install Rust with rustup")?;
+    if !out.status.success() {
+        bail!("the nightly toolchain is missing: `rustup toolchain install nightly`");
+    }
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        eprintln!("setup: rust-src (nightly) present");
+        return Ok(());
+    }
+    eprintln!("setup: adding rust-src to nightly");
+    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> Result<()> {
+    if let Some(path) = which("bpf-linker") {
+        let version = Command::new(&path)
+            .arg("--version")
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if version.contains(BPF_LINKER_VERSION) {
+            eprintln!("setup: bpf-linker {BPF_LINKER_VERSION} present");
+            return Ok(());
+        }
+        eprintln!(
+            "setup: bpf-linker is `{}`, want {BPF_LINKER_VERSION}",
+            version.trim()
+        );
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+    run_cmd(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+                "--force",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
