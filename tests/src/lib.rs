@@ -30,6 +30,8 @@ pub const OTHER_V6: &str = "2001:db8::10";
 pub const ORIGIN_IF: &str = "o521";
 pub const EDGE_IF: &str = "e521";
 
+pub mod scenarios;
+
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
 pub fn require_root() {
@@ -92,7 +94,8 @@ impl Netns {
                 .expect("socket");
             socket.set_reuse_address(true).expect("SO_REUSEADDR");
             if addr.is_ipv6() {
-                socket.set_only_v6(true).expect("IPV6_V6ONLY");
+                // `::` takes IPv4 too (dual stack); a specific v6 address only v6.
+                socket.set_only_v6(!addr.ip().is_unspecified()).expect("IPV6_V6ONLY");
             }
             socket
                 .bind(&addr.into())

@@ -331,3 +331,20 @@ fn ranges_file_changes_what_is_edge() {
     assert_eq!(count_from(&ev, "syn", OTHER_V4), 1, "{}", summary(&ev));
     assert_eq!(count_from(&ev, "syn", EDGE_V4), 0);
 }
+
+#[test]
+fn dual_stack_listener_reports_ipv4_peers_as_ipv4() {
+    let lab = Lab::new();
+    let listener = lab.origin.listen("::", PORT, 16);
+    let tracer = events(&lab, &[]);
+    let client = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    drop((client, server));
+    let ev = tracer.stop();
+    // The socket says ::ffff:173.245.48.10; the event must match the IPv4 SYN.
+    let est: Vec<_> = ev.iter().filter(|e| e["kind"] == "established").collect();
+    assert_eq!(est.len(), 1, "{}", summary(&ev));
+    assert_eq!(est[0]["peer_addr"], EDGE_V4);
+    assert_eq!(est[0]["local_addr"], ORIGIN_V4);
+    assert_eq!(est[0]["edge"], true);
+}

@@ -60,9 +60,28 @@ fn read_sockaddr(ctx: &TracePointContext, offset: u16) -> Option<(u32, u16, [u8;
     }
 }
 
+/// A dual-stack (`[::]`) socket reports IPv4 peers as v4-mapped IPv6 (::ffff:a.b.c.d); the
+/// packets themselves are IPv4, so the event must be too.
+#[inline(always)]
+fn unmap_v4(ev: &mut Event) {
+    let mapped = |a: &[u8; 16]| a[..10] == [0u8; 10] && a[10] == 0xff && a[11] == 0xff;
+    if ev.family == 6 && mapped(&ev.peer_addr) && mapped(&ev.local_addr) {
+        ev.family = 4;
+        for i in 0..4 {
+            ev.peer_addr[i] = ev.peer_addr[12 + i];
+            ev.local_addr[i] = ev.local_addr[12 + i];
+        }
+        for i in 4..16 {
+            ev.peer_addr[i] = 0;
+            ev.local_addr[i] = 0;
+        }
+    }
+}
+
 /// Common tail: watched port, wanted peer, our namespace; then send.
 #[inline(always)]
 fn filter_and_emit(mut ev: Event, sk: u64, skb: u64) -> Option<()> {
+    unmap_v4(&mut ev);
     if !port_watched(ev.local_port) {
         return None;
     }

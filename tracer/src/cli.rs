@@ -31,6 +31,10 @@ pub struct Cli {
 pub enum Command {
     /// Stream kernel events (SYNs at the NIC, drops, resets, handshakes) until Ctrl-C.
     Events(EventsArgs),
+    /// Watch a window and give the 521 verdict: cause, evidence, next steps.
+    Diagnose(DiagnoseArgs),
+    /// Show the watched ranges in use, their source and age; --refresh fetches Cloudflare's.
+    Ranges(RangesArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,4 +89,33 @@ pub struct EventsArgs {
     /// Stop after this many seconds [default: until Ctrl-C or SIGTERM].
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiagnoseArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    /// Length of the observation window in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub duration: f64,
+    /// Watched ranges: the Cloudflare API's JSON or one CIDR per line.
+    #[arg(long, value_name = "FILE", conflicts_with = "refresh_ranges")]
+    pub ranges: Option<PathBuf>,
+    /// Fetch Cloudflare's current ranges first (falls back to the cache, then the embedded list).
+    #[arg(long)]
+    pub refresh_ranges: bool,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct RangesArgs {
+    /// Fetch Cloudflare's current list and cache it.
+    #[arg(long)]
+    pub refresh: bool,
+    /// Show this file's ranges instead (validates it).
+    #[arg(long, value_name = "FILE", conflicts_with = "refresh")]
+    pub ranges: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }

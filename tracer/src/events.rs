@@ -236,7 +236,7 @@ fn addr(family: u32, bytes: &[u8; 16]) -> Option<IpAddr> {
         4 => Some(IpAddr::V4(Ipv4Addr::new(
             bytes[0], bytes[1], bytes[2], bytes[3],
         ))),
-        6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
+        6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes)).to_canonical()),
         _ => None,
     }
 }

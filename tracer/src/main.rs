@@ -3,10 +3,15 @@
 mod capture;
 mod cli;
 mod commands;
+mod correlate;
 mod events;
 mod kernel;
 mod netinfo;
+mod origin;
 mod ranges;
+mod report;
+mod verdict;
+mod window;
 
 use std::process::ExitCode;
 

@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
+mod diagnose;
 mod events;
+mod ranges;
 
 use anyhow::Result;
 
@@ -9,6 +11,8 @@ use crate::{cli::Command, kernel::Probe};
 pub async fn run(command: Command) -> Result<()> {
     match command {
         Command::Events(args) => events::run(args).await,
+        Command::Diagnose(args) => diagnose::run(args).await,
+        Command::Ranges(args) => ranges::run(args).await,
     }
 }
 
@@ -17,4 +21,12 @@ pub fn print_notes(probe: &Probe) {
     for note in &probe.notes {
         eprintln!("note: {note}");
     }
+}
+
+/// Checks a `--duration` value.
+pub fn check_duration(secs: f64) -> anyhow::Result<()> {
+    if !(secs > 0.0 && secs.is_finite() && secs < 1e9) {
+        anyhow::bail!("--duration must be a positive number of seconds, got {secs}");
+    }
+    Ok(())
 }

@@ -1,5 +1,7 @@
 //! The watched peer ranges (Cloudflare's by default): parsing, validation and matching.
 
+pub mod fetch;
+
 use std::{fmt, net::IpAddr, path::Path, time::SystemTime};
 
 use anyhow::{anyhow, bail, Context as _, Result};

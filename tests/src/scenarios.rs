@@ -1,0 +1,268 @@
+//! 521 scenarios: each sets up a cause in a fresh lab, makes edge traffic, and names the verdict
+//! `tracer diagnose` must give. Used by the integration tests and by `cargo xtask lab`.
+
+use std::{
+    any::Any,
+    net::TcpListener,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::*;
+
+/// What a scenario keeps alive while the tracer watches (listeners, servers).
+pub type Keep = Vec<Box<dyn Any>>;
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub expected: &'static str,
+    /// `--port` value for the tracer.
+    pub ports: &'static str,
+    pub setup: fn(&Lab) -> Keep,
+    pub traffic: fn(&Lab),
+}
+
+/// Below the kernel's first SYN retransmission: one SYN per attempt.
+pub const SHORT: Duration = Duration::from_millis(500);
+pub const WINDOW_SECS: u64 = 4;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ServerMode {
+    /// Accept, then close normally.
+    Close,
+    /// Accept, then abort with RST (SO_LINGER 0).
+    Reset,
+}
+
+/// An accept loop on a listener inside the origin namespace, stopped on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(listener: TcpListener, mode: ServerMode) -> Server {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        if mode == ServerMode::Reset {
+                            let _ = socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO));
+                        }
+                        drop(conn);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Server {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn attempts(lab: &Lab, from: &str, to: &str, port: u16, n: usize) -> usize {
+    (0..n)
+        .filter(|_| lab.edge.connect(from, sockaddr(to, port), SHORT).is_ok())
+        .count()
+}
+
+fn nothing(_: &Lab) -> Keep {
+    Vec::new()
+}
+
+fn server(lab: &Lab, addr: &str, port: u16, mode: ServerMode) -> Keep {
+    vec![Box::new(Server::start(lab.origin.listen(addr, port, 128), mode))]
+}
+
+pub fn all() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "healthy",
+            expected: "healthy",
+            ports: "443",
+            setup: |lab| server(lab, "0.0.0.0", 443, ServerMode::Close),
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 5);
+            },
+        },
+        Scenario {
+            name: "nothing listens",
+            expected: "refused",
+            ports: "443",
+            setup: nothing,
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
+            },
+        },
+        Scenario {
+            name: "listener on 127.0.0.1 only",
+            expected: "refused",
+            ports: "443",
+            setup: |lab| vec![Box::new(lab.origin.listen("127.0.0.1", 443, 16))],
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
+            },
+        },
+        Scenario {
+            name: "nft drops edge, allowlist admits others",
+            expected: "firewall_drop",
+            ports: "443",
+            setup: |lab| {
+                lab.origin.sh(
+                    "nft add table inet filter; \
+                     nft add chain inet filter input '{ type filter hook input priority 0; policy drop; }'; \
+                     nft add rule inet filter input iif lo accept; \
+                     nft add rule inet filter input ct state established,related accept; \
+                     nft add rule inet filter input ip saddr 192.0.2.0/24 tcp dport 443 accept; \
+                     nft add rule inet filter input ip6 nexthdr icmpv6 accept; \
+                     nft add rule inet filter input icmp type echo-request accept",
+                );
+                server(lab, "0.0.0.0", 443, ServerMode::Close)
+            },
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
+                attempts(lab, OTHER_V4, ORIGIN_V4, 443, 2);
+            },
+        },
+        Scenario {
+            name: "iptables REJECT tcp-reset",
+            expected: "firewall_drop",
+            ports: "443",
+            setup: |lab| {
+                lab.origin.sh("iptables -A INPUT -p tcp --dport 443 -s 173.245.48.0/20 -j REJECT --reject-with tcp-reset");
+                server(lab, "0.0.0.0", 443, ServerMode::Close)
+            },
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
+            },
+        },
+        Scenario {
+            name: "accept queue full",
+            expected: "overloaded",
+            ports: "443",
+            setup: |lab| {
+                // Backlog 0 and never accepted: one connection fills the queue.
+                let l = lab.origin.listen("0.0.0.0", 443, 0);
+                let first = lab
+                    .edge
+                    .connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT)
+                    .expect("first connection");
+                vec![Box::new(l), Box::new(first)]
+            },
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
+            },
+        },
+        Scenario {
+            name: "application resets after accept",
+            expected: "reset_by_origin",
+            ports: "443",
+            setup: |lab| server(lab, "0.0.0.0", 443, ServerMode::Reset),
+            traffic: |lab| {
+                for _ in 0..3 {
+                    if let Ok(mut c) = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT) {
+                        use std::io::Read as _;
+                        let _ = c.set_read_timeout(Some(SHORT));
+                        let _ = c.read(&mut [0u8; 16]);
+                    }
+                }
+            },
+        },
+        Scenario {
+            name: "edge drops its own SYNs",
+            expected: "never_arriving",
+            ports: "443",
+            setup: |lab| {
+                lab.edge.sh(
+                    "nft add table inet t; \
+                     nft add chain inet t output '{ type filter hook output priority 0; }'; \
+                     nft add rule inet t output ip saddr 173.245.48.0/20 tcp dport 443 drop",
+                );
+                server(lab, "0.0.0.0", 443, ServerMode::Close)
+            },
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
+                attempts(lab, OTHER_V4, ORIGIN_V4, 443, 2);
+            },
+        },
+        Scenario {
+            name: "mixed: refused 8080, firewall 443",
+            expected: "firewall_drop",
+            ports: "443,8080",
+            setup: |lab| {
+                lab.origin.sh(
+                    "nft add table inet filter; \
+                     nft add chain inet filter input '{ type filter hook input priority 0; }'; \
+                     nft add rule inet filter input tcp dport 443 drop",
+                );
+                server(lab, "0.0.0.0", 443, ServerMode::Close)
+            },
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 8080, 2);
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 4);
+            },
+        },
+        Scenario {
+            name: "IPv6, nothing listens",
+            expected: "refused",
+            ports: "443",
+            setup: |lab| vec![Box::new(lab.origin.listen("::1", 443, 16))],
+            traffic: |lab| {
+                attempts(lab, EDGE_V6, ORIGIN_V6, 443, 3);
+            },
+        },
+        Scenario {
+            name: "non-default port 9443, healthy",
+            expected: "healthy",
+            ports: "9443",
+            setup: |lab| server(lab, "::", 9443, ServerMode::Close),
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 9443, 2);
+                attempts(lab, EDGE_V6, ORIGIN_V6, 9443, 2);
+            },
+        },
+    ]
+}
+
+/// Runs one scenario in a fresh lab: the report and the seconds it took.
+pub fn run(s: &Scenario) -> (Value, f64) {
+    let started = Instant::now();
+    let lab = Lab::new();
+    let keep = (s.setup)(&lab);
+    let window = WINDOW_SECS.to_string();
+    let tracer = Tracer::start(
+        &lab.origin,
+        &[
+            "diagnose", "--iface", ORIGIN_IF, "--port", s.ports, "--duration", &window, "--format",
+            "json",
+        ],
+    );
+    (s.traffic)(&lab);
+    let stderr = tracer.stderr_text();
+    let (code, out) = tracer.wait(Duration::from_secs(WINDOW_SECS + 20));
+    drop(keep);
+    assert_eq!(code, 0, "diagnose failed: {stderr}");
+    let report: Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("diagnose stdout is not one JSON document ({e}): {out}"));
+    (report, started.elapsed().as_secs_f64())
+}

@@ -1,0 +1,164 @@
+//! `tracer diagnose` on the real kernel: one test per verdict and the tricky mixes.
+
+use integration_tests::scenarios::{self, Scenario};
+use serde_json::Value;
+
+fn scenario(name: &str) -> Scenario {
+    scenarios::all()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no scenario {name}"))
+}
+
+/// Runs the scenario and checks the verdict it names.
+fn verdict_of(name: &str) -> Value {
+    let s = scenario(name);
+    let (report, _) = scenarios::run(&s);
+    assert_eq!(report["verdict"], s.expected, "{name}: {report:#}");
+    report
+}
+
+fn causes(r: &Value) -> Vec<String> {
+    r["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["verdict"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn evidence(r: &Value) -> String {
+    r["causes"][0]["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn json_contract() {
+    let r = verdict_of("healthy");
+    for key in [
+        "verdict", "window_secs", "interface", "ports", "edge", "non_edge", "causes", "listeners",
+        "counters", "ranges", "lost_events",
+    ] {
+        assert!(r.get(key).is_some(), "missing {key}: {r:#}");
+    }
+    for key in [
+        "syn", "handshakes", "refused", "firewall_drops", "overload_drops", "origin_resets",
+        "unanswered", "other_drops",
+    ] {
+        assert!(r["edge"][key].is_u64(), "edge.{key}");
+        assert!(r["non_edge"][key].is_u64(), "non_edge.{key}");
+    }
+    for key in ["source", "ipv4", "ipv6", "etag", "fetched_at"] {
+        assert!(r["ranges"].get(key).is_some(), "ranges.{key}");
+    }
+    assert_eq!(r["ranges"]["source"], "embedded");
+    assert_eq!(r["ranges"]["ipv4"].as_array().unwrap().len(), 15);
+    assert_eq!(r["window_secs"], scenarios::WINDOW_SECS);
+    assert_eq!(r["interface"], integration_tests::ORIGIN_IF);
+    assert_eq!(r["ports"], serde_json::json!([443]));
+    assert_eq!(r["lost_events"], 0);
+    let c = &r["causes"][0];
+    assert!(c["attempts"].is_u64() && c["evidence"].is_array() && c["next_steps"].is_array());
+}
+
+#[test]
+fn healthy_counts_handshakes() {
+    let r = verdict_of("healthy");
+    assert_eq!(r["edge"]["syn"], 5);
+    assert_eq!(r["edge"]["handshakes"], 5);
+    assert_eq!(r["edge"]["refused"], 0);
+}
+
+#[test]
+fn refused_when_nothing_listens() {
+    let r = verdict_of("nothing listens");
+    assert_eq!(r["edge"]["syn"], 3);
+    assert_eq!(r["edge"]["refused"], 3);
+    assert!(evidence(&r).contains("nothing listens on port 443"), "{r:#}");
+}
+
+#[test]
+fn refused_names_the_loopback_listener() {
+    let r = verdict_of("listener on 127.0.0.1 only");
+    assert_eq!(r["edge"]["refused"], 3);
+    assert!(evidence(&r).contains("127.0.0.1:443"), "{r:#}");
+    let steps = r["causes"][0]["next_steps"].to_string();
+    assert!(steps.contains("0.0.0.0:443"), "{steps}");
+}
+
+#[test]
+fn firewall_allowlist_that_misses_cloudflare() {
+    let r = verdict_of("nft drops edge, allowlist admits others");
+    assert_eq!(r["edge"]["syn"], 3);
+    assert_eq!(r["edge"]["firewall_drops"], 3);
+    assert_eq!(r["non_edge"]["handshakes"], 2);
+    let ev = evidence(&r);
+    assert!(ev.contains("policy drop"), "{ev}");
+    assert!(ev.contains("admits others"), "{ev}");
+    let steps = r["causes"][0]["next_steps"].to_string();
+    assert!(steps.contains("nft insert rule inet filter input"), "{steps}");
+    assert!(steps.contains("173.245.48.0/20"));
+}
+
+#[test]
+fn iptables_reject_is_the_firewall_not_the_application() {
+    let r = verdict_of("iptables REJECT tcp-reset");
+    assert_eq!(r["edge"]["firewall_drops"], 3);
+    assert_eq!(r["edge"]["refused"], 0);
+    assert!(evidence(&r).contains("REJECT") || evidence(&r).contains("reject"), "{r:#}");
+}
+
+#[test]
+fn full_accept_queue_is_overloaded() {
+    let r = verdict_of("accept queue full");
+    assert_eq!(r["edge"]["syn"], 3);
+    assert_eq!(r["edge"]["handshakes"], 0);
+    assert_eq!(r["edge"]["unanswered"].as_u64().unwrap() + r["edge"]["overload_drops"].as_u64().unwrap(), 3);
+    assert!(r["counters"]["ListenOverflows"].as_u64().unwrap() >= 3, "{r:#}");
+}
+
+#[test]
+fn resets_after_accept() {
+    let r = verdict_of("application resets after accept");
+    assert_eq!(r["edge"]["handshakes"], 3);
+    assert_eq!(r["edge"]["origin_resets"], 3);
+}
+
+#[test]
+fn edge_dropping_its_own_syns_is_never_arriving() {
+    let r = verdict_of("edge drops its own SYNs");
+    assert_eq!(r["edge"]["syn"], 0);
+    assert_eq!(r["edge"]["firewall_drops"], 0);
+    assert_eq!(r["non_edge"]["syn"], 2);
+    assert_eq!(r["non_edge"]["handshakes"], 2);
+    assert!(evidence(&r).contains("from other peers did arrive"), "{r:#}");
+}
+
+#[test]
+fn mixed_causes_list_every_one() {
+    let r = verdict_of("mixed: refused 8080, firewall 443");
+    assert_eq!(r["edge"]["firewall_drops"], 4);
+    assert_eq!(r["edge"]["refused"], 2);
+    assert_eq!(causes(&r), ["firewall_drop", "refused"]);
+    assert_eq!(r["causes"][0]["attempts"], 4);
+    assert_eq!(r["causes"][1]["attempts"], 2);
+}
+
+#[test]
+fn ipv6_refusal() {
+    let r = verdict_of("IPv6, nothing listens");
+    assert_eq!(r["edge"]["refused"], 3);
+    assert!(evidence(&r).contains("[::1]:443"), "{r:#}");
+}
+
+#[test]
+fn non_default_port_both_families() {
+    let r = verdict_of("non-default port 9443, healthy");
+    assert_eq!(r["edge"]["handshakes"], 4);
+    assert_eq!(r["ports"], serde_json::json!([9443]));
+}

@@ -1,0 +1,215 @@
+//! Refreshing the ranges from Cloudflare's API, with a validated on-disk cache and fallbacks:
+//! API, then cache, then the embedded list — each fallback said in one line.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use super::{parse_api_json, RangeSet, RangeSource};
+
+pub const API_URL: &str = "https://api.cloudflare.com/client/v4/ips";
+/// Larger answers are refused: the real one is under 1 KiB.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the API is (TRACER_RANGES_URL overrides it, for mirrors and tests).
+pub fn api_url() -> String {
+    std::env::var("TRACER_RANGES_URL").unwrap_or_else(|_| API_URL.to_string())
+}
+
+/// The cache file: TRACER_STATE_DIR, else /var/lib/cf521-tracer as root, else the XDG state dir.
+pub fn cache_path() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TRACER_STATE_DIR") {
+        return PathBuf::from(dir).join("ranges.json");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/cf521-tracer/ranges.json");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    state.join("cf521-tracer/ranges.json")
+}
+
+#[derive(Serialize, Deserialize)]
+struct CacheFile {
+    fetched_at: String,
+    etag: Option<String>,
+    /// The HTTP ETag header, for If-None-Match.
+    http_etag: Option<String>,
+    ipv4_cidrs: Vec<String>,
+    ipv6_cidrs: Vec<String>,
+}
+
+pub fn load_cache(path: &Path) -> Result<(RangeSet, Option<String>)> {
+    let text = std::fs::read_to_string(path)?;
+    let c: CacheFile = serde_json::from_str(&text).context("cache is not valid JSON")?;
+    // Re-validate as if it came from the API: a damaged cache must not be trusted.
+    let body = serde_json::json!({
+        "success": true,
+        "result": {"ipv4_cidrs": c.ipv4_cidrs, "ipv6_cidrs": c.ipv6_cidrs, "etag": c.etag}
+    });
+    let (v4, v6, etag) = parse_api_json(&body.to_string())?;
+    Ok((
+        RangeSet {
+            v4,
+            v6,
+            source: RangeSource::Cache,
+            etag,
+            fetched_at: humantime::parse_rfc3339_weak(&c.fetched_at).ok(),
+            path: Some(path.display().to_string()),
+        },
+        c.http_etag,
+    ))
+}
+
+fn save_cache(path: &Path, set: &RangeSet, http_etag: Option<&str>) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let c = CacheFile {
+        fetched_at: humantime::format_rfc3339_seconds(set.fetched_at.unwrap_or_else(SystemTime::now)).to_string(),
+        etag: set.etag.clone(),
+        http_etag: http_etag.map(str::to_string),
+        ipv4_cidrs: set.v4.iter().map(ToString::to_string).collect(),
+        ipv6_cidrs: set.v6.iter().map(ToString::to_string).collect(),
+    };
+    // Write then rename: a reader never sees half a file.
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&c)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Fetches and validates the list. `Ok(None)` when the server says it has not changed (304).
+async fn fetch(url: &str, if_none_match: Option<&str>) -> Result<Option<(RangeSet, Option<String>)>> {
+    let client = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!("cf521-tracer/", env!("CARGO_PKG_VERSION")))
+        .build()?;
+    let mut req = client.get(url);
+    if let Some(tag) = if_none_match {
+        req = req.header(reqwest::header::IF_NONE_MATCH, tag);
+    }
+    let mut resp = req.send().await.map_err(|e| anyhow!("{}", short_error(&e)))?;
+    if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
+        return Ok(None);
+    }
+    if !resp.status().is_success() {
+        bail!("HTTP {}", resp.status());
+    }
+    let http_etag = resp
+        .headers()
+        .get(reqwest::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| anyhow!("{}", short_error(&e)))? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_BODY_BYTES {
+            bail!("answer larger than {MAX_BODY_BYTES} bytes");
+        }
+    }
+    let text = String::from_utf8(body).map_err(|_| anyhow!("answer is not UTF-8 text"))?;
+    if text.trim_start().starts_with('<') {
+        bail!("answer is HTML, not the JSON list (a challenge or error page?)");
+    }
+    let (v4, v6, etag) = parse_api_json(&text)?;
+    Ok(Some((
+        RangeSet {
+            v4,
+            v6,
+            source: RangeSource::Api,
+            etag,
+            fetched_at: Some(SystemTime::now()),
+            path: None,
+        },
+        http_etag,
+    )))
+}
+
+/// reqwest's errors nest causes; one line with the innermost is what a person needs.
+fn short_error(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg = s.to_string();
+        source = s.source();
+    }
+    if e.is_timeout() {
+        format!("timed out after {} s", TIMEOUT.as_secs())
+    } else {
+        msg
+    }
+}
+
+/// Refreshes from the API; on failure falls back to the cache, then the embedded list.
+/// Returns the set and, for a fallback, the one line that says so.
+pub async fn refresh() -> (RangeSet, Option<String>) {
+    let url = api_url();
+    let cache = cache_path();
+    let cached = load_cache(&cache).ok();
+    let http_etag = cached.as_ref().and_then(|(_, t)| t.clone());
+    match fetch(&url, http_etag.as_deref()).await {
+        Ok(Some((set, tag))) => {
+            let note = save_cache(&cache, &set, tag.as_deref())
+                .err()
+                .map(|e| format!("ranges fetched but not cached at {} ({e})", cache.display()));
+            (set, note)
+        }
+        Ok(None) => match cached {
+            Some((mut set, tag)) => {
+                // 304: the cached list is current.
+                set.fetched_at = Some(SystemTime::now());
+                let _ = save_cache(&cache, &set, tag.as_deref());
+                set.source = RangeSource::Api;
+                (set, None)
+            }
+            None => (
+                RangeSet::embedded(),
+                Some(format!("{url} answered 304 with no cached list; using the embedded list")),
+            ),
+        },
+        Err(e) => match cached {
+            Some((set, _)) => {
+                let when = set
+                    .fetched_at
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                    .unwrap_or_else(|| "unknown time".into());
+                (
+                    set,
+                    Some(format!("cannot refresh ranges from {url} ({e:#}); using the cached list from {when}")),
+                )
+            }
+            None => (
+                RangeSet::embedded(),
+                Some(format!(
+                    "cannot refresh ranges from {url} ({e:#}); using the embedded list recorded {}",
+                    super::EMBEDDED_RECORDED
+                )),
+            ),
+        },
+    }
+}
+
+/// The ranges to use: a file, a refresh, or else the cache of an earlier refresh, or else
+/// the embedded list.
+pub async fn resolve(file: Option<&Path>, refresh_now: bool) -> Result<(RangeSet, Option<String>)> {
+    if let Some(path) = file {
+        return Ok((RangeSet::from_file(path)?, None));
+    }
+    if refresh_now {
+        return Ok(refresh().await);
+    }
+    match load_cache(&cache_path()) {
+        Ok((set, _)) => Ok((set, None)),
+        Err(_) => Ok((RangeSet::embedded(), None)),
+    }
+}

@@ -1,0 +1,165 @@
+//! The `diagnose` result: one JSON document for scripts, a short report for people.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::Serialize;
+
+use crate::{
+    correlate::Counts,
+    origin::listeners::Listener,
+    ranges::RangeSet,
+    verdict::Cause,
+};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RangesInfo {
+    pub source: String,
+    pub ipv4: Vec<String>,
+    pub ipv6: Vec<String>,
+    pub etag: Option<String>,
+    pub fetched_at: Option<String>,
+    pub age_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl RangesInfo {
+    pub fn of(set: &RangeSet) -> Self {
+        Self {
+            source: set.source.to_string(),
+            ipv4: set.v4.iter().map(ToString::to_string).collect(),
+            ipv6: set.v6.iter().map(ToString::to_string).collect(),
+            etag: set.etag.clone(),
+            fetched_at: set
+                .fetched_at
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+            age_secs: set.age_secs(),
+            path: set.path.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub verdict: String,
+    pub window_secs: serde_json::Value,
+    pub interface: String,
+    pub ports: Vec<u16>,
+    pub edge: Counts,
+    pub non_edge: Counts,
+    pub causes: Vec<Cause>,
+    pub listeners: Vec<Listener>,
+    /// TCP counter changes over the window.
+    pub counters: BTreeMap<String, u64>,
+    pub ranges: RangesInfo,
+    pub lost_events: u64,
+    /// When the window started (RFC 3339).
+    pub started_at: String,
+    /// "driver" or "generic".
+    pub xdp_mode: String,
+    /// Hooks this kernel lacks and what that degrades.
+    pub notes: Vec<String>,
+}
+
+pub fn window_value(secs: f64) -> serde_json::Value {
+    if secs.fract() == 0.0 && secs >= 0.0 && secs < 1e15 {
+        serde_json::Value::from(secs as u64)
+    } else {
+        serde_json::Value::from(secs)
+    }
+}
+
+fn headline(verdict: &str) -> &'static str {
+    match verdict {
+        "never_arriving" => "Cloudflare's SYNs never reach this host",
+        "refused" => "this host refuses Cloudflare's connections: nothing accepts them on that address and port",
+        "firewall_drop" => "this host's firewall drops or rejects Cloudflare's connections",
+        "overloaded" => "the server is overloaded: Cloudflare's SYNs are dropped for lack of queue room",
+        "reset_by_origin" => "connections are accepted, then reset by the origin",
+        "healthy" => "Cloudflare's connections are accepted",
+        "unanswered" => "Cloudflare's SYNs arrive but get no answer",
+        "other_drop" => "the kernel drops Cloudflare's SYNs (see the reasons)",
+        _ => "",
+    }
+}
+
+impl Report {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "VERDICT: {} — {}", self.verdict, headline(&self.verdict));
+        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        let _ = writeln!(
+            s,
+            "  window {} s on {} (XDP {}), ports {}; ranges: {} ({} IPv4 + {} IPv6)",
+            self.window_secs,
+            self.interface,
+            self.xdp_mode,
+            ports.join(","),
+            self.ranges.source,
+            self.ranges.ipv4.len(),
+            self.ranges.ipv6.len()
+        );
+        for (i, cause) in self.causes.iter().enumerate() {
+            let _ = writeln!(s);
+            if i == 0 {
+                let _ = writeln!(s, "Evidence:");
+            } else {
+                let _ = writeln!(s, "Also: {} ({} attempts)", cause.verdict, cause.attempts);
+            }
+            for e in &cause.evidence {
+                let _ = writeln!(s, "  - {e}");
+            }
+            let _ = writeln!(s, "{}", if i == 0 { "Next steps:" } else { "  next steps:" });
+            for (n, step) in cause.next_steps.iter().enumerate() {
+                let _ = writeln!(s, "  {}. {step}", n + 1);
+            }
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(s, "Connection attempts (distinct)   edge  non-edge");
+        let rows: [(&str, fn(&Counts) -> u64); 8] = [
+            ("SYN", |c| c.syn),
+            ("handshakes", |c| c.handshakes),
+            ("refused", |c| c.refused),
+            ("firewall drops", |c| c.firewall_drops),
+            ("overload drops", |c| c.overload_drops),
+            ("origin resets", |c| c.origin_resets),
+            ("unanswered", |c| c.unanswered),
+            ("other drops", |c| c.other_drops),
+        ];
+        for (name, get) in rows {
+            let _ = writeln!(s, "  {name:<30}{:>6}{:>10}", get(&self.edge), get(&self.non_edge));
+        }
+        let listeners: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|l| format!("{} (queue {}/{})", l.endpoint(), l.accept_queue, l.backlog))
+            .collect();
+        let _ = writeln!(
+            s,
+            "Listeners: {}",
+            if listeners.is_empty() { "none".to_string() } else { listeners.join(", ") }
+        );
+        let counters: Vec<String> = self
+            .counters
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k} +{v}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "Kernel counters over the window: {}",
+            if counters.is_empty() { "no change".to_string() } else { counters.join(", ") }
+        );
+        if self.lost_events > 0 {
+            let _ = writeln!(s, "Lost events: {} (ring buffer full; counts are lower bounds)", self.lost_events);
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "Note: {n}");
+        }
+        s
+    }
+}

@@ -1,0 +1,547 @@
+//! From counted attempts and the origin's own state to a verdict, its evidence and what to do.
+//! Pure: the inputs are plain data, so unit tests drive every rule.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde::Serialize;
+
+use crate::{
+    correlate::Counts,
+    origin::{firewall::Finding, listeners::Listener},
+    ranges::RangeSet,
+};
+
+/// A failure (or healthy) finding with its weight in distinct attempts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Cause {
+    pub verdict: String,
+    pub attempts: u64,
+    pub evidence: Vec<String>,
+    pub next_steps: Vec<String>,
+}
+
+/// What the verdict is decided from.
+pub struct Inputs<'a> {
+    pub interface: &'a str,
+    pub ports: &'a [u16],
+    pub window_secs: f64,
+    pub edge: Counts,
+    pub non_edge: Counts,
+    /// (local address, port) of edge attempts the stack refused.
+    pub refused_targets: Vec<(IpAddr, u16)>,
+    /// Kernel reasons of edge filter drops, with attempt counts.
+    pub filter_reasons: BTreeMap<String, u64>,
+    pub other_reasons: BTreeMap<String, u64>,
+    /// Ports of edge attempts that were dropped by a filter.
+    pub filtered_ports: Vec<u16>,
+    pub listeners: &'a [Listener],
+    /// Listeners whose accept queue was seen full during the window.
+    pub full_queues: &'a [Listener],
+    pub counter_deltas: &'a BTreeMap<String, u64>,
+    pub synack_retransmits: u64,
+    pub firewall: Result<Vec<Finding>, String>,
+    /// Frames the XDP program saw on the interface, and SYNs to watched ports from non-edge peers.
+    pub packets_seen: u64,
+    pub ranges: &'a RangeSet,
+}
+
+/// Below this share of edge attempts a failure does not make the origin unhealthy.
+const HEALTHY_MAX_FAILURE_SHARE: f64 = 0.05;
+
+const OVERLOAD_COUNTERS: [&str; 4] = ["ListenOverflows", "ListenDrops", "TCPReqQFullDrop", "TCPBacklogDrop"];
+
+fn ports_text(ports: &[u16]) -> String {
+    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn endpoint(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+        a => format!("{a}:{port}"),
+    }
+}
+
+/// The verdict and every cause, largest first.
+pub fn decide(i: &Inputs<'_>) -> (String, Vec<Cause>) {
+    if i.edge.syn == 0 {
+        let cause = never_arriving(i);
+        return (cause.verdict.clone(), vec![cause]);
+    }
+    let overload_evidence = overload_evidence(i);
+    let mut causes = Vec::new();
+    if i.edge.refused > 0 {
+        causes.push(refused(i));
+    }
+    if i.edge.firewall_drops > 0 {
+        causes.push(firewall_drop(i));
+    }
+    let overloaded = i.edge.overload_drops + if overload_evidence.is_empty() { 0 } else { i.edge.unanswered };
+    if overloaded > 0 {
+        causes.push(overload(i, overloaded, overload_evidence.clone()));
+    }
+    if i.edge.origin_resets > 0 {
+        causes.push(reset_by_origin(i));
+    }
+    if overload_evidence.is_empty() && i.edge.unanswered > 0 {
+        causes.push(unanswered(i));
+    }
+    if i.edge.other_drops > 0 {
+        causes.push(other_drop(i));
+    }
+    causes.sort_by(|a, b| b.attempts.cmp(&a.attempts));
+
+    let threshold = (i.edge.syn as f64 * HEALTHY_MAX_FAILURE_SHARE).max(f64::MIN_POSITIVE);
+    let all_minor = causes.iter().all(|c| (c.attempts as f64) < threshold);
+    if i.edge.handshakes > 0 && all_minor {
+        let mut all = vec![healthy(i)];
+        all.extend(causes);
+        return ("healthy".into(), all);
+    }
+    let verdict = causes
+        .first()
+        .map(|c| c.verdict.clone())
+        .unwrap_or_else(|| "healthy".into());
+    (verdict, causes)
+}
+
+fn overload_evidence(i: &Inputs<'_>) -> Vec<String> {
+    let mut ev = Vec::new();
+    for name in OVERLOAD_COUNTERS {
+        if let Some(d) = i.counter_deltas.get(name).filter(|d| **d > 0) {
+            ev.push(format!("kernel counter {name} rose by {d} during the window"));
+        }
+    }
+    for l in i.full_queues {
+        ev.push(format!(
+            "accept queue of {} was full ({} waiting, backlog {}): the application is not accepting fast enough",
+            l.endpoint(),
+            l.accept_queue,
+            l.backlog
+        ));
+    }
+    if i.synack_retransmits > 0 {
+        ev.push(format!(
+            "{} SYN-ACKs to the edge were retransmitted (the final ACK was dropped or never came)",
+            i.synack_retransmits
+        ));
+    }
+    ev
+}
+
+fn never_arriving(i: &Inputs<'_>) -> Cause {
+    let mut evidence = vec![format!(
+        "no SYN from Cloudflare's ranges ({} source, {} IPv4 + {} IPv6 ranges) reached {} on ports {} in {:.0} s",
+        i.ranges.source,
+        i.ranges.v4.len(),
+        i.ranges.v6.len(),
+        i.interface,
+        ports_text(i.ports),
+        i.window_secs
+    )];
+    if i.non_edge.syn > 0 {
+        evidence.push(format!(
+            "{} connection attempts from other peers did arrive ({} completed): the interface works, the edge's SYNs are stopped before this host or sent elsewhere",
+            i.non_edge.syn, i.non_edge.handshakes
+        ));
+    } else if i.packets_seen > 0 {
+        evidence.push(format!(
+            "{} packets reached {} but no connection attempt to the watched ports from anyone",
+            i.packets_seen, i.interface
+        ));
+    } else {
+        evidence.push(format!(
+            "no packet at all reached {}: wrong interface, interface down, or no traffic",
+            i.interface
+        ));
+    }
+    Cause {
+        verdict: "never_arriving".into(),
+        attempts: 0,
+        evidence,
+        next_steps: vec![
+            "Check the DNS record in Cloudflare: the A/AAAA record must point at this origin's current public address (after a migration the old IP no longer answers); remove an AAAA record if the origin has no IPv6.".into(),
+            "Check firewalls before this host (cloud security group, network ACL, provider firewall): they must allow Cloudflare's ranges to the ports above.".into(),
+            format!("Check that {} is the interface the public address arrives on (--iface), and that traffic was expected in the window (Cloudflare connects only when requests come in).", i.interface),
+            "Pause Cloudflare (DNS only, grey cloud) briefly to test whether the origin is reachable directly; check Cloudflare's status page for edge incidents.".into(),
+        ],
+    }
+}
+
+fn refused(i: &Inputs<'_>) -> Cause {
+    let mut evidence = vec![format!(
+        "{} edge connection attempts were answered with RST by the TCP stack: no socket matched (kernel reason NO_SOCKET)",
+        i.edge.refused
+    )];
+    let mut next_steps = Vec::new();
+    let mut targets = i.refused_targets.clone();
+    targets.sort();
+    targets.dedup();
+    for (local, port) in targets {
+        let on_port: Vec<&Listener> = i.listeners.iter().filter(|l| l.port == port).collect();
+        if on_port.is_empty() {
+            let others: Vec<String> = i
+                .listeners
+                .iter()
+                .filter(|l| !l.is_loopback())
+                .map(Listener::endpoint)
+                .collect();
+            if others.is_empty() {
+                evidence.push(format!("nothing listens on port {port}"));
+            } else {
+                evidence.push(format!(
+                    "nothing listens on port {port}; the server listens on a different port: {}",
+                    others.join(", ")
+                ));
+            }
+            next_steps.push(format!(
+                "Start the web server (or fix its port) so it listens on {} — Cloudflare connects to {port} (SSL mode Flexible uses 80, Full/Strict 443); check its logs and memory/worker limits if it crashed.",
+                endpoint(local, port)
+            ));
+        } else if !on_port.iter().any(|l| l.accepts(local)) {
+            let bound: Vec<String> = on_port.iter().map(|l| l.endpoint()).collect();
+            evidence.push(format!(
+                "a listener exists only on {} — not on {}, where the edge connects",
+                bound.join(", "),
+                endpoint(local, port)
+            ));
+            let any = if local.is_ipv6() { "[::]" } else { "0.0.0.0" };
+            next_steps.push(format!(
+                "Bind the server to {any}:{port} (or {}), not {} — and for containers, publish the port on the host.",
+                endpoint(local, port),
+                bound.join(", ")
+            ));
+        } else if local.is_ipv4() && on_port.iter().all(|l| l.addr.is_ipv6()) {
+            evidence.push(format!(
+                "only an IPv6 listener ({}) exists on port {port} and it refused IPv4: it is IPv6-only (IPV6_V6ONLY or net.ipv6.bindv6only)",
+                on_port.iter().map(|l| l.endpoint()).collect::<Vec<_>>().join(", ")
+            ));
+            next_steps.push(format!(
+                "Also listen on 0.0.0.0:{port}, or turn IPV6_V6ONLY off for the [::]:{port} listener (nginx: `listen [::]:{port} ipv6only=off;`)."
+            ));
+        } else {
+            evidence.push(format!(
+                "a listener on port {port} exists now but refused during the window (restarted?)"
+            ));
+            next_steps.push("Check why the server stopped listening during the window (restarts, crashes, socket activation).".into());
+        }
+    }
+    next_steps.push("Test locally, then from another network: `curl -v http://<origin-ip>:<port>/`.".into());
+    Cause {
+        verdict: "refused".into(),
+        attempts: i.edge.refused,
+        evidence,
+        next_steps,
+    }
+}
+
+fn firewall_drop(i: &Inputs<'_>) -> Cause {
+    let reasons: Vec<String> = i.filter_reasons.iter().map(|(r, n)| format!("{r} ×{n}")).collect();
+    let mut evidence = vec![format!(
+        "{} edge connection attempts were dropped or rejected by a packet filter (kernel reasons: {})",
+        i.edge.firewall_drops,
+        reasons.join(", ")
+    )];
+    match &i.firewall {
+        Ok(findings) if !findings.is_empty() => {
+            for f in findings {
+                evidence.push(format!(
+                    "{} rule: {}",
+                    if f.certain { "matching" } else { "possibly matching" },
+                    f.rule
+                ));
+            }
+        }
+        Ok(_) => evidence.push("no nftables/iptables-nft rule evaluated as matching (iptables-legacy, a jump, or tc/BPF filter?)".into()),
+        Err(e) => evidence.push(format!("firewall ruleset not read: {e}")),
+    }
+    if i.non_edge.handshakes > 0 {
+        evidence.push(format!(
+            "meanwhile {} attempts from non-edge peers completed: an allowlist that admits others but misses Cloudflare's ranges",
+            i.non_edge.handshakes
+        ));
+    } else if i.non_edge.firewall_drops > 0 {
+        evidence.push(format!(
+            "non-edge peers were dropped too ({} attempts): the port is closed by the firewall for everyone",
+            i.non_edge.firewall_drops
+        ));
+    }
+    let mut ports = i.filtered_ports.clone();
+    ports.sort_unstable();
+    ports.dedup();
+    Cause {
+        verdict: "firewall_drop".into(),
+        attempts: i.edge.firewall_drops,
+        evidence,
+        next_steps: allowlist_steps(i, &ports),
+    }
+}
+
+/// Ready-to-run allowlists for the ranges in use.
+fn allowlist_steps(i: &Inputs<'_>, ports: &[u16]) -> Vec<String> {
+    let ports = if ports.is_empty() { i.ports } else { ports };
+    let p = ports_text(ports);
+    let v4: Vec<String> = i.ranges.v4.iter().map(ToString::to_string).collect();
+    let v6: Vec<String> = i.ranges.v6.iter().map(ToString::to_string).collect();
+    let chain = match &i.firewall {
+        Ok(f) => f.iter().find_map(|f| {
+            let rest = f.rule.strip_prefix("table ")?;
+            let mut w = rest.split_whitespace();
+            let (family, table, _, chain) = (w.next()?, w.next()?, w.next()?, w.next()?);
+            Some(format!("{family} {table} {}", chain.trim_end_matches(':')))
+        }),
+        Err(_) => None,
+    }
+    .unwrap_or_else(|| "inet filter input".into());
+    let mut steps = vec![
+        format!(
+            "Allow Cloudflare's ranges before the dropping rule (nftables): nft insert rule {chain} ip saddr {{ {} }} tcp dport {{ {p} }} accept; nft insert rule {chain} ip6 saddr {{ {} }} tcp dport {{ {p} }} accept",
+            v4.join(", "),
+            v6.join(", ")
+        ),
+        format!(
+            "Or with iptables: for r in {}; do iptables -I INPUT -p tcp -m multiport --dports {p} -s $r -j ACCEPT; done; for r in {}; do ip6tables -I INPUT -p tcp -m multiport --dports {p} -s $r -j ACCEPT; done",
+            v4.join(" "),
+            v6.join(" ")
+        ),
+        "Also allow them in cloud security groups, WAF/fail2ban/rate limits that may treat Cloudflare's addresses as attackers; the ranges change, so refresh them automatically (`tracer ranges --refresh`).".into(),
+    ];
+    steps.push("Relax the rule briefly to confirm, then re-tighten it with the allowlist in place.".into());
+    steps
+}
+
+fn overload(i: &Inputs<'_>, attempts: u64, mut evidence: Vec<String>) -> Cause {
+    evidence.insert(
+        0,
+        format!(
+            "{attempts} edge connection attempts went unanswered or were dropped for lack of room ({} with an explicit kernel drop, {} silently)",
+            i.edge.overload_drops,
+            attempts - i.edge.overload_drops
+        ),
+    );
+    Cause {
+        verdict: "overloaded".into(),
+        attempts,
+        evidence,
+        next_steps: vec![
+            "Raise the listen backlog of the server (e.g. nginx `listen 443 backlog=4096;`) and net.core.somaxconn / net.ipv4.tcp_max_syn_backlog to match.".into(),
+            "Add workers/threads or capacity, and check the application is not stuck (blocked event loop, exhausted worker pool, CPU or memory limits).".into(),
+            "Keep net.ipv4.tcp_syncookies=1; it helps a full SYN queue but not a full accept queue.".into(),
+        ],
+    }
+}
+
+fn reset_by_origin(i: &Inputs<'_>) -> Cause {
+    Cause {
+        verdict: "reset_by_origin".into(),
+        attempts: i.edge.origin_resets,
+        evidence: vec![format!(
+            "{} of {} edge connections completed the handshake and were then reset by the origin (RST from a socket: application abort, SO_LINGER 0, TLS failure, or worker crash)",
+            i.edge.origin_resets, i.edge.handshakes
+        )],
+        next_steps: vec![
+            "Check the web server and application logs at the times of the resets (crashes, aborted requests, connection limits).".into(),
+            "Under Full/Full (Strict) SSL, test the TLS handshake as Cloudflare does: openssl s_client -connect <origin-ip>:443 -servername <hostname>; a valid, unexpired certificate whose name matches is needed.".into(),
+            "Check proxies or load balancers in front of the application for connection limits and idle timeouts.".into(),
+        ],
+    }
+}
+
+fn unanswered(i: &Inputs<'_>) -> Cause {
+    Cause {
+        verdict: "unanswered".into(),
+        attempts: i.edge.unanswered,
+        evidence: vec![format!(
+            "{} edge SYNs reached {} but got no answer the kernel recorded: no handshake, no RST, no drop, and no listen-queue counter rose",
+            i.edge.unanswered, i.interface
+        )],
+        next_steps: vec![
+            "Check the return path: an egress filter or asymmetric route may lose the SYN-ACK (tcpdump -ni <iface> 'tcp[tcpflags] & tcp-syn != 0').".into(),
+            "Check reverse-path filtering (net.ipv4.conf.*.rp_filter) and policy routing for Cloudflare's source addresses.".into(),
+        ],
+    }
+}
+
+fn other_drop(i: &Inputs<'_>) -> Cause {
+    let reasons: Vec<String> = i.other_reasons.iter().map(|(r, n)| format!("{r} ×{n}")).collect();
+    Cause {
+        verdict: "other_drop".into(),
+        attempts: i.edge.other_drops,
+        evidence: vec![format!(
+            "{} edge connection attempts were dropped by the kernel for other reasons: {}",
+            i.edge.other_drops,
+            reasons.join(", ")
+        )],
+        next_steps: vec!["Look up the kernel drop reasons above (include/net/dropreason-core.h) and the matching /proc/net/netstat counters.".into()],
+    }
+}
+
+fn healthy(i: &Inputs<'_>) -> Cause {
+    Cause {
+        verdict: "healthy".into(),
+        attempts: i.edge.handshakes,
+        evidence: vec![format!(
+            "{} of {} edge connection attempts completed the handshake; no failure reached 5%",
+            i.edge.handshakes, i.edge.syn
+        )],
+        next_steps: vec![
+            "The origin accepts Cloudflare's connections now: if 521s continue, check other origins behind the same hostname and the DNS record, and run this again while the errors happen.".into(),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::origin::firewall::Finding;
+
+    struct Fixture {
+        listeners: Vec<Listener>,
+        full: Vec<Listener>,
+        deltas: BTreeMap<String, u64>,
+        ranges: RangeSet,
+    }
+
+    fn fixture() -> Fixture {
+        Fixture {
+            listeners: vec![],
+            full: vec![],
+            deltas: BTreeMap::new(),
+            ranges: RangeSet::embedded(),
+        }
+    }
+
+    fn inputs<'a>(f: &'a Fixture, edge: Counts) -> Inputs<'a> {
+        Inputs {
+            interface: "eth0",
+            ports: &[443],
+            window_secs: 30.0,
+            edge,
+            non_edge: Counts::default(),
+            refused_targets: vec![],
+            filter_reasons: BTreeMap::new(),
+            other_reasons: BTreeMap::new(),
+            filtered_ports: vec![],
+            listeners: &f.listeners,
+            full_queues: &f.full,
+            counter_deltas: &f.deltas,
+            synack_retransmits: 0,
+            firewall: Ok(vec![]),
+            packets_seen: 0,
+            ranges: &f.ranges,
+        }
+    }
+
+    fn listener(addr: &str, port: u16) -> Listener {
+        Listener {
+            addr: addr.parse().unwrap(),
+            port,
+            accept_queue: 0,
+            backlog: 128,
+        }
+    }
+
+    #[test]
+    fn nothing_from_the_edge_is_never_arriving() {
+        let f = fixture();
+        let mut i = inputs(&f, Counts::default());
+        i.non_edge.syn = 12;
+        let (v, causes) = decide(&i);
+        assert_eq!(v, "never_arriving");
+        assert!(causes[0].evidence[1].contains("12 connection attempts from other peers"));
+    }
+
+    #[test]
+    fn refused_names_a_loopback_only_listener() {
+        let mut f = fixture();
+        f.listeners = vec![listener("127.0.0.1", 443)];
+        let edge = Counts { syn: 4, refused: 4, ..Counts::default() };
+        let mut i = inputs(&f, edge);
+        i.refused_targets = vec![("192.0.2.1".parse().unwrap(), 443)];
+        let (v, causes) = decide(&i);
+        assert_eq!(v, "refused");
+        assert!(causes[0].evidence.iter().any(|e| e.contains("only on 127.0.0.1:443")), "{causes:?}");
+        assert!(causes[0].next_steps[0].contains("0.0.0.0:443"));
+    }
+
+    #[test]
+    fn refused_names_a_different_port() {
+        let mut f = fixture();
+        f.listeners = vec![listener("0.0.0.0", 8080)];
+        let edge = Counts { syn: 1, refused: 1, ..Counts::default() };
+        let mut i = inputs(&f, edge);
+        i.refused_targets = vec![("192.0.2.1".parse().unwrap(), 443)];
+        let (_, causes) = decide(&i);
+        assert!(causes[0].evidence[1].contains("different port: 0.0.0.0:8080"), "{causes:?}");
+    }
+
+    #[test]
+    fn firewall_drop_with_rule_and_allowlist() {
+        let f = fixture();
+        let edge = Counts { syn: 3, firewall_drops: 3, ..Counts::default() };
+        let mut i = inputs(&f, edge);
+        i.non_edge = Counts { syn: 2, handshakes: 2, ..Counts::default() };
+        i.filter_reasons.insert("NETFILTER_DROP".into(), 3);
+        i.filtered_ports = vec![443];
+        i.firewall = Ok(vec![Finding {
+            rule: "table inet filter chain input handle 4: tcp dport 443 drop".into(),
+            certain: true,
+        }]);
+        let (v, causes) = decide(&i);
+        assert_eq!(v, "firewall_drop");
+        let c = &causes[0];
+        assert!(c.evidence.iter().any(|e| e.contains("handle 4")));
+        assert!(c.evidence.iter().any(|e| e.contains("admits others")));
+        assert!(c.next_steps[0].contains("nft insert rule inet filter input ip saddr { 173.245.48.0/20"));
+        assert!(c.next_steps[1].contains("iptables -I INPUT"));
+    }
+
+    #[test]
+    fn unanswered_with_overflow_counters_is_overloaded() {
+        let mut f = fixture();
+        f.deltas.insert("ListenOverflows".into(), 5);
+        let edge = Counts { syn: 6, handshakes: 1, unanswered: 5, ..Counts::default() };
+        let (v, causes) = decide(&inputs(&f, edge));
+        assert_eq!(v, "overloaded");
+        assert_eq!(causes[0].attempts, 5);
+        assert!(causes[0].evidence.iter().any(|e| e.contains("ListenOverflows rose by 5")));
+    }
+
+    #[test]
+    fn unanswered_without_evidence_stays_unanswered() {
+        let f = fixture();
+        let edge = Counts { syn: 2, unanswered: 2, ..Counts::default() };
+        let (v, _) = decide(&inputs(&f, edge));
+        assert_eq!(v, "unanswered");
+    }
+
+    #[test]
+    fn resets_after_handshake() {
+        let f = fixture();
+        let edge = Counts { syn: 10, handshakes: 10, origin_resets: 10, ..Counts::default() };
+        let (v, causes) = decide(&inputs(&f, edge));
+        assert_eq!(v, "reset_by_origin");
+        assert_eq!(causes[0].attempts, 10);
+    }
+
+    #[test]
+    fn healthy_below_five_percent() {
+        let f = fixture();
+        let edge = Counts { syn: 100, handshakes: 96, refused: 4, ..Counts::default() };
+        let (v, causes) = decide(&inputs(&f, edge));
+        assert_eq!(v, "healthy");
+        assert_eq!(causes[0].verdict, "healthy");
+        assert_eq!(causes[1].verdict, "refused");
+        let edge = Counts { syn: 100, handshakes: 95, refused: 5, ..Counts::default() };
+        assert_eq!(decide(&inputs(&f, edge)).0, "refused");
+    }
+
+    #[test]
+    fn mixed_causes_pick_the_largest_and_list_all() {
+        let f = fixture();
+        let edge = Counts { syn: 10, refused: 3, firewall_drops: 7, ..Counts::default() };
+        let (v, causes) = decide(&inputs(&f, edge));
+        assert_eq!(v, "firewall_drop");
+        let names: Vec<&str> = causes.iter().map(|c| c.verdict.as_str()).collect();
+        assert_eq!(names, ["firewall_drop", "refused"]);
+    }
+}
