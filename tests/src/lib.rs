@@ -95,7 +95,9 @@ impl Netns {
             socket.set_reuse_address(true).expect("SO_REUSEADDR");
             if addr.is_ipv6() {
                 // `::` takes IPv4 too (dual stack); a specific v6 address only v6.
-                socket.set_only_v6(!addr.ip().is_unspecified()).expect("IPV6_V6ONLY");
+                socket
+                    .set_only_v6(!addr.ip().is_unspecified())
+                    .expect("IPV6_V6ONLY");
             }
             socket
                 .bind(&addr.into())

@@ -91,7 +91,10 @@ fn nothing(_: &Lab) -> Keep {
 }
 
 fn server(lab: &Lab, addr: &str, port: u16, mode: ServerMode) -> Keep {
-    vec![Box::new(Server::start(lab.origin.listen(addr, port, 128), mode))]
+    vec![Box::new(Server::start(
+        lab.origin.listen(addr, port, 128),
+        mode,
+    ))]
 }
 
 pub fn all() -> Vec<Scenario> {
@@ -193,11 +196,9 @@ pub fn all() -> Vec<Scenario> {
             expected: "never_arriving",
             ports: "443",
             setup: |lab| {
-                lab.edge.sh(
-                    "nft add table inet t; \
+                lab.edge.sh("nft add table inet t; \
                      nft add chain inet t output '{ type filter hook output priority 0; }'; \
-                     nft add rule inet t output ip saddr 173.245.48.0/20 tcp dport 443 drop",
-                );
+                     nft add rule inet t output ip saddr 173.245.48.0/20 tcp dport 443 drop");
                 server(lab, "0.0.0.0", 443, ServerMode::Close)
             },
             traffic: |lab| {
@@ -210,11 +211,9 @@ pub fn all() -> Vec<Scenario> {
             expected: "firewall_drop",
             ports: "443,8080",
             setup: |lab| {
-                lab.origin.sh(
-                    "nft add table inet filter; \
+                lab.origin.sh("nft add table inet filter; \
                      nft add chain inet filter input '{ type filter hook input priority 0; }'; \
-                     nft add rule inet filter input tcp dport 443 drop",
-                );
+                     nft add rule inet filter input tcp dport 443 drop");
                 server(lab, "0.0.0.0", 443, ServerMode::Close)
             },
             traffic: |lab| {
@@ -253,7 +252,14 @@ pub fn run(s: &Scenario) -> (Value, f64) {
     let tracer = Tracer::start(
         &lab.origin,
         &[
-            "diagnose", "--iface", ORIGIN_IF, "--port", s.ports, "--duration", &window, "--format",
+            "diagnose",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            s.ports,
+            "--duration",
+            &window,
+            "--format",
             "json",
         ],
     );

@@ -41,14 +41,29 @@ fn evidence(r: &Value) -> String {
 fn json_contract() {
     let r = verdict_of("healthy");
     for key in [
-        "verdict", "window_secs", "interface", "ports", "edge", "non_edge", "causes", "listeners",
-        "counters", "ranges", "lost_events",
+        "verdict",
+        "window_secs",
+        "interface",
+        "ports",
+        "edge",
+        "non_edge",
+        "causes",
+        "listeners",
+        "counters",
+        "ranges",
+        "lost_events",
     ] {
         assert!(r.get(key).is_some(), "missing {key}: {r:#}");
     }
     for key in [
-        "syn", "handshakes", "refused", "firewall_drops", "overload_drops", "origin_resets",
-        "unanswered", "other_drops",
+        "syn",
+        "handshakes",
+        "refused",
+        "firewall_drops",
+        "overload_drops",
+        "origin_resets",
+        "unanswered",
+        "other_drops",
     ] {
         assert!(r["edge"][key].is_u64(), "edge.{key}");
         assert!(r["non_edge"][key].is_u64(), "non_edge.{key}");
@@ -79,7 +94,10 @@ fn refused_when_nothing_listens() {
     let r = verdict_of("nothing listens");
     assert_eq!(r["edge"]["syn"], 3);
     assert_eq!(r["edge"]["refused"], 3);
-    assert!(evidence(&r).contains("nothing listens on port 443"), "{r:#}");
+    assert!(
+        evidence(&r).contains("nothing listens on port 443"),
+        "{r:#}"
+    );
 }
 
 #[test]
@@ -101,7 +119,10 @@ fn firewall_allowlist_that_misses_cloudflare() {
     assert!(ev.contains("policy drop"), "{ev}");
     assert!(ev.contains("admits others"), "{ev}");
     let steps = r["causes"][0]["next_steps"].to_string();
-    assert!(steps.contains("nft insert rule inet filter input"), "{steps}");
+    assert!(
+        steps.contains("nft insert rule inet filter input"),
+        "{steps}"
+    );
     assert!(steps.contains("173.245.48.0/20"));
 }
 
@@ -110,7 +131,10 @@ fn iptables_reject_is_the_firewall_not_the_application() {
     let r = verdict_of("iptables REJECT tcp-reset");
     assert_eq!(r["edge"]["firewall_drops"], 3);
     assert_eq!(r["edge"]["refused"], 0);
-    assert!(evidence(&r).contains("REJECT") || evidence(&r).contains("reject"), "{r:#}");
+    assert!(
+        evidence(&r).contains("REJECT") || evidence(&r).contains("reject"),
+        "{r:#}"
+    );
 }
 
 #[test]
@@ -118,8 +142,28 @@ fn full_accept_queue_is_overloaded() {
     let r = verdict_of("accept queue full");
     assert_eq!(r["edge"]["syn"], 3);
     assert_eq!(r["edge"]["handshakes"], 0);
-    assert_eq!(r["edge"]["unanswered"].as_u64().unwrap() + r["edge"]["overload_drops"].as_u64().unwrap(), 3);
-    assert!(r["counters"]["ListenOverflows"].as_u64().unwrap() >= 3, "{r:#}");
+    assert_eq!(
+        r["edge"]["unanswered"].as_u64().unwrap() + r["edge"]["overload_drops"].as_u64().unwrap(),
+        3
+    );
+    assert!(
+        r["counters"]["ListenOverflows"].as_u64().unwrap() >= 3,
+        "{r:#}"
+    );
+    assert!(
+        evidence(&r).contains("accept queue of 0.0.0.0:443 was full (1 waiting, backlog 0)"),
+        "{r:#}"
+    );
+    let l = r["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["port"] == 443)
+        .unwrap();
+    assert_eq!(
+        (l["accept_queue"].as_u64(), l["backlog"].as_u64()),
+        (Some(1), Some(0))
+    );
 }
 
 #[test]
@@ -136,7 +180,10 @@ fn edge_dropping_its_own_syns_is_never_arriving() {
     assert_eq!(r["edge"]["firewall_drops"], 0);
     assert_eq!(r["non_edge"]["syn"], 2);
     assert_eq!(r["non_edge"]["handshakes"], 2);
-    assert!(evidence(&r).contains("from other peers did arrive"), "{r:#}");
+    assert!(
+        evidence(&r).contains("from other peers did arrive"),
+        "{r:#}"
+    );
 }
 
 #[test]

@@ -337,7 +337,10 @@ fn dual_stack_listener_reports_ipv4_peers_as_ipv4() {
     let lab = Lab::new();
     let listener = lab.origin.listen("::", PORT, 16);
     let tracer = events(&lab, &[]);
-    let client = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT).expect("connect");
+    let client = lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT)
+        .expect("connect");
     let (server, _) = listener.accept().expect("accept");
     drop((client, server));
     let ev = tracer.stop();

@@ -291,7 +291,9 @@ impl Correlator {
             })
             .map(|(k, _)| *k)
             .collect();
-        done.into_iter().filter_map(|k| self.open.remove(&k)).collect()
+        done.into_iter()
+            .filter_map(|k| self.open.remove(&k))
+            .collect()
     }
 
     /// Every attempt still open that has not got an answer, or none at all.
@@ -470,7 +472,10 @@ mod tests {
 
     #[test]
     fn listen_overflow_on_final_ack_is_overload() {
-        let a = run(&[syn(1000, 7, 0), drop(1000, 8, "TCP_LISTEN_OVERFLOW", "ACK", 1)]);
+        let a = run(&[
+            syn(1000, 7, 0),
+            drop(1000, 8, "TCP_LISTEN_OVERFLOW", "ACK", 1),
+        ]);
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].outcome(), Outcome::OverloadDrop);
     }
@@ -488,7 +493,10 @@ mod tests {
 
     #[test]
     fn events_without_a_syn_start_nothing() {
-        let a = run(&[reset_sent(1000, false, "NO_SOCKET", 0), ev(Kind::Closed, 1001, 0)]);
+        let a = run(&[
+            reset_sent(1000, false, "NO_SOCKET", 0),
+            ev(Kind::Closed, 1001, 0),
+        ]);
         assert!(a.is_empty());
     }
 

@@ -4,12 +4,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
-use crate::{
-    correlate::Counts,
-    origin::listeners::Listener,
-    ranges::RangeSet,
-    verdict::Cause,
-};
+use crate::{correlate::Counts, origin::listeners::Listener, ranges::RangeSet, verdict::Cause};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RangesInfo {
@@ -113,7 +108,15 @@ impl Report {
             for e in &cause.evidence {
                 let _ = writeln!(s, "  - {e}");
             }
-            let _ = writeln!(s, "{}", if i == 0 { "Next steps:" } else { "  next steps:" });
+            let _ = writeln!(
+                s,
+                "{}",
+                if i == 0 {
+                    "Next steps:"
+                } else {
+                    "  next steps:"
+                }
+            );
             for (n, step) in cause.next_steps.iter().enumerate() {
                 let _ = writeln!(s, "  {}. {step}", n + 1);
             }
@@ -131,17 +134,29 @@ impl Report {
             ("other drops", |c| c.other_drops),
         ];
         for (name, get) in rows {
-            let _ = writeln!(s, "  {name:<30}{:>6}{:>10}", get(&self.edge), get(&self.non_edge));
+            let _ = writeln!(
+                s,
+                "  {name:<30}{:>6}{:>10}",
+                get(&self.edge),
+                get(&self.non_edge)
+            );
         }
         let listeners: Vec<String> = self
             .listeners
             .iter()
-            .map(|l| format!("{} (queue {}/{})", l.endpoint(), l.accept_queue, l.backlog))
+            .map(|l| match l.backlog {
+                Some(b) => format!("{} (accept queue {}/{b})", l.endpoint(), l.accept_queue),
+                None => format!("{} (accept queue {})", l.endpoint(), l.accept_queue),
+            })
             .collect();
         let _ = writeln!(
             s,
             "Listeners: {}",
-            if listeners.is_empty() { "none".to_string() } else { listeners.join(", ") }
+            if listeners.is_empty() {
+                "none".to_string()
+            } else {
+                listeners.join(", ")
+            }
         );
         let counters: Vec<String> = self
             .counters
@@ -152,10 +167,18 @@ impl Report {
         let _ = writeln!(
             s,
             "Kernel counters over the window: {}",
-            if counters.is_empty() { "no change".to_string() } else { counters.join(", ") }
+            if counters.is_empty() {
+                "no change".to_string()
+            } else {
+                counters.join(", ")
+            }
         );
         if self.lost_events > 0 {
-            let _ = writeln!(s, "Lost events: {} (ring buffer full; counts are lower bounds)", self.lost_events);
+            let _ = writeln!(
+                s,
+                "Lost events: {} (ring buffer full; counts are lower bounds)",
+                self.lost_events
+            );
         }
         for n in &self.notes {
             let _ = writeln!(s, "Note: {n}");

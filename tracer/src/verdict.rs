@@ -48,10 +48,19 @@ pub struct Inputs<'a> {
 /// Below this share of edge attempts a failure does not make the origin unhealthy.
 const HEALTHY_MAX_FAILURE_SHARE: f64 = 0.05;
 
-const OVERLOAD_COUNTERS: [&str; 4] = ["ListenOverflows", "ListenDrops", "TCPReqQFullDrop", "TCPBacklogDrop"];
+const OVERLOAD_COUNTERS: [&str; 4] = [
+    "ListenOverflows",
+    "ListenDrops",
+    "TCPReqQFullDrop",
+    "TCPBacklogDrop",
+];
 
 fn ports_text(ports: &[u16]) -> String {
-    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn endpoint(addr: IpAddr, port: u16) -> String {
@@ -75,7 +84,12 @@ pub fn decide(i: &Inputs<'_>) -> (String, Vec<Cause>) {
     if i.edge.firewall_drops > 0 {
         causes.push(firewall_drop(i));
     }
-    let overloaded = i.edge.overload_drops + if overload_evidence.is_empty() { 0 } else { i.edge.unanswered };
+    let overloaded = i.edge.overload_drops
+        + if overload_evidence.is_empty() {
+            0
+        } else {
+            i.edge.unanswered
+        };
     if overloaded > 0 {
         causes.push(overload(i, overloaded, overload_evidence.clone()));
     }
@@ -108,7 +122,9 @@ fn overload_evidence(i: &Inputs<'_>) -> Vec<String> {
     let mut ev = Vec::new();
     for name in OVERLOAD_COUNTERS {
         if let Some(d) = i.counter_deltas.get(name).filter(|d| **d > 0) {
-            ev.push(format!("kernel counter {name} rose by {d} during the window"));
+            ev.push(format!(
+                "kernel counter {name} rose by {d} during the window"
+            ));
         }
     }
     for l in i.full_queues {
@@ -116,7 +132,7 @@ fn overload_evidence(i: &Inputs<'_>) -> Vec<String> {
             "accept queue of {} was full ({} waiting, backlog {}): the application is not accepting fast enough",
             l.endpoint(),
             l.accept_queue,
-            l.backlog
+            l.backlog.unwrap_or(0)
         ));
     }
     if i.synack_retransmits > 0 {
@@ -225,7 +241,9 @@ fn refused(i: &Inputs<'_>) -> Cause {
             next_steps.push("Check why the server stopped listening during the window (restarts, crashes, socket activation).".into());
         }
     }
-    next_steps.push("Test locally, then from another network: `curl -v http://<origin-ip>:<port>/`.".into());
+    next_steps.push(
+        "Test locally, then from another network: `curl -v http://<origin-ip>:<port>/`.".into(),
+    );
     Cause {
         verdict: "refused".into(),
         attempts: i.edge.refused,
@@ -235,7 +253,11 @@ fn refused(i: &Inputs<'_>) -> Cause {
 }
 
 fn firewall_drop(i: &Inputs<'_>) -> Cause {
-    let reasons: Vec<String> = i.filter_reasons.iter().map(|(r, n)| format!("{r} ×{n}")).collect();
+    let reasons: Vec<String> = i
+        .filter_reasons
+        .iter()
+        .map(|(r, n)| format!("{r} ×{n}"))
+        .collect();
     let mut evidence = vec![format!(
         "{} edge connection attempts were dropped or rejected by a packet filter (kernel reasons: {})",
         i.edge.firewall_drops,
@@ -305,7 +327,9 @@ fn allowlist_steps(i: &Inputs<'_>, ports: &[u16]) -> Vec<String> {
         ),
         "Also allow them in cloud security groups, WAF/fail2ban/rate limits that may treat Cloudflare's addresses as attackers; the ranges change, so refresh them automatically (`tracer ranges --refresh`).".into(),
     ];
-    steps.push("Relax the rule briefly to confirm, then re-tighten it with the allowlist in place.".into());
+    steps.push(
+        "Relax the rule briefly to confirm, then re-tighten it with the allowlist in place.".into(),
+    );
     steps
 }
 
@@ -362,7 +386,11 @@ fn unanswered(i: &Inputs<'_>) -> Cause {
 }
 
 fn other_drop(i: &Inputs<'_>) -> Cause {
-    let reasons: Vec<String> = i.other_reasons.iter().map(|(r, n)| format!("{r} ×{n}")).collect();
+    let reasons: Vec<String> = i
+        .other_reasons
+        .iter()
+        .map(|(r, n)| format!("{r} ×{n}"))
+        .collect();
     Cause {
         verdict: "other_drop".into(),
         attempts: i.edge.other_drops,
@@ -436,7 +464,7 @@ mod tests {
             addr: addr.parse().unwrap(),
             port,
             accept_queue: 0,
-            backlog: 128,
+            backlog: Some(128),
         }
     }
 
@@ -454,12 +482,22 @@ mod tests {
     fn refused_names_a_loopback_only_listener() {
         let mut f = fixture();
         f.listeners = vec![listener("127.0.0.1", 443)];
-        let edge = Counts { syn: 4, refused: 4, ..Counts::default() };
+        let edge = Counts {
+            syn: 4,
+            refused: 4,
+            ..Counts::default()
+        };
         let mut i = inputs(&f, edge);
         i.refused_targets = vec![("192.0.2.1".parse().unwrap(), 443)];
         let (v, causes) = decide(&i);
         assert_eq!(v, "refused");
-        assert!(causes[0].evidence.iter().any(|e| e.contains("only on 127.0.0.1:443")), "{causes:?}");
+        assert!(
+            causes[0]
+                .evidence
+                .iter()
+                .any(|e| e.contains("only on 127.0.0.1:443")),
+            "{causes:?}"
+        );
         assert!(causes[0].next_steps[0].contains("0.0.0.0:443"));
     }
 
@@ -467,19 +505,34 @@ mod tests {
     fn refused_names_a_different_port() {
         let mut f = fixture();
         f.listeners = vec![listener("0.0.0.0", 8080)];
-        let edge = Counts { syn: 1, refused: 1, ..Counts::default() };
+        let edge = Counts {
+            syn: 1,
+            refused: 1,
+            ..Counts::default()
+        };
         let mut i = inputs(&f, edge);
         i.refused_targets = vec![("192.0.2.1".parse().unwrap(), 443)];
         let (_, causes) = decide(&i);
-        assert!(causes[0].evidence[1].contains("different port: 0.0.0.0:8080"), "{causes:?}");
+        assert!(
+            causes[0].evidence[1].contains("different port: 0.0.0.0:8080"),
+            "{causes:?}"
+        );
     }
 
     #[test]
     fn firewall_drop_with_rule_and_allowlist() {
         let f = fixture();
-        let edge = Counts { syn: 3, firewall_drops: 3, ..Counts::default() };
+        let edge = Counts {
+            syn: 3,
+            firewall_drops: 3,
+            ..Counts::default()
+        };
         let mut i = inputs(&f, edge);
-        i.non_edge = Counts { syn: 2, handshakes: 2, ..Counts::default() };
+        i.non_edge = Counts {
+            syn: 2,
+            handshakes: 2,
+            ..Counts::default()
+        };
         i.filter_reasons.insert("NETFILTER_DROP".into(), 3);
         i.filtered_ports = vec![443];
         i.firewall = Ok(vec![Finding {
@@ -491,7 +544,8 @@ mod tests {
         let c = &causes[0];
         assert!(c.evidence.iter().any(|e| e.contains("handle 4")));
         assert!(c.evidence.iter().any(|e| e.contains("admits others")));
-        assert!(c.next_steps[0].contains("nft insert rule inet filter input ip saddr { 173.245.48.0/20"));
+        assert!(c.next_steps[0]
+            .contains("nft insert rule inet filter input ip saddr { 173.245.48.0/20"));
         assert!(c.next_steps[1].contains("iptables -I INPUT"));
     }
 
@@ -499,17 +553,29 @@ mod tests {
     fn unanswered_with_overflow_counters_is_overloaded() {
         let mut f = fixture();
         f.deltas.insert("ListenOverflows".into(), 5);
-        let edge = Counts { syn: 6, handshakes: 1, unanswered: 5, ..Counts::default() };
+        let edge = Counts {
+            syn: 6,
+            handshakes: 1,
+            unanswered: 5,
+            ..Counts::default()
+        };
         let (v, causes) = decide(&inputs(&f, edge));
         assert_eq!(v, "overloaded");
         assert_eq!(causes[0].attempts, 5);
-        assert!(causes[0].evidence.iter().any(|e| e.contains("ListenOverflows rose by 5")));
+        assert!(causes[0]
+            .evidence
+            .iter()
+            .any(|e| e.contains("ListenOverflows rose by 5")));
     }
 
     #[test]
     fn unanswered_without_evidence_stays_unanswered() {
         let f = fixture();
-        let edge = Counts { syn: 2, unanswered: 2, ..Counts::default() };
+        let edge = Counts {
+            syn: 2,
+            unanswered: 2,
+            ..Counts::default()
+        };
         let (v, _) = decide(&inputs(&f, edge));
         assert_eq!(v, "unanswered");
     }
@@ -517,7 +583,12 @@ mod tests {
     #[test]
     fn resets_after_handshake() {
         let f = fixture();
-        let edge = Counts { syn: 10, handshakes: 10, origin_resets: 10, ..Counts::default() };
+        let edge = Counts {
+            syn: 10,
+            handshakes: 10,
+            origin_resets: 10,
+            ..Counts::default()
+        };
         let (v, causes) = decide(&inputs(&f, edge));
         assert_eq!(v, "reset_by_origin");
         assert_eq!(causes[0].attempts, 10);
@@ -526,19 +597,34 @@ mod tests {
     #[test]
     fn healthy_below_five_percent() {
         let f = fixture();
-        let edge = Counts { syn: 100, handshakes: 96, refused: 4, ..Counts::default() };
+        let edge = Counts {
+            syn: 100,
+            handshakes: 96,
+            refused: 4,
+            ..Counts::default()
+        };
         let (v, causes) = decide(&inputs(&f, edge));
         assert_eq!(v, "healthy");
         assert_eq!(causes[0].verdict, "healthy");
         assert_eq!(causes[1].verdict, "refused");
-        let edge = Counts { syn: 100, handshakes: 95, refused: 5, ..Counts::default() };
+        let edge = Counts {
+            syn: 100,
+            handshakes: 95,
+            refused: 5,
+            ..Counts::default()
+        };
         assert_eq!(decide(&inputs(&f, edge)).0, "refused");
     }
 
     #[test]
     fn mixed_causes_pick_the_largest_and_list_all() {
         let f = fixture();
-        let edge = Counts { syn: 10, refused: 3, firewall_drops: 7, ..Counts::default() };
+        let edge = Counts {
+            syn: 10,
+            refused: 3,
+            firewall_drops: 7,
+            ..Counts::default()
+        };
         let (v, causes) = decide(&inputs(&f, edge));
         assert_eq!(v, "firewall_drop");
         let names: Vec<&str> = causes.iter().map(|c| c.verdict.as_str()).collect();

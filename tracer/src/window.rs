@@ -43,7 +43,8 @@ impl Tally {
         self.synack_retransmits += u64::from(a.synack_retransmits);
         match a.outcome() {
             Outcome::Refused => {
-                self.refused_targets.insert((a.flow.local, a.flow.local_port));
+                self.refused_targets
+                    .insert((a.flow.local, a.flow.local_port));
             }
             Outcome::FirewallDrop => {
                 let reason = a.filter_drop.clone().unwrap_or_default();
@@ -90,7 +91,11 @@ impl OriginSampler {
     /// Looks for full accept queues now (they can drain before the window ends).
     pub fn sample(&mut self) {
         for l in listeners::read().into_iter().filter(Listener::queue_full) {
-            match self.full_queues.iter_mut().find(|f| f.addr == l.addr && f.port == l.port) {
+            match self
+                .full_queues
+                .iter_mut()
+                .find(|f| f.addr == l.addr && f.port == l.port)
+            {
                 Some(f) => f.accept_queue = f.accept_queue.max(l.accept_queue),
                 None => self.full_queues.push(l),
             }

@@ -1,5 +1,6 @@
 //! `cargo xtask`: set up a fresh machine, build, test, run the lab and the benchmarks.
 
+mod lab;
 mod setup;
 
 use std::{
@@ -35,6 +36,13 @@ enum Task {
         /// Only run integration tests whose name contains this.
         filter: Option<String>,
     },
+    /// Run every 521 scenario in namespaces and print scenario, expected, verdict, seconds (root).
+    Lab,
+    /// Set up if needed, build in release mode, and run the tracer with these arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,6 +67,20 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { filter } => {
             setup::run()?;
             test(filter.as_deref())
+        }
+        Task::Run { args } => {
+            setup::run()?;
+            build(true)?;
+            let status = Command::new(root.join("target/release/tracer"))
+                .args(&args)
+                .status()
+                .context("cannot start target/release/tracer")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Lab => {
+            setup::run()?;
+            build(false)?;
+            lab::run(&root.join("target/debug/tracer"))
         }
     }
 }

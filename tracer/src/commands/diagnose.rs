@@ -90,7 +90,10 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         }
         if progress {
             let left = window.saturating_sub(start.elapsed()).as_secs();
-            eprint!("\r\x1b[2K{left:>4} s left · edge SYNs {} · failure events {}", live.0, live.1);
+            eprint!(
+                "\r\x1b[2K{left:>4} s left · edge SYNs {} · failure events {}",
+                live.0, live.1
+            );
             let _ = std::io::stderr().flush();
         }
     }
@@ -100,7 +103,9 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
     correlator.closed_to_new = true;
     let grace_end = Instant::now() + GRACE;
     while !interrupted && correlator.pending() > 0 && Instant::now() < grace_end {
-        capture.next_batch(&mut batch, Duration::from_millis(50)).await?;
+        capture
+            .next_batch(&mut batch, Duration::from_millis(50))
+            .await?;
         for ev in batch.drain(..) {
             if let Some(done) = correlator.observe(&ev) {
                 tally.add(&done);
@@ -120,7 +125,11 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         eprint!("\r\x1b[2K");
     }
 
-    let window_secs = if interrupted { elapsed.as_secs_f64() } else { args.duration };
+    let window_secs = if interrupted {
+        elapsed.as_secs_f64()
+    } else {
+        args.duration
+    };
     let ctx = WindowContext {
         interface: &iface,
         ports: &ports,

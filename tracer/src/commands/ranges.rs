@@ -2,7 +2,11 @@
 
 use anyhow::Result;
 
-use crate::{cli::{Format, RangesArgs}, ranges::fetch, report::RangesInfo};
+use crate::{
+    cli::{Format, RangesArgs},
+    ranges::fetch,
+    report::RangesInfo,
+};
 
 pub async fn run(args: RangesArgs) -> Result<()> {
     let (set, note) = fetch::resolve(args.ranges.as_deref(), args.refresh).await?;
@@ -20,9 +24,15 @@ pub async fn run(args: RangesArgs) -> Result<()> {
             println!(
                 "source: {}{}",
                 info.source,
-                info.path.as_deref().map(|p| format!(" ({p})")).unwrap_or_default()
+                info.path
+                    .as_deref()
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default()
             );
-            println!("fetched: {} (age {age})", info.fetched_at.as_deref().unwrap_or("unknown"));
+            println!(
+                "fetched: {} (age {age})",
+                info.fetched_at.as_deref().unwrap_or("unknown")
+            );
             println!("etag: {}", info.etag.as_deref().unwrap_or("-"));
             println!("IPv4 ({}):", info.ipv4.len());
             for r in &info.ipv4 {

@@ -22,7 +22,8 @@ pub fn parse(text: &str) -> BTreeMap<String, u64> {
     let lines: Vec<&str> = text.lines().collect();
     for pair in lines.chunks(2) {
         let [names, values] = pair else { continue };
-        let (Some((p1, names)), Some((p2, values))) = (names.split_once(':'), values.split_once(':'))
+        let (Some((p1, names)), Some((p2, values))) =
+            (names.split_once(':'), values.split_once(':'))
         else {
             continue;
         };

@@ -69,7 +69,10 @@ impl Ruleset {
     }
 
     pub fn is_empty(&self) -> bool {
-        !self.items.iter().any(|i| i.get("rule").is_some() || i.get("chain").is_some())
+        !self
+            .items
+            .iter()
+            .any(|i| i.get("rule").is_some() || i.get("chain").is_some())
     }
 
     fn set_elements(&self, family: &str, table: &str, name: &str) -> Option<Vec<Value>> {
@@ -97,9 +100,12 @@ impl Ruleset {
                 chain["name"].as_str().unwrap_or(""),
             );
             let mut decided = false;
-            for rule in self.items.iter().filter_map(|i| i.get("rule")).filter(|r| {
-                r["family"] == family && r["table"] == table && r["chain"] == name
-            }) {
+            for rule in self
+                .items
+                .iter()
+                .filter_map(|i| i.get("rule"))
+                .filter(|r| r["family"] == family && r["table"] == table && r["chain"] == name)
+            {
                 let exprs = rule["expr"].as_array().cloned().unwrap_or_default();
                 let mut all = Tri::Yes;
                 let mut verdict = None;
@@ -131,7 +137,9 @@ impl Ruleset {
                             .cloned()
                             .unwrap_or_else(|| "(rule)".into());
                         out.push(Finding {
-                            rule: format!("table {family} {table} chain {name} handle {handle}: {body}"),
+                            rule: format!(
+                                "table {family} {table} chain {name} handle {handle}: {body}"
+                            ),
                             certain: all == Tri::Yes,
                         });
                         if all == Tri::Yes {
@@ -148,7 +156,9 @@ impl Ruleset {
             }
             if !decided && chain["policy"] == "drop" {
                 out.push(Finding {
-                    rule: format!("table {family} {table} chain {name}: policy drop (no rule accepts it)"),
+                    rule: format!(
+                        "table {family} {table} chain {name}: policy drop (no rule accepts it)"
+                    ),
                     certain: true,
                 });
             }
@@ -195,7 +205,14 @@ impl Ruleset {
         }
     }
 
-    fn value_matches(&self, family: &str, table: &str, right: &Value, s: Subject, p: Packet) -> Tri {
+    fn value_matches(
+        &self,
+        family: &str,
+        table: &str,
+        right: &Value,
+        s: Subject,
+        p: Packet,
+    ) -> Tri {
         if let Some(name) = right.as_str().and_then(|r| r.strip_prefix('@')) {
             return match self.set_elements(family, table, name) {
                 Some(elems) => any_of(elems.iter().map(|e| {
@@ -206,7 +223,10 @@ impl Ruleset {
             };
         }
         if let Some(set) = right.get("set").and_then(Value::as_array) {
-            return any_of(set.iter().map(|v| self.value_matches(family, table, v, s, p)));
+            return any_of(
+                set.iter()
+                    .map(|v| self.value_matches(family, table, v, s, p)),
+            );
         }
         match s {
             Subject::Port(port) => {
@@ -214,7 +234,10 @@ impl Ruleset {
                     return tri(n == u64::from(port));
                 }
                 if let Some(r) = right.get("range").and_then(Value::as_array) {
-                    if let (Some(a), Some(b)) = (r.first().and_then(Value::as_u64), r.get(1).and_then(Value::as_u64)) {
+                    if let (Some(a), Some(b)) = (
+                        r.first().and_then(Value::as_u64),
+                        r.get(1).and_then(Value::as_u64),
+                    ) {
                         return tri((a..=b).contains(&u64::from(port)));
                     }
                 }
@@ -235,8 +258,14 @@ impl Ruleset {
                     };
                 }
                 if let Some(r) = right.get("range").and_then(Value::as_array) {
-                    let a = r.first().and_then(Value::as_str).and_then(|t| t.parse::<IpAddr>().ok());
-                    let b = r.get(1).and_then(Value::as_str).and_then(|t| t.parse::<IpAddr>().ok());
+                    let a = r
+                        .first()
+                        .and_then(Value::as_str)
+                        .and_then(|t| t.parse::<IpAddr>().ok());
+                    let b = r
+                        .get(1)
+                        .and_then(Value::as_str)
+                        .and_then(|t| t.parse::<IpAddr>().ok());
                     if let (Some(a), Some(b)) = (a, b) {
                         return tri(a <= addr && addr <= b);
                     }
@@ -396,7 +425,10 @@ table ip filter { # handle 2
         let rs = Ruleset::parse(JSON, TEXT).unwrap();
         let f = rs.blocking(pkt("173.245.48.10", 443));
         assert_eq!(f.len(), 1, "{f:?}");
-        assert_eq!(f[0].rule, "table inet filter chain input handle 4: tcp dport 443 drop");
+        assert_eq!(
+            f[0].rule,
+            "table inet filter chain input handle 4: tcp dport 443 drop"
+        );
         assert!(f[0].certain);
         // An accepted peer stops at the accept rule.
         assert!(rs.blocking(pkt("10.1.2.3", 443)).is_empty());
@@ -407,10 +439,18 @@ table ip filter { # handle 2
         let rs = Ruleset::parse(JSON, TEXT).unwrap();
         let f = rs.blocking(pkt("173.245.48.10", 8080));
         assert_eq!(f.len(), 1, "{f:?}");
-        assert!(f[0].rule.contains("handle 6: ip saddr != @allow tcp dport 8080 counter reject with tcp reset"));
-        assert!(rs.blocking(pkt("192.0.2.10", 8080)).is_empty(), "allowed by the set");
+        assert!(f[0]
+            .rule
+            .contains("handle 6: ip saddr != @allow tcp dport 8080 counter reject with tcp reset"));
+        assert!(
+            rs.blocking(pkt("192.0.2.10", 8080)).is_empty(),
+            "allowed by the set"
+        );
         let f = rs.blocking(pkt("173.245.48.10", 2053));
-        assert_eq!(f[0].rule, "table ip filter chain INPUT handle 2: tcp dport 2053 counter reject with tcp reset");
+        assert_eq!(
+            f[0].rule,
+            "table ip filter chain INPUT handle 2: tcp dport 2053 counter reject with tcp reset"
+        );
         // xt match: possible, not certain.
         let f = rs.blocking(pkt("1.2.3.4", 80));
         assert_eq!(f.len(), 1);

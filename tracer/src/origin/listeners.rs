@@ -1,4 +1,6 @@
-//! Listening TCP sockets from /proc/net/tcp{,6}: address, port and accept-queue fill.
+//! Listening TCP sockets of this namespace: address, port and accept-queue fill against the
+//! backlog. From NETLINK_SOCK_DIAG (which reports the backlog); /proc/net/tcp{,6} as a fallback
+//! (which does not).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -10,14 +12,14 @@ pub struct Listener {
     pub port: u16,
     /// Connections waiting in the accept queue (`sk_ack_backlog`).
     pub accept_queue: u32,
-    /// The backlog the application asked for (`sk_max_ack_backlog`).
-    pub backlog: u32,
+    /// The backlog in force (`sk_max_ack_backlog`); unknown from /proc.
+    pub backlog: Option<u32>,
 }
 
 impl Listener {
     /// The kernel drops new SYNs when the queue holds more than the backlog.
     pub fn queue_full(&self) -> bool {
-        self.accept_queue > self.backlog
+        self.backlog.is_some_and(|b| self.accept_queue > b)
     }
 
     pub fn is_wildcard(&self) -> bool {
@@ -78,18 +80,23 @@ pub fn parse(text: &str) -> Vec<Listener> {
         let Some((addr, port)) = cols[1].split_once(':') else {
             continue;
         };
-        let addr = if addr.len() == 8 { parse_v4(addr) } else { parse_v6(addr) };
+        let addr = if addr.len() == 8 {
+            parse_v4(addr)
+        } else {
+            parse_v6(addr)
+        };
         let (Some(addr), Ok(port)) = (addr, u16::from_str_radix(port, 16)) else {
             continue;
         };
-        let Some((tx, rx)) = cols[4].split_once(':') else {
+        // For listeners rx_queue is the accept queue; tx_queue is not the backlog.
+        let Some((_, rx)) = cols[4].split_once(':') else {
             continue;
         };
         out.push(Listener {
             addr,
             port,
             accept_queue: u32::from_str_radix(rx, 16).unwrap_or(0),
-            backlog: u32::from_str_radix(tx, 16).unwrap_or(0),
+            backlog: None,
         });
     }
     out
@@ -97,15 +104,169 @@ pub fn parse(text: &str) -> Vec<Listener> {
 
 /// This namespace's listeners.
 pub fn read() -> Vec<Listener> {
-    let mut all = Vec::new();
-    for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            all.extend(parse(&text));
+    let mut all = match sock_diag::listeners() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!("sock_diag failed ({e}); reading /proc/net/tcp");
+            let mut all = Vec::new();
+            for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
+                if let Ok(text) = std::fs::read_to_string(path) {
+                    all.extend(parse(&text));
+                }
+            }
+            all
         }
-    }
+    };
     all.sort_by(|a, b| (a.port, a.addr).cmp(&(b.port, b.addr)));
     all.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
     all
+}
+
+mod sock_diag {
+    //! A TCP LISTEN dump over NETLINK_SOCK_DIAG (inet_diag_req_v2 / inet_diag_msg).
+
+    use std::{
+        io,
+        net::{IpAddr, Ipv4Addr, Ipv6Addr},
+        os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    };
+
+    use super::Listener;
+
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    const TCP_LISTEN: u32 = 10;
+    const NLMSG_HDRLEN: usize = 16;
+    const REQ_LEN: usize = NLMSG_HDRLEN + 56;
+    /// inet_diag_msg: family, state, timer, retrans, sockid (48), expires, rqueue, wqueue, uid,
+    /// inode.
+    const MSG_LEN: usize = 72;
+
+    fn request(family: u8, seq: u32) -> [u8; REQ_LEN] {
+        let mut b = [0u8; REQ_LEN];
+        b[0..4].copy_from_slice(&(REQ_LEN as u32).to_ne_bytes());
+        b[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+        b[6..8].copy_from_slice(&flags.to_ne_bytes());
+        b[8..12].copy_from_slice(&seq.to_ne_bytes());
+        b[16] = family;
+        b[17] = libc::IPPROTO_TCP as u8;
+        b[20..24].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+        b
+    }
+
+    fn parse_msg(m: &[u8]) -> Option<Listener> {
+        if m.len() < MSG_LEN {
+            return None;
+        }
+        let family = m[0];
+        let port = u16::from_be_bytes([m[4], m[5]]);
+        let src = &m[8..24];
+        let addr = if family == libc::AF_INET as u8 {
+            IpAddr::V4(Ipv4Addr::new(src[0], src[1], src[2], src[3]))
+        } else {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(src);
+            IpAddr::V6(Ipv6Addr::from(a))
+        };
+        let u32_at = |o: usize| u32::from_ne_bytes([m[o], m[o + 1], m[o + 2], m[o + 3]]);
+        Some(Listener {
+            addr,
+            port,
+            accept_queue: u32_at(56),
+            backlog: Some(u32_at(60)),
+        })
+    }
+
+    pub fn listeners() -> io::Result<Vec<Listener>> {
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                libc::NETLINK_SOCK_DIAG,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh, valid descriptor we own.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut out = Vec::new();
+        for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
+            let req = request(family, seq);
+            // SAFETY: sending a fully initialised buffer (kernel address is the default).
+            let sent = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+            if sent < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut buf = vec![0u8; 64 * 1024];
+            'recv: loop {
+                // SAFETY: buf is writable for its length.
+                let n =
+                    unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let mut data = &buf[..n as usize];
+                while data.len() >= NLMSG_HDRLEN {
+                    let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
+                    let kind = u16::from_ne_bytes([data[4], data[5]]);
+                    if len < NLMSG_HDRLEN || len > data.len() {
+                        break;
+                    }
+                    match kind {
+                        NLMSG_DONE => break 'recv,
+                        NLMSG_ERROR => {
+                            let errno =
+                                i32::from_ne_bytes([data[16], data[17], data[18], data[19]]);
+                            return Err(io::Error::from_raw_os_error(-errno));
+                        }
+                        SOCK_DIAG_BY_FAMILY => out.extend(parse_msg(&data[NLMSG_HDRLEN..len])),
+                        _ => {}
+                    }
+                    let aligned = (len + 3) & !3;
+                    data = &data[aligned.min(data.len())..];
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn parses_a_listen_message() {
+            let mut m = [0u8; MSG_LEN];
+            m[0] = libc::AF_INET as u8;
+            m[1] = 10;
+            m[4..6].copy_from_slice(&443u16.to_be_bytes());
+            m[8..12].copy_from_slice(&[127, 0, 0, 1]);
+            m[56..60].copy_from_slice(&3u32.to_ne_bytes());
+            m[60..64].copy_from_slice(&2u32.to_ne_bytes());
+            let l = parse_msg(&m).unwrap();
+            assert_eq!(l.endpoint(), "127.0.0.1:443");
+            assert_eq!((l.accept_queue, l.backlog), (3, Some(2)));
+            assert!(l.queue_full());
+        }
+
+        #[test]
+        fn dumps_this_namespaces_listeners() {
+            // Works unprivileged: a listener of our own must show up with its backlog.
+            let sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = sock.local_addr().unwrap().port();
+            let all = listeners().unwrap();
+            let me = all
+                .iter()
+                .find(|l| l.port == port)
+                .expect("own listener listed");
+            assert_eq!(me.addr, "127.0.0.1".parse::<IpAddr>().unwrap());
+            assert!(me.backlog.unwrap() > 0);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -128,12 +289,12 @@ mod tests {
         assert_eq!(l.len(), 2, "only LISTEN rows");
         assert_eq!(l[0].addr, "127.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(l[0].port, 8080);
-        assert_eq!((l[0].accept_queue, l[0].backlog), (0, 16));
+        assert_eq!((l[0].accept_queue, l[0].backlog), (0, None));
         assert!(l[0].is_loopback());
         assert_eq!(l[1].port, 443);
         assert!(l[1].is_wildcard());
-        assert_eq!((l[1].accept_queue, l[1].backlog), (1, 0));
-        assert!(l[1].queue_full());
+        assert_eq!(l[1].accept_queue, 1);
+        assert!(!l[1].queue_full(), "backlog unknown from /proc");
         assert!(l[1].accepts("192.0.2.1".parse().unwrap()));
         assert!(!l[0].accepts("192.0.2.1".parse().unwrap()));
     }

@@ -14,7 +14,15 @@ use super::{parse_api_json, RangeSet, RangeSource};
 pub const API_URL: &str = "https://api.cloudflare.com/client/v4/ips";
 /// Larger answers are refused: the real one is under 1 KiB.
 const MAX_BODY_BYTES: usize = 256 * 1024;
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// Whole-request time limit; TRACER_RANGES_TIMEOUT_SECS overrides it.
+fn timeout() -> Duration {
+    std::env::var("TRACER_RANGES_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s > 0.0 && s.is_finite())
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(10))
+}
 
 /// Where the API is (TRACER_RANGES_URL overrides it, for mirrors and tests).
 pub fn api_url() -> String {
@@ -74,7 +82,10 @@ fn save_cache(path: &Path, set: &RangeSet, http_etag: Option<&str>) -> Result<()
         std::fs::create_dir_all(dir)?;
     }
     let c = CacheFile {
-        fetched_at: humantime::format_rfc3339_seconds(set.fetched_at.unwrap_or_else(SystemTime::now)).to_string(),
+        fetched_at: humantime::format_rfc3339_seconds(
+            set.fetched_at.unwrap_or_else(SystemTime::now),
+        )
+        .to_string(),
         etag: set.etag.clone(),
         http_etag: http_etag.map(str::to_string),
         ipv4_cidrs: set.v4.iter().map(ToString::to_string).collect(),
@@ -88,17 +99,23 @@ fn save_cache(path: &Path, set: &RangeSet, http_etag: Option<&str>) -> Result<()
 }
 
 /// Fetches and validates the list. `Ok(None)` when the server says it has not changed (304).
-async fn fetch(url: &str, if_none_match: Option<&str>) -> Result<Option<(RangeSet, Option<String>)>> {
+async fn fetch(
+    url: &str,
+    if_none_match: Option<&str>,
+) -> Result<Option<(RangeSet, Option<String>)>> {
     let client = reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout())
+        .connect_timeout(timeout().min(Duration::from_secs(5)))
         .user_agent(concat!("cf521-tracer/", env!("CARGO_PKG_VERSION")))
         .build()?;
     let mut req = client.get(url);
     if let Some(tag) = if_none_match {
         req = req.header(reqwest::header::IF_NONE_MATCH, tag);
     }
-    let mut resp = req.send().await.map_err(|e| anyhow!("{}", short_error(&e)))?;
+    let mut resp = req
+        .send()
+        .await
+        .map_err(|e| anyhow!("{}", short_error(&e)))?;
     if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
         return Ok(None);
     }
@@ -111,7 +128,11 @@ async fn fetch(url: &str, if_none_match: Option<&str>) -> Result<Option<(RangeSe
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| anyhow!("{}", short_error(&e)))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| anyhow!("{}", short_error(&e)))?
+    {
         body.extend_from_slice(&chunk);
         if body.len() > MAX_BODY_BYTES {
             bail!("answer larger than {MAX_BODY_BYTES} bytes");
@@ -144,7 +165,7 @@ fn short_error(e: &reqwest::Error) -> String {
         source = s.source();
     }
     if e.is_timeout() {
-        format!("timed out after {} s", TIMEOUT.as_secs())
+        format!("timed out after {:.1} s", timeout().as_secs_f64())
     } else {
         msg
     }
@@ -174,7 +195,9 @@ pub async fn refresh() -> (RangeSet, Option<String>) {
             }
             None => (
                 RangeSet::embedded(),
-                Some(format!("{url} answered 304 with no cached list; using the embedded list")),
+                Some(format!(
+                    "{url} answered 304 with no cached list; using the embedded list"
+                )),
             ),
         },
         Err(e) => match cached {
