@@ -357,3 +357,50 @@ pub fn summary(events: &[Value]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+impl Netns {
+    /// HTTP GET from inside the namespace: (status line, body).
+    pub fn http_get(&self, addr: &str, path: &str) -> io::Result<(String, String)> {
+        let addr: SocketAddr = addr.parse().expect("address");
+        let path = path.to_string();
+        self.enter(move || {
+            use std::io::{Read as _, Write as _};
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut raw = String::new();
+            s.read_to_string(&mut raw)?;
+            let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+            Ok((
+                head.lines().next().unwrap_or("").to_string(),
+                body.to_string(),
+            ))
+        })
+    }
+}
+
+/// The value of one sample line in a Prometheus text exposition, e.g.
+/// `metric(text, "tracer_edge_syn_total{port=\"443\"}")`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    f()
+}

@@ -35,6 +35,8 @@ pub enum Command {
     Diagnose(DiagnoseArgs),
     /// Show the watched ranges in use, their source and age; --refresh fetches Cloudflare's.
     Ranges(RangesArgs),
+    /// Run continuously: JSON logs, a verdict per window, Prometheus metrics.
+    Agent(AgentArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,4 +120,56 @@ pub struct RangesArgs {
     pub ranges: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogEvents {
+    /// Every event.
+    All,
+    /// Drops, resets, SYN-ACK retransmits and losses (not the SYNs and handshakes of healthy
+    /// connections).
+    Failures,
+    /// Only the per-window verdict records.
+    None,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    /// Where to serve GET /metrics and GET /healthz.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9521")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// JSON-lines log file (reopened on SIGHUP) [default: stdout].
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// Seconds per verdict window.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub window: f64,
+    /// Watched ranges file (re-read on every refresh) [default: cache of an earlier refresh,
+    /// else the embedded Cloudflare list].
+    #[arg(long, value_name = "FILE")]
+    pub ranges: Option<PathBuf>,
+    /// Refresh the ranges on this schedule (e.g. 6h, 30m, 90s): from Cloudflare's API, or by
+    /// re-reading --ranges FILE. Updates the kernel's map in place.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub refresh_ranges_every: Option<std::time::Duration>,
+    /// Which events go to the log besides the verdict records.
+    #[arg(long, value_enum, default_value_t = LogEvents::Failures)]
+    pub log_events: LogEvents,
+}
+
+/// "90s", "30m", "6h", or plain seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d = match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 => std::time::Duration::from_secs_f64(secs),
+        Ok(_) => return Err("must be positive".into()),
+        Err(_) => {
+            humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 90s, 30m, 6h)"))?
+        }
+    };
+    if d.is_zero() {
+        return Err("must be positive".into());
+    }
+    Ok(d)
 }

@@ -123,6 +123,8 @@ pub struct Attempt {
     pub origin_reset: Option<String>,
     pub peer_reset: bool,
     pub synack_retransmits: u32,
+    /// Live mode: the outcome already handed out (the attempt counts once).
+    pub decided: Option<Outcome>,
 }
 
 impl Attempt {
@@ -143,6 +145,7 @@ impl Attempt {
             origin_reset: None,
             peer_reset: false,
             synack_retransmits: 0,
+            decided: None,
         }
     }
 
@@ -176,10 +179,23 @@ impl Attempt {
     }
 }
 
+/// An outcome handed out in live mode.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decided {
+    /// The attempt's outcome is known (for a handshake: at the handshake, while it is open).
+    Attempt(Attempt),
+    /// An attempt already counted as a handshake was then reset by the origin.
+    LateReset(Attempt),
+}
+
 /// Tracks open attempts; hands back the ones that are over.
 #[derive(Default)]
 pub struct Correlator {
     open: HashMap<FlowKey, Attempt>,
+    /// Live mode (agent): outcomes are queued for `take_decided` as soon as they are known,
+    /// instead of when the attempt ends.
+    live: bool,
+    decided: Vec<Decided>,
     /// When false (after a window ends), events may finish open attempts but start none.
     pub closed_to_new: bool,
     /// Events the kernel reported lost.
@@ -189,6 +205,53 @@ pub struct Correlator {
 impl Correlator {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A correlator for continuous use: see [`Correlator::take_decided`].
+    pub fn live() -> Self {
+        Self {
+            live: true,
+            ..Self::default()
+        }
+    }
+
+    /// Live mode: outcomes decided since the last call.
+    pub fn take_decided(&mut self) -> Vec<Decided> {
+        std::mem::take(&mut self.decided)
+    }
+
+    /// Live mode: queue the outcome once it is decisive; an attempt leaving undecided gets
+    /// its final outcome.
+    fn decide(&mut self, key: &FlowKey, leaving: bool) {
+        let Some(a) = self.open.get_mut(key) else {
+            return;
+        };
+        let outcome = a.outcome();
+        let decisive = match outcome {
+            // SYN-ACK retransmits alone may still end in a handshake: wait.
+            Outcome::OverloadDrop => a.overload_drop.is_some(),
+            Outcome::Unanswered => false,
+            _ => true,
+        };
+        match a.decided {
+            None if decisive || leaving => {
+                a.decided = Some(outcome);
+                self.decided.push(Decided::Attempt(a.clone()));
+            }
+            Some(Outcome::Handshake) if outcome == Outcome::OriginReset => {
+                a.decided = Some(outcome);
+                self.decided.push(Decided::LateReset(a.clone()));
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes an attempt; in live mode it is decided first if it was not yet.
+    fn remove(&mut self, key: &FlowKey) -> Option<Attempt> {
+        if self.live {
+            self.decide(key, true);
+        }
+        self.open.remove(key)
     }
 
     pub fn open_attempts(&self) -> usize {
@@ -218,7 +281,7 @@ impl Correlator {
                 .get(&key)
                 .is_some_and(|a| a.seq.is_none() || ev.seq.is_none() || a.seq == ev.seq);
             if !same {
-                displaced = self.open.remove(&key);
+                displaced = self.remove(&key);
             }
         }
         let starts = inbound_syn || ev.kind == Kind::Established;
@@ -271,6 +334,10 @@ impl Correlator {
             Kind::SynackRetransmit => a.synack_retransmits += 1,
             Kind::Loss => {}
         }
+        if self.live {
+            self.decide(&key, false);
+            return None;
+        }
         displaced
     }
 
@@ -291,9 +358,7 @@ impl Correlator {
             })
             .map(|(k, _)| *k)
             .collect();
-        done.into_iter()
-            .filter_map(|k| self.open.remove(&k))
-            .collect()
+        done.iter().filter_map(|k| self.remove(k)).collect()
     }
 
     /// Every attempt still open that has not got an answer, or none at all.
@@ -306,7 +371,8 @@ impl Correlator {
 
     /// Ends tracking: every open attempt.
     pub fn finish(&mut self) -> Vec<Attempt> {
-        self.open.drain().map(|(_, a)| a).collect()
+        let keys: Vec<FlowKey> = self.open.keys().copied().collect();
+        keys.iter().filter_map(|k| self.remove(k)).collect()
     }
 }
 
@@ -338,15 +404,6 @@ impl Counts {
             Outcome::Unanswered => self.unanswered += 1,
             Outcome::OtherDrop => self.other_drops += 1,
         }
-    }
-
-    pub fn failures(&self) -> u64 {
-        self.refused
-            + self.firewall_drops
-            + self.overload_drops
-            + self.origin_resets
-            + self.unanswered
-            + self.other_drops
     }
 }
 
@@ -543,6 +600,35 @@ mod tests {
         c.observe(&TracedEvent::loss(SystemTime::UNIX_EPOCH, 5));
         c.observe(&TracedEvent::loss(SystemTime::UNIX_EPOCH, 2));
         assert_eq!(c.lost_events, 7);
+    }
+
+    #[test]
+    fn live_mode_counts_each_attempt_once_as_soon_as_known() {
+        let mut c = Correlator::live();
+        // Handshake, decided at once though still open; then reset by the origin.
+        c.observe(&syn(1000, 7, 0));
+        assert!(c.take_decided().is_empty());
+        c.observe(&ev(Kind::Established, 1000, 1));
+        let d = c.take_decided();
+        assert!(matches!(&d[..], [Decided::Attempt(a)] if a.outcome() == Outcome::Handshake));
+        c.observe(&reset_sent(1000, true, "NOT_SPECIFIED", 5));
+        assert!(matches!(&c.take_decided()[..], [Decided::LateReset(_)]));
+        // Firewall drop: decided at the first drop; retransmissions add nothing.
+        c.observe(&syn(2000, 9, 0));
+        c.observe(&drop(2000, 9, "NETFILTER_DROP", "SYN", 0));
+        c.observe(&syn(2000, 9, 1000));
+        c.observe(&drop(2000, 9, "NETFILTER_DROP", "SYN", 1000));
+        let d = c.take_decided();
+        assert_eq!(d.len(), 1);
+        // Silence: decided only when it leaves.
+        c.observe(&syn(3000, 11, 0));
+        assert!(c.take_decided().is_empty());
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(60);
+        c.take_idle(t, Duration::from_secs(2), Duration::from_secs(25));
+        let d = c.take_decided();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(matches!(&d[0], Decided::Attempt(a) if a.outcome() == Outcome::Unanswered));
+        assert_eq!(c.open_attempts(), 0);
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod correlate;
 mod events;
+mod export;
 mod kernel;
 mod netinfo;
 mod origin;

@@ -57,12 +57,15 @@ pub struct Report {
 }
 
 pub fn window_value(secs: f64) -> serde_json::Value {
-    if secs.fract() == 0.0 && secs >= 0.0 && secs < 1e15 {
+    if secs.fract() == 0.0 && (0.0..1e15).contains(&secs) {
         serde_json::Value::from(secs as u64)
     } else {
         serde_json::Value::from(secs)
     }
 }
+
+/// A row of the counts table: label and field.
+type Row = (&'static str, fn(&Counts) -> u64);
 
 fn headline(verdict: &str) -> &'static str {
     match verdict {
@@ -123,7 +126,7 @@ impl Report {
         }
         let _ = writeln!(s);
         let _ = writeln!(s, "Connection attempts (distinct)   edge  non-edge");
-        let rows: [(&str, fn(&Counts) -> u64); 8] = [
+        let rows: [Row; 8] = [
             ("SYN", |c| c.syn),
             ("handshakes", |c| c.handshakes),
             ("refused", |c| c.refused),

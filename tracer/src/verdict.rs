@@ -102,7 +102,7 @@ pub fn decide(i: &Inputs<'_>) -> (String, Vec<Cause>) {
     if i.edge.other_drops > 0 {
         causes.push(other_drop(i));
     }
-    causes.sort_by(|a, b| b.attempts.cmp(&a.attempts));
+    causes.sort_by_key(|c| std::cmp::Reverse(c.attempts));
 
     let threshold = (i.edge.syn as f64 * HEALTHY_MAX_FAILURE_SHARE).max(f64::MIN_POSITIVE);
     let all_minor = causes.iter().all(|c| (c.attempts as f64) < threshold);

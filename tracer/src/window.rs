@@ -34,6 +34,15 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// An attempt counted as a handshake earlier was reset by the origin (live mode).
+    pub fn add_late_reset(&mut self, a: &Attempt) {
+        if a.edge {
+            self.edge.origin_resets += 1;
+        } else {
+            self.non_edge.origin_resets += 1;
+        }
+    }
+
     pub fn add(&mut self, a: &Attempt) {
         if !a.edge {
             self.non_edge.add(a);

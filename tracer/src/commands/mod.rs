@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+mod agent;
 mod diagnose;
 mod events;
 mod ranges;
@@ -13,6 +14,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Events(args) => events::run(args).await,
         Command::Diagnose(args) => diagnose::run(args).await,
         Command::Ranges(args) => ranges::run(args).await,
+        Command::Agent(args) => agent::run(args).await,
     }
 }
 

@@ -68,7 +68,6 @@ pub struct Probe {
     /// One line each: hooks this kernel lacks and what that degrades.
     pub notes: Vec<String>,
     pub xdp_mode: &'static str,
-    pub ifindex: u32,
 }
 
 /// (program, tracepoint category, tracepoint name)
@@ -123,7 +122,7 @@ pub fn ifindex(iface: &str) -> Result<u32> {
 impl Probe {
     pub fn start(opts: &ProbeOptions<'_>) -> Result<Self> {
         privileges::check()?;
-        let ifindex = ifindex(opts.iface)?;
+        ifindex(opts.iface)?;
         let tracefs = tracefs::ensure_mounted()?;
         let mut notes = Vec::new();
         let mut config = Config::DEFAULT;
@@ -251,7 +250,6 @@ impl Probe {
             names,
             notes,
             xdp_mode: "driver",
-            ifindex,
         };
         probe.set_ports(opts.ports)?;
         probe.set_ranges(opts.ranges)?;

@@ -68,13 +68,6 @@ impl Ruleset {
         })
     }
 
-    pub fn is_empty(&self) -> bool {
-        !self
-            .items
-            .iter()
-            .any(|i| i.get("rule").is_some() || i.get("chain").is_some())
-    }
-
     fn set_elements(&self, family: &str, table: &str, name: &str) -> Option<Vec<Value>> {
         self.items.iter().find_map(|i| {
             let s = i.get("set").or_else(|| i.get("map"))?;
@@ -352,7 +345,7 @@ fn verdict_of(e: &Value) -> Option<&'static str> {
 fn is_harmless(e: &Value) -> bool {
     ["counter", "log", "limit", "comment", "meta", "mangle", "ct"]
         .iter()
-        .any(|k| e.get(*k).is_some() && !(e.get("xt").is_some()))
+        .any(|k| e.get(*k).is_some())
 }
 
 /// `nft -a list ruleset` text: rule bodies by (family, table, chain, handle).

@@ -22,10 +22,6 @@ impl Listener {
         self.backlog.is_some_and(|b| self.accept_queue > b)
     }
 
-    pub fn is_wildcard(&self) -> bool {
-        self.addr.is_unspecified()
-    }
-
     pub fn is_loopback(&self) -> bool {
         self.addr.is_loopback()
     }
@@ -117,7 +113,7 @@ pub fn read() -> Vec<Listener> {
             all
         }
     };
-    all.sort_by(|a, b| (a.port, a.addr).cmp(&(b.port, b.addr)));
+    all.sort_by_key(|l| (l.port, l.addr));
     all.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
     all
 }
@@ -292,7 +288,7 @@ mod tests {
         assert_eq!((l[0].accept_queue, l[0].backlog), (0, None));
         assert!(l[0].is_loopback());
         assert_eq!(l[1].port, 443);
-        assert!(l[1].is_wildcard());
+        assert!(l[1].addr.is_unspecified());
         assert_eq!(l[1].accept_queue, 1);
         assert!(!l[1].queue_full(), "backlog unknown from /proc");
         assert!(l[1].accepts("192.0.2.1".parse().unwrap()));

@@ -161,6 +161,7 @@ impl RangeSet {
         })
     }
 
+    #[cfg(test)]
     pub fn contains(&self, ip: IpAddr) -> bool {
         match ip {
             IpAddr::V4(a) => self.v4.iter().any(|n| n.contains(&a)),

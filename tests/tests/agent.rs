@@ -1,0 +1,399 @@
+//! `tracer agent` in lab namespaces: metrics against generated traffic, promtool, logs,
+//! signals, and a ranges change mid-run.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    scenarios::{Server, ServerMode, SHORT},
+    *,
+};
+use serde_json::Value;
+
+const METRICS: &str = "127.0.0.1:9521";
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("t521-agent-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn agent(lab: &Lab, log: &std::path::Path, extra: &[&str]) -> Tracer {
+    let mut args = vec![
+        "agent",
+        "--iface",
+        ORIGIN_IF,
+        "--port",
+        "443,2053,8080",
+        "--window",
+        "2",
+        "--log-file",
+        log.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Tracer::start(&lab.origin, &args)
+}
+
+fn scrape(lab: &Lab) -> String {
+    let (status, body) = lab
+        .origin
+        .http_get(METRICS, "/metrics")
+        .expect("GET /metrics");
+    assert!(status.contains("200"), "{status}");
+    body
+}
+
+fn series(port: u16, outcome: &str) -> String {
+    format!("tracer_edge_connections_total{{outcome=\"{outcome}\",port=\"{port}\"}}")
+}
+
+fn log_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}")))
+        .collect()
+}
+
+fn xdp_attached(lab: &Lab) -> bool {
+    lab.origin
+        .sh(&format!("ip link show {ORIGIN_IF}"))
+        .contains("xdp")
+}
+
+fn promtool_check_metrics(text: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup installs Debian's prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let msg = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && msg.trim().is_empty(),
+        "promtool check metrics: {msg}"
+    );
+}
+
+#[test]
+fn metrics_and_logs_follow_the_traffic() {
+    let lab = Lab::new();
+    let tmp = TempDir::new("metrics");
+    let log = tmp.path("events.jsonl");
+    let _server = Server::start(lab.origin.listen("::", 443, 128), ServerMode::Close);
+    lab.origin.sh("nft add table inet filter; \
+         nft add chain inet filter input '{ type filter hook input priority 0; }'; \
+         nft add rule inet filter input tcp dport 2053 drop");
+    let tracer = agent(&lab, &log, &[]);
+    let (status, body) = lab.origin.http_get(METRICS, "/healthz").unwrap();
+    assert!(
+        status.contains("200") && body.trim() == "ok",
+        "{status} {body}"
+    );
+
+    for _ in 0..3 {
+        assert!(lab
+            .edge
+            .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), SHORT)
+            .is_err());
+    }
+    for _ in 0..2 {
+        lab.edge
+            .connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT)
+            .expect("handshake");
+        lab.edge
+            .connect(EDGE_V6, sockaddr(ORIGIN_V6, 443), SHORT)
+            .expect("handshake v6");
+    }
+    for _ in 0..2 {
+        assert!(lab
+            .edge
+            .connect(EDGE_V4, sockaddr(ORIGIN_V4, 2053), SHORT)
+            .is_err());
+    }
+    lab.edge
+        .connect(OTHER_V4, sockaddr(ORIGIN_V4, 443), SHORT)
+        .expect("non-edge handshake");
+
+    let expected = [
+        (series(8080, "refused"), 3.0),
+        (series(443, "handshake"), 4.0),
+        (series(2053, "firewall_drop"), 2.0),
+        (series(443, "refused"), 0.0),
+        (
+            "tracer_non_edge_connections_total{outcome=\"handshake\",port=\"443\"}".into(),
+            1.0,
+        ),
+        ("tracer_edge_syn_total{port=\"8080\"}".into(), 3.0),
+        ("tracer_events_lost_total".into(), 0.0),
+    ];
+    let mut text = String::new();
+    let ok = eventually(Duration::from_secs(10), || {
+        text = scrape(&lab);
+        expected.iter().all(|(s, v)| metric(&text, s) == Some(*v))
+    });
+    assert!(ok, "metrics never matched {expected:?}:\n{text}");
+    // A window of 2 s passed with refusals and firewall drops: the verdict names the largest.
+    assert!(
+        eventually(Duration::from_secs(6), || {
+            text = scrape(&lab);
+            metric(&text, "tracer_verdict{verdict=\"refused\"}") == Some(1.0)
+                || metric(&text, "tracer_verdict{verdict=\"firewall_drop\"}") == Some(1.0)
+                || metric(&text, "tracer_verdict{verdict=\"healthy\"}") == Some(1.0)
+        }),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "tracer_ranges_info{etag=\"38f79d050aa027e3be3865e495dcc9bc\",source=\"embedded\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(metric(&text, "tracer_ranges_age_seconds").unwrap() > 0.0);
+    promtool_check_metrics(&text);
+
+    let events = tracer.stop();
+    assert!(events.is_empty(), "--log-file given: stdout stays empty");
+    let lines = log_lines(&log);
+    let kinds = |k: &str| lines.iter().filter(|l| l["kind"] == k).count();
+    assert_eq!(kinds("reset_sent"), 3, "{lines:?}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["kind"] == "drop" && l["reason"] == "NETFILTER_DROP")
+            .count(),
+        2
+    );
+    assert_eq!(kinds("syn"), 0, "healthy SYNs are not logged by default");
+    let verdicts: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "verdict").collect();
+    assert!(!verdicts.is_empty(), "one verdict record per window");
+    for key in [
+        "ts",
+        "verdict",
+        "window_secs",
+        "edge",
+        "non_edge",
+        "causes",
+        "listeners",
+        "counters",
+        "ranges",
+        "lost_events",
+    ] {
+        assert!(
+            verdicts[0].get(key).is_some(),
+            "verdict record lacks {key}: {}",
+            verdicts[0]
+        );
+    }
+    let refused: u64 = verdicts
+        .iter()
+        .map(|v| v["edge"]["refused"].as_u64().unwrap())
+        .sum();
+    assert_eq!(refused, 3, "windows together saw the 3 refusals");
+}
+
+#[test]
+fn sigterm_exits_fast_and_detaches() {
+    let lab = Lab::new();
+    let tmp = TempDir::new("term");
+    let tracer = agent(&lab, &tmp.path("log"), &[]);
+    assert!(xdp_attached(&lab));
+    let t = Instant::now();
+    tracer.signal(libc::SIGTERM);
+    let (code, _) = tracer.wait(Duration::from_secs(5));
+    assert_eq!(code, 0);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(!xdp_attached(&lab), "XDP still attached after exit");
+}
+
+#[test]
+fn sigkill_leaves_nothing_attached_and_restart_works() {
+    let lab = Lab::new();
+    let tmp = TempDir::new("kill");
+    let tracer = agent(&lab, &tmp.path("log"), &[]);
+    tracer.signal(libc::SIGKILL);
+    let _ = tracer.wait(Duration::from_secs(5));
+    assert!(
+        eventually(Duration::from_secs(3), || !xdp_attached(&lab)),
+        "XDP left attached"
+    );
+    let again = agent(&lab, &tmp.path("log"), &[]);
+    assert!(lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), SHORT)
+        .is_err());
+    assert!(eventually(Duration::from_secs(8), || metric(
+        &scrape(&lab),
+        &series(8080, "refused")
+    ) == Some(1.0)));
+    drop(again);
+}
+
+#[test]
+fn sighup_reopens_the_log_file() {
+    let lab = Lab::new();
+    let tmp = TempDir::new("hup");
+    let log = tmp.path("events.jsonl");
+    let rotated = tmp.path("events.jsonl.1");
+    let tracer = agent(&lab, &log, &[]);
+    assert!(lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), SHORT)
+        .is_err());
+    assert!(eventually(Duration::from_secs(5), || log_lines(&log)
+        .iter()
+        .any(|l| l["kind"] == "reset_sent")));
+    std::fs::rename(&log, &rotated).unwrap();
+    tracer.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(5), || log.exists()),
+        "log not reopened"
+    );
+    assert!(lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), SHORT)
+        .is_err());
+    assert!(eventually(Duration::from_secs(5), || log_lines(&log)
+        .iter()
+        .any(|l| l["kind"] == "reset_sent")));
+    assert_eq!(
+        log_lines(&rotated)
+            .iter()
+            .filter(|l| l["kind"] == "reset_sent")
+            .count(),
+        1
+    );
+    tracer.stop();
+}
+
+#[test]
+fn ranges_change_mid_run_without_losing_events() {
+    let lab = Lab::new();
+    let tmp = TempDir::new("ranges");
+    let ranges = tmp.path("ranges.txt");
+    std::fs::write(&ranges, "198.51.100.0/24\n").unwrap();
+    let tracer = agent(
+        &lab,
+        &tmp.path("log"),
+        &[
+            "--ranges",
+            ranges.to_str().unwrap(),
+            "--refresh-ranges-every",
+            "1s",
+            "--log-events",
+            "all",
+        ],
+    );
+    // Traffic runs across the change: every attempt must be counted, as edge or not.
+    let total = 24;
+    let mut made = 0;
+    for i in 0..total {
+        if i == total / 2 {
+            std::fs::write(&ranges, "198.51.100.0/24\n173.245.48.0/20\n").unwrap();
+        }
+        assert!(lab
+            .edge
+            .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), SHORT)
+            .is_err());
+        made += 1;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let mut text = String::new();
+    let counted = |t: &str| {
+        metric(t, &series(8080, "refused")).unwrap_or(0.0)
+            + metric(
+                t,
+                "tracer_non_edge_connections_total{outcome=\"refused\",port=\"8080\"}",
+            )
+            .unwrap_or(0.0)
+    };
+    assert!(
+        eventually(Duration::from_secs(8), || {
+            text = scrape(&lab);
+            counted(&text) == made as f64
+        }),
+        "expected {made} attempts counted:\n{text}"
+    );
+    let edge = metric(&text, &series(8080, "refused")).unwrap();
+    assert!(
+        edge >= 1.0 && edge < made as f64,
+        "the change took effect mid-run: {edge} edge of {made}"
+    );
+    assert_eq!(metric(&text, "tracer_events_lost_total"), Some(0.0));
+    assert!(text.contains("source=\"file\""), "{text}");
+    let events = tracer.stop();
+    assert!(events.is_empty());
+    let lines = log_lines(&tmp.path("log"));
+    let syns: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "syn").collect();
+    assert_eq!(syns.len(), made, "every SYN logged across the change");
+    assert_eq!(syns[0]["edge"], false);
+    assert_eq!(syns[made - 1]["edge"], true);
+}
+
+#[test]
+fn deploy_files_check() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(root.join("deploy/alerts.yml"))
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // systemd-analyze verify needs the binary at the unit's path: check a copy pointing at ours.
+    let tmp = TempDir::new("unit");
+    let unit = std::fs::read_to_string(root.join("deploy/tracer.service"))
+        .unwrap()
+        .replace("/usr/local/bin/tracer", tracer_bin().to_str().unwrap());
+    let copy = tmp.path("cf521-tracer.service");
+    std::fs::write(&copy, unit).unwrap();
+    if let Ok(out) = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+    {
+        let msg = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !msg.lines()
+                .any(|l| l.contains("cf521-tracer.service") && !l.contains("Documentation")),
+            "systemd-analyze verify: {msg}"
+        );
+    }
+}

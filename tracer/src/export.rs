@@ -1,0 +1,272 @@
+//! The agent's Prometheus metrics and the small HTTP server that exposes them
+//! (`GET /metrics`, `GET /healthz`).
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::SystemTime};
+
+use anyhow::{Context as _, Result};
+use http_body_util::Full;
+use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::{correlate::Outcome, ranges::RangeSet};
+
+/// Every `verdict` value, so `tracer_verdict` always lists them all.
+pub const VERDICTS: [&str; 8] = [
+    "never_arriving",
+    "refused",
+    "firewall_drop",
+    "overloaded",
+    "reset_by_origin",
+    "healthy",
+    "unanswered",
+    "other_drop",
+];
+
+pub struct Metrics {
+    registry: Registry,
+    edge_connections: IntCounterVec,
+    non_edge_connections: IntCounterVec,
+    edge_syn: IntCounterVec,
+    events_lost: IntCounter,
+    ranges_info: IntGaugeVec,
+    ranges_fetched_at: std::sync::Mutex<Option<SystemTime>>,
+    ranges_age: IntGauge,
+    verdict: IntGaugeVec,
+    open_attempts: IntGauge,
+    windows: IntCounter,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    pub fn new(ports: &[u16]) -> Result<Self> {
+        let r = Registry::new();
+        let edge_connections = counter_vec(
+            &r,
+            "tracer_edge_connections_total",
+            "Connection attempts from the watched (edge) ranges by outcome; handshake counts every completed handshake, origin_reset those the origin then reset.",
+            &["port", "outcome"],
+        )?;
+        let non_edge_connections = counter_vec(
+            &r,
+            "tracer_non_edge_connections_total",
+            "Connection attempts from peers outside the watched ranges by outcome.",
+            &["port", "outcome"],
+        )?;
+        let edge_syn = counter_vec(
+            &r,
+            "tracer_edge_syn_total",
+            "SYN packets from the watched ranges seen at the NIC (retransmissions included).",
+            &["port"],
+        )?;
+        let events_lost = IntCounter::new(
+            "tracer_events_lost_total",
+            "Kernel events lost because the ring buffer was full.",
+        )?;
+        r.register(Box::new(events_lost.clone()))?;
+        let ranges_info = IntGaugeVec::new(
+            Opts::new("tracer_ranges_info", "The watched ranges in use (value 1)."),
+            &["source", "etag"],
+        )?;
+        r.register(Box::new(ranges_info.clone()))?;
+        let ranges_age = IntGauge::new(
+            "tracer_ranges_age_seconds",
+            "Seconds since the ranges in use were fetched or recorded.",
+        )?;
+        r.register(Box::new(ranges_age.clone()))?;
+        let verdict = IntGaugeVec::new(
+            Opts::new(
+                "tracer_verdict",
+                "1 for the verdict of the last completed window, 0 for the others.",
+            ),
+            &["verdict"],
+        )?;
+        r.register(Box::new(verdict.clone()))?;
+        let open_attempts = IntGauge::new(
+            "tracer_open_attempts",
+            "Connection attempts being tracked now.",
+        )?;
+        r.register(Box::new(open_attempts.clone()))?;
+        let windows = IntCounter::new("tracer_windows_total", "Verdict windows completed.")?;
+        r.register(Box::new(windows.clone()))?;
+
+        // Every series exists from the start, so rate() and absent() work before the first event.
+        for port in ports {
+            let p = port.to_string();
+            edge_syn.with_label_values(&[&p]);
+            for o in Outcome::ALL {
+                edge_connections.with_label_values(&[&p, o.as_str()]);
+                non_edge_connections.with_label_values(&[&p, o.as_str()]);
+            }
+        }
+        for v in VERDICTS {
+            verdict.with_label_values(&[v]).set(0);
+        }
+        Ok(Self {
+            registry: r,
+            edge_connections,
+            non_edge_connections,
+            edge_syn,
+            events_lost,
+            ranges_info,
+            ranges_fetched_at: std::sync::Mutex::new(None),
+            ranges_age,
+            verdict,
+            open_attempts,
+            windows,
+        })
+    }
+
+    pub fn connection(&self, edge: bool, port: u16, outcome: Outcome) {
+        let family = if edge {
+            &self.edge_connections
+        } else {
+            &self.non_edge_connections
+        };
+        family
+            .with_label_values(&[&port.to_string(), outcome.as_str()])
+            .inc();
+    }
+
+    pub fn edge_syn(&self, port: u16) {
+        self.edge_syn.with_label_values(&[&port.to_string()]).inc();
+    }
+
+    pub fn lost(&self, n: u64) {
+        self.events_lost.inc_by(n);
+    }
+
+    pub fn set_open_attempts(&self, n: usize) {
+        self.open_attempts.set(n as i64);
+    }
+
+    pub fn set_ranges(&self, set: &RangeSet) {
+        self.ranges_info.reset();
+        self.ranges_info
+            .with_label_values(&[&set.source.to_string(), set.etag.as_deref().unwrap_or("")])
+            .set(1);
+        if let Ok(mut t) = self.ranges_fetched_at.lock() {
+            *t = set.fetched_at;
+        }
+    }
+
+    pub fn set_verdict(&self, verdict: &str) {
+        for v in VERDICTS {
+            self.verdict
+                .with_label_values(&[v])
+                .set(i64::from(v == verdict));
+        }
+        self.windows.inc();
+    }
+
+    /// The text exposition (Prometheus text format 0.0.4).
+    pub fn render(&self) -> String {
+        if let Ok(t) = self.ranges_fetched_at.lock() {
+            let age = t
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .map_or(0, |d| d.as_secs());
+            self.ranges_age.set(age as i64);
+        }
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+async fn handle(
+    metrics: Arc<Metrics>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, ctype, body) = match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        ("GET", "/healthz") => (
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "ok\n".to_string(),
+        ),
+        ("GET", _) => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: try /metrics or /healthz\n".to_string(),
+        ),
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "GET only\n".to_string(),
+        ),
+    };
+    let resp = Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+    Ok(resp)
+}
+
+/// Binds now (so a busy port is a start-up error) and serves in the background.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} for metrics: pick another --metrics-addr")
+    })?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| handle(metrics.clone(), req));
+                let conn = http1::Builder::new()
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = conn.await;
+            });
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_every_series() {
+        let m = Metrics::new(&[443]).unwrap();
+        m.connection(true, 443, Outcome::Refused);
+        m.connection(false, 443, Outcome::Handshake);
+        m.edge_syn(443);
+        m.set_ranges(&RangeSet::embedded());
+        m.set_verdict("refused");
+        let text = m.render();
+        assert!(
+            text.contains("tracer_edge_connections_total{outcome=\"refused\",port=\"443\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tracer_edge_connections_total{outcome=\"unanswered\",port=\"443\"} 0")
+        );
+        assert!(text
+            .contains("tracer_non_edge_connections_total{outcome=\"handshake\",port=\"443\"} 1"));
+        assert!(text.contains("tracer_edge_syn_total{port=\"443\"} 1"));
+        assert!(text.contains("tracer_events_lost_total 0"));
+        assert!(text.contains(
+            "tracer_ranges_info{etag=\"38f79d050aa027e3be3865e495dcc9bc\",source=\"embedded\"} 1"
+        ));
+        assert!(text.contains("tracer_ranges_age_seconds "));
+        assert!(text.contains("tracer_verdict{verdict=\"refused\"} 1"));
+        assert!(text.contains("tracer_verdict{verdict=\"healthy\"} 0"));
+    }
+}
