@@ -92,6 +92,44 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Runs a test command, echoing its output, and adds its `test result:` lines to `totals`.
+fn run_tests(cmd: &mut Command, totals: &mut (u64, u64)) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    eprintln!("+ {}", show(cmd));
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", cmd.get_program().to_string_lossy()))?;
+    let stdout = child.stdout.take().expect("piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| {
+                rest.split(';')
+                    .find_map(|p| {
+                        p.trim().strip_suffix(word).map(|n| {
+                            n.trim()
+                                .trim_start_matches("ok. ")
+                                .trim_start_matches("FAILED. ")
+                                .to_string()
+                        })
+                    })
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            totals.0 += num(" passed");
+            totals.1 += num(" failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        println!("tests: {} passed, {} failed", totals.0, totals.1.max(1));
+        bail!("`{}` failed ({status})", show(cmd));
+    }
+    Ok(())
+}
+
 /// Runs a command, echoing it; fails with its exit status.
 pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {}", show(cmd));
@@ -163,14 +201,18 @@ fn test(filter: Option<&str>) -> Result<()> {
             .env_remove("CARGO"),
     )?;
     // Unit tests: pure logic, no root needed.
-    run_cmd(cargo().args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "tracer-ebpf",
-        "--exclude",
-        "integration-tests",
-    ]))?;
+    let mut totals = (0, 0);
+    run_tests(
+        cargo().args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "tracer-ebpf",
+            "--exclude",
+            "integration-tests",
+        ]),
+        &mut totals,
+    )?;
     build(false)?;
     let tracer = workspace_root().join("target/debug/tracer");
     let mut cmd = cargo();
@@ -180,5 +222,7 @@ fn test(filter: Option<&str>) -> Result<()> {
     if let Some(f) = filter {
         cmd.arg(f);
     }
-    run_cmd(&mut cmd)
+    run_tests(&mut cmd, &mut totals)?;
+    println!("tests: {} passed, {} failed", totals.0, totals.1);
+    Ok(())
 }
