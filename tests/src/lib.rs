@@ -30,6 +30,7 @@ pub const OTHER_V6: &str = "2001:db8::10";
 pub const ORIGIN_IF: &str = "o521";
 pub const EDGE_IF: &str = "e521";
 
+pub mod frames;
 pub mod scenarios;
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);

@@ -37,6 +37,9 @@ pub enum Command {
     Ranges(RangesArgs),
     /// Run continuously: JSON logs, a verdict per window, Prometheus metrics.
     Agent(AgentArgs),
+    /// Run crafted frames through the XDP program with BPF_PROG_TEST_RUN (self-test, bench).
+    #[command(hide = true)]
+    XdpTestRun(XdpTestRunArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,4 +175,22 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         return Err("must be positive".into());
     }
     Ok(d)
+}
+
+#[derive(Args, Debug)]
+pub struct XdpTestRunArgs {
+    #[arg(long = "port", value_delimiter = ',', default_values_t = CLOUDFLARE_PORTS)]
+    pub ports: Vec<u16>,
+    #[arg(long, value_name = "FILE")]
+    pub ranges: Option<PathBuf>,
+    #[arg(long)]
+    pub all_peers: bool,
+    /// Runs per frame (the kernel reports the mean time per run).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
+    #[arg(long, default_value_t = crate::kernel::DEFAULT_RING_BYTES)]
+    pub ring_bytes: u32,
+    /// Frames as hex, Ethernet header first.
+    #[arg(long = "frame", required = true)]
+    pub frames: Vec<String>,
 }

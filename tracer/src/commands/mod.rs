@@ -4,6 +4,7 @@ mod agent;
 mod diagnose;
 mod events;
 mod ranges;
+mod xdp_test_run;
 
 use anyhow::Result;
 
@@ -15,6 +16,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Diagnose(args) => diagnose::run(args).await,
         Command::Ranges(args) => ranges::run(args).await,
         Command::Agent(args) => agent::run(args).await,
+        Command::XdpTestRun(args) => xdp_test_run::run(args),
     }
 }
 

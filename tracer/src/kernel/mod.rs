@@ -378,6 +378,66 @@ impl Probe {
         Ok(())
     }
 
+    /// Loads the programs without attaching anything, for `BPF_PROG_TEST_RUN` (self-tests,
+    /// benchmarks): the XDP programs see crafted frames, the maps are real.
+    pub fn for_test_run(
+        ports: &[u16],
+        ranges: &RangeSet,
+        all_peers: bool,
+        ring_bytes: u32,
+    ) -> Result<Self> {
+        privileges::check()?;
+        let mut config = Config::DEFAULT;
+        if all_peers {
+            config.flags |= CONFIG_F_ALL_PEERS;
+        }
+        let ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", ring_bytes)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF programs")?;
+        let mut probe = Probe {
+            ebpf,
+            names: ReasonNames::default(),
+            notes: Vec::new(),
+            xdp_mode: "test-run",
+        };
+        probe.set_ports(ports)?;
+        probe.set_ranges(ranges)?;
+        for name in ["xdp_syn", "xdp_pass"] {
+            let xdp: &mut Xdp = probe
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+                .try_into()?;
+            xdp.load().with_context(|| format!("loading {name}"))?;
+        }
+        Ok(probe)
+    }
+
+    /// Runs `frame` through an XDP program `repeat` times: (action, kernel-measured time per run).
+    pub fn test_run(
+        &self,
+        program: &str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration)> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let xdp: &Xdp = self
+            .ebpf
+            .program(program)
+            .ok_or_else(|| anyhow!("program {program} missing"))?
+            .try_into()?;
+        let r = xdp
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..TestRunOptions::new()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
+        Ok((r.return_value, r.duration))
+    }
+
     /// The event ring buffer; call once.
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
         let map = self
