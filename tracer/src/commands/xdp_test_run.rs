@@ -15,7 +15,7 @@ use crate::{
 
 fn unhex(text: &str) -> Result<Vec<u8>> {
     let text: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(anyhow!("--frame: odd number of hex digits"));
     }
     (0..text.len())
