@@ -351,3 +351,22 @@ fn dual_stack_listener_reports_ipv4_peers_as_ipv4() {
     assert_eq!(est[0]["local_addr"], ORIGIN_V4);
     assert_eq!(est[0]["edge"], true);
 }
+
+#[test]
+fn every_hook_attaches_on_this_kernel() {
+    let lab = Lab::new();
+    for args in [
+        vec!["events", "--iface", ORIGIN_IF, "--all-peers"],
+        vec!["diagnose", "--iface", ORIGIN_IF, "--duration", "30"],
+        vec!["agent", "--iface", ORIGIN_IF, "--log-file", "/dev/null"],
+    ] {
+        let tracer = Tracer::start(&lab.origin, &args);
+        let stderr = tracer.stderr_text();
+        drop(tracer);
+        // Notes name hooks that could not be attached; on this kernel there must be none.
+        assert!(
+            !stderr.contains("not traced") && !stderr.contains("could not"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

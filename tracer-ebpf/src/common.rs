@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     counter, Config, Event, Ipv4Key, Ipv6Key, CONFIG_F_ALL_PEERS, CONFIG_F_NETNS_FILTER,
-    EVENT_F_EDGE, FIELD_ABSENT, PORT_BITMAP_WORDS,
+    EVENT_F_EDGE, FIELD_ABSENT, PORT_BITMAP_WORDS, PREFILTER_WORDS, SLASH24_WORDS,
 };
 
 /// Written by userspace at load time; read with `read_volatile` so the compiler cannot fold the
@@ -35,6 +35,17 @@ pub static PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
 pub static EDGE_V4: LpmTrie<Ipv4Key, u8> = LpmTrie::with_max_entries(4096, 0);
 #[map]
 pub static EDGE_V6: LpmTrie<Ipv6Key, u8> = LpmTrie::with_max_entries(4096, 0);
+
+/// IPv4 at /24 granularity, one bit per /24 (inlined array loads, no trie walk): FULL24 when a
+/// watched range covers the whole /24, PART24 when a longer prefix lies inside it (then the
+/// trie decides).
+#[map]
+pub static EDGE_V4_FULL24: Array<u64> = Array::with_max_entries(SLASH24_WORDS, 0);
+#[map]
+pub static EDGE_V4_PART24: Array<u64> = Array::with_max_entries(SLASH24_WORDS, 0);
+/// IPv6: one bit per value of the first 16 bits that overlaps a watched range; the trie decides.
+#[map]
+pub static EDGE_V6_PREFILTER: Array<u64> = Array::with_max_entries(PREFILTER_WORDS, 0);
 
 /// Reads one configuration field without letting the compiler assume its initial value.
 macro_rules! config {
@@ -65,13 +76,35 @@ pub fn all_peers() -> bool {
     config!(flags) & CONFIG_F_ALL_PEERS != 0
 }
 
-/// Is the peer inside the watched ranges? `family` is 4 or 6.
+#[inline(always)]
+fn bit_set(map: &Array<u64>, index: u32) -> bool {
+    match map.get(index >> 6) {
+        Some(word) => *word & (1u64 << (index & 63)) != 0,
+        None => false,
+    }
+}
+
+/// Is the peer inside the watched ranges? `family` is 4 or 6. Each map has its own call site so
+/// the verifier can inline the array lookups (a map chosen at run time cannot be).
 #[inline(always)]
 pub fn peer_is_edge(family: u32, addr: &[u8; 16]) -> bool {
     if family == 4 {
+        let slash24 = u32::from_be_bytes([0, addr[0], addr[1], addr[2]]);
+        if bit_set(&EDGE_V4_FULL24, slash24) {
+            return true;
+        }
+        if !bit_set(&EDGE_V4_PART24, slash24) {
+            return false;
+        }
         let key = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
         EDGE_V4.get(&key).is_some()
     } else {
+        if !bit_set(
+            &EDGE_V6_PREFILTER,
+            u32::from(u16::from_be_bytes([addr[0], addr[1]])),
+        ) {
+            return false;
+        }
         let key = Key::new(128, *addr);
         EDGE_V6.get(&key).is_some()
     }

@@ -16,6 +16,14 @@ pub fn interface_names() -> Vec<String> {
     names
 }
 
+/// Packets received by the interface so far (its own statistics, no per-packet cost to us).
+pub fn rx_packets(iface: &str) -> u64 {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/statistics/rx_packets"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The interface holding the IPv4 default route, from `/proc/net/route` text.
 pub fn default_route_iface_v4(route_table: &str) -> Option<String> {
     route_table.lines().skip(1).find_map(|l| {

@@ -1,5 +1,6 @@
 //! `cargo xtask`: set up a fresh machine, build, test, run the lab and the benchmarks.
 
+mod bench;
 mod lab;
 mod setup;
 
@@ -38,6 +39,15 @@ enum Task {
     },
     /// Run every 521 scenario in namespaces and print scenario, expected, verdict, seconds (root).
     Lab,
+    /// Benchmarks (root): XDP cost, connection-rate overhead, exactness under load, agent CPU
+    /// and memory, start-up. Prints a table, or one JSON document with --json.
+    Bench {
+        #[arg(long)]
+        json: bool,
+        /// Only these parts: xdp, rate, exactness, agent, startup (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Set up if needed, build in release mode, and run the tracer with these arguments.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -76,6 +86,11 @@ fn run(cli: Cli) -> Result<()> {
                 .status()
                 .context("cannot start target/release/tracer")?;
             std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Bench { json, only } => {
+            setup::run()?;
+            build(true)?;
+            bench::run(&root.join("target/release/tracer"), json, &only)
         }
         Task::Lab => {
             setup::run()?;

@@ -11,7 +11,6 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
-use tracer_common::counter;
 
 use crate::{
     capture::{write_ready_file, Capture},
@@ -138,7 +137,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
 
     let window_len = Duration::from_secs_f64(args.window);
     let mut window_start = (Instant::now(), SystemTime::now());
-    let mut packets_at_start = packets(&capture);
+    let mut packets_at_start = netinfo::rx_packets(&iface);
     let mut lost_at_start = 0u64;
     let mut sampler = OriginSampler::start();
     let mut tally = Tally::default();
@@ -218,7 +217,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
 
         if window_start.0.elapsed() >= window_len {
             let lost_total = capture.lost_total();
-            let now_packets = packets(&capture);
+            let now_packets = netinfo::rx_packets(&iface);
             let ctx = WindowContext {
                 interface: &iface,
                 ports: &ports,
@@ -269,12 +268,4 @@ fn verdict_record(report: &crate::report::Report) -> String {
         obj.insert("kind".into(), "verdict".into());
     }
     v.to_string()
-}
-
-fn packets(capture: &Capture) -> u64 {
-    capture
-        .probe
-        .counters()
-        .map(|c| c[counter::XDP_PACKETS as usize])
-        .unwrap_or(0)
 }

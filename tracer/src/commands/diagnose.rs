@@ -6,7 +6,6 @@ use std::{
 };
 
 use anyhow::Result;
-use tracer_common::counter;
 
 use crate::{
     capture::{shutdown_signal, write_ready_file, Capture},
@@ -46,7 +45,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
     notes.extend(note);
     let xdp_mode = probe.xdp_mode;
     let mut capture = Capture::new(probe)?;
-    let packets_at_start = xdp_packets(&capture);
+    let packets_at_start = netinfo::rx_packets(&iface);
     let mut sampler = OriginSampler::start();
     write_ready_file(args.capture.ready_file.as_deref())?;
 
@@ -139,7 +138,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         notes: &notes,
         xdp_mode,
         lost_events: correlator.lost_events.max(capture.lost_total()),
-        packets_seen: xdp_packets(&capture).saturating_sub(packets_at_start),
+        packets_seen: netinfo::rx_packets(&iface).saturating_sub(packets_at_start),
     };
     let report = window::report(&tally, &mut sampler, &ctx);
     let mut out = std::io::stdout().lock();
@@ -149,12 +148,4 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
     }
     out.flush()?;
     Ok(())
-}
-
-fn xdp_packets(capture: &Capture) -> u64 {
-    capture
-        .probe
-        .counters()
-        .map(|c| c[counter::XDP_PACKETS as usize])
-        .unwrap_or(0)
 }

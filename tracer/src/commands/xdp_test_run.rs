@@ -62,8 +62,6 @@ pub fn run(args: XdpTestRunArgs) -> Result<()> {
             "events": emitted,
             "event": first,
             "lost": delta(counter::LOST),
-            "syn_edge": delta(counter::SYN_EDGE),
-            "syn_other": delta(counter::SYN_OTHER),
             "repeat": repeat,
             "ns_per_packet": ns,
             "empty_ns_per_packet": empty_ns,

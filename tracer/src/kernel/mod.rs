@@ -17,7 +17,7 @@ use tracer_common::{
     CONFIG_F_ALL_PEERS, CONFIG_F_NETNS_FILTER, FIELD_ABSENT, PORT_BITMAP_WORDS,
 };
 
-use crate::ranges::RangeSet;
+use crate::ranges::{RangeSet, SparseBits};
 
 /// The eBPF object built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -68,6 +68,8 @@ pub struct Probe {
     /// One line each: hooks this kernel lacks and what that degrades.
     pub notes: Vec<String>,
     pub xdp_mode: &'static str,
+    /// The edge bitmaps last written: ((IPv4 full /24s, IPv4 partial /24s), IPv6 pre-filter).
+    bitmaps: ((SparseBits, SparseBits), Vec<u64>),
 }
 
 /// (program, tracepoint category, tracepoint name)
@@ -117,6 +119,33 @@ pub fn ifindex(iface: &str) -> Result<u32> {
         ));
     }
     Ok(index)
+}
+
+/// An error on one line: a verifier log is cut to the verdict it ends with.
+fn one_line(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    let Some((head, log)) = text.split_once("Verifier output:") else {
+        return text.lines().next().unwrap_or_default().to_string();
+    };
+    let verdict = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+                && !l.starts_with("processed ")
+        })
+        .next_back()
+        .unwrap_or("");
+    format!("{} verifier: {verdict}", head.trim())
+}
+
+fn empty_bitmaps() -> ((SparseBits, SparseBits), Vec<u64>) {
+    (
+        (SparseBits::new(), SparseBits::new()),
+        vec![0; tracer_common::PREFILTER_WORDS as usize],
+    )
 }
 
 impl Probe {
@@ -250,6 +279,7 @@ impl Probe {
             names,
             notes,
             xdp_mode: "driver",
+            bitmaps: empty_bitmaps(),
         };
         probe.set_ports(opts.ports)?;
         probe.set_ranges(opts.ranges)?;
@@ -270,7 +300,8 @@ impl Probe {
             })();
             if let Err(e) = result {
                 probe.notes.push(format!(
-                    "{category}:{name} could not be attached ({e:#}): not traced"
+                    "{category}:{name} could not be attached ({}): not traced",
+                    one_line(&e)
                 ));
             }
         }
@@ -323,6 +354,69 @@ impl Probe {
     /// Replaces the watched ranges in place: new entries first, then stale ones removed, so a
     /// peer inside both lists never stops matching and nothing is detached.
     pub fn set_ranges(&mut self, ranges: &RangeSet) -> Result<()> {
+        // While the trie changes, the bitmaps admit old and new ranges; then exactly the new.
+        let (full, part) = ranges.slash24_v4();
+        let v6 = ranges.prefilter_v6();
+        let union = |a: &SparseBits, b: &SparseBits| {
+            let mut u = a.clone();
+            for (k, w) in b {
+                *u.entry(*k).or_default() |= w;
+            }
+            u
+        };
+        let (old_full, old_part) = self.bitmaps.0.clone();
+        let union6: Vec<u64> = v6.iter().zip(&self.bitmaps.1).map(|(a, b)| a | b).collect();
+        self.write_sparse(
+            "EDGE_V4_FULL24",
+            &union(&full, &old_full),
+            &SparseBits::new(),
+        )?;
+        self.write_sparse(
+            "EDGE_V4_PART24",
+            &union(&part, &old_part),
+            &SparseBits::new(),
+        )?;
+        self.write_words("EDGE_V6_PREFILTER", &union6)?;
+        self.update_tries(ranges)?;
+        self.write_sparse("EDGE_V4_FULL24", &full, &old_full)?;
+        self.write_sparse("EDGE_V4_PART24", &part, &old_part)?;
+        self.write_words("EDGE_V6_PREFILTER", &v6)?;
+        self.bitmaps = ((full, part), v6);
+        Ok(())
+    }
+
+    /// Writes the words of `bits`, and zeroes the words of `previous` that `bits` lacks.
+    fn write_sparse(&mut self, name: &str, bits: &SparseBits, previous: &SparseBits) -> Result<()> {
+        let mut map: Array<&mut MapData, u64> = Array::try_from(
+            self.ebpf
+                .map_mut(name)
+                .ok_or_else(|| anyhow!("{name} map missing"))?,
+        )?;
+        for (i, w) in bits {
+            map.set(*i, w, 0)
+                .with_context(|| format!("updating {name}"))?;
+        }
+        for i in previous.keys().filter(|i| !bits.contains_key(i)) {
+            map.set(*i, 0, 0)
+                .with_context(|| format!("updating {name}"))?;
+        }
+        Ok(())
+    }
+
+    fn write_words(&mut self, name: &str, words: &[u64]) -> Result<()> {
+        let mut map: Array<&mut MapData, u64> = Array::try_from(
+            self.ebpf
+                .map_mut(name)
+                .ok_or_else(|| anyhow!("{name} map missing"))?,
+        )?;
+        for (i, w) in words.iter().enumerate() {
+            map.set(i as u32, w, 0)
+                .with_context(|| format!("updating {name}"))?;
+        }
+        Ok(())
+    }
+
+    fn update_tries(&mut self, ranges: &RangeSet) -> Result<()> {
         {
             let mut v4: LpmTrie<&mut MapData, Ipv4Key, u8> = LpmTrie::try_from(
                 self.ebpf
@@ -401,6 +495,7 @@ impl Probe {
             names: ReasonNames::default(),
             notes: Vec::new(),
             xdp_mode: "test-run",
+            bitmaps: empty_bitmaps(),
         };
         probe.set_ports(ports)?;
         probe.set_ranges(ranges)?;

@@ -180,9 +180,95 @@ impl RangeSet {
     }
 }
 
+/// Pre-filter bitmap for the kernel: one bit per value of an address's first 16 bits that
+/// overlaps one of the networks (given as (first 16 bits, prefix length)).
+fn prefilter(nets: impl Iterator<Item = (u16, u8)>) -> Vec<u64> {
+    let mut words = vec![0u64; tracer_common::PREFILTER_WORDS as usize];
+    for (first16, len) in nets {
+        let (lo, hi) = if len >= 16 {
+            (first16, first16)
+        } else {
+            let span = 1u32 << (16 - u32::from(len));
+            let lo = (u32::from(first16) & !(span - 1)) as u16;
+            (lo, (u32::from(lo) + span - 1) as u16)
+        };
+        for v in u32::from(lo)..=u32::from(hi) {
+            words[(v >> 6) as usize] |= 1u64 << (v & 63);
+        }
+    }
+    words
+}
+
+/// Sparse bitmap: word index -> word.
+pub type SparseBits = std::collections::BTreeMap<u32, u64>;
+
+impl RangeSet {
+    /// IPv4 /24 bitmaps for the kernel: (fully covered /24s, /24s holding a longer prefix).
+    pub fn slash24_v4(&self) -> (SparseBits, SparseBits) {
+        let mut full = SparseBits::new();
+        let mut part = SparseBits::new();
+        for n in &self.v4 {
+            let first = u32::from(n.network()) >> 8;
+            if n.prefix_len() <= 24 {
+                let count = 1u32 << (24 - n.prefix_len());
+                for i in first..first + count {
+                    *full.entry(i >> 6).or_default() |= 1u64 << (i & 63);
+                }
+            } else {
+                *part.entry(first >> 6).or_default() |= 1u64 << (first & 63);
+            }
+        }
+        (full, part)
+    }
+
+    pub fn prefilter_v6(&self) -> Vec<u64> {
+        prefilter(self.v6.iter().map(|n| {
+            let o = n.network().octets();
+            (u16::from_be_bytes([o[0], o[1]]), n.prefix_len())
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bit(words: &[u64], v: u16) -> bool {
+        words[usize::from(v >> 6)] & (1u64 << (v & 63)) != 0
+    }
+
+    #[test]
+    fn prefilter_covers_every_range_and_little_else() {
+        let set = RangeSet::embedded();
+        let (full, part) = set.slash24_v4();
+        let has = |m: &SparseBits, a: [u8; 3]| {
+            let i = u32::from_be_bytes([0, a[0], a[1], a[2]]);
+            m.get(&(i >> 6))
+                .is_some_and(|w| w & (1u64 << (i & 63)) != 0)
+        };
+        // 104.16.0.0/13 covers 104.16.0 .. 104.23.255.
+        assert!(has(&full, [104, 16, 0]) && has(&full, [104, 23, 255]));
+        assert!(!has(&full, [104, 24 + 8, 0]) && !has(&full, [104, 15, 255]));
+        assert!(has(&full, [173, 245, 48]) && !has(&full, [192, 0, 2]));
+        assert!(part.is_empty());
+        let bits: u32 = full.values().map(|w| w.count_ones()).sum();
+        // 15 ranges from /13 to /22.
+        assert_eq!(
+            bits,
+            set.v4
+                .iter()
+                .map(|n| 1u32 << (24 - n.prefix_len()))
+                .sum::<u32>()
+        );
+        let host = RangeSet {
+            v4: vec!["192.0.2.7/32".parse().unwrap()],
+            ..RangeSet::embedded()
+        };
+        let (f, p) = host.slash24_v4();
+        assert!(f.is_empty() && has(&p, [192, 0, 2]));
+        let w6 = set.prefilter_v6();
+        assert!(bit(&w6, 0x2606) && bit(&w6, 0x2a06) && !bit(&w6, 0x2001));
+    }
 
     #[test]
     fn embedded_snapshot_has_cloudflares_ranges() {

@@ -1,0 +1,650 @@
+//! `cargo xtask bench [--json]`: what the tracer costs and how exactly it counts, measured in
+//! lab namespaces on this machine. Prints figures; asserts nothing.
+
+mod gen;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use integration_tests::{
+    frames, Lab, Netns, Tracer, EDGE_IF, EDGE_V4, ORIGIN_IF, ORIGIN_V4, OTHER_V4,
+};
+use serde_json::{json, Value};
+
+const XDP_REPEAT: u32 = 1_000_000;
+const XDP_RUNS: usize = 3;
+
+pub fn run(tracer: &Path, as_json: bool, only: &[String]) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("benchmarks load eBPF and create namespaces: run `sudo cargo xtask bench`");
+    }
+    // SAFETY: single-threaded here; the lab helpers read it later.
+    std::env::set_var("TRACER_BIN", tracer);
+    let want = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+    let say = |s: String| {
+        if !as_json {
+            println!("{s}");
+        }
+    };
+    say(format!("machine: {}", machine_line()));
+    let mut doc = serde_json::Map::new();
+    doc.insert("machine".into(), machine());
+    if want("xdp") {
+        let v = xdp_cost(tracer)?;
+        say(render_xdp(&v));
+        doc.insert("xdp".into(), v);
+    }
+    if want("rate") {
+        let v = connection_rate()?;
+        say(render_rate(&v));
+        doc.insert("connection_rate".into(), v);
+    }
+    if want("exactness") {
+        let v = exactness()?;
+        say(render_exactness(&v));
+        doc.insert("exactness".into(), v);
+    }
+    if want("agent") {
+        let v = agent_cost()?;
+        say(render_agent(&v));
+        doc.insert("agent".into(), v);
+    }
+    if want("startup") {
+        let v = startup(tracer)?;
+        say(render_startup(&v));
+        doc.insert("startup".into(), v);
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&Value::Object(doc))?);
+    }
+    Ok(())
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    json!({
+        "kernel": kernel.trim(),
+        "cpu": cpu,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "memory_gib": (mem_kb as f64 / 1048576.0 * 10.0).round() / 10.0,
+    })
+}
+
+fn machine_line() -> String {
+    let m = machine();
+    format!(
+        "{} CPUs ({}) · {} GiB · Linux {}",
+        m["cpus"],
+        m["cpu"].as_str().unwrap_or("?"),
+        m["memory_gib"],
+        m["kernel"].as_str().unwrap_or("")
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+// ---------------------------------------------------------------- 1. XDP cost per packet
+
+fn xdp_cost(tracer: &Path) -> Result<Value> {
+    use frames::{Frame, ACK};
+    let cases: [(&str, Vec<u8>, f64); 4] = [
+        ("non-TCP frame", frames::udp().build(), 1.3),
+        (
+            "TCP non-SYN",
+            Frame {
+                flags: ACK,
+                ..Frame::syn(EDGE_V4, ORIGIN_V4, 443)
+            }
+            .build(),
+            1.3,
+        ),
+        (
+            "SYN, non-edge peer",
+            Frame::syn(OTHER_V4, ORIGIN_V4, 443).build(),
+            3.0,
+        ),
+        (
+            "SYN, edge peer",
+            Frame::syn(EDGE_V4, ORIGIN_V4, 443).build(),
+            3.0,
+        ),
+    ];
+    let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); cases.len()];
+    for _ in 0..XDP_RUNS {
+        let mut cmd = Command::new(tracer);
+        cmd.args([
+            "xdp-test-run",
+            "--port",
+            "443",
+            "--repeat",
+            &XDP_REPEAT.to_string(),
+        ])
+        // Room for every edge SYN event, so reservations succeed as in steady state.
+        .args(["--ring-bytes", &(256u32 << 20).to_string()]);
+        for (_, f, _) in &cases {
+            cmd.arg("--frame").arg(frames::hex(f));
+        }
+        let out = cmd.output().context("running tracer xdp-test-run")?;
+        if !out.status.success() {
+            bail!(
+                "xdp-test-run failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for (i, line) in String::from_utf8_lossy(&out.stdout).lines().enumerate() {
+            let v: Value = serde_json::from_str(line)?;
+            samples[i].push((
+                v["ns_per_packet"].as_f64().unwrap_or(0.0),
+                v["empty_ns_per_packet"].as_f64().unwrap_or(0.0),
+            ));
+        }
+    }
+    let rows: Vec<Value> = cases
+        .iter()
+        .zip(samples)
+        .map(|((name, _, target), s)| {
+            let ns = median(s.iter().map(|x| x.0).collect());
+            let empty = median(s.iter().map(|x| x.1).collect());
+            let ratio = if empty > 0.0 { ns / empty } else { 0.0 };
+            json!({"case": name, "ns_per_packet": ns, "empty_ns_per_packet": empty, "ratio": (ratio * 100.0).round() / 100.0, "target_ratio": target, "met": ratio <= *target})
+        })
+        .collect();
+    Ok(json!({"repeat": XDP_REPEAT, "runs": XDP_RUNS, "cases": rows}))
+}
+
+fn render_xdp(v: &Value) -> String {
+    let mut s = format!(
+        "\n1. XDP cost per packet (BPF_PROG_TEST_RUN, {} repeats, median of {} runs)\n",
+        v["repeat"], v["runs"]
+    );
+    s += &format!(
+        "   {:<22} {:>10} {:>10} {:>7} {:>8}\n",
+        "case", "ns/pkt", "empty ns", "ratio", "target"
+    );
+    for c in v["cases"].as_array().into_iter().flatten() {
+        s += &format!(
+            "   {:<22} {:>10.1} {:>10.1} {:>6.2}x {:>6.1}x {}\n",
+            c["case"].as_str().unwrap_or(""),
+            c["ns_per_packet"].as_f64().unwrap_or(0.0),
+            c["empty_ns_per_packet"].as_f64().unwrap_or(0.0),
+            c["ratio"].as_f64().unwrap_or(0.0),
+            c["target_ratio"].as_f64().unwrap_or(0.0),
+            if c["met"] == true { "ok" } else { "MISSED" }
+        );
+    }
+    s
+}
+
+// ---------------------------------------------------------------- 3. exactness under load
+
+fn read_ns(ns: &Netns, path: &str) -> Result<String> {
+    Ok(ns.sh(&format!("cat {path}")).trim().to_string())
+}
+
+fn exactness() -> Result<Value> {
+    const N: u32 = 50_000;
+    let rates: [u64; 5] = [50_000, 100_000, 200_000, 400_000, 0];
+    let mut runs = Vec::new();
+    for mode in ["nft_drop", "closed_port"] {
+        for rate in rates {
+            runs.push(exact_run(mode, N, rate)?);
+        }
+    }
+    let loss_begins = runs
+        .iter()
+        .filter(|r| r["exact"] != true)
+        .filter_map(|r| r["achieved_rate"].as_f64())
+        .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.min(r))));
+    let exact_at_100k = runs
+        .iter()
+        .filter(|r| r["achieved_rate"].as_f64().unwrap_or(0.0) >= 100_000.0)
+        .all(|r| r["exact"] == true);
+    Ok(
+        json!({"syns_per_run": N, "runs": runs, "loss_begins_at_rate": loss_begins, "exact_at_100k_per_s": exact_at_100k}),
+    )
+}
+
+fn exact_run(mode: &str, n: u32, rate: u64) -> Result<Value> {
+    let lab = Lab::new();
+    let port: u16 = if mode == "nft_drop" { 443 } else { 8443 };
+    if mode == "nft_drop" {
+        lab.origin.sh(
+            "nft add table inet b; nft add chain inet b input '{ type filter hook input priority 0; }'; \
+             nft add rule inet b input tcp dport 443 drop",
+        );
+    }
+    let src_mac = gen::mac_of(&read_ns(
+        &lab.edge,
+        &format!("/sys/class/net/{EDGE_IF}/address"),
+    )?)?;
+    let dst_mac = gen::mac_of(&read_ns(
+        &lab.origin,
+        &format!("/sys/class/net/{ORIGIN_IF}/address"),
+    )?)?;
+    let ifindex: i32 = read_ns(&lab.edge, &format!("/sys/class/net/{EDGE_IF}/ifindex"))?.parse()?;
+    let rx = |lab: &Lab| -> u64 {
+        read_ns(
+            &lab.origin,
+            &format!("/sys/class/net/{ORIGIN_IF}/statistics/rx_packets"),
+        )
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+    };
+    let expected_secs = if rate > 0 {
+        f64::from(n) / rate as f64
+    } else {
+        0.5
+    };
+    let window = (expected_secs + 3.0).ceil();
+    let tracer = Tracer::start(
+        &lab.origin,
+        &[
+            "diagnose",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            &port.to_string(),
+            "--duration",
+            &window.to_string(),
+            "--format",
+            "json",
+        ],
+    );
+    let rx0 = rx(&lab);
+    let (src, dst): (Ipv4Addr, Ipv4Addr) = (EDGE_V4.parse()?, ORIGIN_V4.parse()?);
+    let achieved = lab.edge.enter(move || {
+        gen::syn_flood(
+            ifindex,
+            |i| {
+                gen::syn_frame(
+                    src_mac,
+                    dst_mac,
+                    src,
+                    dst,
+                    1024 + i as u16,
+                    port,
+                    0x1000_0000 + i,
+                )
+            },
+            n,
+            rate,
+        )
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+    let delivered = rx(&lab) - rx0;
+    let (code, out) = tracer.wait(Duration::from_secs(window as u64 + 30));
+    if code != 0 {
+        bail!("diagnose failed in the exactness run");
+    }
+    let r: Value = serde_json::from_str(&out)?;
+    let counted = r["edge"]["syn"].as_u64().unwrap_or(0);
+    let outcome = if mode == "nft_drop" {
+        r["edge"]["firewall_drops"].as_u64()
+    } else {
+        r["edge"]["refused"].as_u64()
+    }
+    .unwrap_or(0);
+    let lost = r["lost_events"].as_u64().unwrap_or(0);
+    Ok(json!({
+        "mode": mode,
+        "target_rate": rate,
+        "achieved_rate": achieved.round(),
+        "sent": n,
+        "delivered": delivered,
+        "counted": counted,
+        "outcome_count": outcome,
+        "lost_events": lost,
+        "verdict": r["verdict"],
+        "exact": counted == u64::from(n) && outcome == u64::from(n) && lost == 0,
+    }))
+}
+
+fn render_exactness(v: &Value) -> String {
+    let mut s = format!(
+        "\n3. Exactness under load ({} SYNs per run, distinct source ports, from {EDGE_V4})\n",
+        v["syns_per_run"]
+    );
+    s += &format!(
+        "   {:<12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>6}\n",
+        "mode", "target/s", "sent/s", "delivered", "counted", "outcome", "lost", "exact"
+    );
+    for r in v["runs"].as_array().into_iter().flatten() {
+        let target = r["target_rate"].as_u64().unwrap_or(0);
+        s += &format!(
+            "   {:<12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>6}\n",
+            r["mode"].as_str().unwrap_or(""),
+            if target == 0 {
+                "max".to_string()
+            } else {
+                target.to_string()
+            },
+            r["achieved_rate"],
+            r["delivered"],
+            r["counted"],
+            r["outcome_count"],
+            r["lost_events"],
+            if r["exact"] == true { "yes" } else { "NO" }
+        );
+    }
+    s += &format!(
+        "   exact at >= 100k SYN/s: {} · loss begins at: {}\n",
+        if v["exact_at_100k_per_s"] == true {
+            "yes"
+        } else {
+            "no"
+        },
+        v["loss_begins_at_rate"]
+            .as_f64()
+            .map_or("not reached".to_string(), |r| format!("{r:.0} SYN/s"))
+    );
+    s
+}
+
+// ---------------------------------------------------------------- 4. agent cost at 10k conn/s
+
+fn proc_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields after the name start at 3 (state); utime is 14, stime 15.
+    Ok(f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+}
+
+fn proc_status_kb(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(key)
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn agent_cost() -> Result<Value> {
+    const RATE: u64 = 10_000;
+    const SECS: f64 = 10.0;
+    let lab = Lab::new();
+    let listener = lab.origin.listen("0.0.0.0", 80, 4096);
+    let server = gen::AcceptServer::start(listener);
+    let tracer = Tracer::start(
+        &lab.origin,
+        &[
+            "agent",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            "80",
+            "--metrics-addr",
+            "127.0.0.1:9599",
+            "--log-file",
+            "/dev/null",
+            "--window",
+            "5",
+        ],
+    );
+    let pid = tracer.pid();
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    let from: Ipv4Addr = EDGE_V4.parse()?;
+    let to = SocketAddr::new(ORIGIN_V4.parse()?, 80);
+    // Warm up, then measure a steady stretch.
+    lab.edge
+        .enter(move || gen::connect_paced(from, to, RATE, 1.0));
+    let t0 = proc_ticks(pid)?;
+    let wall = Instant::now();
+    let (made, failed) = lab
+        .edge
+        .enter(move || gen::connect_paced(from, to, RATE, SECS));
+    let elapsed = wall.elapsed().as_secs_f64();
+    let cpu_pct = (proc_ticks(pid)? - t0) as f64 / ticks_per_s / elapsed * 100.0;
+    std::thread::sleep(Duration::from_secs(3));
+    let metrics = lab
+        .origin
+        .http_get("127.0.0.1:9599", "/metrics")
+        .map(|x| x.1)
+        .unwrap_or_default();
+    let handshakes = integration_tests::metric(
+        &metrics,
+        "tracer_edge_connections_total{outcome=\"handshake\",port=\"80\"}",
+    )
+    .unwrap_or(0.0);
+    let lost = integration_tests::metric(&metrics, "tracer_events_lost_total").unwrap_or(0.0);
+    let peak_rss_kb = proc_status_kb(pid, "VmHWM:");
+    drop(tracer);
+    drop(server);
+    Ok(json!({
+        "target_rate": RATE,
+        "achieved_rate": (made as f64 / elapsed).round(),
+        "connections": made,
+        "failed": failed,
+        "cpu_percent_of_one_core": (cpu_pct * 100.0).round() / 100.0,
+        "peak_rss_mb": (peak_rss_kb as f64 / 1024.0 * 10.0).round() / 10.0,
+        "handshakes_counted": handshakes,
+        "events_lost": lost,
+        "targets": {"cpu_percent": 5.0, "peak_rss_mb": 40.0},
+        "met": cpu_pct <= 5.0 && peak_rss_kb as f64 / 1024.0 <= 40.0,
+    }))
+}
+
+fn render_agent(v: &Value) -> String {
+    format!(
+        "\n4. tracer agent at {} new edge connections/s ({} s steady; achieved {}/s, {} failed)\n   CPU {:.2}% of one core (target <= 5%) · peak RSS {:.1} MB (target <= 40 MB) · {} handshakes counted for {} connections ({} warm-up) · {} events lost · {}\n",
+        v["target_rate"], 10, v["achieved_rate"], v["failed"],
+        v["cpu_percent_of_one_core"].as_f64().unwrap_or(0.0),
+        v["peak_rss_mb"].as_f64().unwrap_or(0.0),
+        v["handshakes_counted"], v["connections"], 10_000, v["events_lost"],
+        if v["met"] == true { "ok" } else { "MISSED" }
+    )
+}
+
+// ---------------------------------------------------------------- 2. connection-rate overhead
+
+fn nginx_conf(dir: &Path) -> Result<PathBuf> {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen 80 backlog=4096; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            d = dir.display()
+        ),
+    )?;
+    Ok(conf)
+}
+
+fn wrk(lab: &Lab, secs: u32) -> Result<f64> {
+    let out = lab.edge.sh(&format!(
+        "wrk -t2 -c32 -d{secs}s -H 'Connection: close' http://{ORIGIN_V4}:80/ 2>&1"
+    ));
+    out.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Requests/sec:")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .ok_or_else(|| anyhow!("no Requests/sec in wrk output: {out}"))
+}
+
+fn connection_rate() -> Result<Value> {
+    const PAIRS: usize = 3;
+    const SECS: u32 = 5;
+    let lab = Lab::new();
+    // Edge traffic to the origin leaves from the Cloudflare address.
+    lab.edge.sh(&format!(
+        "ip route replace {ORIGIN_V4}/32 dev {EDGE_IF} src {EDGE_V4}"
+    ));
+    let dir = std::env::temp_dir().join(format!("t521-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let conf = nginx_conf(&dir)?;
+    let mut nginx = Command::new("ip")
+        .args(["netns", "exec", &lab.origin.name, "nginx", "-c"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nginx (cargo xtask setup installs nginx-light)")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let result = (|| -> Result<Value> {
+        wrk(&lab, 1)?; // warm-up
+        let mut pairs = Vec::new();
+        for _ in 0..PAIRS {
+            let without = wrk(&lab, SECS)?;
+            let tracer = Tracer::start(
+                &lab.origin,
+                &[
+                    "agent",
+                    "--iface",
+                    ORIGIN_IF,
+                    "--port",
+                    "80",
+                    "--metrics-addr",
+                    "127.0.0.1:9598",
+                    "--log-file",
+                    "/dev/null",
+                ],
+            );
+            let with = wrk(&lab, SECS)?;
+            drop(tracer);
+            pairs.push(json!({"without": without.round(), "with": with.round(), "ratio": ((with / without) * 1000.0).round() / 1000.0}));
+        }
+        let ratio = median(pairs.iter().filter_map(|p| p["ratio"].as_f64()).collect());
+        Ok(
+            json!({"tool": format!("wrk -t2 -c32 -d{SECS}s -H 'Connection: close' (nginx, 1 worker)"), "pairs": pairs, "median_ratio": ratio, "target": 0.97, "met": ratio >= 0.97}),
+        )
+    })();
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn render_rate(v: &Value) -> String {
+    let mut s = format!(
+        "\n2. Connection-rate overhead: {}\n",
+        v["tool"].as_str().unwrap_or("")
+    );
+    for (i, p) in v["pairs"].as_array().into_iter().flatten().enumerate() {
+        s += &format!(
+            "   pair {}: without {} conn/s, with agent {} conn/s, ratio {}\n",
+            i + 1,
+            p["without"],
+            p["with"],
+            p["ratio"]
+        );
+    }
+    s += &format!(
+        "   median ratio {} (target >= 0.97) {}\n",
+        v["median_ratio"],
+        if v["met"] == true { "ok" } else { "MISSED" }
+    );
+    s
+}
+
+// ---------------------------------------------------------------- 5. start-up
+
+fn startup(tracer: &Path) -> Result<Value> {
+    const RUNS: usize = 5;
+    let lab = Lab::new();
+    let mut out = serde_json::Map::new();
+    for (name, args) in [
+        (
+            "agent",
+            vec![
+                "agent",
+                "--iface",
+                ORIGIN_IF,
+                "--metrics-addr",
+                "127.0.0.1:9597",
+                "--log-file",
+                "/dev/null",
+            ],
+        ),
+        (
+            "diagnose",
+            vec![
+                "diagnose",
+                "--iface",
+                ORIGIN_IF,
+                "--duration",
+                "30",
+                "--format",
+                "json",
+            ],
+        ),
+    ] {
+        let mut times = Vec::new();
+        for i in 0..RUNS {
+            let ready =
+                std::env::temp_dir().join(format!("t521-start-{}-{name}-{i}", std::process::id()));
+            let _ = std::fs::remove_file(&ready);
+            let t = Instant::now();
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", &lab.origin.name])
+                .arg(tracer)
+                .args(&args)
+                .arg("--ready-file")
+                .arg(&ready)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            while !ready.exists() && t.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            // SAFETY: plain kill(2) of our child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&ready);
+        }
+        let ms = median(times.clone());
+        out.insert(name.into(), json!({"median_ms": ms.round(), "runs_ms": times.iter().map(|t| t.round()).collect::<Vec<_>>(), "target_ms": 1000, "met": ms <= 1000.0}));
+    }
+    Ok(Value::Object(out))
+}
+
+fn render_startup(v: &Value) -> String {
+    let mut s = "\n5. Start-up: exec (via ip netns exec) to every program attached (ready file), median of 5\n".to_string();
+    for name in ["agent", "diagnose"] {
+        let x = &v[name];
+        s += &format!(
+            "   {name:<9} {} ms (runs {}) target <= 1000 ms {}\n",
+            x["median_ms"],
+            x["runs_ms"],
+            if x["met"] == true { "ok" } else { "MISSED" }
+        );
+    }
+    s
+}
