@@ -1,7 +1,7 @@
 //! Reading the ring buffer: events as they come, and a `loss` event whenever the kernel counted
 //! reservations that failed. Shared by `events`, `diagnose` and `agent`.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -18,7 +18,15 @@ pub struct Capture {
     ring: AsyncFd<RingBuf<MapData>>,
     clock: Clock,
     lost_reported: u64,
+    /// Drains are at least this far apart, so a busy ring costs a few wake-ups per second
+    /// rather than one per event.
+    min_interval: Duration,
+    last_drain: Instant,
+    last_loss_check: Instant,
 }
+
+/// How often the kernel's loss counter is read (a syscall per CPU).
+const LOSS_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 impl Capture {
     pub fn new(mut probe: Probe) -> Result<Self> {
@@ -33,7 +41,15 @@ impl Capture {
             ring,
             clock: Clock::now(),
             lost_reported: 0,
+            min_interval: Duration::ZERO,
+            last_drain: Instant::now(),
+            last_loss_check: Instant::now(),
         })
+    }
+
+    /// Coalesce wake-ups: drain at most once per `interval` (the ring must hold that long).
+    pub fn set_min_interval(&mut self, interval: Duration) {
+        self.min_interval = interval;
     }
 
     /// Total events the kernel could not queue so far.
@@ -43,6 +59,10 @@ impl Capture {
 
     /// Waits until events are ready, at most `tick`, then appends what is there.
     pub async fn next_batch(&mut self, out: &mut Vec<TracedEvent>, tick: Duration) -> Result<()> {
+        let since = self.last_drain.elapsed();
+        if since < self.min_interval {
+            tokio::time::sleep(self.min_interval - since).await;
+        }
         if let Ok(guard) = tokio::time::timeout(tick, self.ring.readable_mut()).await {
             let mut guard = guard.context("waiting for the ring buffer")?;
             guard.clear_ready();
@@ -53,6 +73,7 @@ impl Capture {
 
     /// Appends everything queued now, plus a loss event if the kernel counted new losses.
     pub fn drain(&mut self, out: &mut Vec<TracedEvent>) {
+        self.last_drain = Instant::now();
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
             if item.len() < size_of::<Event>() {
@@ -64,6 +85,15 @@ impl Capture {
                 out.push(ev);
             }
         }
+        if self.last_loss_check.elapsed() < LOSS_CHECK_EVERY {
+            return;
+        }
+        self.last_loss_check = Instant::now();
+        self.check_loss(out);
+    }
+
+    /// Reads the kernel's loss counter now; appends a loss event if it rose.
+    pub fn check_loss(&mut self, out: &mut Vec<TracedEvent>) {
         if let Ok(counters) = self.probe.counters() {
             let lost = counters[counter::LOST as usize];
             if lost > self.lost_reported {

@@ -60,9 +60,9 @@ pub struct CaptureArgs {
     /// Create this file once every program is attached (for scripts and tests).
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
-    /// Ring buffer size in bytes (a power of two, at least one page).
-    #[arg(long, value_name = "BYTES", default_value_t = crate::kernel::DEFAULT_RING_BYTES, hide = true)]
-    pub ring_bytes: u32,
+    /// Ring buffer size in bytes (a power of two, at least one page) [default: 8 MiB; agent 4 MiB].
+    #[arg(long, value_name = "BYTES", hide = true)]
+    pub ring_bytes: Option<u32>,
 }
 
 impl CaptureArgs {

@@ -27,6 +27,9 @@ pub const VERDICTS: [&str; 8] = [
 
 pub struct Metrics {
     registry: Registry,
+    /// Series resolved once: (edge, port, outcome) -> counter, port -> edge SYN counter.
+    connection_series: std::collections::HashMap<(bool, u16, Outcome), IntCounter>,
+    syn_series: std::collections::HashMap<u16, IntCounter>,
     edge_connections: IntCounterVec,
     non_edge_connections: IntCounterVec,
     edge_syn: IntCounterVec,
@@ -98,12 +101,20 @@ impl Metrics {
         r.register(Box::new(windows.clone()))?;
 
         // Every series exists from the start, so rate() and absent() work before the first event.
-        for port in ports {
+        let mut connection_series = std::collections::HashMap::new();
+        let mut syn_series = std::collections::HashMap::new();
+        for &port in ports {
             let p = port.to_string();
-            edge_syn.with_label_values(&[&p]);
+            syn_series.insert(port, edge_syn.with_label_values(&[&p]));
             for o in Outcome::ALL {
-                edge_connections.with_label_values(&[&p, o.as_str()]);
-                non_edge_connections.with_label_values(&[&p, o.as_str()]);
+                connection_series.insert(
+                    (true, port, o),
+                    edge_connections.with_label_values(&[&p, o.as_str()]),
+                );
+                connection_series.insert(
+                    (false, port, o),
+                    non_edge_connections.with_label_values(&[&p, o.as_str()]),
+                );
             }
         }
         for v in VERDICTS {
@@ -111,6 +122,8 @@ impl Metrics {
         }
         Ok(Self {
             registry: r,
+            connection_series,
+            syn_series,
             edge_connections,
             non_edge_connections,
             edge_syn,
@@ -125,18 +138,26 @@ impl Metrics {
     }
 
     pub fn connection(&self, edge: bool, port: u16, outcome: Outcome) {
-        let family = if edge {
-            &self.edge_connections
-        } else {
-            &self.non_edge_connections
-        };
-        family
-            .with_label_values(&[&port.to_string(), outcome.as_str()])
-            .inc();
+        match self.connection_series.get(&(edge, port, outcome)) {
+            Some(c) => c.inc(),
+            None => {
+                let family = if edge {
+                    &self.edge_connections
+                } else {
+                    &self.non_edge_connections
+                };
+                family
+                    .with_label_values(&[&port.to_string(), outcome.as_str()])
+                    .inc();
+            }
+        }
     }
 
     pub fn edge_syn(&self, port: u16) {
-        self.edge_syn.with_label_values(&[&port.to_string()]).inc();
+        match self.syn_series.get(&port) {
+            Some(c) => c.inc(),
+            None => self.edge_syn.with_label_values(&[&port.to_string()]).inc(),
+        }
     }
 
     pub fn lost(&self, n: u64) {

@@ -121,7 +121,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         ports: &ports,
         all_peers: true,
         ranges: &ranges,
-        ring_bytes: args.capture.ring_bytes,
+        ring_bytes: args
+            .capture
+            .ring_bytes
+            .unwrap_or(crate::kernel::AGENT_RING_BYTES),
     })?;
     for n in &probe.notes {
         tracing::warn!("{n}");
@@ -129,6 +132,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let notes = probe.notes.clone();
     let xdp_mode = probe.xdp_mode;
     let mut capture = Capture::new(probe)?;
+    // A few drains per second, not one per event: the ring holds well over this interval.
+    capture.set_min_interval(Duration::from_millis(100));
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;

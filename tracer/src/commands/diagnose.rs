@@ -38,7 +38,10 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         ports: &ports,
         all_peers: true,
         ranges: &ranges,
-        ring_bytes: args.capture.ring_bytes,
+        ring_bytes: args
+            .capture
+            .ring_bytes
+            .unwrap_or(crate::kernel::DEFAULT_RING_BYTES),
     })?;
     super::print_notes(&probe);
     let mut notes = probe.notes.clone();
@@ -112,6 +115,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         }
     }
     capture.drain(&mut batch);
+    capture.check_loss(&mut batch);
     for ev in batch.drain(..) {
         if let Some(done) = correlator.observe(&ev) {
             tally.add(&done);

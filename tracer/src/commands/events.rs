@@ -35,7 +35,10 @@ pub async fn run(args: EventsArgs) -> Result<()> {
         ports: &ports,
         all_peers: args.all_peers,
         ranges: &ranges,
-        ring_bytes: args.capture.ring_bytes,
+        ring_bytes: args
+            .capture
+            .ring_bytes
+            .unwrap_or(crate::kernel::DEFAULT_RING_BYTES),
     })?;
     super::print_notes(&probe);
     let mut capture = Capture::new(probe)?;
@@ -65,6 +68,7 @@ pub async fn run(args: EventsArgs) -> Result<()> {
         }
     }
     capture.drain(&mut batch);
+    capture.check_loss(&mut batch);
     emit(&stdout, &mut batch, args.format);
     Ok(())
 }

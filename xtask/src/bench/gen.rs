@@ -145,7 +145,7 @@ pub fn syn_flood(
 pub struct AcceptServer {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    pub accepted: Arc<AtomicU64>,
+    _accepted: Arc<AtomicU64>,
 }
 
 impl AcceptServer {
@@ -168,7 +168,7 @@ impl AcceptServer {
         AcceptServer {
             stop,
             threads: vec![t],
-            accepted,
+            _accepted: accepted,
         }
     }
 }
@@ -183,30 +183,44 @@ impl Drop for AcceptServer {
 }
 
 /// Opens `rate` connections per second for `secs` from `from` to `to` (connect, wait for the
-/// server's FIN, close). Must run in the client's namespace. Returns (made, failed).
+/// server's FIN, close), spread over `threads` paced threads. Must run in the client's
+/// namespace (threads spawned here inherit it). Returns (made, failed).
 pub fn connect_paced(from: Ipv4Addr, to: SocketAddr, rate: u64, secs: f64) -> (u64, u64) {
-    let start = Instant::now();
-    let total = (rate as f64 * secs) as u64;
-    let (mut made, mut failed) = (0, 0);
-    for i in 0..total {
-        let due = Duration::from_secs_f64(i as f64 / rate as f64);
-        while start.elapsed() < due {
-            std::hint::spin_loop();
-        }
-        let ok = (|| -> std::io::Result<()> {
-            let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-            s.bind(&SockAddr::from(SocketAddr::new(from.into(), 0)))?;
-            s.connect_timeout(&to.into(), Duration::from_secs(1))?;
-            let mut stream: std::net::TcpStream = s.into();
-            stream.set_read_timeout(Some(Duration::from_secs(1)))?;
-            let _ = stream.read(&mut [0u8; 1]);
-            Ok(())
-        })();
-        if ok.is_ok() {
-            made += 1;
-        } else {
-            failed += 1;
-        }
-    }
-    (made, failed)
+    const THREADS: u64 = 4;
+    let per_thread = rate / THREADS;
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let start = Instant::now() + Duration::from_micros(t * 1_000_000 / rate.max(1));
+                let total = (per_thread as f64 * secs) as u64;
+                let (mut made, mut failed) = (0u64, 0u64);
+                for i in 0..total {
+                    let due = start + Duration::from_secs_f64(i as f64 / per_thread as f64);
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    let ok = (|| -> std::io::Result<()> {
+                        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+                        s.bind(&SockAddr::from(SocketAddr::new(from.into(), 0)))?;
+                        s.connect_timeout(&to.into(), Duration::from_secs(1))?;
+                        let mut stream: std::net::TcpStream = s.into();
+                        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+                        let _ = stream.read(&mut [0u8; 1]);
+                        Ok(())
+                    })();
+                    if ok.is_ok() {
+                        made += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+                (made, failed)
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or((0, 0)))
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
