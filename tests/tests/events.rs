@@ -370,3 +370,31 @@ fn every_hook_attaches_on_this_kernel() {
         );
     }
 }
+
+#[test]
+fn xdp_mode_generic_on_veth_unless_driver_is_forced() {
+    let lab = Lab::new();
+    let auto = events(&lab, &[]);
+    assert!(
+        auto.stderr_text().contains("is a veth: generic XDP"),
+        "{}",
+        auto.stderr_text()
+    );
+    assert!(lab
+        .origin
+        .sh(&format!("ip link show {ORIGIN_IF}"))
+        .contains("xdpgeneric"));
+    drop(auto);
+    let forced = events(&lab, &["--xdp-mode", "driver"]);
+    let link = lab.origin.sh(&format!("ip link show {ORIGIN_IF}"));
+    assert!(
+        link.contains("xdp") && !link.contains("xdpgeneric"),
+        "{link}"
+    );
+    assert!(lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT)
+        .is_err());
+    let ev = forced.stop();
+    assert_eq!(count(&ev, "syn", None), 1, "{}", summary(&ev));
+}

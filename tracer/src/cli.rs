@@ -43,6 +43,13 @@ pub enum Command {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpModeArg {
+    Auto,
+    Driver,
+    Generic,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Text,
     Json,
@@ -60,6 +67,10 @@ pub struct CaptureArgs {
     /// Create this file once every program is attached (for scripts and tests).
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+    /// XDP attach mode: auto = driver (native) mode, except generic on veth, where native XDP
+    /// copies every packet the local stack sends.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub xdp_mode: XdpModeArg,
     /// Ring buffer size in bytes (a power of two, at least one page) [default: 8 MiB; agent 4 MiB].
     #[arg(long, value_name = "BYTES", hide = true)]
     pub ring_bytes: Option<u32>,

@@ -118,6 +118,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut sink = Sink::open(args.log_file.as_deref())?;
     let probe = Probe::start(&ProbeOptions {
         iface: &iface,
+        xdp_mode: args.capture.xdp_mode,
         ports: &ports,
         all_peers: true,
         ranges: &ranges,

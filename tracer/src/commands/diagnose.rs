@@ -35,6 +35,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
     // Non-edge peers too: they tell a dead interface from a blocked edge.
     let probe = Probe::start(&ProbeOptions {
         iface: &iface,
+        xdp_mode: args.capture.xdp_mode,
         ports: &ports,
         all_peers: true,
         ranges: &ranges,

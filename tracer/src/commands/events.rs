@@ -32,6 +32,7 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     let ports = args.capture.ports();
     let probe = Probe::start(&ProbeOptions {
         iface: &iface,
+        xdp_mode: args.capture.xdp_mode,
         ports: &ports,
         all_peers: args.all_peers,
         ranges: &ranges,

@@ -6,7 +6,7 @@ pub mod tracefs;
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{TracePoint, Xdp, XdpMode},
@@ -31,6 +31,7 @@ pub const AGENT_RING_BYTES: u32 = 4 << 20;
 
 pub struct ProbeOptions<'a> {
     pub iface: &'a str,
+    pub xdp_mode: crate::cli::XdpModeArg,
     pub ports: &'a [u16],
     pub all_peers: bool,
     pub ranges: &'a RangeSet,
@@ -133,13 +134,12 @@ fn one_line(e: &anyhow::Error) -> String {
     let verdict = log
         .lines()
         .map(str::trim)
-        .filter(|l| {
+        .rfind(|l| {
             !l.is_empty()
                 && !l.starts_with("verification time")
                 && !l.starts_with("stack depth")
                 && !l.starts_with("processed ")
         })
-        .next_back()
         .unwrap_or("");
     format!("{} verifier: {verdict}", head.trim())
 }
@@ -310,20 +310,38 @@ impl Probe {
                 ));
             }
         }
-        probe.attach_xdp(opts.iface)?;
+        probe.attach_xdp(opts.iface, opts.xdp_mode)?;
         Ok(probe)
     }
 
-    fn attach_xdp(&mut self, iface: &str) -> Result<()> {
+    fn attach_xdp(&mut self, iface: &str, mode: crate::cli::XdpModeArg) -> Result<()> {
+        use crate::cli::XdpModeArg;
         let xdp: &mut Xdp = self
             .ebpf
             .program_mut("xdp_syn")
             .ok_or_else(|| anyhow!("program xdp_syn missing from the object"))?
             .try_into()?;
         xdp.load().context("loading the XDP program")?;
+        let veth = crate::netinfo::driver_name(iface).as_deref() == Some("veth");
+        let generic_first = match mode {
+            XdpModeArg::Generic => true,
+            XdpModeArg::Driver => false,
+            XdpModeArg::Auto => veth,
+        };
+        if generic_first {
+            xdp.attach(iface, XdpMode::Skb)
+                .map_err(|e| anyhow!("cannot attach XDP to {iface} in generic mode: {e}"))?;
+            self.xdp_mode = "generic";
+            if mode == XdpModeArg::Auto {
+                self.notes.push(format!(
+                    "{iface} is a veth: generic XDP (native XDP on veth copies every packet the local stack sends; --xdp-mode driver forces it)"
+                ));
+            }
+            return Ok(());
+        }
         match xdp.attach(iface, XdpMode::Driver) {
             Ok(_) => self.xdp_mode = "driver",
-            Err(native) => {
+            Err(native) if mode == XdpModeArg::Auto => {
                 xdp.attach(iface, XdpMode::Skb).map_err(|generic| {
                     anyhow!(
                         "cannot attach XDP to {iface}: driver mode: {native}; generic mode: {generic} (is another XDP program attached?)"
@@ -334,6 +352,9 @@ impl Probe {
                     "{iface}: driver doesn't support native XDP ({native}); using generic (skb) mode"
                 ));
             }
+            Err(native) => bail!(
+                "cannot attach XDP to {iface} in driver mode: {native} (try --xdp-mode generic)"
+            ),
         }
         Ok(())
     }
