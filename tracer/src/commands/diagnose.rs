@@ -92,7 +92,8 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
             last_sample = Instant::now();
         }
         if progress {
-            let left = window.saturating_sub(start.elapsed()).as_secs();
+            // Rounded up: a 30 s window starts at "30 s left".
+            let left = window.saturating_sub(start.elapsed()).as_millis().div_ceil(1000);
             eprint!(
                 "\r\x1b[2K{left:>4} s left · edge SYNs {} · failure events {}",
                 live.0, live.1
