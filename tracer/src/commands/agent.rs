@@ -18,7 +18,6 @@ use crate::{
     correlate::{Correlator, Decided},
     events::{Kind, TracedEvent},
     export::{self, Metrics},
-    kernel::{Probe, ProbeOptions},
     netinfo,
     ranges::{fetch, RangeSet},
     window::{self, OriginSampler, Tally, WindowContext},
@@ -107,26 +106,17 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     if let Some(n) = &note {
         tracing::warn!("{n}");
     }
-    let iface = match &args.capture.iface {
-        Some(i) => i.clone(),
-        None => netinfo::default_interface()?,
-    };
     let ports = args.capture.ports();
     let metrics = Arc::new(Metrics::new(&ports)?);
     metrics.set_ranges(&ranges);
     export::serve(args.metrics_addr, metrics.clone()).await?;
     let mut sink = Sink::open(args.log_file.as_deref())?;
-    let probe = Probe::start(&ProbeOptions {
-        iface: &iface,
-        xdp_mode: args.capture.xdp_mode,
-        ports: &ports,
-        all_peers: true,
-        ranges: &ranges,
-        ring_bytes: args
-            .capture
-            .ring_bytes
-            .unwrap_or(crate::kernel::AGENT_RING_BYTES),
-    })?;
+    let super::Started { probe, iface, .. } = super::start_probe(
+        &args.capture,
+        &ranges,
+        true,
+        crate::kernel::AGENT_RING_BYTES,
+    )?;
     for n in &probe.notes {
         tracing::warn!("{n}");
     }

@@ -12,7 +12,6 @@ use crate::{
     cli::{DiagnoseArgs, Format},
     correlate::Correlator,
     events::Kind,
-    kernel::{Probe, ProbeOptions},
     netinfo,
     ranges::fetch,
     window::{self, OriginSampler, Tally, WindowContext},
@@ -27,23 +26,17 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
     if let Some(n) = &note {
         eprintln!("note: {n}");
     }
-    let iface = match &args.capture.iface {
-        Some(i) => i.clone(),
-        None => netinfo::default_interface()?,
-    };
-    let ports = args.capture.ports();
     // Non-edge peers too: they tell a dead interface from a blocked edge.
-    let probe = Probe::start(&ProbeOptions {
-        iface: &iface,
-        xdp_mode: args.capture.xdp_mode,
-        ports: &ports,
-        all_peers: true,
-        ranges: &ranges,
-        ring_bytes: args
-            .capture
-            .ring_bytes
-            .unwrap_or(crate::kernel::DEFAULT_RING_BYTES),
-    })?;
+    let super::Started {
+        probe,
+        iface,
+        ports,
+    } = super::start_probe(
+        &args.capture,
+        &ranges,
+        true,
+        crate::kernel::DEFAULT_RING_BYTES,
+    )?;
     super::print_notes(&probe);
     let mut notes = probe.notes.clone();
     notes.extend(note);
@@ -93,7 +86,10 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         }
         if progress {
             // Rounded up: a 30 s window starts at "30 s left".
-            let left = window.saturating_sub(start.elapsed()).as_millis().div_ceil(1000);
+            let left = window
+                .saturating_sub(start.elapsed())
+                .as_millis()
+                .div_ceil(1000);
             eprint!(
                 "\r\x1b[2K{left:>4} s left · edge SYNs {} · failure events {}",
                 live.0, live.1

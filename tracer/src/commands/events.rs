@@ -5,42 +5,28 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::{
     capture::{shutdown_signal, write_ready_file, Capture},
     cli::{EventsArgs, Format},
-    kernel::{Probe, ProbeOptions},
-    netinfo,
     ranges::RangeSet,
 };
 
 pub async fn run(args: EventsArgs) -> Result<()> {
     if let Some(d) = args.duration {
-        if !(d > 0.0 && d.is_finite()) {
-            bail!("--duration must be a positive number of seconds");
-        }
+        super::check_duration(d)?;
     }
     let ranges = match &args.ranges {
         Some(path) => RangeSet::from_file(path)?,
         None => RangeSet::embedded(),
     };
-    let iface = match &args.capture.iface {
-        Some(i) => i.clone(),
-        None => netinfo::default_interface()?,
-    };
-    let ports = args.capture.ports();
-    let probe = Probe::start(&ProbeOptions {
-        iface: &iface,
-        xdp_mode: args.capture.xdp_mode,
-        ports: &ports,
-        all_peers: args.all_peers,
-        ranges: &ranges,
-        ring_bytes: args
-            .capture
-            .ring_bytes
-            .unwrap_or(crate::kernel::DEFAULT_RING_BYTES),
-    })?;
+    let super::Started { probe, .. } = super::start_probe(
+        &args.capture,
+        &ranges,
+        args.all_peers,
+        crate::kernel::DEFAULT_RING_BYTES,
+    )?;
     super::print_notes(&probe);
     let mut capture = Capture::new(probe)?;
     write_ready_file(args.capture.ready_file.as_deref())?;

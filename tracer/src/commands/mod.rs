@@ -8,7 +8,46 @@ mod xdp_test_run;
 
 use anyhow::Result;
 
-use crate::{cli::Command, kernel::Probe};
+use crate::{
+    cli::{CaptureArgs, Command},
+    kernel::{Probe, ProbeOptions},
+    netinfo,
+    ranges::RangeSet,
+};
+
+/// What every capturing command starts with: the interface, the ports and the attached probe.
+pub struct Started {
+    pub probe: Probe,
+    pub iface: String,
+    pub ports: Vec<u16>,
+}
+
+/// Resolves the interface and ports and attaches the programs.
+pub fn start_probe(
+    capture: &CaptureArgs,
+    ranges: &RangeSet,
+    all_peers: bool,
+    default_ring_bytes: u32,
+) -> Result<Started> {
+    let iface = match &capture.iface {
+        Some(i) => i.clone(),
+        None => netinfo::default_interface()?,
+    };
+    let ports = capture.ports();
+    let probe = Probe::start(&ProbeOptions {
+        iface: &iface,
+        xdp_mode: capture.xdp_mode,
+        ports: &ports,
+        all_peers,
+        ranges,
+        ring_bytes: capture.ring_bytes.unwrap_or(default_ring_bytes),
+    })?;
+    Ok(Started {
+        probe,
+        iface,
+        ports,
+    })
+}
 
 pub async fn run(command: Command) -> Result<()> {
     match command {

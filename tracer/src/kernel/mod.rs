@@ -125,6 +125,36 @@ pub fn ifindex(iface: &str) -> Result<u32> {
     Ok(index)
 }
 
+/// Makes an LPM trie hold exactly `wanted`: new entries first, then stale ones removed, so a
+/// peer inside both the old and the new list never stops matching.
+fn sync_trie<K: aya::Pod + PartialEq>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    wanted: Vec<Key<K>>,
+) -> Result<()> {
+    let mut trie: LpmTrie<&mut MapData, K, u8> = LpmTrie::try_from(
+        ebpf.map_mut(name)
+            .ok_or_else(|| anyhow!("{name} map missing"))?,
+    )?;
+    for k in &wanted {
+        trie.insert(k, 1, 0)
+            .with_context(|| format!("updating {name}"))?;
+    }
+    let stale: Vec<Key<K>> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| {
+            !wanted
+                .iter()
+                .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+        })
+        .collect();
+    for k in &stale {
+        trie.remove(k).with_context(|| format!("updating {name}"))?;
+    }
+    Ok(())
+}
+
 /// An error on one line: a verifier log is cut to the verdict it ends with.
 fn one_line(e: &anyhow::Error) -> String {
     let text = format!("{e:#}");
@@ -443,59 +473,16 @@ impl Probe {
     }
 
     fn update_tries(&mut self, ranges: &RangeSet) -> Result<()> {
-        {
-            let mut v4: LpmTrie<&mut MapData, Ipv4Key, u8> = LpmTrie::try_from(
-                self.ebpf
-                    .map_mut("EDGE_V4")
-                    .ok_or_else(|| anyhow!("EDGE_V4 map missing"))?,
-            )?;
-            let wanted: Vec<Key<Ipv4Key>> = ranges
-                .v4
-                .iter()
-                .map(|n| Key::new(u32::from(n.prefix_len()), n.network().octets()))
-                .collect();
-            for k in &wanted {
-                v4.insert(k, 1, 0).context("updating EDGE_V4")?;
-            }
-            let stale: Vec<Key<Ipv4Key>> = v4
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| {
-                    !wanted
-                        .iter()
-                        .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
-                })
-                .collect();
-            for k in &stale {
-                v4.remove(k).context("updating EDGE_V4")?;
-            }
-        }
-        let mut v6: LpmTrie<&mut MapData, Ipv6Key, u8> = LpmTrie::try_from(
-            self.ebpf
-                .map_mut("EDGE_V6")
-                .ok_or_else(|| anyhow!("EDGE_V6 map missing"))?,
-        )?;
-        let wanted: Vec<Key<Ipv6Key>> = ranges
+        let v4 = ranges
+            .v4
+            .iter()
+            .map(|n| Key::new(u32::from(n.prefix_len()), n.network().octets()));
+        sync_trie::<Ipv4Key>(&mut self.ebpf, "EDGE_V4", v4.collect())?;
+        let v6 = ranges
             .v6
             .iter()
-            .map(|n| Key::new(u32::from(n.prefix_len()), n.network().octets()))
-            .collect();
-        for k in &wanted {
-            v6.insert(k, 1, 0).context("updating EDGE_V6")?;
-        }
-        let stale: Vec<Key<Ipv6Key>> = v6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| {
-                !wanted
-                    .iter()
-                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
-            })
-            .collect();
-        for k in &stale {
-            v6.remove(k).context("updating EDGE_V6")?;
-        }
-        Ok(())
+            .map(|n| Key::new(u32::from(n.prefix_len()), n.network().octets()));
+        sync_trie::<Ipv6Key>(&mut self.ebpf, "EDGE_V6", v6.collect())
     }
 
     /// Loads the programs without attaching anything, for `BPF_PROG_TEST_RUN` (self-tests,
