@@ -15,26 +15,6 @@ use serde_json::Value;
 
 const METRICS: &str = "127.0.0.1:9521";
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("t521-agent-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        TempDir(d)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn agent(lab: &Lab, log: &std::path::Path, extra: &[&str]) -> Tracer {
     let mut args = vec![
         "agent",
@@ -108,7 +88,7 @@ fn promtool_check_metrics(text: &str) {
 #[test]
 fn metrics_and_logs_follow_the_traffic() {
     let lab = Lab::new();
-    let tmp = TempDir::new("metrics");
+    let tmp = TempDir::new("agent-metrics");
     let log = tmp.path("events.jsonl");
     let _server = Server::start(lab.origin.listen("::", 443, 128), ServerMode::Close);
     lab.origin.sh("nft add table inet filter; \
@@ -225,7 +205,7 @@ fn metrics_and_logs_follow_the_traffic() {
 #[test]
 fn sigterm_exits_fast_and_detaches() {
     let lab = Lab::new();
-    let tmp = TempDir::new("term");
+    let tmp = TempDir::new("agent-term");
     let tracer = agent(&lab, &tmp.path("log"), &[]);
     assert!(xdp_attached(&lab));
     let t = Instant::now();
@@ -243,7 +223,7 @@ fn sigterm_exits_fast_and_detaches() {
 #[test]
 fn sigkill_leaves_nothing_attached_and_restart_works() {
     let lab = Lab::new();
-    let tmp = TempDir::new("kill");
+    let tmp = TempDir::new("agent-kill");
     let tracer = agent(&lab, &tmp.path("log"), &[]);
     tracer.signal(libc::SIGKILL);
     let _ = tracer.wait(Duration::from_secs(5));
@@ -266,7 +246,7 @@ fn sigkill_leaves_nothing_attached_and_restart_works() {
 #[test]
 fn sighup_reopens_the_log_file() {
     let lab = Lab::new();
-    let tmp = TempDir::new("hup");
+    let tmp = TempDir::new("agent-hup");
     let log = tmp.path("events.jsonl");
     let rotated = tmp.path("events.jsonl.1");
     let tracer = agent(&lab, &log, &[]);
@@ -303,7 +283,7 @@ fn sighup_reopens_the_log_file() {
 #[test]
 fn ranges_change_mid_run_without_losing_events() {
     let lab = Lab::new();
-    let tmp = TempDir::new("ranges");
+    let tmp = TempDir::new("agent-ranges");
     let ranges = tmp.path("ranges.txt");
     std::fs::write(&ranges, "198.51.100.0/24\n").unwrap();
     let tracer = agent(
@@ -378,7 +358,7 @@ fn deploy_files_check() {
         String::from_utf8_lossy(&out.stdout)
     );
     // systemd-analyze verify needs the binary at the unit's path: check a copy pointing at ours.
-    let tmp = TempDir::new("unit");
+    let tmp = TempDir::new("agent-unit");
     let unit = std::fs::read_to_string(root.join("deploy/tracer.service"))
         .unwrap()
         .replace("/usr/local/bin/tracer", tracer_bin().to_str().unwrap());

@@ -4,13 +4,12 @@
 use std::{
     io::{Read as _, Write as _},
     net::TcpListener,
-    path::PathBuf,
     process::Command,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use integration_tests::tracer_bin;
+use integration_tests::{tracer_bin, TempDir};
 use serde_json::Value;
 
 const GOOD: &str = r#"{"result":{"ipv4_cidrs":["198.51.100.0/24","203.0.113.0/24"],"ipv6_cidrs":["2001:db8:cf::/48"],"etag":"e-good"},"success":true,"errors":[],"messages":[]}"#;
@@ -78,25 +77,8 @@ fn serve(answer: Answer) -> Server {
     }
 }
 
-struct StateDir(PathBuf);
-
-impl StateDir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("t521-state-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        StateDir(d)
-    }
-}
-
-impl Drop for StateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Runs `tracer ranges ARGS --format json`: (exit code, JSON, stderr).
-fn ranges(state: &StateDir, url: &str, args: &[&str]) -> (i32, Value, String) {
+fn ranges(state: &TempDir, url: &str, args: &[&str]) -> (i32, Value, String) {
     let out = Command::new(tracer_bin())
         .arg("ranges")
         .args(args)
@@ -117,7 +99,7 @@ fn ranges(state: &StateDir, url: &str, args: &[&str]) -> (i32, Value, String) {
 
 #[test]
 fn good_answer_is_used_and_cached() {
-    let state = StateDir::new("good");
+    let state = TempDir::new("state-good");
     let mut a = answer("200 OK", GOOD);
     a.headers.push("ETag: \"v1\"".into());
     let server = serve(a);
@@ -152,7 +134,7 @@ fn good_answer_is_used_and_cached() {
 }
 
 fn assert_falls_back_to_embedded(a: Answer, why: &str) {
-    let state = StateDir::new("bad");
+    let state = TempDir::new("state-bad");
     let server = serve(a);
     let (code, j, err) = ranges(&state, &server.url, &["--refresh"]);
     assert_eq!(code, 0, "{err}");
@@ -214,7 +196,7 @@ fn slow_answer_times_out_and_falls_back() {
 
 #[test]
 fn error_status_falls_back_to_the_cache() {
-    let state = StateDir::new("cache-fallback");
+    let state = TempDir::new("state-cache-fallback");
     let good = serve(answer("200 OK", GOOD));
     assert_eq!(ranges(&state, &good.url, &["--refresh"]).1["source"], "api");
     let bad = serve(answer("503 Service Unavailable", "down"));
@@ -231,7 +213,7 @@ fn error_status_falls_back_to_the_cache() {
 #[test]
 fn unreachable_api_falls_back() {
     // Port 9 on loopback: nothing listens, connection refused at once.
-    let state = StateDir::new("unreachable");
+    let state = TempDir::new("state-unreachable");
     let (code, j, err) = ranges(&state, "http://127.0.0.1:9/client/v4/ips", &["--refresh"]);
     assert_eq!(code, 0);
     assert_eq!(j["source"], "embedded");
@@ -240,7 +222,7 @@ fn unreachable_api_falls_back() {
 
 #[test]
 fn malformed_ranges_file_names_file_and_line() {
-    let state = StateDir::new("file");
+    let state = TempDir::new("state-file");
     let file = state.0.join("mine.txt");
     std::fs::write(&file, "10.0.0.0/8\n# ok\n10.0.0.0/33\n").unwrap();
     let (code, _, err) = ranges(
