@@ -199,6 +199,57 @@ impl KernelOffsets {
     };
 }
 
+/// `struct sock` members read by the raw `inet_sock_set_state` program (from BTF).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `__sk_common.skc_family`
+    pub family: u16,
+    /// `sk_protocol`
+    pub protocol: u16,
+    /// `inet_sock.inet_sport` (local port, network order; `skc_num` is already zero when a
+    /// closing socket's state changes)
+    pub sport: u16,
+    /// `__sk_common.skc_dport` (peer port, network order)
+    pub dport: u16,
+    /// `__sk_common.skc_rcv_saddr`
+    pub rcv_saddr: u16,
+    /// `__sk_common.skc_daddr`
+    pub daddr: u16,
+    /// `__sk_common.skc_v6_rcv_saddr`
+    pub v6_rcv_saddr: u16,
+    /// `__sk_common.skc_v6_daddr`
+    pub v6_daddr: u16,
+}
+
+impl SockOffsets {
+    pub const ABSENT: Self = Self {
+        family: FIELD_ABSENT,
+        protocol: FIELD_ABSENT,
+        sport: FIELD_ABSENT,
+        dport: FIELD_ABSENT,
+        rcv_saddr: FIELD_ABSENT,
+        daddr: FIELD_ABSENT,
+        v6_rcv_saddr: FIELD_ABSENT,
+        v6_daddr: FIELD_ABSENT,
+    };
+
+    pub fn complete(&self) -> bool {
+        [
+            self.family,
+            self.protocol,
+            self.sport,
+            self.dport,
+            self.rcv_saddr,
+            self.daddr,
+            self.v6_rcv_saddr,
+            self.v6_daddr,
+        ]
+        .iter()
+        .all(|o| *o != FIELD_ABSENT)
+    }
+}
+
 /// [`Config::flags`]: emit events for peers outside the watched ranges too.
 pub const CONFIG_F_ALL_PEERS: u32 = 1 << 0;
 /// [`Config::flags`]: drop tracepoint events whose network namespace is not `netns_inum`.
@@ -221,6 +272,7 @@ pub struct Config {
     /// `req` field of `tcp_retransmit_synack` (unused today, kept for layout checks).
     pub synack_req: u16,
     pub _pad: u16,
+    pub sock: SockOffsets,
 }
 
 impl Config {
@@ -248,6 +300,7 @@ impl Config {
         retransmit_synack: SockTpLayout::ABSENT,
         synack_req: FIELD_ABSENT,
         _pad: 0,
+        sock: SockOffsets::ABSENT,
     };
 }
 

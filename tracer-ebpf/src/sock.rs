@@ -1,12 +1,17 @@
 //! How the origin's TCP stack answers: resets sent and received, handshakes completed,
 //! connections closed, SYN-ACKs retransmitted.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use tracer_common::{
     Event, EventKind, SockTpLayout, EVENT_F_HAS_REASON, EVENT_F_HAS_SOCK, FIELD_ABSENT,
 };
 
-use crate::common::{config, emit, empty_event, field, in_watched_netns, peer_flags, port_watched};
+use crate::common::{
+    config, emit, empty_event, field, in_watched_netns, peer_flags, port_watched, read_kernel,
+};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -148,17 +153,66 @@ pub fn tp_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Which state changes are reported: a passive open completing, and closes (not of listeners).
+#[inline(always)]
+fn state_change_kind(old: i32, new: i32) -> Option<EventKind> {
+    if new == TCP_ESTABLISHED && old == TCP_SYN_RECV {
+        Some(EventKind::Established)
+    } else if new == TCP_CLOSE && old != TCP_LISTEN {
+        Some(EventKind::Closed)
+    } else {
+        None
+    }
+}
+
+/// The raw tracepoint gets `(sk, oldstate, newstate)` directly: no trace record is filled for
+/// the ~10 state changes of every connection in every namespace, most of which leave at once.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn raw_set_state(ctx: RawTracePointContext) -> u32 {
+    let _ = try_raw_set_state(&ctx);
+    0
+}
+
+fn try_raw_set_state(ctx: &RawTracePointContext) -> Option<()> {
+    let old = ctx.arg::<u64>(1) as i32;
+    let new = ctx.arg::<u64>(2) as i32;
+    let kind = state_change_kind(old, new)?;
+    let sk: u64 = ctx.arg(0);
+    let o = config!(sock);
+    if read_kernel::<u16>(sk, o.protocol)? != IPPROTO_TCP {
+        return None;
+    }
+    let local_port = u16::from_be(read_kernel(sk, o.sport)?);
+    if !port_watched(local_port) {
+        return None;
+    }
+    let mut ev = empty_event(kind as u32);
+    ev.local_port = local_port;
+    ev.peer_port = u16::from_be(read_kernel(sk, o.dport)?);
+    match read_kernel::<u16>(sk, o.family)? {
+        AF_INET => {
+            ev.family = 4;
+            let s: [u8; 4] = read_kernel(sk, o.rcv_saddr)?;
+            let d: [u8; 4] = read_kernel(sk, o.daddr)?;
+            ev.local_addr[..4].copy_from_slice(&s);
+            ev.peer_addr[..4].copy_from_slice(&d);
+        }
+        AF_INET6 => {
+            ev.family = 6;
+            ev.local_addr = read_kernel(sk, o.v6_rcv_saddr)?;
+            ev.peer_addr = read_kernel(sk, o.v6_daddr)?;
+        }
+        _ => return None,
+    }
+    ev.state = ((old as u32) << 8) | new as u32;
+    filter_and_emit(ev, sk, 0)
+}
+
 fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     let l = config!(set_state);
     let old: i32 = field(ctx, l.oldstate)?;
     let new: i32 = field(ctx, l.newstate)?;
-    let kind = if new == TCP_ESTABLISHED && old == TCP_SYN_RECV {
-        EventKind::Established
-    } else if new == TCP_CLOSE && old != TCP_LISTEN {
-        EventKind::Closed
-    } else {
-        return None;
-    };
+    let kind = state_change_kind(old, new)?;
     if field::<u16>(ctx, l.protocol).unwrap_or(IPPROTO_TCP) != IPPROTO_TCP {
         return None;
     }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use tracer_common::{KernelOffsets, FIELD_ABSENT};
+use tracer_common::{KernelOffsets, SockOffsets, FIELD_ABSENT};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -224,6 +224,23 @@ impl KernelBtf {
             net_inum: get("net", "ns.inum"),
         };
         (offsets, missing)
+    }
+
+    /// `struct sock` members for the raw `inet_sock_set_state` program; absent ones stay absent.
+    pub fn sock_offsets(&self) -> SockOffsets {
+        let get = |p: &str| self.offset_of("sock", p).unwrap_or(FIELD_ABSENT);
+        SockOffsets {
+            family: get("__sk_common.skc_family"),
+            protocol: get("sk_protocol"),
+            sport: self
+                .offset_of("inet_sock", "inet_sport")
+                .unwrap_or(FIELD_ABSENT),
+            dport: get("__sk_common.skc_dport"),
+            rcv_saddr: get("__sk_common.skc_rcv_saddr"),
+            daddr: get("__sk_common.skc_daddr"),
+            v6_rcv_saddr: get("__sk_common.skc_v6_rcv_saddr"),
+            v6_daddr: get("__sk_common.skc_v6_daddr"),
+        }
     }
 
     /// Values of an enum, names with `strip_prefix` removed (`SKB_DROP_REASON_NO_SOCKET` ->

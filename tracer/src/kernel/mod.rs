@@ -9,7 +9,7 @@ use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{TracePoint, Xdp, XdpMode},
+    programs::{RawTracePoint, TracePoint, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
@@ -206,6 +206,7 @@ impl Probe {
         if let Some(b) = &kernel_btf {
             let (offsets, missing) = b.kernel_offsets();
             config.kernel = offsets;
+            config.sock = b.sock_offsets();
             if offsets.sk_net != FIELD_ABSENT
                 && offsets.net_inum != FIELD_ABSENT
                 && offsets.skb_sk != FIELD_ABSENT
@@ -319,8 +320,30 @@ impl Probe {
         probe.set_ports(opts.ports)?;
         probe.set_ranges(opts.ranges)?;
 
+        // State changes through the raw tracepoint when BTF gives the sock layout: it skips
+        // filling a trace record for every change of every socket in every namespace.
+        let mut raw_set_state = false;
+        if config.sock.complete() {
+            let result = (|| -> Result<()> {
+                let tp: &mut RawTracePoint = probe
+                    .ebpf
+                    .program_mut("raw_set_state")
+                    .ok_or_else(|| anyhow!("program raw_set_state missing from the object"))?
+                    .try_into()?;
+                tp.load()?;
+                tp.attach("inet_sock_set_state")?;
+                Ok(())
+            })();
+            match result {
+                Ok(()) => raw_set_state = true,
+                Err(e) => probe.notes.push(format!(
+                    "raw tracepoint inet_sock_set_state unavailable ({}): using the classic one",
+                    one_line(&e)
+                )),
+            }
+        }
         for (prog, category, name) in TRACEPOINTS {
-            if !formats.contains_key(prog) {
+            if !formats.contains_key(prog) || (prog == "tp_set_state" && raw_set_state) {
                 continue;
             }
             let result = (|| -> Result<()> {
