@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::run_cmd;
 
 /// Debian packages: LLVM 22 for bpf-linker; iproute2/nftables/iptables for the lab; prometheus
-/// for promtool; nginx, wrk and hping3 for the benchmarks.
+/// for promtool; nginx and wrk for the benchmarks.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -20,7 +20,6 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     "nginx-light",
     "wrk",
-    "hping3",
     "procps",
 ];
 
