@@ -305,6 +305,26 @@ impl Tracer {
     }
 }
 
+impl Tracer {
+    /// `tracer diagnose --format json` on the lab's origin interface, watching `ports` for `secs`.
+    pub fn diagnose(ns: &Netns, ports: &str, secs: &str) -> Tracer {
+        Tracer::start(
+            ns,
+            &[
+                "diagnose",
+                "--iface",
+                ORIGIN_IF,
+                "--port",
+                ports,
+                "--duration",
+                secs,
+                "--format",
+                "json",
+            ],
+        )
+    }
+}
+
 impl Drop for Tracer {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -249,20 +249,7 @@ pub fn run(s: &Scenario) -> (Value, f64) {
     let lab = Lab::new();
     let keep = (s.setup)(&lab);
     let window = WINDOW_SECS.to_string();
-    let tracer = Tracer::start(
-        &lab.origin,
-        &[
-            "diagnose",
-            "--iface",
-            ORIGIN_IF,
-            "--port",
-            s.ports,
-            "--duration",
-            &window,
-            "--format",
-            "json",
-        ],
-    );
+    let tracer = Tracer::diagnose(&lab.origin, s.ports, &window);
     (s.traffic)(&lab);
     let stderr = tracer.stderr_text();
     let (code, out) = tracer.wait(Duration::from_secs(WINDOW_SECS + 20));

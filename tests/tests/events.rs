@@ -257,33 +257,27 @@ fn ipv6_nft_drop() {
     );
 }
 
+/// One refused attempt from a non-edge and one from an edge address, seen by `events EXTRA`.
+fn refused_from_both(lab: &Lab, extra: &[&str]) -> Vec<serde_json::Value> {
+    let tracer = events(lab, extra);
+    for from in [OTHER_V4, EDGE_V4] {
+        assert!(lab
+            .edge
+            .connect(from, sockaddr(ORIGIN_V4, PORT), SHORT)
+            .is_err());
+    }
+    tracer.stop()
+}
+
 #[test]
 fn non_edge_peers_only_with_all_peers() {
     let lab = Lab::new();
-    let tracer = events(&lab, &[]);
-    assert!(lab
-        .edge
-        .connect(OTHER_V4, sockaddr(ORIGIN_V4, PORT), SHORT)
-        .is_err());
-    assert!(lab
-        .edge
-        .connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT)
-        .is_err());
-    let ev = tracer.stop();
+    let ev = refused_from_both(&lab, &[]);
     assert_eq!(count_from(&ev, "syn", OTHER_V4), 0, "{}", summary(&ev));
     assert_eq!(count_from(&ev, "reset_sent", OTHER_V4), 0);
     assert_eq!(count_from(&ev, "syn", EDGE_V4), 1);
 
-    let tracer = events(&lab, &["--all-peers"]);
-    assert!(lab
-        .edge
-        .connect(OTHER_V4, sockaddr(ORIGIN_V4, PORT), SHORT)
-        .is_err());
-    assert!(lab
-        .edge
-        .connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT)
-        .is_err());
-    let ev = tracer.stop();
+    let ev = refused_from_both(&lab, &["--all-peers"]);
     assert_eq!(count_from(&ev, "syn", OTHER_V4), 1, "{}", summary(&ev));
     assert_eq!(count_from(&ev, "reset_sent", OTHER_V4), 1);
     assert_eq!(count_from(&ev, "drop", OTHER_V4), 1);

@@ -35,30 +35,41 @@ pub fn run(tracer: &Path, as_json: bool, only: &[String]) -> Result<()> {
     say(format!("machine: {}", machine_line()));
     let mut doc = serde_json::Map::new();
     doc.insert("machine".into(), machine());
-    if want("xdp") {
-        let v = xdp_cost(tracer)?;
-        say(render_xdp(&v));
-        doc.insert("xdp".into(), v);
-    }
-    if want("rate") {
-        let v = connection_rate()?;
-        say(render_rate(&v));
-        doc.insert("connection_rate".into(), v);
-    }
-    if want("exactness") {
-        let v = exactness()?;
-        say(render_exactness(&v));
-        doc.insert("exactness".into(), v);
-    }
-    if want("agent") {
-        let v = agent_cost()?;
-        say(render_agent(&v));
-        doc.insert("agent".into(), v);
-    }
-    if want("startup") {
-        let v = startup(tracer)?;
-        say(render_startup(&v));
-        doc.insert("startup".into(), v);
+    // (selector, JSON key, measurement, table renderer)
+    type Part<'a> = (
+        &'a str,
+        &'a str,
+        Box<dyn Fn() -> Result<Value> + 'a>,
+        fn(&Value) -> String,
+    );
+    let parts: [Part; 5] = [
+        ("xdp", "xdp", Box::new(|| xdp_cost(tracer)), render_xdp),
+        (
+            "rate",
+            "connection_rate",
+            Box::new(connection_rate),
+            render_rate,
+        ),
+        (
+            "exactness",
+            "exactness",
+            Box::new(exactness),
+            render_exactness,
+        ),
+        ("agent", "agent", Box::new(agent_cost), render_agent),
+        (
+            "startup",
+            "startup",
+            Box::new(|| startup(tracer)),
+            render_startup,
+        ),
+    ];
+    for (part, key, measure, render) in &parts {
+        if want(part) {
+            let v = measure()?;
+            say(render(&v));
+            doc.insert((*key).into(), v);
+        }
     }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&Value::Object(doc))?);
@@ -280,20 +291,7 @@ fn exact_run(mode: &str, n: u32, rate: u64) -> Result<Value> {
         0.5
     };
     let window = (expected_secs + 3.0).ceil();
-    let tracer = Tracer::start(
-        &lab.origin,
-        &[
-            "diagnose",
-            "--iface",
-            ORIGIN_IF,
-            "--port",
-            &port.to_string(),
-            "--duration",
-            &window.to_string(),
-            "--format",
-            "json",
-        ],
-    );
+    let tracer = Tracer::diagnose(&lab.origin, &port.to_string(), &window.to_string());
     let rx0 = rx(&lab);
     let (src, dst): (Ipv4Addr, Ipv4Addr) = (EDGE_V4.parse()?, ORIGIN_V4.parse()?);
     let achieved = lab.edge.enter(move || {
