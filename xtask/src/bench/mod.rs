@@ -404,28 +404,30 @@ fn proc_status_kb(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `tracer agent` on the lab's origin, watching port 80, logging to /dev/null.
+fn agent_on_port_80(lab: &Lab, metrics_addr: &str, extra: &[&str]) -> Tracer {
+    let mut args = vec![
+        "agent",
+        "--iface",
+        ORIGIN_IF,
+        "--port",
+        "80",
+        "--metrics-addr",
+        metrics_addr,
+        "--log-file",
+        "/dev/null",
+    ];
+    args.extend_from_slice(extra);
+    Tracer::start(&lab.origin, &args)
+}
+
 fn agent_cost() -> Result<Value> {
     const RATE: u64 = 10_000;
     const SECS: f64 = 10.0;
     let lab = Lab::new();
     let listener = lab.origin.listen("0.0.0.0", 80, 4096);
     let server = gen::AcceptServer::start(listener);
-    let tracer = Tracer::start(
-        &lab.origin,
-        &[
-            "agent",
-            "--iface",
-            ORIGIN_IF,
-            "--port",
-            "80",
-            "--metrics-addr",
-            "127.0.0.1:9599",
-            "--log-file",
-            "/dev/null",
-            "--window",
-            "5",
-        ],
-    );
+    let tracer = agent_on_port_80(&lab, "127.0.0.1:9599", &["--window", "5"]);
     let pid = tracer.pid();
     let ticks_per_s = 100.0; // USER_HZ on Linux
     let from: Ipv4Addr = EDGE_V4.parse()?;
@@ -538,20 +540,7 @@ fn connection_rate() -> Result<Value> {
         let mut pairs = Vec::new();
         for _ in 0..PAIRS {
             let without = wrk(&lab, SECS)?;
-            let tracer = Tracer::start(
-                &lab.origin,
-                &[
-                    "agent",
-                    "--iface",
-                    ORIGIN_IF,
-                    "--port",
-                    "80",
-                    "--metrics-addr",
-                    "127.0.0.1:9598",
-                    "--log-file",
-                    "/dev/null",
-                ],
-            );
+            let tracer = agent_on_port_80(&lab, "127.0.0.1:9598", &[]);
             let with = wrk(&lab, SECS)?;
             drop(tracer);
             pairs.push(json!({"without": without.round(), "with": with.round(), "ratio": ((with / without) * 1000.0).round() / 1000.0}));
