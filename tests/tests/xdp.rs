@@ -170,3 +170,15 @@ fn non_edge_peers_are_sent_only_with_all_peers() {
     assert_eq!(r[0]["events"], 1);
     assert_eq!(r[0]["event"]["edge"], false);
 }
+
+#[test]
+fn a_full_syn_log_counts_the_rest_as_lost() {
+    // The smallest log (1024 records per CPU), nobody reading while 3000 SYNs arrive on one
+    // CPU: 1024 recorded, every other one counted lost, none silently missing.
+    let r = run(
+        &[Frame::syn(EDGE, ORIGIN, 443).build()],
+        &["--repeat", "3000", "--ring-bytes", "4096", "--no-reader"],
+    );
+    assert_eq!(r[0]["events"], 1024, "{}", r[0]);
+    assert_eq!(r[0]["lost"], 3000 - 1024, "{}", r[0]);
+}

@@ -85,10 +85,51 @@ pub struct Event {
 
 const _: () = assert!(size_of::<Event>() == 80);
 
+/// One SYN seen by XDP, in the per-CPU SYN log (`SYN_LOG`, read by userspace through mmap).
+///
+/// SYNs are the one high-rate fact: recording one costs a few plain stores into this CPU's
+/// part of an array, where a ring-buffer event costs a lock shared by every CPU. Same
+/// conventions as [`Event`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynRecord {
+    /// `bpf_ktime_get_coarse_ns()`: CLOCK_MONOTONIC at the last tick, never later than the SYN.
+    pub ts_ns: u64,
+    pub peer_addr: [u8; 16],
+    pub local_addr: [u8; 16],
+    pub peer_port: u16,
+    pub local_port: u16,
+    /// The SYN's sequence number (the ISN; a retransmission repeats it).
+    pub seq: u32,
+    pub ifindex: u32,
+    /// 4 or 6.
+    pub family: u8,
+    pub tcp_flags: u8,
+    /// `EVENT_F_EDGE` or 0.
+    pub flags: u16,
+}
+
+const _: () = assert!(size_of::<SynRecord>() == 56);
+
+/// One CPU's cursors into its part of the SYN log, on a cache line of their own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynCursor {
+    /// Records this CPU has written (only the kernel writes it).
+    pub written: u64,
+    /// Records userspace has consumed (only userspace writes it). The kernel writes no
+    /// record while `written - read` equals the slots per CPU: it counts a loss instead.
+    pub read: u64,
+    pub _pad: [u64; 6],
+}
+
+const _: () = assert!(size_of::<SynCursor>() == 64);
+
 /// Indices into the per-CPU `COUNTERS` array. The kernel only adds; userspace sums the CPUs.
 /// Kept off the per-packet path: a per-CPU update costs ~10 ns per packet.
 pub mod counter {
-    /// Ring buffer reservations that failed: events lost.
+    /// Events lost: ring-buffer reservations that failed, SYNs that found their CPU's part of
+    /// the SYN log full.
     pub const LOST: u32 = 0;
     /// Tracepoint hits skipped because they belonged to another network namespace.
     pub const OTHER_NETNS: u32 = 1;
@@ -254,6 +295,15 @@ impl SockOffsets {
 pub const CONFIG_F_ALL_PEERS: u32 = 1 << 0;
 /// [`Config::flags`]: drop tracepoint events whose network namespace is not `netns_inum`.
 pub const CONFIG_F_NETNS_FILTER: u32 = 1 << 1;
+/// [`Config::flags`]: report only drops that can decide a connection attempt: bare SYNs for
+/// any reason, other packets only for a reason set in [`Config::drop_reasons`]. Spares
+/// `diagnose` and `agent` the drops of connections long established (one `QUEUE_PURGE` per
+/// connection closed with its peer's FIN unread, for instance).
+pub const CONFIG_F_ATTEMPT_DROPS: u32 = 1 << 2;
+
+/// Words of [`Config::drop_reasons`]: one bit per `enum skb_drop_reason` value below 512
+/// (subsystem reasons, with high bits set, are never in it).
+pub const DROP_REASON_WORDS: usize = 8;
 
 /// Load-time configuration, written into the programs' read-only data
 /// (`EbpfLoader::override_global("CONFIG", ..)`).
@@ -273,6 +323,12 @@ pub struct Config {
     pub synack_req: u16,
     pub _pad: u16,
     pub sock: SockOffsets,
+    /// With [`CONFIG_F_ATTEMPT_DROPS`]: the drop reasons reported for packets other than SYNs.
+    pub drop_reasons: [u64; DROP_REASON_WORDS],
+    /// Records per CPU in the SYN log (a power of two); `SYN_LOG` holds this many per
+    /// possible CPU.
+    pub syn_slots_per_cpu: u32,
+    pub _pad2: u32,
 }
 
 impl Config {
@@ -301,6 +357,9 @@ impl Config {
         synack_req: FIELD_ABSENT,
         _pad: 0,
         sock: SockOffsets::ABSENT,
+        drop_reasons: [0; DROP_REASON_WORDS],
+        syn_slots_per_cpu: 1,
+        _pad2: 0,
     };
 }
 
@@ -326,4 +385,6 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for SynRecord {}
+    unsafe impl aya::Pod for SynCursor {}
 }

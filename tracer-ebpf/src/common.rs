@@ -1,6 +1,7 @@
 //! Maps, load-time configuration and helpers shared by every program.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::map,
     maps::{
@@ -10,8 +11,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    counter, Config, Event, Ipv4Key, Ipv6Key, CONFIG_F_ALL_PEERS, CONFIG_F_NETNS_FILTER,
-    EVENT_F_EDGE, FIELD_ABSENT, PORT_BITMAP_WORDS, PREFILTER_WORDS, SLASH24_WORDS,
+    counter, Config, Event, Ipv4Key, Ipv6Key, SynCursor, SynRecord, CONFIG_F_ALL_PEERS,
+    CONFIG_F_NETNS_FILTER, EVENT_F_EDGE, FIELD_ABSENT, PORT_BITMAP_WORDS, PREFILTER_WORDS,
+    SLASH24_WORDS,
 };
 
 /// Written by userspace at load time; read with `read_volatile` so the compiler cannot fold the
@@ -22,6 +24,14 @@ pub static CONFIG: Config = Config::DEFAULT;
 /// Events to userspace. Userspace resizes it at load time (`--ring-size`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 23, 0);
+
+/// The SYN log: `syn_slots_per_cpu` records per possible CPU, each CPU writing only its own
+/// part; userspace maps it and reads behind the cursors. Sized by userspace at load time.
+#[map]
+pub static SYN_LOG: Array<SynRecord> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// One [`SynCursor`] per possible CPU, also mapped by userspace.
+#[map]
+pub static SYN_CURSORS: Array<SynCursor> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -84,29 +94,43 @@ fn bit_set(map: &Array<u64>, index: u32) -> bool {
     }
 }
 
+/// Is the IPv4 peer (host order) inside the watched ranges? Whole /24s answer from a bitmap
+/// (inlined array loads); only a /24 split by a longer prefix walks the trie.
+#[inline(always)]
+pub fn peer_is_edge_v4(addr: u32) -> bool {
+    let slash24 = addr >> 8;
+    if bit_set(&EDGE_V4_FULL24, slash24) {
+        return true;
+    }
+    if !bit_set(&EDGE_V4_PART24, slash24) {
+        return false;
+    }
+    EDGE_V4.get(Key::new(32, addr.to_be_bytes())).is_some()
+}
+
+/// Is the IPv6 peer at `addr` (16 readable bytes) inside the watched ranges? A bitmap of the
+/// first 16 bits turns most non-edge peers away before the trie.
+#[inline(always)]
+pub fn peer_is_edge_v6(addr: *const u8) -> bool {
+    let first16 = u16::from_be_bytes(unsafe { [*addr, *addr.add(1)] });
+    if !bit_set(&EDGE_V6_PREFILTER, u32::from(first16)) {
+        return false;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = unsafe { *addr.add(i) };
+    }
+    EDGE_V6.get(Key::new(128, bytes)).is_some()
+}
+
 /// Is the peer inside the watched ranges? `family` is 4 or 6. Each map has its own call site so
 /// the verifier can inline the array lookups (a map chosen at run time cannot be).
 #[inline(always)]
 pub fn peer_is_edge(family: u32, addr: &[u8; 16]) -> bool {
     if family == 4 {
-        let slash24 = u32::from_be_bytes([0, addr[0], addr[1], addr[2]]);
-        if bit_set(&EDGE_V4_FULL24, slash24) {
-            return true;
-        }
-        if !bit_set(&EDGE_V4_PART24, slash24) {
-            return false;
-        }
-        let key = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
-        EDGE_V4.get(&key).is_some()
+        peer_is_edge_v4(u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]))
     } else {
-        if !bit_set(
-            &EDGE_V6_PREFILTER,
-            u32::from(u16::from_be_bytes([addr[0], addr[1]])),
-        ) {
-            return false;
-        }
-        let key = Key::new(128, *addr);
-        EDGE_V6.get(&key).is_some()
+        peer_is_edge_v6(addr.as_ptr())
     }
 }
 

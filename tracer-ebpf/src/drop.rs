@@ -3,7 +3,10 @@
 //! dropped by netfilter has no socket.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::{Event, EventKind, EVENT_F_EGRESS, EVENT_F_HAS_REASON, EVENT_F_HAS_TCP};
+use tracer_common::{
+    Event, EventKind, CONFIG_F_ATTEMPT_DROPS, DROP_REASON_WORDS, EVENT_F_EGRESS,
+    EVENT_F_HAS_REASON, EVENT_F_HAS_TCP,
+};
 
 use crate::common::{
     config, emit, empty_event, field, in_watched_netns, peer_flags, port_watched, read_kernel,
@@ -12,6 +15,8 @@ use crate::common::{
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 /// `sk_buff.network_header`/`transport_header` value meaning "not set".
 const HEADER_UNSET: u16 = 0xffff;
 
@@ -68,6 +73,9 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         ip + tcp_offset
     };
     let tcp: [u8; 14] = read_kernel(tcp_at, 0)?;
+    if !wanted(ctx, tcp[13]) {
+        return None;
+    }
     let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
 
@@ -90,6 +98,23 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
     finish(ctx, &mut event, &tcp);
     emit(event);
     Some(())
+}
+
+/// Everything, or (`CONFIG_F_ATTEMPT_DROPS`) what can decide a connection attempt: a bare SYN,
+/// or another packet dropped for one of the reasons userspace listed.
+#[inline(always)]
+fn wanted(ctx: &TracePointContext, tcp_flags: u8) -> bool {
+    if config!(flags) & CONFIG_F_ATTEMPT_DROPS == 0 || tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        return true;
+    }
+    let Some(reason) = field::<u32>(ctx, config!(kfree_skb.reason)) else {
+        return true;
+    };
+    let word = (reason >> 6) as usize;
+    if word >= DROP_REASON_WORDS {
+        return false;
+    }
+    config!(drop_reasons[word]) & (1u64 << (reason & 63)) != 0
 }
 
 #[inline(always)]

@@ -4,12 +4,16 @@
 //! bounds-checked loads; most non-edge SYNs leave after a one-bit pre-filter, before the trie.
 
 use aya_ebpf::{
-    bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_coarse_ns, macros::xdp,
+    bindings::xdp_action::XDP_PASS,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns},
+    macros::xdp,
     programs::XdpContext,
 };
-use tracer_common::{counter, Event, EventKind, EVENT_F_EDGE, EVENT_F_HAS_TCP};
+use tracer_common::{counter, EVENT_F_EDGE};
 
-use crate::common::{all_peers, count, peer_is_edge, port_watched, EVENTS};
+use crate::common::{
+    all_peers, config, count, peer_is_edge_v4, peer_is_edge_v6, port_watched, SYN_CURSORS, SYN_LOG,
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -42,9 +46,21 @@ fn bytes_at(ctx: &XdpContext, offset: usize, len: usize) -> Option<*const u8> {
     Some((start + offset) as *const u8)
 }
 
+/// A 16-bit load from the packet, host order. Packet headers sit at any alignment; the
+/// verifier allows misaligned packet loads where the CPU does (x86-64, arm64), and a
+/// `read_unaligned` would be split into single-byte loads by the BPF backend.
 #[inline(always)]
 fn be16(p: *const u8) -> u16 {
-    u16::from_be(unsafe { core::ptr::read_unaligned(p as *const u16) })
+    #[allow(clippy::cast_ptr_alignment)]
+    u16::from_be(unsafe { *(p as *const u16) })
+}
+
+#[inline(always)]
+fn load32(p: *const u8) -> u32 {
+    #[allow(clippy::cast_ptr_alignment)]
+    unsafe {
+        *(p as *const u32)
+    }
 }
 
 #[inline(always)]
@@ -62,8 +78,8 @@ fn try_xdp_syn(ctx: &XdpContext) -> Option<()> {
         l3 += 4;
     }
 
-    // (family, offset of the source address, offset of the TCP header)
-    let (family, src_at, l4) = match ether_type {
+    // (family, source address, TCP header)
+    let (family, src, l4) = match ether_type {
         ETH_P_IP => {
             let ip = bytes_at(ctx, l3, 20)?;
             let ver_ihl = unsafe { *ip };
@@ -76,7 +92,7 @@ fn try_xdp_syn(ctx: &XdpContext) -> Option<()> {
             {
                 return None;
             }
-            (4u32, l3 + 12, l3 + ihl)
+            (4u8, unsafe { ip.add(12) }, l3 + ihl)
         }
         ETH_P_IPV6 => {
             let ip = bytes_at(ctx, l3, 40)?;
@@ -84,7 +100,7 @@ fn try_xdp_syn(ctx: &XdpContext) -> Option<()> {
             if unsafe { *ip } >> 4 != 6 || unsafe { *ip.add(6) } != IPPROTO_TCP {
                 return None;
             }
-            (6u32, l3 + 8, l3 + 40)
+            (6u8, unsafe { ip.add(8) }, l3 + 40)
         }
         _ => return None,
     };
@@ -99,48 +115,75 @@ fn try_xdp_syn(ctx: &XdpContext) -> Option<()> {
         return None;
     }
 
-    let mut peer = [0u8; 16];
-    let mut local = [0u8; 16];
-    if family == 4 {
-        let a = bytes_at(ctx, src_at, 8)?;
-        for i in 0..4 {
-            peer[i] = unsafe { *a.add(i) };
-            local[i] = unsafe { *a.add(4 + i) };
-        }
+    // The addresses were bounds-checked with the IP header: `src` is followed by the
+    // destination (4 or 16 bytes).
+    let edge = if family == 4 {
+        peer_is_edge_v4(u32::from_be(load32(src)))
     } else {
-        let a = bytes_at(ctx, src_at, 32)?;
-        for i in 0..16 {
-            peer[i] = unsafe { *a.add(i) };
-            local[i] = unsafe { *a.add(16 + i) };
-        }
-    }
-    let edge = peer_is_edge(family, &peer);
+        peer_is_edge_v6(src)
+    };
     if !edge && !all_peers() {
         return None;
     }
+    record_syn(ctx, family, src, tcp, flags, edge)
+}
 
-    // Written in place in the ring: no copy through the stack.
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+/// Appends the SYN to this CPU's part of the SYN log, or counts it lost when that is full.
+/// XDP runs with bottom halves off: nothing else writes this CPU's part meanwhile.
+#[inline(always)]
+fn record_syn(
+    ctx: &XdpContext,
+    family: u8,
+    src: *const u8,
+    tcp: *const u8,
+    flags: u8,
+    edge: bool,
+) -> Option<()> {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let cursor = SYN_CURSORS.get_ptr_mut(cpu)?;
+    let slots = config!(syn_slots_per_cpu);
+    let written = unsafe { (*cursor).written };
+    let read = unsafe { core::ptr::read_volatile(&(*cursor).read) };
+    if written.wrapping_sub(read) >= u64::from(slots) {
         count(counter::LOST);
         return None;
-    };
-    entry.write(Event {
+    }
+    let index = cpu
+        .wrapping_mul(slots)
+        .wrapping_add(written as u32 & slots.wrapping_sub(1));
+    let r = SYN_LOG.get_ptr_mut(index)?;
+    unsafe {
         // The coarse clock (one jiffy): the precise one costs ~40 ns per SYN on virtual
-        // machines, and events are ordered by the ring, not by their stamps.
-        ts_ns: unsafe { bpf_ktime_get_coarse_ns() },
-        kind: EventKind::Syn as u32,
-        family,
-        peer_addr: peer,
-        local_addr: local,
-        peer_port: be16(tcp),
-        local_port: dport,
-        flags: if edge { EVENT_F_EDGE } else { 0 } | EVENT_F_HAS_TCP,
-        reason: 0,
-        state: 0,
-        tcp_flags: u32::from(flags),
-        seq: u32::from_be(unsafe { core::ptr::read_unaligned(tcp.add(4) as *const u32) }),
-        aux: ctx.ingress_ifindex() as u64,
-    });
-    entry.submit(0);
+        // machines. It never runs ahead, so a SYN sorts before what the stack did with it.
+        (*r).ts_ns = bpf_ktime_get_coarse_ns();
+        let peer = (*r).peer_addr.as_mut_ptr() as *mut u32;
+        let local = (*r).local_addr.as_mut_ptr() as *mut u32;
+        if family == 4 {
+            *peer = load32(src);
+            *peer.add(1) = 0;
+            *peer.add(2) = 0;
+            *peer.add(3) = 0;
+            *local = load32(src.add(4));
+            *local.add(1) = 0;
+            *local.add(2) = 0;
+            *local.add(3) = 0;
+        } else {
+            for i in 0..4 {
+                *peer.add(i) = load32(src.add(4 * i));
+                *local.add(i) = load32(src.add(16 + 4 * i));
+            }
+        }
+        (*r).peer_port = be16(tcp);
+        (*r).local_port = be16(tcp.add(2));
+        (*r).seq = u32::from_be(load32(tcp.add(4)));
+        (*r).ifindex = ctx.ingress_ifindex() as u32;
+        (*r).family = family;
+        (*r).tcp_flags = flags;
+        (*r).flags = if edge { EVENT_F_EDGE as u16 } else { 0 };
+        // The record is whole before the cursor says so (x86-64 keeps stores in order; the
+        // fence keeps the compiler from moving them).
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
+        core::ptr::write_volatile(&mut (*cursor).written, written.wrapping_add(1));
+    }
     Some(())
 }

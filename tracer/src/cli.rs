@@ -201,6 +201,9 @@ pub struct XdpTestRunArgs {
     pub repeat: u32,
     #[arg(long, default_value_t = crate::kernel::DEFAULT_RING_BYTES)]
     pub ring_bytes: u32,
+    /// Do not drain the SYN log while the programs run (to see a full log count its losses).
+    #[arg(long)]
+    pub no_reader: bool,
     /// Frames as hex, Ethernet header first.
     #[arg(long = "frame", required = true)]
     pub frames: Vec<String>,

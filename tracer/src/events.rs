@@ -1,18 +1,24 @@
 //! Kernel events decoded for people and machines: the `tracer events` JSON-lines schema.
 
 use std::{
+    borrow::Cow,
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::OnceLock,
     time::{Duration, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
 use tracer_common::{
-    Event, EventKind, EVENT_F_EDGE, EVENT_F_EGRESS, EVENT_F_HAS_REASON, EVENT_F_HAS_SOCK,
-    EVENT_F_HAS_TCP,
+    Event, EventKind, SynRecord, EVENT_F_EDGE, EVENT_F_EGRESS, EVENT_F_HAS_REASON,
+    EVENT_F_HAS_SOCK, EVENT_F_HAS_TCP,
 };
 
 use crate::kernel::ReasonNames;
+
+/// A name an event carries: borrowed from a table built once (the common case, no allocation
+/// per event), or owned (parsed back from JSON, an unknown code).
+pub type Name = Cow<'static, str>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -55,22 +61,22 @@ pub struct TracedEvent {
     /// Peer inside the watched ranges.
     pub edge: Option<bool>,
     /// The kernel's own name for the drop or reset reason.
-    pub reason: Option<String>,
+    pub reason: Option<Name>,
     /// TCP flags of the packet, e.g. "SYN" (syn, drop).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp_flags: Option<String>,
+    pub tcp_flags: Option<Name>,
     /// TCP sequence number of the packet (syn, drop); a retransmitted SYN repeats it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u32>,
     /// TCP state (reset_sent) or transition (established, closed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
+    pub state: Option<Name>,
     /// reset_sent: whether a socket matched (false: "no socket", i.e. refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<bool>,
     /// drop: "in" for packets arriving, "out" for packets the origin sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direction: Option<String>,
+    pub direction: Option<Name>,
     /// loss: events lost since the previous loss event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
@@ -190,7 +196,8 @@ impl Clock {
     }
 }
 
-pub fn tcp_flags_name(flags: u32) -> String {
+/// "SYN|ACK" for 0x12; "NONE" without any of the six classic flags.
+pub fn tcp_flags_name(flags: u32) -> Name {
     const NAMES: [(u32, &str); 6] = [
         (0x02, "SYN"),
         (0x10, "ACK"),
@@ -199,36 +206,69 @@ pub fn tcp_flags_name(flags: u32) -> String {
         (0x08, "PSH"),
         (0x20, "URG"),
     ];
-    let names: Vec<&str> = NAMES
-        .iter()
-        .filter(|(bit, _)| flags & bit != 0)
-        .map(|(_, n)| *n)
-        .collect();
-    if names.is_empty() {
-        "NONE".into()
-    } else {
-        names.join("|")
+    static TABLE: OnceLock<Vec<String>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..64u32)
+            .map(|f| {
+                let names: Vec<&str> = NAMES
+                    .iter()
+                    .filter(|(bit, _)| f & bit != 0)
+                    .map(|(_, n)| *n)
+                    .collect();
+                if names.is_empty() {
+                    "NONE".into()
+                } else {
+                    names.join("|")
+                }
+            })
+            .collect()
+    });
+    Name::Borrowed(table[(flags & 0x3f) as usize].as_str())
+}
+
+const TCP_STATES: [&str; 14] = [
+    "TCP_STATE_0",
+    "TCP_ESTABLISHED",
+    "TCP_SYN_SENT",
+    "TCP_SYN_RECV",
+    "TCP_FIN_WAIT1",
+    "TCP_FIN_WAIT2",
+    "TCP_TIME_WAIT",
+    "TCP_CLOSE",
+    "TCP_CLOSE_WAIT",
+    "TCP_LAST_ACK",
+    "TCP_LISTEN",
+    "TCP_CLOSING",
+    "TCP_NEW_SYN_RECV",
+    "TCP_BOUND_INACTIVE",
+];
+
+pub fn tcp_state_name(state: u32) -> Name {
+    match TCP_STATES.get(state as usize) {
+        Some(name) => Name::Borrowed(name),
+        None => format!("TCP_STATE_{state}").into(),
     }
 }
 
-pub fn tcp_state_name(state: u32) -> String {
-    let name = match state {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        12 => "NEW_SYN_RECV",
-        13 => "BOUND_INACTIVE",
-        other => return format!("TCP_STATE_{other}"),
-    };
-    format!("TCP_{name}")
+/// "TCP_SYN_RECV->TCP_ESTABLISHED" for a state change packed as `old << 8 | new`.
+pub fn tcp_transition_name(packed: u32) -> Name {
+    static TABLE: OnceLock<Vec<String>> = OnceLock::new();
+    let n = TCP_STATES.len();
+    let (old, new) = ((packed >> 8) as usize, (packed & 0xff) as usize);
+    if old < n && new < n {
+        let table = TABLE.get_or_init(|| {
+            (0..n * n)
+                .map(|i| format!("{}->{}", TCP_STATES[i / n], TCP_STATES[i % n]))
+                .collect()
+        });
+        return Name::Borrowed(table[old * n + new].as_str());
+    }
+    format!(
+        "{}->{}",
+        tcp_state_name(packed >> 8),
+        tcp_state_name(packed & 0xff)
+    )
+    .into()
 }
 
 fn addr(family: u32, bytes: &[u8; 16]) -> Option<IpAddr> {
@@ -259,11 +299,7 @@ pub fn decode(raw: &Event, clock: &Clock, names: &ReasonNames) -> Option<TracedE
     });
     let state = match kind {
         Kind::ResetSent if has(EVENT_F_HAS_SOCK) => Some(tcp_state_name(raw.state)),
-        Kind::Established | Kind::Closed => Some(format!(
-            "{}->{}",
-            tcp_state_name(raw.state >> 8),
-            tcp_state_name(raw.state & 0xff)
-        )),
+        Kind::Established | Kind::Closed => Some(tcp_transition_name(raw.state)),
         _ => None,
     };
     Some(TracedEvent {
@@ -280,9 +316,30 @@ pub fn decode(raw: &Event, clock: &Clock, names: &ReasonNames) -> Option<TracedE
         state,
         socket: (kind == Kind::ResetSent).then(|| has(EVENT_F_HAS_SOCK)),
         direction: (kind == Kind::Drop)
-            .then(|| if has(EVENT_F_EGRESS) { "out" } else { "in" }.to_string()),
+            .then(|| Name::Borrowed(if has(EVENT_F_EGRESS) { "out" } else { "in" })),
         count: None,
     })
+}
+
+/// Decodes a record of the SYN log: a `syn` event.
+pub fn decode_syn(raw: &SynRecord, clock: &Clock) -> TracedEvent {
+    let family = u32::from(raw.family);
+    TracedEvent {
+        ts: clock.wall(raw.ts_ns),
+        kind: Kind::Syn,
+        peer_addr: addr(family, &raw.peer_addr),
+        peer_port: Some(raw.peer_port),
+        local_addr: addr(family, &raw.local_addr),
+        local_port: Some(raw.local_port),
+        edge: Some(u32::from(raw.flags) & EVENT_F_EDGE != 0),
+        reason: None,
+        tcp_flags: Some(tcp_flags_name(u32::from(raw.tcp_flags))),
+        seq: Some(raw.seq),
+        state: None,
+        socket: None,
+        direction: None,
+        count: None,
+    }
 }
 
 #[cfg(test)]
@@ -313,9 +370,9 @@ mod tests {
 
     fn names() -> ReasonNames {
         let mut n = ReasonNames::default();
-        n.drop.insert(3, "NO_SOCKET".into());
-        n.drop.insert(12, "NETFILTER_DROP".into());
-        n.reset.insert(1, "NO_SOCKET".into());
+        n.drop.insert(3, "NO_SOCKET");
+        n.drop.insert(12, "NETFILTER_DROP");
+        n.reset.insert(1, "NO_SOCKET");
         n
     }
 
@@ -401,9 +458,43 @@ mod tests {
     }
 
     #[test]
+    fn decodes_a_syn_record() {
+        let mut peer = [0u8; 16];
+        peer[..4].copy_from_slice(&[173, 245, 48, 10]);
+        let mut local = [0u8; 16];
+        local[..4].copy_from_slice(&[192, 0, 2, 1]);
+        let r = SynRecord {
+            ts_ns: 5,
+            peer_addr: peer,
+            local_addr: local,
+            peer_port: 40000,
+            local_port: 443,
+            seq: 9,
+            ifindex: 2,
+            family: 4,
+            tcp_flags: 0x02,
+            flags: EVENT_F_EDGE as u16,
+        };
+        let e = decode_syn(&r, &Clock::now());
+        assert_eq!(e.kind, Kind::Syn);
+        assert_eq!(e.peer_addr, Some("173.245.48.10".parse().unwrap()));
+        assert_eq!(e.local_addr, Some("192.0.2.1".parse().unwrap()));
+        assert_eq!((e.peer_port, e.local_port), (Some(40000), Some(443)));
+        assert_eq!(e.tcp_flags.as_deref(), Some("SYN"));
+        assert_eq!((e.seq, e.edge), (Some(9), Some(true)));
+    }
+
+    #[test]
     fn flag_names() {
         assert_eq!(tcp_flags_name(0x12), "SYN|ACK");
         assert_eq!(tcp_flags_name(0), "NONE");
+        assert_eq!(tcp_flags_name(0x11), "ACK|FIN");
         assert_eq!(tcp_state_name(10), "TCP_LISTEN");
+        assert_eq!(tcp_state_name(99), "TCP_STATE_99");
+        assert_eq!(tcp_transition_name((9 << 8) | 7), "TCP_LAST_ACK->TCP_CLOSE");
+        assert_eq!(
+            tcp_transition_name((99 << 8) | 7),
+            "TCP_STATE_99->TCP_CLOSE"
+        );
     }
 }

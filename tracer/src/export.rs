@@ -25,11 +25,14 @@ pub const VERDICTS: [&str; 8] = [
     "other_drop",
 ];
 
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub struct Metrics {
     registry: Registry,
     /// Series resolved once: (edge, port, outcome) -> counter, port -> edge SYN counter.
-    connection_series: std::collections::HashMap<(bool, u16, Outcome), IntCounter>,
-    syn_series: std::collections::HashMap<u16, IntCounter>,
+    /// Counter handles resolved once: a label lookup per connection would hash strings.
+    connection_series: FastMap<(bool, u16, Outcome), IntCounter>,
+    syn_series: FastMap<u16, IntCounter>,
     edge_connections: IntCounterVec,
     non_edge_connections: IntCounterVec,
     edge_syn: IntCounterVec,
@@ -101,8 +104,8 @@ impl Metrics {
         r.register(Box::new(windows.clone()))?;
 
         // Every series exists from the start, so rate() and absent() work before the first event.
-        let mut connection_series = std::collections::HashMap::new();
-        let mut syn_series = std::collections::HashMap::new();
+        let mut connection_series = FastMap::default();
+        let mut syn_series = FastMap::default();
         for &port in ports {
             let p = port.to_string();
             syn_series.insert(port, edge_syn.with_label_values(&[&p]));

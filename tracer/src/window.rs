@@ -57,7 +57,7 @@ impl Tally {
             }
             Outcome::FirewallDrop => {
                 let reason = a.filter_drop.clone().unwrap_or_default();
-                *self.filter_reasons.entry(reason).or_default() += 1;
+                *self.filter_reasons.entry(reason.into_owned()).or_default() += 1;
                 let p = Packet {
                     peer: a.flow.peer,
                     local: a.flow.local,
@@ -74,7 +74,7 @@ impl Tally {
             Outcome::OtherDrop => {
                 let reason = a.other_drop.clone().unwrap_or_default();
                 debug_assert_eq!(drop_class(&reason), DropClass::Other);
-                *self.other_reasons.entry(reason).or_default() += 1;
+                *self.other_reasons.entry(reason.into_owned()).or_default() += 1;
             }
             _ => {}
         }

@@ -115,6 +115,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         &args.capture,
         &ranges,
         true,
+        true,
         crate::kernel::AGENT_RING_BYTES,
     )?;
     for n in &probe.notes {

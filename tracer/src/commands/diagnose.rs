@@ -35,6 +35,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         &args.capture,
         &ranges,
         true,
+        true,
         crate::kernel::DEFAULT_RING_BYTES,
     )?;
     super::print_notes(&probe);

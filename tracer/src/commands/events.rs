@@ -25,6 +25,7 @@ pub async fn run(args: EventsArgs) -> Result<()> {
         &args.capture,
         &ranges,
         args.all_peers,
+        false,
         crate::kernel::DEFAULT_RING_BYTES,
     )?;
     super::print_notes(&probe);

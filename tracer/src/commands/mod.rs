@@ -27,6 +27,7 @@ pub fn start_probe(
     capture: &CaptureArgs,
     ranges: &RangeSet,
     all_peers: bool,
+    attempt_drops_only: bool,
     default_ring_bytes: u32,
 ) -> Result<Started> {
     let iface = match &capture.iface {
@@ -39,6 +40,7 @@ pub fn start_probe(
         xdp_mode: capture.xdp_mode,
         ports: &ports,
         all_peers,
+        attempt_drops_only,
         ranges,
         ring_bytes: capture.ring_bytes.unwrap_or(default_ring_bytes),
     })?;

@@ -1,14 +1,19 @@
 //! `tracer xdp-test-run` (hidden): crafted frames through `xdp_syn` and the empty `xdp_pass`
-//! with BPF_PROG_TEST_RUN. One JSON line per frame: the action, the events it produced, the
-//! kernel-measured time per run of both programs.
+//! with BPF_PROG_TEST_RUN. One JSON line per frame: the action, the SYN records it produced,
+//! the kernel-measured time per run of both programs.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
 
 use anyhow::{anyhow, Result};
 use serde_json::json;
-use tracer_common::{counter, Event};
+use tracer_common::counter;
 
 use crate::{
     cli::XdpTestRunArgs,
-    events::{decode, Clock},
+    events::{decode_syn, Clock},
     kernel::Probe,
     ranges::RangeSet,
 };
@@ -31,46 +36,63 @@ pub fn run(args: XdpTestRunArgs) -> Result<()> {
     };
     let repeat = args.repeat.max(1);
     let mut probe = Probe::for_test_run(&args.ports, &ranges, args.all_peers, args.ring_bytes)?;
-    let mut ring = probe.take_ring()?;
+    let mut syn_log = probe.take_syn_log()?;
     let clock = Clock::now();
     for (i, hex) in args.frames.iter().enumerate() {
         let frame = unhex(hex)?;
         let before = probe.counters()?;
-        // The kernel reports whole nanoseconds per run; the syscall's own wall time over many
-        // repeats gives the fraction too (its fixed overhead is microseconds in milliseconds).
-        let t = std::time::Instant::now();
-        let (action, per_run) = probe.test_run("xdp_syn", &frame, repeat)?;
-        let wall_ns = t.elapsed().as_nanos() as f64 / f64::from(repeat);
-        let t = std::time::Instant::now();
-        let (_, empty_per_run) = probe.test_run("xdp_pass", &frame, repeat)?;
-        let empty_wall_ns = t.elapsed().as_nanos() as f64 / f64::from(repeat);
-        let after = probe.counters()?;
-        let mut emitted = 0u64;
-        let mut first = None;
-        while let Some(item) = ring.next() {
-            if item.len() >= size_of::<Event>() {
-                emitted += 1;
-                if first.is_none() {
-                    // SAFETY: a whole Event, read unaligned.
-                    let raw: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                    first = decode(&raw, &clock, &probe.names);
+        // A reader drains the SYN log while the program runs, as the tracer does, so records
+        // are written into a log with room (steady state), not counted lost into a full one.
+        let stop = AtomicBool::new(false);
+        let (timing, (emitted, first)) = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut emitted = 0u64;
+                let mut first = None;
+                loop {
+                    let done = stop.load(Ordering::Acquire);
+                    if args.no_reader && !done {
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
+                    syn_log.drain(|r| {
+                        emitted += 1;
+                        first.get_or_insert(*r);
+                    });
+                    if done {
+                        return (emitted, first);
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
                 }
-            }
-        }
+            });
+            let timing = (|| -> Result<_> {
+                // The kernel reports whole nanoseconds per run; the syscall's own wall time
+                // over many repeats gives the fraction too.
+                let t = Instant::now();
+                let (action, per_run) = probe.test_run("xdp_syn", &frame, repeat)?;
+                let wall_ns = t.elapsed().as_nanos() as f64 / f64::from(repeat);
+                let t = Instant::now();
+                let (_, empty_per_run) = probe.test_run("xdp_pass", &frame, repeat)?;
+                let empty_wall_ns = t.elapsed().as_nanos() as f64 / f64::from(repeat);
+                Ok((action, per_run, wall_ns, empty_per_run, empty_wall_ns))
+            })();
+            stop.store(true, Ordering::Release);
+            let drained = reader.join().unwrap_or((0, None));
+            (timing, drained)
+        });
+        let (action, per_run, wall_ns, empty_per_run, empty_wall_ns) = timing?;
+        let after = probe.counters()?;
         let delta = |c: u32| after[c as usize] - before[c as usize];
-        let ns = per_run.as_nanos() as f64;
-        let empty_ns = empty_per_run.as_nanos() as f64;
         let line = json!({
             "frame": i,
             "bytes": frame.len(),
             "action": action,
             "pass": action == 2,
             "events": emitted,
-            "event": first,
+            "event": first.map(|r| decode_syn(&r, &clock)),
             "lost": delta(counter::LOST),
             "repeat": repeat,
-            "ns_per_packet": ns,
-            "empty_ns_per_packet": empty_ns,
+            "ns_per_packet": per_run.as_nanos() as f64,
+            "empty_ns_per_packet": empty_per_run.as_nanos() as f64,
             "wall_ns_per_packet": wall_ns,
             "empty_wall_ns_per_packet": empty_wall_ns,
         });

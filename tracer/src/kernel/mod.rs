@@ -2,6 +2,7 @@
 
 pub mod btf;
 pub mod privileges;
+pub mod synlog;
 pub mod tracefs;
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
@@ -14,10 +15,15 @@ use aya::{
 };
 use tracer_common::{
     counter, Config, Ipv4Key, Ipv6Key, KfreeSkbLayout, SendResetLayout, SockTpLayout,
-    CONFIG_F_ALL_PEERS, CONFIG_F_NETNS_FILTER, FIELD_ABSENT, PORT_BITMAP_WORDS,
+    CONFIG_F_ALL_PEERS, CONFIG_F_ATTEMPT_DROPS, CONFIG_F_NETNS_FILTER, DROP_REASON_WORDS,
+    FIELD_ABSENT, PORT_BITMAP_WORDS,
 };
 
-use crate::ranges::{RangeSet, SparseBits};
+use crate::{
+    correlate::{drop_class, DropClass},
+    events::Name,
+    ranges::{RangeSet, SparseBits},
+};
 
 /// The eBPF object built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -34,34 +40,47 @@ pub struct ProbeOptions<'a> {
     pub xdp_mode: crate::cli::XdpModeArg,
     pub ports: &'a [u16],
     pub all_peers: bool,
+    /// Report only the drops that can decide a connection attempt (`diagnose`, `agent`);
+    /// `events` shows every drop of a watched flow.
+    pub attempt_drops_only: bool,
     pub ranges: &'a RangeSet,
     pub ring_bytes: u32,
 }
 
 /// Kernel reason codes to the kernel's own names, resolved from this kernel.
+///
+/// The names are leaked once per probe (a few kilobytes): every event then carries a borrowed
+/// name instead of a fresh allocation.
 #[derive(Clone, Debug, Default)]
 pub struct ReasonNames {
-    pub drop: HashMap<u32, String>,
-    pub reset: HashMap<u32, String>,
+    pub drop: HashMap<u32, &'static str>,
+    pub reset: HashMap<u32, &'static str>,
+}
+
+fn leak_names(names: HashMap<u32, String>) -> HashMap<u32, &'static str> {
+    names
+        .into_iter()
+        .map(|(code, name)| (code, &*Box::leak(name.into_boxed_str())))
+        .collect()
 }
 
 impl ReasonNames {
     /// Name of an `enum skb_drop_reason` value. Since 6.4 the high 16 bits name a subsystem.
-    pub fn drop_reason(&self, raw: u32) -> String {
+    pub fn drop_reason(&self, raw: u32) -> Name {
         if let Some(name) = self.drop.get(&raw) {
-            return name.clone();
+            return Name::Borrowed(name);
         }
         if raw >> 16 != 0 {
-            return format!("SUBSYS_{}_{}", raw >> 16, raw & 0xffff);
+            return format!("SUBSYS_{}_{}", raw >> 16, raw & 0xffff).into();
         }
-        format!("DROP_REASON_{raw}")
+        format!("DROP_REASON_{raw}").into()
     }
 
-    pub fn reset_reason(&self, raw: u32) -> String {
-        self.reset
-            .get(&raw)
-            .cloned()
-            .unwrap_or_else(|| format!("RST_REASON_{raw}"))
+    pub fn reset_reason(&self, raw: u32) -> Name {
+        match self.reset.get(&raw) {
+            Some(name) => Name::Borrowed(name),
+            None => format!("RST_REASON_{raw}").into(),
+        }
     }
 }
 
@@ -74,6 +93,26 @@ pub struct Probe {
     pub xdp_mode: &'static str,
     /// The edge bitmaps last written: ((IPv4 full /24s, IPv4 partial /24s), IPv6 pre-filter).
     bitmaps: ((SparseBits, SparseBits), Vec<u64>),
+    /// (possible CPUs, records per CPU) of the SYN log.
+    syn_log: (u32, u32),
+}
+
+/// Loads the object: `config` into its read-only data, the ring buffer and the SYN log sized
+/// from `ring_bytes` (the SYN log gets as much again, split over the CPUs).
+fn load(config: &mut Config, ring_bytes: u32) -> Result<(Ebpf, (u32, u32))> {
+    let cpus = synlog::possible_cpus()?;
+    let slots = synlog::slots_per_cpu(ring_bytes, cpus);
+    config.syn_slots_per_cpu = slots;
+    let ebpf = EbpfLoader::new()
+        // No CO-RE relocations to do: skip parsing the kernel's BTF a second time.
+        .btf(None)
+        .override_global("CONFIG", &*config, true)
+        .map_max_entries("EVENTS", ring_bytes)
+        .map_max_entries("SYN_LOG", cpus * slots)
+        .map_max_entries("SYN_CURSORS", cpus)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF programs")?;
+    Ok((ebpf, (cpus, slots)))
 }
 
 /// (program, tracepoint category, tracepoint name)
@@ -174,6 +213,19 @@ fn one_line(e: &anyhow::Error) -> String {
     format!("{} verifier: {verdict}", head.trim())
 }
 
+/// The drop reasons that decide an attempt even on a packet other than its SYN (a refusal, a
+/// filter, a full queue), as the kernel's bitmap of reason numbers.
+fn attempt_drop_reasons(names: &HashMap<u32, &'static str>) -> [u64; DROP_REASON_WORDS] {
+    let mut bits = [0u64; DROP_REASON_WORDS];
+    for (&code, name) in names {
+        let word = (code >> 6) as usize;
+        if word < DROP_REASON_WORDS && drop_class(name) != DropClass::Other {
+            bits[word] |= 1 << (code & 63);
+        }
+    }
+    bits
+}
+
 fn empty_bitmaps() -> ((SparseBits, SparseBits), Vec<u64>) {
     (
         (SparseBits::new(), SparseBits::new()),
@@ -237,7 +289,7 @@ impl Probe {
                 protocol: off(f, "protocol"),
                 reason: off(f, "reason"),
             };
-            names.drop = f.symbols("reason");
+            names.drop = leak_names(f.symbols("reason"));
             if config.kfree_skb.reason == FIELD_ABSENT {
                 notes.push(
                     "kfree_skb has no reason field: drops are reported without the kernel's reason"
@@ -278,18 +330,22 @@ impl Probe {
                     sock_layout(f)
                 },
             };
-            names.reset = f.symbols("reason");
+            names.reset = leak_names(f.symbols("reason"));
             if config.send_reset.reason == FIELD_ABSENT {
                 notes.push("tcp_send_reset has no reason field: resets are reported without the kernel's reason, refusals come from kfree_skb NO_SOCKET".into());
             }
         }
         if let Some(b) = &kernel_btf {
             if names.drop.is_empty() {
-                names.drop = b.enum_names("skb_drop_reason", "SKB_DROP_REASON_");
+                names.drop = leak_names(b.enum_names("skb_drop_reason", "SKB_DROP_REASON_"));
             }
             if names.reset.is_empty() {
-                names.reset = b.enum_names("sk_rst_reason", "SK_RST_REASON_");
+                names.reset = leak_names(b.enum_names("sk_rst_reason", "SK_RST_REASON_"));
             }
+        }
+        if opts.attempt_drops_only && config.kfree_skb.reason != FIELD_ABSENT {
+            config.flags |= CONFIG_F_ATTEMPT_DROPS;
+            config.drop_reasons = attempt_drop_reasons(&names.drop);
         }
         if let Some(f) = formats.get("tp_recv_reset") {
             config.receive_reset = sock_layout(f);
@@ -302,20 +358,14 @@ impl Probe {
             config.synack_req = off(f, "req");
         }
 
-        let ebpf = EbpfLoader::new()
-            // No CO-RE relocations to do: skip parsing the kernel's BTF a second time.
-            .btf(None)
-            .override_global("CONFIG", &config, true)
-            .map_max_entries("EVENTS", opts.ring_bytes)
-            .load(EBPF_OBJECT)
-            .context("loading the eBPF programs")?;
-
+        let (ebpf, syn_log) = load(&mut config, opts.ring_bytes)?;
         let mut probe = Probe {
             ebpf,
             names,
             notes,
             xdp_mode: "driver",
             bitmaps: empty_bitmaps(),
+            syn_log,
         };
         probe.set_ports(opts.ports)?;
         probe.set_ranges(opts.ranges)?;
@@ -521,19 +571,14 @@ impl Probe {
         if all_peers {
             config.flags |= CONFIG_F_ALL_PEERS;
         }
-        let ebpf = EbpfLoader::new()
-            // No CO-RE relocations to do: skip parsing the kernel's BTF a second time.
-            .btf(None)
-            .override_global("CONFIG", &config, true)
-            .map_max_entries("EVENTS", ring_bytes)
-            .load(EBPF_OBJECT)
-            .context("loading the eBPF programs")?;
+        let (ebpf, syn_log) = load(&mut config, ring_bytes)?;
         let mut probe = Probe {
             ebpf,
             names: ReasonNames::default(),
             notes: Vec::new(),
             xdp_mode: "test-run",
             bitmaps: empty_bitmaps(),
+            syn_log,
         };
         probe.set_ports(ports)?;
         probe.set_ranges(ranges)?;
@@ -580,6 +625,17 @@ impl Probe {
         Ok(RingBuf::try_from(map)?)
     }
 
+    /// The SYN log, mapped; call once.
+    pub fn take_syn_log(&mut self) -> Result<synlog::SynLog> {
+        let mut take = |name: &str| {
+            self.ebpf
+                .take_map(name)
+                .ok_or_else(|| anyhow!("{name} map already taken"))
+        };
+        let (records, cursors) = (take("SYN_LOG")?, take("SYN_CURSORS")?);
+        synlog::SynLog::new(records, cursors, self.syn_log.0, self.syn_log.1)
+    }
+
     /// Sums of the per-CPU counters, indexed by `tracer_common::counter`.
     pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
@@ -592,5 +648,30 @@ impl Probe {
             *slot = map.get(&(i as u32), 0)?.iter().sum();
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_drops_keep_refusals_filters_and_full_queues_only() {
+        let names: HashMap<u32, &'static str> = [
+            (2, "NO_SOCKET"),
+            (5, "NETFILTER_DROP"),
+            (70, "TCP_LISTEN_OVERFLOW"),
+            (71, "QUEUE_PURGE"),
+            (72, "TCP_OLD_ACK"),
+            (600, "NETFILTER_DROP"),
+        ]
+        .into_iter()
+        .collect();
+        let bits = attempt_drop_reasons(&names);
+        let set = |code: u32| bits[(code >> 6) as usize] & (1 << (code & 63)) != 0;
+        assert!(set(2) && set(5) && set(70));
+        assert!(!set(71) && !set(72) && !set(0));
+        // Codes past the bitmap (subsystem reasons) are left out, not wrapped around.
+        assert_eq!(bits.iter().map(|w| w.count_ones()).sum::<u32>(), 3);
     }
 }
