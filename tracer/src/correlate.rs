@@ -2,7 +2,7 @@
 //! the NIC to its outcome. Shared by `diagnose` (one window) and `agent` (rolling).
 
 use std::{
-    collections::{hash_map::Entry, HashMap},
+    collections::{hash_map::Entry, HashMap, VecDeque},
     net::IpAddr,
     time::{Duration, SystemTime},
 };
@@ -227,6 +227,8 @@ pub struct Correlator {
     pub closed_to_new: bool,
     /// Events the kernel reported lost.
     pub lost_events: u64,
+    /// Live mode: closed attempts in the order they closed, for [`Correlator::take_closed`].
+    closed_queue: VecDeque<(SystemTime, FlowKey)>,
 }
 
 impl Correlator {
@@ -345,7 +347,12 @@ impl Correlator {
             }
             Kind::ResetReceived => a.peer_reset = true,
             Kind::Established => a.established = true,
-            Kind::Closed => a.closed = true,
+            Kind::Closed => {
+                a.closed = true;
+                if self.live {
+                    self.closed_queue.push_back((ev.ts, key));
+                }
+            }
             Kind::SynackRetransmit => a.synack_retransmits += 1,
             Kind::Loss => {}
         }
@@ -374,6 +381,27 @@ impl Correlator {
             .map(|(k, _)| *k)
             .collect();
         done.iter().filter_map(|k| self.remove(k)).collect()
+    }
+
+    /// Live mode: removes attempts closed at least `after` before `now` (and quiet since), in
+    /// the order they closed, without walking the whole table. Healthy connections then leave
+    /// it within a fraction of a second, which keeps it small at fleet rates; `after` leaves
+    /// room for a reset the stack sends just after it closes a socket.
+    pub fn take_closed(&mut self, now: SystemTime, after: Duration) -> usize {
+        let mut removed = 0;
+        while let Some(&(at, key)) = self.closed_queue.front() {
+            if now.duration_since(at).unwrap_or_default() < after {
+                break;
+            }
+            self.closed_queue.pop_front();
+            let quiet = self.open.get(&key).is_some_and(|a| {
+                a.closed && now.duration_since(a.last).unwrap_or_default() >= after
+            });
+            if quiet && self.remove(&key).is_some() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// Every attempt still open that has not got an answer, or none at all.
@@ -621,6 +649,30 @@ mod tests {
         c.observe(&TracedEvent::loss(SystemTime::UNIX_EPOCH, 5));
         c.observe(&TracedEvent::loss(SystemTime::UNIX_EPOCH, 2));
         assert_eq!(c.lost_events, 7);
+    }
+
+    #[test]
+    fn closed_attempts_leave_soon_in_live_mode_late_resets_still_count() {
+        let t = SystemTime::UNIX_EPOCH;
+        let mut c = Correlator::live();
+        c.observe(&syn(1, 10, 0));
+        c.observe(&ev(Kind::Established, 1, 1));
+        c.observe(&ev(Kind::Closed, 1, 5));
+        // The stack closes, then sends its reset: still the same attempt.
+        c.observe(&reset_sent(1, true, "TCP_STATE", 6));
+        let d = c.take_decided();
+        assert!(matches!(d.last(), Some(Decided::LateReset(_))), "{d:?}");
+        let after = Duration::from_millis(250);
+        assert_eq!(c.take_closed(t + Duration::from_millis(100), after), 0);
+        assert_eq!(c.take_closed(t + Duration::from_millis(300), after), 1);
+        assert_eq!(c.open_attempts(), 0);
+        // A flow reopened since it closed is not taken out by its old close.
+        c.observe(&syn(2, 10, 1000));
+        c.observe(&ev(Kind::Established, 2, 1001));
+        c.observe(&ev(Kind::Closed, 2, 1002));
+        c.observe(&syn(2, 11, 1003));
+        assert_eq!(c.take_closed(t + Duration::from_secs(5), after), 0);
+        assert_eq!(c.open_attempts(), 1);
     }
 
     #[test]

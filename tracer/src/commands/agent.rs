@@ -27,6 +27,9 @@ use crate::{
 const SETTLED_AFTER: Duration = Duration::from_secs(2);
 /// ...others after this: a dropped SYN is retransmitted for about 20 s and must count once.
 const IDLE_AFTER: Duration = Duration::from_secs(25);
+/// Closed connections (decided at their handshake) leave after this: enough for a reset sent
+/// just after the close, short enough to keep the table small at tens of thousands per second.
+const CLOSED_AFTER: Duration = Duration::from_millis(250);
 
 /// The JSON-lines log: stdout, or a file reopened on SIGHUP (logrotate).
 enum Sink {
@@ -189,6 +192,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             correlator.observe(&ev);
         }
 
+        correlator.take_closed(SystemTime::now(), CLOSED_AFTER);
         if last_housekeeping.elapsed() >= Duration::from_secs(1) {
             correlator.take_idle(SystemTime::now(), SETTLED_AFTER, IDLE_AFTER);
             sampler.sample();
