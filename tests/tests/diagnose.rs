@@ -209,3 +209,53 @@ fn non_default_port_both_families() {
     assert_eq!(r["edge"]["handshakes"], 4);
     assert_eq!(r["ports"], serde_json::json!([9443]));
 }
+
+#[test]
+fn a_client_reusing_its_port_at_once_counts_every_connection() {
+    // Each connection from the same edge address and port, closed with a reset (no
+    // TIME_WAIT) and reopened at once: the new SYN must not be taken for part of the old
+    // connection, however close together they come.
+    use integration_tests::{sockaddr, Lab, Tracer, EDGE_V4, ORIGIN_V4};
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use std::{io::Read, time::Duration};
+
+    const CONNECTIONS: usize = 200;
+    let lab = Lab::new();
+    let listener = lab.origin.listen("0.0.0.0", 443, 256);
+    let server = std::thread::spawn(move || {
+        for _ in 0..CONNECTIONS {
+            // Accepted and closed: the client reads EOF.
+            drop(listener.accept());
+        }
+    });
+    let tracer = Tracer::diagnose(&lab.origin, "443", "4");
+    let to = sockaddr(ORIGIN_V4, 443);
+    let made = lab.edge.enter(move || {
+        let from = SockAddr::from(sockaddr(EDGE_V4, 40123));
+        let mut made = 0;
+        for _ in 0..CONNECTIONS {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+            s.set_reuse_address(true).unwrap();
+            s.bind(&from).unwrap();
+            if s.connect_timeout(&to.into(), Duration::from_secs(1))
+                .is_ok()
+            {
+                made += 1;
+                let mut stream: std::net::TcpStream = s.into();
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                let _ = stream.read(&mut [0u8; 1]);
+                let s = Socket::from(stream);
+                let _ = s.set_linger(Some(Duration::ZERO));
+            }
+        }
+        made
+    });
+    server.join().unwrap();
+    assert_eq!(made, CONNECTIONS);
+    let (code, out) = tracer.wait(Duration::from_secs(20));
+    assert_eq!(code, 0, "{out}");
+    let r: serde_json::Value = serde_json::from_str(&out).expect("one JSON report");
+    assert_eq!(r["edge"]["syn"], CONNECTIONS, "{r:#}");
+    assert_eq!(r["edge"]["handshakes"], CONNECTIONS, "{r:#}");
+    assert_eq!(r["edge"]["unanswered"], 0, "{r:#}");
+}

@@ -93,7 +93,7 @@ const _: () = assert!(size_of::<Event>() == 80);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SynRecord {
-    /// `bpf_ktime_get_coarse_ns()`: CLOCK_MONOTONIC at the last tick, never later than the SYN.
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC), like [`Event::ts_ns`]: the two streams merge by it.
     pub ts_ns: u64,
     pub peer_addr: [u8; 16],
     pub local_addr: [u8; 16],
@@ -101,7 +101,7 @@ pub struct SynRecord {
     pub local_port: u16,
     /// The SYN's sequence number (the ISN; a retransmission repeats it).
     pub seq: u32,
-    pub ifindex: u32,
+    pub _pad: u32,
     /// 4 or 6.
     pub family: u8,
     pub tcp_flags: u8,

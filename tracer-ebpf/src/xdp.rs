@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS,
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::xdp,
     programs::XdpContext,
 };
@@ -125,20 +125,13 @@ fn try_xdp_syn(ctx: &XdpContext) -> Option<()> {
     if !edge && !all_peers() {
         return None;
     }
-    record_syn(ctx, family, src, tcp, flags, edge)
+    record_syn(family, src, tcp, flags, edge)
 }
 
 /// Appends the SYN to this CPU's part of the SYN log, or counts it lost when that is full.
 /// XDP runs with bottom halves off: nothing else writes this CPU's part meanwhile.
 #[inline(always)]
-fn record_syn(
-    ctx: &XdpContext,
-    family: u8,
-    src: *const u8,
-    tcp: *const u8,
-    flags: u8,
-    edge: bool,
-) -> Option<()> {
+fn record_syn(family: u8, src: *const u8, tcp: *const u8, flags: u8, edge: bool) -> Option<()> {
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let cursor = SYN_CURSORS.get_ptr_mut(cpu)?;
     let slots = config!(syn_slots_per_cpu);
@@ -153,9 +146,11 @@ fn record_syn(
         .wrapping_add(written as u32 & slots.wrapping_sub(1));
     let r = SYN_LOG.get_ptr_mut(index)?;
     unsafe {
-        // The coarse clock (one jiffy): the precise one costs ~40 ns per SYN on virtual
-        // machines. It never runs ahead, so a SYN sorts before what the stack did with it.
-        (*r).ts_ns = bpf_ktime_get_coarse_ns();
+        // The precise clock, as the ring's events: the log is merged with the ring by time,
+        // and a client reusing its port within one jiffy (the coarse clock's grain) would
+        // otherwise see its new SYN sorted before the old connection's close. It costs ~30 ns
+        // on this VM's kvm-clock; a shared order counter could replace it (BENCHMARKS.md).
+        (*r).ts_ns = bpf_ktime_get_ns();
         let peer = (*r).peer_addr.as_mut_ptr() as *mut u32;
         let local = (*r).local_addr.as_mut_ptr() as *mut u32;
         if family == 4 {
@@ -176,7 +171,6 @@ fn record_syn(
         (*r).peer_port = be16(tcp);
         (*r).local_port = be16(tcp.add(2));
         (*r).seq = u32::from_be(load32(tcp.add(4)));
-        (*r).ifindex = ctx.ingress_ifindex() as u32;
         (*r).family = family;
         (*r).tcp_flags = flags;
         (*r).flags = if edge { EVENT_F_EDGE as u16 } else { 0 };

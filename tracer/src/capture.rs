@@ -101,7 +101,7 @@ impl Capture {
         let clock = self.clock;
         self.syn_log.drain(|r| out.push(decode_syn(r, &clock)));
         if from_ring > start && out.len() > from_ring {
-            // A SYN's stamp (the last tick) is never later than what the stack then did.
+            // Both carry the precise monotonic clock: time order is the kernel's order.
             out[start..].sort_by_key(|e| e.ts);
         }
         if self.last_loss_check.elapsed() < LOSS_CHECK_EVERY {

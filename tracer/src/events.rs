@@ -470,7 +470,7 @@ mod tests {
             peer_port: 40000,
             local_port: 443,
             seq: 9,
-            ifindex: 2,
+            _pad: 0,
             family: 4,
             tcp_flags: 0x02,
             flags: EVENT_F_EDGE as u16,
