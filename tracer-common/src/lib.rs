@@ -89,12 +89,19 @@ const _: () = assert!(size_of::<Event>() == 80);
 ///
 /// SYNs are the one high-rate fact: recording one costs a few plain stores into this CPU's
 /// part of an array, where a ring-buffer event costs a lock shared by every CPU. Same
-/// conventions as [`Event`].
+/// conventions as [`Event`]. One record per cache line.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SynRecord {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC), like [`Event::ts_ns`]: the two streams merge by it.
-    pub ts_ns: u64,
+    /// `bpf_jiffies64()`: when, to a tick (the verifier inlines it into a load; a clock helper
+    /// costs more than the rest of the record). Userspace converts it to CLOCK_MONOTONIC with
+    /// pairs read by `xdp_clock`. Order comes from `ring_pos`, not from time.
+    pub jiffies: u64,
+    /// The ring buffer's producer position when the SYN arrived: every event reserved in the
+    /// ring before this SYN starts below it, every event reserved after starts at or above it.
+    /// Userspace merges the two streams by it (a precise clock read costs more than the rest
+    /// of the record on some VMs, and a coarse one cannot order a port reused within a tick).
+    pub ring_pos: u64,
     pub peer_addr: [u8; 16],
     pub local_addr: [u8; 16],
     pub peer_port: u16,
@@ -109,7 +116,7 @@ pub struct SynRecord {
     pub flags: u16,
 }
 
-const _: () = assert!(size_of::<SynRecord>() == 56);
+const _: () = assert!(size_of::<SynRecord>() == 64);
 
 /// One CPU's cursors into its part of the SYN log, on a cache line of their own.
 #[repr(C)]

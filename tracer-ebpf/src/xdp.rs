@@ -4,15 +4,16 @@
 //! bounds-checked loads; most non-edge SYNs leave after a one-bit pre-filter, before the trie.
 
 use aya_ebpf::{
-    bindings::xdp_action::XDP_PASS,
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    bindings::{xdp_action::XDP_PASS, BPF_RB_PROD_POS},
+    helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::xdp,
     programs::XdpContext,
 };
 use tracer_common::{counter, EVENT_F_EDGE};
 
 use crate::common::{
-    all_peers, config, count, peer_is_edge_v4, peer_is_edge_v6, port_watched, SYN_CURSORS, SYN_LOG,
+    all_peers, config, count, peer_is_edge_v4, peer_is_edge_v6, port_watched, EVENTS, SYN_CURSORS,
+    SYN_LOG,
 };
 
 const ETH_HLEN: usize = 14;
@@ -33,6 +34,22 @@ pub fn xdp_syn(ctx: XdpContext) -> u32 {
 /// An empty program, measured beside `xdp_syn` by `cargo xtask bench`.
 #[xdp]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+/// Reads the coarse clock, the jiffies counter and the coarse clock again into the first 24
+/// bytes of a test frame: userspace runs it through `BPF_PROG_TEST_RUN` to convert the SYN
+/// log's jiffies to CLOCK_MONOTONIC (equal clock reads: no tick in between).
+#[xdp]
+pub fn xdp_clock(ctx: XdpContext) -> u32 {
+    if let Some(p) = bytes_at(&ctx, 0, 24) {
+        let p = p as *mut u64;
+        unsafe {
+            *p = bpf_ktime_get_coarse_ns();
+            *p.add(1) = bpf_jiffies64();
+            *p.add(2) = bpf_ktime_get_coarse_ns();
+        }
+    }
     XDP_PASS
 }
 
@@ -63,46 +80,59 @@ fn load32(p: *const u8) -> u32 {
     }
 }
 
+/// A 16-bit load from the packet, left in network order: compared with constants swapped at
+/// compile time, it costs no byte swap on the path most frames take.
+#[inline(always)]
+fn raw16(p: *const u8) -> u16 {
+    #[allow(clippy::cast_ptr_alignment)]
+    unsafe {
+        *(p as *const u16)
+    }
+}
+
 #[inline(always)]
 fn try_xdp_syn(ctx: &XdpContext) -> Option<()> {
     let eth = bytes_at(ctx, 0, ETH_HLEN)?;
-    let mut ether_type = be16(unsafe { eth.add(12) });
+    let mut ether_type = raw16(unsafe { eth.add(12) });
     let mut l3 = ETH_HLEN;
-    // Up to two VLAN tags (802.1Q, QinQ).
+    // Up to two VLAN tags (802.1Q, QinQ); untagged IPv4 skips the loop at the first compare.
     for _ in 0..2 {
-        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+        if ether_type == ETH_P_IP.to_be()
+            || (ether_type != ETH_P_8021Q.to_be() && ether_type != ETH_P_8021AD.to_be())
+        {
             break;
         }
         let tag = bytes_at(ctx, l3, 4)?;
-        ether_type = be16(unsafe { tag.add(2) });
+        ether_type = raw16(unsafe { tag.add(2) });
         l3 += 4;
     }
 
     // (family, source address, TCP header)
-    let (family, src, l4) = match ether_type {
-        ETH_P_IP => {
-            let ip = bytes_at(ctx, l3, 20)?;
-            let ver_ihl = unsafe { *ip };
-            let ihl = usize::from(ver_ihl & 0x0f) * 4;
-            // Any fragment (MF set or non-zero offset) is not a SYN we can read whole.
-            if ver_ihl >> 4 != 4
-                || ihl < 20
-                || unsafe { *ip.add(9) } != IPPROTO_TCP
-                || be16(unsafe { ip.add(6) }) & 0x3fff != 0
-            {
-                return None;
-            }
-            (4u8, unsafe { ip.add(12) }, l3 + ihl)
+    let (family, src, l4) = if ether_type == ETH_P_IP.to_be() {
+        let ip = bytes_at(ctx, l3, 20)?;
+        let ver_ihl = unsafe { *ip };
+        // Version 4 with a header of 20..60 bytes: 0x45..=0x4f.
+        // Any fragment (MF set or non-zero offset) is not a SYN we can read whole.
+        if ver_ihl.wrapping_sub(0x45) > 0x0a
+            || unsafe { *ip.add(9) } != IPPROTO_TCP
+            || raw16(unsafe { ip.add(6) }) & 0x3fffu16.to_be() != 0
+        {
+            return None;
         }
-        ETH_P_IPV6 => {
-            let ip = bytes_at(ctx, l3, 40)?;
-            // Extension headers (fragments included) are not followed: a SYN carries none.
-            if unsafe { *ip } >> 4 != 6 || unsafe { *ip.add(6) } != IPPROTO_TCP {
-                return None;
-            }
-            (6u8, unsafe { ip.add(8) }, l3 + 40)
+        (
+            4u8,
+            unsafe { ip.add(12) },
+            l3 + usize::from(ver_ihl & 0x0f) * 4,
+        )
+    } else if ether_type == ETH_P_IPV6.to_be() {
+        let ip = bytes_at(ctx, l3, 40)?;
+        // Extension headers (fragments included) are not followed: a SYN carries none.
+        if unsafe { *ip } >> 4 != 6 || unsafe { *ip.add(6) } != IPPROTO_TCP {
+            return None;
         }
-        _ => return None,
+        (6u8, unsafe { ip.add(8) }, l3 + 40)
+    } else {
+        return None;
     };
 
     let tcp = bytes_at(ctx, l4, 20)?;
@@ -146,23 +176,24 @@ fn record_syn(family: u8, src: *const u8, tcp: *const u8, flags: u8, edge: bool)
         .wrapping_add(written as u32 & slots.wrapping_sub(1));
     let r = SYN_LOG.get_ptr_mut(index)?;
     unsafe {
-        // The precise clock, as the ring's events: the log is merged with the ring by time,
-        // and a client reusing its port within one jiffy (the coarse clock's grain) would
-        // otherwise see its new SYN sorted before the old connection's close. It costs ~30 ns
-        // on this VM's kvm-clock; a shared order counter could replace it (BENCHMARKS.md).
-        (*r).ts_ns = bpf_ktime_get_ns();
-        let peer = (*r).peer_addr.as_mut_ptr() as *mut u32;
-        let local = (*r).local_addr.as_mut_ptr() as *mut u32;
+        // Order against the ring's events by the ring's producer position, not by a clock:
+        // the precise clock costs ~30 ns on a kvm-clock VM, and a coarse one ties within a
+        // tick (a client reusing its port would see its new SYN sorted before the old
+        // connection's close). Jiffies only say when, for people.
+        (*r).jiffies = bpf_jiffies64();
+        (*r).ring_pos = EVENTS.query(u64::from(BPF_RB_PROD_POS));
         if family == 4 {
-            *peer = load32(src);
+            // An IPv4 address is the first 4 bytes, zeros after: two 8-byte stores per address
+            // (little-endian, so the loaded word lands in the first bytes).
+            let peer = (*r).peer_addr.as_mut_ptr() as *mut u64;
+            let local = (*r).local_addr.as_mut_ptr() as *mut u64;
+            *peer = u64::from(load32(src));
             *peer.add(1) = 0;
-            *peer.add(2) = 0;
-            *peer.add(3) = 0;
-            *local = load32(src.add(4));
+            *local = u64::from(load32(src.add(4)));
             *local.add(1) = 0;
-            *local.add(2) = 0;
-            *local.add(3) = 0;
         } else {
+            let peer = (*r).peer_addr.as_mut_ptr() as *mut u32;
+            let local = (*r).local_addr.as_mut_ptr() as *mut u32;
             for i in 0..4 {
                 *peer.add(i) = load32(src.add(4 * i));
                 *local.add(i) = load32(src.add(16 + 4 * i));

@@ -1,16 +1,22 @@
 //! Reading the kernel's events: the ring buffer (as it signals) and the per-CPU SYN log (polled),
-//! merged in time order, and a `loss` event whenever the kernel counted events it could not
-//! queue. Shared by `events`, `diagnose` and `agent`.
+//! merged in the kernel's order, and a `loss` event whenever the kernel counted events it could
+//! not queue. Shared by `events`, `diagnose` and `agent`.
+//!
+//! The order: every ring record has a position (bytes reserved before it), and every SYN record
+//! carries the ring's producer position when the SYN arrived. A SYN goes after the ring events
+//! that start below its position and before the rest. A SYN whose position the reader has not
+//! reached yet waits for the next drain: the ring events reserved before it are still being
+//! written.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{unix::AsyncFd, Interest};
-use tracer_common::{counter, Event};
+use tracer_common::{counter, Event, SynRecord};
 
 use crate::{
-    events::{decode, decode_syn, Clock, TracedEvent},
+    events::{decode, decode_syn, Clock, JiffiesClock, TracedEvent},
     kernel::{synlog::SynLog, Probe},
 };
 
@@ -18,7 +24,14 @@ pub struct Capture {
     pub probe: Probe,
     ring: AsyncFd<RingBuf<MapData>>,
     syn_log: SynLog,
+    /// Ring position of the next record to read (the ring starts empty at 0).
+    ring_pos: u64,
+    /// Ring events of the current drain, with their positions.
+    ring_batch: Vec<(u64, TracedEvent)>,
+    /// SYN records not yet handed out, in log order.
+    held_syns: Vec<SynRecord>,
     clock: Clock,
+    jiffies: JiffiesClock,
     lost_reported: u64,
     /// Drains are at least this far apart, so a busy ring costs a few wake-ups per second
     /// rather than one per event.
@@ -38,6 +51,7 @@ impl Capture {
     pub fn new(mut probe: Probe) -> Result<Self> {
         let ring = probe.take_ring()?;
         let syn_log = probe.take_syn_log()?;
+        let jiffies = JiffiesClock::new(probe.jiffies_now()?);
         // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd, so the fd stays open for
         // as long as it is registered.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -47,7 +61,11 @@ impl Capture {
             probe,
             ring,
             syn_log,
+            ring_pos: 0,
+            ring_batch: Vec::new(),
+            held_syns: Vec::new(),
             clock: Clock::now(),
+            jiffies,
             lost_reported: 0,
             min_interval: Duration::ZERO,
             last_drain: Instant::now(),
@@ -80,31 +98,57 @@ impl Capture {
         Ok(())
     }
 
-    /// Appends everything queued now in time order, plus a loss event if the kernel counted
-    /// new losses.
+    /// Appends everything queued now in the kernel's order, plus a loss event if the kernel
+    /// counted new losses. SYNs that arrived after ring events still being written wait for
+    /// the next call.
     pub fn drain(&mut self, out: &mut Vec<TracedEvent>) {
+        self.drain_inner(out, false);
+    }
+
+    /// The last drain: everything queued, nothing held back.
+    pub fn drain_all(&mut self, out: &mut Vec<TracedEvent>) {
+        self.drain_inner(out, true);
+    }
+
+    fn drain_inner(&mut self, out: &mut Vec<TracedEvent>, flush: bool) {
         self.last_drain = Instant::now();
-        let start = out.len();
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
+            let pos = self.ring_pos;
+            self.ring_pos += ring_record_bytes(item.len());
             if item.len() < size_of::<Event>() {
                 continue;
             }
             // SAFETY: the kernel wrote a whole `Event`; read_unaligned copes with any alignment.
             let raw: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             if let Some(ev) = decode(&raw, &self.clock, &self.probe.names) {
-                out.push(ev);
+                self.ring_batch.push((pos, ev));
             }
         }
-        // The log after the ring: the SYN behind any event just read is already in it.
-        let from_ring = out.len();
-        let clock = self.clock;
-        self.syn_log.drain(|r| out.push(decode_syn(r, &clock)));
-        if from_ring > start && out.len() > from_ring {
-            // Both carry the precise monotonic clock: time order is the kernel's order.
-            out[start..].sort_by_key(|e| e.ts);
+        // The log after the ring, so the ring events a logged SYN follows are already read
+        // (or it waits).
+        let held = &mut self.held_syns;
+        self.syn_log.drain(|r| held.push(*r));
+        let ready = if flush {
+            sort_by_ring_pos(held);
+            held.len()
+        } else {
+            ready_syns(held, self.ring_pos)
+        };
+        if ready > 0 {
+            // A fresh sample after the log was read: every record's tick is behind it.
+            if let Ok(sample) = self.probe.jiffies_now() {
+                self.jiffies.update(sample);
+            }
         }
-        if self.last_loss_check.elapsed() < LOSS_CHECK_EVERY {
+        let (clock, jiffies) = (self.clock, self.jiffies);
+        merge_by_ring_pos(
+            self.ring_batch.drain(..),
+            held.drain(..ready)
+                .map(|r| (r.ring_pos, decode_syn(&r, &clock, &jiffies))),
+            out,
+        );
+        if !flush && self.last_loss_check.elapsed() < LOSS_CHECK_EVERY {
             return;
         }
         self.last_loss_check = Instant::now();
@@ -124,6 +168,43 @@ impl Capture {
             }
         }
     }
+}
+
+/// Bytes a ring record of `len` bytes occupies: an 8-byte header, rounded up to 8 (the BPF
+/// ring buffer's ABI, `BPF_RINGBUF_HDR_SZ`).
+fn ring_record_bytes(len: usize) -> u64 {
+    (8 + len).next_multiple_of(8) as u64
+}
+
+/// Sorts SYN records by ring position, keeping log order among equals (one CPU's records are
+/// already in order; records of different CPUs with no ring event between them are
+/// concurrent, and the tick is the best guess).
+fn sort_by_ring_pos(syns: &mut [SynRecord]) {
+    syns.sort_by_key(|r| (r.ring_pos, r.jiffies));
+}
+
+/// Sorts the held SYNs and returns how many can go now: those whose preceding ring events have
+/// all been read (`ring_pos` not beyond the reader's position).
+fn ready_syns(syns: &mut [SynRecord], read_up_to: u64) -> usize {
+    sort_by_ring_pos(syns);
+    syns.partition_point(|r| r.ring_pos <= read_up_to)
+}
+
+/// Merges ring events (ascending positions) with SYNs (ascending producer positions): a SYN
+/// goes after the ring events starting below its position, before the rest.
+fn merge_by_ring_pos<T>(
+    ring: impl IntoIterator<Item = (u64, T)>,
+    syns: impl IntoIterator<Item = (u64, T)>,
+    out: &mut Vec<T>,
+) {
+    let mut ring = ring.into_iter().peekable();
+    for (syn_pos, syn) in syns {
+        while let Some((_, ev)) = ring.next_if(|(pos, _)| *pos < syn_pos) {
+            out.push(ev);
+        }
+        out.push(syn);
+    }
+    out.extend(ring.map(|(_, ev)| ev));
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -149,4 +230,78 @@ pub fn write_ready_file(path: Option<&std::path::Path>) -> Result<()> {
             .with_context(|| format!("cannot write ready file {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syn(ring_pos: u64, jiffies: u64) -> SynRecord {
+        SynRecord {
+            jiffies,
+            ring_pos,
+            peer_addr: [0; 16],
+            local_addr: [0; 16],
+            peer_port: 0,
+            local_port: 0,
+            seq: 0,
+            _pad: 0,
+            family: 4,
+            tcp_flags: 2,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn ring_records_take_a_header_and_round_up_to_8() {
+        assert_eq!(ring_record_bytes(size_of::<Event>()), 88);
+        assert_eq!(ring_record_bytes(1), 16);
+        assert_eq!(ring_record_bytes(8), 16);
+    }
+
+    #[test]
+    fn a_syn_goes_after_ring_events_reserved_before_it() {
+        // Ring: closed@0, established@88, closed@176. The SYN arrived when the producer stood at
+        // 88: after the first close, before the rest (a port reused at once).
+        let ring = vec![
+            (0, "closed-old"),
+            (88, "established-new"),
+            (176, "closed-new"),
+        ];
+        let syns = vec![(88, "syn-new")];
+        let mut out = vec![];
+        merge_by_ring_pos(ring, syns, &mut out);
+        assert_eq!(
+            out,
+            ["closed-old", "syn-new", "established-new", "closed-new"]
+        );
+    }
+
+    #[test]
+    fn syns_before_and_after_every_ring_event() {
+        let mut out = vec![];
+        merge_by_ring_pos(
+            vec![(0, "a"), (88, "b")],
+            vec![(0, "s0"), (0, "s1"), (176, "s2")],
+            &mut out,
+        );
+        assert_eq!(out, ["s0", "s1", "a", "b", "s2"]);
+    }
+
+    #[test]
+    fn syns_ahead_of_the_reader_wait() {
+        let mut held = vec![syn(176, 3), syn(0, 5), syn(88, 1), syn(264, 0)];
+        let ready = ready_syns(&mut held, 176);
+        assert_eq!(ready, 3);
+        let order: Vec<u64> = held.iter().map(|r| r.ring_pos).collect();
+        assert_eq!(order, [0, 88, 176, 264]);
+    }
+
+    #[test]
+    fn equal_positions_keep_the_tick_order() {
+        let mut held = vec![syn(88, 9), syn(88, 2), syn(0, 7)];
+        assert_eq!(ready_syns(&mut held, 88), 3);
+        let ts: Vec<u64> = held.iter().map(|r| r.jiffies).collect();
+        assert_eq!(ts, [7, 2, 9]);
+    }
 }

@@ -196,6 +196,60 @@ impl Clock {
     }
 }
 
+/// The jiffies counter and CLOCK_MONOTONIC_COARSE (ns), read together in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JiffiesSample {
+    pub jiffies: u64,
+    pub mono_ns: u64,
+}
+
+/// Converts the SYN log's jiffies to CLOCK_MONOTONIC: from the newest sample, back by the tick
+/// length measured between the first sample and the newest. The result is the start of the
+/// SYN's tick, so never later than the SYN itself; the tick length is known to a fraction of a
+/// percent after a second, and SYNs are converted within a poll of arriving.
+#[derive(Clone, Copy, Debug)]
+pub struct JiffiesClock {
+    first: JiffiesSample,
+    last: JiffiesSample,
+}
+
+/// Tick length until two samples a tick apart measure it (CONFIG_HZ=250, the common default).
+const ASSUMED_TICK_NS: f64 = 4_000_000.0;
+
+impl JiffiesClock {
+    pub fn new(sample: JiffiesSample) -> Self {
+        Self {
+            first: sample,
+            last: sample,
+        }
+    }
+
+    pub fn update(&mut self, sample: JiffiesSample) {
+        if sample.jiffies >= self.last.jiffies && sample.mono_ns >= self.last.mono_ns {
+            self.last = sample;
+        }
+    }
+
+    pub fn tick_ns(&self) -> f64 {
+        let ticks = self.last.jiffies - self.first.jiffies;
+        if ticks == 0 {
+            return ASSUMED_TICK_NS;
+        }
+        (self.last.mono_ns - self.first.mono_ns) as f64 / ticks as f64
+    }
+
+    pub fn mono_ns(&self, jiffies: u64) -> u64 {
+        let tick = self.tick_ns();
+        if jiffies >= self.last.jiffies {
+            let ahead = (jiffies - self.last.jiffies) as f64 * tick;
+            self.last.mono_ns.saturating_add(ahead as u64)
+        } else {
+            let behind = (self.last.jiffies - jiffies) as f64 * tick;
+            self.last.mono_ns.saturating_sub(behind as u64)
+        }
+    }
+}
+
 /// "SYN|ACK" for 0x12; "NONE" without any of the six classic flags.
 pub fn tcp_flags_name(flags: u32) -> Name {
     const NAMES: [(u32, &str); 6] = [
@@ -322,10 +376,10 @@ pub fn decode(raw: &Event, clock: &Clock, names: &ReasonNames) -> Option<TracedE
 }
 
 /// Decodes a record of the SYN log: a `syn` event.
-pub fn decode_syn(raw: &SynRecord, clock: &Clock) -> TracedEvent {
+pub fn decode_syn(raw: &SynRecord, clock: &Clock, jiffies: &JiffiesClock) -> TracedEvent {
     let family = u32::from(raw.family);
     TracedEvent {
-        ts: clock.wall(raw.ts_ns),
+        ts: clock.wall(jiffies.mono_ns(raw.jiffies)),
         kind: Kind::Syn,
         peer_addr: addr(family, &raw.peer_addr),
         peer_port: Some(raw.peer_port),
@@ -464,7 +518,8 @@ mod tests {
         let mut local = [0u8; 16];
         local[..4].copy_from_slice(&[192, 0, 2, 1]);
         let r = SynRecord {
-            ts_ns: 5,
+            jiffies: 1000,
+            ring_pos: 0,
             peer_addr: peer,
             local_addr: local,
             peer_port: 40000,
@@ -475,13 +530,39 @@ mod tests {
             tcp_flags: 0x02,
             flags: EVENT_F_EDGE as u16,
         };
-        let e = decode_syn(&r, &Clock::now());
+        let clock = Clock::now();
+        let jiffies = JiffiesClock::new(JiffiesSample {
+            jiffies: 1002,
+            mono_ns: 50_000_000,
+        });
+        let e = decode_syn(&r, &clock, &jiffies);
+        assert_eq!(e.ts, clock.wall(42_000_000));
         assert_eq!(e.kind, Kind::Syn);
         assert_eq!(e.peer_addr, Some("173.245.48.10".parse().unwrap()));
         assert_eq!(e.local_addr, Some("192.0.2.1".parse().unwrap()));
         assert_eq!((e.peer_port, e.local_port), (Some(40000), Some(443)));
         assert_eq!(e.tcp_flags.as_deref(), Some("SYN"));
         assert_eq!((e.seq, e.edge), (Some(9), Some(true)));
+    }
+
+    #[test]
+    fn jiffies_convert_with_the_measured_tick() {
+        let sample = |jiffies, mono_ns| JiffiesSample { jiffies, mono_ns };
+        let mut c = JiffiesClock::new(sample(100, 1_000_000_000));
+        // One sample: the assumed tick.
+        assert_eq!(c.mono_ns(100), 1_000_000_000);
+        assert_eq!(c.mono_ns(99), 996_000_000);
+        // HZ=1000 measured over a second.
+        c.update(sample(1100, 2_000_000_000));
+        assert_eq!(c.tick_ns(), 1_000_000.0);
+        assert_eq!(c.mono_ns(1090), 1_990_000_000);
+        assert_eq!(c.mono_ns(1101), 2_001_000_000);
+        // A stale sample (older than the newest) is ignored.
+        c.update(sample(1050, 1_500_000_000));
+        assert_eq!(c.mono_ns(1100), 2_000_000_000);
+        // Far in the past saturates rather than wrapping.
+        assert_eq!(c.mono_ns(0), 900_000_000);
+        assert_eq!(JiffiesClock::new(sample(10, 0)).mono_ns(0), 0);
     }
 
     #[test]

@@ -113,8 +113,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
             }
         }
     }
-    capture.drain(&mut batch);
-    capture.check_loss(&mut batch);
+    capture.drain_all(&mut batch);
     for ev in batch.drain(..) {
         if let Some(done) = correlator.observe(&ev) {
             tally.add(&done);

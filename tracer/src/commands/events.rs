@@ -55,8 +55,7 @@ pub async fn run(args: EventsArgs) -> Result<()> {
             return Ok(()); // stdout closed (e.g. `| head`): nothing left to do.
         }
     }
-    capture.drain(&mut batch);
-    capture.check_loss(&mut batch);
+    capture.drain_all(&mut batch);
     emit(&stdout, &mut batch, args.format);
     Ok(())
 }

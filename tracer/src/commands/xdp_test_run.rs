@@ -13,7 +13,7 @@ use tracer_common::counter;
 
 use crate::{
     cli::XdpTestRunArgs,
-    events::{decode_syn, Clock},
+    events::{decode_syn, Clock, JiffiesClock},
     kernel::Probe,
     ranges::RangeSet,
 };
@@ -38,6 +38,7 @@ pub fn run(args: XdpTestRunArgs) -> Result<()> {
     let mut probe = Probe::for_test_run(&args.ports, &ranges, args.all_peers, args.ring_bytes)?;
     let mut syn_log = probe.take_syn_log()?;
     let clock = Clock::now();
+    let jiffies = JiffiesClock::new(probe.jiffies_now()?);
     for (i, hex) in args.frames.iter().enumerate() {
         let frame = unhex(hex)?;
         let before = probe.counters()?;
@@ -88,7 +89,7 @@ pub fn run(args: XdpTestRunArgs) -> Result<()> {
             "action": action,
             "pass": action == 2,
             "events": emitted,
-            "event": first.map(|r| decode_syn(&r, &clock)),
+            "event": first.map(|r| decode_syn(&r, &clock, &jiffies)),
             "lost": delta(counter::LOST),
             "repeat": repeat,
             "ns_per_packet": per_run.as_nanos() as f64,

@@ -85,6 +85,11 @@ impl ReasonNames {
 }
 
 /// What was attached, and what could not be.
+/// Reads jiffies and the coarse clock for the SYN log's timestamps (`Probe::jiffies_now`).
+const CLOCK_PROGRAM: &str = "xdp_clock";
+
+pub use crate::events::JiffiesSample;
+
 pub struct Probe {
     ebpf: Ebpf,
     pub names: ReasonNames,
@@ -419,6 +424,7 @@ impl Probe {
 
     fn attach_xdp(&mut self, iface: &str, mode: crate::cli::XdpModeArg) -> Result<()> {
         use crate::cli::XdpModeArg;
+        self.load_clock_program()?;
         let xdp: &mut Xdp = self
             .ebpf
             .program_mut("xdp_syn")
@@ -582,7 +588,7 @@ impl Probe {
         };
         probe.set_ports(ports)?;
         probe.set_ranges(ranges)?;
-        for name in ["xdp_syn", "xdp_pass"] {
+        for name in ["xdp_syn", "xdp_pass", CLOCK_PROGRAM] {
             let xdp: &mut Xdp = probe
                 .ebpf
                 .program_mut(name)
@@ -591,6 +597,48 @@ impl Probe {
             xdp.load().with_context(|| format!("loading {name}"))?;
         }
         Ok(probe)
+    }
+
+    fn load_clock_program(&mut self) -> Result<()> {
+        let xdp: &mut Xdp = self
+            .ebpf
+            .program_mut(CLOCK_PROGRAM)
+            .ok_or_else(|| anyhow!("program {CLOCK_PROGRAM} missing from the object"))?
+            .try_into()?;
+        xdp.load().context("loading the clock program")
+    }
+
+    /// The kernel's jiffies counter and CLOCK_MONOTONIC_COARSE read together (through
+    /// `BPF_PROG_TEST_RUN` of `xdp_clock`): what the SYN log's jiffies are converted with.
+    pub fn jiffies_now(&self) -> Result<JiffiesSample> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let xdp: &Xdp = self
+            .ebpf
+            .program(CLOCK_PROGRAM)
+            .ok_or_else(|| anyhow!("program {CLOCK_PROGRAM} missing"))?
+            .try_into()?;
+        let frame = [0u8; 64];
+        let mut out = [0u8; 64];
+        let mut sample = None;
+        // A tick between the reads shows as two different clock values: read again.
+        for _ in 0..3 {
+            xdp.test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .context("BPF_PROG_TEST_RUN of the clock program")?;
+            let word =
+                |i: usize| u64::from_ne_bytes(out[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+            sample = Some(JiffiesSample {
+                jiffies: word(1),
+                mono_ns: word(2),
+            });
+            if word(0) == word(2) {
+                break;
+            }
+        }
+        sample.ok_or_else(|| anyhow!("clock program returned nothing"))
     }
 
     /// Runs `frame` through an XDP program `repeat` times: (action, kernel-measured time per run).

@@ -17,7 +17,7 @@ use integration_tests::{
 use serde_json::{json, Value};
 
 const XDP_REPEAT: u32 = 1_000_000;
-const XDP_RUNS: usize = 5;
+const XDP_RUNS: usize = 11;
 
 pub fn run(tracer: &Path, as_json: bool, only: &[String]) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
