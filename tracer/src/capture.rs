@@ -26,8 +26,9 @@ pub struct Capture {
     syn_log: SynLog,
     /// Ring position of the next record to read (the ring starts empty at 0).
     ring_pos: u64,
-    /// Ring events of the current drain, with their positions.
-    ring_batch: Vec<(u64, TracedEvent)>,
+    /// Ring records of the current drain, with their positions: kept raw (80 bytes) and
+    /// decoded straight into the output, so each event is built once, in place.
+    ring_batch: Vec<(u64, Event)>,
     /// SYN records not yet handed out, in log order.
     held_syns: Vec<SynRecord>,
     clock: Clock,
@@ -121,9 +122,7 @@ impl Capture {
             }
             // SAFETY: the kernel wrote a whole `Event`; read_unaligned copes with any alignment.
             let raw: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            if let Some(ev) = decode(&raw, &self.clock, &self.probe.names) {
-                self.ring_batch.push((pos, ev));
-            }
+            self.ring_batch.push((pos, raw));
         }
         // The log after the ring, so the ring events a logged SYN follows are already read
         // (or it waits).
@@ -141,13 +140,21 @@ impl Capture {
                 self.jiffies.update(sample);
             }
         }
-        let (clock, jiffies) = (self.clock, self.jiffies);
+        let (clock, jiffies, names) = (self.clock, self.jiffies, &self.probe.names);
+        let out = std::cell::RefCell::new(out);
         merge_by_ring_pos(
-            self.ring_batch.drain(..),
-            held.drain(..ready)
-                .map(|r| (r.ring_pos, decode_syn(&r, &clock, &jiffies))),
-            out,
+            &self.ring_batch,
+            &held[..ready],
+            |raw| {
+                if let Some(ev) = decode(raw, &clock, names) {
+                    out.borrow_mut().push(ev);
+                }
+            },
+            |r| out.borrow_mut().push(decode_syn(r, &clock, &jiffies)),
         );
+        let out = out.into_inner();
+        self.ring_batch.clear();
+        held.drain(..ready);
         if !flush && self.last_loss_check.elapsed() < LOSS_CHECK_EVERY {
             return;
         }
@@ -190,21 +197,34 @@ fn ready_syns(syns: &mut [SynRecord], read_up_to: u64) -> usize {
     syns.partition_point(|r| r.ring_pos <= read_up_to)
 }
 
-/// Merges ring events (ascending positions) with SYNs (ascending producer positions): a SYN
-/// goes after the ring events starting below its position, before the rest.
-fn merge_by_ring_pos<T>(
-    ring: impl IntoIterator<Item = (u64, T)>,
-    syns: impl IntoIterator<Item = (u64, T)>,
-    out: &mut Vec<T>,
+/// Merges ring records (ascending positions) with SYN records (ascending producer positions),
+/// handing each to its callback in order: a SYN goes after the ring records starting below its
+/// position, before the rest.
+fn merge_by_ring_pos<R, S: RingPos>(
+    ring: &[(u64, R)],
+    syns: &[S],
+    mut each_ring: impl FnMut(&R),
+    mut each_syn: impl FnMut(&S),
 ) {
-    let mut ring = ring.into_iter().peekable();
-    for (syn_pos, syn) in syns {
-        while let Some((_, ev)) = ring.next_if(|(pos, _)| *pos < syn_pos) {
-            out.push(ev);
+    let mut ring = ring.iter().peekable();
+    for syn in syns {
+        while let Some((_, r)) = ring.next_if(|(pos, _)| *pos < syn.ring_pos()) {
+            each_ring(r);
         }
-        out.push(syn);
+        each_syn(syn);
     }
-    out.extend(ring.map(|(_, ev)| ev));
+    ring.for_each(|(_, r)| each_ring(r));
+}
+
+/// Where a SYN stood in the ring when it arrived.
+trait RingPos {
+    fn ring_pos(&self) -> u64;
+}
+
+impl RingPos for SynRecord {
+    fn ring_pos(&self) -> u64 {
+        self.ring_pos
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -224,9 +244,18 @@ pub async fn shutdown_signal() {
 }
 
 /// Creates the ready file once every program is attached.
+/// Written beside it and renamed into place, so a script that sees the file can read the
+/// whole process id at once (a plain write leaves a moment where it exists empty).
 pub fn write_ready_file(path: Option<&std::path::Path>) -> Result<()> {
     if let Some(path) = path {
-        std::fs::write(path, format!("{}\n", std::process::id()))
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let tmp = std::path::PathBuf::from(tmp);
+        std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
             .with_context(|| format!("cannot write ready file {}", path.display()))?;
     }
     Ok(())
@@ -259,33 +288,44 @@ mod tests {
         assert_eq!(ring_record_bytes(8), 16);
     }
 
+    impl RingPos for (u64, &'static str) {
+        fn ring_pos(&self) -> u64 {
+            self.0
+        }
+    }
+
+    fn merged(ring: &[(u64, &'static str)], syns: &[(u64, &'static str)]) -> Vec<&'static str> {
+        let out = std::cell::RefCell::new(vec![]);
+        merge_by_ring_pos(
+            ring,
+            syns,
+            |r| out.borrow_mut().push(*r),
+            |s| out.borrow_mut().push(s.1),
+        );
+        out.into_inner()
+    }
+
     #[test]
     fn a_syn_goes_after_ring_events_reserved_before_it() {
         // Ring: closed@0, established@88, closed@176. The SYN arrived when the producer stood at
         // 88: after the first close, before the rest (a port reused at once).
-        let ring = vec![
+        let ring = [
             (0, "closed-old"),
             (88, "established-new"),
             (176, "closed-new"),
         ];
-        let syns = vec![(88, "syn-new")];
-        let mut out = vec![];
-        merge_by_ring_pos(ring, syns, &mut out);
         assert_eq!(
-            out,
+            merged(&ring, &[(88, "syn-new")]),
             ["closed-old", "syn-new", "established-new", "closed-new"]
         );
     }
 
     #[test]
     fn syns_before_and_after_every_ring_event() {
-        let mut out = vec![];
-        merge_by_ring_pos(
-            vec![(0, "a"), (88, "b")],
-            vec![(0, "s0"), (0, "s1"), (176, "s2")],
-            &mut out,
+        assert_eq!(
+            merged(&[(0, "a"), (88, "b")], &[(0, "s0"), (0, "s1"), (176, "s2")]),
+            ["s0", "s1", "a", "b", "s2"]
         );
-        assert_eq!(out, ["s0", "s1", "a", "b", "s2"]);
     }
 
     #[test]

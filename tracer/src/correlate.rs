@@ -394,12 +394,19 @@ impl Correlator {
                 break;
             }
             self.closed_queue.pop_front();
-            let quiet = self.open.get(&key).is_some_and(|a| {
-                a.closed && now.duration_since(a.last).unwrap_or_default() >= after
-            });
-            if quiet && self.remove(&key).is_some() {
-                removed += 1;
+            // One lookup: this runs for every connection.
+            let Entry::Occupied(o) = self.open.entry(key) else {
+                continue;
+            };
+            let a = o.get();
+            if !a.closed || now.duration_since(a.last).unwrap_or_default() < after {
+                continue;
             }
+            let mut a = o.remove();
+            if self.live {
+                decide(&mut a, true, &mut self.decided);
+            }
+            removed += 1;
         }
         removed
     }
