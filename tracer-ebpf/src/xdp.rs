@@ -80,59 +80,46 @@ fn load32(p: *const u8) -> u32 {
     }
 }
 
-/// A 16-bit load from the packet, left in network order: compared with constants swapped at
-/// compile time, it costs no byte swap on the path most frames take.
-#[inline(always)]
-fn raw16(p: *const u8) -> u16 {
-    #[allow(clippy::cast_ptr_alignment)]
-    unsafe {
-        *(p as *const u16)
-    }
-}
-
 #[inline(always)]
 fn try_xdp_syn(ctx: &XdpContext) -> Option<()> {
     let eth = bytes_at(ctx, 0, ETH_HLEN)?;
-    let mut ether_type = raw16(unsafe { eth.add(12) });
+    let mut ether_type = be16(unsafe { eth.add(12) });
     let mut l3 = ETH_HLEN;
-    // Up to two VLAN tags (802.1Q, QinQ); untagged IPv4 skips the loop at the first compare.
+    // Up to two VLAN tags (802.1Q, QinQ).
     for _ in 0..2 {
-        if ether_type == ETH_P_IP.to_be()
-            || (ether_type != ETH_P_8021Q.to_be() && ether_type != ETH_P_8021AD.to_be())
-        {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
         }
         let tag = bytes_at(ctx, l3, 4)?;
-        ether_type = raw16(unsafe { tag.add(2) });
+        ether_type = be16(unsafe { tag.add(2) });
         l3 += 4;
     }
 
     // (family, source address, TCP header)
-    let (family, src, l4) = if ether_type == ETH_P_IP.to_be() {
-        let ip = bytes_at(ctx, l3, 20)?;
-        let ver_ihl = unsafe { *ip };
-        // Version 4 with a header of 20..60 bytes: 0x45..=0x4f.
-        // Any fragment (MF set or non-zero offset) is not a SYN we can read whole.
-        if ver_ihl.wrapping_sub(0x45) > 0x0a
-            || unsafe { *ip.add(9) } != IPPROTO_TCP
-            || raw16(unsafe { ip.add(6) }) & 0x3fffu16.to_be() != 0
-        {
-            return None;
+    let (family, src, l4) = match ether_type {
+        ETH_P_IP => {
+            let ip = bytes_at(ctx, l3, 20)?;
+            let ver_ihl = unsafe { *ip };
+            let ihl = usize::from(ver_ihl & 0x0f) * 4;
+            // Any fragment (MF set or non-zero offset) is not a SYN we can read whole.
+            if ver_ihl >> 4 != 4
+                || ihl < 20
+                || unsafe { *ip.add(9) } != IPPROTO_TCP
+                || be16(unsafe { ip.add(6) }) & 0x3fff != 0
+            {
+                return None;
+            }
+            (4u8, unsafe { ip.add(12) }, l3 + ihl)
         }
-        (
-            4u8,
-            unsafe { ip.add(12) },
-            l3 + usize::from(ver_ihl & 0x0f) * 4,
-        )
-    } else if ether_type == ETH_P_IPV6.to_be() {
-        let ip = bytes_at(ctx, l3, 40)?;
-        // Extension headers (fragments included) are not followed: a SYN carries none.
-        if unsafe { *ip } >> 4 != 6 || unsafe { *ip.add(6) } != IPPROTO_TCP {
-            return None;
+        ETH_P_IPV6 => {
+            let ip = bytes_at(ctx, l3, 40)?;
+            // Extension headers (fragments included) are not followed: a SYN carries none.
+            if unsafe { *ip } >> 4 != 6 || unsafe { *ip.add(6) } != IPPROTO_TCP {
+                return None;
+            }
+            (6u8, unsafe { ip.add(8) }, l3 + 40)
         }
-        (6u8, unsafe { ip.add(8) }, l3 + 40)
-    } else {
-        return None;
+        _ => return None,
     };
 
     let tcp = bytes_at(ctx, l4, 20)?;
