@@ -141,18 +141,14 @@ impl Capture {
             }
         }
         let (clock, jiffies, names) = (self.clock, self.jiffies, &self.probe.names);
-        let out = std::cell::RefCell::new(out);
-        merge_by_ring_pos(
-            &self.ring_batch,
-            &held[..ready],
-            |raw| {
+        merge_by_ring_pos(&self.ring_batch, &held[..ready], |item| match item {
+            Merged::Ring(raw) => {
                 if let Some(ev) = decode(raw, &clock, names) {
-                    out.borrow_mut().push(ev);
+                    out.push(ev);
                 }
-            },
-            |r| out.borrow_mut().push(decode_syn(r, &clock, &jiffies)),
-        );
-        let out = out.into_inner();
+            }
+            Merged::Syn(r) => out.push(decode_syn(r, &clock, &jiffies)),
+        });
         self.ring_batch.clear();
         held.drain(..ready);
         if !flush && self.last_loss_check.elapsed() < LOSS_CHECK_EVERY {
@@ -197,23 +193,28 @@ fn ready_syns(syns: &mut [SynRecord], read_up_to: u64) -> usize {
     syns.partition_point(|r| r.ring_pos <= read_up_to)
 }
 
+/// One record of the merged streams.
+enum Merged<'a, R, S> {
+    Ring(&'a R),
+    Syn(&'a S),
+}
+
 /// Merges ring records (ascending positions) with SYN records (ascending producer positions),
-/// handing each to its callback in order: a SYN goes after the ring records starting below its
+/// handing each to `each` in order: a SYN goes after the ring records starting below its
 /// position, before the rest.
-fn merge_by_ring_pos<R, S: RingPos>(
-    ring: &[(u64, R)],
-    syns: &[S],
-    mut each_ring: impl FnMut(&R),
-    mut each_syn: impl FnMut(&S),
+fn merge_by_ring_pos<'a, R, S: RingPos>(
+    ring: &'a [(u64, R)],
+    syns: &'a [S],
+    mut each: impl FnMut(Merged<'a, R, S>),
 ) {
     let mut ring = ring.iter().peekable();
     for syn in syns {
         while let Some((_, r)) = ring.next_if(|(pos, _)| *pos < syn.ring_pos()) {
-            each_ring(r);
+            each(Merged::Ring(r));
         }
-        each_syn(syn);
+        each(Merged::Syn(syn));
     }
-    ring.for_each(|(_, r)| each_ring(r));
+    ring.for_each(|(_, r)| each(Merged::Ring(r)));
 }
 
 /// Where a SYN stood in the ring when it arrived.
@@ -295,14 +296,14 @@ mod tests {
     }
 
     fn merged(ring: &[(u64, &'static str)], syns: &[(u64, &'static str)]) -> Vec<&'static str> {
-        let out = std::cell::RefCell::new(vec![]);
-        merge_by_ring_pos(
-            ring,
-            syns,
-            |r| out.borrow_mut().push(*r),
-            |s| out.borrow_mut().push(s.1),
-        );
-        out.into_inner()
+        let mut out = vec![];
+        merge_by_ring_pos(ring, syns, |item| {
+            out.push(match item {
+                Merged::Ring(r) => *r,
+                Merged::Syn(s) => s.1,
+            })
+        });
+        out
     }
 
     #[test]
