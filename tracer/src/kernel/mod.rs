@@ -21,7 +21,7 @@ use tracer_common::{
 
 use crate::{
     correlate::{drop_class, DropClass},
-    events::Name,
+    events::{JiffiesSample, Name},
     ranges::{RangeSet, SparseBits},
 };
 
@@ -84,12 +84,10 @@ impl ReasonNames {
     }
 }
 
-/// What was attached, and what could not be.
 /// Reads jiffies and the coarse clock for the SYN log's timestamps (`Probe::jiffies_now`).
 const CLOCK_PROGRAM: &str = "xdp_clock";
 
-pub use crate::events::JiffiesSample;
-
+/// What was attached, and what could not be.
 pub struct Probe {
     ebpf: Ebpf,
     pub names: ReasonNames,
