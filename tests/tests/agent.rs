@@ -202,6 +202,79 @@ fn metrics_and_logs_follow_the_traffic() {
     assert_eq!(refused, 3, "windows together saw the 3 refusals");
 }
 
+/// A connection the origin accepts and then resets counts once as a handshake and once as an
+/// origin reset. The agent settles an attempt at its handshake and reads the later reset from
+/// the reset's own event; with `--log-events all` the kernel also reports closes, which must
+/// change nothing but the log.
+#[test]
+fn resets_after_accept_count_once_with_and_without_closes() {
+    for log_all in [false, true] {
+        let lab = Lab::new();
+        let tmp = TempDir::new("agent-resets");
+        let log = tmp.path("events.jsonl");
+        let _resetting = Server::start(lab.origin.listen("0.0.0.0", 8080, 128), ServerMode::Reset);
+        let _closing = Server::start(lab.origin.listen("0.0.0.0", 443, 128), ServerMode::Close);
+        let extra: &[&str] = if log_all {
+            &["--log-events", "all"]
+        } else {
+            &[]
+        };
+        let tracer = agent(&lab, &log, extra);
+        for port in [8080, 443] {
+            for _ in 0..3 {
+                let mut c = lab
+                    .edge
+                    .connect(EDGE_V4, sockaddr(ORIGIN_V4, port), SHORT)
+                    .expect("handshake");
+                use std::io::Read as _;
+                let _ = c.set_read_timeout(Some(SHORT));
+                let _ = c.read(&mut [0u8; 16]);
+            }
+        }
+        let expected = [
+            (series(8080, "handshake"), 3.0),
+            (series(8080, "origin_reset"), 3.0),
+            (series(443, "handshake"), 3.0),
+            (series(443, "origin_reset"), 0.0),
+        ];
+        let mut text = String::new();
+        let matches = |text: &str| expected.iter().all(|(s, v)| metric(text, s) == Some(*v));
+        let ok = eventually(Duration::from_secs(10), || {
+            text = scrape(&lab);
+            matches(&text)
+        });
+        assert!(
+            ok,
+            "log_all={log_all}: metrics never matched {expected:?}:\n{text}"
+        );
+        // Nothing counts twice later (a close or a reset finding the attempt gone).
+        std::thread::sleep(Duration::from_secs(1));
+        text = scrape(&lab);
+        assert!(matches(&text), "log_all={log_all}: counts moved:\n{text}");
+        assert!(
+            eventually(Duration::from_secs(3), || metric(
+                &scrape(&lab),
+                "tracer_open_attempts"
+            ) == Some(0.0)),
+            "handshakes leave the table"
+        );
+
+        tracer.stop();
+        let lines = log_lines(&log);
+        let closed = lines.iter().filter(|l| l["kind"] == "closed").count();
+        if log_all {
+            assert!(closed >= 6, "every connection's close is logged: {closed}");
+        } else {
+            assert_eq!(closed, 0, "closes are neither wanted nor logged");
+        }
+        let resets = lines
+            .iter()
+            .filter(|l| l["kind"] == "reset_sent" && l["local_port"] == 8080)
+            .count();
+        assert_eq!(resets, 3, "log_all={log_all}: {lines:?}");
+    }
+}
+
 #[test]
 fn sigterm_exits_fast_and_detaches() {
     let lab = Lab::new();

@@ -1,16 +1,20 @@
 //! How the origin's TCP stack answers: resets sent and received, handshakes completed,
 //! connections closed, SYN-ACKs retransmitted.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    helpers::generated::bpf_skc_to_tcp_sock,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    Event, EventKind, SockTpLayout, EVENT_F_HAS_REASON, EVENT_F_HAS_SOCK, FIELD_ABSENT,
+    counter, Event, EventKind, SockTpLayout, CONFIG_F_NETNS_FILTER, CONFIG_F_NO_CLOSES,
+    EVENT_F_HAS_REASON, EVENT_F_HAS_SOCK, FIELD_ABSENT,
 };
 
 use crate::common::{
-    config, emit, empty_event, field, in_watched_netns, peer_flags, port_watched, read_kernel,
+    config, count, emit, empty_event, field, in_watched_netns, peer_flags, port_watched,
 };
 
 const AF_INET: u16 = 2;
@@ -153,59 +157,89 @@ pub fn tp_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Which state changes are reported: a passive open completing, and closes (not of listeners).
+/// Which state changes are reported: a passive open completing, and closes (not of listeners)
+/// unless userspace does not want them.
 #[inline(always)]
 fn state_change_kind(old: i32, new: i32) -> Option<EventKind> {
     if new == TCP_ESTABLISHED && old == TCP_SYN_RECV {
         Some(EventKind::Established)
-    } else if new == TCP_CLOSE && old != TCP_LISTEN {
+    } else if new == TCP_CLOSE && old != TCP_LISTEN && config!(flags) & CONFIG_F_NO_CLOSES == 0 {
         Some(EventKind::Closed)
     } else {
         None
     }
 }
 
-/// The raw tracepoint gets `(sk, oldstate, newstate)` directly: no trace record is filled for
-/// the ~10 state changes of every connection in every namespace, most of which leave at once.
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn raw_set_state(ctx: RawTracePointContext) -> u32 {
-    let _ = try_raw_set_state(&ctx);
+/// The BTF tracepoint gets `(sk, oldstate, newstate)` as typed pointers: no trace record is
+/// filled for the ~10 state changes of every connection in every namespace (most leave at the
+/// first compare), and the socket is read with plain loads the verifier checks against the
+/// kernel's types instead of a helper call per field. This runs for every connection the host
+/// makes or accepts, so its cost is the tracer's cost under load.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn btf_set_state(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_btf_set_state(&ctx);
     0
 }
 
-fn try_raw_set_state(ctx: &RawTracePointContext) -> Option<()> {
-    let old = ctx.arg::<u64>(1) as i32;
-    let new = ctx.arg::<u64>(2) as i32;
+/// A `T` at `base + offset`. `base` is a BTF-typed kernel pointer and `offset` a constant
+/// from `CONFIG` (frozen, so the verifier knows it): the verifier checks the access against
+/// the kernel's struct layout and makes the load fault-safe.
+#[inline(always)]
+unsafe fn load<T>(base: *const u8, offset: u16) -> T {
+    unsafe { core::ptr::read(base.add(usize::from(offset)).cast::<T>()) }
+}
+
+fn try_btf_set_state(ctx: &BtfTracePointContext) -> Option<()> {
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
     let kind = state_change_kind(old, new)?;
-    let sk: u64 = ctx.arg(0);
-    let o = config!(sock);
-    if read_kernel::<u16>(sk, o.protocol)? != IPPROTO_TCP {
+    emit_sock_event(ctx.arg(0), kind, ((old as u32) << 8) | new as u32)
+}
+
+/// Sends `kind` for a socket given as a BTF-typed pointer: watched port, wanted peer, our
+/// namespace.
+#[inline(always)]
+fn emit_sock_event(sk: *mut c_void, kind: EventKind, state: u32) -> Option<()> {
+    // NULL unless a full TCP socket; typed as `tcp_sock`, so `inet_sport` (past `struct sock`)
+    // is in bounds for the verifier.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk) }.cast::<u8>().cast_const();
+    if tp.is_null() {
         return None;
     }
-    let local_port = u16::from_be(read_kernel(sk, o.sport)?);
+    let o = config!(sock);
+    let local_port = u16::from_be(unsafe { load::<u16>(tp, o.sport) });
     if !port_watched(local_port) {
         return None;
     }
     let mut ev = empty_event(kind as u32);
     ev.local_port = local_port;
-    ev.peer_port = u16::from_be(read_kernel(sk, o.dport)?);
-    match read_kernel::<u16>(sk, o.family)? {
+    ev.peer_port = u16::from_be(unsafe { load::<u16>(tp, o.dport) });
+    match unsafe { load::<u16>(tp, o.family) } {
         AF_INET => {
             ev.family = 4;
-            let s: [u8; 4] = read_kernel(sk, o.rcv_saddr)?;
-            let d: [u8; 4] = read_kernel(sk, o.daddr)?;
-            ev.local_addr[..4].copy_from_slice(&s);
-            ev.peer_addr[..4].copy_from_slice(&d);
+            ev.local_addr[..4].copy_from_slice(&unsafe { load::<[u8; 4]>(tp, o.rcv_saddr) });
+            ev.peer_addr[..4].copy_from_slice(&unsafe { load::<[u8; 4]>(tp, o.daddr) });
         }
         AF_INET6 => {
             ev.family = 6;
-            ev.local_addr = read_kernel(sk, o.v6_rcv_saddr)?;
-            ev.peer_addr = read_kernel(sk, o.v6_daddr)?;
+            ev.local_addr = unsafe { load(tp, o.v6_rcv_saddr) };
+            ev.peer_addr = unsafe { load(tp, o.v6_daddr) };
         }
         _ => return None,
     }
-    ev.state = ((old as u32) << 8) | new as u32;
-    filter_and_emit(ev, sk, 0)
+    ev.state = state;
+    unmap_v4(&mut ev);
+    ev.flags |= peer_flags(ev.family, &ev.peer_addr)? | EVENT_F_HAS_SOCK;
+    if config!(flags) & CONFIG_F_NETNS_FILTER != 0 {
+        let (sk_net, net_inum) = (config!(kernel.sk_net), config!(kernel.net_inum));
+        let net = unsafe { load::<*const u8>(tp, sk_net) };
+        if net.is_null() || unsafe { load::<u32>(net, net_inum) } != config!(netns_inum) {
+            count(counter::OTHER_NETNS);
+            return None;
+        }
+    }
+    emit(ev);
+    Some(())
 }
 
 fn try_set_state(ctx: &TracePointContext) -> Option<()> {

@@ -2,7 +2,7 @@
 //! the NIC to its outcome. Shared by `diagnose` (one window) and `agent` (rolling).
 
 use std::{
-    collections::{hash_map::Entry, HashMap, VecDeque},
+    collections::{hash_map::Entry, HashMap},
     net::IpAddr,
     time::{Duration, SystemTime},
 };
@@ -85,6 +85,12 @@ pub fn drop_class(reason: &str) -> DropClass {
         }
         _ => DropClass::Other,
     }
+}
+
+/// A packet thrown away because its queue's socket went away (one per connection closed with
+/// data unread), whatever the packet: it cannot decide a connection attempt.
+pub fn is_teardown(reason: &str) -> bool {
+    matches!(reason, "QUEUE_PURGE" | "SOCKET_CLOSE")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -215,6 +221,23 @@ fn decide(a: &mut Attempt, leaving: bool, decided: &mut Vec<Decided>) {
     }
 }
 
+/// Does a reset the origin sent on a socket in this state end an accepted connection? Every
+/// state from the handshake to the close does (the stack closes a socket with unread data or
+/// `SO_LINGER` 0, then resets it); a listener's or request's reset is the attempt's own
+/// answer, and a `TIME_WAIT` socket's answers a stray segment after the connection ended.
+pub fn reset_after_accept(state: &str) -> bool {
+    matches!(
+        state,
+        "TCP_ESTABLISHED"
+            | "TCP_FIN_WAIT1"
+            | "TCP_FIN_WAIT2"
+            | "TCP_CLOSE"
+            | "TCP_CLOSE_WAIT"
+            | "TCP_LAST_ACK"
+            | "TCP_CLOSING"
+    )
+}
+
 /// Tracks open attempts; hands back the ones that are over.
 #[derive(Default)]
 pub struct Correlator {
@@ -227,8 +250,6 @@ pub struct Correlator {
     pub closed_to_new: bool,
     /// Events the kernel reported lost.
     pub lost_events: u64,
-    /// Live mode: closed attempts in the order they closed, for [`Correlator::take_closed`].
-    closed_queue: VecDeque<(SystemTime, FlowKey)>,
 }
 
 impl Correlator {
@@ -236,7 +257,10 @@ impl Correlator {
         Self::default()
     }
 
-    /// A correlator for continuous use: see [`Correlator::take_decided`].
+    /// A correlator for continuous use: see [`Correlator::take_decided`]. A handshake settles
+    /// its attempt, which leaves the table at once: the table holds only attempts still
+    /// waiting for an answer, however many connections are open, and a connection's later
+    /// reset by the origin is read from its own event (see [`reset_after_accept`]).
     pub fn live() -> Self {
         Self {
             live: true,
@@ -270,6 +294,28 @@ impl Correlator {
             return None;
         }
         let key = FlowKey::of(ev)?;
+        if self.live {
+            match ev.kind {
+                Kind::Established => {
+                    self.settle_handshake(key, ev);
+                    return None;
+                }
+                Kind::ResetSent if !self.open.contains_key(&key) => {
+                    if ev.socket == Some(true)
+                        && ev.state.as_deref().is_some_and(reset_after_accept)
+                    {
+                        let mut a = Attempt::new(key, ev);
+                        a.established = true;
+                        a.origin_reset =
+                            Some(ev.reason.clone().unwrap_or(Name::Borrowed("UNKNOWN")));
+                        a.decided = Some(Outcome::OriginReset);
+                        self.decided.push(Decided::LateReset(a));
+                    }
+                    return None;
+                }
+                _ => {}
+            }
+        }
         let inbound_syn = match ev.kind {
             Kind::Syn => true,
             Kind::Drop => {
@@ -347,12 +393,7 @@ impl Correlator {
             }
             Kind::ResetReceived => a.peer_reset = true,
             Kind::Established => a.established = true,
-            Kind::Closed => {
-                a.closed = true;
-                if self.live {
-                    self.closed_queue.push_back((ev.ts, key));
-                }
-            }
+            Kind::Closed => a.closed = true,
             Kind::SynackRetransmit => a.synack_retransmits += 1,
             Kind::Loss => {}
         }
@@ -361,6 +402,21 @@ impl Correlator {
             return None;
         }
         displaced
+    }
+
+    /// Live mode: the handshake decides the attempt, which leaves the table.
+    fn settle_handshake(&mut self, key: FlowKey, ev: &TracedEvent) {
+        let mut a = match self.open.remove(&key) {
+            Some(a) => a,
+            None if !self.closed_to_new => Attempt::new(key, ev),
+            None => return,
+        };
+        a.last = a.last.max(ev.ts);
+        if ev.edge == Some(true) {
+            a.edge = true;
+        }
+        a.established = true;
+        decide(&mut a, true, &mut self.decided);
     }
 
     /// Attempts that are over: settled ones idle for `settled_after`, any idle for `idle_after`
@@ -381,34 +437,6 @@ impl Correlator {
             .map(|(k, _)| *k)
             .collect();
         done.iter().filter_map(|k| self.remove(k)).collect()
-    }
-
-    /// Live mode: removes attempts closed at least `after` before `now` (and quiet since), in
-    /// the order they closed, without walking the whole table. Healthy connections then leave
-    /// it within a fraction of a second, which keeps it small at fleet rates; `after` leaves
-    /// room for a reset the stack sends just after it closes a socket.
-    pub fn take_closed(&mut self, now: SystemTime, after: Duration) -> usize {
-        let mut removed = 0;
-        while let Some(&(at, key)) = self.closed_queue.front() {
-            if now.duration_since(at).unwrap_or_default() < after {
-                break;
-            }
-            self.closed_queue.pop_front();
-            // One lookup: this runs for every connection.
-            let Entry::Occupied(o) = self.open.entry(key) else {
-                continue;
-            };
-            let a = o.get();
-            if !a.closed || now.duration_since(a.last).unwrap_or_default() < after {
-                continue;
-            }
-            let mut a = o.remove();
-            if self.live {
-                decide(&mut a, true, &mut self.decided);
-            }
-            removed += 1;
-        }
-        removed
     }
 
     /// Every attempt still open that has not got an answer, or none at all.
@@ -658,28 +686,67 @@ mod tests {
         assert_eq!(c.lost_events, 7);
     }
 
+    /// A reset the origin sent on a socket in `state`.
+    fn reset_in_state(port: u16, state: &'static str, ms: u64) -> TracedEvent {
+        let mut e = reset_sent(port, true, "NOT_SPECIFIED", ms);
+        e.state = Some(state.into());
+        e
+    }
+
     #[test]
-    fn closed_attempts_leave_soon_in_live_mode_late_resets_still_count() {
-        let t = SystemTime::UNIX_EPOCH;
+    fn handshakes_leave_the_table_in_live_mode_late_resets_still_count() {
         let mut c = Correlator::live();
         c.observe(&syn(1, 10, 0));
-        c.observe(&ev(Kind::Established, 1, 1));
-        c.observe(&ev(Kind::Closed, 1, 5));
-        // The stack closes, then sends its reset: still the same attempt.
-        c.observe(&reset_sent(1, true, "TCP_STATE", 6));
-        let d = c.take_decided();
-        assert!(matches!(d.last(), Some(Decided::LateReset(_))), "{d:?}");
-        let after = Duration::from_millis(250);
-        assert_eq!(c.take_closed(t + Duration::from_millis(100), after), 0);
-        assert_eq!(c.take_closed(t + Duration::from_millis(300), after), 1);
-        assert_eq!(c.open_attempts(), 0);
-        // A flow reopened since it closed is not taken out by its old close.
-        c.observe(&syn(2, 10, 1000));
-        c.observe(&ev(Kind::Established, 2, 1001));
-        c.observe(&ev(Kind::Closed, 2, 1002));
-        c.observe(&syn(2, 11, 1003));
-        assert_eq!(c.take_closed(t + Duration::from_secs(5), after), 0);
         assert_eq!(c.open_attempts(), 1);
+        c.observe(&ev(Kind::Established, 1, 1));
+        assert_eq!(c.open_attempts(), 0, "the handshake settles the attempt");
+        assert!(
+            matches!(&c.take_decided()[..], [Decided::Attempt(a)] if a.outcome() == Outcome::Handshake && a.syn_packets == 1)
+        );
+        // A logged close finds nothing to do.
+        c.observe(&ev(Kind::Closed, 1, 5));
+        assert_eq!(c.open_attempts(), 0);
+        // The stack closes with unread data, then resets: the origin reset the connection.
+        c.observe(&reset_in_state(1, "TCP_CLOSE", 6));
+        let d = c.take_decided();
+        assert!(
+            matches!(&d[..], [Decided::LateReset(a)] if a.edge && a.flow.peer_port == 1 && a.outcome() == Outcome::OriginReset),
+            "{d:?}"
+        );
+        // A TIME_WAIT socket answering a stray segment, a listener's reset of an attempt not
+        // seen: neither ends an accepted connection.
+        c.observe(&reset_in_state(1, "TCP_TIME_WAIT", 7));
+        c.observe(&reset_in_state(2, "TCP_LISTEN", 7));
+        c.observe(&reset_sent(3, false, "NO_SOCKET", 7));
+        assert!(c.take_decided().is_empty());
+        assert_eq!(c.open_attempts(), 0);
+        // The four-tuple again, new ISN: a new attempt, decided again.
+        c.observe(&syn(1, 11, 1000));
+        c.observe(&ev(Kind::Established, 1, 1001));
+        assert!(
+            matches!(&c.take_decided()[..], [Decided::Attempt(a)] if a.outcome() == Outcome::Handshake)
+        );
+        assert_eq!(c.open_attempts(), 0);
+    }
+
+    #[test]
+    fn resets_after_accept_by_state() {
+        for state in [
+            "TCP_ESTABLISHED",
+            "TCP_CLOSE_WAIT",
+            "TCP_FIN_WAIT1",
+            "TCP_CLOSE",
+        ] {
+            assert!(reset_after_accept(state), "{state}");
+        }
+        for state in [
+            "TCP_LISTEN",
+            "TCP_SYN_RECV",
+            "TCP_NEW_SYN_RECV",
+            "TCP_TIME_WAIT",
+        ] {
+            assert!(!reset_after_accept(state), "{state}");
+        }
     }
 
     #[test]
@@ -691,7 +758,7 @@ mod tests {
         c.observe(&ev(Kind::Established, 1000, 1));
         let d = c.take_decided();
         assert!(matches!(&d[..], [Decided::Attempt(a)] if a.outcome() == Outcome::Handshake));
-        c.observe(&reset_sent(1000, true, "NOT_SPECIFIED", 5));
+        c.observe(&reset_in_state(1000, "TCP_ESTABLISHED", 5));
         assert!(matches!(&c.take_decided()[..], [Decided::LateReset(_)]));
         // Firewall drop: decided at the first drop; retransmissions add nothing.
         c.observe(&syn(2000, 9, 0));

@@ -27,12 +27,6 @@ use crate::{
 const SETTLED_AFTER: Duration = Duration::from_secs(2);
 /// ...others after this: a dropped SYN is retransmitted for about 20 s and must count once.
 const IDLE_AFTER: Duration = Duration::from_secs(25);
-/// Closed connections (decided at their handshake) leave after this. The reset the stack sends
-/// when it closes a socket with unread data follows the close within the same system call, so
-/// it is in the close's batch or, when the drain fell between the two, in the next one, well
-/// within this. Short, because every closed connection waiting here is a table entry: at tens
-/// of thousands of connections per second the table's size decides its cache misses.
-const CLOSED_AFTER: Duration = Duration::from_millis(25);
 
 /// The JSON-lines log: stdout, or a file reopened on SIGHUP (logrotate).
 enum Sink {
@@ -120,8 +114,12 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let super::Started { probe, iface, .. } = super::start_probe(
         &args.capture,
         &ranges,
-        true,
-        true,
+        super::Wanted {
+            all_peers: true,
+            attempt_drops_only: true,
+            // Connections are settled at their handshake; closes are only logged.
+            closes: args.log_events == LogEvents::All,
+        },
         crate::kernel::AGENT_RING_BYTES,
     )?;
     for n in &probe.notes {
@@ -197,7 +195,6 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         }
         batch.clear();
 
-        correlator.take_closed(SystemTime::now(), CLOSED_AFTER);
         if last_housekeeping.elapsed() >= Duration::from_secs(1) {
             correlator.take_idle(SystemTime::now(), SETTLED_AFTER, IDLE_AFTER);
             sampler.sample();

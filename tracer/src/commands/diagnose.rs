@@ -34,8 +34,11 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
     } = super::start_probe(
         &args.capture,
         &ranges,
-        true,
-        true,
+        super::Wanted {
+            all_peers: true,
+            attempt_drops_only: true,
+            closes: true,
+        },
         crate::kernel::DEFAULT_RING_BYTES,
     )?;
     super::print_notes(&probe);

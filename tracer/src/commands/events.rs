@@ -24,8 +24,11 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     let super::Started { probe, .. } = super::start_probe(
         &args.capture,
         &ranges,
-        args.all_peers,
-        false,
+        super::Wanted {
+            all_peers: args.all_peers,
+            attempt_drops_only: false,
+            closes: true,
+        },
         crate::kernel::DEFAULT_RING_BYTES,
     )?;
     super::print_notes(&probe);

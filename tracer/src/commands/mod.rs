@@ -22,12 +22,21 @@ pub struct Started {
     pub ports: Vec<u16>,
 }
 
+/// Which events a command wants from the kernel beyond the defaults.
+pub struct Wanted {
+    /// Peers outside the watched ranges too.
+    pub all_peers: bool,
+    /// Only drops that can decide a connection attempt.
+    pub attempt_drops_only: bool,
+    /// Connections closing.
+    pub closes: bool,
+}
+
 /// Resolves the interface and ports and attaches the programs.
 pub fn start_probe(
     capture: &CaptureArgs,
     ranges: &RangeSet,
-    all_peers: bool,
-    attempt_drops_only: bool,
+    wanted: Wanted,
     default_ring_bytes: u32,
 ) -> Result<Started> {
     let iface = match &capture.iface {
@@ -39,8 +48,9 @@ pub fn start_probe(
         iface: &iface,
         xdp_mode: capture.xdp_mode,
         ports: &ports,
-        all_peers,
-        attempt_drops_only,
+        all_peers: wanted.all_peers,
+        attempt_drops_only: wanted.attempt_drops_only,
+        closes: wanted.closes,
         ranges,
         ring_bytes: capture.ring_bytes.unwrap_or(default_ring_bytes),
     })?;

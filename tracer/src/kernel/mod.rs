@@ -10,17 +10,17 @@ use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint, Xdp, XdpMode},
+    programs::{BtfTracePoint, TracePoint, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
     counter, Config, Ipv4Key, Ipv6Key, KfreeSkbLayout, SendResetLayout, SockTpLayout,
-    CONFIG_F_ALL_PEERS, CONFIG_F_ATTEMPT_DROPS, CONFIG_F_NETNS_FILTER, DROP_REASON_WORDS,
-    FIELD_ABSENT, PORT_BITMAP_WORDS,
+    CONFIG_F_ALL_PEERS, CONFIG_F_ATTEMPT_DROPS, CONFIG_F_NETNS_FILTER, CONFIG_F_NO_CLOSES,
+    DROP_REASON_WORDS, FIELD_ABSENT, PORT_BITMAP_WORDS,
 };
 
 use crate::{
-    correlate::{drop_class, DropClass},
+    correlate::{drop_class, is_teardown, DropClass},
     events::{JiffiesSample, Name},
     ranges::{RangeSet, SparseBits},
 };
@@ -43,6 +43,9 @@ pub struct ProbeOptions<'a> {
     /// Report only the drops that can decide a connection attempt (`diagnose`, `agent`);
     /// `events` shows every drop of a watched flow.
     pub attempt_drops_only: bool,
+    /// Report connections closing (`agent` settles connections at the handshake and does
+    /// without them unless it logs every event).
+    pub closes: bool,
     pub ranges: &'a RangeSet,
     pub ring_bytes: u32,
 }
@@ -219,10 +222,22 @@ fn one_line(e: &anyhow::Error) -> String {
 /// The drop reasons that decide an attempt even on a packet other than its SYN (a refusal, a
 /// filter, a full queue), as the kernel's bitmap of reason numbers.
 fn attempt_drop_reasons(names: &HashMap<u32, &'static str>) -> [u64; DROP_REASON_WORDS] {
+    reason_bits(names, |name| drop_class(name) != DropClass::Other)
+}
+
+/// The drop reasons never reported with [`CONFIG_F_ATTEMPT_DROPS`], not even for a SYN.
+fn teardown_drop_reasons(names: &HashMap<u32, &'static str>) -> [u64; DROP_REASON_WORDS] {
+    reason_bits(names, is_teardown)
+}
+
+fn reason_bits(
+    names: &HashMap<u32, &'static str>,
+    wanted: impl Fn(&str) -> bool,
+) -> [u64; DROP_REASON_WORDS] {
     let mut bits = [0u64; DROP_REASON_WORDS];
     for (&code, name) in names {
         let word = (code >> 6) as usize;
-        if word < DROP_REASON_WORDS && drop_class(name) != DropClass::Other {
+        if word < DROP_REASON_WORDS && wanted(name) {
             bits[word] |= 1 << (code & 63);
         }
     }
@@ -346,9 +361,13 @@ impl Probe {
                 names.reset = leak_names(b.enum_names("sk_rst_reason", "SK_RST_REASON_"));
             }
         }
+        if !opts.closes {
+            config.flags |= CONFIG_F_NO_CLOSES;
+        }
         if opts.attempt_drops_only && config.kfree_skb.reason != FIELD_ABSENT {
             config.flags |= CONFIG_F_ATTEMPT_DROPS;
             config.drop_reasons = attempt_drop_reasons(&names.drop);
+            config.teardown_reasons = teardown_drop_reasons(&names.drop);
         }
         if let Some(f) = formats.get("tp_recv_reset") {
             config.receive_reset = sock_layout(f);
@@ -373,30 +392,9 @@ impl Probe {
         probe.set_ports(opts.ports)?;
         probe.set_ranges(opts.ranges)?;
 
-        // State changes through the raw tracepoint when BTF gives the sock layout: it skips
-        // filling a trace record for every change of every socket in every namespace.
-        let mut raw_set_state = false;
-        if config.sock.complete() {
-            let result = (|| -> Result<()> {
-                let tp: &mut RawTracePoint = probe
-                    .ebpf
-                    .program_mut("raw_set_state")
-                    .ok_or_else(|| anyhow!("program raw_set_state missing from the object"))?
-                    .try_into()?;
-                tp.load()?;
-                tp.attach("inet_sock_set_state")?;
-                Ok(())
-            })();
-            match result {
-                Ok(()) => raw_set_state = true,
-                Err(e) => probe.notes.push(format!(
-                    "raw tracepoint inet_sock_set_state unavailable ({}): using the classic one",
-                    one_line(&e)
-                )),
-            }
-        }
+        let classic_set_state = !config.sock.complete() || !probe.attach_btf_set_state();
         for (prog, category, name) in TRACEPOINTS {
-            if !formats.contains_key(prog) || (prog == "tp_set_state" && raw_set_state) {
+            if !formats.contains_key(prog) || (prog == "tp_set_state" && !classic_set_state) {
                 continue;
             }
             let result = (|| -> Result<()> {
@@ -418,6 +416,30 @@ impl Probe {
         }
         probe.attach_xdp(opts.iface, opts.xdp_mode)?;
         Ok(probe)
+    }
+
+    /// State changes through the BTF tracepoint: no trace record is filled for every change
+    /// of every socket in every namespace, and the socket is read with plain loads. False
+    /// when the classic tracepoint must do it.
+    fn attach_btf_set_state(&mut self) -> bool {
+        let result = (|| -> Result<()> {
+            let btf = aya::Btf::from_sys_fs()?;
+            let tp: &mut BtfTracePoint = self
+                .ebpf
+                .program_mut("btf_set_state")
+                .ok_or_else(|| anyhow!("program btf_set_state missing from the object"))?
+                .try_into()?;
+            tp.load("inet_sock_set_state", &btf)?;
+            tp.attach()?;
+            Ok(())
+        })();
+        if let Err(e) = &result {
+            self.notes.push(format!(
+                "BTF tracepoint inet_sock_set_state unavailable ({}): using the classic one",
+                one_line(e)
+            ));
+        }
+        result.is_ok()
     }
 
     fn attach_xdp(&mut self, iface: &str, mode: crate::cli::XdpModeArg) -> Result<()> {
@@ -719,5 +741,8 @@ mod tests {
         assert!(!set(71) && !set(72) && !set(0));
         // Codes past the bitmap (subsystem reasons) are left out, not wrapped around.
         assert_eq!(bits.iter().map(|w| w.count_ones()).sum::<u32>(), 3);
+        let teardown = teardown_drop_reasons(&names);
+        assert_eq!(teardown[1], 1 << (71 - 64), "QUEUE_PURGE only");
+        assert_eq!(teardown.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
     }
 }
