@@ -86,6 +86,14 @@ impl Capture {
 
     /// Waits until events are ready, at most `tick`, then appends what is there.
     pub async fn next_batch(&mut self, out: &mut Vec<TracedEvent>, tick: Duration) -> Result<()> {
+        self.wait(tick).await?;
+        self.drain(out);
+        Ok(())
+    }
+
+    /// Waits until events are ready, at most `tick` (and at least the minimum interval since
+    /// the last drain).
+    pub async fn wait(&mut self, tick: Duration) -> Result<()> {
         let since = self.last_drain.elapsed();
         if since < self.min_interval {
             tokio::time::sleep(self.min_interval - since).await;
@@ -95,7 +103,6 @@ impl Capture {
             let mut guard = guard.context("waiting for the ring buffer")?;
             guard.clear_ready();
         }
-        self.drain(out);
         Ok(())
     }
 
@@ -103,15 +110,19 @@ impl Capture {
     /// counted new losses. SYNs that arrived after ring events still being written wait for
     /// the next call.
     pub fn drain(&mut self, out: &mut Vec<TracedEvent>) {
-        self.drain_inner(out, false);
+        self.drain_each(false, |ev| out.push(ev));
     }
 
     /// The last drain: everything queued, nothing held back.
     pub fn drain_all(&mut self, out: &mut Vec<TracedEvent>) {
-        self.drain_inner(out, true);
+        self.drain_each(true, |ev| out.push(ev));
     }
 
-    fn drain_inner(&mut self, out: &mut Vec<TracedEvent>, flush: bool) {
+    /// Hands each event queued now to `each`, in the kernel's order (`flush`: the last drain,
+    /// nothing held back). For the agent at fleet rates: a drain's events are never all in
+    /// memory at once (a hundred milliseconds of them is megabytes, which evicts the
+    /// workload's cache).
+    pub fn drain_each(&mut self, flush: bool, mut each: impl FnMut(TracedEvent)) {
         self.last_drain = Instant::now();
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
@@ -144,10 +155,10 @@ impl Capture {
         merge_by_ring_pos(&self.ring_batch, &held[..ready], |item| match item {
             Merged::Ring(raw) => {
                 if let Some(ev) = decode(raw, &clock, names) {
-                    out.push(ev);
+                    each(ev);
                 }
             }
-            Merged::Syn(r) => out.push(decode_syn(r, &clock, &jiffies)),
+            Merged::Syn(r) => each(decode_syn(r, &clock, &jiffies)),
         });
         self.ring_batch.clear();
         held.drain(..ready);
@@ -155,15 +166,15 @@ impl Capture {
             return;
         }
         self.last_loss_check = Instant::now();
-        self.check_loss(out);
+        self.check_loss(each);
     }
 
-    /// Reads the kernel's loss counter now; appends a loss event if it rose.
-    pub fn check_loss(&mut self, out: &mut Vec<TracedEvent>) {
+    /// Reads the kernel's loss counter now; hands out a loss event if it rose.
+    fn check_loss(&mut self, mut each: impl FnMut(TracedEvent)) {
         if let Ok(counters) = self.probe.counters() {
             let lost = counters[counter::LOST as usize];
             if lost > self.lost_reported {
-                out.push(TracedEvent::loss(
+                each(TracedEvent::loss(
                     SystemTime::now(),
                     lost - self.lost_reported,
                 ));

@@ -16,7 +16,7 @@ use crate::{
     capture::{write_ready_file, Capture},
     cli::{AgentArgs, LogEvents},
     correlate::{Correlator, Decided},
-    events::{Kind, TracedEvent},
+    events::Kind,
     export::{self, Metrics},
     netinfo,
     ranges::{fetch, RangeSet},
@@ -159,7 +159,6 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut sampler = OriginSampler::start();
     let mut tally = Tally::default();
     let mut correlator = Correlator::live();
-    let mut batch: Vec<TracedEvent> = Vec::new();
     let mut last_housekeeping = Instant::now();
     let mut next_refresh = args.refresh_ranges_every.map(|d| Instant::now() + d);
     let (refresh_tx, mut refresh_rx) = tokio::sync::mpsc::channel::<Refreshed>(1);
@@ -190,11 +189,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 }
                 Err(e) => tracing::warn!("ranges refresh failed, keeping the current list: {e:#}"),
             },
-            r = capture.next_batch(&mut batch, Duration::from_millis(250)) => r?,
+            r = capture.wait(Duration::from_millis(250)) => r?,
         }
 
-        // By reference: an event is ~200 bytes, and this runs for every one.
-        for ev in &batch {
+        // One event at a time, straight from the kernel's buffers: this runs for every one.
+        capture.drain_each(false, |ev| {
             match ev.kind {
                 Kind::Syn if ev.edge == Some(true) => {
                     if let Some(p) = ev.local_port {
@@ -207,9 +206,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             if wanted(ev.kind, args.log_events) {
                 sink.line(&ev.to_json());
             }
-            correlator.observe(ev);
-        }
-        batch.clear();
+            correlator.observe(&ev);
+        });
 
         if last_housekeeping.elapsed() >= Duration::from_secs(1) {
             correlator.take_idle(SystemTime::now(), SETTLED_AFTER, IDLE_AFTER);
