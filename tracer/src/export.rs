@@ -97,7 +97,7 @@ impl Metrics {
         r.register(Box::new(verdict.clone()))?;
         let open_attempts = IntGauge::new(
             "tracer_open_attempts",
-            "Connection attempts being tracked now.",
+            "Connection attempts awaiting an answer now.",
         )?;
         r.register(Box::new(open_attempts.clone()))?;
         let windows = IntCounter::new("tracer_windows_total", "Verdict windows completed.")?;

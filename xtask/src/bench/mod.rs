@@ -511,10 +511,12 @@ fn wrk(lab: &Lab, secs: u32) -> Result<f64> {
 }
 
 fn connection_rate() -> Result<Value> {
-    // Run-to-run spread is ±2-3% on this kind of machine: five pairs, the order flipped every
-    // pair (A B, B A, ...) so a drift over the run does not favour either side.
-    const PAIRS: usize = 5;
-    const SECS: u32 = 5;
+    // Run-to-run spread is ±2-3% on this kind of machine, as large as what is measured: nine
+    // short pairs rather than five long ones (drifts cancel within a pair, and the median of
+    // nine moves less), the order flipped every pair (A B, B A, ...) so a drift over the run
+    // does not favour either side.
+    const PAIRS: usize = 9;
+    const SECS: u32 = 4;
     let lab = Lab::new();
     // Edge traffic to the origin leaves from the Cloudflare address. One client address
     // recycles its ports within seconds at this rate: without these harness settings new
