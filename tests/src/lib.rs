@@ -224,6 +224,11 @@ pub struct Tracer {
 impl Tracer {
     /// Starts `tracer ARGS... --ready-file F` in `ns` and waits until it is attached.
     pub fn start(ns: &Netns, args: &[&str]) -> Tracer {
+        Tracer::start_env(ns, args, &[])
+    }
+
+    /// [`Tracer::start`] with extra environment variables.
+    pub fn start_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Tracer {
         let dir = std::env::temp_dir().join(format!("{}-{}", ns.name, rand_suffix()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let ready = dir.join("ready");
@@ -235,6 +240,7 @@ impl Tracer {
             .args(args)
             .arg("--ready-file")
             .arg(&ready)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).expect("stdout file"))
             .stderr(File::create(&stderr).expect("stderr file"))
@@ -308,7 +314,12 @@ impl Tracer {
 impl Tracer {
     /// `tracer diagnose --format json` on the lab's origin interface, watching `ports` for `secs`.
     pub fn diagnose(ns: &Netns, ports: &str, secs: &str) -> Tracer {
-        Tracer::start(
+        Tracer::diagnose_env(ns, ports, secs, &[])
+    }
+
+    /// [`Tracer::diagnose`] with extra environment variables.
+    pub fn diagnose_env(ns: &Netns, ports: &str, secs: &str, env: &[(&str, &str)]) -> Tracer {
+        Tracer::start_env(
             ns,
             &[
                 "diagnose",
@@ -321,6 +332,7 @@ impl Tracer {
                 "--format",
                 "json",
             ],
+            env,
         )
     }
 }

@@ -245,11 +245,16 @@ pub fn all() -> Vec<Scenario> {
 
 /// Runs one scenario in a fresh lab: the report and the seconds it took.
 pub fn run(s: &Scenario) -> (Value, f64) {
+    run_env(s, &[])
+}
+
+/// [`run`] with extra environment variables for the tracer.
+pub fn run_env(s: &Scenario, env: &[(&str, &str)]) -> (Value, f64) {
     let started = Instant::now();
     let lab = Lab::new();
     let keep = (s.setup)(&lab);
     let window = WINDOW_SECS.to_string();
-    let tracer = Tracer::diagnose(&lab.origin, s.ports, &window);
+    let tracer = Tracer::diagnose_env(&lab.origin, s.ports, &window, env);
     (s.traffic)(&lab);
     let stderr = tracer.stderr_text();
     let (code, out) = tracer.wait(Duration::from_secs(WINDOW_SECS + 20));

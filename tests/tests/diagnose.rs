@@ -196,6 +196,33 @@ fn mixed_causes_list_every_one() {
     assert_eq!(r["causes"][1]["attempts"], 2);
 }
 
+/// The classic tracepoints are the fallback on kernels where the BTF ones cannot load; forced
+/// here, they must give the same counts: drops (kfree_skb), refusals and handshakes
+/// (inet_sock_set_state).
+#[test]
+fn classic_tracepoints_give_the_same_verdicts() {
+    let env = [("TRACER_CLASSIC_TRACEPOINTS", "1")];
+    let forced = |r: &Value| {
+        r["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("classic tracepoints forced"))
+    };
+    let s = scenario("mixed: refused 8080, firewall 443");
+    let (r, _) = scenarios::run_env(&s, &env);
+    assert!(forced(&r), "{r:#}");
+    assert_eq!(r["verdict"], s.expected, "{r:#}");
+    assert_eq!(r["edge"]["firewall_drops"], 4, "{r:#}");
+    assert_eq!(r["edge"]["refused"], 2, "{r:#}");
+    let s = scenario("healthy");
+    let (r, _) = scenarios::run_env(&s, &env);
+    assert!(forced(&r), "{r:#}");
+    assert_eq!(r["verdict"], s.expected, "{r:#}");
+    assert_eq!(r["edge"]["syn"], 5, "{r:#}");
+    assert_eq!(r["edge"]["handshakes"], 5, "{r:#}");
+}
+
 #[test]
 fn ipv6_refusal() {
     let r = verdict_of("IPv6, nothing listens");

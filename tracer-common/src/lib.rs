@@ -232,6 +232,9 @@ pub struct KernelOffsets {
     pub sk_net: u16,
     /// `net.ns.inum`
     pub net_inum: u16,
+    /// `sk_buff.protocol` (network order)
+    pub skb_protocol: u16,
+    pub _pad: [u16; 3],
 }
 
 impl KernelOffsets {
@@ -244,6 +247,8 @@ impl KernelOffsets {
         dev_nd_net: FIELD_ABSENT,
         sk_net: FIELD_ABSENT,
         net_inum: FIELD_ABSENT,
+        skb_protocol: FIELD_ABSENT,
+        _pad: [0; 3],
     };
 }
 

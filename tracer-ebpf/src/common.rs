@@ -195,6 +195,14 @@ pub fn read_kernel<T>(base: u64, offset: u16) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T).ok() }
 }
 
+/// A `T` at `base + offset`. `base` is a BTF-typed kernel pointer and `offset` a constant
+/// from `CONFIG` (frozen, so the verifier knows it): the verifier checks the access against
+/// the kernel's struct layout and makes the load fault-safe.
+#[inline(always)]
+pub unsafe fn load<T>(base: *const u8, offset: u16) -> T {
+    unsafe { core::ptr::read(base.add(usize::from(offset)).cast::<T>()) }
+}
+
 /// `sk->__sk_common.skc_net->ns.inum`
 #[inline(always)]
 fn netns_of_sock(sk: u64) -> Option<u32> {

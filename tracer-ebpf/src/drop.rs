@@ -2,14 +2,18 @@
 //! The flow is read from the dropped packet's own headers, since a SYN to a closed port or one
 //! dropped by netfilter has no socket.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use tracer_common::{
-    Event, EventKind, CONFIG_F_ATTEMPT_DROPS, DROP_REASON_WORDS, EVENT_F_EGRESS,
-    EVENT_F_HAS_REASON, EVENT_F_HAS_TCP,
+    counter, EventKind, CONFIG_F_ATTEMPT_DROPS, CONFIG_F_NETNS_FILTER, DROP_REASON_WORDS,
+    EVENT_F_EGRESS, EVENT_F_HAS_REASON, EVENT_F_HAS_TCP,
 };
 
 use crate::common::{
-    config, emit, empty_event, field, in_watched_netns, peer_flags, port_watched, read_kernel,
+    config, count, emit, empty_event, field, in_watched_netns, load, peer_flags, port_watched,
+    read_kernel,
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -20,6 +24,100 @@ const TCP_ACK: u8 = 0x10;
 /// `sk_buff.network_header`/`transport_header` value meaning "not set".
 const HEADER_UNSET: u16 = 0xffff;
 
+/// The dropped packet's place in memory: what both programs read before the packet itself.
+struct SkbView {
+    /// ntohs(skb->protocol)
+    protocol: u16,
+    head: u64,
+    network: u16,
+    transport: u16,
+}
+
+/// Teardown reasons are never reported in attempt mode: checked before anything else because
+/// at one per connection a purged queue is this hook's most frequent call under load.
+#[inline(always)]
+fn is_teardown(reason: u32) -> Option<bool> {
+    if config!(flags) & CONFIG_F_ATTEMPT_DROPS == 0 {
+        return Some(false);
+    }
+    reason_set!(teardown_reasons, reason)
+}
+
+/// Is `reason` in the CONFIG bitmap `$bits` (`None` past it: subsystem reasons)? One constant
+/// index per word: LLVM may bounds-check a copy of a computed index and then use the
+/// original, whose bounds the verifier then does not know.
+macro_rules! reason_set {
+    ($bits:ident, $reason:expr) => {{
+        let reason: u32 = $reason;
+        let bit = 1u64 << (reason & 63);
+        let word = match reason >> 6 {
+            0 => config!($bits[0]),
+            1 => config!($bits[1]),
+            2 => config!($bits[2]),
+            3 => config!($bits[3]),
+            4 => config!($bits[4]),
+            5 => config!($bits[5]),
+            6 => config!($bits[6]),
+            7 => config!($bits[7]),
+            _ => return None,
+        };
+        Some(word & bit != 0)
+    }};
+}
+use reason_set;
+
+const _: () = assert!(DROP_REASON_WORDS == 8, "reason_set! reads eight words");
+
+/// The BTF tracepoint gets `(skb, location, reason, ...)` directly: no trace record is filled
+/// for every packet freed with a reason in every namespace, and the `sk_buff` is read with
+/// plain loads the verifier checks (the packet bytes still need the read helper).
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn btf_kfree_skb(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_btf_kfree_skb(&ctx);
+    0
+}
+
+fn try_btf_kfree_skb(ctx: &BtfTracePointContext) -> Option<()> {
+    let reason: u32 = ctx.arg(2);
+    if is_teardown(reason) == Some(true) {
+        return None;
+    }
+    let skb: *const u8 = ctx.arg(0);
+    let k = config!(kernel);
+    let view = SkbView {
+        protocol: u16::from_be(unsafe { load::<u16>(skb, k.skb_protocol) }),
+        head: unsafe { load::<u64>(skb, k.skb_head) },
+        network: unsafe { load::<u16>(skb, k.skb_network_header) },
+        transport: unsafe { load::<u16>(skb, k.skb_transport_header) },
+    };
+    let location: u64 = ctx.arg(1);
+    drop_event(&view, Some(reason), location, || skb_in_watched_netns(skb))
+}
+
+/// [`in_watched_netns`] for a BTF-typed `sk_buff`: its socket's namespace, else its device's.
+#[inline(always)]
+fn skb_in_watched_netns(skb: *const u8) -> bool {
+    if config!(flags) & CONFIG_F_NETNS_FILTER == 0 {
+        return true;
+    }
+    let k = config!(kernel);
+    let sk = unsafe { load::<*const u8>(skb, k.skb_sk) };
+    let net = if !sk.is_null() {
+        unsafe { load::<*const u8>(sk, k.sk_net) }
+    } else {
+        let dev = unsafe { load::<*const u8>(skb, k.skb_dev) };
+        if dev.is_null() {
+            return false;
+        }
+        unsafe { load::<*const u8>(dev, k.dev_nd_net) }
+    };
+    let ok = !net.is_null() && unsafe { load::<u32>(net, k.net_inum) } == config!(netns_inum);
+    if !ok {
+        count(counter::OTHER_NETNS);
+    }
+    ok
+}
+
 #[tracepoint]
 pub fn tp_kfree_skb(ctx: TracePointContext) -> u32 {
     let _ = try_kfree_skb(&ctx);
@@ -27,30 +125,37 @@ pub fn tp_kfree_skb(ctx: TracePointContext) -> u32 {
 }
 
 fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
-    if config!(flags) & CONFIG_F_ATTEMPT_DROPS != 0 {
-        // Before anything else: at one per connection, a purged queue is this program's most
-        // frequent call under load.
-        let reason = field::<u32>(ctx, config!(kfree_skb.reason))?;
-        let word = (reason >> 6) as usize;
-        if word < DROP_REASON_WORDS
-            && config!(teardown_reasons[word]) & (1u64 << (reason & 63)) != 0
-        {
-            return None;
-        }
-    }
-    // The tracepoint stores ntohs(skb->protocol).
-    let protocol: u16 = field(ctx, config!(kfree_skb.protocol))?;
-    if protocol != ETH_P_IP && protocol != ETH_P_IPV6 {
+    let reason = field::<u32>(ctx, config!(kfree_skb.reason));
+    if reason.and_then(is_teardown) == Some(true) {
         return None;
     }
     let skb: u64 = field(ctx, config!(kfree_skb.skbaddr))?;
-    let head: u64 = read_kernel(skb, config!(kernel.skb_head))?;
-    let network: u16 = read_kernel(skb, config!(kernel.skb_network_header))?;
+    let view = SkbView {
+        // The tracepoint stores ntohs(skb->protocol).
+        protocol: field(ctx, config!(kfree_skb.protocol))?,
+        head: read_kernel(skb, config!(kernel.skb_head))?,
+        network: read_kernel(skb, config!(kernel.skb_network_header))?,
+        transport: read_kernel(skb, config!(kernel.skb_transport_header)).unwrap_or(HEADER_UNSET),
+    };
+    let location = field::<u64>(ctx, config!(kfree_skb.location)).unwrap_or(0);
+    drop_event(&view, reason, location, || in_watched_netns(0, skb))
+}
+
+/// Reads the dropped packet's headers and sends the drop if it is a watched flow's.
+#[inline(always)]
+fn drop_event(
+    view: &SkbView,
+    reason: Option<u32>,
+    location: u64,
+    in_netns: impl Fn() -> bool,
+) -> Option<()> {
+    if view.protocol != ETH_P_IP && view.protocol != ETH_P_IPV6 {
+        return None;
+    }
+    let (head, network, transport) = (view.head, view.network, view.transport);
     if head == 0 || network == HEADER_UNSET {
         return None;
     }
-    let transport: u16 =
-        read_kernel(skb, config!(kernel.skb_transport_header)).unwrap_or(HEADER_UNSET);
 
     let mut event = empty_event(EventKind::Drop as u32);
     let ip = head + u64::from(network);
@@ -84,7 +189,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         ip + tcp_offset
     };
     let tcp: [u8; 14] = read_kernel(tcp_at, 0)?;
-    if !wanted(ctx, tcp[13]) {
+    if !wanted(reason, tcp[13]) {
         return None;
     }
     let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
@@ -103,10 +208,17 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     event.flags |= peer_flags(event.family, &event.peer_addr)?;
-    if !in_watched_netns(0, skb) {
+    if !in_netns() {
         return None;
     }
-    finish(ctx, &mut event, &tcp);
+    event.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    event.tcp_flags = u32::from(tcp[13]);
+    event.flags |= EVENT_F_HAS_TCP;
+    if let Some(reason) = reason {
+        event.reason = reason;
+        event.flags |= EVENT_F_HAS_REASON;
+    }
+    event.aux = location;
     emit(event);
     Some(())
 }
@@ -114,28 +226,17 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
 /// Everything, or (`CONFIG_F_ATTEMPT_DROPS`) what can decide a connection attempt: a bare SYN,
 /// or another packet dropped for one of the reasons userspace listed.
 #[inline(always)]
-fn wanted(ctx: &TracePointContext, tcp_flags: u8) -> bool {
+fn wanted(reason: Option<u32>, tcp_flags: u8) -> bool {
     if config!(flags) & CONFIG_F_ATTEMPT_DROPS == 0 || tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         return true;
     }
-    let Some(reason) = field::<u32>(ctx, config!(kfree_skb.reason)) else {
+    let Some(reason) = reason else {
         return true;
     };
-    let word = (reason >> 6) as usize;
-    if word >= DROP_REASON_WORDS {
-        return false;
-    }
-    config!(drop_reasons[word]) & (1u64 << (reason & 63)) != 0
+    attempt_reason(reason) == Some(true)
 }
 
 #[inline(always)]
-fn finish(ctx: &TracePointContext, event: &mut Event, tcp: &[u8; 14]) {
-    event.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-    event.tcp_flags = u32::from(tcp[13]);
-    event.flags |= EVENT_F_HAS_TCP;
-    if let Some(reason) = field::<u32>(ctx, config!(kfree_skb.reason)) {
-        event.reason = reason;
-        event.flags |= EVENT_F_HAS_REASON;
-    }
-    event.aux = field::<u64>(ctx, config!(kfree_skb.location)).unwrap_or(0);
+fn attempt_reason(reason: u32) -> Option<bool> {
+    reason_set!(drop_reasons, reason)
 }

@@ -14,7 +14,7 @@ use tracer_common::{
 };
 
 use crate::common::{
-    config, count, emit, empty_event, field, in_watched_netns, peer_flags, port_watched,
+    config, count, emit, empty_event, field, in_watched_netns, load, peer_flags, port_watched,
 };
 
 const AF_INET: u16 = 2;
@@ -179,14 +179,6 @@ fn state_change_kind(old: i32, new: i32) -> Option<EventKind> {
 pub fn btf_set_state(ctx: BtfTracePointContext) -> u32 {
     let _ = try_btf_set_state(&ctx);
     0
-}
-
-/// A `T` at `base + offset`. `base` is a BTF-typed kernel pointer and `offset` a constant
-/// from `CONFIG` (frozen, so the verifier knows it): the verifier checks the access against
-/// the kernel's struct layout and makes the load fault-safe.
-#[inline(always)]
-unsafe fn load<T>(base: *const u8, offset: u16) -> T {
-    unsafe { core::ptr::read(base.add(usize::from(offset)).cast::<T>()) }
 }
 
 fn try_btf_set_state(ctx: &BtfTracePointContext) -> Option<()> {

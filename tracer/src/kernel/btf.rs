@@ -222,11 +222,13 @@ impl KernelBtf {
             dev_nd_net: get("net_device", "nd_net.net"),
             sk_net: get("sock", "__sk_common.skc_net.net"),
             net_inum: get("net", "ns.inum"),
+            skb_protocol: get("sk_buff", "protocol"),
+            _pad: [0; 3],
         };
         (offsets, missing)
     }
 
-    /// `struct sock` members for the raw `inet_sock_set_state` program; absent ones stay absent.
+    /// `struct sock` members for the BTF `inet_sock_set_state` program; absent ones stay absent.
     pub fn sock_offsets(&self) -> SockOffsets {
         let get = |p: &str| self.offset_of("sock", p).unwrap_or(FIELD_ABSENT);
         SockOffsets {

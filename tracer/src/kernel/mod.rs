@@ -392,9 +392,34 @@ impl Probe {
         probe.set_ports(opts.ports)?;
         probe.set_ranges(opts.ranges)?;
 
-        let classic_set_state = !config.sock.complete() || !probe.attach_btf_set_state();
+        // For tests of the fallback on a kernel that has everything.
+        let force_classic = std::env::var_os("TRACER_CLASSIC_TRACEPOINTS").is_some();
+        if force_classic {
+            probe.notes.push(
+                "classic tracepoints forced (TRACER_CLASSIC_TRACEPOINTS): costlier under load"
+                    .into(),
+            );
+        }
+        let classic_set_state = force_classic
+            || !config.sock.complete()
+            || !probe.attach_btf("btf_set_state", "inet_sock_set_state");
+        let k = &config.kernel;
+        let classic_kfree_skb = force_classic
+            || !formats.contains_key("tp_kfree_skb")
+            || [
+                k.skb_protocol,
+                k.skb_head,
+                k.skb_network_header,
+                k.skb_transport_header,
+                config.kfree_skb.reason,
+            ]
+            .contains(&FIELD_ABSENT)
+            || !probe.attach_btf("btf_kfree_skb", "kfree_skb");
         for (prog, category, name) in TRACEPOINTS {
-            if !formats.contains_key(prog) || (prog == "tp_set_state" && !classic_set_state) {
+            if !formats.contains_key(prog)
+                || (prog == "tp_set_state" && !classic_set_state)
+                || (prog == "tp_kfree_skb" && !classic_kfree_skb)
+            {
                 continue;
             }
             let result = (|| -> Result<()> {
@@ -418,24 +443,24 @@ impl Probe {
         Ok(probe)
     }
 
-    /// State changes through the BTF tracepoint: no trace record is filled for every change
-    /// of every socket in every namespace, and the socket is read with plain loads. False
-    /// when the classic tracepoint must do it.
-    fn attach_btf_set_state(&mut self) -> bool {
+    /// Attaches `prog` to `tracepoint` as a BTF tracepoint: no trace record is filled for
+    /// every hit in every namespace, and kernel structs are read with plain loads. False when
+    /// the classic tracepoint must do it.
+    fn attach_btf(&mut self, prog: &str, tracepoint: &str) -> bool {
         let result = (|| -> Result<()> {
             let btf = aya::Btf::from_sys_fs()?;
             let tp: &mut BtfTracePoint = self
                 .ebpf
-                .program_mut("btf_set_state")
-                .ok_or_else(|| anyhow!("program btf_set_state missing from the object"))?
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
                 .try_into()?;
-            tp.load("inet_sock_set_state", &btf)?;
+            tp.load(tracepoint, &btf)?;
             tp.attach()?;
             Ok(())
         })();
         if let Err(e) = &result {
             self.notes.push(format!(
-                "BTF tracepoint inet_sock_set_state unavailable ({}): using the classic one",
+                "BTF tracepoint {tracepoint} unavailable ({}): using the classic one",
                 one_line(e)
             ));
         }
