@@ -135,6 +135,50 @@ impl KernelBtf {
             .collect()
     }
 
+    /// What aya needs to load BTF tracepoints: it looks up the typedef `btf_trace_<name>` in
+    /// an `aya::Btf` for the id to attach to. Parsing vmlinux into one costs ~11 MB at start
+    /// (the agent's peak RSS is a target), so this is a stand-in holding just those typedefs
+    /// at their vmlinux ids, `const void` placeholders before them. Tracepoints this kernel
+    /// lacks are left out (loading them then fails and says so).
+    pub fn tracepoint_btf(&self, tracepoints: &[&str]) -> Result<aya::Btf> {
+        let mut strings = vec![0u8];
+        let mut at_id = HashMap::new();
+        for tp in tracepoints {
+            let name = format!("btf_trace_{tp}");
+            if let Some(&id) = self.ids_named(&name, &[KIND_TYPEDEF]).first() {
+                at_id.insert(id, strings.len() as u32);
+                strings.extend_from_slice(name.as_bytes());
+                strings.push(0);
+            }
+        }
+        let last = at_id.keys().copied().max().unwrap_or(0);
+        let mut types = Vec::with_capacity(last as usize * 12);
+        for id in 1..=last {
+            let (name_off, kind) = match at_id.get(&id) {
+                Some(&off) => (off, KIND_TYPEDEF),
+                None => (0, KIND_CONST),
+            };
+            for word in [name_off, kind << 24, 0] {
+                types.extend_from_slice(&word.to_le_bytes());
+            }
+        }
+        let mut blob = Vec::with_capacity(24 + types.len() + strings.len());
+        blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+        blob.extend_from_slice(&[1, 0]); // version, flags
+        for word in [
+            24,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            blob.extend_from_slice(&word.to_le_bytes());
+        }
+        blob.extend_from_slice(&types);
+        blob.extend_from_slice(&strings);
+        aya::Btf::parse(&blob, aya::Endianness::default()).context("building tracepoint BTF")
+    }
+
     /// Follows typedef/const/volatile/restrict/type-tag to a struct or union.
     fn composite(&self, mut id: u32) -> Option<TypeRec> {
         for _ in 0..16 {
@@ -347,6 +391,17 @@ mod tests {
         let btf = KernelBtf::load().expect("vmlinux BTF");
         let (offsets, missing) = btf.kernel_offsets();
         assert!(missing.is_empty(), "{missing:?}");
+        // The stand-in carries each tracepoint's typedef at its vmlinux id.
+        let ids = btf.tracepoint_btf(&["kfree_skb", "inet_sock_set_state", "no_such_tp"]);
+        let ids = ids.unwrap();
+        for tp in ["kfree_skb", "inet_sock_set_state"] {
+            let name = format!("btf_trace_{tp}");
+            assert_eq!(
+                ids.id_by_type_name_kind(&name, aya_obj::btf::BtfKind::Typedef)
+                    .unwrap(),
+                btf.ids_named(&name, &[KIND_TYPEDEF])[0]
+            );
+        }
         assert_ne!(offsets.skb_head, FIELD_ABSENT);
         assert!(btf
             .enum_names("skb_drop_reason", "SKB_DROP_REASON_")

@@ -400,13 +400,14 @@ impl Probe {
                     .into(),
             );
         }
-        let classic_set_state = force_classic
-            || !config.sock.complete()
-            || !probe.attach_btf("btf_set_state", "inet_sock_set_state");
         let k = &config.kernel;
-        let classic_kfree_skb = force_classic
-            || !formats.contains_key("tp_kfree_skb")
-            || [
+        let mut btf_wanted = Vec::new();
+        if !force_classic && config.sock.complete() {
+            btf_wanted.push(("btf_set_state", "inet_sock_set_state"));
+        }
+        if !force_classic
+            && formats.contains_key("tp_kfree_skb")
+            && ![
                 k.skb_protocol,
                 k.skb_head,
                 k.skb_network_header,
@@ -414,7 +415,12 @@ impl Probe {
                 config.kfree_skb.reason,
             ]
             .contains(&FIELD_ABSENT)
-            || !probe.attach_btf("btf_kfree_skb", "kfree_skb");
+        {
+            btf_wanted.push(("btf_kfree_skb", "kfree_skb"));
+        }
+        let attached = probe.attach_btf(kernel_btf.as_ref(), &btf_wanted);
+        let classic_set_state = !attached.contains(&"inet_sock_set_state");
+        let classic_kfree_skb = !attached.contains(&"kfree_skb");
         for (prog, category, name) in TRACEPOINTS {
             if !formats.contains_key(prog)
                 || (prog == "tp_set_state" && !classic_set_state)
@@ -443,28 +449,48 @@ impl Probe {
         Ok(probe)
     }
 
-    /// Attaches `prog` to `tracepoint` as a BTF tracepoint: no trace record is filled for
-    /// every hit in every namespace, and kernel structs are read with plain loads. False when
-    /// the classic tracepoint must do it.
-    fn attach_btf(&mut self, prog: &str, tracepoint: &str) -> bool {
-        let result = (|| -> Result<()> {
-            let btf = aya::Btf::from_sys_fs()?;
-            let tp: &mut BtfTracePoint = self
-                .ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
-                .try_into()?;
-            tp.load(tracepoint, &btf)?;
-            tp.attach()?;
-            Ok(())
-        })();
-        if let Err(e) = &result {
-            self.notes.push(format!(
-                "BTF tracepoint {tracepoint} unavailable ({}): using the classic one",
-                one_line(e)
-            ));
+    /// Attaches each `(program, tracepoint)` as a BTF tracepoint: no trace record is filled
+    /// for every hit in every namespace, and kernel structs are read with plain loads. Returns
+    /// the tracepoints attached; the classic programs do the others.
+    fn attach_btf(
+        &mut self,
+        kernel_btf: Option<&btf::KernelBtf>,
+        wanted: &[(&str, &'static str)],
+    ) -> Vec<&'static str> {
+        let Some(kernel_btf) = kernel_btf.filter(|_| !wanted.is_empty()) else {
+            return Vec::new();
+        };
+        let tracepoints: Vec<&str> = wanted.iter().map(|(_, tp)| *tp).collect();
+        let btf = match kernel_btf.tracepoint_btf(&tracepoints) {
+            Ok(btf) => btf,
+            Err(e) => {
+                self.notes.push(format!(
+                    "kernel BTF unreadable for BTF tracepoints ({e}): using the classic ones"
+                ));
+                return Vec::new();
+            }
+        };
+        let mut attached = Vec::new();
+        for &(prog, tracepoint) in wanted {
+            let result = (|| -> Result<()> {
+                let tp: &mut BtfTracePoint = self
+                    .ebpf
+                    .program_mut(prog)
+                    .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
+                    .try_into()?;
+                tp.load(tracepoint, &btf)?;
+                tp.attach()?;
+                Ok(())
+            })();
+            match result {
+                Ok(()) => attached.push(tracepoint),
+                Err(e) => self.notes.push(format!(
+                    "BTF tracepoint {tracepoint} unavailable ({}): using the classic one",
+                    one_line(&e)
+                )),
+            }
         }
-        result.is_ok()
+        attached
     }
 
     fn attach_xdp(&mut self, iface: &str, mode: crate::cli::XdpModeArg) -> Result<()> {
