@@ -222,13 +222,13 @@ fn resets_after_accept_count_once_with_and_without_closes() {
         let tracer = agent(&lab, &log, extra);
         for port in [8080, 443] {
             for _ in 0..3 {
-                let mut c = lab
-                    .edge
-                    .connect(EDGE_V4, sockaddr(ORIGIN_V4, port), SHORT)
-                    .expect("handshake");
-                use std::io::Read as _;
-                let _ = c.set_read_timeout(Some(SHORT));
-                let _ = c.read(&mut [0u8; 16]);
+                // The resetting server's RST can beat connect()'s return (ECONNRESET): the
+                // handshake happened all the same, and the counts below say so.
+                if let Ok(mut c) = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, port), SHORT) {
+                    use std::io::Read as _;
+                    let _ = c.set_read_timeout(Some(SHORT));
+                    let _ = c.read(&mut [0u8; 16]);
+                }
             }
         }
         let expected = [
