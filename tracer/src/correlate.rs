@@ -221,6 +221,23 @@ fn decide(a: &mut Attempt, leaving: bool, decided: &mut Vec<Decided>) {
     }
 }
 
+/// [`decide`] for an attempt that leaves now and is not needed after: moved, not cloned (a
+/// handshake settles every healthy connection this way).
+fn decide_leaving(mut a: Attempt, decided: &mut Vec<Decided>) {
+    let outcome = a.outcome();
+    match a.decided {
+        None => {
+            a.decided = Some(outcome);
+            decided.push(Decided::Attempt(a));
+        }
+        Some(Outcome::Handshake) if outcome == Outcome::OriginReset => {
+            a.decided = Some(outcome);
+            decided.push(Decided::LateReset(a));
+        }
+        _ => {}
+    }
+}
+
 /// Does a reset the origin sent on a socket in this state end an accepted connection? Every
 /// state from the handshake to the close does (the stack closes a socket with unread data or
 /// `SO_LINGER` 0, then resets it); a listener's or request's reset is the attempt's own
@@ -416,7 +433,7 @@ impl Correlator {
             a.edge = true;
         }
         a.established = true;
-        decide(&mut a, true, &mut self.decided);
+        decide_leaving(a, &mut self.decided);
     }
 
     /// Attempts that are over: settled ones idle for `settled_after`, any idle for `idle_after`
