@@ -252,13 +252,14 @@ impl KernelOffsets {
     };
 }
 
-/// `struct sock` members read by the raw `inet_sock_set_state` program (from BTF).
+/// `struct sock` members read by the BTF `inet_sock_set_state` program (offsets from BTF).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockOffsets {
     /// `__sk_common.skc_family`
     pub family: u16,
-    /// `sk_protocol`
+    /// `sk_protocol` (not read since `bpf_skc_to_tcp_sock` checks it; its presence still
+    /// tells the layout is this kernel's)
     pub protocol: u16,
     /// `inet_sock.inet_sport` (local port, network order; `skc_num` is already zero when a
     /// closing socket's state changes)
