@@ -293,6 +293,33 @@ fn sigterm_exits_fast_and_detaches() {
     assert!(!xdp_attached(&lab), "XDP still attached after exit");
 }
 
+/// (niceness, scheduling policy) of a running process, from /proc/PID/stat.
+fn nice_and_policy(pid: u32) -> (i64, u32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name, which may hold spaces: state is field 3.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    (rest[19 - 3].parse().unwrap(), rest[41 - 3].parse().unwrap())
+}
+
+/// The agent yields to the server it watches: SCHED_BATCH, niceness 10 unless told otherwise.
+#[test]
+fn agent_yields_to_the_workload() {
+    const SCHED_BATCH: u32 = 3;
+    let lab = Lab::new();
+    let tmp = TempDir::new("agent-nice");
+    let tracer = agent(&lab, &tmp.path("log"), &[]);
+    assert_eq!(nice_and_policy(tracer.pid()), (10, SCHED_BATCH));
+    tracer.stop();
+    let tracer = agent(&lab, &tmp.path("log"), &["--nice", "0"]);
+    assert_eq!(nice_and_policy(tracer.pid()), (0, SCHED_BATCH));
+    tracer.stop();
+}
+
 #[test]
 fn sigkill_leaves_nothing_attached_and_restart_works() {
     let lab = Lab::new();

@@ -171,6 +171,12 @@ pub struct AgentArgs {
     /// Which events go to the log besides the verdict records.
     #[arg(long, value_enum, default_value_t = LogEvents::Failures)]
     pub log_events: LogEvents,
+    /// Scheduling niceness (-20..19). The agent needs about 1% of a core at 40k new
+    /// connections/s and the kernel buffers seconds of events, so by default it yields to the
+    /// server it watches; any shortfall shows as `loss` events and tracer_events_lost_total.
+    #[arg(long, value_name = "N", default_value_t = 10, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: i32,
 }
 
 /// "90s", "30m", "6h", or plain seconds.
