@@ -46,6 +46,21 @@ struct TypeRec {
     extra: usize,
 }
 
+/// A little-endian BTF blob: 24-byte header, then the type records and the string section.
+fn btf_blob(types: &[u8], strings: &[u8]) -> Vec<u8> {
+    let mut blob = Vec::with_capacity(24 + types.len() + strings.len());
+    blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+    blob.extend_from_slice(&[1, 0]); // version, flags
+    let (types_len, strings_len) = (types.len() as u32, strings.len() as u32);
+    // hdr_len, type_off, type_len, str_off, str_len
+    for word in [24, 0, types_len, types_len, strings_len] {
+        blob.extend_from_slice(&word.to_le_bytes());
+    }
+    blob.extend_from_slice(types);
+    blob.extend_from_slice(strings);
+    blob
+}
+
 impl KernelBtf {
     pub fn load() -> Result<Self> {
         let data = std::fs::read(VMLINUX_BTF).with_context(|| format!("reading {VMLINUX_BTF}"))?;
@@ -162,21 +177,8 @@ impl KernelBtf {
                 types.extend_from_slice(&word.to_le_bytes());
             }
         }
-        let mut blob = Vec::with_capacity(24 + types.len() + strings.len());
-        blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
-        blob.extend_from_slice(&[1, 0]); // version, flags
-        for word in [
-            24,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
-            blob.extend_from_slice(&word.to_le_bytes());
-        }
-        blob.extend_from_slice(&types);
-        blob.extend_from_slice(&strings);
-        aya::Btf::parse(&blob, aya::Endianness::default()).context("building tracepoint BTF")
+        aya::Btf::parse(&btf_blob(&types, &strings), aya::Endianness::default())
+            .context("building tracepoint BTF")
     }
 
     /// Follows typedef/const/volatile/restrict/type-tag to a struct or union.
@@ -347,21 +349,7 @@ mod tests {
         rec(0, KIND_UNION, 1, 0, 8, &[inn, 2, 0]); // 3: anonymous union { struct inner in; }
         rec(outer, KIND_STRUCT, 2, 1, 16, &[x, 1, 0, 0, 3, 64]); // 4: struct outer (kind_flag)
         rec(e, KIND_ENUM, 2, 0, 4, &[one, 1, two, 2]); // 5: enum e
-        let mut out = Vec::new();
-        out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
-        out.extend_from_slice(&[1, 0]);
-        for v in [
-            24u32,
-            0,
-            t.len() as u32,
-            t.len() as u32,
-            strings.len() as u32,
-        ] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(&t);
-        out.extend_from_slice(&strings);
-        out
+        btf_blob(&t, &strings)
     }
 
     #[test]

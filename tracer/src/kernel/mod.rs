@@ -10,7 +10,7 @@ use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint, Xdp, XdpMode},
+    programs::{BtfTracePoint, Program, ProgramError, TracePoint, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
@@ -119,6 +119,17 @@ fn load(config: &mut Config, ring_bytes: u32) -> Result<(Ebpf, (u32, u32))> {
         .load(EBPF_OBJECT)
         .context("loading the eBPF programs")?;
     Ok((ebpf, (cpus, slots)))
+}
+
+/// The object's program `name` as the type it is (`Xdp`, `TracePoint`, ...).
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+    Ok(program.try_into()?)
 }
 
 /// (program, tracepoint category, tracepoint name)
@@ -429,11 +440,7 @@ impl Probe {
                 continue;
             }
             let result = (|| -> Result<()> {
-                let tp: &mut TracePoint = probe
-                    .ebpf
-                    .program_mut(prog)
-                    .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
-                    .try_into()?;
+                let tp: &mut TracePoint = program(&mut probe.ebpf, prog)?;
                 tp.load()?;
                 tp.attach(category, name)?;
                 Ok(())
@@ -473,11 +480,7 @@ impl Probe {
         let mut attached = Vec::new();
         for &(prog, tracepoint) in wanted {
             let result = (|| -> Result<()> {
-                let tp: &mut BtfTracePoint = self
-                    .ebpf
-                    .program_mut(prog)
-                    .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
-                    .try_into()?;
+                let tp: &mut BtfTracePoint = program(&mut self.ebpf, prog)?;
                 tp.load(tracepoint, &btf)?;
                 tp.attach()?;
                 Ok(())
@@ -496,11 +499,7 @@ impl Probe {
     fn attach_xdp(&mut self, iface: &str, mode: crate::cli::XdpModeArg) -> Result<()> {
         use crate::cli::XdpModeArg;
         self.load_clock_program()?;
-        let xdp: &mut Xdp = self
-            .ebpf
-            .program_mut("xdp_syn")
-            .ok_or_else(|| anyhow!("program xdp_syn missing from the object"))?
-            .try_into()?;
+        let xdp: &mut Xdp = program(&mut self.ebpf, "xdp_syn")?;
         xdp.load().context("loading the XDP program")?;
         let veth = crate::netinfo::driver_name(iface).as_deref() == Some("veth");
         let generic_first = match mode {
@@ -660,22 +659,14 @@ impl Probe {
         probe.set_ports(ports)?;
         probe.set_ranges(ranges)?;
         for name in ["xdp_syn", "xdp_pass", CLOCK_PROGRAM] {
-            let xdp: &mut Xdp = probe
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
-                .try_into()?;
+            let xdp: &mut Xdp = program(&mut probe.ebpf, name)?;
             xdp.load().with_context(|| format!("loading {name}"))?;
         }
         Ok(probe)
     }
 
     fn load_clock_program(&mut self) -> Result<()> {
-        let xdp: &mut Xdp = self
-            .ebpf
-            .program_mut(CLOCK_PROGRAM)
-            .ok_or_else(|| anyhow!("program {CLOCK_PROGRAM} missing from the object"))?
-            .try_into()?;
+        let xdp: &mut Xdp = program(&mut self.ebpf, CLOCK_PROGRAM)?;
         xdp.load().context("loading the clock program")
     }
 
