@@ -203,6 +203,18 @@ pub unsafe fn load<T>(base: *const u8, offset: u16) -> T {
     unsafe { core::ptr::read(base.add(usize::from(offset)).cast::<T>()) }
 }
 
+/// Is `net` (a BTF-typed `struct net *`, NULL when unknown) the namespace the tracer watches?
+/// Counts the miss, like [`in_watched_netns`].
+#[inline(always)]
+pub fn net_is_watched(net: *const u8) -> bool {
+    let net_inum = config!(kernel.net_inum);
+    let ok = !net.is_null() && unsafe { load::<u32>(net, net_inum) } == config!(netns_inum);
+    if !ok {
+        count(counter::OTHER_NETNS);
+    }
+    ok
+}
+
 /// `sk->__sk_common.skc_net->ns.inum`
 #[inline(always)]
 fn netns_of_sock(sk: u64) -> Option<u32> {

@@ -7,13 +7,13 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    counter, EventKind, CONFIG_F_ATTEMPT_DROPS, CONFIG_F_NETNS_FILTER, DROP_REASON_WORDS,
-    EVENT_F_EGRESS, EVENT_F_HAS_REASON, EVENT_F_HAS_TCP,
+    EventKind, CONFIG_F_ATTEMPT_DROPS, CONFIG_F_NETNS_FILTER, DROP_REASON_WORDS, EVENT_F_EGRESS,
+    EVENT_F_HAS_REASON, EVENT_F_HAS_TCP,
 };
 
 use crate::common::{
-    config, count, emit, empty_event, field, in_watched_netns, load, peer_flags, port_watched,
-    read_kernel,
+    config, emit, empty_event, field, in_watched_netns, load, net_is_watched, peer_flags,
+    port_watched, read_kernel,
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -107,15 +107,12 @@ fn skb_in_watched_netns(skb: *const u8) -> bool {
     } else {
         let dev = unsafe { load::<*const u8>(skb, k.skb_dev) };
         if dev.is_null() {
-            return false;
+            core::ptr::null()
+        } else {
+            unsafe { load::<*const u8>(dev, k.dev_nd_net) }
         }
-        unsafe { load::<*const u8>(dev, k.dev_nd_net) }
     };
-    let ok = !net.is_null() && unsafe { load::<u32>(net, k.net_inum) } == config!(netns_inum);
-    if !ok {
-        count(counter::OTHER_NETNS);
-    }
-    ok
+    net_is_watched(net)
 }
 
 #[tracepoint]

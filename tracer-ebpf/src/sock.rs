@@ -9,12 +9,13 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    counter, Event, EventKind, SockTpLayout, CONFIG_F_NETNS_FILTER, CONFIG_F_NO_CLOSES,
-    EVENT_F_HAS_REASON, EVENT_F_HAS_SOCK, FIELD_ABSENT,
+    Event, EventKind, SockTpLayout, CONFIG_F_NETNS_FILTER, CONFIG_F_NO_CLOSES, EVENT_F_HAS_REASON,
+    EVENT_F_HAS_SOCK, FIELD_ABSENT,
 };
 
 use crate::common::{
-    config, count, emit, empty_event, field, in_watched_netns, load, peer_flags, port_watched,
+    config, emit, empty_event, field, in_watched_netns, load, net_is_watched, peer_flags,
+    port_watched,
 };
 
 const AF_INET: u16 = 2;
@@ -223,10 +224,8 @@ fn emit_sock_event(sk: *mut c_void, kind: EventKind, state: u32) -> Option<()> {
     unmap_v4(&mut ev);
     ev.flags |= peer_flags(ev.family, &ev.peer_addr)? | EVENT_F_HAS_SOCK;
     if config!(flags) & CONFIG_F_NETNS_FILTER != 0 {
-        let (sk_net, net_inum) = (config!(kernel.sk_net), config!(kernel.net_inum));
-        let net = unsafe { load::<*const u8>(tp, sk_net) };
-        if net.is_null() || unsafe { load::<u32>(net, net_inum) } != config!(netns_inum) {
-            count(counter::OTHER_NETNS);
+        let sk_net = config!(kernel.sk_net);
+        if !net_is_watched(unsafe { load::<*const u8>(tp, sk_net) }) {
             return None;
         }
     }
