@@ -223,6 +223,22 @@ fn classic_tracepoints_give_the_same_verdicts() {
     assert_eq!(r["edge"]["handshakes"], 5, "{r:#}");
 }
 
+/// The bench's "empty programs" arm (`TRACER_EMPTY_PROGRAMS`): every hook takes a program that
+/// does nothing, so traffic the real programs would count leaves no trace.
+#[test]
+fn empty_programs_attach_and_trace_nothing() {
+    let s = scenario("healthy");
+    let (r, _) = scenarios::run_env(&s, &[("TRACER_EMPTY_PROGRAMS", "1")]);
+    let notes = r["notes"].to_string();
+    assert!(notes.contains("empty programs on every hook"), "{r:#}");
+    assert!(!notes.contains("could not be attached"), "{r:#}");
+    assert_eq!(r["edge"]["syn"], 0, "{r:#}");
+    assert_eq!(r["edge"]["handshakes"], 0, "{r:#}");
+    // The same scenario with the real programs counts every connection.
+    let (r, _) = scenarios::run(&s);
+    assert_eq!(r["edge"]["handshakes"], 5, "{r:#}");
+}
+
 #[test]
 fn ipv6_refusal() {
     let r = verdict_of("IPv6, nothing listens");

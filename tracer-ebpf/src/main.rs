@@ -5,6 +5,7 @@
 
 mod common;
 mod drop;
+mod empty;
 mod sock;
 mod xdp;
 

@@ -141,6 +141,17 @@ const TRACEPOINTS: [(&str, &str, &str); 5] = [
     ("tp_synack_rtx", "tcp", "tcp_retransmit_synack"),
 ];
 
+/// The program that does nothing on the same hook as `program` (see `TRACER_EMPTY_PROGRAMS`):
+/// what the hook costs before the tracer does any work.
+fn empty_counterpart(program: &str) -> &'static str {
+    match program {
+        "xdp_syn" => "xdp_pass",
+        "btf_set_state" => "btf_empty_set_state",
+        "btf_kfree_skb" => "btf_empty_kfree_skb",
+        _ => "tp_empty",
+    }
+}
+
 fn off(format: &tracefs::Format, name: &str) -> u16 {
     format.offset(name).unwrap_or(FIELD_ABSENT)
 }
@@ -411,6 +422,12 @@ impl Probe {
                     .into(),
             );
         }
+        let empty = std::env::var_os("TRACER_EMPTY_PROGRAMS").is_some();
+        if empty {
+            probe.notes.push(
+                "empty programs on every hook (TRACER_EMPTY_PROGRAMS): nothing is traced".into(),
+            );
+        }
         let k = &config.kernel;
         let mut btf_wanted = Vec::new();
         if !force_classic && config.sock.complete() {
@@ -429,6 +446,11 @@ impl Probe {
         {
             btf_wanted.push(("btf_kfree_skb", "kfree_skb"));
         }
+        if empty {
+            for (prog, _) in &mut btf_wanted {
+                *prog = empty_counterpart(prog);
+            }
+        }
         let attached = probe.attach_btf(kernel_btf.as_ref(), &btf_wanted);
         let classic_set_state = !attached.contains(&"inet_sock_set_state");
         let classic_kfree_skb = !attached.contains(&"kfree_skb");
@@ -439,9 +461,13 @@ impl Probe {
             {
                 continue;
             }
+            let prog = if empty { empty_counterpart(prog) } else { prog };
             let result = (|| -> Result<()> {
                 let tp: &mut TracePoint = program(&mut probe.ebpf, prog)?;
-                tp.load()?;
+                // The empty program serves several tracepoints: loaded once.
+                if tp.fd().is_err() {
+                    tp.load()?;
+                }
                 tp.attach(category, name)?;
                 Ok(())
             })();
@@ -452,7 +478,12 @@ impl Probe {
                 ));
             }
         }
-        probe.attach_xdp(opts.iface, opts.xdp_mode)?;
+        let xdp_program = if empty {
+            empty_counterpart("xdp_syn")
+        } else {
+            "xdp_syn"
+        };
+        probe.attach_xdp(xdp_program, opts.iface, opts.xdp_mode)?;
         Ok(probe)
     }
 
@@ -496,10 +527,15 @@ impl Probe {
         attached
     }
 
-    fn attach_xdp(&mut self, iface: &str, mode: crate::cli::XdpModeArg) -> Result<()> {
+    fn attach_xdp(
+        &mut self,
+        xdp_program: &str,
+        iface: &str,
+        mode: crate::cli::XdpModeArg,
+    ) -> Result<()> {
         use crate::cli::XdpModeArg;
         self.load_clock_program()?;
-        let xdp: &mut Xdp = program(&mut self.ebpf, "xdp_syn")?;
+        let xdp: &mut Xdp = program(&mut self.ebpf, xdp_program)?;
         xdp.load().context("loading the XDP program")?;
         let veth = crate::netinfo::driver_name(iface).as_deref() == Some("veth");
         let generic_first = match mode {
