@@ -358,11 +358,11 @@ fn render_exactness(v: &Value) -> String {
             } else {
                 target.to_string()
             },
-            r["achieved_rate"],
-            r["delivered"],
-            r["counted"],
-            r["outcome_count"],
-            r["lost_events"],
+            num(&r["achieved_rate"]),
+            num(&r["delivered"]),
+            num(&r["counted"]),
+            num(&r["outcome_count"]),
+            num(&r["lost_events"]),
             if r["exact"] == true { "yes" } else { "NO" }
         );
     }
@@ -476,10 +476,10 @@ fn agent_cost() -> Result<Value> {
 fn render_agent(v: &Value) -> String {
     format!(
         "\n4. tracer agent at {} new edge connections/s ({} s steady; achieved {}/s, {} failed)\n   CPU {:.2}% of one core (target <= 5%) · peak RSS {:.1} MB (target <= 40 MB) · {} handshakes counted for {} connections ({} warm-up) · {} events lost · {}\n",
-        v["target_rate"], 10, v["achieved_rate"], v["failed"],
+        num(&v["target_rate"]), 10, num(&v["achieved_rate"]), num(&v["failed"]),
         v["cpu_percent_of_one_core"].as_f64().unwrap_or(0.0),
         v["peak_rss_mb"].as_f64().unwrap_or(0.0),
-        v["handshakes_counted"], v["connections"], 10_000, v["events_lost"],
+        num(&v["handshakes_counted"]), num(&v["connections"]), 10_000, num(&v["events_lost"]),
         if v["met"] == true { "ok" } else { "MISSED" }
     )
 }
@@ -623,10 +623,10 @@ fn render_rate(v: &Value) -> String {
             "   round {} ({}): without {} conn/s, agent {} ({}), empty programs {} ({})\n",
             i + 1,
             p["order"].as_str().unwrap_or(""),
-            p["without"],
-            p["with"],
+            num(&p["without"]),
+            num(&p["with"]),
             p["ratio"],
-            p["empty_programs"],
+            num(&p["empty_programs"]),
             p["empty_programs_ratio"],
         );
     }
@@ -702,14 +702,29 @@ fn startup(tracer: &Path) -> Result<Value> {
     Ok(Value::Object(out))
 }
 
+/// A JSON number for the table: whole numbers without a trailing `.0`.
+fn num(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if x.fract() == 0.0 && x.abs() < 1e15 => format!("{x:.0}"),
+        Some(x) => x.to_string(),
+        None => v.to_string(),
+    }
+}
+
 fn render_startup(v: &Value) -> String {
     let mut s = "\n5. Start-up: exec (via ip netns exec) to every program attached (ready file), median of 5\n".to_string();
     for name in ["agent", "diagnose"] {
         let x = &v[name];
         s += &format!(
             "   {name:<9} {} ms (runs {}) target <= 1000 ms {}\n",
-            x["median_ms"],
-            x["runs_ms"],
+            num(&x["median_ms"]),
+            x["runs_ms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(num)
+                .collect::<Vec<_>>()
+                .join(", "),
             if x["met"] == true { "ok" } else { "MISSED" }
         );
     }
