@@ -259,7 +259,7 @@ pub fn reset_after_accept(state: &str) -> bool {
 #[derive(Default)]
 pub struct Correlator {
     open: AttemptMap,
-    /// Live mode (agent): outcomes are queued for `take_decided` as soon as they are known,
+    /// Live mode (agent): outcomes are queued for `drain_decided` as soon as they are known,
     /// instead of when the attempt ends.
     live: bool,
     decided: Vec<Decided>,
@@ -274,7 +274,7 @@ impl Correlator {
         Self::default()
     }
 
-    /// A correlator for continuous use: see [`Correlator::take_decided`]. A handshake settles
+    /// A correlator for continuous use: see [`Correlator::drain_decided`]. A handshake settles
     /// its attempt, which leaves the table at once: the table holds only attempts still
     /// waiting for an answer, however many connections are open, and a connection's later
     /// reset by the origin is read from its own event (see [`reset_after_accept`]).
@@ -285,9 +285,10 @@ impl Correlator {
         }
     }
 
-    /// Live mode: outcomes decided since the last call.
-    pub fn take_decided(&mut self) -> Vec<Decided> {
-        std::mem::take(&mut self.decided)
+    /// Live mode: outcomes decided since the last call. The agent drains the queue after every
+    /// event, so it stays a slot or two long and in cache.
+    pub fn drain_decided(&mut self) -> std::vec::Drain<'_, Decided> {
+        self.decided.drain(..)
     }
 
     /// Removes an attempt; in live mode it is decided first if it was not yet.
@@ -718,14 +719,14 @@ mod tests {
         c.observe(&ev(Kind::Established, 1, 1));
         assert_eq!(c.open_attempts(), 0, "the handshake settles the attempt");
         assert!(
-            matches!(&c.take_decided()[..], [Decided::Attempt(a)] if a.outcome() == Outcome::Handshake && a.syn_packets == 1)
+            matches!(&c.drain_decided().collect::<Vec<_>>()[..], [Decided::Attempt(a)] if a.outcome() == Outcome::Handshake && a.syn_packets == 1)
         );
         // A logged close finds nothing to do.
         c.observe(&ev(Kind::Closed, 1, 5));
         assert_eq!(c.open_attempts(), 0);
         // The stack closes with unread data, then resets: the origin reset the connection.
         c.observe(&reset_in_state(1, "TCP_CLOSE", 6));
-        let d = c.take_decided();
+        let d = c.drain_decided().collect::<Vec<_>>();
         assert!(
             matches!(&d[..], [Decided::LateReset(a)] if a.edge && a.flow.peer_port == 1 && a.outcome() == Outcome::OriginReset),
             "{d:?}"
@@ -735,13 +736,13 @@ mod tests {
         c.observe(&reset_in_state(1, "TCP_TIME_WAIT", 7));
         c.observe(&reset_in_state(2, "TCP_LISTEN", 7));
         c.observe(&reset_sent(3, false, "NO_SOCKET", 7));
-        assert!(c.take_decided().is_empty());
+        assert!(c.drain_decided().collect::<Vec<_>>().is_empty());
         assert_eq!(c.open_attempts(), 0);
         // The four-tuple again, new ISN: a new attempt, decided again.
         c.observe(&syn(1, 11, 1000));
         c.observe(&ev(Kind::Established, 1, 1001));
         assert!(
-            matches!(&c.take_decided()[..], [Decided::Attempt(a)] if a.outcome() == Outcome::Handshake)
+            matches!(&c.drain_decided().collect::<Vec<_>>()[..], [Decided::Attempt(a)] if a.outcome() == Outcome::Handshake)
         );
         assert_eq!(c.open_attempts(), 0);
     }
@@ -771,25 +772,28 @@ mod tests {
         let mut c = Correlator::live();
         // Handshake, decided at once though still open; then reset by the origin.
         c.observe(&syn(1000, 7, 0));
-        assert!(c.take_decided().is_empty());
+        assert!(c.drain_decided().collect::<Vec<_>>().is_empty());
         c.observe(&ev(Kind::Established, 1000, 1));
-        let d = c.take_decided();
+        let d = c.drain_decided().collect::<Vec<_>>();
         assert!(matches!(&d[..], [Decided::Attempt(a)] if a.outcome() == Outcome::Handshake));
         c.observe(&reset_in_state(1000, "TCP_ESTABLISHED", 5));
-        assert!(matches!(&c.take_decided()[..], [Decided::LateReset(_)]));
+        assert!(matches!(
+            &c.drain_decided().collect::<Vec<_>>()[..],
+            [Decided::LateReset(_)]
+        ));
         // Firewall drop: decided at the first drop; retransmissions add nothing.
         c.observe(&syn(2000, 9, 0));
         c.observe(&drop(2000, 9, "NETFILTER_DROP", "SYN", 0));
         c.observe(&syn(2000, 9, 1000));
         c.observe(&drop(2000, 9, "NETFILTER_DROP", "SYN", 1000));
-        let d = c.take_decided();
+        let d = c.drain_decided().collect::<Vec<_>>();
         assert_eq!(d.len(), 1);
         // Silence: decided only when it leaves.
         c.observe(&syn(3000, 11, 0));
-        assert!(c.take_decided().is_empty());
+        assert!(c.drain_decided().collect::<Vec<_>>().is_empty());
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(60);
         c.take_idle(t, Duration::from_secs(2), Duration::from_secs(25));
-        let d = c.take_decided();
+        let d = c.drain_decided().collect::<Vec<_>>();
         assert_eq!(d.len(), 1, "{d:?}");
         assert!(matches!(&d[0], Decided::Attempt(a) if a.outcome() == Outcome::Unanswered));
         assert_eq!(c.open_attempts(), 0);

@@ -214,29 +214,19 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 sink.line(&ev.to_json());
             }
             correlator.observe(&ev);
+            for d in correlator.drain_decided() {
+                count_decided(&metrics, &mut tally, d);
+            }
         });
 
         if last_housekeeping.elapsed() >= Duration::from_secs(1) {
             correlator.take_idle(SystemTime::now(), SETTLED_AFTER, IDLE_AFTER);
+            for d in correlator.drain_decided() {
+                count_decided(&metrics, &mut tally, d);
+            }
             sampler.sample();
             metrics.set_open_attempts(correlator.open_attempts());
             last_housekeeping = Instant::now();
-        }
-        for d in correlator.take_decided() {
-            match d {
-                Decided::Attempt(a) => {
-                    metrics.connection(a.edge, a.flow.local_port, a.decided.unwrap_or(a.outcome()));
-                    tally.add(&a);
-                }
-                Decided::LateReset(a) => {
-                    metrics.connection(
-                        a.edge,
-                        a.flow.local_port,
-                        crate::correlate::Outcome::OriginReset,
-                    );
-                    tally.add_late_reset(&a);
-                }
-            }
         }
 
         if window_start.0.elapsed() >= window_len {
@@ -277,6 +267,24 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     tracing::info!("stopping: detaching programs");
     drop(capture);
     Ok(())
+}
+
+/// An attempt's outcome into the metrics and the window's tally.
+fn count_decided(metrics: &Metrics, tally: &mut Tally, d: Decided) {
+    match d {
+        Decided::Attempt(a) => {
+            metrics.connection(a.edge, a.flow.local_port, a.decided.unwrap_or(a.outcome()));
+            tally.add(&a);
+        }
+        Decided::LateReset(a) => {
+            metrics.connection(
+                a.edge,
+                a.flow.local_port,
+                crate::correlate::Outcome::OriginReset,
+            );
+            tally.add_late_reset(&a);
+        }
+    }
 }
 
 /// `{"ts":..,"kind":"verdict", <the diagnose JSON fields>}`
