@@ -551,6 +551,11 @@ mod tests {
         e
     }
 
+    /// Live mode: what was decided since the last look.
+    fn decided(c: &mut Correlator) -> Vec<Decided> {
+        c.drain_decided().collect()
+    }
+
     fn run(events: &[TracedEvent]) -> Vec<Attempt> {
         let mut c = Correlator::new();
         let mut out: Vec<Attempt> = events.iter().filter_map(|e| c.observe(e)).collect();
@@ -719,14 +724,14 @@ mod tests {
         c.observe(&ev(Kind::Established, 1, 1));
         assert_eq!(c.open_attempts(), 0, "the handshake settles the attempt");
         assert!(
-            matches!(&c.drain_decided().collect::<Vec<_>>()[..], [Decided::Attempt(a)] if a.outcome() == Outcome::Handshake && a.syn_packets == 1)
+            matches!(&decided(&mut c)[..], [Decided::Attempt(a)] if a.outcome() == Outcome::Handshake && a.syn_packets == 1)
         );
         // A logged close finds nothing to do.
         c.observe(&ev(Kind::Closed, 1, 5));
         assert_eq!(c.open_attempts(), 0);
         // The stack closes with unread data, then resets: the origin reset the connection.
         c.observe(&reset_in_state(1, "TCP_CLOSE", 6));
-        let d = c.drain_decided().collect::<Vec<_>>();
+        let d = decided(&mut c);
         assert!(
             matches!(&d[..], [Decided::LateReset(a)] if a.edge && a.flow.peer_port == 1 && a.outcome() == Outcome::OriginReset),
             "{d:?}"
@@ -736,13 +741,13 @@ mod tests {
         c.observe(&reset_in_state(1, "TCP_TIME_WAIT", 7));
         c.observe(&reset_in_state(2, "TCP_LISTEN", 7));
         c.observe(&reset_sent(3, false, "NO_SOCKET", 7));
-        assert!(c.drain_decided().collect::<Vec<_>>().is_empty());
+        assert!(decided(&mut c).is_empty());
         assert_eq!(c.open_attempts(), 0);
         // The four-tuple again, new ISN: a new attempt, decided again.
         c.observe(&syn(1, 11, 1000));
         c.observe(&ev(Kind::Established, 1, 1001));
         assert!(
-            matches!(&c.drain_decided().collect::<Vec<_>>()[..], [Decided::Attempt(a)] if a.outcome() == Outcome::Handshake)
+            matches!(&decided(&mut c)[..], [Decided::Attempt(a)] if a.outcome() == Outcome::Handshake)
         );
         assert_eq!(c.open_attempts(), 0);
     }
@@ -772,28 +777,25 @@ mod tests {
         let mut c = Correlator::live();
         // Handshake, decided at once though still open; then reset by the origin.
         c.observe(&syn(1000, 7, 0));
-        assert!(c.drain_decided().collect::<Vec<_>>().is_empty());
+        assert!(decided(&mut c).is_empty());
         c.observe(&ev(Kind::Established, 1000, 1));
-        let d = c.drain_decided().collect::<Vec<_>>();
+        let d = decided(&mut c);
         assert!(matches!(&d[..], [Decided::Attempt(a)] if a.outcome() == Outcome::Handshake));
         c.observe(&reset_in_state(1000, "TCP_ESTABLISHED", 5));
-        assert!(matches!(
-            &c.drain_decided().collect::<Vec<_>>()[..],
-            [Decided::LateReset(_)]
-        ));
+        assert!(matches!(&decided(&mut c)[..], [Decided::LateReset(_)]));
         // Firewall drop: decided at the first drop; retransmissions add nothing.
         c.observe(&syn(2000, 9, 0));
         c.observe(&drop(2000, 9, "NETFILTER_DROP", "SYN", 0));
         c.observe(&syn(2000, 9, 1000));
         c.observe(&drop(2000, 9, "NETFILTER_DROP", "SYN", 1000));
-        let d = c.drain_decided().collect::<Vec<_>>();
+        let d = decided(&mut c);
         assert_eq!(d.len(), 1);
         // Silence: decided only when it leaves.
         c.observe(&syn(3000, 11, 0));
-        assert!(c.drain_decided().collect::<Vec<_>>().is_empty());
+        assert!(decided(&mut c).is_empty());
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(60);
         c.take_idle(t, Duration::from_secs(2), Duration::from_secs(25));
-        let d = c.drain_decided().collect::<Vec<_>>();
+        let d = decided(&mut c);
         assert_eq!(d.len(), 1, "{d:?}");
         assert!(matches!(&d[0], Decided::Attempt(a) if a.outcome() == Outcome::Unanswered));
         assert_eq!(c.open_attempts(), 0);
