@@ -4,18 +4,18 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::generated::bpf_skc_to_tcp_sock,
+    helpers::{bpf_ktime_get_ns, generated::bpf_skc_to_tcp_sock},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    Event, EventKind, SockTpLayout, CONFIG_F_NETNS_FILTER, CONFIG_F_NO_CLOSES, EVENT_F_HAS_REASON,
-    EVENT_F_HAS_SOCK, FIELD_ABSENT,
+    counter, Event, EventKind, SockTpLayout, CONFIG_F_NETNS_FILTER, CONFIG_F_NO_CLOSES,
+    EVENT_F_EDGE, EVENT_F_HAS_REASON, EVENT_F_HAS_SOCK, FIELD_ABSENT,
 };
 
 use crate::common::{
-    config, emit, empty_event, field, in_watched_netns, load, net_is_watched, peer_flags,
-    port_watched,
+    all_peers, config, count, emit, empty_event, field, in_watched_netns, load, net_is_watched,
+    peer_flags, peer_is_edge_v4, peer_is_edge_v6, port_watched, EVENTS,
 };
 
 const AF_INET: u16 = 2;
@@ -190,7 +190,8 @@ fn try_btf_set_state(ctx: &BtfTracePointContext) -> Option<()> {
 }
 
 /// Sends `kind` for a socket given as a BTF-typed pointer: watched port, wanted peer, our
-/// namespace.
+/// namespace. Addresses travel as 8-byte words and the event is written straight into its ring
+/// entry: this runs once per connection the host accepts, so every load and store shows.
 #[inline(always)]
 fn emit_sock_event(sk: *mut c_void, kind: EventKind, state: u32) -> Option<()> {
     // NULL unless a full TCP socket; typed as `tcp_sock`, so `inet_sport` (past `struct sock`)
@@ -204,32 +205,66 @@ fn emit_sock_event(sk: *mut c_void, kind: EventKind, state: u32) -> Option<()> {
     if !port_watched(local_port) {
         return None;
     }
-    let mut ev = empty_event(kind as u32);
-    ev.local_port = local_port;
-    ev.peer_port = u16::from_be(unsafe { load::<u16>(tp, o.dport) });
-    match unsafe { load::<u16>(tp, o.family) } {
-        AF_INET => {
-            ev.family = 4;
-            ev.local_addr[..4].copy_from_slice(&unsafe { load::<[u8; 4]>(tp, o.rcv_saddr) });
-            ev.peer_addr[..4].copy_from_slice(&unsafe { load::<[u8; 4]>(tp, o.daddr) });
-        }
+    // (family, peer, local): an IPv4 address is its 4 bytes then zeros (little-endian words).
+    let (family, peer, local) = match unsafe { load::<u16>(tp, o.family) } {
+        AF_INET => (
+            4u32,
+            [u64::from(unsafe { load::<u32>(tp, o.daddr) }), 0],
+            [u64::from(unsafe { load::<u32>(tp, o.rcv_saddr) }), 0],
+        ),
         AF_INET6 => {
-            ev.family = 6;
-            ev.local_addr = unsafe { load(tp, o.v6_rcv_saddr) };
-            ev.peer_addr = unsafe { load(tp, o.v6_daddr) };
+            let peer: [u64; 2] = unsafe { load(tp, o.v6_daddr) };
+            let local: [u64; 2] = unsafe { load(tp, o.v6_rcv_saddr) };
+            // A dual-stack (`[::]`) socket reports IPv4 peers as ::ffff:a.b.c.d; the packets
+            // are IPv4, so the event is too. Bytes 8..12 = 00 00 ff ff.
+            let mapped = |a: &[u64; 2]| a[0] == 0 && a[1] as u32 == 0xffff_0000;
+            if mapped(&peer) && mapped(&local) {
+                (4, [peer[1] >> 32, 0], [local[1] >> 32, 0])
+            } else {
+                (6, peer, local)
+            }
         }
         _ => return None,
+    };
+    let edge = if family == 4 {
+        peer_is_edge_v4(u32::from_be(peer[0] as u32))
+    } else {
+        peer_is_edge_v6(peer.as_ptr().cast::<u8>())
+    };
+    if !edge && !all_peers() {
+        return None;
     }
-    ev.state = state;
-    unmap_v4(&mut ev);
-    ev.flags |= peer_flags(ev.family, &ev.peer_addr)? | EVENT_F_HAS_SOCK;
     if config!(flags) & CONFIG_F_NETNS_FILTER != 0 {
         let sk_net = config!(kernel.sk_net);
         if !net_is_watched(unsafe { load::<*const u8>(tp, sk_net) }) {
             return None;
         }
     }
-    emit(ev);
+    let peer_port = u16::from_be(unsafe { load::<u16>(tp, o.dport) });
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(counter::LOST);
+        return None;
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (*ev).ts_ns = ts_ns;
+        (*ev).kind = kind as u32;
+        (*ev).family = family;
+        let p = (*ev).peer_addr.as_mut_ptr().cast::<[u64; 2]>();
+        let l = (*ev).local_addr.as_mut_ptr().cast::<[u64; 2]>();
+        *p = peer;
+        *l = local;
+        (*ev).peer_port = peer_port;
+        (*ev).local_port = local_port;
+        (*ev).flags = EVENT_F_HAS_SOCK | if edge { EVENT_F_EDGE } else { 0 };
+        (*ev).reason = 0;
+        (*ev).state = state;
+        (*ev).tcp_flags = 0;
+        (*ev).seq = 0;
+        (*ev).aux = 0;
+    }
+    entry.submit(0);
     Some(())
 }
 
