@@ -6,6 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{
         lpm_trie::{Key, LpmTrie},
+        ring_buf::RingBufEntry,
         Array, PerCpuArray, RingBuf,
     },
     programs::TracePointContext,
@@ -146,16 +147,23 @@ pub fn peer_flags(family: u32, addr: &[u8; 16]) -> Option<u32> {
     }
 }
 
+/// A ring entry for one event, or `None`, counted as lost, when the ring buffer is full.
+#[inline(always)]
+pub fn reserve_event() -> Option<RingBufEntry<Event>> {
+    let entry = EVENTS.reserve::<Event>(0);
+    if entry.is_none() {
+        count(counter::LOST);
+    }
+    entry
+}
+
 /// Sends the event, or counts it as lost when the ring buffer is full.
 #[inline(always)]
 pub fn emit(mut event: Event) {
     event.ts_ns = unsafe { bpf_ktime_get_ns() };
-    match EVENTS.reserve::<Event>(0) {
-        Some(mut entry) => {
-            entry.write(event);
-            entry.submit(0);
-        }
-        None => count(counter::LOST),
+    if let Some(mut entry) = reserve_event() {
+        entry.write(event);
+        entry.submit(0);
     }
 }
 

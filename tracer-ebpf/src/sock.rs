@@ -9,13 +9,13 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    counter, Event, EventKind, SockTpLayout, CONFIG_F_NETNS_FILTER, CONFIG_F_NO_CLOSES,
-    EVENT_F_EDGE, EVENT_F_HAS_REASON, EVENT_F_HAS_SOCK, FIELD_ABSENT,
+    Event, EventKind, SockTpLayout, CONFIG_F_NETNS_FILTER, CONFIG_F_NO_CLOSES, EVENT_F_EDGE,
+    EVENT_F_HAS_REASON, EVENT_F_HAS_SOCK, FIELD_ABSENT,
 };
 
 use crate::common::{
-    all_peers, config, count, emit, empty_event, field, in_watched_netns, load, net_is_watched,
-    peer_flags, peer_is_edge_v4, peer_is_edge_v6, port_watched, EVENTS,
+    all_peers, config, emit, empty_event, field, in_watched_netns, load, net_is_watched,
+    peer_flags, peer_is_edge_v4, peer_is_edge_v6, port_watched, reserve_event,
 };
 
 const AF_INET: u16 = 2;
@@ -242,10 +242,7 @@ fn emit_sock_event(sk: *mut c_void, kind: EventKind, state: u32) -> Option<()> {
     }
     let peer_port = u16::from_be(unsafe { load::<u16>(tp, o.dport) });
     let ts_ns = unsafe { bpf_ktime_get_ns() };
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(counter::LOST);
-        return None;
-    };
+    let mut entry = reserve_event()?;
     let ev = entry.as_mut_ptr();
     unsafe {
         (*ev).ts_ns = ts_ns;
