@@ -83,18 +83,26 @@ fn load32(p: *const u8) -> u32 {
 #[inline(always)]
 fn try_xdp_syn(ctx: &XdpContext) -> Option<()> {
     // Untagged IPv4 without options, the shape of nearly every frame: one bounds check covers
-    // the Ethernet, IP and TCP headers, and a frame that is not a SYN leaves after a handful of loads.
+    // the Ethernet, IP and TCP headers, and a frame that is not a SYN leaves after a handful
+    // of loads.
     if let Some(eth) = bytes_at(ctx, 0, ETH_HLEN + 40) {
         let ip = unsafe { eth.add(ETH_HLEN) };
         if be16(unsafe { eth.add(12) }) == ETH_P_IP && unsafe { *ip } == 0x45 {
-            // Any fragment (MF set or non-zero offset) is not a SYN we can read whole.
-            if unsafe { *ip.add(9) } != IPPROTO_TCP || be16(unsafe { ip.add(6) }) & 0x3fff != 0 {
+            if !ipv4_whole_tcp(ip) {
                 return None;
             }
             return syn(4, unsafe { ip.add(12) }, unsafe { ip.add(20) });
         }
     }
     try_any_frame(ctx)
+}
+
+/// Does the IPv4 header at `ip` (20 readable bytes) carry TCP, unfragmented? Any fragment (MF
+/// set or a non-zero offset) is not a SYN we can read whole.
+#[inline(always)]
+fn ipv4_whole_tcp(ip: *const u8) -> bool {
+    let protocol = unsafe { *ip.add(9) };
+    protocol == IPPROTO_TCP && be16(unsafe { ip.add(6) }) & 0x3fff == 0
 }
 
 /// Every other shape: VLAN tags, IPv4 options, IPv6, frames shorter than the fast path reads.
@@ -119,12 +127,7 @@ fn try_any_frame(ctx: &XdpContext) -> Option<()> {
             let ip = bytes_at(ctx, l3, 20)?;
             let ver_ihl = unsafe { *ip };
             let ihl = usize::from(ver_ihl & 0x0f) * 4;
-            // Any fragment (MF set or non-zero offset) is not a SYN we can read whole.
-            if ver_ihl >> 4 != 4
-                || ihl < 20
-                || unsafe { *ip.add(9) } != IPPROTO_TCP
-                || be16(unsafe { ip.add(6) }) & 0x3fff != 0
-            {
+            if ver_ihl >> 4 != 4 || ihl < 20 || !ipv4_whole_tcp(ip) {
                 return None;
             }
             (4u8, unsafe { ip.add(12) }, l3 + ihl)
