@@ -51,6 +51,10 @@ pub const EVENT_F_HAS_SOCK: u32 = 1 << 2;
 pub const EVENT_F_HAS_TCP: u32 = 1 << 3;
 /// [`Event::flags`]: the packet was leaving the origin (peer = destination).
 pub const EVENT_F_EGRESS: u32 = 1 << 4;
+/// [`Event::flags`]: not a watched port in the tracer's own namespace, but the peer's address
+/// and port match a SYN that arrived at the watched interface (`ARRIVALS`): the host handed
+/// the connection on (DNAT to a container, another namespace).
+pub const EVENT_F_FORWARDED: u32 = 1 << 5;
 
 /// One kernel observation, written to the ring buffer.
 ///
@@ -62,9 +66,11 @@ pub struct Event {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
     pub ts_ns: u64,
     /// An [`EventKind`] number.
-    pub kind: u32,
+    pub kind: u16,
     /// 4 or 6.
-    pub family: u32,
+    pub family: u16,
+    /// Inode of the network namespace the kernel saw the event in (0: unknown, no BTF).
+    pub netns: u32,
     pub peer_addr: [u8; 16],
     pub local_addr: [u8; 16],
     pub peer_port: u16,
@@ -314,6 +320,12 @@ pub const CONFIG_F_NETNS_FILTER: u32 = 1 << 1;
 /// connection closed with its peer's FIN unread, for instance).
 pub const CONFIG_F_ATTEMPT_DROPS: u32 = 1 << 2;
 
+/// [`Config::flags`]: follow edge connections the host forwards to other namespaces: XDP
+/// records each SYN it logs in `ARRIVALS`, and the tracepoints accept events of other
+/// namespaces and unwatched ports whose peer address and port are recorded there. Set only
+/// when the tracer's namespace forwards packets: without forwarding nothing changes.
+pub const CONFIG_F_FOLLOW_FORWARDED: u32 = 1 << 4;
+
 /// [`Config::flags`]: report no closing connections. The agent settles a connection at its
 /// handshake, so a close is a second ring event and table lookup per connection it does not
 /// use; this spares both at tens of thousands of connections per second.
@@ -398,6 +410,19 @@ pub const PREFILTER_WORDS: u32 = 65536 / 64;
 /// Words of the IPv4 /24 bitmaps (`EDGE_V4_FULL24`, `EDGE_V4_PART24`): one bit per /24.
 pub const SLASH24_WORDS: u32 = (1 << 24) / 64;
 
+/// Key of `ARRIVALS`: a peer's address and port as the SYN arrived at the watched interface,
+/// which DNAT leaves alone. IPv4 addresses use the first 4 bytes, zeros after.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArrivalKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    /// 4 or 6.
+    pub family: u16,
+}
+
+const _: () = assert!(size_of::<ArrivalKey>() == 20);
+
 /// Key data of the IPv4 LPM trie (`EDGE_V4`).
 pub type Ipv4Key = [u8; 4];
 /// Key data of the IPv6 LPM trie (`EDGE_V6`).
@@ -410,4 +435,5 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for SynRecord {}
     unsafe impl aya::Pod for SynCursor {}
+    unsafe impl aya::Pod for ArrivalKey {}
 }

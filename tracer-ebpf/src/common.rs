@@ -7,14 +7,14 @@ use aya_ebpf::{
     maps::{
         lpm_trie::{Key, LpmTrie},
         ring_buf::RingBufEntry,
-        Array, PerCpuArray, RingBuf,
+        Array, LruHashMap, PerCpuArray, RingBuf,
     },
     programs::TracePointContext,
 };
 use tracer_common::{
-    counter, Config, Event, Ipv4Key, Ipv6Key, SynCursor, SynRecord, CONFIG_F_ALL_PEERS,
-    CONFIG_F_NETNS_FILTER, EVENT_F_EDGE, FIELD_ABSENT, PORT_BITMAP_WORDS, PREFILTER_WORDS,
-    SLASH24_WORDS,
+    counter, ArrivalKey, Config, Event, Ipv4Key, Ipv6Key, SynCursor, SynRecord, CONFIG_F_ALL_PEERS,
+    CONFIG_F_FOLLOW_FORWARDED, CONFIG_F_NETNS_FILTER, EVENT_F_EDGE, FIELD_ABSENT,
+    PORT_BITMAP_WORDS, PREFILTER_WORDS, SLASH24_WORDS,
 };
 
 /// Written by userspace at load time; read with `read_volatile` so the compiler cannot fold the
@@ -57,6 +57,13 @@ pub static EDGE_V4_PART24: Array<u64> = Array::with_max_entries(SLASH24_WORDS, 0
 /// IPv6: one bit per value of the first 16 bits that overlaps a watched range; the trie decides.
 #[map]
 pub static EDGE_V6_PREFILTER: Array<u64> = Array::with_max_entries(PREFILTER_WORDS, 0);
+
+/// SYNs logged at the watched interface, by the peer's address and port (which DNAT leaves
+/// alone) -> the SYN's sequence number. Written by XDP only with `CONFIG_F_FOLLOW_FORWARDED`;
+/// the tracepoints look events of other namespaces up here. LRU: old attempts make room.
+/// Userspace sizes it at load time.
+#[map]
+pub static ARRIVALS: LruHashMap<ArrivalKey, u32> = LruHashMap::with_max_entries(1, 0);
 
 /// Reads one configuration field without letting the compiler assume its initial value.
 macro_rules! config {
@@ -127,7 +134,7 @@ pub fn peer_is_edge_v6(addr: *const u8) -> bool {
 /// Is the peer inside the watched ranges? `family` is 4 or 6. Each map has its own call site so
 /// the verifier can inline the array lookups (a map chosen at run time cannot be).
 #[inline(always)]
-pub fn peer_is_edge(family: u32, addr: &[u8; 16]) -> bool {
+pub fn peer_is_edge(family: u16, addr: &[u8; 16]) -> bool {
     if family == 4 {
         peer_is_edge_v4(u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]))
     } else {
@@ -137,7 +144,7 @@ pub fn peer_is_edge(family: u32, addr: &[u8; 16]) -> bool {
 
 /// Edge flag for the event, or `None` when the peer is not wanted (non-edge, no `--all-peers`).
 #[inline(always)]
-pub fn peer_flags(family: u32, addr: &[u8; 16]) -> Option<u32> {
+pub fn peer_flags(family: u16, addr: &[u8; 16]) -> Option<u32> {
     if peer_is_edge(family, addr) {
         Some(EVENT_F_EDGE)
     } else if all_peers() {
@@ -167,11 +174,12 @@ pub fn emit(mut event: Event) {
     }
 }
 
-pub const fn empty_event(kind: u32) -> Event {
+pub const fn empty_event(kind: u16) -> Event {
     Event {
         ts_ns: 0,
         kind,
         family: 0,
+        netns: 0,
         peer_addr: [0; 16],
         local_addr: [0; 16],
         peer_port: 0,
@@ -211,16 +219,72 @@ pub unsafe fn load<T>(base: *const u8, offset: u16) -> T {
     unsafe { core::ptr::read(base.add(usize::from(offset)).cast::<T>()) }
 }
 
-/// Is `net` (a BTF-typed `struct net *`, NULL when unknown) the namespace the tracer watches?
-/// Counts the miss, like [`in_watched_netns`].
 #[inline(always)]
-pub fn net_is_watched(net: *const u8) -> bool {
-    let net_inum = config!(kernel.net_inum);
-    let ok = !net.is_null() && unsafe { load::<u32>(net, net_inum) } == config!(netns_inum);
-    if !ok {
+pub fn follow_forwarded() -> bool {
+    config!(flags) & CONFIG_F_FOLLOW_FORWARDED != 0
+}
+
+#[inline(always)]
+pub fn netns_filter() -> bool {
+    config!(flags) & CONFIG_F_NETNS_FILTER != 0
+}
+
+/// Records a SYN that arrived at the watched interface (`follow_forwarded` only).
+#[inline(always)]
+pub fn record_arrival(key: &ArrivalKey, seq: u32) {
+    let _ = ARRIVALS.insert(key, &seq, 0);
+}
+
+/// Did a SYN from this peer address and port arrive at the watched interface? With `seq` (the
+/// event is a bare SYN), it must be that SYN: a new connection from the same peer port is not.
+#[inline(always)]
+pub fn arrival_matches(family: u16, peer: &[u8; 16], peer_port: u16, seq: Option<u32>) -> bool {
+    let key = ArrivalKey {
+        addr: *peer,
+        port: peer_port,
+        family,
+    };
+    match unsafe { ARRIVALS.get(&key) } {
+        Some(isn) => seq.is_none_or(|s| s == *isn),
+        None => false,
+    }
+}
+
+/// `net.ns.inum` of a BTF-typed `struct net *` (NULL when unknown).
+#[inline(always)]
+pub fn net_inum(net: *const u8) -> Option<u32> {
+    if net.is_null() {
+        return None;
+    }
+    let offset = config!(kernel.net_inum);
+    Some(unsafe { load::<u32>(net, offset) })
+}
+
+/// Where an event happened, as far as the tracer is concerned.
+#[derive(Clone, Copy)]
+pub struct Netns {
+    /// The namespace inode (the tracer's own when the filter is off: no BTF).
+    pub inum: u32,
+    /// The tracer's own namespace.
+    pub own: bool,
+}
+
+/// Classifies a namespace inode read from the kernel (`None`: unreadable). Misses are counted.
+#[inline(always)]
+pub fn classify_netns(inum: Option<u32>) -> Netns {
+    let own_inum = config!(netns_inum);
+    if !netns_filter() {
+        return Netns {
+            inum: own_inum,
+            own: true,
+        };
+    }
+    let inum = inum.unwrap_or(0);
+    let own = inum == own_inum;
+    if !own {
         count(counter::OTHER_NETNS);
     }
-    ok
+    Netns { inum, own }
 }
 
 /// `sk->__sk_common.skc_net->ns.inum`
@@ -242,21 +306,41 @@ fn netns_of_skb(skb: u64) -> Option<u32> {
     read_kernel(net, config!(kernel.net_inum))
 }
 
-/// Does this socket/packet belong to the namespace the tracer watches? Tracepoints fire for
-/// every namespace; without the filter (no BTF) everything counts and userspace says so.
+/// The namespace of a socket or packet given as plain addresses (classic tracepoints).
+/// Tracepoints fire for every namespace; without the filter (no BTF) everything counts as the
+/// tracer's own and userspace says so.
 #[inline(always)]
-pub fn in_watched_netns(sk: u64, skb: u64) -> bool {
-    if config!(flags) & CONFIG_F_NETNS_FILTER == 0 {
-        return true;
+pub fn netns_of(sk: u64, skb: u64) -> Netns {
+    if !netns_filter() {
+        return classify_netns(None);
     }
-    let ns = if sk != 0 {
+    classify_netns(if sk != 0 {
         netns_of_sock(sk)
     } else {
         netns_of_skb(skb)
-    };
-    let ok = ns == Some(config!(netns_inum));
-    if !ok {
-        count(counter::OTHER_NETNS);
+    })
+}
+
+/// Does an event at a watched (`watched_port`) or other local port, in `ns`, belong to the
+/// tracer? A watched port in its own namespace does; anything else only as a connection the
+/// host forwarded, whose peer address and port arrived at the watched interface. Returns the
+/// `EVENT_F_FORWARDED` bit or `None`. Callers have already checked the peer is wanted (the
+/// cheapest test), so another namespace's own traffic rarely gets as far as the lookup.
+#[inline(always)]
+pub fn attribution(
+    watched_port: bool,
+    ns: Netns,
+    family: u16,
+    peer: &[u8; 16],
+    peer_port: u16,
+    seq: Option<u32>,
+) -> Option<u32> {
+    if watched_port && ns.own {
+        return Some(0);
     }
-    ok
+    if follow_forwarded() && arrival_matches(family, peer, peer_port, seq) {
+        Some(tracer_common::EVENT_F_FORWARDED)
+    } else {
+        None
+    }
 }

@@ -7,13 +7,13 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    EventKind, CONFIG_F_ATTEMPT_DROPS, CONFIG_F_NETNS_FILTER, DROP_REASON_WORDS, EVENT_F_EGRESS,
+    Event, EventKind, CONFIG_F_ATTEMPT_DROPS, DROP_REASON_WORDS, EVENT_F_EGRESS,
     EVENT_F_HAS_REASON, EVENT_F_HAS_TCP,
 };
 
 use crate::common::{
-    config, emit, empty_event, field, in_watched_netns, load, net_is_watched, peer_flags,
-    port_watched, read_kernel,
+    attribution, classify_netns, config, emit, empty_event, field, follow_forwarded, load,
+    net_inum, netns_filter, netns_of, peer_flags, port_watched, read_kernel, Netns,
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -91,14 +91,14 @@ fn try_btf_kfree_skb(ctx: &BtfTracePointContext) -> Option<()> {
         transport: unsafe { load::<u16>(skb, k.skb_transport_header) },
     };
     let location: u64 = ctx.arg(1);
-    drop_event(&view, Some(reason), location, || skb_in_watched_netns(skb))
+    drop_event(&view, Some(reason), location, || skb_netns(skb))
 }
 
-/// [`in_watched_netns`] for a BTF-typed `sk_buff`: its socket's namespace, else its device's.
+/// [`netns_of`] for a BTF-typed `sk_buff`: its socket's namespace, else its device's.
 #[inline(always)]
-fn skb_in_watched_netns(skb: *const u8) -> bool {
-    if config!(flags) & CONFIG_F_NETNS_FILTER == 0 {
-        return true;
+fn skb_netns(skb: *const u8) -> Netns {
+    if !netns_filter() {
+        return classify_netns(None);
     }
     let k = config!(kernel);
     let sk = unsafe { load::<*const u8>(skb, k.skb_sk) };
@@ -112,7 +112,7 @@ fn skb_in_watched_netns(skb: *const u8) -> bool {
             unsafe { load::<*const u8>(dev, k.dev_nd_net) }
         }
     };
-    net_is_watched(net)
+    classify_netns(net_inum(net))
 }
 
 #[tracepoint]
@@ -135,7 +135,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         transport: read_kernel(skb, config!(kernel.skb_transport_header)).unwrap_or(HEADER_UNSET),
     };
     let location = field::<u64>(ctx, config!(kfree_skb.location)).unwrap_or(0);
-    drop_event(&view, reason, location, || in_watched_netns(0, skb))
+    drop_event(&view, reason, location, || netns_of(0, skb))
 }
 
 /// Reads the dropped packet's headers and sends the drop if it is a watched flow's.
@@ -144,7 +144,7 @@ fn drop_event(
     view: &SkbView,
     reason: Option<u32>,
     location: u64,
-    in_netns: impl Fn() -> bool,
+    netns: impl Fn() -> Netns,
 ) -> Option<()> {
     if view.protocol != ETH_P_IP && view.protocol != ETH_P_IPV6 {
         return None;
@@ -154,7 +154,7 @@ fn drop_event(
         return None;
     }
 
-    let mut event = empty_event(EventKind::Drop as u32);
+    let mut event = empty_event(EventKind::Drop as u16);
     let ip = head + u64::from(network);
     let first: u8 = read_kernel(ip, 0)?;
     let tcp_offset = match first >> 4 {
@@ -192,23 +192,29 @@ fn drop_event(
     let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
 
-    // Incoming packets are addressed to a watched port; outgoing ones come from it.
-    if port_watched(dport) {
-        event.peer_port = sport;
-        event.local_port = dport;
-    } else if port_watched(sport) {
-        core::mem::swap(&mut event.peer_addr, &mut event.local_addr);
-        event.peer_port = dport;
-        event.local_port = sport;
-        event.flags |= EVENT_F_EGRESS;
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    // Incoming packets are addressed to a watched port; outgoing ones come from it. A packet
+    // of a forwarded connection may have neither (DNAT rewrote the port): then the side whose
+    // address and port arrived at the interface is the peer.
+    let (in_watched, out_watched) = (port_watched(dport), port_watched(sport));
+    if !in_watched && !out_watched && !follow_forwarded() {
+        return None;
+    }
+    let bare_syn = tcp[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let incoming = if in_watched || !out_watched {
+        orient(&mut event, sport, dport, false);
+        event_attribution(&mut event, in_watched, bare_syn.then_some(seq), &netns)
     } else {
-        return None;
+        None
+    };
+    if incoming.is_none() {
+        if in_watched && !follow_forwarded() {
+            return None;
+        }
+        orient(&mut event, sport, dport, true);
+        event_attribution(&mut event, out_watched, None, &netns)?;
     }
-    event.flags |= peer_flags(event.family, &event.peer_addr)?;
-    if !in_netns() {
-        return None;
-    }
-    event.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    event.seq = seq;
     event.tcp_flags = u32::from(tcp[13]);
     event.flags |= EVENT_F_HAS_TCP;
     if let Some(reason) = reason {
@@ -217,6 +223,47 @@ fn drop_event(
     }
     event.aux = location;
     emit(event);
+    Some(())
+}
+
+/// Sets the event's ports and direction: as received (`egress` false: the source is the peer)
+/// or as sent by the origin (the destination is the peer; addresses are swapped once).
+#[inline(always)]
+fn orient(event: &mut Event, sport: u16, dport: u16, egress: bool) {
+    if egress {
+        if event.flags & EVENT_F_EGRESS == 0 {
+            core::mem::swap(&mut event.peer_addr, &mut event.local_addr);
+            event.flags |= EVENT_F_EGRESS;
+        }
+        event.peer_port = dport;
+        event.local_port = sport;
+    } else {
+        event.peer_port = sport;
+        event.local_port = dport;
+    }
+}
+
+/// The peer is wanted and the event belongs to the tracer (see [`attribution`]): sets the
+/// edge, forwarded and namespace marks. The namespace is read only once a peer is wanted.
+#[inline(always)]
+fn event_attribution(
+    event: &mut Event,
+    watched_port: bool,
+    syn_seq: Option<u32>,
+    netns: &impl Fn() -> Netns,
+) -> Option<()> {
+    let edge = peer_flags(event.family, &event.peer_addr)?;
+    let ns = netns();
+    let forwarded = attribution(
+        watched_port,
+        ns,
+        event.family,
+        &event.peer_addr,
+        event.peer_port,
+        syn_seq,
+    )?;
+    event.flags |= edge | forwarded;
+    event.netns = ns.inum;
     Some(())
 }
 

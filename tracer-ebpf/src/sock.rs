@@ -9,13 +9,14 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    Event, EventKind, SockTpLayout, CONFIG_F_NETNS_FILTER, CONFIG_F_NO_CLOSES, EVENT_F_EDGE,
-    EVENT_F_HAS_REASON, EVENT_F_HAS_SOCK, FIELD_ABSENT,
+    Event, EventKind, SockTpLayout, CONFIG_F_NO_CLOSES, EVENT_F_EDGE, EVENT_F_HAS_REASON,
+    EVENT_F_HAS_SOCK, FIELD_ABSENT,
 };
 
 use crate::common::{
-    all_peers, config, emit, empty_event, field, in_watched_netns, load, net_is_watched,
-    peer_flags, peer_is_edge_v4, peer_is_edge_v6, port_watched, reserve_event,
+    all_peers, attribution, classify_netns, config, emit, empty_event, field, follow_forwarded,
+    load, net_inum, netns_filter, netns_of, peer_flags, peer_is_edge_v4, peer_is_edge_v6,
+    port_watched, reserve_event,
 };
 
 const AF_INET: u16 = 2;
@@ -52,7 +53,7 @@ fn read_split(ctx: &TracePointContext, l: &SockTpLayout, ev: &mut Event) -> Opti
 
 /// Reads a 28-byte sockaddr_in/sockaddr_in6 field: (family 4|6, port host order, address).
 #[inline(always)]
-fn read_sockaddr(ctx: &TracePointContext, offset: u16) -> Option<(u32, u16, [u8; 16])> {
+fn read_sockaddr(ctx: &TracePointContext, offset: u16) -> Option<(u16, u16, [u8; 16])> {
     let sa: [u8; 28] = field(ctx, offset)?;
     let family = u16::from_ne_bytes([sa[0], sa[1]]);
     let port = u16::from_be_bytes([sa[2], sa[3]]);
@@ -88,17 +89,19 @@ fn unmap_v4(ev: &mut Event) {
     }
 }
 
-/// Common tail: watched port, wanted peer, our namespace; then send.
+/// Common tail: watched port, wanted peer, our namespace — or a connection the host forwarded
+/// (see [`attribution`]); then send.
 #[inline(always)]
 fn filter_and_emit(mut ev: Event, sk: u64, skb: u64) -> Option<()> {
     unmap_v4(&mut ev);
-    if !port_watched(ev.local_port) {
+    let watched = port_watched(ev.local_port);
+    if !watched && !follow_forwarded() {
         return None;
     }
     ev.flags |= peer_flags(ev.family, &ev.peer_addr)?;
-    if !in_watched_netns(sk, skb) {
-        return None;
-    }
+    let ns = netns_of(sk, skb);
+    ev.flags |= attribution(watched, ns, ev.family, &ev.peer_addr, ev.peer_port, None)?;
+    ev.netns = ns.inum;
     if sk != 0 {
         ev.flags |= EVENT_F_HAS_SOCK;
     }
@@ -116,7 +119,7 @@ fn try_send_reset(ctx: &TracePointContext) -> Option<()> {
     let l = config!(send_reset);
     let sk: u64 = field(ctx, l.split.skaddr).unwrap_or(0);
     let skb: u64 = field(ctx, l.skbaddr).unwrap_or(0);
-    let mut ev = empty_event(EventKind::ResetSent as u32);
+    let mut ev = empty_event(EventKind::ResetSent as u16);
     if l.sockaddr_saddr != FIELD_ABSENT {
         // Since 6.10: saddr is the origin's side even when replying to a packet without socket.
         let (family, local_port, local_addr) = read_sockaddr(ctx, l.sockaddr_saddr)?;
@@ -146,7 +149,7 @@ pub fn tp_recv_reset(ctx: TracePointContext) -> u32 {
 fn try_receive_reset(ctx: &TracePointContext) -> Option<()> {
     let l = config!(receive_reset);
     let sk: u64 = field(ctx, l.skaddr)?;
-    let mut ev = empty_event(EventKind::ResetReceived as u32);
+    let mut ev = empty_event(EventKind::ResetReceived as u16);
     read_split(ctx, &l, &mut ev)?;
     ev.aux = field::<u64>(ctx, l.sock_cookie).unwrap_or(0);
     filter_and_emit(ev, sk, 0)
@@ -202,13 +205,14 @@ fn emit_sock_event(sk: *mut c_void, kind: EventKind, state: u32) -> Option<()> {
     }
     let o = config!(sock);
     let local_port = u16::from_be(unsafe { load::<u16>(tp, o.sport) });
-    if !port_watched(local_port) {
+    let watched = port_watched(local_port);
+    if !watched && !follow_forwarded() {
         return None;
     }
     // (family, peer, local): an IPv4 address is its 4 bytes then zeros (little-endian words).
     let (family, peer, local) = match unsafe { load::<u16>(tp, o.family) } {
         AF_INET => (
-            4u32,
+            4u16,
             [u64::from(unsafe { load::<u32>(tp, o.daddr) }), 0],
             [u64::from(unsafe { load::<u32>(tp, o.rcv_saddr) }), 0],
         ),
@@ -234,27 +238,34 @@ fn emit_sock_event(sk: *mut c_void, kind: EventKind, state: u32) -> Option<()> {
     if !edge && !all_peers() {
         return None;
     }
-    if config!(flags) & CONFIG_F_NETNS_FILTER != 0 {
+    let ns = classify_netns(if netns_filter() {
         let sk_net = config!(kernel.sk_net);
-        if !net_is_watched(unsafe { load::<*const u8>(tp, sk_net) }) {
-            return None;
-        }
-    }
+        net_inum(unsafe { load::<*const u8>(tp, sk_net) })
+    } else {
+        None
+    });
     let peer_port = u16::from_be(unsafe { load::<u16>(tp, o.dport) });
+    let forwarded = if watched && ns.own {
+        0
+    } else {
+        let peer_bytes: [u8; 16] = unsafe { core::mem::transmute(peer) };
+        attribution(watched, ns, family, &peer_bytes, peer_port, None)?
+    };
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let mut entry = reserve_event()?;
     let ev = entry.as_mut_ptr();
     unsafe {
         (*ev).ts_ns = ts_ns;
-        (*ev).kind = kind as u32;
+        (*ev).kind = kind as u16;
         (*ev).family = family;
+        (*ev).netns = ns.inum;
         let p = (*ev).peer_addr.as_mut_ptr().cast::<[u64; 2]>();
         let l = (*ev).local_addr.as_mut_ptr().cast::<[u64; 2]>();
         *p = peer;
         *l = local;
         (*ev).peer_port = peer_port;
         (*ev).local_port = local_port;
-        (*ev).flags = EVENT_F_HAS_SOCK | if edge { EVENT_F_EDGE } else { 0 };
+        (*ev).flags = EVENT_F_HAS_SOCK | forwarded | if edge { EVENT_F_EDGE } else { 0 };
         (*ev).reason = 0;
         (*ev).state = state;
         (*ev).tcp_flags = 0;
@@ -274,7 +285,7 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let sk: u64 = field(ctx, l.skaddr)?;
-    let mut ev = empty_event(kind as u32);
+    let mut ev = empty_event(kind as u16);
     read_split(ctx, &l, &mut ev)?;
     ev.state = ((old as u32) << 8) | new as u32;
     filter_and_emit(ev, sk, 0)
@@ -289,7 +300,7 @@ pub fn tp_synack_rtx(ctx: TracePointContext) -> u32 {
 fn try_retransmit_synack(ctx: &TracePointContext) -> Option<()> {
     let l = config!(retransmit_synack);
     let sk: u64 = field(ctx, l.skaddr)?;
-    let mut ev = empty_event(EventKind::SynackRetransmit as u32);
+    let mut ev = empty_event(EventKind::SynackRetransmit as u16);
     read_split(ctx, &l, &mut ev)?;
     filter_and_emit(ev, sk, 0)
 }

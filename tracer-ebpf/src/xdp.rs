@@ -9,11 +9,11 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use tracer_common::{counter, EVENT_F_EDGE};
+use tracer_common::{counter, ArrivalKey, EVENT_F_EDGE};
 
 use crate::common::{
-    all_peers, config, count, peer_is_edge_v4, peer_is_edge_v6, port_watched, EVENTS, SYN_CURSORS,
-    SYN_LOG,
+    all_peers, config, count, follow_forwarded, peer_is_edge_v4, peer_is_edge_v6, port_watched,
+    record_arrival, EVENTS, SYN_CURSORS, SYN_LOG,
 };
 
 const ETH_HLEN: usize = 14;
@@ -167,7 +167,31 @@ fn syn(family: u8, src: *const u8, tcp: *const u8) -> Option<()> {
     if !edge && !all_peers() {
         return None;
     }
+    if follow_forwarded() {
+        remember_arrival(family, src, tcp);
+    }
     record_syn(family, src, tcp, flags, edge)
+}
+
+/// Remembers the SYN by its peer address and port, which DNAT leaves alone, so the tracepoints
+/// can tell the forwarded connection's events in another namespace from that namespace's own.
+#[inline(always)]
+fn remember_arrival(family: u8, src: *const u8, tcp: *const u8) {
+    let mut key = ArrivalKey {
+        addr: [0; 16],
+        port: be16(tcp),
+        family: u16::from(family),
+    };
+    let words = key.addr.as_mut_ptr() as *mut u32;
+    unsafe {
+        *words = load32(src);
+        if family == 6 {
+            for i in 1..4 {
+                *words.add(i) = load32(src.add(4 * i));
+            }
+        }
+    }
+    record_arrival(&key, u32::from_be(load32(unsafe { tcp.add(4) })));
 }
 
 /// Appends the SYN to this CPU's part of the SYN log, or counts it lost when that is full.

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{unix::AsyncFd, Interest};
-use tracer_common::{counter, Event, SynRecord};
+use tracer_common::{counter, Event as RawEvent, SynRecord};
 
 use crate::{
-    events::{decode, decode_syn, Clock, JiffiesClock, TracedEvent},
+    clock::{Clock, JiffiesClock},
+    event::{decode, decode_syn, Record},
     kernel::{synlog::SynLog, Probe},
 };
 
@@ -28,7 +29,7 @@ pub struct Capture {
     ring_pos: u64,
     /// Ring records of the current drain, with their positions: kept raw (80 bytes) and
     /// decoded straight into the output, so each event is built once, in place.
-    ring_batch: Vec<(u64, Event)>,
+    ring_batch: Vec<(u64, RawEvent)>,
     /// SYN records not yet handed out, in log order.
     held_syns: Vec<SynRecord>,
     clock: Clock,
@@ -84,13 +85,6 @@ impl Capture {
         self.lost_reported
     }
 
-    /// Waits until events are ready, at most `tick`, then appends what is there.
-    pub async fn next_batch(&mut self, out: &mut Vec<TracedEvent>, tick: Duration) -> Result<()> {
-        self.wait(tick).await?;
-        self.drain(out);
-        Ok(())
-    }
-
     /// Waits until events are ready, at most `tick` (and at least the minimum interval since
     /// the last drain).
     pub async fn wait(&mut self, tick: Duration) -> Result<()> {
@@ -106,33 +100,21 @@ impl Capture {
         Ok(())
     }
 
-    /// Appends everything queued now in the kernel's order, plus a loss event if the kernel
-    /// counted new losses. SYNs that arrived after ring events still being written wait for
-    /// the next call.
-    pub fn drain(&mut self, out: &mut Vec<TracedEvent>) {
-        self.drain_each(false, |ev| out.push(ev));
-    }
-
-    /// The last drain: everything queued, nothing held back.
-    pub fn drain_all(&mut self, out: &mut Vec<TracedEvent>) {
-        self.drain_each(true, |ev| out.push(ev));
-    }
-
     /// Hands each event queued now to `each`, in the kernel's order (`flush`: the last drain,
     /// nothing held back). For the agent at fleet rates: a drain's events are never all in
     /// memory at once (a hundred milliseconds of them is megabytes, which evicts the
     /// workload's cache).
-    pub fn drain_each(&mut self, flush: bool, mut each: impl FnMut(TracedEvent)) {
+    pub fn drain_each(&mut self, flush: bool, mut each: impl FnMut(Record)) {
         self.last_drain = Instant::now();
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
             let pos = self.ring_pos;
             self.ring_pos += ring_record_bytes(item.len());
-            if item.len() < size_of::<Event>() {
+            if item.len() < size_of::<RawEvent>() {
                 continue;
             }
             // SAFETY: the kernel wrote a whole `Event`; read_unaligned copes with any alignment.
-            let raw: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let raw: RawEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             self.ring_batch.push((pos, raw));
         }
         // The log after the ring, so the ring events a logged SYN follows are already read
@@ -151,14 +133,16 @@ impl Capture {
                 self.jiffies.update(sample);
             }
         }
-        let (clock, jiffies, names) = (self.clock, self.jiffies, &self.probe.names);
-        merge_by_ring_pos(&self.ring_batch, &held[..ready], |item| match item {
-            Merged::Ring(raw) => {
-                if let Some(ev) = decode(raw, &clock, names) {
-                    each(ev);
-                }
+        let (clock, jiffies, reasons) = (self.clock, self.jiffies, &self.probe.reasons);
+        let netns = self.probe.netns;
+        merge_by_ring_pos(&self.ring_batch, &held[..ready], |item| {
+            let ev = match item {
+                Merged::Ring(raw) => decode(raw, &clock, reasons),
+                Merged::Syn(r) => decode_syn(r, &clock, &jiffies, netns),
+            };
+            if let Some(ev) = ev {
+                each(Record::Event(ev));
             }
-            Merged::Syn(r) => each(decode_syn(r, &clock, &jiffies)),
         });
         self.ring_batch.clear();
         held.drain(..ready);
@@ -170,14 +154,14 @@ impl Capture {
     }
 
     /// Reads the kernel's loss counter now; hands out a loss event if it rose.
-    fn check_loss(&mut self, mut each: impl FnMut(TracedEvent)) {
+    fn check_loss(&mut self, mut each: impl FnMut(Record)) {
         if let Ok(counters) = self.probe.counters() {
             let lost = counters[counter::LOST as usize];
             if lost > self.lost_reported {
-                each(TracedEvent::loss(
-                    SystemTime::now(),
-                    lost - self.lost_reported,
-                ));
+                each(Record::Loss {
+                    ts: SystemTime::now(),
+                    count: lost - self.lost_reported,
+                });
                 self.lost_reported = lost;
             }
         }
@@ -295,7 +279,7 @@ mod tests {
 
     #[test]
     fn ring_records_take_a_header_and_round_up_to_8() {
-        assert_eq!(ring_record_bytes(size_of::<Event>()), 88);
+        assert_eq!(ring_record_bytes(size_of::<RawEvent>()), 88);
         assert_eq!(ring_record_bytes(1), 16);
         assert_eq!(ring_record_bytes(8), 16);
     }

@@ -49,6 +49,16 @@ pub enum XdpModeArg {
     Generic,
 }
 
+impl From<XdpModeArg> for crate::kernel::XdpAttach {
+    fn from(arg: XdpModeArg) -> Self {
+        match arg {
+            XdpModeArg::Auto => Self::Auto,
+            XdpModeArg::Driver => Self::Driver,
+            XdpModeArg::Generic => Self::Generic,
+        }
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Text,

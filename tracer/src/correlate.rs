@@ -1,5 +1,11 @@
-//! From events to connection attempts: per (peer, peer port, local, local port), from the SYN at
-//! the NIC to its outcome. Shared by `diagnose` (one window) and `agent` (rolling).
+//! From events to connection attempts: from the SYN at the watched interface to its outcome,
+//! wherever the origin answers it. Shared by `diagnose` (one window) and `agent` (rolling).
+//!
+//! An attempt is keyed by its flow as it arrived. Events of the same flow seen in the tracer's
+//! namespace count for it directly; events of a connection the host forwarded (DNAT to a
+//! container: another namespace, rewritten local address and port) are matched by what DNAT
+//! leaves alone — the peer's address and port — and record where the attempt went
+//! ([`Backend`]).
 
 use std::{
     collections::{hash_map::Entry, HashMap},
@@ -9,13 +15,16 @@ use std::{
 
 use serde::Serialize;
 
-use crate::events::{Kind, Name, TracedEvent};
+use crate::{
+    event::{Event, Flow, Kind, Record, State},
+    reasons::{DropClass, Reason},
+};
 
-/// Open attempts by flow. foldhash, seeded per process: SipHash was a quarter of the agent's
-/// time at 40k connections/s, and the keys are peers inside the watched ranges.
-type AttemptMap = HashMap<FlowKey, Attempt, foldhash::fast::RandomState>;
+/// foldhash, seeded per process: SipHash was a quarter of the agent's time at 40k
+/// connections/s, and the keys are peers inside the watched ranges.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// What became of one connection attempt.
+/// What became of one connection attempt. Wire names in [`Outcome::as_str`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -52,70 +61,20 @@ impl Outcome {
     }
 }
 
-/// What a kernel drop reason means for an attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropClass {
-    /// No socket matched: the stack refuses (and sends RST unless a firewall ate it).
-    NoSocket,
-    /// A packet filter: netfilter, tc, cgroup BPF, XDP in generic mode, socket filters, LSMs.
-    Filter,
-    /// A queue was full: listen/accept queue, SYN queue, CPU backlog.
-    Overload,
-    Other,
-}
-
-pub fn drop_class(reason: &str) -> DropClass {
-    match reason {
-        "NO_SOCKET" => DropClass::NoSocket,
-        r if r.starts_with("NETFILTER")
-            || r.starts_with("TC_")
-            || r.starts_with("BPF_CGROUP")
-            || r == "XDP"
-            || r == "SOCKET_FILTER"
-            || r == "SECURITY_HOOK" =>
-        {
-            DropClass::Filter
-        }
-        r if r.contains("LISTEN_OVERFLOW")
-            || r.contains("REQQFULL")
-            || r == "CPU_BACKLOG"
-            || r == "SOCKET_BACKLOG" =>
-        {
-            DropClass::Overload
-        }
-        _ => DropClass::Other,
-    }
-}
-
-/// A packet thrown away because its queue's socket went away (one per connection closed with
-/// data unread), whatever the packet: it cannot decide a connection attempt.
-pub fn is_teardown(reason: &str) -> bool {
-    matches!(reason, "QUEUE_PURGE" | "SOCKET_CLOSE")
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    pub peer: IpAddr,
-    pub peer_port: u16,
-    pub local: IpAddr,
-    pub local_port: u16,
-}
-
-impl FlowKey {
-    fn of(ev: &TracedEvent) -> Option<Self> {
-        Some(Self {
-            peer: ev.peer_addr?,
-            peer_port: ev.peer_port?,
-            local: ev.local_addr?,
-            local_port: ev.local_port?,
-        })
-    }
+/// Where a forwarded attempt was answered: its local end after DNAT, in the namespace that
+/// answered it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub netns: u32,
 }
 
 /// One connection attempt and everything seen of it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Attempt {
-    pub flow: FlowKey,
+    /// As the SYN arrived at the watched interface.
+    pub flow: Flow,
     pub edge: bool,
     pub first: SystemTime,
     pub last: SystemTime,
@@ -125,23 +84,27 @@ pub struct Attempt {
     pub established: bool,
     pub closed: bool,
     pub refused: bool,
-    /// Reason names of drops seen, by class.
-    pub filter_drop: Option<Name>,
-    pub overload_drop: Option<Name>,
-    pub other_drop: Option<Name>,
-    /// The origin sent RST on a socket of this flow (reason name when known).
-    pub origin_reset: Option<Name>,
+    /// Drops seen, by class.
+    pub filter_drop: Option<Reason>,
+    pub overload_drop: Option<Reason>,
+    pub other_drop: Option<Reason>,
+    /// The origin sent RST on a socket of this flow.
+    pub origin_reset: bool,
+    /// ... with the kernel's reason, when it gives one (6.10+).
+    pub origin_reset_reason: Option<Reason>,
     pub peer_reset: bool,
     pub synack_retransmits: u32,
+    /// Where the host forwarded it, when it answered in another place than it arrived.
+    pub backend: Option<Backend>,
     /// Live mode: the outcome already handed out (the attempt counts once).
     pub decided: Option<Outcome>,
 }
 
 impl Attempt {
-    fn new(flow: FlowKey, ev: &TracedEvent) -> Self {
+    fn new(flow: Flow, ev: &Event) -> Self {
         Self {
             flow,
-            edge: ev.edge == Some(true),
+            edge: ev.edge,
             first: ev.ts,
             last: ev.ts,
             seq: None,
@@ -152,9 +115,11 @@ impl Attempt {
             filter_drop: None,
             overload_drop: None,
             other_drop: None,
-            origin_reset: None,
+            origin_reset: false,
+            origin_reset_reason: None,
             peer_reset: false,
             synack_retransmits: 0,
+            backend: None,
             decided: None,
         }
     }
@@ -163,7 +128,7 @@ impl Attempt {
     /// looks like a refusal to the edge but is the firewall's.
     pub fn outcome(&self) -> Outcome {
         if self.established {
-            if self.origin_reset.is_some() {
+            if self.origin_reset {
                 Outcome::OriginReset
             } else {
                 Outcome::Handshake
@@ -174,7 +139,7 @@ impl Attempt {
             Outcome::Refused
         } else if self.overload_drop.is_some() || self.synack_retransmits > 0 {
             Outcome::OverloadDrop
-        } else if self.origin_reset.is_some() {
+        } else if self.origin_reset {
             Outcome::OriginReset
         } else if self.other_drop.is_some() {
             Outcome::OtherDrop
@@ -185,7 +150,58 @@ impl Attempt {
 
     /// Nothing more is expected: later packets of this flow would be a new attempt or noise.
     fn is_settled(&self) -> bool {
-        self.closed || (self.refused && !self.established) || self.origin_reset.is_some()
+        self.closed || (self.refused && !self.established) || self.origin_reset
+    }
+
+    /// Applies one event that belongs to this attempt.
+    fn apply(&mut self, ev: &Event, inbound_syn: bool) {
+        self.last = self.last.max(ev.ts);
+        self.edge |= ev.edge;
+        match ev.kind {
+            Kind::Syn => {
+                self.syn_packets += 1;
+                self.seq = self.seq.or(ev.seq());
+            }
+            Kind::Drop => {
+                if inbound_syn {
+                    self.seq = self.seq.or(ev.seq());
+                    if self.syn_packets == 0 {
+                        // The NIC hook did not see it (another interface): the drop proves it came.
+                        self.syn_packets = 1;
+                    }
+                }
+                if !self.established {
+                    let reason = ev.reason.unwrap_or(Reason::Drop {
+                        code: 0,
+                        class: DropClass::Other,
+                    });
+                    match reason {
+                        Reason::Drop { class, .. } => match class {
+                            DropClass::NoSocket => self.refused = true,
+                            DropClass::Filter => self.filter_drop = Some(reason),
+                            DropClass::Overload => self.overload_drop = Some(reason),
+                            DropClass::Teardown => {}
+                            DropClass::Other => self.other_drop = Some(reason),
+                        },
+                        Reason::Reset { .. } => self.other_drop = Some(reason),
+                    }
+                }
+            }
+            Kind::ResetSent => {
+                if ev.socket == Some(false) {
+                    if !self.established {
+                        self.refused = true;
+                    }
+                } else {
+                    self.origin_reset = true;
+                    self.origin_reset_reason = ev.reason;
+                }
+            }
+            Kind::ResetReceived => self.peer_reset = true,
+            Kind::Established => self.established = true,
+            Kind::Closed => self.closed = true,
+            Kind::SynackRetransmit => self.synack_retransmits += 1,
+        }
     }
 }
 
@@ -238,27 +254,50 @@ fn decide_leaving(mut a: Attempt, decided: &mut Vec<Decided>) {
     }
 }
 
-/// Does a reset the origin sent on a socket in this state end an accepted connection? Every
-/// state from the handshake to the close does (the stack closes a socket with unread data or
-/// `SO_LINGER` 0, then resets it); a listener's or request's reset is the attempt's own
-/// answer, and a `TIME_WAIT` socket's answers a stray segment after the connection ended.
-pub fn reset_after_accept(state: &str) -> bool {
-    matches!(
-        state,
-        "TCP_ESTABLISHED"
-            | "TCP_FIN_WAIT1"
-            | "TCP_FIN_WAIT2"
-            | "TCP_CLOSE"
-            | "TCP_CLOSE_WAIT"
-            | "TCP_LAST_ACK"
-            | "TCP_CLOSING"
-    )
+/// A peer's address and port: what DNAT leaves alone.
+type PeerKey = (IpAddr, u16);
+
+fn peer_key(flow: &Flow) -> PeerKey {
+    (flow.peer, flow.peer_port)
+}
+
+/// Settled forwarded connections remembered for a later reset (live mode): two generations,
+/// the older dropped when the newer fills, so memory stays bounded at any rate.
+#[derive(Default)]
+struct RecentForwarded {
+    now: FastMap<PeerKey, (Flow, Backend)>,
+    before: FastMap<PeerKey, (Flow, Backend)>,
+}
+
+/// Entries per generation of [`RecentForwarded`].
+const RECENT_GENERATION: usize = 32 * 1024;
+
+impl RecentForwarded {
+    fn insert(&mut self, flow: Flow, backend: Backend) {
+        if self.now.len() >= RECENT_GENERATION {
+            self.before = std::mem::take(&mut self.now);
+        }
+        self.now.insert(peer_key(&flow), (flow, backend));
+    }
+
+    fn get(&self, key: &PeerKey) -> Option<(Flow, Backend)> {
+        self.now.get(key).or_else(|| self.before.get(key)).copied()
+    }
+}
+
+/// Forgets an attempt's peer, unless a newer attempt from the same peer port took its place.
+fn unindex(index: &mut Option<FastMap<PeerKey, Flow>>, key: &Flow) {
+    if let Some(index) = index {
+        if index.get(&peer_key(key)) == Some(key) {
+            index.remove(&peer_key(key));
+        }
+    }
 }
 
 /// Tracks open attempts; hands back the ones that are over.
 #[derive(Default)]
 pub struct Correlator {
-    open: AttemptMap,
+    open: FastMap<Flow, Attempt>,
     /// Live mode (agent): outcomes are queued for `drain_decided` as soon as they are known,
     /// instead of when the attempt ends.
     live: bool,
@@ -267,6 +306,11 @@ pub struct Correlator {
     pub closed_to_new: bool,
     /// Events the kernel reported lost.
     pub lost_events: u64,
+    /// The tracer's namespace: an event elsewhere happened where the host forwarded it.
+    own_netns: u32,
+    /// Following forwarded connections: open attempts by peer address and port.
+    by_peer: Option<FastMap<PeerKey, Flow>>,
+    recent_forwarded: RecentForwarded,
 }
 
 impl Correlator {
@@ -277,12 +321,20 @@ impl Correlator {
     /// A correlator for continuous use: see [`Correlator::drain_decided`]. A handshake settles
     /// its attempt, which leaves the table at once: the table holds only attempts still
     /// waiting for an answer, however many connections are open, and a connection's later
-    /// reset by the origin is read from its own event (see [`reset_after_accept`]).
+    /// reset by the origin is read from its own event (see [`crate::event::TcpState::is_after_accept`]).
     pub fn live() -> Self {
         Self {
             live: true,
             ..Self::default()
         }
+    }
+
+    /// Follows attempts the host forwards out of `own_netns` (the kernel does too): events
+    /// whose addresses DNAT rewrote count for the attempt from the same peer address and port.
+    pub fn following_forwarded(mut self, own_netns: u32) -> Self {
+        self.own_netns = own_netns;
+        self.by_peer = Some(FastMap::default());
+        self
     }
 
     /// Live mode: outcomes decided since the last call. The agent drains the queue after every
@@ -292,8 +344,9 @@ impl Correlator {
     }
 
     /// Removes an attempt; in live mode it is decided first if it was not yet.
-    fn remove(&mut self, key: &FlowKey) -> Option<Attempt> {
+    fn remove(&mut self, key: &Flow) -> Option<Attempt> {
         let mut a = self.open.remove(key)?;
+        unindex(&mut self.by_peer, key);
         if self.live {
             decide(&mut a, true, &mut self.decided);
         }
@@ -304,55 +357,99 @@ impl Correlator {
         self.open.len()
     }
 
-    /// Feeds one event; returns an attempt it displaced (same flow, new SYN). One hash
-    /// lookup per event: this runs for every event at fleet rates.
-    pub fn observe(&mut self, ev: &TracedEvent) -> Option<Attempt> {
-        if ev.kind == Kind::Loss {
-            self.lost_events += ev.count.unwrap_or(0);
-            return None;
+    /// Where an event happened, when that is not where its attempt arrived.
+    fn backend_of(&self, ev: &Event, arrived: &Flow) -> Option<Backend> {
+        let elsewhere = ev.netns != 0 && self.own_netns != 0 && ev.netns != self.own_netns;
+        (elsewhere || ev.flow.local != arrived.local || ev.flow.local_port != arrived.local_port)
+            .then_some(Backend {
+                addr: ev.flow.local,
+                port: ev.flow.local_port,
+                netns: ev.netns,
+            })
+    }
+
+    /// The attempt an event belongs to: its own flow if that is open or it happened where the
+    /// attempt arrived; else, following forwarded connections, the open attempt from the same
+    /// peer address and port (DNAT rewrote the local end). `None`: a forwarded event of no
+    /// attempt.
+    fn attempt_key(&self, ev: &Event) -> Option<(Flow, Option<Backend>)> {
+        if self.open.contains_key(&ev.flow) {
+            return Some((ev.flow, None));
         }
-        let key = FlowKey::of(ev)?;
+        if let Some(flow) = self
+            .by_peer
+            .as_ref()
+            .and_then(|index| index.get(&peer_key(&ev.flow)))
+        {
+            // The kernel says it is forwarded, or DNAT rewrote the address but kept a watched
+            // port. Not a SYN at the interface (that starts its own attempt), nor the same
+            // address at another port (the peer reusing its port for another connection); a
+            // SYN must be the attempt's own.
+            let rewritten = ev.forwarded || (ev.kind != Kind::Syn && ev.flow.local != flow.local);
+            let isn_agrees = !ev.is_inbound_syn()
+                || self
+                    .open
+                    .get(flow)
+                    .and_then(|a| a.seq)
+                    .zip(ev.seq())
+                    .is_none_or(|(a, b)| a == b);
+            if rewritten && isn_agrees {
+                return Some((*flow, self.backend_of(ev, flow)));
+            }
+        }
+        if ev.forwarded {
+            // A connection settled at its handshake (live mode), reset later.
+            let (flow, _) = self.recent_forwarded.get(&peer_key(&ev.flow))?;
+            return Some((flow, self.backend_of(ev, &flow)));
+        }
+        Some((ev.flow, None))
+    }
+
+    /// Feeds one record; returns an attempt it displaced (same flow, new SYN). One hash
+    /// lookup per event in the tracer's namespace: this runs for every event at fleet rates.
+    pub fn observe_record(&mut self, record: &Record) -> Option<Attempt> {
+        match record {
+            Record::Event(ev) => self.observe(ev),
+            Record::Loss { count, .. } => {
+                self.lost_events += count;
+                None
+            }
+        }
+    }
+
+    /// Feeds one event; returns an attempt it displaced (same flow, new SYN).
+    pub fn observe(&mut self, ev: &Event) -> Option<Attempt> {
+        let (key, backend) = self.attempt_key(ev)?;
         if self.live {
             match ev.kind {
                 Kind::Established => {
-                    self.settle_handshake(key, ev);
+                    self.settle_handshake(key, backend, ev);
                     return None;
                 }
                 Kind::ResetSent if !self.open.contains_key(&key) => {
-                    if ev.socket == Some(true)
-                        && ev.state.as_deref().is_some_and(reset_after_accept)
-                    {
-                        let mut a = Attempt::new(key, ev);
-                        a.established = true;
-                        a.origin_reset =
-                            Some(ev.reason.clone().unwrap_or(Name::Borrowed("UNKNOWN")));
-                        a.decided = Some(Outcome::OriginReset);
-                        self.decided.push(Decided::LateReset(a));
-                    }
+                    self.late_reset(key, backend, ev);
                     return None;
                 }
                 _ => {}
             }
         }
-        let inbound_syn = match ev.kind {
-            Kind::Syn => true,
-            Kind::Drop => {
-                ev.direction.as_deref() != Some("out")
-                    && ev.has_tcp_flag("SYN")
-                    && !ev.has_tcp_flag("ACK")
-            }
-            _ => false,
-        };
-        let starts = (inbound_syn || ev.kind == Kind::Established) && !self.closed_to_new;
+        let inbound_syn = ev.is_inbound_syn();
+        let starts = (inbound_syn || ev.kind == Kind::Established)
+            && !self.closed_to_new
+            && backend.is_none()
+            && !ev.forwarded;
         let mut displaced = None;
+        // One hash lookup for an event in the tracer's namespace: this runs for every event at
+        // fleet rates. Fields are borrowed apart so the entry stays open.
         let a = match self.open.entry(key) {
             Entry::Occupied(mut o) => {
                 let a = o.get();
-                let same = a.seq.is_none() || ev.seq.is_none() || a.seq == ev.seq;
+                let same = a.seq.is_none() || ev.seq().is_none() || a.seq == ev.seq();
                 if inbound_syn && !same {
                     // The same four-tuple with a new ISN: a new attempt, the old one is over.
                     if !starts {
                         let mut old = o.remove();
+                        unindex(&mut self.by_peer, &key);
                         if self.live {
                             decide(&mut old, true, &mut self.decided);
                         }
@@ -370,51 +467,16 @@ impl Correlator {
                 if !starts {
                     return None;
                 }
+                if let Some(index) = &mut self.by_peer {
+                    index.insert(peer_key(&key), key);
+                }
                 v.insert(Attempt::new(key, ev))
             }
         };
-        a.last = a.last.max(ev.ts);
-        if ev.edge == Some(true) {
-            a.edge = true;
+        if backend.is_some() {
+            a.backend = backend;
         }
-        match ev.kind {
-            Kind::Syn => {
-                a.syn_packets += 1;
-                a.seq = a.seq.or(ev.seq);
-            }
-            Kind::Drop => {
-                if inbound_syn {
-                    a.seq = a.seq.or(ev.seq);
-                    if a.syn_packets == 0 {
-                        // The NIC hook did not see it (another interface): the drop proves it came.
-                        a.syn_packets = 1;
-                    }
-                }
-                if !a.established {
-                    let reason = ev.reason.clone().unwrap_or(Name::Borrowed("UNKNOWN"));
-                    match drop_class(&reason) {
-                        DropClass::NoSocket => a.refused = true,
-                        DropClass::Filter => a.filter_drop = Some(reason),
-                        DropClass::Overload => a.overload_drop = Some(reason),
-                        DropClass::Other => a.other_drop = Some(reason),
-                    }
-                }
-            }
-            Kind::ResetSent => {
-                if ev.socket == Some(false) {
-                    if !a.established {
-                        a.refused = true;
-                    }
-                } else {
-                    a.origin_reset = Some(ev.reason.clone().unwrap_or(Name::Borrowed("UNKNOWN")));
-                }
-            }
-            Kind::ResetReceived => a.peer_reset = true,
-            Kind::Established => a.established = true,
-            Kind::Closed => a.closed = true,
-            Kind::SynackRetransmit => a.synack_retransmits += 1,
-            Kind::Loss => {}
-        }
+        a.apply(ev, inbound_syn);
         if self.live {
             decide(a, false, &mut self.decided);
             return None;
@@ -423,18 +485,44 @@ impl Correlator {
     }
 
     /// Live mode: the handshake decides the attempt, which leaves the table.
-    fn settle_handshake(&mut self, key: FlowKey, ev: &TracedEvent) {
+    fn settle_handshake(&mut self, key: Flow, backend: Option<Backend>, ev: &Event) {
         let mut a = match self.open.remove(&key) {
-            Some(a) => a,
-            None if !self.closed_to_new => Attempt::new(key, ev),
+            Some(a) => {
+                unindex(&mut self.by_peer, &key);
+                a
+            }
+            None if !self.closed_to_new && backend.is_none() && !ev.forwarded => {
+                Attempt::new(key, ev)
+            }
             None => return,
         };
         a.last = a.last.max(ev.ts);
-        if ev.edge == Some(true) {
-            a.edge = true;
-        }
+        a.edge |= ev.edge;
         a.established = true;
+        if backend.is_some() {
+            a.backend = backend;
+        }
+        if let Some(b) = a.backend {
+            self.recent_forwarded.insert(a.flow, b);
+        }
         decide_leaving(a, &mut self.decided);
+    }
+
+    /// Live mode: a reset the origin sent on a connection no longer in the table. From a
+    /// socket between handshake and close it ends a connection already counted as a
+    /// handshake; a forwarded one is counted on the flow it arrived with.
+    fn late_reset(&mut self, key: Flow, backend: Option<Backend>, ev: &Event) {
+        let after_accept = matches!(ev.state, Some(State::At(s)) if s.is_after_accept());
+        if ev.socket != Some(true) || !after_accept {
+            return;
+        }
+        let mut a = Attempt::new(key, ev);
+        a.established = true;
+        a.origin_reset = true;
+        a.origin_reset_reason = ev.reason;
+        a.backend = backend;
+        a.decided = Some(Outcome::OriginReset);
+        self.decided.push(Decided::LateReset(a));
     }
 
     /// Attempts that are over: settled ones idle for `settled_after`, any idle for `idle_after`
@@ -445,7 +533,7 @@ impl Correlator {
         settled_after: Duration,
         idle_after: Duration,
     ) -> Vec<Attempt> {
-        let done: Vec<FlowKey> = self
+        let done: Vec<Flow> = self
             .open
             .iter()
             .filter(|(_, a)| {
@@ -467,7 +555,7 @@ impl Correlator {
 
     /// Ends tracking: every open attempt.
     pub fn finish(&mut self) -> Vec<Attempt> {
-        let keys: Vec<FlowKey> = self.open.keys().copied().collect();
+        let keys: Vec<Flow> = self.open.keys().copied().collect();
         keys.iter().filter_map(|k| self.remove(k)).collect()
     }
 }
@@ -504,310 +592,4 @@ impl Counts {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const EDGE: &str = "173.245.48.10";
-    const ORIGIN: &str = "192.0.2.1";
-
-    fn ev(kind: Kind, peer_port: u16, ms: u64) -> TracedEvent {
-        let mut e = TracedEvent::loss(SystemTime::UNIX_EPOCH + Duration::from_millis(ms), 0);
-        e.kind = kind;
-        e.count = None;
-        e.peer_addr = Some(EDGE.parse().unwrap());
-        e.local_addr = Some(ORIGIN.parse().unwrap());
-        e.peer_port = Some(peer_port);
-        e.local_port = Some(443);
-        e.edge = Some(true);
-        e
-    }
-
-    fn syn(port: u16, seq: u32, ms: u64) -> TracedEvent {
-        let mut e = ev(Kind::Syn, port, ms);
-        e.tcp_flags = Some("SYN".into());
-        e.seq = Some(seq);
-        e
-    }
-
-    fn drop(
-        port: u16,
-        seq: u32,
-        reason: &'static str,
-        flags: &'static str,
-        ms: u64,
-    ) -> TracedEvent {
-        let mut e = ev(Kind::Drop, port, ms);
-        e.reason = Some(reason.into());
-        e.tcp_flags = Some(flags.into());
-        e.seq = Some(seq);
-        e.direction = Some("in".into());
-        e
-    }
-
-    fn reset_sent(port: u16, socket: bool, reason: &'static str, ms: u64) -> TracedEvent {
-        let mut e = ev(Kind::ResetSent, port, ms);
-        e.socket = Some(socket);
-        e.reason = Some(reason.into());
-        e
-    }
-
-    /// Live mode: what was decided since the last look.
-    fn decided(c: &mut Correlator) -> Vec<Decided> {
-        c.drain_decided().collect()
-    }
-
-    fn run(events: &[TracedEvent]) -> Vec<Attempt> {
-        let mut c = Correlator::new();
-        let mut out: Vec<Attempt> = events.iter().filter_map(|e| c.observe(e)).collect();
-        out.extend(c.finish());
-        out.sort_by_key(|a| a.flow.peer_port);
-        out
-    }
-
-    #[test]
-    fn closed_port_is_refused() {
-        let a = run(&[
-            syn(1000, 7, 0),
-            reset_sent(1000, false, "NO_SOCKET", 1),
-            drop(1000, 7, "NO_SOCKET", "SYN", 1),
-        ]);
-        assert_eq!(a.len(), 1);
-        assert_eq!(a[0].outcome(), Outcome::Refused);
-    }
-
-    #[test]
-    fn retransmitted_syns_count_once() {
-        let a = run(&[
-            syn(1000, 7, 0),
-            drop(1000, 7, "NETFILTER_DROP", "SYN", 0),
-            syn(1000, 7, 1000),
-            drop(1000, 7, "NETFILTER_DROP", "SYN", 1000),
-            syn(1000, 7, 3000),
-            drop(1000, 7, "NETFILTER_DROP", "SYN", 3000),
-        ]);
-        assert_eq!(a.len(), 1);
-        assert_eq!(a[0].syn_packets, 3);
-        assert_eq!(a[0].outcome(), Outcome::FirewallDrop);
-    }
-
-    #[test]
-    fn port_reuse_with_new_isn_is_a_new_attempt() {
-        let a = run(&[
-            syn(1000, 7, 0),
-            reset_sent(1000, false, "NO_SOCKET", 0),
-            syn(1000, 99, 5000),
-            ev(Kind::Established, 1000, 5001),
-        ]);
-        assert_eq!(a.len(), 2);
-        let outcomes: Vec<_> = a.iter().map(Attempt::outcome).collect();
-        assert!(outcomes.contains(&Outcome::Refused));
-        assert!(outcomes.contains(&Outcome::Handshake));
-    }
-
-    #[test]
-    fn reject_with_tcp_reset_is_the_firewall() {
-        // netfilter's RST: a NETFILTER_DROP and no tcp_send_reset.
-        let a = run(&[syn(1000, 7, 0), drop(1000, 7, "NETFILTER_DROP", "SYN", 0)]);
-        assert_eq!(a[0].outcome(), Outcome::FirewallDrop);
-    }
-
-    #[test]
-    fn reset_after_handshake_is_the_origins() {
-        let a = run(&[
-            syn(1000, 7, 0),
-            ev(Kind::Established, 1000, 1),
-            reset_sent(1000, true, "NOT_SPECIFIED", 5),
-            ev(Kind::Closed, 1000, 5),
-        ]);
-        assert_eq!(a[0].outcome(), Outcome::OriginReset);
-        let mut c = Counts::default();
-        c.add(&a[0]);
-        assert_eq!((c.syn, c.handshakes, c.origin_resets), (1, 1, 1));
-    }
-
-    #[test]
-    fn silent_syn_is_unanswered_and_synack_retransmit_is_overload() {
-        let mut rtx = ev(Kind::SynackRetransmit, 2000, 1000);
-        rtx.tcp_flags = None;
-        let a = run(&[syn(1000, 7, 0), syn(2000, 8, 0), rtx]);
-        assert_eq!(a[0].outcome(), Outcome::Unanswered);
-        assert_eq!(a[1].outcome(), Outcome::OverloadDrop);
-    }
-
-    #[test]
-    fn listen_overflow_on_final_ack_is_overload() {
-        let a = run(&[
-            syn(1000, 7, 0),
-            drop(1000, 8, "TCP_LISTEN_OVERFLOW", "ACK", 1),
-        ]);
-        assert_eq!(a.len(), 1);
-        assert_eq!(a[0].outcome(), Outcome::OverloadDrop);
-    }
-
-    #[test]
-    fn drops_after_handshake_do_not_change_the_outcome() {
-        let a = run(&[
-            syn(1000, 7, 0),
-            ev(Kind::Established, 1000, 1),
-            drop(1000, 50, "TCP_OLD_DATA", "ACK|PSH", 3),
-            reset_sent(1000, false, "NO_SOCKET", 9),
-        ]);
-        assert_eq!(a[0].outcome(), Outcome::Handshake);
-    }
-
-    #[test]
-    fn events_without_a_syn_start_nothing() {
-        let a = run(&[
-            reset_sent(1000, false, "NO_SOCKET", 0),
-            ev(Kind::Closed, 1001, 0),
-        ]);
-        assert!(a.is_empty());
-    }
-
-    #[test]
-    fn syn_seen_only_as_a_drop_still_counts() {
-        let a = run(&[drop(1000, 7, "NO_SOCKET", "SYN", 0)]);
-        assert_eq!(a.len(), 1);
-        assert_eq!(a[0].syn_packets, 1);
-        assert_eq!(a[0].outcome(), Outcome::Refused);
-    }
-
-    #[test]
-    fn closed_to_new_finishes_but_starts_nothing() {
-        let mut c = Correlator::new();
-        c.observe(&syn(1000, 7, 0));
-        c.closed_to_new = true;
-        c.observe(&syn(1001, 8, 1));
-        c.observe(&reset_sent(1000, false, "NO_SOCKET", 2));
-        let a = c.finish();
-        assert_eq!(a.len(), 1);
-        assert_eq!(a[0].outcome(), Outcome::Refused);
-    }
-
-    #[test]
-    fn idle_attempts_are_taken_out() {
-        let mut c = Correlator::new();
-        c.observe(&syn(1000, 7, 0));
-        c.observe(&reset_sent(1000, false, "NO_SOCKET", 0));
-        c.observe(&syn(1001, 8, 0));
-        let t = SystemTime::UNIX_EPOCH;
-        let s = Duration::from_secs(2);
-        let idle = Duration::from_secs(25);
-        assert!(c.take_idle(t + Duration::from_secs(1), s, idle).is_empty());
-        let settled = c.take_idle(t + Duration::from_secs(3), s, idle);
-        assert_eq!(settled.len(), 1);
-        assert_eq!(settled[0].flow.peer_port, 1000);
-        assert_eq!(c.take_idle(t + Duration::from_secs(30), s, idle).len(), 1);
-        assert_eq!(c.open_attempts(), 0);
-    }
-
-    #[test]
-    fn loss_is_counted() {
-        let mut c = Correlator::new();
-        c.observe(&TracedEvent::loss(SystemTime::UNIX_EPOCH, 5));
-        c.observe(&TracedEvent::loss(SystemTime::UNIX_EPOCH, 2));
-        assert_eq!(c.lost_events, 7);
-    }
-
-    /// A reset the origin sent on a socket in `state`.
-    fn reset_in_state(port: u16, state: &'static str, ms: u64) -> TracedEvent {
-        let mut e = reset_sent(port, true, "NOT_SPECIFIED", ms);
-        e.state = Some(state.into());
-        e
-    }
-
-    #[test]
-    fn handshakes_leave_the_table_in_live_mode_late_resets_still_count() {
-        let mut c = Correlator::live();
-        c.observe(&syn(1, 10, 0));
-        assert_eq!(c.open_attempts(), 1);
-        c.observe(&ev(Kind::Established, 1, 1));
-        assert_eq!(c.open_attempts(), 0, "the handshake settles the attempt");
-        assert!(
-            matches!(&decided(&mut c)[..], [Decided::Attempt(a)] if a.outcome() == Outcome::Handshake && a.syn_packets == 1)
-        );
-        // A logged close finds nothing to do.
-        c.observe(&ev(Kind::Closed, 1, 5));
-        assert_eq!(c.open_attempts(), 0);
-        // The stack closes with unread data, then resets: the origin reset the connection.
-        c.observe(&reset_in_state(1, "TCP_CLOSE", 6));
-        let d = decided(&mut c);
-        assert!(
-            matches!(&d[..], [Decided::LateReset(a)] if a.edge && a.flow.peer_port == 1 && a.outcome() == Outcome::OriginReset),
-            "{d:?}"
-        );
-        // A TIME_WAIT socket answering a stray segment, a listener's reset of an attempt not
-        // seen: neither ends an accepted connection.
-        c.observe(&reset_in_state(1, "TCP_TIME_WAIT", 7));
-        c.observe(&reset_in_state(2, "TCP_LISTEN", 7));
-        c.observe(&reset_sent(3, false, "NO_SOCKET", 7));
-        assert!(decided(&mut c).is_empty());
-        assert_eq!(c.open_attempts(), 0);
-        // The four-tuple again, new ISN: a new attempt, decided again.
-        c.observe(&syn(1, 11, 1000));
-        c.observe(&ev(Kind::Established, 1, 1001));
-        assert!(
-            matches!(&decided(&mut c)[..], [Decided::Attempt(a)] if a.outcome() == Outcome::Handshake)
-        );
-        assert_eq!(c.open_attempts(), 0);
-    }
-
-    #[test]
-    fn resets_after_accept_by_state() {
-        for state in [
-            "TCP_ESTABLISHED",
-            "TCP_CLOSE_WAIT",
-            "TCP_FIN_WAIT1",
-            "TCP_CLOSE",
-        ] {
-            assert!(reset_after_accept(state), "{state}");
-        }
-        for state in [
-            "TCP_LISTEN",
-            "TCP_SYN_RECV",
-            "TCP_NEW_SYN_RECV",
-            "TCP_TIME_WAIT",
-        ] {
-            assert!(!reset_after_accept(state), "{state}");
-        }
-    }
-
-    #[test]
-    fn live_mode_counts_each_attempt_once_as_soon_as_known() {
-        let mut c = Correlator::live();
-        // Handshake, decided at once though still open; then reset by the origin.
-        c.observe(&syn(1000, 7, 0));
-        assert!(decided(&mut c).is_empty());
-        c.observe(&ev(Kind::Established, 1000, 1));
-        let d = decided(&mut c);
-        assert!(matches!(&d[..], [Decided::Attempt(a)] if a.outcome() == Outcome::Handshake));
-        c.observe(&reset_in_state(1000, "TCP_ESTABLISHED", 5));
-        assert!(matches!(&decided(&mut c)[..], [Decided::LateReset(_)]));
-        // Firewall drop: decided at the first drop; retransmissions add nothing.
-        c.observe(&syn(2000, 9, 0));
-        c.observe(&drop(2000, 9, "NETFILTER_DROP", "SYN", 0));
-        c.observe(&syn(2000, 9, 1000));
-        c.observe(&drop(2000, 9, "NETFILTER_DROP", "SYN", 1000));
-        let d = decided(&mut c);
-        assert_eq!(d.len(), 1);
-        // Silence: decided only when it leaves.
-        c.observe(&syn(3000, 11, 0));
-        assert!(decided(&mut c).is_empty());
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(60);
-        c.take_idle(t, Duration::from_secs(2), Duration::from_secs(25));
-        let d = decided(&mut c);
-        assert_eq!(d.len(), 1, "{d:?}");
-        assert!(matches!(&d[0], Decided::Attempt(a) if a.outcome() == Outcome::Unanswered));
-        assert_eq!(c.open_attempts(), 0);
-    }
-
-    #[test]
-    fn drop_classes() {
-        assert_eq!(drop_class("NO_SOCKET"), DropClass::NoSocket);
-        assert_eq!(drop_class("NETFILTER_DROP"), DropClass::Filter);
-        assert_eq!(drop_class("TC_INGRESS"), DropClass::Filter);
-        assert_eq!(drop_class("TCP_LISTEN_OVERFLOW"), DropClass::Overload);
-        assert_eq!(drop_class("CPU_BACKLOG"), DropClass::Overload);
-        assert_eq!(drop_class("TCP_CSUM"), DropClass::Other);
-    }
-}
+mod tests;

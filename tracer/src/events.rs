@@ -1,24 +1,14 @@
-//! Kernel events decoded for people and machines: the `tracer events` JSON-lines schema.
+//! The `tracer events` JSON-lines and text schema: a view of the typed events, built at
+//! output. Nothing reads it back but tests.
 
-use std::{
-    borrow::Cow,
-    fmt::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::OnceLock,
-    time::{Duration, SystemTime},
-};
+use std::{fmt::Write as _, net::IpAddr, sync::OnceLock, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tracer_common::{
-    Event, EventKind, SynRecord, EVENT_F_EDGE, EVENT_F_EGRESS, EVENT_F_HAS_REASON,
-    EVENT_F_HAS_SOCK, EVENT_F_HAS_TCP,
+
+use crate::{
+    event::{self, Direction, Event, Record, State, TcpFlags, TcpState},
+    reasons::{Name, ReasonTable},
 };
-
-use crate::kernel::ReasonNames;
-
-/// A name an event carries: borrowed from a table built once (the common case, no allocation
-/// per event), or owned (parsed back from JSON, an unknown code).
-pub type Name = Cow<'static, str>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,7 +40,7 @@ impl Kind {
 
 /// One event as `tracer events` prints it. Addresses are from the origin's point of view.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TracedEvent {
+pub struct EventRecord {
     #[serde(with = "rfc3339")]
     pub ts: SystemTime,
     pub kind: Kind,
@@ -58,8 +48,15 @@ pub struct TracedEvent {
     pub peer_port: Option<u16>,
     pub local_addr: Option<IpAddr>,
     pub local_port: Option<u16>,
+    /// Inode of the network namespace the kernel saw the event in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
     /// Peer inside the watched ranges.
     pub edge: Option<bool>,
+    /// The event belongs to an edge attempt the host forwarded (DNAT to a container or another
+    /// namespace): addresses are as the kernel saw them there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forwarded: bool,
     /// The kernel's own name for the drop or reset reason.
     pub reason: Option<Name>,
     /// TCP flags of the packet, e.g. "SYN" (syn, drop).
@@ -82,7 +79,7 @@ pub struct TracedEvent {
     pub count: Option<u64>,
 }
 
-impl TracedEvent {
+impl EventRecord {
     pub fn loss(ts: SystemTime, count: u64) -> Self {
         Self {
             ts,
@@ -91,7 +88,9 @@ impl TracedEvent {
             peer_port: None,
             local_addr: None,
             local_port: None,
+            netns: None,
             edge: None,
+            forwarded: false,
             reason: None,
             tcp_flags: None,
             seq: None,
@@ -100,12 +99,6 @@ impl TracedEvent {
             direction: None,
             count: Some(count),
         }
-    }
-
-    pub fn has_tcp_flag(&self, flag: &str) -> bool {
-        self.tcp_flags
-            .as_deref()
-            .is_some_and(|f| f.split('|').any(|x| x == flag))
     }
 
     pub fn to_json(&self) -> String {
@@ -171,98 +164,19 @@ mod rfc3339 {
     }
 }
 
-/// Converts the kernel's CLOCK_MONOTONIC stamps to wall-clock time.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    wall_at_zero: SystemTime,
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid out-pointer.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let mono = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-        Self {
-            wall_at_zero: SystemTime::now() - mono,
-        }
-    }
-
-    pub fn wall(&self, mono_ns: u64) -> SystemTime {
-        self.wall_at_zero + Duration::from_nanos(mono_ns)
-    }
-}
-
-/// The jiffies counter and CLOCK_MONOTONIC_COARSE (ns), read together in the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct JiffiesSample {
-    pub jiffies: u64,
-    pub mono_ns: u64,
-}
-
-/// Converts the SYN log's jiffies to CLOCK_MONOTONIC: from the newest sample, back by the tick
-/// length measured between the first sample and the newest. The result is the start of the
-/// SYN's tick, so never later than the SYN itself; the tick length is known to a fraction of a
-/// percent after a second, and SYNs are converted within a poll of arriving.
-#[derive(Clone, Copy, Debug)]
-pub struct JiffiesClock {
-    first: JiffiesSample,
-    last: JiffiesSample,
-}
-
-/// Tick length until two samples a tick apart measure it (CONFIG_HZ=250, the common default).
-const ASSUMED_TICK_NS: f64 = 4_000_000.0;
-
-impl JiffiesClock {
-    pub fn new(sample: JiffiesSample) -> Self {
-        Self {
-            first: sample,
-            last: sample,
-        }
-    }
-
-    pub fn update(&mut self, sample: JiffiesSample) {
-        if sample.jiffies >= self.last.jiffies && sample.mono_ns >= self.last.mono_ns {
-            self.last = sample;
-        }
-    }
-
-    pub fn tick_ns(&self) -> f64 {
-        let ticks = self.last.jiffies - self.first.jiffies;
-        if ticks == 0 {
-            return ASSUMED_TICK_NS;
-        }
-        (self.last.mono_ns - self.first.mono_ns) as f64 / ticks as f64
-    }
-
-    pub fn mono_ns(&self, jiffies: u64) -> u64 {
-        let tick = self.tick_ns();
-        if jiffies >= self.last.jiffies {
-            let ahead = (jiffies - self.last.jiffies) as f64 * tick;
-            self.last.mono_ns.saturating_add(ahead as u64)
-        } else {
-            let behind = (self.last.jiffies - jiffies) as f64 * tick;
-            self.last.mono_ns.saturating_sub(behind as u64)
-        }
-    }
-}
-
 /// "SYN|ACK" for 0x12; "NONE" without any of the six classic flags.
-pub fn tcp_flags_name(flags: u32) -> Name {
-    const NAMES: [(u32, &str); 6] = [
-        (0x02, "SYN"),
-        (0x10, "ACK"),
-        (0x01, "FIN"),
-        (0x04, "RST"),
-        (0x08, "PSH"),
-        (0x20, "URG"),
+pub fn tcp_flags_name(flags: TcpFlags) -> Name {
+    const NAMES: [(u8, &str); 6] = [
+        (TcpFlags::SYN, "SYN"),
+        (TcpFlags::ACK, "ACK"),
+        (TcpFlags::FIN, "FIN"),
+        (TcpFlags::RST, "RST"),
+        (TcpFlags::PSH, "PSH"),
+        (TcpFlags::URG, "URG"),
     ];
     static TABLE: OnceLock<Vec<String>> = OnceLock::new();
     let table = TABLE.get_or_init(|| {
-        (0..64u32)
+        (0..64u8)
             .map(|f| {
                 let names: Vec<&str> = NAMES
                     .iter()
@@ -277,7 +191,7 @@ pub fn tcp_flags_name(flags: u32) -> Name {
             })
             .collect()
     });
-    Name::Borrowed(table[(flags & 0x3f) as usize].as_str())
+    Name::Borrowed(table[usize::from(flags.0 & 0x3f)].as_str())
 }
 
 const TCP_STATES: [&str; 14] = [
@@ -297,155 +211,124 @@ const TCP_STATES: [&str; 14] = [
     "TCP_BOUND_INACTIVE",
 ];
 
-pub fn tcp_state_name(state: u32) -> Name {
-    match TCP_STATES.get(state as usize) {
+pub fn tcp_state_name(state: TcpState) -> Name {
+    match TCP_STATES.get(state.raw() as usize) {
         Some(name) => Name::Borrowed(name),
-        None => format!("TCP_STATE_{state}").into(),
+        None => format!("TCP_STATE_{}", state.raw()).into(),
     }
 }
 
-/// "TCP_SYN_RECV->TCP_ESTABLISHED" for a state change packed as `old << 8 | new`.
-pub fn tcp_transition_name(packed: u32) -> Name {
+/// "TCP_SYN_RECV->TCP_ESTABLISHED"
+pub fn tcp_transition_name(old: TcpState, new: TcpState) -> Name {
     static TABLE: OnceLock<Vec<String>> = OnceLock::new();
     let n = TCP_STATES.len();
-    let (old, new) = ((packed >> 8) as usize, (packed & 0xff) as usize);
-    if old < n && new < n {
+    let (o, w) = (old.raw() as usize, new.raw() as usize);
+    if o < n && w < n {
         let table = TABLE.get_or_init(|| {
             (0..n * n)
                 .map(|i| format!("{}->{}", TCP_STATES[i / n], TCP_STATES[i % n]))
                 .collect()
         });
-        return Name::Borrowed(table[old * n + new].as_str());
+        return Name::Borrowed(table[o * n + w].as_str());
     }
-    format!(
-        "{}->{}",
-        tcp_state_name(packed >> 8),
-        tcp_state_name(packed & 0xff)
-    )
-    .into()
+    format!("{}->{}", tcp_state_name(old), tcp_state_name(new)).into()
 }
 
-fn addr(family: u32, bytes: &[u8; 16]) -> Option<IpAddr> {
-    match family {
-        4 => Some(IpAddr::V4(Ipv4Addr::new(
-            bytes[0], bytes[1], bytes[2], bytes[3],
-        ))),
-        6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes)).to_canonical()),
-        _ => None,
+impl EventRecord {
+    /// The view of a captured record.
+    pub fn of(record: &Record, reasons: &ReasonTable) -> Self {
+        match record {
+            Record::Event(ev) => Self::of_event(ev, reasons),
+            Record::Loss { ts, count } => Self::loss(*ts, *count),
+        }
     }
-}
 
-/// Decodes a raw kernel event; `None` for a kind this build does not know.
-pub fn decode(raw: &Event, clock: &Clock, names: &ReasonNames) -> Option<TracedEvent> {
-    let kind = match EventKind::from_u32(raw.kind)? {
-        EventKind::Syn => Kind::Syn,
-        EventKind::Drop => Kind::Drop,
-        EventKind::ResetSent => Kind::ResetSent,
-        EventKind::ResetReceived => Kind::ResetReceived,
-        EventKind::Established => Kind::Established,
-        EventKind::Closed => Kind::Closed,
-        EventKind::SynackRetransmit => Kind::SynackRetransmit,
-    };
-    let has = |f: u32| raw.flags & f != 0;
-    let reason = has(EVENT_F_HAS_REASON).then(|| match kind {
-        Kind::Drop => names.drop_reason(raw.reason),
-        _ => names.reset_reason(raw.reason),
-    });
-    let state = match kind {
-        Kind::ResetSent if has(EVENT_F_HAS_SOCK) => Some(tcp_state_name(raw.state)),
-        Kind::Established | Kind::Closed => Some(tcp_transition_name(raw.state)),
-        _ => None,
-    };
-    Some(TracedEvent {
-        ts: clock.wall(raw.ts_ns),
-        kind,
-        peer_addr: addr(raw.family, &raw.peer_addr),
-        peer_port: Some(raw.peer_port),
-        local_addr: addr(raw.family, &raw.local_addr),
-        local_port: Some(raw.local_port),
-        edge: Some(has(EVENT_F_EDGE)),
-        reason,
-        tcp_flags: has(EVENT_F_HAS_TCP).then(|| tcp_flags_name(raw.tcp_flags)),
-        seq: has(EVENT_F_HAS_TCP).then_some(raw.seq),
-        state,
-        socket: (kind == Kind::ResetSent).then(|| has(EVENT_F_HAS_SOCK)),
-        direction: (kind == Kind::Drop)
-            .then(|| Name::Borrowed(if has(EVENT_F_EGRESS) { "out" } else { "in" })),
-        count: None,
-    })
-}
-
-/// Decodes a record of the SYN log: a `syn` event.
-pub fn decode_syn(raw: &SynRecord, clock: &Clock, jiffies: &JiffiesClock) -> TracedEvent {
-    let family = u32::from(raw.family);
-    TracedEvent {
-        ts: clock.wall(jiffies.mono_ns(raw.jiffies)),
-        kind: Kind::Syn,
-        peer_addr: addr(family, &raw.peer_addr),
-        peer_port: Some(raw.peer_port),
-        local_addr: addr(family, &raw.local_addr),
-        local_port: Some(raw.local_port),
-        edge: Some(u32::from(raw.flags) & EVENT_F_EDGE != 0),
-        reason: None,
-        tcp_flags: Some(tcp_flags_name(u32::from(raw.tcp_flags))),
-        seq: Some(raw.seq),
-        state: None,
-        socket: None,
-        direction: None,
-        count: None,
+    pub fn of_event(ev: &Event, reasons: &ReasonTable) -> Self {
+        let kind = match ev.kind {
+            event::Kind::Syn => Kind::Syn,
+            event::Kind::Drop => Kind::Drop,
+            event::Kind::ResetSent => Kind::ResetSent,
+            event::Kind::ResetReceived => Kind::ResetReceived,
+            event::Kind::Established => Kind::Established,
+            event::Kind::Closed => Kind::Closed,
+            event::Kind::SynackRetransmit => Kind::SynackRetransmit,
+        };
+        Self {
+            ts: ev.ts,
+            kind,
+            peer_addr: Some(ev.flow.peer),
+            peer_port: Some(ev.flow.peer_port),
+            local_addr: Some(ev.flow.local),
+            local_port: Some(ev.flow.local_port),
+            netns: Some(ev.netns),
+            edge: Some(ev.edge),
+            forwarded: ev.forwarded,
+            reason: ev.reason.map(|r| reasons.name(r)),
+            tcp_flags: ev.tcp.map(|(flags, _)| tcp_flags_name(flags)),
+            seq: ev.seq(),
+            state: ev.state.map(|s| match s {
+                State::At(state) => tcp_state_name(state),
+                State::Change { old, new } => tcp_transition_name(old, new),
+            }),
+            socket: ev.socket,
+            direction: ev.direction.map(|d| {
+                Name::Borrowed(match d {
+                    Direction::In => "in",
+                    Direction::Out => "out",
+                })
+            }),
+            count: None,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::{net::Ipv6Addr, time::Duration};
 
-    fn raw(kind: EventKind) -> Event {
-        let mut peer = [0u8; 16];
-        peer[..4].copy_from_slice(&[173, 245, 48, 10]);
-        let mut local = [0u8; 16];
-        local[..4].copy_from_slice(&[192, 0, 2, 1]);
+    use super::*;
+    use crate::{
+        event::{Flow, Kind as EvKind},
+        reasons::Reason,
+    };
+
+    fn table() -> ReasonTable {
+        ReasonTable::for_tests(
+            &[(3, "NO_SOCKET"), (12, "NETFILTER_DROP")],
+            &[(1, "NO_SOCKET")],
+        )
+    }
+
+    fn ev(kind: EvKind) -> Event {
         Event {
-            ts_ns: 1_000_000_000,
-            kind: kind as u32,
-            family: 4,
-            peer_addr: peer,
-            local_addr: local,
-            peer_port: 40000,
-            local_port: 443,
-            flags: EVENT_F_EDGE,
-            reason: 0,
-            state: 0,
-            tcp_flags: 0,
-            seq: 0,
-            aux: 0,
+            ts: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
+            kind,
+            flow: Flow {
+                peer: "173.245.48.10".parse().unwrap(),
+                peer_port: 40000,
+                local: "192.0.2.1".parse().unwrap(),
+                local_port: 443,
+            },
+            netns: 4026531840,
+            edge: true,
+            forwarded: false,
+            tcp: None,
+            state: None,
+            reason: None,
+            direction: None,
+            socket: None,
         }
     }
 
-    fn names() -> ReasonNames {
-        let mut n = ReasonNames::default();
-        n.drop.insert(3, "NO_SOCKET");
-        n.drop.insert(12, "NETFILTER_DROP");
-        n.reset.insert(1, "NO_SOCKET");
-        n
-    }
-
     #[test]
-    fn decodes_a_netfilter_drop_of_a_syn() {
-        let mut r = raw(EventKind::Drop);
-        r.flags |= EVENT_F_HAS_REASON | EVENT_F_HAS_TCP;
-        r.reason = 12;
-        r.tcp_flags = 0x02;
-        r.seq = 77;
-        let e = decode(&r, &Clock::now(), &names()).unwrap();
-        assert_eq!(e.kind, Kind::Drop);
-        assert_eq!(e.peer_addr, Some("173.245.48.10".parse().unwrap()));
-        assert_eq!(e.local_port, Some(443));
-        assert_eq!(e.reason.as_deref(), Some("NETFILTER_DROP"));
-        assert_eq!(e.tcp_flags.as_deref(), Some("SYN"));
-        assert_eq!(e.direction.as_deref(), Some("in"));
-        assert_eq!(e.edge, Some(true));
-        let json: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+    fn a_drop_as_json_keeps_every_field_and_adds_netns() {
+        let t = table();
+        let mut e = ev(EvKind::Drop);
+        e.reason = Some(t.drop_reason(12));
+        e.tcp = Some((TcpFlags(0x02), 77));
+        e.direction = Some(Direction::In);
+        let r = EventRecord::of_event(&e, &t);
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         for key in [
             "ts",
             "kind",
@@ -455,56 +338,57 @@ mod tests {
             "local_port",
             "edge",
             "reason",
+            "netns",
         ] {
             assert!(json.get(key).is_some(), "missing {key}");
         }
         assert_eq!(json["kind"], "drop");
         assert_eq!(json["peer_addr"], "173.245.48.10");
-        let back: TracedEvent = serde_json::from_str(&e.to_json()).unwrap();
-        assert_eq!(back.kind, e.kind);
+        assert_eq!(json["reason"], "NETFILTER_DROP");
+        assert_eq!(json["tcp_flags"], "SYN");
+        assert_eq!(json["direction"], "in");
+        assert_eq!(json["netns"], 4026531840u64);
+        assert!(json.get("forwarded").is_none(), "only said when true");
+        let back: EventRecord = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(back.seq, Some(77));
     }
 
     #[test]
-    fn decodes_a_refusal_without_socket() {
-        let mut r = raw(EventKind::ResetSent);
-        r.flags |= EVENT_F_HAS_REASON;
-        r.reason = 1;
-        let e = decode(&r, &Clock::now(), &names()).unwrap();
-        assert_eq!(e.reason.as_deref(), Some("NO_SOCKET"));
-        assert_eq!(e.socket, Some(false));
-        assert_eq!(e.state, None);
-        assert!(e.to_text().contains("no-socket"));
+    fn refusal_text_and_forwarded_mark() {
+        let t = table();
+        let mut e = ev(EvKind::ResetSent);
+        e.reason = Some(Reason::Reset { code: 1 });
+        e.socket = Some(false);
+        e.forwarded = true;
+        let r = EventRecord::of_event(&e, &t);
+        assert_eq!(r.reason.as_deref(), Some("NO_SOCKET"));
+        assert!(r.to_text().contains("no-socket"));
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(json["forwarded"], true);
     }
 
     #[test]
-    fn unknown_and_subsystem_reasons_get_names() {
-        let n = names();
-        assert_eq!(n.drop_reason(999), "DROP_REASON_999");
-        assert_eq!(n.drop_reason(0x0002_0005), "SUBSYS_2_5");
-        assert_eq!(n.reset_reason(77), "RST_REASON_77");
+    fn ipv6_and_state_changes() {
+        let mut e = ev(EvKind::Established);
+        e.flow.peer = IpAddr::V6("2606:4700::10".parse::<Ipv6Addr>().unwrap());
+        e.state = Some(State::Change {
+            old: TcpState::SynRecv,
+            new: TcpState::Established,
+        });
+        let r = EventRecord::of_event(&e, &table());
+        assert_eq!(r.state.as_deref(), Some("TCP_SYN_RECV->TCP_ESTABLISHED"));
+        assert!(r.to_text().contains("[2606:4700::10]:40000"));
     }
 
     #[test]
-    fn decodes_ipv6_and_state_changes() {
-        let mut r = raw(EventKind::Established);
-        r.family = 6;
-        r.peer_addr = "2606:4700::10".parse::<Ipv6Addr>().unwrap().octets();
-        r.state = (3 << 8) | 1;
-        r.flags = 0;
-        let e = decode(&r, &Clock::now(), &names()).unwrap();
-        assert_eq!(e.peer_addr, Some("2606:4700::10".parse().unwrap()));
-        assert_eq!(e.state.as_deref(), Some("TCP_SYN_RECV->TCP_ESTABLISHED"));
-        assert_eq!(e.edge, Some(false));
-        assert!(e.to_text().contains("[2606:4700::10]:40000"));
-    }
-
-    #[test]
-    fn unknown_kind_is_skipped_and_loss_has_a_count() {
-        let mut r = raw(EventKind::Syn);
-        r.kind = 99;
-        assert!(decode(&r, &Clock::now(), &names()).is_none());
-        let l = TracedEvent::loss(SystemTime::now(), 5);
+    fn loss_has_a_count() {
+        let l = EventRecord::of(
+            &Record::Loss {
+                ts: SystemTime::UNIX_EPOCH,
+                count: 5,
+            },
+            &table(),
+        );
         let json: serde_json::Value = serde_json::from_str(&l.to_json()).unwrap();
         assert_eq!(json["kind"], "loss");
         assert_eq!(json["count"], 5);
@@ -512,69 +396,18 @@ mod tests {
     }
 
     #[test]
-    fn decodes_a_syn_record() {
-        let mut peer = [0u8; 16];
-        peer[..4].copy_from_slice(&[173, 245, 48, 10]);
-        let mut local = [0u8; 16];
-        local[..4].copy_from_slice(&[192, 0, 2, 1]);
-        let r = SynRecord {
-            jiffies: 1000,
-            ring_pos: 0,
-            peer_addr: peer,
-            local_addr: local,
-            peer_port: 40000,
-            local_port: 443,
-            seq: 9,
-            _pad: 0,
-            family: 4,
-            tcp_flags: 0x02,
-            flags: EVENT_F_EDGE as u16,
-        };
-        let clock = Clock::now();
-        let jiffies = JiffiesClock::new(JiffiesSample {
-            jiffies: 1002,
-            mono_ns: 50_000_000,
-        });
-        let e = decode_syn(&r, &clock, &jiffies);
-        assert_eq!(e.ts, clock.wall(42_000_000));
-        assert_eq!(e.kind, Kind::Syn);
-        assert_eq!(e.peer_addr, Some("173.245.48.10".parse().unwrap()));
-        assert_eq!(e.local_addr, Some("192.0.2.1".parse().unwrap()));
-        assert_eq!((e.peer_port, e.local_port), (Some(40000), Some(443)));
-        assert_eq!(e.tcp_flags.as_deref(), Some("SYN"));
-        assert_eq!((e.seq, e.edge), (Some(9), Some(true)));
-    }
-
-    #[test]
-    fn jiffies_convert_with_the_measured_tick() {
-        let sample = |jiffies, mono_ns| JiffiesSample { jiffies, mono_ns };
-        let mut c = JiffiesClock::new(sample(100, 1_000_000_000));
-        // One sample: the assumed tick.
-        assert_eq!(c.mono_ns(100), 1_000_000_000);
-        assert_eq!(c.mono_ns(99), 996_000_000);
-        // HZ=1000 measured over a second.
-        c.update(sample(1100, 2_000_000_000));
-        assert_eq!(c.tick_ns(), 1_000_000.0);
-        assert_eq!(c.mono_ns(1090), 1_990_000_000);
-        assert_eq!(c.mono_ns(1101), 2_001_000_000);
-        // A stale sample (older than the newest) is ignored.
-        c.update(sample(1050, 1_500_000_000));
-        assert_eq!(c.mono_ns(1100), 2_000_000_000);
-        // Far in the past saturates rather than wrapping.
-        assert_eq!(c.mono_ns(0), 900_000_000);
-        assert_eq!(JiffiesClock::new(sample(10, 0)).mono_ns(0), 0);
-    }
-
-    #[test]
-    fn flag_names() {
-        assert_eq!(tcp_flags_name(0x12), "SYN|ACK");
-        assert_eq!(tcp_flags_name(0), "NONE");
-        assert_eq!(tcp_flags_name(0x11), "ACK|FIN");
-        assert_eq!(tcp_state_name(10), "TCP_LISTEN");
-        assert_eq!(tcp_state_name(99), "TCP_STATE_99");
-        assert_eq!(tcp_transition_name((9 << 8) | 7), "TCP_LAST_ACK->TCP_CLOSE");
+    fn flag_and_state_names() {
+        assert_eq!(tcp_flags_name(TcpFlags(0x12)), "SYN|ACK");
+        assert_eq!(tcp_flags_name(TcpFlags(0)), "NONE");
+        assert_eq!(tcp_flags_name(TcpFlags(0x11)), "ACK|FIN");
+        assert_eq!(tcp_state_name(TcpState::Listen), "TCP_LISTEN");
+        assert_eq!(tcp_state_name(TcpState::Unknown(99)), "TCP_STATE_99");
         assert_eq!(
-            tcp_transition_name((99 << 8) | 7),
+            tcp_transition_name(TcpState::LastAck, TcpState::Close),
+            "TCP_LAST_ACK->TCP_CLOSE"
+        );
+        assert_eq!(
+            tcp_transition_name(TcpState::Unknown(99), TcpState::Close),
             "TCP_STATE_99->TCP_CLOSE"
         );
     }

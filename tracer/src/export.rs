@@ -11,19 +11,7 @@ use prometheus::{
     Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::{correlate::Outcome, ranges::RangeSet};
-
-/// Every `verdict` value, so `tracer_verdict` always lists them all.
-pub const VERDICTS: [&str; 8] = [
-    "never_arriving",
-    "refused",
-    "firewall_drop",
-    "overloaded",
-    "reset_by_origin",
-    "healthy",
-    "unanswered",
-    "other_drop",
-];
+use crate::{correlate::Outcome, ranges::RangeSet, verdict::Verdict};
 
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -120,8 +108,8 @@ impl Metrics {
                 );
             }
         }
-        for v in VERDICTS {
-            verdict.with_label_values(&[v]).set(0);
+        for v in Verdict::ALL {
+            verdict.with_label_values(&[v.as_str()]).set(0);
         }
         Ok(Self {
             registry: r,
@@ -181,10 +169,10 @@ impl Metrics {
         }
     }
 
-    pub fn set_verdict(&self, verdict: &str) {
-        for v in VERDICTS {
+    pub fn set_verdict(&self, verdict: Verdict) {
+        for v in Verdict::ALL {
             self.verdict
-                .with_label_values(&[v])
+                .with_label_values(&[v.as_str()])
                 .set(i64::from(v == verdict));
         }
         self.windows.inc();
@@ -273,7 +261,7 @@ mod tests {
         m.connection(false, 443, Outcome::Handshake);
         m.edge_syn(443);
         m.set_ranges(&RangeSet::embedded());
-        m.set_verdict("refused");
+        m.set_verdict(Verdict::Refused);
         let text = m.render();
         assert!(
             text.contains("tracer_edge_connections_total{outcome=\"refused\",port=\"443\"} 1"),

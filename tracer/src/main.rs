@@ -2,15 +2,19 @@
 
 mod capture;
 mod cli;
+mod clock;
 mod commands;
 mod correlate;
+mod event;
 mod events;
 mod export;
 mod kernel;
 mod netinfo;
 mod origin;
 mod ranges;
+mod reasons;
 mod report;
+mod session;
 mod verdict;
 mod window;
 

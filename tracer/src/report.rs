@@ -4,7 +4,12 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
-use crate::{correlate::Counts, origin::listeners::Listener, ranges::RangeSet, verdict::Cause};
+use crate::{
+    correlate::Counts,
+    origin::{backends::BackendReport, listeners::Listener},
+    ranges::RangeSet,
+    verdict::{Cause, Verdict},
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RangesInfo {
@@ -36,13 +41,15 @@ impl RangesInfo {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    pub verdict: String,
+    pub verdict: Verdict,
     pub window_secs: serde_json::Value,
     pub interface: String,
     pub ports: Vec<u16>,
     pub edge: Counts,
     pub non_edge: Counts,
     pub causes: Vec<Cause>,
+    /// Where the host forwarded edge attempts (DNAT to containers, other namespaces).
+    pub backends: Vec<BackendReport>,
     pub listeners: Vec<Listener>,
     /// TCP counter changes over the window.
     pub counters: BTreeMap<String, u64>,
@@ -56,6 +63,29 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
+/// "0.0.0.0:443 (accept queue 0/511, port reservation)", "127.0.0.1:80 in container
+/// 3f2a9c4b1d2e (accept queue 0/128)".
+fn listener_text(l: &Listener) -> String {
+    let mut text = l.endpoint();
+    if let Some(c) = &l.container {
+        let _ = write!(
+            text,
+            " in container {}",
+            crate::origin::namespaces::short_id(c)
+        );
+    } else if let Some(ns) = l.netns {
+        let _ = write!(text, " in netns:[{ns}]");
+    }
+    let queue = match l.backlog {
+        Some(b) => format!("accept queue {}/{b}", l.accept_queue),
+        None => format!("accept queue {}", l.accept_queue),
+    };
+    match l.role {
+        Some(role) => format!("{text} ({queue}, {})", role.replace('_', " ")),
+        None => format!("{text} ({queue})"),
+    }
+}
+
 pub fn window_value(secs: f64) -> serde_json::Value {
     if secs.fract() == 0.0 && (0.0..1e15).contains(&secs) {
         serde_json::Value::from(secs as u64)
@@ -67,20 +97,6 @@ pub fn window_value(secs: f64) -> serde_json::Value {
 /// A row of the counts table: label and field.
 type Row = (&'static str, fn(&Counts) -> u64);
 
-fn headline(verdict: &str) -> &'static str {
-    match verdict {
-        "never_arriving" => "Cloudflare's SYNs never reach this host",
-        "refused" => "this host refuses Cloudflare's connections: nothing accepts them on that address and port",
-        "firewall_drop" => "this host's firewall drops or rejects Cloudflare's connections",
-        "overloaded" => "the server is overloaded: Cloudflare's SYNs are dropped for lack of queue room",
-        "reset_by_origin" => "connections are accepted, then reset by the origin",
-        "healthy" => "Cloudflare's connections are accepted",
-        "unanswered" => "Cloudflare's SYNs arrive but get no answer",
-        "other_drop" => "the kernel drops Cloudflare's SYNs (see the reasons)",
-        _ => "",
-    }
-}
-
 impl Report {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
@@ -88,7 +104,12 @@ impl Report {
 
     pub fn to_text(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "VERDICT: {} — {}", self.verdict, headline(&self.verdict));
+        let _ = writeln!(
+            s,
+            "VERDICT: {} — {}",
+            self.verdict.as_str(),
+            self.verdict.headline()
+        );
         let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
         let _ = writeln!(
             s,
@@ -106,7 +127,12 @@ impl Report {
             if i == 0 {
                 let _ = writeln!(s, "Evidence:");
             } else {
-                let _ = writeln!(s, "Also: {} ({} attempts)", cause.verdict, cause.attempts);
+                let _ = writeln!(
+                    s,
+                    "Also: {} ({} attempts)",
+                    cause.verdict.as_str(),
+                    cause.attempts
+                );
             }
             for e in &cause.evidence {
                 let _ = writeln!(s, "  - {e}");
@@ -144,14 +170,25 @@ impl Report {
                 get(&self.non_edge)
             );
         }
-        let listeners: Vec<String> = self
-            .listeners
-            .iter()
-            .map(|l| match l.backlog {
-                Some(b) => format!("{} (accept queue {}/{b})", l.endpoint(), l.accept_queue),
-                None => format!("{} (accept queue {})", l.endpoint(), l.accept_queue),
-            })
-            .collect();
+        for b in &self.backends {
+            let outcomes: Vec<String> = b
+                .outcomes
+                .iter()
+                .map(|(o, n)| format!("{} {n}", o.as_str()))
+                .collect();
+            let _ = writeln!(
+                s,
+                "Forwarded: edge port {} -> {} in {}{} ({})",
+                b.edge_port,
+                b.endpoint(),
+                b.place,
+                b.dnat_chain()
+                    .map(|c| format!(" by {c}"))
+                    .unwrap_or_default(),
+                outcomes.join(", ")
+            );
+        }
+        let listeners: Vec<String> = self.listeners.iter().map(listener_text).collect();
         let _ = writeln!(
             s,
             "Listeners: {}",

@@ -6,18 +6,90 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::Serialize;
 
 use crate::{
-    correlate::Counts,
-    origin::{firewall::Finding, listeners::Listener},
+    correlate::{Counts, Outcome},
+    origin::{backends::BackendReport, firewall::Finding, listeners::Listener},
     ranges::RangeSet,
 };
 
+/// The verdict of a window, and the kind of each cause. Wire names, headlines and the
+/// outcomes each stands for are spelled here once; report, metrics and alerts match on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    NeverArriving,
+    Refused,
+    FirewallDrop,
+    Overloaded,
+    ResetByOrigin,
+    Healthy,
+    Unanswered,
+    OtherDrop,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 8] = [
+        Verdict::NeverArriving,
+        Verdict::Refused,
+        Verdict::FirewallDrop,
+        Verdict::Overloaded,
+        Verdict::ResetByOrigin,
+        Verdict::Healthy,
+        Verdict::Unanswered,
+        Verdict::OtherDrop,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NeverArriving => "never_arriving",
+            Self::Refused => "refused",
+            Self::FirewallDrop => "firewall_drop",
+            Self::Overloaded => "overloaded",
+            Self::ResetByOrigin => "reset_by_origin",
+            Self::Healthy => "healthy",
+            Self::Unanswered => "unanswered",
+            Self::OtherDrop => "other_drop",
+        }
+    }
+
+    /// The one-line meaning, for the text report.
+    pub fn headline(self) -> &'static str {
+        match self {
+            Self::NeverArriving => "Cloudflare's SYNs never reach this host",
+            Self::Refused => "this host refuses Cloudflare's connections: nothing accepts them on that address and port",
+            Self::FirewallDrop => "this host's firewall drops or rejects Cloudflare's connections",
+            Self::Overloaded => "the server is overloaded: Cloudflare's SYNs are dropped for lack of queue room",
+            Self::ResetByOrigin => "connections are accepted, then reset by the origin",
+            Self::Healthy => "Cloudflare's connections are accepted",
+            Self::Unanswered => "Cloudflare's SYNs arrive but get no answer",
+            Self::OtherDrop => "the kernel drops Cloudflare's SYNs (see the reasons)",
+        }
+    }
+
+    /// The attempt outcomes this verdict stands for (a backend is listed under a cause when
+    /// attempts forwarded to it ended so).
+    pub fn outcomes(self) -> &'static [Outcome] {
+        match self {
+            Self::NeverArriving => &[],
+            Self::Refused => &[Outcome::Refused],
+            Self::FirewallDrop => &[Outcome::FirewallDrop],
+            Self::Overloaded => &[Outcome::OverloadDrop, Outcome::Unanswered],
+            Self::ResetByOrigin => &[Outcome::OriginReset],
+            Self::Healthy => &[Outcome::Handshake],
+            Self::Unanswered => &[Outcome::Unanswered],
+            Self::OtherDrop => &[Outcome::OtherDrop],
+        }
+    }
+}
+
 /// A failure (or healthy) finding with its weight in distinct attempts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Cause {
-    pub verdict: String,
+    pub verdict: Verdict,
     pub attempts: u64,
     pub evidence: Vec<String>,
     pub next_steps: Vec<String>,
+    /// Where the host forwarded the attempts of this cause (DNAT to containers).
+    pub backends: Vec<BackendReport>,
 }
 
 /// What the verdict is decided from.
@@ -43,6 +115,8 @@ pub struct Inputs<'a> {
     /// Frames the XDP program saw on the interface, and SYNs to watched ports from non-edge peers.
     pub packets_seen: u64,
     pub ranges: &'a RangeSet,
+    /// Where forwarded edge attempts went.
+    pub backends: &'a [BackendReport],
 }
 
 /// Below this share of edge attempts a failure does not make the origin unhealthy.
@@ -63,18 +137,26 @@ fn ports_text(ports: &[u16]) -> String {
         .join(",")
 }
 
-fn endpoint(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-        a => format!("{a}:{port}"),
-    }
-}
+use crate::origin::backends::endpoint;
 
 /// The verdict and every cause, largest first.
-pub fn decide(i: &Inputs<'_>) -> (String, Vec<Cause>) {
+pub fn decide(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
+    let (verdict, mut causes) = rank(i);
+    for c in &mut causes {
+        c.backends = i
+            .backends
+            .iter()
+            .filter(|b| c.verdict.outcomes().iter().any(|o| b.count(*o) > 0))
+            .cloned()
+            .collect();
+    }
+    (verdict, causes)
+}
+
+fn rank(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
     if i.edge.syn == 0 {
         let cause = never_arriving(i);
-        return (cause.verdict.clone(), vec![cause]);
+        return (cause.verdict, vec![cause]);
     }
     let overload_evidence = overload_evidence(i);
     let mut causes = Vec::new();
@@ -109,12 +191,9 @@ pub fn decide(i: &Inputs<'_>) -> (String, Vec<Cause>) {
     if i.edge.handshakes > 0 && all_minor {
         let mut all = vec![healthy(i)];
         all.extend(causes);
-        return ("healthy".into(), all);
+        return (Verdict::Healthy, all);
     }
-    let verdict = causes
-        .first()
-        .map(|c| c.verdict.clone())
-        .unwrap_or_else(|| "healthy".into());
+    let verdict = causes.first().map_or(Verdict::Healthy, |c| c.verdict);
     (verdict, causes)
 }
 
@@ -171,7 +250,8 @@ fn never_arriving(i: &Inputs<'_>) -> Cause {
         ));
     }
     Cause {
-        verdict: "never_arriving".into(),
+        verdict: Verdict::NeverArriving,
+        backends: Vec::new(),
         attempts: 0,
         evidence,
         next_steps: vec![
@@ -241,14 +321,81 @@ fn refused(i: &Inputs<'_>) -> Cause {
             next_steps.push("Check why the server stopped listening during the window (restarts, crashes, socket activation).".into());
         }
     }
+    for b in i.backends.iter().filter(|b| b.count(Outcome::Refused) > 0) {
+        refused_backend(b, &mut evidence, &mut next_steps);
+    }
     next_steps.push(
         "Test locally, then from another network: `curl -v http://<origin-ip>:<port>/`.".into(),
     );
     Cause {
-        verdict: "refused".into(),
+        verdict: Verdict::Refused,
+        backends: Vec::new(),
         attempts: i.edge.refused,
         evidence,
         next_steps,
+    }
+}
+
+/// Why a backend the host forwards to refused: nothing listens there, or only on its
+/// loopback, or its namespace went away.
+fn refused_backend(b: &BackendReport, evidence: &mut Vec<String>, next_steps: &mut Vec<String>) {
+    let via = match b.dnat_chain() {
+        Some(chain) => format!("port {} is DNATed there by {chain}", b.edge_port),
+        None => format!("port {} is forwarded there", b.edge_port),
+    };
+    let listeners = match &b.listeners {
+        Ok(l) => l,
+        Err(why) => {
+            evidence.push(format!(
+                "{} edge attempts were forwarded to {} in {} and refused there; {why}",
+                b.count(Outcome::Refused),
+                b.endpoint(),
+                b.place
+            ));
+            next_steps.push(format!(
+                "Check that the container or service behind {} is running (docker ps -a; its logs), and that the DNAT rule points at its current address.",
+                b.endpoint()
+            ));
+            return;
+        }
+    };
+    let on_port: Vec<&Listener> = listeners.iter().filter(|l| l.port == b.port).collect();
+    if on_port.is_empty() {
+        evidence.push(format!(
+            "nothing listens on {} in {} ({via})",
+            b.endpoint(),
+            b.place
+        ));
+        next_steps.push(format!(
+            "Start the server in {} so it listens on port {} (check `docker ps -a` and the container's logs), or fix the published port (`docker run -p {}:<port the server uses>`).",
+            b.place, b.port, b.edge_port
+        ));
+    } else if !on_port.iter().any(|l| l.accepts(b.addr)) {
+        let bound: Vec<String> = on_port.iter().map(|l| l.endpoint()).collect();
+        evidence.push(format!(
+            "a listener exists only on {} in {} — not on {}, where {via}",
+            bound.join(", "),
+            b.place,
+            b.endpoint()
+        ));
+        let any = if b.addr.is_ipv6() { "[::]" } else { "0.0.0.0" };
+        next_steps.push(format!(
+            "Bind the server inside {} to {any}:{} (or {}), not {}: forwarded connections arrive at the container's own address, not its loopback.",
+            b.place,
+            b.port,
+            b.endpoint(),
+            bound.join(", ")
+        ));
+    } else {
+        evidence.push(format!(
+            "a listener on {} in {} exists now but refused during the window (restarted?) ({via})",
+            b.endpoint(),
+            b.place
+        ));
+        next_steps.push(format!(
+            "Check why the server in {} stopped listening during the window (restarts, crashes, health checks).",
+            b.place
+        ));
     }
 }
 
@@ -276,6 +423,18 @@ fn firewall_drop(i: &Inputs<'_>) -> Cause {
         Ok(_) => evidence.push("no nftables/iptables-nft rule evaluated as matching (iptables-legacy, a jump, or tc/BPF filter?)".into()),
         Err(e) => evidence.push(format!("firewall ruleset not read: {e}")),
     }
+    for b in i
+        .backends
+        .iter()
+        .filter(|b| b.count(Outcome::FirewallDrop) > 0)
+    {
+        evidence.push(format!(
+            "{} of these attempts were forwarded to {} in {}: they cross the forward hook (FORWARD, Docker's DOCKER-USER), not input",
+            b.count(Outcome::FirewallDrop),
+            b.endpoint(),
+            b.place
+        ));
+    }
     if i.non_edge.handshakes > 0 {
         evidence.push(format!(
             "meanwhile {} attempts from non-edge peers completed: an allowlist that admits others but misses Cloudflare's ranges",
@@ -290,11 +449,22 @@ fn firewall_drop(i: &Inputs<'_>) -> Cause {
     let mut ports = i.filtered_ports.clone();
     ports.sort_unstable();
     ports.dedup();
+    let mut next_steps = allowlist_steps(i, &ports);
+    if i.backends
+        .iter()
+        .any(|b| b.count(Outcome::FirewallDrop) > 0)
+    {
+        next_steps.insert(
+            0,
+            "For published container ports, allow Cloudflare's ranges where Docker lets admins filter forwarded traffic: iptables -I DOCKER-USER -s <range> -j RETURN for each range, before the rule that drops them (remove that rule if it targets Cloudflare).".into(),
+        );
+    }
     Cause {
-        verdict: "firewall_drop".into(),
+        verdict: Verdict::FirewallDrop,
+        backends: Vec::new(),
         attempts: i.edge.firewall_drops,
         evidence,
-        next_steps: allowlist_steps(i, &ports),
+        next_steps,
     }
 }
 
@@ -343,7 +513,8 @@ fn overload(i: &Inputs<'_>, attempts: u64, mut evidence: Vec<String>) -> Cause {
         ),
     );
     Cause {
-        verdict: "overloaded".into(),
+        verdict: Verdict::Overloaded,
+        backends: Vec::new(),
         attempts,
         evidence,
         next_steps: vec![
@@ -356,7 +527,8 @@ fn overload(i: &Inputs<'_>, attempts: u64, mut evidence: Vec<String>) -> Cause {
 
 fn reset_by_origin(i: &Inputs<'_>) -> Cause {
     Cause {
-        verdict: "reset_by_origin".into(),
+        verdict: Verdict::ResetByOrigin,
+        backends: Vec::new(),
         attempts: i.edge.origin_resets,
         evidence: vec![format!(
             "{} of {} edge connections completed the handshake and were then reset by the origin (RST from a socket: application abort, SO_LINGER 0, TLS failure, or worker crash)",
@@ -372,7 +544,8 @@ fn reset_by_origin(i: &Inputs<'_>) -> Cause {
 
 fn unanswered(i: &Inputs<'_>) -> Cause {
     Cause {
-        verdict: "unanswered".into(),
+        verdict: Verdict::Unanswered,
+        backends: Vec::new(),
         attempts: i.edge.unanswered,
         evidence: vec![format!(
             "{} edge SYNs reached {} but got no answer the kernel recorded: no handshake, no RST, no drop, and no listen-queue counter rose",
@@ -392,7 +565,8 @@ fn other_drop(i: &Inputs<'_>) -> Cause {
         .map(|(r, n)| format!("{r} ×{n}"))
         .collect();
     Cause {
-        verdict: "other_drop".into(),
+        verdict: Verdict::OtherDrop,
+        backends: Vec::new(),
         attempts: i.edge.other_drops,
         evidence: vec![format!(
             "{} edge connection attempts were dropped by the kernel for other reasons: {}",
@@ -405,7 +579,8 @@ fn other_drop(i: &Inputs<'_>) -> Cause {
 
 fn healthy(i: &Inputs<'_>) -> Cause {
     Cause {
-        verdict: "healthy".into(),
+        verdict: Verdict::Healthy,
+        backends: Vec::new(),
         attempts: i.edge.handshakes,
         evidence: vec![format!(
             "{} of {} edge connection attempts completed the handshake; no failure reached 5%",
@@ -456,6 +631,7 @@ mod tests {
             firewall: Ok(vec![]),
             packets_seen: 0,
             ranges: &f.ranges,
+            backends: &[],
         }
     }
 
@@ -465,6 +641,7 @@ mod tests {
             port,
             accept_queue: 0,
             backlog: Some(128),
+            ..Listener::default()
         }
     }
 
@@ -474,7 +651,7 @@ mod tests {
         let mut i = inputs(&f, Counts::default());
         i.non_edge.syn = 12;
         let (v, causes) = decide(&i);
-        assert_eq!(v, "never_arriving");
+        assert_eq!(v, Verdict::NeverArriving);
         assert!(causes[0].evidence[1].contains("12 connection attempts from other peers"));
     }
 
@@ -490,7 +667,7 @@ mod tests {
         let mut i = inputs(&f, edge);
         i.refused_targets = vec![("192.0.2.1".parse().unwrap(), 443)];
         let (v, causes) = decide(&i);
-        assert_eq!(v, "refused");
+        assert_eq!(v, Verdict::Refused);
         assert!(
             causes[0]
                 .evidence
@@ -540,7 +717,7 @@ mod tests {
             certain: true,
         }]);
         let (v, causes) = decide(&i);
-        assert_eq!(v, "firewall_drop");
+        assert_eq!(v, Verdict::FirewallDrop);
         let c = &causes[0];
         assert!(c.evidence.iter().any(|e| e.contains("handle 4")));
         assert!(c.evidence.iter().any(|e| e.contains("admits others")));
@@ -560,7 +737,7 @@ mod tests {
             ..Counts::default()
         };
         let (v, causes) = decide(&inputs(&f, edge));
-        assert_eq!(v, "overloaded");
+        assert_eq!(v, Verdict::Overloaded);
         assert_eq!(causes[0].attempts, 5);
         assert!(causes[0]
             .evidence
@@ -577,7 +754,7 @@ mod tests {
             ..Counts::default()
         };
         let (v, _) = decide(&inputs(&f, edge));
-        assert_eq!(v, "unanswered");
+        assert_eq!(v, Verdict::Unanswered);
     }
 
     #[test]
@@ -590,7 +767,7 @@ mod tests {
             ..Counts::default()
         };
         let (v, causes) = decide(&inputs(&f, edge));
-        assert_eq!(v, "reset_by_origin");
+        assert_eq!(v, Verdict::ResetByOrigin);
         assert_eq!(causes[0].attempts, 10);
     }
 
@@ -604,16 +781,16 @@ mod tests {
             ..Counts::default()
         };
         let (v, causes) = decide(&inputs(&f, edge));
-        assert_eq!(v, "healthy");
-        assert_eq!(causes[0].verdict, "healthy");
-        assert_eq!(causes[1].verdict, "refused");
+        assert_eq!(v, Verdict::Healthy);
+        assert_eq!(causes[0].verdict, Verdict::Healthy);
+        assert_eq!(causes[1].verdict, Verdict::Refused);
         let edge = Counts {
             syn: 100,
             handshakes: 95,
             refused: 5,
             ..Counts::default()
         };
-        assert_eq!(decide(&inputs(&f, edge)).0, "refused");
+        assert_eq!(decide(&inputs(&f, edge)).0, Verdict::Refused);
     }
 
     #[test]
@@ -626,8 +803,8 @@ mod tests {
             ..Counts::default()
         };
         let (v, causes) = decide(&inputs(&f, edge));
-        assert_eq!(v, "firewall_drop");
-        let names: Vec<&str> = causes.iter().map(|c| c.verdict.as_str()).collect();
-        assert_eq!(names, ["firewall_drop", "refused"]);
+        assert_eq!(v, Verdict::FirewallDrop);
+        let names: Vec<Verdict> = causes.iter().map(|c| c.verdict).collect();
+        assert_eq!(names, [Verdict::FirewallDrop, Verdict::Refused]);
     }
 }

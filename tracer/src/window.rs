@@ -8,13 +8,14 @@ use std::{
 };
 
 use crate::{
-    correlate::{drop_class, Attempt, Counts, DropClass, Outcome},
+    correlate::{Attempt, Backend, Counts, Outcome},
     origin::{
-        counters,
+        backends, counters,
         firewall::{Packet, Ruleset},
         listeners::{self, Listener},
     },
     ranges::RangeSet,
+    reasons::{Reason, ReasonTable},
     report::{window_value, RangesInfo, Report},
     verdict::{decide, Inputs},
 };
@@ -26,11 +27,14 @@ const FIREWALL_SAMPLES: usize = 8;
 pub struct Tally {
     pub edge: Counts,
     pub non_edge: Counts,
+    /// (local address, port) of edge attempts refused where they arrived.
     refused_targets: BTreeSet<(IpAddr, u16)>,
-    filter_reasons: BTreeMap<String, u64>,
-    other_reasons: BTreeMap<String, u64>,
+    filter_reasons: BTreeMap<Reason, u64>,
+    other_reasons: BTreeMap<Reason, u64>,
     filtered: Vec<Packet>,
     synack_retransmits: u64,
+    /// Edge attempts the host forwarded, by (backend, edge port) and outcome.
+    backends: BTreeMap<(Backend, u16), BTreeMap<Outcome, u64>>,
 }
 
 impl Tally {
@@ -38,8 +42,20 @@ impl Tally {
     pub fn add_late_reset(&mut self, a: &Attempt) {
         if a.edge {
             self.edge.origin_resets += 1;
+            self.add_backend(a, Outcome::OriginReset);
         } else {
             self.non_edge.origin_resets += 1;
+        }
+    }
+
+    fn add_backend(&mut self, a: &Attempt, outcome: Outcome) {
+        if let Some(b) = a.backend {
+            *self
+                .backends
+                .entry((b, a.flow.local_port))
+                .or_default()
+                .entry(outcome)
+                .or_default() += 1;
         }
     }
 
@@ -50,31 +66,45 @@ impl Tally {
         }
         self.edge.add(a);
         self.synack_retransmits += u64::from(a.synack_retransmits);
-        match a.outcome() {
-            Outcome::Refused => {
+        let outcome = a.outcome();
+        self.add_backend(a, outcome);
+        match outcome {
+            Outcome::Refused if a.backend.is_none() => {
                 self.refused_targets
                     .insert((a.flow.local, a.flow.local_port));
             }
             Outcome::FirewallDrop => {
-                let reason = a.filter_drop.clone().unwrap_or_default();
-                *self.filter_reasons.entry(reason.into_owned()).or_default() += 1;
-                let p = Packet {
-                    peer: a.flow.peer,
-                    local: a.flow.local,
-                    port: a.flow.local_port,
+                if let Some(reason) = a.filter_drop {
+                    *self.filter_reasons.entry(reason).or_default() += 1;
+                }
+                // A forwarded packet is filtered at its rewritten destination.
+                let p = match a.backend {
+                    Some(b) => Packet {
+                        peer: a.flow.peer,
+                        local: b.addr,
+                        port: b.port,
+                        forwarded: true,
+                    },
+                    None => Packet {
+                        peer: a.flow.peer,
+                        local: a.flow.local,
+                        port: a.flow.local_port,
+                        forwarded: false,
+                    },
                 };
-                let seen = self
-                    .filtered
-                    .iter()
-                    .any(|q| q.port == p.port && q.peer.is_ipv4() == p.peer.is_ipv4());
+                let seen = self.filtered.iter().any(|q| {
+                    q.port == p.port
+                        && q.forwarded == p.forwarded
+                        && q.peer.is_ipv4() == p.peer.is_ipv4()
+                });
                 if !seen && self.filtered.len() < FIREWALL_SAMPLES {
                     self.filtered.push(p);
                 }
             }
             Outcome::OtherDrop => {
-                let reason = a.other_drop.clone().unwrap_or_default();
-                debug_assert_eq!(drop_class(&reason), DropClass::Other);
-                *self.other_reasons.entry(reason.into_owned()).or_default() += 1;
+                if let Some(reason) = a.other_drop {
+                    *self.other_reasons.entry(reason).or_default() += 1;
+                }
             }
             _ => {}
         }
@@ -124,6 +154,10 @@ impl OriginSampler {
 
 pub struct WindowContext<'a> {
     pub interface: &'a str,
+    /// The tracer's namespace (its listeners are read directly).
+    pub netns: u32,
+    /// Names of the kernel's reasons.
+    pub reasons: &'a ReasonTable,
     pub ports: &'a [u16],
     pub window_secs: f64,
     pub started_at: SystemTime,
@@ -134,11 +168,13 @@ pub struct WindowContext<'a> {
     pub packets_seen: u64,
 }
 
-/// Builds the report; reads the firewall ruleset only when edge packets were filtered.
+/// Builds the report; reads the firewall ruleset only when edge packets were filtered or
+/// forwarded.
 pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_>) -> Report {
-    let (listeners, deltas, full) = sampler.finish();
-    let firewall = if tally.edge.firewall_drops > 0 {
-        Ruleset::read().map(|rs| {
+    let (own_listeners, deltas, full) = sampler.finish();
+    let ruleset = (tally.edge.firewall_drops > 0 || !tally.backends.is_empty()).then(Ruleset::read);
+    let firewall = match (&ruleset, tally.edge.firewall_drops > 0) {
+        (Some(Ok(rs)), true) => {
             let mut findings = Vec::new();
             for p in &tally.filtered {
                 for f in rs.blocking(*p) {
@@ -147,10 +183,23 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
                     }
                 }
             }
-            findings
-        })
-    } else {
-        Ok(Vec::new())
+            Ok(findings)
+        }
+        (Some(Err(e)), true) => Err(e.clone()),
+        _ => Ok(Vec::new()),
+    };
+    let backends = backends::resolve(
+        &tally.backends,
+        ctx.netns,
+        ruleset.as_ref().and_then(|r| r.as_ref().ok()),
+    );
+    let listeners = backends::all_listeners(own_listeners, &backends);
+    let names = |m: &BTreeMap<Reason, u64>| -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for (r, n) in m {
+            *out.entry(ctx.reasons.name(*r).into_owned()).or_default() += n;
+        }
+        out
     };
     let inputs = Inputs {
         interface: ctx.interface,
@@ -159,8 +208,8 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         edge: tally.edge,
         non_edge: tally.non_edge,
         refused_targets: tally.refused_targets.iter().copied().collect(),
-        filter_reasons: tally.filter_reasons.clone(),
-        other_reasons: tally.other_reasons.clone(),
+        filter_reasons: names(&tally.filter_reasons),
+        other_reasons: names(&tally.other_reasons),
         filtered_ports: tally.filtered.iter().map(|p| p.port).collect(),
         listeners: &listeners,
         full_queues: &full,
@@ -169,6 +218,7 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         firewall,
         packets_seen: ctx.packets_seen,
         ranges: ctx.ranges,
+        backends: &backends,
     };
     let (verdict, causes) = decide(&inputs);
     Report {
@@ -179,6 +229,7 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         edge: tally.edge,
         non_edge: tally.non_edge,
         causes,
+        backends,
         listeners,
         counters: deltas,
         ranges: RangesInfo::of(ctx.ranges),

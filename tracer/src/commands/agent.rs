@@ -5,21 +5,30 @@ use std::{
     fs::{File, OpenOptions},
     io::{BufWriter, Write},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
 
 use crate::{
     capture::{write_ready_file, Capture},
     cli::{AgentArgs, LogEvents},
     correlate::{Correlator, Decided},
-    events::Kind,
+    event::{Kind, Record},
+    events::EventRecord,
     export::{self, Metrics},
     netinfo,
     ranges::{fetch, RangeSet},
+    reasons::ReasonTable,
+    session::{self, Next, Sink},
     window::{self, OriginSampler, Tally, WindowContext},
 };
 
@@ -29,16 +38,16 @@ const SETTLED_AFTER: Duration = Duration::from_secs(2);
 const IDLE_AFTER: Duration = Duration::from_secs(25);
 
 /// The JSON-lines log: stdout, or a file reopened on SIGHUP (logrotate).
-enum Sink {
+enum EventLog {
     Stdout(BufWriter<std::io::Stdout>),
     File { path: PathBuf, out: BufWriter<File> },
 }
 
-impl Sink {
+impl EventLog {
     fn open(path: Option<&Path>) -> Result<Self> {
         Ok(match path {
-            None => Sink::Stdout(BufWriter::new(std::io::stdout())),
-            Some(p) => Sink::File {
+            None => EventLog::Stdout(BufWriter::new(std::io::stdout())),
+            Some(p) => EventLog::File {
                 path: p.to_path_buf(),
                 out: BufWriter::new(open_log(p)?),
             },
@@ -46,7 +55,7 @@ impl Sink {
     }
 
     fn reopen(&mut self) -> Result<()> {
-        if let Sink::File { path, out } = self {
+        if let EventLog::File { path, out } = self {
             out.flush()?;
             *out = BufWriter::new(open_log(path)?);
         }
@@ -55,8 +64,8 @@ impl Sink {
 
     fn writer(&mut self) -> &mut dyn Write {
         match self {
-            Sink::Stdout(w) => w,
-            Sink::File { out, .. } => out,
+            EventLog::Stdout(w) => w,
+            EventLog::File { out, .. } => out,
         }
     }
 
@@ -82,11 +91,14 @@ fn open_log(path: &Path) -> Result<File> {
         .with_context(|| format!("cannot open log file {}", path.display()))
 }
 
-fn wanted(kind: Kind, level: LogEvents) -> bool {
-    match level {
-        LogEvents::All => true,
-        LogEvents::None => false,
-        LogEvents::Failures => !matches!(kind, Kind::Syn | Kind::Established | Kind::Closed),
+fn wanted(record: &Record, level: LogEvents) -> bool {
+    match (level, record) {
+        (LogEvents::All, _) => true,
+        (LogEvents::None, _) => false,
+        (LogEvents::Failures, Record::Loss { .. }) => true,
+        (LogEvents::Failures, Record::Event(ev)) => {
+            !matches!(ev.kind, Kind::Syn | Kind::Established | Kind::Closed)
+        }
     }
 }
 
@@ -122,10 +134,147 @@ fn yield_to_workload(nice: i32) {
     }
 }
 
+/// The agent's work on the capture: every record logged, counted and correlated as it comes;
+/// windows, housekeeping, log reopening and range updates on ticks.
+struct Agent {
+    args: AgentArgs,
+    iface: String,
+    ports: Vec<u16>,
+    netns: u32,
+    reasons: ReasonTable,
+    notes: Vec<String>,
+    xdp_mode: &'static str,
+    ranges: RangeSet,
+    metrics: Arc<Metrics>,
+    sink: EventLog,
+    correlator: Correlator,
+    tally: Tally,
+    sampler: OriginSampler,
+    window_start: (Instant, SystemTime),
+    packets_at_start: u64,
+    lost_at_start: u64,
+    last_housekeeping: Instant,
+    next_refresh: Option<Instant>,
+    refresh_tx: mpsc::Sender<Refreshed>,
+    refresh_rx: mpsc::Receiver<Refreshed>,
+    /// Set by the SIGHUP task: reopen the log file.
+    hup: Arc<AtomicBool>,
+}
+
+impl Sink for Agent {
+    /// One event at a time, straight from the kernel's buffers: this runs for every one.
+    fn record(&mut self, record: Record) {
+        match &record {
+            Record::Event(ev) if ev.kind == Kind::Syn && ev.edge => {
+                self.metrics.edge_syn(ev.flow.local_port);
+            }
+            Record::Loss { count, .. } => self.metrics.lost(*count),
+            _ => {}
+        }
+        if wanted(&record, self.args.log_events) {
+            self.sink
+                .line(&EventRecord::of(&record, &self.reasons).to_json());
+        }
+        self.correlator.observe_record(&record);
+        for d in self.correlator.drain_decided() {
+            count_decided(&self.metrics, &mut self.tally, d);
+        }
+    }
+
+    fn tick(&mut self, capture: &mut Capture) -> Result<Next> {
+        if self.hup.swap(false, Ordering::Relaxed) {
+            match self.sink.reopen() {
+                Ok(()) => tracing::info!("log file reopened"),
+                Err(e) => tracing::warn!("cannot reopen the log file: {e:#}"),
+            }
+        }
+        if let Ok(result) = self.refresh_rx.try_recv() {
+            self.apply_refresh(capture, result);
+        }
+        if self.last_housekeeping.elapsed() >= Duration::from_secs(1) {
+            self.correlator
+                .take_idle(SystemTime::now(), SETTLED_AFTER, IDLE_AFTER);
+            for d in self.correlator.drain_decided() {
+                count_decided(&self.metrics, &mut self.tally, d);
+            }
+            self.sampler.sample();
+            self.metrics
+                .set_open_attempts(self.correlator.open_attempts());
+            self.last_housekeeping = Instant::now();
+        }
+        if self.window_start.0.elapsed() >= Duration::from_secs_f64(self.args.window) {
+            self.close_window(capture);
+        }
+        if let Some(at) = self.next_refresh {
+            if Instant::now() >= at {
+                self.next_refresh = self.args.refresh_ranges_every.map(|d| Instant::now() + d);
+                let tx = self.refresh_tx.clone();
+                let file = self.args.ranges.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(refresh(file).await).await;
+                });
+            }
+        }
+        self.sink.flush();
+        Ok(Next::Continue)
+    }
+
+    fn finish(&mut self, _: &mut Capture, _: bool) -> Result<()> {
+        self.sink.flush();
+        Ok(())
+    }
+}
+
+impl Agent {
+    fn apply_refresh(&mut self, capture: &mut Capture, result: Refreshed) {
+        match result {
+            Ok((set, note)) => {
+                if let Some(n) = note {
+                    tracing::warn!("{n}");
+                }
+                match capture.probe.set_ranges(&set) {
+                    Ok(()) => {
+                        tracing::info!(source = %set.source, ipv4 = set.v4.len(), ipv6 = set.v6.len(), "ranges updated in place");
+                        self.metrics.set_ranges(&set);
+                        self.ranges = set;
+                    }
+                    Err(e) => tracing::warn!("cannot update the kernel's ranges: {e:#}"),
+                }
+            }
+            Err(e) => tracing::warn!("ranges refresh failed, keeping the current list: {e:#}"),
+        }
+    }
+
+    fn close_window(&mut self, capture: &Capture) {
+        let lost_total = capture.lost_total();
+        let now_packets = netinfo::rx_packets(&self.iface);
+        let ctx = WindowContext {
+            interface: &self.iface,
+            netns: self.netns,
+            reasons: &self.reasons,
+            ports: &self.ports,
+            window_secs: self.args.window,
+            started_at: self.window_start.1,
+            ranges: &self.ranges,
+            notes: &self.notes,
+            xdp_mode: self.xdp_mode,
+            lost_events: lost_total - self.lost_at_start,
+            packets_seen: now_packets.saturating_sub(self.packets_at_start),
+        };
+        let report = window::report(&self.tally, &mut self.sampler, &ctx);
+        self.metrics.set_verdict(report.verdict);
+        self.sink.line(&verdict_record(&report));
+        self.tally = Tally::default();
+        self.window_start = (Instant::now(), SystemTime::now());
+        self.packets_at_start = now_packets;
+        self.lost_at_start = lost_total;
+    }
+}
+
 pub async fn run(args: AgentArgs) -> Result<()> {
     super::check_duration(args.window).context("--window")?;
     yield_to_workload(args.nice);
-    let (mut ranges, note) = fetch::resolve(args.ranges.as_deref(), false).await?;
+    let (ranges, note) = fetch::resolve(args.ranges.as_deref(), false).await?;
     if let Some(n) = &note {
         tracing::warn!("{n}");
     }
@@ -133,7 +282,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let metrics = Arc::new(Metrics::new(&ports)?);
     metrics.set_ranges(&ranges);
     export::serve(args.metrics_addr, metrics.clone()).await?;
-    let mut sink = Sink::open(args.log_file.as_deref())?;
+    let sink = EventLog::open(args.log_file.as_deref())?;
     let super::Started { probe, iface, .. } = super::start_probe(
         &args.capture,
         &ranges,
@@ -148,122 +297,51 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     for n in &probe.notes {
         tracing::warn!("{n}");
     }
-    let notes = probe.notes.clone();
-    let xdp_mode = probe.xdp_mode;
+    let mut correlator = Correlator::live();
+    if probe.follows_forwarded {
+        correlator = correlator.following_forwarded(probe.netns);
+    }
+    let (notes, xdp_mode, netns) = (probe.notes.clone(), probe.xdp_mode, probe.netns);
+    let reasons = probe.reasons.clone();
     let mut capture = Capture::new(probe)?;
     // A few drains per second, not one per event: the ring holds well over this interval.
     capture.set_min_interval(Duration::from_millis(100));
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let hup = Arc::new(AtomicBool::new(false));
+    let mut hup_signal = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let hup_flag = hup.clone();
+    tokio::spawn(async move {
+        while hup_signal.recv().await.is_some() {
+            hup_flag.store(true, Ordering::Relaxed);
+        }
+    });
     write_ready_file(args.capture.ready_file.as_deref())?;
     tracing::info!(interface = %iface, metrics = %args.metrics_addr, "agent running");
 
-    let window_len = Duration::from_secs_f64(args.window);
-    let mut window_start = (Instant::now(), SystemTime::now());
-    let mut packets_at_start = netinfo::rx_packets(&iface);
-    let mut lost_at_start = 0u64;
-    let mut sampler = OriginSampler::start();
-    let mut tally = Tally::default();
-    let mut correlator = Correlator::live();
-    let mut last_housekeeping = Instant::now();
-    let mut next_refresh = args.refresh_ranges_every.map(|d| Instant::now() + d);
-    let (refresh_tx, mut refresh_rx) = tokio::sync::mpsc::channel::<Refreshed>(1);
-
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
-                match sink.reopen() {
-                    Ok(()) => tracing::info!("log file reopened"),
-                    Err(e) => tracing::warn!("cannot reopen the log file: {e:#}"),
-                }
-            }
-            Some(result) = refresh_rx.recv() => match result {
-                Ok((set, note)) => {
-                    if let Some(n) = note {
-                        tracing::warn!("{n}");
-                    }
-                    match capture.probe.set_ranges(&set) {
-                        Ok(()) => {
-                            tracing::info!(source = %set.source, ipv4 = set.v4.len(), ipv6 = set.v6.len(), "ranges updated in place");
-                            metrics.set_ranges(&set);
-                            ranges = set;
-                        }
-                        Err(e) => tracing::warn!("cannot update the kernel's ranges: {e:#}"),
-                    }
-                }
-                Err(e) => tracing::warn!("ranges refresh failed, keeping the current list: {e:#}"),
-            },
-            r = capture.wait(Duration::from_millis(250)) => r?,
-        }
-
-        // One event at a time, straight from the kernel's buffers: this runs for every one.
-        capture.drain_each(false, |ev| {
-            match ev.kind {
-                Kind::Syn if ev.edge == Some(true) => {
-                    if let Some(p) = ev.local_port {
-                        metrics.edge_syn(p);
-                    }
-                }
-                Kind::Loss => metrics.lost(ev.count.unwrap_or(0)),
-                _ => {}
-            }
-            if wanted(ev.kind, args.log_events) {
-                sink.line(&ev.to_json());
-            }
-            correlator.observe(&ev);
-            for d in correlator.drain_decided() {
-                count_decided(&metrics, &mut tally, d);
-            }
-        });
-
-        if last_housekeeping.elapsed() >= Duration::from_secs(1) {
-            correlator.take_idle(SystemTime::now(), SETTLED_AFTER, IDLE_AFTER);
-            for d in correlator.drain_decided() {
-                count_decided(&metrics, &mut tally, d);
-            }
-            sampler.sample();
-            metrics.set_open_attempts(correlator.open_attempts());
-            last_housekeeping = Instant::now();
-        }
-
-        if window_start.0.elapsed() >= window_len {
-            let lost_total = capture.lost_total();
-            let now_packets = netinfo::rx_packets(&iface);
-            let ctx = WindowContext {
-                interface: &iface,
-                ports: &ports,
-                window_secs: args.window,
-                started_at: window_start.1,
-                ranges: &ranges,
-                notes: &notes,
-                xdp_mode,
-                lost_events: lost_total - lost_at_start,
-                packets_seen: now_packets.saturating_sub(packets_at_start),
-            };
-            let report = window::report(&tally, &mut sampler, &ctx);
-            metrics.set_verdict(&report.verdict);
-            sink.line(&verdict_record(&report));
-            tally = Tally::default();
-            window_start = (Instant::now(), SystemTime::now());
-            packets_at_start = now_packets;
-            lost_at_start = lost_total;
-        }
-        if let Some(at) = next_refresh {
-            if Instant::now() >= at {
-                next_refresh = args.refresh_ranges_every.map(|d| Instant::now() + d);
-                let tx = refresh_tx.clone();
-                let file = args.ranges.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(refresh(file).await).await;
-                });
-            }
-        }
-        sink.flush();
-    }
-    sink.flush();
+    let (refresh_tx, refresh_rx) = mpsc::channel::<Refreshed>(1);
+    let mut agent = Agent {
+        next_refresh: args.refresh_ranges_every.map(|d| Instant::now() + d),
+        packets_at_start: netinfo::rx_packets(&iface),
+        args,
+        iface,
+        ports,
+        netns,
+        reasons,
+        notes,
+        xdp_mode,
+        ranges,
+        metrics,
+        sink,
+        correlator,
+        tally: Tally::default(),
+        sampler: OriginSampler::start(),
+        window_start: (Instant::now(), SystemTime::now()),
+        lost_at_start: 0,
+        last_housekeeping: Instant::now(),
+        refresh_tx,
+        refresh_rx,
+        hup,
+    };
+    session::run(&mut capture, &mut agent).await?;
     tracing::info!("stopping: detaching programs");
     drop(capture);
     Ok(())

@@ -8,17 +8,104 @@ use std::{
 use anyhow::Result;
 
 use crate::{
-    capture::{shutdown_signal, write_ready_file, Capture},
+    capture::{write_ready_file, Capture},
     cli::{DiagnoseArgs, Format},
     correlate::Correlator,
-    events::Kind,
+    event::{Kind, Record},
     netinfo,
     ranges::fetch,
-    window::{self, OriginSampler, Tally, WindowContext},
+    session::{self, Next, Sink},
+    window::{self, OriginSampler, Tally},
 };
 
 /// After the window, how long open attempts may still get their answer (a SYN-ACK's ACK).
 const GRACE: Duration = Duration::from_secs(1);
+
+/// One window: attempts correlated and tallied, the origin sampled, then a grace period in
+/// which attempts begun in the window may still get their answer.
+struct Window {
+    correlator: Correlator,
+    tally: Tally,
+    sampler: OriginSampler,
+    start: Instant,
+    length: Duration,
+    /// Set when the window is over and the grace period began.
+    grace_end: Option<Instant>,
+    last_sample: Instant,
+    /// (edge SYNs, edge failure events) for the progress line.
+    live: (u64, u64),
+    progress: bool,
+    /// How long the window really ran (shorter when interrupted).
+    elapsed: Option<Duration>,
+}
+
+impl Sink for Window {
+    fn record(&mut self, record: Record) {
+        if let Record::Event(ev) = &record {
+            if ev.edge {
+                match ev.kind {
+                    Kind::Syn => self.live.0 += 1,
+                    Kind::Drop | Kind::ResetSent => self.live.1 += 1,
+                    _ => {}
+                }
+            }
+        }
+        if let Some(done) = self.correlator.observe_record(&record) {
+            self.tally.add(&done);
+        }
+    }
+
+    fn tick(&mut self, _: &mut Capture) -> Result<Next> {
+        if let Some(end) = self.grace_end {
+            let done = self.correlator.pending() == 0 || Instant::now() >= end;
+            return Ok(if done { Next::Stop } else { Next::Continue });
+        }
+        if self.last_sample.elapsed() >= Duration::from_secs(1) {
+            self.sampler.sample();
+            self.last_sample = Instant::now();
+        }
+        if self.progress {
+            // Rounded up: a 30 s window starts at "30 s left".
+            let left = self
+                .length
+                .saturating_sub(self.start.elapsed())
+                .as_millis()
+                .div_ceil(1000);
+            eprint!(
+                "\r\x1b[2K{left:>4} s left · edge SYNs {} · failure events {}",
+                self.live.0, self.live.1
+            );
+            let _ = std::io::stderr().flush();
+        }
+        if self.start.elapsed() >= self.length {
+            // Let attempts begun in the window get their answer; start no new ones.
+            self.elapsed = Some(self.start.elapsed());
+            self.correlator.closed_to_new = true;
+            self.grace_end = Some(Instant::now() + GRACE);
+        }
+        Ok(Next::Continue)
+    }
+
+    fn tick_every(&self) -> Duration {
+        if self.grace_end.is_some() {
+            return Duration::from_millis(50);
+        }
+        (self.length.saturating_sub(self.start.elapsed())).min(Duration::from_millis(250))
+    }
+
+    fn finish(&mut self, _: &mut Capture, interrupted: bool) -> Result<()> {
+        if interrupted && self.elapsed.is_none() {
+            self.elapsed = Some(self.start.elapsed());
+        }
+        for done in self.correlator.finish() {
+            self.tally.add(&done);
+        }
+        if self.progress {
+            eprint!("\r\x1b[2K");
+        }
+        Ok(())
+    }
+}
 
 pub async fn run(args: DiagnoseArgs) -> Result<()> {
     super::check_duration(args.duration)?;
@@ -44,108 +131,53 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
     super::print_notes(&probe);
     let mut notes = probe.notes.clone();
     notes.extend(note);
-    let xdp_mode = probe.xdp_mode;
+    let (xdp_mode, netns, reasons) = (probe.xdp_mode, probe.netns, probe.reasons.clone());
+    let mut correlator = Correlator::new();
+    if probe.follows_forwarded {
+        correlator = correlator.following_forwarded(netns);
+    }
     let mut capture = Capture::new(probe)?;
     let packets_at_start = netinfo::rx_packets(&iface);
-    let mut sampler = OriginSampler::start();
+    let sampler = OriginSampler::start();
     write_ready_file(args.capture.ready_file.as_deref())?;
 
-    let progress = args.format == Format::Text
-        && std::env::var_os("NO_COLOR").is_none()
-        && std::io::stdout().is_terminal()
-        && std::io::stderr().is_terminal();
     let started_at = SystemTime::now();
-    let start = Instant::now();
-    let window = Duration::from_secs_f64(args.duration);
-    let mut correlator = Correlator::new();
-    let mut tally = Tally::default();
-    let mut batch = Vec::new();
-    let mut live = (0u64, 0u64); // (edge SYNs, edge failures) for the progress line
-    let mut last_sample = Instant::now();
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    let mut interrupted = false;
-
-    while start.elapsed() < window {
-        let tick = (window - start.elapsed()).min(Duration::from_millis(250));
-        tokio::select! {
-            _ = &mut shutdown => { interrupted = true; break; }
-            r = capture.next_batch(&mut batch, tick) => r?,
-        }
-        for ev in batch.drain(..) {
-            if ev.edge == Some(true) {
-                match ev.kind {
-                    Kind::Syn => live.0 += 1,
-                    Kind::Drop | Kind::ResetSent => live.1 += 1,
-                    _ => {}
-                }
-            }
-            if let Some(done) = correlator.observe(&ev) {
-                tally.add(&done);
-            }
-        }
-        if last_sample.elapsed() >= Duration::from_secs(1) {
-            sampler.sample();
-            last_sample = Instant::now();
-        }
-        if progress {
-            // Rounded up: a 30 s window starts at "30 s left".
-            let left = window
-                .saturating_sub(start.elapsed())
-                .as_millis()
-                .div_ceil(1000);
-            eprint!(
-                "\r\x1b[2K{left:>4} s left · edge SYNs {} · failure events {}",
-                live.0, live.1
-            );
-            let _ = std::io::stderr().flush();
-        }
-    }
-    let elapsed = start.elapsed();
-
-    // Let attempts begun in the window get their answer; start no new ones.
-    correlator.closed_to_new = true;
-    let grace_end = Instant::now() + GRACE;
-    while !interrupted && correlator.pending() > 0 && Instant::now() < grace_end {
-        capture
-            .next_batch(&mut batch, Duration::from_millis(50))
-            .await?;
-        for ev in batch.drain(..) {
-            if let Some(done) = correlator.observe(&ev) {
-                tally.add(&done);
-            }
-        }
-    }
-    capture.drain_all(&mut batch);
-    for ev in batch.drain(..) {
-        if let Some(done) = correlator.observe(&ev) {
-            tally.add(&done);
-        }
-    }
-    for done in correlator.finish() {
-        tally.add(&done);
-    }
-    if progress {
-        eprint!("\r\x1b[2K");
-    }
-
-    let window_secs = if interrupted {
-        elapsed.as_secs_f64()
-    } else {
-        args.duration
+    let mut w = Window {
+        correlator,
+        tally: Tally::default(),
+        sampler,
+        start: Instant::now(),
+        length: Duration::from_secs_f64(args.duration),
+        grace_end: None,
+        last_sample: Instant::now(),
+        live: (0, 0),
+        progress: args.format == Format::Text
+            && std::env::var_os("NO_COLOR").is_none()
+            && std::io::stdout().is_terminal()
+            && std::io::stderr().is_terminal(),
+        elapsed: None,
     };
-    let ctx = WindowContext {
+    session::run(&mut capture, &mut w).await?;
+
+    let interrupted = w.elapsed.is_some_and(|e| e < w.length);
+    let window_secs = match w.elapsed {
+        Some(e) if interrupted => e.as_secs_f64(),
+        _ => args.duration,
+    };
+    let ctx = window::WindowContext {
         interface: &iface,
+        netns,
+        reasons: &reasons,
         ports: &ports,
         window_secs,
         started_at,
         ranges: &ranges,
         notes: &notes,
         xdp_mode,
-        lost_events: correlator.lost_events.max(capture.lost_total()),
+        lost_events: w.correlator.lost_events.max(capture.lost_total()),
         packets_seen: netinfo::rx_packets(&iface).saturating_sub(packets_at_start),
     };
-    let report = window::report(&tally, &mut sampler, &ctx);
+    let report = window::report(&w.tally, &mut w.sampler, &ctx);
     let mut out = std::io::stdout().lock();
     match args.format {
         Format::Json => writeln!(out, "{}", report.to_json())?,

@@ -1,17 +1,71 @@
 //! `tracer events`: stream kernel events.
 
 use std::{
-    io::Write as _,
+    io::{BufWriter, Stdout, Write as _},
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
 
 use crate::{
-    capture::{shutdown_signal, write_ready_file, Capture},
+    capture::{write_ready_file, Capture},
     cli::{EventsArgs, Format},
+    event::Record,
+    events::EventRecord,
     ranges::RangeSet,
+    reasons::ReasonTable,
+    session::{self, Next, Sink},
 };
+
+/// Prints every record; stops at the deadline or when stdout goes away (`| head`).
+struct Printer {
+    out: BufWriter<Stdout>,
+    format: Format,
+    reasons: ReasonTable,
+    deadline: Option<Instant>,
+    closed: bool,
+}
+
+impl Sink for Printer {
+    fn record(&mut self, record: Record) {
+        if self.closed {
+            return;
+        }
+        let view = EventRecord::of(&record, &self.reasons);
+        let line = match self.format {
+            Format::Json => view.to_json(),
+            Format::Text => view.to_text(),
+        };
+        if writeln!(self.out, "{line}").is_err() {
+            self.closed = true;
+        }
+    }
+
+    fn tick(&mut self, _: &mut Capture) -> Result<Next> {
+        if self.out.flush().is_err() {
+            self.closed = true;
+        }
+        let past = self.deadline.is_some_and(|d| Instant::now() >= d);
+        Ok(if self.closed || past {
+            Next::Stop
+        } else {
+            Next::Continue
+        })
+    }
+
+    fn tick_every(&self) -> Duration {
+        let left = self
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        left.unwrap_or(Duration::MAX)
+            .min(Duration::from_millis(250))
+    }
+
+    fn finish(&mut self, _: &mut Capture, _: bool) -> Result<()> {
+        let _ = self.out.flush();
+        Ok(())
+    }
+}
 
 pub async fn run(args: EventsArgs) -> Result<()> {
     if let Some(d) = args.duration {
@@ -32,55 +86,17 @@ pub async fn run(args: EventsArgs) -> Result<()> {
         crate::kernel::DEFAULT_RING_BYTES,
     )?;
     super::print_notes(&probe);
+    let reasons = probe.reasons.clone();
     let mut capture = Capture::new(probe)?;
     write_ready_file(args.capture.ready_file.as_deref())?;
-
-    let deadline = args
-        .duration
-        .map(|d| Instant::now() + Duration::from_secs_f64(d));
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    let mut batch = Vec::new();
-    let stdout = std::io::stdout();
-    loop {
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if remaining == Some(Duration::ZERO) {
-            break;
-        }
-        let tick = remaining
-            .unwrap_or(Duration::from_millis(250))
-            .min(Duration::from_millis(250));
-        tokio::select! {
-            _ = &mut shutdown => break,
-            r = capture.next_batch(&mut batch, tick) => r?,
-        }
-        if !emit(&stdout, &mut batch, args.format) {
-            return Ok(()); // stdout closed (e.g. `| head`): nothing left to do.
-        }
-    }
-    capture.drain_all(&mut batch);
-    emit(&stdout, &mut batch, args.format);
-    Ok(())
-}
-
-/// Writes and clears the batch; false when stdout is gone.
-fn emit(
-    stdout: &std::io::Stdout,
-    batch: &mut Vec<crate::events::TracedEvent>,
-    format: Format,
-) -> bool {
-    if batch.is_empty() {
-        return true;
-    }
-    let mut out = stdout.lock();
-    for ev in batch.drain(..) {
-        let line = match format {
-            Format::Json => ev.to_json(),
-            Format::Text => ev.to_text(),
-        };
-        if writeln!(out, "{line}").is_err() {
-            return false;
-        }
-    }
-    out.flush().is_ok()
+    let mut printer = Printer {
+        out: BufWriter::new(std::io::stdout()),
+        format: args.format,
+        reasons,
+        deadline: args
+            .duration
+            .map(|d| Instant::now() + Duration::from_secs_f64(d)),
+        closed: false,
+    };
+    session::run(&mut capture, &mut printer).await
 }

@@ -46,10 +46,12 @@ pub fn start_probe(
     let ports = capture.ports();
     let probe = Probe::start(&ProbeOptions {
         iface: &iface,
-        xdp_mode: capture.xdp_mode,
+        xdp_mode: capture.xdp_mode.into(),
         ports: &ports,
         all_peers: wanted.all_peers,
-        attempt_drops_only: wanted.attempt_drops_only,
+        attempt_drops: wanted
+            .attempt_drops_only
+            .then_some(crate::reasons::DropClass::decides_attempts as fn(_) -> bool),
         closes: wanted.closes,
         ranges,
         ring_bytes: capture.ring_bytes.unwrap_or(default_ring_bytes),

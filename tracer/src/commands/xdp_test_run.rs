@@ -13,9 +13,12 @@ use tracer_common::counter;
 
 use crate::{
     cli::XdpTestRunArgs,
-    events::{decode_syn, Clock, JiffiesClock},
+    clock::{Clock, JiffiesClock},
+    event::decode_syn,
+    events::EventRecord,
     kernel::Probe,
     ranges::RangeSet,
+    reasons::ReasonTable,
 };
 
 fn unhex(text: &str) -> Result<Vec<u8>> {
@@ -89,7 +92,9 @@ pub fn run(args: XdpTestRunArgs) -> Result<()> {
             "action": action,
             "pass": action == 2,
             "events": emitted,
-            "event": first.map(|r| decode_syn(&r, &clock, &jiffies)),
+            "event": first
+                .and_then(|r| decode_syn(&r, &clock, &jiffies, 0))
+                .map(|ev| EventRecord::of_event(&ev, &ReasonTable::default())),
             "lost": delta(counter::LOST),
             "repeat": repeat,
             "ns_per_packet": per_run.as_nanos() as f64,

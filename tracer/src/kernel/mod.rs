@@ -15,14 +15,14 @@ use aya::{
 };
 use tracer_common::{
     counter, Config, Ipv4Key, Ipv6Key, KfreeSkbLayout, SendResetLayout, SockTpLayout,
-    CONFIG_F_ALL_PEERS, CONFIG_F_ATTEMPT_DROPS, CONFIG_F_NETNS_FILTER, CONFIG_F_NO_CLOSES,
-    DROP_REASON_WORDS, FIELD_ABSENT, PORT_BITMAP_WORDS,
+    CONFIG_F_ALL_PEERS, CONFIG_F_ATTEMPT_DROPS, CONFIG_F_FOLLOW_FORWARDED, CONFIG_F_NETNS_FILTER,
+    CONFIG_F_NO_CLOSES, DROP_REASON_WORDS, FIELD_ABSENT, PORT_BITMAP_WORDS,
 };
 
 use crate::{
-    correlate::{drop_class, is_teardown, DropClass},
-    events::{JiffiesSample, Name},
+    clock::JiffiesSample,
     ranges::{RangeSet, SparseBits},
+    reasons::{DropClass, ReasonTable},
 };
 
 /// The eBPF object built by `build.rs`.
@@ -35,56 +35,33 @@ pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 /// holds ~45k events, over a second of a 10k connections/s load.
 pub const AGENT_RING_BYTES: u32 = 4 << 20;
 
+/// How to attach XDP: `Auto` is driver (native) mode, except generic on veth, where native XDP
+/// copies every packet the local stack sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAttach {
+    Auto,
+    Driver,
+    Generic,
+}
+
+/// SYNs remembered for following forwarded connections (`ARRIVALS`, LRU): well over the SYNs
+/// of the 25 s an attempt may stay open at thousands of connections per second.
+const ARRIVAL_ENTRIES: u32 = 1 << 16;
+
 pub struct ProbeOptions<'a> {
     pub iface: &'a str,
-    pub xdp_mode: crate::cli::XdpModeArg,
+    pub xdp_mode: XdpAttach,
     pub ports: &'a [u16],
     pub all_peers: bool,
-    /// Report only the drops that can decide a connection attempt (`diagnose`, `agent`);
-    /// `events` shows every drop of a watched flow.
-    pub attempt_drops_only: bool,
+    /// Report only the drops that decide a connection attempt (`diagnose`, `agent`): bare
+    /// SYNs for any reason, other packets for reasons of these classes; `None`: every drop of
+    /// a watched flow (`events`).
+    pub attempt_drops: Option<fn(DropClass) -> bool>,
     /// Report connections closing (`agent` settles connections at the handshake and does
     /// without them unless it logs every event).
     pub closes: bool,
     pub ranges: &'a RangeSet,
     pub ring_bytes: u32,
-}
-
-/// Kernel reason codes to the kernel's own names, resolved from this kernel.
-///
-/// The names are leaked once per probe (a few kilobytes): every event then carries a borrowed
-/// name instead of a fresh allocation.
-#[derive(Clone, Debug, Default)]
-pub struct ReasonNames {
-    pub drop: HashMap<u32, &'static str>,
-    pub reset: HashMap<u32, &'static str>,
-}
-
-fn leak_names(names: HashMap<u32, String>) -> HashMap<u32, &'static str> {
-    names
-        .into_iter()
-        .map(|(code, name)| (code, &*Box::leak(name.into_boxed_str())))
-        .collect()
-}
-
-impl ReasonNames {
-    /// Name of an `enum skb_drop_reason` value. Since 6.4 the high 16 bits name a subsystem.
-    pub fn drop_reason(&self, raw: u32) -> Name {
-        if let Some(name) = self.drop.get(&raw) {
-            return Name::Borrowed(name);
-        }
-        if raw >> 16 != 0 {
-            return format!("SUBSYS_{}_{}", raw >> 16, raw & 0xffff).into();
-        }
-        format!("DROP_REASON_{raw}").into()
-    }
-
-    pub fn reset_reason(&self, raw: u32) -> Name {
-        match self.reset.get(&raw) {
-            Some(name) => Name::Borrowed(name),
-            None => format!("RST_REASON_{raw}").into(),
-        }
-    }
 }
 
 /// Reads jiffies and the coarse clock for the SYN log's timestamps (`Probe::jiffies_now`).
@@ -93,7 +70,11 @@ const CLOCK_PROGRAM: &str = "xdp_clock";
 /// What was attached, and what could not be.
 pub struct Probe {
     ebpf: Ebpf,
-    pub names: ReasonNames,
+    pub reasons: ReasonTable,
+    /// Inode of the tracer's network namespace: the watched interface's.
+    pub netns: u32,
+    /// Events of connections the host forwards to other namespaces are followed.
+    pub follows_forwarded: bool,
     /// One line each: hooks this kernel lacks and what that degrades.
     pub notes: Vec<String>,
     pub xdp_mode: &'static str,
@@ -106,6 +87,12 @@ pub struct Probe {
 /// Loads the object: `config` into its read-only data, the ring buffer and the SYN log sized
 /// from `ring_bytes` (the SYN log gets as much again, split over the CPUs).
 fn load(config: &mut Config, ring_bytes: u32) -> Result<(Ebpf, (u32, u32))> {
+    let arrivals = if config.flags & CONFIG_F_FOLLOW_FORWARDED != 0 {
+        ARRIVAL_ENTRIES
+    } else {
+        // Unused: the smallest size every kernel accepts for an LRU map.
+        64
+    };
     let cpus = synlog::possible_cpus()?;
     let slots = synlog::slots_per_cpu(ring_bytes, cpus);
     config.syn_slots_per_cpu = slots;
@@ -116,6 +103,7 @@ fn load(config: &mut Config, ring_bytes: u32) -> Result<(Ebpf, (u32, u32))> {
         .map_max_entries("EVENTS", ring_bytes)
         .map_max_entries("SYN_LOG", cpus * slots)
         .map_max_entries("SYN_CURSORS", cpus)
+        .map_max_entries("ARRIVALS", arrivals)
         .load(EBPF_OBJECT)
         .context("loading the eBPF programs")?;
     Ok((ebpf, (cpus, slots)))
@@ -241,29 +229,28 @@ fn one_line(e: &anyhow::Error) -> String {
     format!("{} verifier: {verdict}", head.trim())
 }
 
-/// The drop reasons that decide an attempt even on a packet other than its SYN (a refusal, a
-/// filter, a full queue), as the kernel's bitmap of reason numbers.
-fn attempt_drop_reasons(names: &HashMap<u32, &'static str>) -> [u64; DROP_REASON_WORDS] {
-    reason_bits(names, |name| drop_class(name) != DropClass::Other)
-}
-
-/// The drop reasons never reported with [`CONFIG_F_ATTEMPT_DROPS`], not even for a SYN.
-fn teardown_drop_reasons(names: &HashMap<u32, &'static str>) -> [u64; DROP_REASON_WORDS] {
-    reason_bits(names, is_teardown)
-}
-
-fn reason_bits(
-    names: &HashMap<u32, &'static str>,
-    wanted: impl Fn(&str) -> bool,
-) -> [u64; DROP_REASON_WORDS] {
+/// A bitmap of reason numbers, as the kernel reads `Config::drop_reasons`; numbers past it
+/// (subsystem reasons) are left out, not wrapped around.
+fn reason_bits(codes: &[u32]) -> [u64; DROP_REASON_WORDS] {
     let mut bits = [0u64; DROP_REASON_WORDS];
-    for (&code, name) in names {
+    for &code in codes {
         let word = (code >> 6) as usize;
-        if word < DROP_REASON_WORDS && wanted(name) {
+        if word < DROP_REASON_WORDS {
             bits[word] |= 1 << (code & 63);
         }
     }
     bits
+}
+
+/// Does this namespace forward packets (IPv4 `ip_forward` or IPv6 `forwarding`)? Only then can
+/// the host hand an edge connection to another namespace (DNAT to a container).
+pub fn forwarding_enabled() -> bool {
+    [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ]
+    .iter()
+    .any(|path| std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1"))
 }
 
 fn empty_bitmaps() -> ((SparseBits, SparseBits), Vec<u64>) {
@@ -285,7 +272,8 @@ impl Probe {
             config.flags |= CONFIG_F_ALL_PEERS;
         }
 
-        let mut names = ReasonNames::default();
+        let mut drop_names = HashMap::new();
+        let mut reset_names = HashMap::new();
         let kernel_btf = match btf::KernelBtf::load() {
             Ok(b) => Some(b),
             Err(e) => {
@@ -329,7 +317,7 @@ impl Probe {
                 protocol: off(f, "protocol"),
                 reason: off(f, "reason"),
             };
-            names.drop = leak_names(f.symbols("reason"));
+            drop_names = f.symbols("reason");
             if config.kfree_skb.reason == FIELD_ABSENT {
                 notes.push(
                     "kfree_skb has no reason field: drops are reported without the kernel's reason"
@@ -370,26 +358,36 @@ impl Probe {
                     sock_layout(f)
                 },
             };
-            names.reset = leak_names(f.symbols("reason"));
+            reset_names = f.symbols("reason");
             if config.send_reset.reason == FIELD_ABSENT {
                 notes.push("tcp_send_reset has no reason field: resets are reported without the kernel's reason, refusals come from kfree_skb NO_SOCKET".into());
             }
         }
+        let mut reasons = ReasonTable::new(drop_names, reset_names);
         if let Some(b) = &kernel_btf {
-            if names.drop.is_empty() {
-                names.drop = leak_names(b.enum_names("skb_drop_reason", "SKB_DROP_REASON_"));
-            }
-            if names.reset.is_empty() {
-                names.reset = leak_names(b.enum_names("sk_rst_reason", "SK_RST_REASON_"));
-            }
+            reasons.fill_from(ReasonTable::new(
+                b.enum_names("skb_drop_reason", "SKB_DROP_REASON_"),
+                b.enum_names("sk_rst_reason", "SK_RST_REASON_"),
+            ));
         }
         if !opts.closes {
             config.flags |= CONFIG_F_NO_CLOSES;
         }
-        if opts.attempt_drops_only && config.kfree_skb.reason != FIELD_ABSENT {
-            config.flags |= CONFIG_F_ATTEMPT_DROPS;
-            config.drop_reasons = attempt_drop_reasons(&names.drop);
-            config.teardown_reasons = teardown_drop_reasons(&names.drop);
+        if let Some(decides) = opts.attempt_drops {
+            if config.kfree_skb.reason != FIELD_ABSENT {
+                config.flags |= CONFIG_F_ATTEMPT_DROPS;
+                config.drop_reasons = reason_bits(&reasons.drop_codes(decides));
+                config.teardown_reasons =
+                    reason_bits(&reasons.drop_codes(|c| c == DropClass::Teardown));
+            }
+        }
+        let follows_forwarded = forwarding_enabled();
+        if follows_forwarded {
+            config.flags |= CONFIG_F_FOLLOW_FORWARDED;
+            notes.push(
+                "this namespace forwards packets: edge connections handed to other namespaces (DNAT to containers) are followed there"
+                    .into(),
+            );
         }
         if let Some(f) = formats.get("tp_recv_reset") {
             config.receive_reset = sock_layout(f);
@@ -405,7 +403,9 @@ impl Probe {
         let (ebpf, syn_log) = load(&mut config, opts.ring_bytes)?;
         let mut probe = Probe {
             ebpf,
-            names,
+            reasons,
+            netns: config.netns_inum,
+            follows_forwarded,
             notes,
             xdp_mode: "driver",
             bitmaps: empty_bitmaps(),
@@ -527,27 +527,21 @@ impl Probe {
         attached
     }
 
-    fn attach_xdp(
-        &mut self,
-        xdp_program: &str,
-        iface: &str,
-        mode: crate::cli::XdpModeArg,
-    ) -> Result<()> {
-        use crate::cli::XdpModeArg;
+    fn attach_xdp(&mut self, xdp_program: &str, iface: &str, mode: XdpAttach) -> Result<()> {
         self.load_clock_program()?;
         let xdp: &mut Xdp = program(&mut self.ebpf, xdp_program)?;
         xdp.load().context("loading the XDP program")?;
         let veth = crate::netinfo::driver_name(iface).as_deref() == Some("veth");
         let generic_first = match mode {
-            XdpModeArg::Generic => true,
-            XdpModeArg::Driver => false,
-            XdpModeArg::Auto => veth,
+            XdpAttach::Generic => true,
+            XdpAttach::Driver => false,
+            XdpAttach::Auto => veth,
         };
         if generic_first {
             xdp.attach(iface, XdpMode::Skb)
                 .map_err(|e| anyhow!("cannot attach XDP to {iface} in generic mode: {e}"))?;
             self.xdp_mode = "generic";
-            if mode == XdpModeArg::Auto {
+            if mode == XdpAttach::Auto {
                 self.notes.push(format!(
                     "{iface} is a veth: generic XDP (native XDP on veth copies every packet the local stack sends; --xdp-mode driver forces it)"
                 ));
@@ -556,7 +550,7 @@ impl Probe {
         }
         match xdp.attach(iface, XdpMode::Driver) {
             Ok(_) => self.xdp_mode = "driver",
-            Err(native) if mode == XdpModeArg::Auto => {
+            Err(native) if mode == XdpAttach::Auto => {
                 xdp.attach(iface, XdpMode::Skb).map_err(|generic| {
                     anyhow!(
                         "cannot attach XDP to {iface}: driver mode: {native}; generic mode: {generic} (is another XDP program attached?)"
@@ -686,7 +680,9 @@ impl Probe {
         let (ebpf, syn_log) = load(&mut config, ring_bytes)?;
         let mut probe = Probe {
             ebpf,
-            names: ReasonNames::default(),
+            reasons: ReasonTable::default(),
+            netns: 0,
+            follows_forwarded: false,
             notes: Vec::new(),
             xdp_mode: "test-run",
             bitmaps: empty_bitmaps(),
@@ -803,23 +799,24 @@ mod tests {
 
     #[test]
     fn attempt_drops_keep_refusals_filters_and_full_queues_only() {
-        let names: HashMap<u32, &'static str> = [
-            (2, "NO_SOCKET"),
-            (5, "NETFILTER_DROP"),
-            (70, "TCP_LISTEN_OVERFLOW"),
-            (71, "QUEUE_PURGE"),
-            (72, "TCP_OLD_ACK"),
-            (600, "NETFILTER_DROP"),
-        ]
-        .into_iter()
-        .collect();
-        let bits = attempt_drop_reasons(&names);
+        let reasons = ReasonTable::for_tests(
+            &[
+                (2, "NO_SOCKET"),
+                (5, "NETFILTER_DROP"),
+                (70, "TCP_LISTEN_OVERFLOW"),
+                (71, "QUEUE_PURGE"),
+                (72, "TCP_OLD_ACK"),
+                (600, "NETFILTER_DROP"),
+            ],
+            &[],
+        );
+        let bits = reason_bits(&reasons.drop_codes(DropClass::decides_attempts));
         let set = |code: u32| bits[(code >> 6) as usize] & (1 << (code & 63)) != 0;
         assert!(set(2) && set(5) && set(70));
         assert!(!set(71) && !set(72) && !set(0));
         // Codes past the bitmap (subsystem reasons) are left out, not wrapped around.
         assert_eq!(bits.iter().map(|w| w.count_ones()).sum::<u32>(), 3);
-        let teardown = teardown_drop_reasons(&names);
+        let teardown = reason_bits(&reasons.drop_codes(|c| c == DropClass::Teardown));
         assert_eq!(teardown[1], 1 << (71 - 64), "QUEUE_PURGE only");
         assert_eq!(teardown.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
     }

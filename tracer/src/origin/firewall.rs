@@ -9,12 +9,27 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 /// A packet to test: the edge peer sending to the origin.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Packet {
     pub peer: IpAddr,
+    /// Where it is going: the origin's address, or after DNAT the backend's.
     pub local: IpAddr,
     pub port: u16,
+    /// DNATed to another namespace: it crosses the forward hook, not input.
+    pub forwarded: bool,
 }
+
+/// How a chain ended for the packet.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Ending {
+    Accepted,
+    Dropped,
+    /// No rule decided: the caller goes on (the base chain's policy applies).
+    Fallthrough,
+}
+
+/// Jumps followed at most: nftables allows 16 levels.
+const MAX_JUMPS: usize = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
@@ -76,78 +91,34 @@ impl Ruleset {
         })
     }
 
-    /// Rules (and chain policies) that would drop or reject `p` on input.
+    /// Rules (and chain policies) that would drop or reject `p` on input (forward, when it
+    /// was forwarded), following jumps and gotos into the chains they name.
     pub fn blocking(&self, p: Packet) -> Vec<Finding> {
+        let hooks: &[&str] = if p.forwarded {
+            &["prerouting", "forward"]
+        } else {
+            &["prerouting", "input"]
+        };
         let mut out = Vec::new();
-        let chains: Vec<&Value> = self
+        for chain in self
             .items
             .iter()
             .filter_map(|i| i.get("chain"))
-            .filter(|c| matches!(c["hook"].as_str(), Some("input" | "prerouting")))
+            .filter(|c| c["hook"].as_str().is_some_and(|h| hooks.contains(&h)))
             .filter(|c| family_applies(c["family"].as_str().unwrap_or(""), p.peer))
-            .collect();
-        for chain in chains {
+        {
             let (family, table, name) = (
                 chain["family"].as_str().unwrap_or(""),
                 chain["table"].as_str().unwrap_or(""),
                 chain["name"].as_str().unwrap_or(""),
             );
-            let mut decided = false;
-            for rule in self
-                .items
-                .iter()
-                .filter_map(|i| i.get("rule"))
-                .filter(|r| r["family"] == family && r["table"] == table && r["chain"] == name)
-            {
-                let exprs = rule["expr"].as_array().cloned().unwrap_or_default();
-                let mut all = Tri::Yes;
-                let mut verdict = None;
-                for e in &exprs {
-                    if let Some(m) = e.get("match") {
-                        match self.eval_match(family, table, m, p) {
-                            Tri::No => {
-                                all = Tri::No;
-                                break;
-                            }
-                            Tri::Unknown => all = Tri::Unknown,
-                            Tri::Yes => {}
-                        }
-                    } else if let Some(v) = verdict_of(e) {
-                        verdict = Some(v);
-                    } else if !is_harmless(e) {
-                        all = Tri::Unknown;
-                    }
-                }
-                if all == Tri::No {
-                    continue;
-                }
-                match verdict {
-                    Some("drop" | "reject") => {
-                        let handle = rule["handle"].as_u64().unwrap_or(0);
-                        let body = self
-                            .text
-                            .get(&(family.into(), table.into(), name.into(), handle))
-                            .cloned()
-                            .unwrap_or_else(|| "(rule)".into());
-                        out.push(Finding {
-                            rule: format!(
-                                "table {family} {table} chain {name} handle {handle}: {body}"
-                            ),
-                            certain: all == Tri::Yes,
-                        });
-                        if all == Tri::Yes {
-                            decided = true;
-                            break;
-                        }
-                    }
-                    Some("accept") if all == Tri::Yes => {
-                        decided = true;
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-            if !decided && chain["policy"] == "drop" {
+            let at = ChainRef {
+                family,
+                table,
+                base: name,
+            };
+            let ending = self.eval_chain(at, name, p, true, 0, &mut out);
+            if ending == Ending::Fallthrough && chain["policy"] == "drop" {
                 out.push(Finding {
                     rule: format!(
                         "table {family} {table} chain {name}: policy drop (no rule accepts it)"
@@ -157,6 +128,120 @@ impl Ruleset {
             }
         }
         out
+    }
+
+    /// Evaluates the rules of `chain` in order. `certain`: every match on the way here was
+    /// evaluated and matched (a finding behind an unknown jump is only possible).
+    fn eval_chain(
+        &self,
+        at: ChainRef<'_>,
+        chain: &str,
+        p: Packet,
+        certain: bool,
+        depth: usize,
+        out: &mut Vec<Finding>,
+    ) -> Ending {
+        if depth > MAX_JUMPS {
+            return Ending::Fallthrough;
+        }
+        let (family, table) = (at.family, at.table);
+        for rule in self
+            .items
+            .iter()
+            .filter_map(|i| i.get("rule"))
+            .filter(|r| r["family"] == family && r["table"] == table && r["chain"] == chain)
+        {
+            let exprs = rule["expr"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            let mut all = Tri::Yes;
+            let mut verdict = None;
+            for e in exprs {
+                if let Some(m) = e.get("match") {
+                    match self.eval_match(family, table, m, p) {
+                        Tri::No => {
+                            all = Tri::No;
+                            break;
+                        }
+                        Tri::Unknown => all = Tri::Unknown,
+                        Tri::Yes => {}
+                    }
+                } else if let Some(v) = verdict_of(e) {
+                    verdict = Some((v, e));
+                } else if !is_harmless(e) {
+                    all = Tri::Unknown;
+                }
+            }
+            if all == Tri::No {
+                continue;
+            }
+            let sure = certain && all == Tri::Yes;
+            match verdict {
+                Some(("drop" | "reject", _)) => {
+                    let handle = rule["handle"].as_u64().unwrap_or(0);
+                    let body = self
+                        .text
+                        .get(&(family.into(), table.into(), chain.into(), handle))
+                        .cloned()
+                        .unwrap_or_else(|| "(rule)".into());
+                    let from = if chain == at.base {
+                        String::new()
+                    } else {
+                        format!(" (from {})", at.base)
+                    };
+                    out.push(Finding {
+                        rule: format!(
+                            "table {family} {table} chain {chain} handle {handle}{from}: {body}"
+                        ),
+                        certain: sure,
+                    });
+                    if sure {
+                        return Ending::Dropped;
+                    }
+                }
+                Some(("accept", _)) if sure => return Ending::Accepted,
+                Some(("jump" | "goto", e)) => {
+                    let target = e
+                        .get("jump")
+                        .or_else(|| e.get("goto"))
+                        .and_then(|j| j["target"].as_str())
+                        .unwrap_or("");
+                    let ending = self.eval_chain(at, target, p, sure, depth + 1, out);
+                    if ending != Ending::Fallthrough && all == Tri::Yes {
+                        return ending;
+                    }
+                    if e.get("goto").is_some() && all == Tri::Yes {
+                        return Ending::Fallthrough;
+                    }
+                }
+                Some(("return", _)) if all == Tri::Yes => return Ending::Fallthrough,
+                _ => {}
+            }
+        }
+        Ending::Fallthrough
+    }
+
+    /// The rule that DNATs to `addr:port`, from the ruleset's text (iptables-nft writes
+    /// Docker's DNAT as an xt target whose destination only the text shows): "table ip nat
+    /// chain DOCKER handle 4: iifname != \"docker0\" tcp dport 443 dnat to 172.17.0.2:80".
+    pub fn dnat_rule(&self, addr: IpAddr, port: u16) -> Option<String> {
+        let to = match addr {
+            IpAddr::V4(a) => format!("to {a}:{port}"),
+            IpAddr::V6(a) => format!("to [{a}]:{port}"),
+        };
+        let mut found: Vec<_> = self
+            .text
+            .iter()
+            .filter(|(_, body)| {
+                body.contains("dnat ")
+                    && body
+                        .split(" to ")
+                        .skip(1)
+                        .any(|rest| format!("to {rest}").starts_with(&to))
+            })
+            .collect();
+        found.sort();
+        found.first().map(|((family, table, chain, handle), body)| {
+            format!("table {family} {table} chain {chain} handle {handle}: {body}")
+        })
     }
 
     fn eval_match(&self, family: &str, table: &str, m: &Value, p: Packet) -> Tri {
@@ -279,6 +364,14 @@ impl Ruleset {
     }
 }
 
+/// The base chain an evaluation started from, and its table.
+#[derive(Clone, Copy)]
+struct ChainRef<'a> {
+    family: &'a str,
+    table: &'a str,
+    base: &'a str,
+}
+
 #[derive(Clone, Copy)]
 enum Subject {
     Addr(IpAddr),
@@ -335,8 +428,14 @@ fn verdict_of(e: &Value) -> Option<&'static str> {
             };
         }
     }
-    if e.get("jump").is_some() || e.get("goto").is_some() || e.get("return").is_some() {
-        return Some("other");
+    if e.get("jump").is_some() {
+        return Some("jump");
+    }
+    if e.get("goto").is_some() {
+        return Some("goto");
+    }
+    if e.get("return").is_some() {
+        return Some("return");
     }
     None
 }
@@ -410,7 +509,62 @@ table ip filter { # handle 2
             peer: peer.parse().unwrap(),
             local: "192.0.2.1".parse().unwrap(),
             port,
+            forwarded: false,
         }
+    }
+
+    /// A ruleset written by iptables-nft as Docker writes it: PREROUTING -> DOCKER DNAT of
+    /// 443 to 172.17.0.2:80, FORWARD -> DOCKER-USER (an admin's drop of an edge range) ->
+    /// RETURN, FORWARD -> DOCKER-FORWARD accept.
+    fn docker() -> Ruleset {
+        Ruleset::parse(
+            include_str!("testdata/docker-iptables-nft.json"),
+            include_str!("testdata/docker-iptables-nft.nft"),
+        )
+        .unwrap()
+    }
+
+    fn forwarded(peer: &str) -> Packet {
+        Packet {
+            peer: peer.parse().unwrap(),
+            local: "172.17.0.2".parse().unwrap(),
+            port: 80,
+            forwarded: true,
+        }
+    }
+
+    #[test]
+    fn follows_forward_into_docker_user() {
+        let rs = docker();
+        let f = rs.blocking(forwarded("173.245.48.10"));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].certain);
+        assert!(
+            f[0].rule.starts_with(
+                "table ip filter chain DOCKER-USER handle 4 (from FORWARD): ip saddr 173.245.48.0/20"
+            ),
+            "{}",
+            f[0].rule
+        );
+        // Others return from DOCKER-USER and are accepted by DOCKER-FORWARD.
+        assert!(rs.blocking(forwarded("198.51.100.7")).is_empty());
+        // The same packet on input (not forwarded) crosses no chain here.
+        assert!(rs.blocking(pkt("173.245.48.10", 443)).is_empty());
+    }
+
+    #[test]
+    fn names_the_dnat_rule_from_the_text() {
+        let rs = docker();
+        let rule = rs
+            .dnat_rule("172.17.0.2".parse().unwrap(), 80)
+            .expect("DOCKER's rule");
+        assert!(
+            rule.starts_with("table ip nat chain DOCKER handle ")
+                && rule.ends_with("dnat to 172.17.0.2:80"),
+            "{rule}"
+        );
+        assert_eq!(rs.dnat_rule("172.17.0.2".parse().unwrap(), 8080), None);
+        assert_eq!(rs.dnat_rule("172.17.0.3".parse().unwrap(), 80), None);
     }
 
     #[test]

@@ -14,6 +14,37 @@ pub struct Listener {
     pub accept_queue: u32,
     /// The backlog in force (`sk_max_ack_backlog`); unknown from /proc.
     pub backlog: Option<u32>,
+    /// The network namespace it listens in, when not the tracer's (a container's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
+    /// The container that namespace belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// A process in that namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    /// `port_reservation`: a host socket on a published port whose edge connections are
+    /// DNATed elsewhere (docker-proxy): not the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Self {
+            addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 0,
+            accept_queue: 0,
+            backlog: None,
+            netns: None,
+            container: None,
+            pid: None,
+            comm: None,
+            role: None,
+        }
+    }
 }
 
 impl Listener {
@@ -93,6 +124,7 @@ pub fn parse(text: &str) -> Vec<Listener> {
             port,
             accept_queue: u32::from_str_radix(rx, 16).unwrap_or(0),
             backlog: None,
+            ..Listener::default()
         });
     }
     out
@@ -172,6 +204,7 @@ mod sock_diag {
             port,
             accept_queue: u32_at(56),
             backlog: Some(u32_at(60)),
+            ..Listener::default()
         })
     }
 

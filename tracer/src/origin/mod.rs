@@ -1,6 +1,8 @@
-//! The origin's own state, read from its network namespace: what listens, what the kernel
-//! counted, what the firewall says.
+//! The origin's own state, read from its network namespace and the namespaces it forwards
+//! edge connections to: what listens, what the kernel counted, what the firewall says.
 
+pub mod backends;
 pub mod counters;
 pub mod firewall;
 pub mod listeners;
+pub mod namespaces;

@@ -1,0 +1,151 @@
+//! Where forwarded edge connections went: each backend (the address and port after DNAT, in
+//! its namespace) with the process and container there, its listeners, and the rule that
+//! rewrote the destination.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde::Serialize;
+
+use super::{firewall::Ruleset, listeners::Listener, namespaces::Namespace};
+use crate::correlate::{Backend, Outcome};
+
+/// One backend as the report shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BackendReport {
+    /// After DNAT.
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Inode of the namespace that answered.
+    pub netns: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The rule that rewrote the destination, when the ruleset shows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dnat_rule: Option<String>,
+    /// The port the edge connected to.
+    pub edge_port: u16,
+    /// The namespace no longer exists (the container stopped during the window).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub gone: bool,
+    /// Edge attempts forwarded here, by outcome.
+    #[serde(skip)]
+    pub outcomes: BTreeMap<Outcome, u64>,
+    /// Its namespace's listeners; `Err` when they could not be read.
+    #[serde(skip)]
+    pub listeners: Result<Vec<Listener>, String>,
+    /// "container 3f2a9c4b1d2e", "namespace netns:[...] (pid 812 nginx)", or "this host".
+    #[serde(skip)]
+    pub place: String,
+    /// In another namespace than the tracer's.
+    #[serde(skip)]
+    pub elsewhere: bool,
+}
+
+impl BackendReport {
+    pub fn endpoint(&self) -> String {
+        endpoint(self.addr, self.port)
+    }
+
+    /// "table ip nat chain DOCKER": the DNAT rule's chain, for sentences.
+    pub fn dnat_chain(&self) -> Option<&str> {
+        let rule = self.dnat_rule.as_deref()?;
+        let end = rule.find(" handle ").unwrap_or(rule.len());
+        Some(&rule[..end])
+    }
+
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        self.outcomes.get(&outcome).copied().unwrap_or(0)
+    }
+}
+
+pub fn endpoint(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+        a => format!("{a}:{port}"),
+    }
+}
+
+/// Resolves each backend seen (with the edge port and outcomes of its attempts) against the
+/// live system: its namespace, listeners and DNAT rule. `own_netns`: the tracer's, whose
+/// listeners are read directly.
+pub fn resolve(
+    seen: &BTreeMap<(Backend, u16), BTreeMap<Outcome, u64>>,
+    own_netns: u32,
+    ruleset: Option<&Ruleset>,
+) -> Vec<BackendReport> {
+    seen.iter()
+        .map(|((b, edge_port), outcomes)| {
+            let own = b.netns == own_netns || b.netns == 0;
+            let ns = (!own).then(|| Namespace::find(b.netns));
+            let gone = matches!(ns, Some(None));
+            let ns = ns.flatten();
+            let listeners = if own {
+                Ok(super::listeners::read())
+            } else {
+                match &ns {
+                    Some(ns) => ns.listeners().map(|mut all| {
+                        for l in &mut all {
+                            l.container = ns.container.clone();
+                            l.pid = ns.pid;
+                            l.comm = ns.comm.clone();
+                        }
+                        all
+                    }),
+                    None => Err(format!(
+                        "namespace netns:[{}] went away (container stopped?)",
+                        b.netns
+                    )),
+                }
+            };
+            let place = match &ns {
+                Some(ns) => ns.describe(),
+                None if own => "this host".to_string(),
+                None => format!("namespace netns:[{}]", b.netns),
+            };
+            BackendReport {
+                addr: b.addr,
+                port: b.port,
+                netns: b.netns,
+                pid: ns.as_ref().and_then(|n| n.pid),
+                comm: ns.as_ref().and_then(|n| n.comm.clone()),
+                container: ns.as_ref().and_then(|n| n.container.clone()),
+                dnat_rule: ruleset.and_then(|rs| rs.dnat_rule(b.addr, b.port)),
+                edge_port: *edge_port,
+                gone,
+                outcomes: outcomes.clone(),
+                listeners,
+                place,
+                elsewhere: !own,
+            }
+        })
+        .collect()
+}
+
+/// The tracer's own listeners, with a host socket on a port whose edge connections all went
+/// to backends marked as a reservation (docker-proxy holds published ports), then every
+/// backend namespace's listeners.
+pub fn all_listeners(mut own: Vec<Listener>, backends: &[BackendReport]) -> Vec<Listener> {
+    for l in &mut own {
+        if backends
+            .iter()
+            .any(|b| b.edge_port == l.port && b.elsewhere)
+        {
+            l.role = Some("port_reservation");
+        }
+    }
+    let mut seen_ns = Vec::new();
+    for b in backends {
+        if seen_ns.contains(&b.netns) {
+            continue;
+        }
+        seen_ns.push(b.netns);
+        if let Ok(ls) = &b.listeners {
+            own.extend(ls.iter().filter(|l| l.netns.is_some()).cloned());
+        }
+    }
+    own
+}

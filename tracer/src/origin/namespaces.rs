@@ -1,0 +1,251 @@
+//! Other network namespaces the host forwards edge connections to (containers): found by
+//! inode, named by a process in them and its container, and entered to read their listeners.
+
+use std::{
+    fs::File,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    path::{Path, PathBuf},
+};
+
+use super::listeners::{self, Listener};
+
+/// Where bind mounts of named namespaces live: `ip netns` and Docker.
+const NAMED_NAMESPACE_DIRS: [&str; 2] = ["/run/netns", "/var/run/docker/netns"];
+
+/// Tasks looked at, at most, when searching /proc for a namespace (a bound read on a busy host).
+const MAX_TASKS: usize = 100_000;
+
+/// A network namespace, as far as it could be found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Namespace {
+    pub inode: u32,
+    /// A file that refers to it (a task's `ns/net` or a bind mount), to enter it by.
+    pub path: Option<PathBuf>,
+    /// A process in it, and its name.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// The container the process belongs to, from its cgroup.
+    pub container: Option<String>,
+}
+
+impl Namespace {
+    /// Finds the namespace with this inode: named ones first, then the tasks in /proc.
+    /// `None` when nothing refers to it any more (the container stopped).
+    pub fn find(inode: u32) -> Option<Namespace> {
+        let mut found = Namespace {
+            inode,
+            ..Namespace::default()
+        };
+        for dir in NAMED_NAMESPACE_DIRS {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if inode_of(&entry.path()) == Some(inode) {
+                    found.path = Some(entry.path());
+                    break;
+                }
+            }
+        }
+        if let Some((pid, path)) = find_task(inode) {
+            found.path.get_or_insert(path);
+            found.pid = Some(pid);
+            found.comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .ok()
+                .map(|c| c.trim().to_string());
+            found.container = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .ok()
+                .and_then(|text| container_id(&text));
+        }
+        found.path.is_some().then_some(found)
+    }
+
+    /// Its listening sockets, read from inside it.
+    pub fn listeners(&self) -> Result<Vec<Listener>, String> {
+        let path = self
+            .path
+            .clone()
+            .ok_or_else(|| format!("nothing refers to netns:[{}]", self.inode))?;
+        let inode = self.inode;
+        in_namespace(&path, move || {
+            let mut all = listeners::read();
+            for l in &mut all {
+                l.netns = Some(inode);
+            }
+            all
+        })
+    }
+
+    /// "container 3f2a9c4b1d2e" or "namespace netns:[4026532...] (pid 812 nginx)".
+    pub fn describe(&self) -> String {
+        if let Some(c) = &self.container {
+            return format!("container {}", short_id(c));
+        }
+        match (self.pid, &self.comm) {
+            (Some(pid), Some(comm)) => {
+                format!("namespace netns:[{}] (pid {pid} {comm})", self.inode)
+            }
+            _ => format!("namespace netns:[{}]", self.inode),
+        }
+    }
+}
+
+/// A container id as people see it: the first 12 characters.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+fn inode_of(path: &Path) -> Option<u32> {
+    std::fs::metadata(path)
+        .ok()
+        .and_then(|m| u32::try_from(m.ino()).ok())
+}
+
+/// A task (thread) in the namespace: its process id and its `ns/net` path.
+fn find_task(inode: u32) -> Option<(u32, PathBuf)> {
+    let mut seen = 0;
+    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(tasks) = std::fs::read_dir(proc_entry.path().join("task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            seen += 1;
+            if seen > MAX_TASKS {
+                return None;
+            }
+            let ns = task.path().join("ns/net");
+            if inode_of(&ns) == Some(inode) {
+                return Some((pid, ns));
+            }
+        }
+    }
+    None
+}
+
+/// Runs `f` on a thread that joined the namespace at `path`; the caller's threads stay put.
+fn in_namespace<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let shown = path.display().to_string();
+    std::thread::spawn(move || {
+        // SAFETY: a valid namespace fd; only this short-lived thread changes namespace.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!(
+                "cannot enter {shown}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| "namespace reader panicked".to_string())?
+}
+
+/// The container id in a process's `/proc/PID/cgroup`: Docker (`docker-<id>.scope`,
+/// `/docker/<id>`), Podman (`libpod-<id>.scope`), containerd/CRI-O (`cri-containerd-<id>`,
+/// `crio-<id>`), or a Kubernetes pod UID (`kubepods…pod<uid>`) when no container id shows.
+pub fn container_id(cgroup: &str) -> Option<String> {
+    let is_id = |s: &str| s.len() >= 12 && s.chars().all(|c| c.is_ascii_hexdigit());
+    let mut pod = None;
+    for line in cgroup.lines() {
+        let path = line.rsplit(':').next().unwrap_or(line);
+        for part in path.split('/') {
+            let part = part.trim_end_matches(".scope");
+            for prefix in ["docker-", "libpod-", "cri-containerd-", "crio-", ""] {
+                if let Some(id) = part.strip_prefix(prefix) {
+                    if is_id(id) && id.len() >= 32 {
+                        return Some(id.to_string());
+                    }
+                }
+            }
+            if let Some((_, rest)) = part
+                .rsplit_once("pod")
+                .filter(|_| part.starts_with("kubepods"))
+            {
+                let uid = rest.trim_end_matches(".slice").replace('_', "-");
+                if uid.len() >= 32 {
+                    pod = Some(format!("pod {uid}"));
+                }
+            }
+        }
+    }
+    pod
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f2a9c4b1d2e8f70aa11bb22cc33dd44ee55ff6600112233445566778899aabb";
+
+    #[test]
+    fn container_ids_from_cgroups() {
+        assert_eq!(
+            container_id(&format!("0::/system.slice/docker-{ID}.scope\n")).as_deref(),
+            Some(ID)
+        );
+        assert_eq!(
+            container_id(&format!("12:pids:/docker/{ID}\n11:cpu:/docker/{ID}\n")).as_deref(),
+            Some(ID)
+        );
+        assert_eq!(
+            container_id(&format!("0::/machine.slice/libpod-{ID}.scope/container\n")).as_deref(),
+            Some(ID)
+        );
+        assert_eq!(
+            container_id(
+                "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1a2b3c4d_5e6f_7a8b_9c0d_1e2f3a4b5c6d.slice\n"
+            )
+            .as_deref(),
+            Some("pod 1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d")
+        );
+        assert_eq!(
+            container_id("0::/user.slice/user-0.slice/session-3.scope\n"),
+            None
+        );
+        assert_eq!(container_id(""), None);
+    }
+
+    #[test]
+    fn describes_by_container_or_process() {
+        let mut ns = Namespace {
+            inode: 4026532999,
+            pid: Some(812),
+            comm: Some("nginx".into()),
+            ..Namespace::default()
+        };
+        assert_eq!(
+            ns.describe(),
+            "namespace netns:[4026532999] (pid 812 nginx)"
+        );
+        ns.container = Some(ID.into());
+        assert_eq!(ns.describe(), "container 3f2a9c4b1d2e");
+    }
+
+    #[test]
+    fn this_namespace_is_found_through_this_process() {
+        let inode = inode_of(Path::new("/proc/self/ns/net")).unwrap();
+        let ns = Namespace::find(inode).expect("own namespace");
+        assert!(ns.path.is_some() && ns.pid.is_some());
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let listeners = ns.listeners().unwrap();
+        assert!(listeners
+            .iter()
+            .any(|x| x.port == port && x.netns == Some(inode)));
+    }
+
+    #[test]
+    fn a_namespace_nothing_refers_to_is_gone() {
+        assert_eq!(Namespace::find(1), None);
+    }
+}
