@@ -29,6 +29,14 @@ pub const OTHER_V6: &str = "2001:db8::10";
 /// Interface names inside the namespaces.
 pub const ORIGIN_IF: &str = "o521";
 pub const EDGE_IF: &str = "e521";
+/// The container behind the origin (as `docker run -p` would have it): the origin's end of
+/// the pair plays docker0.
+pub const BRIDGE_IF: &str = "d521";
+pub const CONTAINER_IF: &str = "c521";
+pub const BRIDGE_V4: &str = "172.17.0.1";
+pub const CONTAINER_V4: &str = "172.17.0.2";
+pub const BRIDGE_V6: &str = "fd00:17::1";
+pub const CONTAINER_V6: &str = "fd00:17::2";
 
 pub mod frames;
 pub mod scenarios;
@@ -124,6 +132,8 @@ impl Netns {
 pub struct Lab {
     pub origin: Netns,
     pub edge: Netns,
+    /// Unconnected until [`Lab::wire_container`].
+    pub container: Netns,
 }
 
 impl Lab {
@@ -138,10 +148,14 @@ impl Lab {
             edge: Netns {
                 name: format!("{base}-e"),
             },
+            container: Netns {
+                name: format!("{base}-c"),
+            },
         };
         // Created before any command that can fail, so Drop removes whatever exists.
         sh(&format!("ip netns add {}", lab.origin.name));
         sh(&format!("ip netns add {}", lab.edge.name));
+        sh(&format!("ip netns add {}", lab.container.name));
         sh(&format!(
             "ip link add {ORIGIN_IF} netns {} type veth peer name {EDGE_IF} netns {}",
             lab.origin.name, lab.edge.name
@@ -179,6 +193,65 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Joins the container namespace to the origin by a veth pair, as Docker's bridge does:
+    /// the origin forwards (ip_forward, IPv6 forwarding) and masquerades the container's own
+    /// outbound connections; the container routes everything through the origin.
+    pub fn wire_container(&self) {
+        sh(&format!(
+            "ip link add {BRIDGE_IF} netns {} type veth peer name {CONTAINER_IF} netns {}",
+            self.origin.name, self.container.name
+        ));
+        self.origin.sh(&format!(
+            "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1; \
+             ip link set {BRIDGE_IF} up; \
+             ip addr add {BRIDGE_V4}/16 dev {BRIDGE_IF}; \
+             ip -6 addr add {BRIDGE_V6}/64 dev {BRIDGE_IF} nodad; \
+             iptables -t nat -A POSTROUTING -s 172.17.0.0/16 ! -o {BRIDGE_IF} -j MASQUERADE; \
+             ip6tables -t nat -A POSTROUTING -s fd00:17::/64 ! -o {BRIDGE_IF} -j MASQUERADE"
+        ));
+        self.container.sh(&format!(
+            "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0; \
+             ip link set lo up; ip link set {CONTAINER_IF} up; \
+             ip addr add {CONTAINER_V4}/16 dev {CONTAINER_IF}; \
+             ip -6 addr add {CONTAINER_V6}/64 dev {CONTAINER_IF} nodad; \
+             ip route add default via {BRIDGE_V4}; \
+             ip -6 route add default via {BRIDGE_V6}"
+        ));
+        self.container
+            .sh(&format!("ping -c1 -W2 {BRIDGE_V4} >/dev/null || true"));
+        self.container
+            .sh(&format!("ping -6 -c1 -W2 {BRIDGE_V6} >/dev/null || true"));
+    }
+
+    /// Publishes `container_port` of the container on the origin's `host_port` exactly as
+    /// `docker run -p HOST:CONTAINER` writes it with iptables: nat PREROUTING (local
+    /// destinations) -> DOCKER -> DNAT; filter FORWARD -> DOCKER-USER (RETURN), then an
+    /// accept for the published port.
+    pub fn docker_publish(&self, host_port: u16, container_port: u16) {
+        self.origin.sh(&format!(
+            "iptables -t nat -N DOCKER; \
+             iptables -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER; \
+             iptables -t nat -A DOCKER ! -i {BRIDGE_IF} -p tcp -m tcp --dport {host_port} -j DNAT --to-destination {CONTAINER_V4}:{container_port}; \
+             iptables -N DOCKER-USER; \
+             iptables -A FORWARD -j DOCKER-USER; \
+             iptables -A DOCKER-USER -j RETURN; \
+             iptables -N DOCKER; \
+             iptables -A FORWARD -o {BRIDGE_IF} -j DOCKER; \
+             iptables -A DOCKER -d {CONTAINER_V4}/32 ! -i {BRIDGE_IF} -o {BRIDGE_IF} -p tcp -m tcp --dport {container_port} -j ACCEPT"
+        ));
+    }
+
+    /// The same with nftables, for IPv6: `dnat to [CONTAINER_V6]:container_port`.
+    pub fn nft_publish_v6(&self, host_port: u16, container_port: u16) {
+        self.origin.sh(&format!(
+            "nft add table ip6 nat; \
+             nft add chain ip6 nat prerouting '{{ type nat hook prerouting priority dstnat; }}'; \
+             nft add rule ip6 nat prerouting iifname {ORIGIN_IF} tcp dport {host_port} dnat to [{CONTAINER_V6}]:{container_port}"
+        ));
+    }
+}
+
 impl Default for Lab {
     fn default() -> Self {
         Self::new()
@@ -187,7 +260,7 @@ impl Default for Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for ns in [&self.origin, &self.edge] {
+        for ns in [&self.origin, &self.edge, &self.container] {
             let _ = Command::new("ip")
                 .args(["netns", "pids", &ns.name])
                 .output()

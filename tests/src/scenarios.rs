@@ -97,6 +97,20 @@ fn server(lab: &Lab, addr: &str, port: u16, mode: ServerMode) -> Keep {
     ))]
 }
 
+/// A web server in the container on `addr:80`.
+fn container_server(lab: &Lab, addr: &str) -> Keep {
+    vec![Box::new(Server::start(
+        lab.container.listen(addr, 80, 128),
+        ServerMode::Close,
+    ))]
+}
+
+/// `docker run -p 443:80`: the container wired behind the origin, port 443 published.
+fn docker_443_to_80(lab: &Lab) {
+    lab.wire_container();
+    lab.docker_publish(443, 80);
+}
+
 pub fn all() -> Vec<Scenario> {
     vec![
         Scenario {
@@ -226,6 +240,69 @@ pub fn all() -> Vec<Scenario> {
             expected: "refused",
             ports: "443",
             setup: |lab| vec![Box::new(lab.origin.listen("::1", 443, 16))],
+            traffic: |lab| {
+                attempts(lab, EDGE_V6, ORIGIN_V6, 443, 3);
+            },
+        },
+        Scenario {
+            name: "container behind Docker DNAT, serving",
+            expected: "healthy",
+            ports: "443",
+            setup: |lab| {
+                docker_443_to_80(lab);
+                container_server(lab, "0.0.0.0")
+            },
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 5);
+            },
+        },
+        Scenario {
+            name: "container behind Docker DNAT, nothing listens",
+            expected: "refused",
+            ports: "443",
+            setup: |lab| {
+                docker_443_to_80(lab);
+                Vec::new()
+            },
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
+            },
+        },
+        Scenario {
+            name: "container listens on its 127.0.0.1 only",
+            expected: "refused",
+            ports: "443",
+            setup: |lab| {
+                docker_443_to_80(lab);
+                container_server(lab, "127.0.0.1")
+            },
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
+            },
+        },
+        Scenario {
+            name: "DOCKER-USER drops Cloudflare",
+            expected: "firewall_drop",
+            ports: "443",
+            setup: |lab| {
+                docker_443_to_80(lab);
+                lab.origin
+                    .sh("iptables -I DOCKER-USER -s 173.245.48.0/20 -j DROP");
+                container_server(lab, "0.0.0.0")
+            },
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
+            },
+        },
+        Scenario {
+            name: "container behind nftables IPv6 DNAT, nothing listens",
+            expected: "refused",
+            ports: "443",
+            setup: |lab| {
+                lab.wire_container();
+                lab.nft_publish_v6(443, 80);
+                Vec::new()
+            },
             traffic: |lab| {
                 attempts(lab, EDGE_V6, ORIGIN_V6, 443, 3);
             },
