@@ -320,6 +320,22 @@ pub fn all() -> Vec<Scenario> {
     ]
 }
 
+/// The scenario of this name; panics naming it when there is none.
+pub fn by_name(name: &str) -> Scenario {
+    all()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no scenario {name}"))
+}
+
+/// Runs the scenario named and checks it gives the verdict it expects: the report.
+pub fn verdict_of(name: &str) -> Value {
+    let s = by_name(name);
+    let (report, _) = run(&s);
+    assert_eq!(report["verdict"], s.expected, "{name}: {report:#}");
+    report
+}
+
 /// Runs one scenario in a fresh lab: the report and the seconds it took.
 pub fn run(s: &Scenario) -> (Value, f64) {
     run_env(s, &[])

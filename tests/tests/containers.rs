@@ -5,24 +5,10 @@
 use std::time::Duration;
 
 use integration_tests::{
-    scenarios::{self, Scenario, SHORT},
+    scenarios::{verdict_of, SHORT},
     sockaddr, Lab, Tracer, CONTAINER_V4, CONTAINER_V6, EDGE_V4, ORIGIN_V4,
 };
 use serde_json::Value;
-
-fn scenario(name: &str) -> Scenario {
-    scenarios::all()
-        .into_iter()
-        .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("no scenario {name}"))
-}
-
-fn verdict_of(name: &str) -> Value {
-    let s = scenario(name);
-    let (report, _) = scenarios::run(&s);
-    assert_eq!(report["verdict"], s.expected, "{name}: {report:#}");
-    report
-}
 
 fn evidence(r: &Value) -> String {
     r["causes"][0]["evidence"].to_string()
@@ -171,4 +157,27 @@ fn the_containers_own_traffic_to_the_edge_does_not_count() {
     assert_eq!(r["edge"]["syn"], 2, "{r:#}");
     assert_eq!(r["edge"]["handshakes"], 2, "{r:#}");
     assert_eq!(r["non_edge"]["syn"], 0, "{r:#}");
+}
+
+/// The container stops mid-window (its namespace is deleted): the attempts it refused keep
+/// their outcome, and the report says the backend went away.
+#[test]
+fn a_container_gone_mid_window_keeps_its_attempts() {
+    let lab = Lab::new();
+    lab.wire_container();
+    lab.docker_publish(443, 80);
+    let tracer = Tracer::diagnose(&lab.origin, "443", "4");
+    for _ in 0..3 {
+        let _ = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT);
+    }
+    integration_tests::sh(&format!("ip netns del {}", lab.container.name));
+    let stderr = tracer.stderr_text();
+    let (code, out) = tracer.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{stderr}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["verdict"], "refused", "{r:#}");
+    assert_eq!(r["edge"]["refused"], 3, "{r:#}");
+    let b = only_backend(&r);
+    assert_eq!(b["gone"], true, "{b:#}");
+    assert!(evidence(&r).contains("went away"), "{r:#}");
 }

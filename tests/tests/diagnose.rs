@@ -1,22 +1,7 @@
 //! `tracer diagnose` on the real kernel: one test per verdict and the tricky mixes.
 
-use integration_tests::scenarios::{self, Scenario};
+use integration_tests::scenarios::{self, verdict_of};
 use serde_json::Value;
-
-fn scenario(name: &str) -> Scenario {
-    scenarios::all()
-        .into_iter()
-        .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("no scenario {name}"))
-}
-
-/// Runs the scenario and checks the verdict it names.
-fn verdict_of(name: &str) -> Value {
-    let s = scenario(name);
-    let (report, _) = scenarios::run(&s);
-    assert_eq!(report["verdict"], s.expected, "{name}: {report:#}");
-    report
-}
 
 fn causes(r: &Value) -> Vec<String> {
     r["causes"]
@@ -209,13 +194,13 @@ fn classic_tracepoints_give_the_same_verdicts() {
             .iter()
             .any(|n| n.as_str().unwrap().contains("classic tracepoints forced"))
     };
-    let s = scenario("mixed: refused 8080, firewall 443");
+    let s = scenarios::by_name("mixed: refused 8080, firewall 443");
     let (r, _) = scenarios::run_env(&s, &env);
     assert!(forced(&r), "{r:#}");
     assert_eq!(r["verdict"], s.expected, "{r:#}");
     assert_eq!(r["edge"]["firewall_drops"], 4, "{r:#}");
     assert_eq!(r["edge"]["refused"], 2, "{r:#}");
-    let s = scenario("healthy");
+    let s = scenarios::by_name("healthy");
     let (r, _) = scenarios::run_env(&s, &env);
     assert!(forced(&r), "{r:#}");
     assert_eq!(r["verdict"], s.expected, "{r:#}");
@@ -227,7 +212,7 @@ fn classic_tracepoints_give_the_same_verdicts() {
 /// does nothing, so traffic the real programs would count leaves no trace.
 #[test]
 fn empty_programs_attach_and_trace_nothing() {
-    let s = scenario("healthy");
+    let s = scenarios::by_name("healthy");
     let (r, _) = scenarios::run_env(&s, &[("TRACER_EMPTY_PROGRAMS", "1")]);
     let notes = r["notes"].to_string();
     assert!(notes.contains("empty programs on every hook"), "{r:#}");

@@ -232,7 +232,7 @@ pub fn netns_filter() -> bool {
 /// Records a SYN that arrived at the watched interface (`follow_forwarded` only).
 #[inline(always)]
 pub fn record_arrival(key: &ArrivalKey, seq: u32) {
-    let _ = ARRIVALS.insert(key, &seq, 0);
+    let _ = ARRIVALS.insert(key, seq, 0);
 }
 
 /// Did a SYN from this peer address and port arrive at the watched interface? With `seq` (the
@@ -244,7 +244,7 @@ pub fn arrival_matches(family: u16, peer: &[u8; 16], peer_port: u16, seq: Option
         port: peer_port,
         family,
     };
-    match unsafe { ARRIVALS.get(&key) } {
+    match unsafe { ARRIVALS.get(key) } {
         Some(isn) => seq.is_none_or(|s| s == *isn),
         None => false,
     }

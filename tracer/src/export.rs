@@ -13,6 +13,20 @@ use prometheus::{
 
 use crate::{correlate::Outcome, ranges::RangeSet, verdict::Verdict};
 
+/// The alert in `deploy/alerts.yml` that pages for a verdict, if one does: a new verdict
+/// does not compile until it is decided here (a test checks each named alert exists).
+/// `unanswered` and `other_drop` have none yet (the fleet alerts issue adds them).
+pub fn alert_for(verdict: Verdict) -> Option<&'static str> {
+    match verdict {
+        Verdict::Refused => Some("CloudflareConnectionsRefused"),
+        Verdict::FirewallDrop => Some("CloudflareConnectionsFirewalled"),
+        Verdict::Overloaded => Some("OriginOverloaded"),
+        Verdict::ResetByOrigin => Some("OriginResetsConnections"),
+        Verdict::NeverArriving => Some("CloudflareTrafficNeverArrives"),
+        Verdict::Healthy | Verdict::Unanswered | Verdict::OtherDrop => None,
+    }
+}
+
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 pub struct Metrics {
@@ -252,6 +266,20 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_alert_a_verdict_names_exists() {
+        let rules = include_str!("../../deploy/alerts.yml");
+        for v in Verdict::ALL {
+            if let Some(alert) = alert_for(v) {
+                assert!(
+                    rules.contains(&format!("alert: {alert}\n")),
+                    "{alert} for {} missing from deploy/alerts.yml",
+                    v.as_str()
+                );
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

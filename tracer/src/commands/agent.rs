@@ -263,6 +263,11 @@ impl Agent {
         };
         let report = window::report(&self.tally, &mut self.sampler, &ctx);
         self.metrics.set_verdict(report.verdict);
+        tracing::info!(
+            verdict = report.verdict.as_str(),
+            alert = export::alert_for(report.verdict).unwrap_or("none"),
+            "window closed"
+        );
         self.sink.line(&verdict_record(&report));
         self.tally = Tally::default();
         self.window_start = (Instant::now(), SystemTime::now());
