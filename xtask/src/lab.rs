@@ -14,8 +14,10 @@ pub fn run(tracer: &Path) -> Result<()> {
         bail!("the lab creates network namespaces and loads eBPF: run `sudo cargo xtask lab`");
     }
     let all = scenarios::all();
+    // The widest name sets the first column.
+    let w = all.iter().map(|s| s.name.len()).max().unwrap_or(0).max(8);
     println!(
-        "{:<42} {:<16} {:<16} {:>7}",
+        "{:<w$} {:<16} {:<16} {:>7}",
         "scenario", "expected", "verdict", "seconds"
     );
     let mut failed = 0;
@@ -34,7 +36,7 @@ pub fn run(tracer: &Path) -> Result<()> {
             failed += 1;
         }
         println!(
-            "{:<42} {:<16} {:<16} {:>7.1}{mark}",
+            "{:<w$} {:<16} {:<16} {:>7.1}{mark}",
             s.name, s.expected, verdict, secs
         );
     }
