@@ -37,6 +37,29 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::Syn,
+        Kind::Drop,
+        Kind::ResetSent,
+        Kind::ResetReceived,
+        Kind::Established,
+        Kind::Closed,
+        Kind::SynackRetransmit,
+    ];
+
+    /// The wire name (`tracer events`, the agent's log).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Syn => "syn",
+            Self::Drop => "drop",
+            Self::ResetSent => "reset_sent",
+            Self::ResetReceived => "reset_received",
+            Self::Established => "established",
+            Self::Closed => "closed",
+            Self::SynackRetransmit => "synack_retransmit",
+        }
+    }
+
     fn of_kernel(kind: EventKind) -> Self {
         match kind {
             EventKind::Syn => Self::Syn,
@@ -204,6 +227,30 @@ impl Event {
 
     pub fn seq(&self) -> Option<u32> {
         self.tcp.map(|(_, seq)| seq)
+    }
+}
+
+/// An edge SYN-less event of `kind` from 173.245.48.10:`peer_port` to 192.0.2.1:443 in the
+/// host's namespace, at `ms` after the epoch: what tests build recorded sequences from.
+#[cfg(test)]
+pub fn sample(kind: Kind, peer_port: u16, ms: u64) -> Event {
+    Event {
+        ts: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        kind,
+        flow: Flow {
+            peer: "173.245.48.10".parse().unwrap(),
+            peer_port,
+            local: "192.0.2.1".parse().unwrap(),
+            local_port: 443,
+        },
+        netns: 4026531840,
+        edge: true,
+        forwarded: false,
+        tcp: None,
+        state: None,
+        reason: None,
+        direction: None,
+        socket: None,
     }
 }
 

@@ -10,31 +10,39 @@ use crate::{
     reasons::{Name, ReasonTable},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// `kind` in the schema: an event's kind (named by [`event::Kind::as_str`]), or `loss`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
-    Syn,
-    Drop,
-    ResetSent,
-    ResetReceived,
-    Established,
-    Closed,
-    SynackRetransmit,
+    Event(event::Kind),
     Loss,
 }
 
 impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Syn => "syn",
-            Self::Drop => "drop",
-            Self::ResetSent => "reset_sent",
-            Self::ResetReceived => "reset_received",
-            Self::Established => "established",
-            Self::Closed => "closed",
-            Self::SynackRetransmit => "synack_retransmit",
+            Self::Event(kind) => kind.as_str(),
             Self::Loss => "loss",
         }
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        if name == "loss" {
+            return Ok(Self::Loss);
+        }
+        event::Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .map(Self::Event)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown kind {name}")))
     }
 }
 
@@ -244,18 +252,9 @@ impl EventRecord {
     }
 
     pub fn of_event(ev: &Event, reasons: &ReasonTable) -> Self {
-        let kind = match ev.kind {
-            event::Kind::Syn => Kind::Syn,
-            event::Kind::Drop => Kind::Drop,
-            event::Kind::ResetSent => Kind::ResetSent,
-            event::Kind::ResetReceived => Kind::ResetReceived,
-            event::Kind::Established => Kind::Established,
-            event::Kind::Closed => Kind::Closed,
-            event::Kind::SynackRetransmit => Kind::SynackRetransmit,
-        };
         Self {
             ts: ev.ts,
-            kind,
+            kind: Kind::Event(ev.kind),
             peer_addr: Some(ev.flow.peer),
             peer_port: Some(ev.flow.peer_port),
             local_addr: Some(ev.flow.local),
@@ -284,13 +283,10 @@ impl EventRecord {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::Ipv6Addr, time::Duration};
+    use std::net::Ipv6Addr;
 
     use super::*;
-    use crate::{
-        event::{Flow, Kind as EvKind},
-        reasons::Reason,
-    };
+    use crate::{event::Kind as EvKind, reasons::Reason};
 
     fn table() -> ReasonTable {
         ReasonTable::for_tests(
@@ -300,24 +296,7 @@ mod tests {
     }
 
     fn ev(kind: EvKind) -> Event {
-        Event {
-            ts: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
-            kind,
-            flow: Flow {
-                peer: "173.245.48.10".parse().unwrap(),
-                peer_port: 40000,
-                local: "192.0.2.1".parse().unwrap(),
-                local_port: 443,
-            },
-            netns: 4026531840,
-            edge: true,
-            forwarded: false,
-            tcp: None,
-            state: None,
-            reason: None,
-            direction: None,
-            socket: None,
-        }
+        crate::event::sample(kind, 40000, 1000)
     }
 
     #[test]
@@ -351,6 +330,14 @@ mod tests {
         assert!(json.get("forwarded").is_none(), "only said when true");
         let back: EventRecord = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(back.seq, Some(77));
+        assert_eq!(back.kind, Kind::Event(EvKind::Drop));
+        for kind in EvKind::ALL {
+            let json = serde_json::to_string(&Kind::Event(kind)).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Kind>(&json).unwrap(),
+                Kind::Event(kind)
+            );
+        }
     }
 
     #[test]

@@ -9,8 +9,6 @@ use crate::{
     reasons::ReasonTable,
 };
 
-const EDGE: &str = "173.245.48.10";
-const ORIGIN: &str = "192.0.2.1";
 const HOST_NS: u32 = 4026531840;
 const CONTAINER_NS: u32 = 4026532999;
 const CONTAINER: &str = "172.17.0.2";
@@ -41,24 +39,7 @@ fn drop_reason(name: &str) -> Reason {
 }
 
 fn ev(kind: Kind, peer_port: u16, ms: u64) -> Event {
-    Event {
-        ts: SystemTime::UNIX_EPOCH + Duration::from_millis(ms),
-        kind,
-        flow: Flow {
-            peer: EDGE.parse().unwrap(),
-            peer_port,
-            local: ORIGIN.parse().unwrap(),
-            local_port: 443,
-        },
-        netns: HOST_NS,
-        edge: true,
-        forwarded: false,
-        tcp: None,
-        state: None,
-        reason: None,
-        direction: None,
-        socket: None,
-    }
+    crate::event::sample(kind, peer_port, ms)
 }
 
 fn syn(port: u16, seq: u32, ms: u64) -> Event {
