@@ -373,14 +373,15 @@ impl Correlator {
     /// peer address and port (DNAT rewrote the local end). `None`: a forwarded event of no
     /// attempt.
     fn attempt_key(&self, ev: &Event) -> Option<(Flow, Option<Backend>)> {
-        if self.open.contains_key(&ev.flow) {
+        // Not following (no forwarding): the event's own flow, with no extra lookup — this
+        // runs for every event at fleet rates. A SYN at the interface is always its own.
+        let Some(index) = &self.by_peer else {
+            return (!ev.forwarded).then_some((ev.flow, None));
+        };
+        if ev.kind == Kind::Syn || self.open.contains_key(&ev.flow) {
             return Some((ev.flow, None));
         }
-        if let Some(flow) = self
-            .by_peer
-            .as_ref()
-            .and_then(|index| index.get(&peer_key(&ev.flow)))
-        {
+        if let Some(flow) = index.get(&peer_key(&ev.flow)) {
             // The kernel says it is forwarded, or DNAT rewrote the address but kept a watched
             // port. Not a SYN at the interface (that starts its own attempt), nor the same
             // address at another port (the peer reusing its port for another connection); a
