@@ -229,15 +229,18 @@ impl Lab {
     /// destinations) -> DOCKER -> DNAT; filter FORWARD -> DOCKER-USER (RETURN), then an
     /// accept for the published port.
     pub fn docker_publish(&self, host_port: u16, container_port: u16) {
+        // The chains and jumps once, as the daemon creates them at start; a rule per port.
         self.origin.sh(&format!(
-            "iptables -t nat -N DOCKER; \
-             iptables -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER; \
+            "iptables -t nat -N DOCKER 2>/dev/null || true; \
+             iptables -t nat -C PREROUTING -m addrtype --dst-type LOCAL -j DOCKER 2>/dev/null \
+               || iptables -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER; \
+             iptables -N DOCKER-USER 2>/dev/null || true; \
+             iptables -C FORWARD -j DOCKER-USER 2>/dev/null || iptables -A FORWARD -j DOCKER-USER; \
+             iptables -C DOCKER-USER -j RETURN 2>/dev/null || iptables -A DOCKER-USER -j RETURN; \
+             iptables -N DOCKER 2>/dev/null || true; \
+             iptables -C FORWARD -o {BRIDGE_IF} -j DOCKER 2>/dev/null \
+               || iptables -A FORWARD -o {BRIDGE_IF} -j DOCKER; \
              iptables -t nat -A DOCKER ! -i {BRIDGE_IF} -p tcp -m tcp --dport {host_port} -j DNAT --to-destination {CONTAINER_V4}:{container_port}; \
-             iptables -N DOCKER-USER; \
-             iptables -A FORWARD -j DOCKER-USER; \
-             iptables -A DOCKER-USER -j RETURN; \
-             iptables -N DOCKER; \
-             iptables -A FORWARD -o {BRIDGE_IF} -j DOCKER; \
              iptables -A DOCKER -d {CONTAINER_V4}/32 ! -i {BRIDGE_IF} -o {BRIDGE_IF} -p tcp -m tcp --dport {container_port} -j ACCEPT"
         ));
     }
@@ -269,7 +272,11 @@ impl Drop for Lab {
                         let _ = Command::new("kill").args(["-9", pid]).status();
                     }
                 });
-            let _ = Command::new("ip").args(["netns", "del", &ns.name]).status();
+            // Quiet: a test may have deleted it already (a container stopped mid-window).
+            let _ = Command::new("ip")
+                .args(["netns", "del", &ns.name])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }

@@ -181,3 +181,75 @@ fn a_container_gone_mid_window_keeps_its_attempts() {
     assert_eq!(b["gone"], true, "{b:#}");
     assert!(evidence(&r).contains("went away"), "{r:#}");
 }
+
+/// The agent through the container: every forwarded connection counted once on the port the
+/// edge used, and a connection the container's application resets after accepting it counted
+/// as an origin reset on that port too (`2053`, published to the container's `8080`).
+#[test]
+fn the_agent_counts_forwarded_connections_on_the_edges_port() {
+    use integration_tests::{
+        eventually, metric,
+        scenarios::{Server, ServerMode},
+        TempDir, ORIGIN_IF,
+    };
+    const CONNECTIONS: usize = 300;
+    let lab = Lab::new();
+    lab.wire_container();
+    lab.docker_publish(443, 80);
+    lab.docker_publish(2053, 8080);
+    let _serving = Server::start(lab.container.listen("0.0.0.0", 80, 512), ServerMode::Close);
+    let _resetting = Server::start(
+        lab.container.listen("0.0.0.0", 8080, 128),
+        ServerMode::Reset,
+    );
+    let tmp = TempDir::new("agent-container");
+    let log = tmp.path("events.jsonl");
+    let _agent = Tracer::start(
+        &lab.origin,
+        &[
+            "agent",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            "443,2053",
+            "--window",
+            "2",
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+    );
+    for _ in 0..CONNECTIONS {
+        lab.edge
+            .connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT)
+            .expect("edge to the published port");
+    }
+    for _ in 0..3 {
+        // The resetting server's RST can beat connect()'s return: the handshake happened.
+        if let Ok(mut c) = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 2053), SHORT) {
+            use std::io::Read as _;
+            let _ = c.set_read_timeout(Some(SHORT));
+            let _ = c.read(&mut [0u8; 16]);
+        }
+    }
+    let series = |port: u16, outcome: &str| {
+        format!("tracer_edge_connections_total{{outcome=\"{outcome}\",port=\"{port}\"}}")
+    };
+    let expected = [
+        (series(443, "handshake"), CONNECTIONS as f64),
+        (series(443, "refused"), 0.0),
+        (series(443, "unanswered"), 0.0),
+        (series(2053, "handshake"), 3.0),
+        (series(2053, "origin_reset"), 3.0),
+        ("tracer_open_attempts".to_string(), 0.0),
+    ];
+    let mut text = String::new();
+    let ok = eventually(Duration::from_secs(10), || {
+        text = lab
+            .origin
+            .http_get("127.0.0.1:9521", "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        expected.iter().all(|(s, v)| metric(&text, s) == Some(*v))
+    });
+    assert!(ok, "metrics never matched {expected:?}:\n{text}");
+}
