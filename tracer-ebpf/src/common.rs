@@ -1,7 +1,7 @@
 //! Maps, load-time configuration and helpers shared by every program.
 
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::map,
     maps::{
@@ -61,9 +61,12 @@ pub static EDGE_V6_PREFILTER: Array<u64> = Array::with_max_entries(PREFILTER_WOR
 /// SYNs logged at the watched interface, by the peer's address and port (which DNAT leaves
 /// alone) -> the SYN's sequence number. Written by XDP only with `CONFIG_F_FOLLOW_FORWARDED`;
 /// the tracepoints look events of other namespaces up here. LRU: old attempts make room.
-/// Userspace sizes it at load time.
+/// Each CPU keeps its own LRU lists (`BPF_F_NO_COMMON_LRU`): once the map is full every insert
+/// evicts, and a list shared by the CPUs is a lock every SYN would take. Userspace sizes it
+/// at load time.
 #[map]
-pub static ARRIVALS: LruHashMap<ArrivalKey, u32> = LruHashMap::with_max_entries(1, 0);
+pub static ARRIVALS: LruHashMap<ArrivalKey, u32> =
+    LruHashMap::with_max_entries(1, BPF_F_NO_COMMON_LRU);
 
 /// Reads one configuration field without letting the compiler assume its initial value.
 macro_rules! config {

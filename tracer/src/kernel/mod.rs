@@ -87,13 +87,14 @@ pub struct Probe {
 /// Loads the object: `config` into its read-only data, the ring buffer and the SYN log sized
 /// from `ring_bytes` (the SYN log gets as much again, split over the CPUs).
 fn load(config: &mut Config, ring_bytes: u32) -> Result<(Ebpf, (u32, u32))> {
-    let arrivals = if config.flags & CONFIG_F_FOLLOW_FORWARDED != 0 {
-        ARRIVAL_ENTRIES
-    } else {
-        // Unused: the smallest size every kernel accepts for an LRU map.
-        64
-    };
     let cpus = synlog::possible_cpus()?;
+    let arrivals = if config.flags & CONFIG_F_FOLLOW_FORWARDED != 0 {
+        // Split between the CPUs' own LRU lists: each keeps a share worth seconds of SYNs.
+        ARRIVAL_ENTRIES.max(cpus * 2048)
+    } else {
+        // Unused: small, and a whole number per CPU as a per-CPU LRU wants.
+        cpus * 4
+    };
     let slots = synlog::slots_per_cpu(ring_bytes, cpus);
     config.syn_slots_per_cpu = slots;
     let ebpf = EbpfLoader::new()
