@@ -38,6 +38,8 @@ fn a_served_container_is_healthy_and_named() {
         "{b:#}"
     );
     assert_eq!(r["causes"][0]["backends"][0]["addr"], CONTAINER_V4);
+    // The listener's own process: this test holds the container's socket.
+    assert_eq!(b["pid"], std::process::id(), "{b:#}");
     // The container's listener is listed, marked with its namespace.
     let listeners = r["listeners"].as_array().unwrap();
     assert!(

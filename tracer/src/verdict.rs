@@ -594,6 +594,42 @@ fn healthy(i: &Inputs<'_>) -> Cause {
 
 #[cfg(test)]
 mod tests {
+    /// The lab scenario (`cargo xtask lab`, tests/src/scenarios.rs) that produces each verdict:
+    /// exhaustive, so a new verdict does not compile until the lab names it (or says why not).
+    fn lab_scenario(v: Verdict) -> Option<&'static str> {
+        match v {
+            Verdict::Healthy => Some("healthy"),
+            Verdict::Refused => Some("nothing listens"),
+            Verdict::FirewallDrop => Some("nft drops edge, allowlist admits others"),
+            Verdict::Overloaded => Some("accept queue full"),
+            Verdict::ResetByOrigin => Some("application resets after accept"),
+            Verdict::NeverArriving => Some("edge drops its own SYNs"),
+            // No lab cause yields these yet: the field-verdicts work (rp_filter, other drop
+            // reasons) adds their scenarios.
+            Verdict::Unanswered | Verdict::OtherDrop => None,
+        }
+    }
+
+    #[test]
+    fn the_lab_names_a_scenario_for_each_verdict() {
+        let scenarios = include_str!("../../tests/src/scenarios.rs");
+        for v in Verdict::ALL {
+            let Some(name) = lab_scenario(v) else {
+                continue;
+            };
+            let at = scenarios
+                .find(&format!("name: \"{name}\","))
+                .unwrap_or_else(|| panic!("no lab scenario {name:?}"));
+            let expected = scenarios[at..].lines().nth(1).unwrap_or_default().trim();
+            assert_eq!(
+                expected,
+                format!("expected: \"{}\",", v.as_str()),
+                "scenario {name:?} for {}",
+                v.as_str()
+            );
+        }
+    }
+
     use super::*;
     use crate::origin::firewall::Finding;
 

@@ -188,12 +188,15 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         (Some(Err(e)), true) => Err(e.clone()),
         _ => Ok(Vec::new()),
     };
-    let backends = backends::resolve(
+    let mut backends = backends::resolve(
         &tally.backends,
         ctx.netns,
         ruleset.as_ref().and_then(|r| r.as_ref().ok()),
     );
-    let listeners = backends::all_listeners(own_listeners, &backends);
+    let mut listeners = backends::all_listeners(own_listeners, &backends);
+    if !backends.is_empty() {
+        backends::name_owners(&mut listeners, &mut backends);
+    }
     let names = |m: &BTreeMap<Reason, u64>| -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
         for (r, n) in m {

@@ -125,6 +125,29 @@ pub fn resolve(
         .collect()
 }
 
+/// Names the process that holds each listener (not just one in its namespace), and each
+/// backend's process by the listener on its port when there is one. Reads /proc's
+/// descriptors: done only when edge attempts were forwarded.
+pub fn name_owners(listeners: &mut [Listener], backends: &mut [BackendReport]) {
+    let inodes: Vec<u64> = listeners.iter().filter_map(|l| l.inode).collect();
+    let owners = super::namespaces::socket_owners(&inodes);
+    for l in listeners.iter_mut() {
+        if let Some((pid, comm)) = l.inode.and_then(|i| owners.get(&i)) {
+            l.pid = Some(*pid);
+            l.comm = Some(comm.clone());
+        }
+    }
+    for b in backends.iter_mut() {
+        let on_port = listeners
+            .iter()
+            .find(|l| l.port == b.port && l.netns == Some(b.netns) && l.accepts(b.addr));
+        if let Some(l) = on_port.filter(|l| l.pid.is_some()) {
+            b.pid = l.pid;
+            b.comm = l.comm.clone();
+        }
+    }
+}
+
 /// The tracer's own listeners, with a host socket on a port whose edge connections all went
 /// to backends marked as a reservation (docker-proxy holds published ports), then every
 /// backend namespace's listeners.

@@ -29,6 +29,9 @@ pub struct Listener {
     /// DNATed elsewhere (docker-proxy): not the server.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
+    /// The socket's inode (sock_diag), to find the process that holds it.
+    #[serde(skip)]
+    pub inode: Option<u64>,
 }
 
 impl Default for Listener {
@@ -43,6 +46,7 @@ impl Default for Listener {
             pid: None,
             comm: None,
             role: None,
+            inode: None,
         }
     }
 }
@@ -204,6 +208,7 @@ mod sock_diag {
             port,
             accept_queue: u32_at(56),
             backlog: Some(u32_at(60)),
+            inode: Some(u64::from(u32_at(68))).filter(|i| *i != 0),
             ..Listener::default()
         })
     }
@@ -276,7 +281,9 @@ mod sock_diag {
             m[8..12].copy_from_slice(&[127, 0, 0, 1]);
             m[56..60].copy_from_slice(&3u32.to_ne_bytes());
             m[60..64].copy_from_slice(&2u32.to_ne_bytes());
+            m[68..72].copy_from_slice(&4242u32.to_ne_bytes());
             let l = parse_msg(&m).unwrap();
+            assert_eq!(l.inode, Some(4242));
             assert_eq!(l.endpoint(), "127.0.0.1:443");
             assert_eq!((l.accept_queue, l.backlog), (3, Some(2)));
             assert!(l.queue_full());

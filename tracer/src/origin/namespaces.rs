@@ -90,6 +90,61 @@ impl Namespace {
     }
 }
 
+/// File descriptors looked at, at most, when searching /proc for sockets' owners.
+const MAX_FDS: usize = 200_000;
+
+/// The processes holding these socket inodes: inode -> (pid, comm). One pass over /proc's
+/// descriptors, bounded.
+pub fn socket_owners(inodes: &[u64]) -> std::collections::HashMap<u64, (u32, String)> {
+    let mut found = std::collections::HashMap::new();
+    if inodes.is_empty() {
+        return found;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    let mut seen = 0;
+    for proc_entry in procs.flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            seen += 1;
+            if seen > MAX_FDS || found.len() == inodes.len() {
+                return found;
+            }
+            let Some(inode) = std::fs::read_link(fd.path())
+                .ok()
+                .and_then(|target| socket_inode(target.to_str()?))
+            else {
+                continue;
+            };
+            if inodes.contains(&inode) && !found.contains_key(&inode) {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|c| c.trim().to_string())
+                    .unwrap_or_default();
+                found.insert(inode, (pid, comm));
+            }
+        }
+    }
+    found
+}
+
+/// `socket:[12345]` -> 12345
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
 /// A container id as people see it: the first 12 characters.
 pub fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
@@ -242,6 +297,21 @@ mod tests {
         assert!(listeners
             .iter()
             .any(|x| x.port == port && x.netns == Some(inode)));
+    }
+
+    #[test]
+    fn a_sockets_owner_is_this_process() {
+        assert_eq!(socket_inode("socket:[4026]"), Some(4026));
+        assert_eq!(socket_inode("pipe:[4026]"), None);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let me = listeners::read()
+            .into_iter()
+            .find(|x| x.port == port)
+            .unwrap();
+        let inode = me.inode.expect("sock_diag gives the inode");
+        let owners = socket_owners(&[inode]);
+        assert_eq!(owners.get(&inode).map(|o| o.0), Some(std::process::id()));
     }
 
     #[test]
