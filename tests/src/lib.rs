@@ -38,6 +38,7 @@ pub const CONTAINER_V4: &str = "172.17.0.2";
 pub const BRIDGE_V6: &str = "fd00:17::1";
 pub const CONTAINER_V6: &str = "fd00:17::2";
 
+pub mod docker;
 pub mod frames;
 pub mod scenarios;
 
@@ -309,14 +310,24 @@ impl Tracer {
 
     /// [`Tracer::start`] with extra environment variables.
     pub fn start_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Tracer {
-        let dir = std::env::temp_dir().join(format!("{}-{}", ns.name, rand_suffix()));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name]).arg(tracer_bin());
+        Tracer::launch(cmd, &ns.name, args, env)
+    }
+
+    /// Starts the tracer in the test's own (the host's) network namespace, as an admin runs
+    /// it beside Docker.
+    pub fn start_in_host(args: &[&str]) -> Tracer {
+        Tracer::launch(Command::new(tracer_bin()), "t521-host", args, &[])
+    }
+
+    fn launch(mut cmd: Command, label: &str, args: &[&str], env: &[(&str, &str)]) -> Tracer {
+        let dir = std::env::temp_dir().join(format!("{label}-{}", rand_suffix()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let ready = dir.join("ready");
         let stdout = dir.join("stdout");
         let stderr = dir.join("stderr");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(tracer_bin())
+        let child = cmd
             .args(args)
             .arg("--ready-file")
             .arg(&ready)

@@ -8,7 +8,8 @@ use anyhow::{bail, Context as _, Result};
 use crate::run_cmd;
 
 /// Debian packages: LLVM 22 for bpf-linker; iproute2/nftables/iptables for the lab; prometheus
-/// for promtool; nginx and wrk for the benchmarks.
+/// for promtool; nginx and wrk for the benchmarks; docker.io and busybox-static for the test
+/// that publishes containers with Docker itself (its image is imported from busybox, offline).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -21,6 +22,8 @@ const PACKAGES: &[&str] = &[
     "nginx-light",
     "wrk",
     "procps",
+    "docker.io",
+    "busybox-static",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
