@@ -2,15 +2,19 @@
 //! lab namespaces on this machine. Prints figures; asserts nothing.
 
 mod gen;
+mod hooks;
+mod web;
+
+use web::{wrk, Topology, WebLab};
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use integration_tests::{
     frames, Lab, Netns, Tracer, EDGE_IF, EDGE_V4, ORIGIN_IF, ORIGIN_V4, OTHER_V4,
 };
@@ -42,7 +46,7 @@ pub fn run(tracer: &Path, as_json: bool, only: &[String]) -> Result<()> {
         Box<dyn Fn() -> Result<Value> + 'a>,
         fn(&Value) -> String,
     );
-    let parts: [Part; 6] = [
+    let parts: [Part; 7] = [
         ("xdp", "xdp", Box::new(|| xdp_cost(tracer)), render_xdp),
         (
             "rate",
@@ -69,6 +73,7 @@ pub fn run(tracer: &Path, as_json: bool, only: &[String]) -> Result<()> {
             Box::new(|| startup(tracer)),
             render_startup,
         ),
+        ("hooks", "hooks", Box::new(hooks::hook_cost), hooks::render),
     ];
     for (part, key, measure, render) in &parts {
         if want(part) {
@@ -492,44 +497,6 @@ fn render_agent(v: &Value) -> String {
 
 // ---------------------------------------------------------------- 2. connection-rate overhead
 
-fn nginx_conf(dir: &Path) -> Result<PathBuf> {
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 80 backlog=4096; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
-            d = dir.display()
-        ),
-    )?;
-    Ok(conf)
-}
-
-fn wrk(lab: &Lab, secs: u32) -> Result<f64> {
-    let out = lab.edge.sh(&format!(
-        "wrk -t2 -c32 -d{secs}s -H 'Connection: close' http://{ORIGIN_V4}:80/ 2>&1"
-    ));
-    out.lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Requests/sec:")
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .ok_or_else(|| anyhow!("no Requests/sec in wrk output: {out}"))
-}
-
-/// Where the web server runs in a connection-rate run.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Topology {
-    /// In the origin's namespace, beside the tracer.
-    Direct,
-    /// In a container namespace behind the origin, port 80 published as `docker run -p 80:80`
-    /// writes it: every connection is DNATed and forwarded, and the tracer follows it there.
-    Container,
-}
-
 fn connection_rate(topology: Topology) -> Result<Value> {
     // Run-to-run spread is ±2-3% on this kind of machine, as large as what is measured: nine
     // short rounds rather than five long ones (drifts cancel within a round, and the median
@@ -540,53 +507,21 @@ fn connection_rate(topology: Topology) -> Result<Value> {
     // packet on a veth) from the tracer's own.
     const ROUNDS: usize = 9;
     const SECS: u32 = 4;
-    let lab = Lab::new();
-    // Edge traffic to the origin leaves from the Cloudflare address. One client address
-    // recycles its ports within seconds at this rate: without these harness settings new
-    // connections pile up behind the origin's TIME_WAIT sockets and the rate collapses.
-    lab.edge.sh(&format!(
-        "ip route replace {ORIGIN_V4}/32 dev {EDGE_IF} src {EDGE_V4}; \
-         sysctl -qw net.ipv4.ip_local_port_range='1024 65535' net.ipv4.tcp_tw_reuse=1"
-    ));
-    lab.origin.sh("sysctl -qw net.ipv4.tcp_max_tw_buckets=0");
-    let server_ns = match topology {
-        Topology::Direct => &lab.origin,
-        Topology::Container => {
-            lab.wire_container();
-            lab.docker_publish(80, 80);
-            // The server's TIME_WAIT sockets are the container's now; the host's conntrack
-            // keeps each closed connection 120 s by default, which fills its table at this
-            // rate: the harness shortens it, as it recycles the client's ports.
-            lab.container.sh("sysctl -qw net.ipv4.tcp_max_tw_buckets=0");
-            lab.origin
-                .sh("sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_time_wait=1");
-            &lab.container
-        }
-    };
-    let dir = std::env::temp_dir().join(format!("t521-nginx-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let conf = nginx_conf(&dir)?;
-    let mut nginx = Command::new("ip")
-        .args(["netns", "exec", &server_ns.name, "nginx", "-c"])
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting nginx (cargo xtask setup installs nginx-light)")?;
-    std::thread::sleep(Duration::from_millis(500));
+    let web = WebLab::new(topology)?;
+    let lab = &web.lab;
     let result = (|| -> Result<Value> {
-        wrk(&lab, 1)?; // warm-up
+        wrk(lab, 1)?; // warm-up
         let run = |arm: Arm| -> Result<f64> {
             let _tracer = match arm {
                 Arm::Without => None,
-                Arm::Agent => Some(agent_on_port_80(&lab, "127.0.0.1:9598", &[])),
+                Arm::Agent => Some(agent_on_port_80(lab, "127.0.0.1:9598", &[])),
                 Arm::EmptyPrograms => Some(Tracer::start_env(
                     &lab.origin,
                     &agent_args("127.0.0.1:9598", &[]),
                     &[("TRACER_EMPTY_PROGRAMS", "1")],
                 )),
             };
-            wrk(&lab, SECS)
+            wrk(lab, SECS)
         };
         let mut rounds = Vec::new();
         for i in 0..ROUNDS {
@@ -623,9 +558,6 @@ fn connection_rate(topology: Topology) -> Result<Value> {
             "met": ratio >= 0.97,
         }))
     })();
-    let _ = nginx.kill();
-    let _ = nginx.wait();
-    let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
