@@ -295,6 +295,24 @@ pub fn all() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "container's accept queue full",
+            expected: "overloaded",
+            ports: "443",
+            setup: |lab| {
+                docker_443_to_80(lab);
+                // Backlog 0 and never accepted: one connection fills the queue.
+                let l = lab.container.listen("0.0.0.0", 80, 0);
+                let first = lab
+                    .edge
+                    .connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT)
+                    .expect("first connection");
+                vec![Box::new(l), Box::new(first)]
+            },
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
+            },
+        },
+        Scenario {
             name: "container behind nftables IPv6 DNAT, nothing listens",
             expected: "refused",
             ports: "443",

@@ -76,6 +76,24 @@ fn a_loopback_listener_in_the_container_is_named() {
 }
 
 #[test]
+fn a_full_accept_queue_in_the_container_is_overload() {
+    let r = verdict_of("container's accept queue full");
+    assert_eq!(r["edge"]["syn"], 3, "{r:#}");
+    assert_eq!(r["edge"]["handshakes"], 0, "{r:#}");
+    assert_eq!(
+        r["edge"]["unanswered"].as_u64().unwrap() + r["edge"]["overload_drops"].as_u64().unwrap(),
+        3,
+        "{r:#}"
+    );
+    let ev = evidence(&r);
+    assert!(
+        ev.contains("accept queue of 0.0.0.0:80 in netns:[") && ev.contains("was full"),
+        "{ev}"
+    );
+    assert_eq!(r["causes"][0]["backends"][0]["port"], 80, "{r:#}");
+}
+
+#[test]
 fn docker_user_drop_is_the_firewall_naming_the_chain() {
     let r = verdict_of("DOCKER-USER drops Cloudflare");
     assert_eq!(r["edge"]["syn"], 3, "{r:#}");

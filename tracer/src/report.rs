@@ -66,16 +66,7 @@ pub struct Report {
 /// "0.0.0.0:443 (accept queue 0/511, port reservation)", "127.0.0.1:80 in container
 /// 3f2a9c4b1d2e (accept queue 0/128)".
 fn listener_text(l: &Listener) -> String {
-    let mut text = l.endpoint();
-    if let Some(c) = &l.container {
-        let _ = write!(
-            text,
-            " in container {}",
-            crate::origin::namespaces::short_id(c)
-        );
-    } else if let Some(ns) = l.netns {
-        let _ = write!(text, " in netns:[{ns}]");
-    }
+    let text = format!("{}{}", l.endpoint(), l.place());
     let queue = match l.backlog {
         Some(b) => format!("accept queue {}/{b}", l.accept_queue),
         None => format!("accept queue {}", l.accept_queue),

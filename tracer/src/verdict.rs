@@ -208,8 +208,9 @@ fn overload_evidence(i: &Inputs<'_>) -> Vec<String> {
     }
     for l in i.full_queues {
         ev.push(format!(
-            "accept queue of {} was full ({} waiting, backlog {}): the application is not accepting fast enough",
+            "accept queue of {}{} was full ({} waiting, backlog {}): the application is not accepting fast enough",
             l.endpoint(),
+            l.place(),
             l.accept_queue,
             l.backlog.unwrap_or(0)
         ));

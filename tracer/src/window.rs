@@ -9,8 +9,9 @@ use std::{
 
 use crate::{
     correlate::{Attempt, Backend, Counts, Outcome},
+    event::Flow,
     origin::{
-        backends, counters,
+        backends, conntrack, counters,
         firewall::{Packet, Ruleset},
         listeners::{self, Listener},
     },
@@ -35,7 +36,13 @@ pub struct Tally {
     synack_retransmits: u64,
     /// Edge attempts the host forwarded, by (backend, edge port) and outcome.
     backends: BTreeMap<(Backend, u16), BTreeMap<Outcome, u64>>,
+    /// Edge attempts nothing answered, where no event said where they went: conntrack may
+    /// (a backend dropping SYNs silently, its accept queue full). Bounded.
+    silent: Vec<(Flow, Outcome)>,
 }
+
+/// Silent attempts kept for the conntrack lookup, at most.
+const SILENT_SAMPLES: usize = 4096;
 
 impl Tally {
     /// An attempt counted as a handshake earlier was reset by the origin (live mode).
@@ -68,6 +75,10 @@ impl Tally {
         self.synack_retransmits += u64::from(a.synack_retransmits);
         let outcome = a.outcome();
         self.add_backend(a, outcome);
+        let silent = matches!(outcome, Outcome::Unanswered | Outcome::OverloadDrop);
+        if silent && a.backend.is_none() && self.silent.len() < SILENT_SAMPLES {
+            self.silent.push((a.flow, outcome));
+        }
         match outcome {
             Outcome::Refused if a.backend.is_none() => {
                 self.refused_targets
@@ -158,6 +169,8 @@ pub struct WindowContext<'a> {
     pub netns: u32,
     /// Names of the kernel's reasons.
     pub reasons: &'a ReasonTable,
+    /// The host forwards edge connections to other namespaces (and the tracer follows them).
+    pub follows_forwarded: bool,
     pub ports: &'a [u16],
     pub window_secs: f64,
     pub started_at: SystemTime,
@@ -171,8 +184,10 @@ pub struct WindowContext<'a> {
 /// Builds the report; reads the firewall ruleset only when edge packets were filtered or
 /// forwarded.
 pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_>) -> Report {
-    let (own_listeners, deltas, full) = sampler.finish();
-    let ruleset = (tally.edge.firewall_drops > 0 || !tally.backends.is_empty()).then(Ruleset::read);
+    let (own_listeners, deltas, mut full) = sampler.finish();
+    let forwarded =
+        !tally.backends.is_empty() || (ctx.follows_forwarded && !tally.silent.is_empty());
+    let ruleset = (tally.edge.firewall_drops > 0 || forwarded).then(Ruleset::read);
     let firewall = match (&ruleset, tally.edge.firewall_drops > 0) {
         (Some(Ok(rs)), true) => {
             let mut findings = Vec::new();
@@ -188,14 +203,25 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         (Some(Err(e)), true) => Err(e.clone()),
         _ => Ok(Vec::new()),
     };
+    let mut seen = tally.backends.clone();
+    if ctx.follows_forwarded {
+        silent_backends(&tally.silent, ctx.netns, &mut seen);
+    }
     let mut backends = backends::resolve(
-        &tally.backends,
+        &seen,
         ctx.netns,
         ruleset.as_ref().and_then(|r| r.as_ref().ok()),
     );
     let mut listeners = backends::all_listeners(own_listeners, &backends);
     if !backends.is_empty() {
         backends::name_owners(&mut listeners, &mut backends);
+        // A backend's queue, read at the end: the container's counters are its own.
+        full.extend(
+            listeners
+                .iter()
+                .filter(|l| l.netns.is_some() && l.queue_full())
+                .cloned(),
+        );
     }
     let names = |m: &BTreeMap<Reason, u64>| -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
@@ -240,5 +266,35 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         started_at: humantime::format_rfc3339_seconds(ctx.started_at).to_string(),
         xdp_mode: ctx.xdp_mode.to_string(),
         notes: ctx.notes.to_vec(),
+    }
+}
+
+/// Adds the backends conntrack names for attempts no event came back from: its DNAT mapping
+/// gives the address and port, and the namespace is the one where that address is local.
+fn silent_backends(
+    silent: &[(Flow, Outcome)],
+    own_netns: u32,
+    seen: &mut BTreeMap<(Backend, u16), BTreeMap<Outcome, u64>>,
+) {
+    let flows: Vec<Flow> = silent.iter().map(|(f, _)| *f).collect();
+    let targets = conntrack::dnat_targets(&flows);
+    let mut netns_of: BTreeMap<IpAddr, Option<u32>> = BTreeMap::new();
+    for (flow, outcome) in silent {
+        let Some(&(addr, port)) = targets.get(flow) else {
+            continue;
+        };
+        let netns = *netns_of.entry(addr).or_insert_with(|| {
+            crate::origin::namespaces::Namespace::holding(addr, own_netns).map(|ns| ns.inode)
+        });
+        let backend = Backend {
+            addr,
+            port,
+            netns: netns.unwrap_or(0),
+        };
+        *seen
+            .entry((backend, flow.local_port))
+            .or_default()
+            .entry(*outcome)
+            .or_default() += 1;
     }
 }

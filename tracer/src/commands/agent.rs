@@ -141,6 +141,7 @@ struct Agent {
     iface: String,
     ports: Vec<u16>,
     netns: u32,
+    follows_forwarded: bool,
     reasons: ReasonTable,
     notes: Vec<String>,
     xdp_mode: &'static str,
@@ -252,6 +253,7 @@ impl Agent {
             interface: &self.iface,
             netns: self.netns,
             reasons: &self.reasons,
+            follows_forwarded: self.follows_forwarded,
             ports: &self.ports,
             window_secs: self.args.window,
             started_at: self.window_start.1,
@@ -307,6 +309,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         correlator = correlator.following_forwarded(probe.netns);
     }
     let (notes, xdp_mode, netns) = (probe.notes.clone(), probe.xdp_mode, probe.netns);
+    let follows_forwarded = probe.follows_forwarded;
     let reasons = probe.reasons.clone();
     let mut capture = Capture::new(probe)?;
     // A few drains per second, not one per event: the ring holds well over this interval.
@@ -330,6 +333,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         iface,
         ports,
         netns,
+        follows_forwarded,
         reasons,
         notes,
         xdp_mode,

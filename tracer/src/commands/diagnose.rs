@@ -132,6 +132,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
     let mut notes = probe.notes.clone();
     notes.extend(note);
     let (xdp_mode, netns, reasons) = (probe.xdp_mode, probe.netns, probe.reasons.clone());
+    let follows_forwarded = probe.follows_forwarded;
     let mut correlator = Correlator::new();
     if probe.follows_forwarded {
         correlator = correlator.following_forwarded(netns);
@@ -168,6 +169,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         interface: &iface,
         netns,
         reasons: &reasons,
+        follows_forwarded,
         ports: &ports,
         window_secs,
         started_at,

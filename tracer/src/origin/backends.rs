@@ -79,12 +79,19 @@ pub fn resolve(
 ) -> Vec<BackendReport> {
     seen.iter()
         .map(|((b, edge_port), outcomes)| {
-            let own = b.netns == own_netns || b.netns == 0;
-            let ns = (!own).then(|| Namespace::find(b.netns));
+            let own = b.netns == own_netns;
+            // 0: conntrack named the address, but no namespace holds it now.
+            let unknown = b.netns == 0;
+            let ns = (!own && !unknown).then(|| Namespace::find(b.netns));
             let gone = matches!(ns, Some(None));
             let ns = ns.flatten();
             let listeners = if own {
                 Ok(super::listeners::read())
+            } else if unknown {
+                Err(format!(
+                    "no namespace holds {} now (container stopped?)",
+                    b.addr
+                ))
             } else {
                 match &ns {
                     Some(ns) => ns.listeners().map(|mut all| {
@@ -104,6 +111,7 @@ pub fn resolve(
             let place = match &ns {
                 Some(ns) => ns.describe(),
                 None if own => "this host".to_string(),
+                None if unknown => "an unknown namespace".to_string(),
                 None => format!("namespace netns:[{}]", b.netns),
             };
             BackendReport {

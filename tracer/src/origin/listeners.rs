@@ -74,6 +74,16 @@ impl Listener {
         }
     }
 
+    /// Where it listens, for sentences: "" in the tracer's namespace, " in container
+    /// 3f2a9c4b1d2e" or " in netns:[4026532999]" in a backend's.
+    pub fn place(&self) -> String {
+        match (&self.container, self.netns) {
+            (Some(c), _) => format!(" in container {}", super::namespaces::short_id(c)),
+            (None, Some(ns)) => format!(" in netns:[{ns}]"),
+            (None, None) => String::new(),
+        }
+    }
+
     pub fn endpoint(&self) -> String {
         match self.addr {
             IpAddr::V6(a) => format!("[{a}]:{}", self.port),

@@ -2,6 +2,7 @@
 //! edge connections to: what listens, what the kernel counted, what the firewall says.
 
 pub mod backends;
+pub mod conntrack;
 pub mod counters;
 pub mod firewall;
 pub mod listeners;

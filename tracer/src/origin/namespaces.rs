@@ -3,6 +3,7 @@
 
 use std::{
     fs::File,
+    net::IpAddr,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
@@ -58,6 +59,33 @@ impl Namespace {
                 .and_then(|text| container_id(&text));
         }
         found.path.is_some().then_some(found)
+    }
+
+    /// The namespace where `addr` is a local address (the container a DNAT target lives in),
+    /// other than the tracer's own: found by binding the address there, which only succeeds
+    /// where it is local. Named namespaces first, then those of tasks in /proc.
+    pub fn holding(addr: IpAddr, own: u32) -> Option<Namespace> {
+        let mut tried = vec![own];
+        let mut candidates: Vec<PathBuf> = Vec::new();
+        for dir in NAMED_NAMESPACE_DIRS {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                candidates.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+        candidates.extend(task_namespaces());
+        for path in candidates {
+            let Some(inode) = inode_of(&path).filter(|i| !tried.contains(i)) else {
+                continue;
+            };
+            tried.push(inode);
+            let local = in_namespace(&path, move || {
+                std::net::TcpListener::bind(std::net::SocketAddr::new(addr, 0)).is_ok()
+            });
+            if local == Ok(true) {
+                return Namespace::find(inode);
+            }
+        }
+        None
     }
 
     /// Its listening sockets, read from inside it.
@@ -154,6 +182,23 @@ fn inode_of(path: &Path) -> Option<u32> {
     std::fs::metadata(path)
         .ok()
         .and_then(|m| u32::try_from(m.ino()).ok())
+}
+
+/// One `ns/net` path per process (its main thread's), bounded.
+fn task_namespaces() -> Vec<PathBuf> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .take(MAX_TASKS)
+        .map(|e| e.path().join("ns/net"))
+        .collect()
 }
 
 /// A task (thread) in the namespace: its process id and its `ns/net` path.
@@ -312,6 +357,17 @@ mod tests {
         let inode = me.inode.expect("sock_diag gives the inode");
         let owners = socket_owners(&[inode]);
         assert_eq!(owners.get(&inode).map(|o| o.0), Some(std::process::id()));
+    }
+
+    #[test]
+    fn the_namespace_holding_an_address() {
+        // Loopback is local in every namespace, this one included: excluded as our own, any
+        // other answer is a namespace that has it too; a documentation address is nowhere.
+        let own = inode_of(Path::new("/proc/self/ns/net")).unwrap();
+        assert_eq!(
+            Namespace::holding("192.0.2.222".parse().unwrap(), own),
+            None
+        );
     }
 
     #[test]
