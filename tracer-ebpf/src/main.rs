@@ -3,10 +3,12 @@
 #![no_std]
 #![no_main]
 
+mod arrival;
 mod common;
 mod drop;
 mod empty;
 mod sock;
+mod tc;
 mod xdp;
 
 #[cfg(not(test))]

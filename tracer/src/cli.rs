@@ -60,6 +60,23 @@ impl From<XdpModeArg> for crate::kernel::XdpAttach {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookArg {
+    Auto,
+    Xdp,
+    Tc,
+}
+
+impl From<HookArg> for crate::kernel::HookChoice {
+    fn from(arg: HookArg) -> Self {
+        match arg {
+            HookArg::Auto => Self::Auto,
+            HookArg::Xdp => Self::Xdp,
+            HookArg::Tc => Self::Tc,
+        }
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Text,
     Json,
@@ -77,8 +94,13 @@ pub struct CaptureArgs {
     /// Create this file once every program is attached (for scripts and tests).
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
-    /// XDP attach mode: auto = driver (native) mode, except generic on veth, where native XDP
-    /// copies every packet the local stack sends.
+    /// Where arriving SYNs are seen: auto = native (driver) XDP where the driver has it and
+    /// the slot is free, else TC ingress (tcx, or a clsact filter before 6.6), which composes
+    /// with other programs; never generic XDP. On veth auto takes TC.
+    #[arg(long, value_enum, default_value_t = HookArg::Auto)]
+    pub hook: HookArg,
+    /// XDP attach mode with --hook xdp: auto = driver (native) mode, except generic on veth,
+    /// where native XDP copies every packet the local stack sends.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
     /// Ring buffer size in bytes (a power of two, at least one page) [default: 8 MiB; agent 4 MiB].

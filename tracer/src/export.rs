@@ -40,6 +40,7 @@ pub struct Metrics {
     edge_syn: IntCounterVec,
     events_lost: IntCounter,
     ranges_info: IntGaugeVec,
+    arrival_hook: IntGaugeVec,
     ranges_fetched_at: std::sync::Mutex<Option<SystemTime>>,
     ranges_age: IntGauge,
     verdict: IntGaugeVec,
@@ -84,6 +85,14 @@ impl Metrics {
             &["source", "etag"],
         )?;
         r.register(Box::new(ranges_info.clone()))?;
+        let arrival_hook = IntGaugeVec::new(
+            Opts::new(
+                "tracer_arrival_hook",
+                "Where arriving SYNs are seen (value 1): xdp_driver, xdp_generic, tcx or tc_clsact.",
+            ),
+            &["hook"],
+        )?;
+        r.register(Box::new(arrival_hook.clone()))?;
         let ranges_age = IntGauge::new(
             "tracer_ranges_age_seconds",
             "Seconds since the ranges in use were fetched or recorded.",
@@ -134,6 +143,7 @@ impl Metrics {
             edge_syn,
             events_lost,
             ranges_info,
+            arrival_hook,
             ranges_fetched_at: std::sync::Mutex::new(None),
             ranges_age,
             verdict,
@@ -181,6 +191,11 @@ impl Metrics {
         if let Ok(mut t) = self.ranges_fetched_at.lock() {
             *t = set.fetched_at;
         }
+    }
+
+    pub fn set_arrival_hook(&self, hook: &str) {
+        self.arrival_hook.reset();
+        self.arrival_hook.with_label_values(&[hook]).set(1);
     }
 
     pub fn set_verdict(&self, verdict: Verdict) {

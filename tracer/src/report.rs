@@ -57,8 +57,10 @@ pub struct Report {
     pub lost_events: u64,
     /// When the window started (RFC 3339).
     pub started_at: String,
-    /// "driver" or "generic".
+    /// "driver" or "generic" XDP; "none" when the arrival hook is TC.
     pub xdp_mode: String,
+    /// Where arriving SYNs are seen: `xdp_driver`, `xdp_generic`, `tcx`, `tc_clsact`.
+    pub arrival_hook: String,
     /// Hooks this kernel lacks and what that degrades.
     pub notes: Vec<String>,
 }
@@ -104,10 +106,10 @@ impl Report {
         let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
         let _ = writeln!(
             s,
-            "  window {} s on {} (XDP {}), ports {}; ranges: {} ({} IPv4 + {} IPv6)",
+            "  window {} s on {} (arrival hook {}), ports {}; ranges: {} ({} IPv4 + {} IPv6)",
             self.window_secs,
             self.interface,
-            self.xdp_mode,
+            self.arrival_hook,
             ports.join(","),
             self.ranges.source,
             self.ranges.ipv4.len(),

@@ -177,6 +177,7 @@ pub struct WindowContext<'a> {
     pub ranges: &'a RangeSet,
     pub notes: &'a [String],
     pub xdp_mode: &'a str,
+    pub arrival_hook: &'a str,
     pub lost_events: u64,
     pub packets_seen: u64,
 }
@@ -265,6 +266,7 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         lost_events: ctx.lost_events,
         started_at: humantime::format_rfc3339_seconds(ctx.started_at).to_string(),
         xdp_mode: ctx.xdp_mode.to_string(),
+        arrival_hook: ctx.arrival_hook.to_string(),
         notes: ctx.notes.to_vec(),
     }
 }

@@ -145,6 +145,7 @@ struct Agent {
     reasons: ReasonTable,
     notes: Vec<String>,
     xdp_mode: &'static str,
+    arrival_hook: &'static str,
     ranges: RangeSet,
     metrics: Arc<Metrics>,
     sink: EventLog,
@@ -260,6 +261,7 @@ impl Agent {
             ranges: &self.ranges,
             notes: &self.notes,
             xdp_mode: self.xdp_mode,
+            arrival_hook: self.arrival_hook,
             lost_events: lost_total - self.lost_at_start,
             packets_seen: now_packets.saturating_sub(self.packets_at_start),
         };
@@ -310,6 +312,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     }
     let (notes, xdp_mode, netns) = (probe.notes.clone(), probe.xdp_mode, probe.netns);
     let follows_forwarded = probe.follows_forwarded;
+    let arrival_hook = probe.arrival_hook.as_str();
+    metrics.set_arrival_hook(arrival_hook);
     let reasons = probe.reasons.clone();
     let mut capture = Capture::new(probe)?;
     // A few drains per second, not one per event: the ring holds well over this interval.
@@ -337,6 +341,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         reasons,
         notes,
         xdp_mode,
+        arrival_hook,
         ranges,
         metrics,
         sink,

@@ -133,6 +133,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
     notes.extend(note);
     let (xdp_mode, netns, reasons) = (probe.xdp_mode, probe.netns, probe.reasons.clone());
     let follows_forwarded = probe.follows_forwarded;
+    let arrival_hook = probe.arrival_hook.as_str();
     let mut correlator = Correlator::new();
     if probe.follows_forwarded {
         correlator = correlator.following_forwarded(netns);
@@ -176,6 +177,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         ranges: &ranges,
         notes: &notes,
         xdp_mode,
+        arrival_hook,
         lost_events: w.correlator.lost_events.max(capture.lost_total()),
         packets_seen: netinfo::rx_packets(&iface).saturating_sub(packets_at_start),
     };

@@ -46,6 +46,7 @@ pub fn start_probe(
     let ports = capture.ports();
     let probe = Probe::start(&ProbeOptions {
         iface: &iface,
+        hook: capture.hook.into(),
         xdp_mode: capture.xdp_mode.into(),
         ports: &ports,
         all_peers: wanted.all_peers,

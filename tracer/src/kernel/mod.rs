@@ -10,7 +10,11 @@ use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, Program, ProgramError, TracePoint, Xdp, XdpMode},
+    programs::{
+        tc::{self, NlOptions, TcAttachOptions},
+        BtfTracePoint, LinkOrder, Program, ProgramError, SchedClassifier, TcAttachType, TracePoint,
+        Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
@@ -44,12 +48,54 @@ pub enum XdpAttach {
     Generic,
 }
 
+/// Where SYNs are seen arriving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookChoice {
+    /// Native (driver) XDP where the driver has it and it is free, else TC ingress; never
+    /// generic XDP, which copies packets before any program runs.
+    Auto,
+    /// XDP, in the `XdpAttach` mode.
+    Xdp,
+    /// TC ingress: a tcx link, or a clsact filter where the kernel has no tcx.
+    Tc,
+}
+
+/// The arrival hook attached, as the report and the metrics name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArrivalHook {
+    XdpDriver,
+    XdpGeneric,
+    Tcx,
+    TcClsact,
+}
+
+impl ArrivalHook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::XdpDriver => "xdp_driver",
+            Self::XdpGeneric => "xdp_generic",
+            Self::Tcx => "tcx",
+            Self::TcClsact => "tc_clsact",
+        }
+    }
+
+    /// The `xdp_mode` report field: "driver", "generic", or "none" for TC.
+    pub fn xdp_mode(self) -> &'static str {
+        match self {
+            Self::XdpDriver => "driver",
+            Self::XdpGeneric => "generic",
+            Self::Tcx | Self::TcClsact => "none",
+        }
+    }
+}
+
 /// SYNs remembered for following forwarded connections (`ARRIVALS`, LRU): well over the SYNs
 /// of the 25 s an attempt may stay open at thousands of connections per second.
 const ARRIVAL_ENTRIES: u32 = 1 << 16;
 
 pub struct ProbeOptions<'a> {
     pub iface: &'a str,
+    pub hook: HookChoice,
     pub xdp_mode: XdpAttach,
     pub ports: &'a [u16],
     pub all_peers: bool,
@@ -78,6 +124,7 @@ pub struct Probe {
     /// One line each: hooks this kernel lacks and what that degrades.
     pub notes: Vec<String>,
     pub xdp_mode: &'static str,
+    pub arrival_hook: ArrivalHook,
     /// The edge bitmaps last written: ((IPv4 full /24s, IPv4 partial /24s), IPv6 pre-filter).
     bitmaps: ((SparseBits, SparseBits), Vec<u64>),
     /// (possible CPUs, records per CPU) of the SYN log.
@@ -135,6 +182,7 @@ const TRACEPOINTS: [(&str, &str, &str); 5] = [
 fn empty_counterpart(program: &str) -> &'static str {
     match program {
         "xdp_syn" => "xdp_pass",
+        "tc_syn" => "tc_pass",
         "btf_set_state" => "btf_empty_set_state",
         "btf_kfree_skb" => "btf_empty_kfree_skb",
         _ => "tp_empty",
@@ -409,6 +457,7 @@ impl Probe {
             follows_forwarded,
             notes,
             xdp_mode: "driver",
+            arrival_hook: ArrivalHook::XdpDriver,
             bitmaps: empty_bitmaps(),
             syn_log,
         };
@@ -479,12 +528,8 @@ impl Probe {
                 ));
             }
         }
-        let xdp_program = if empty {
-            empty_counterpart("xdp_syn")
-        } else {
-            "xdp_syn"
-        };
-        probe.attach_xdp(xdp_program, opts.iface, opts.xdp_mode)?;
+        probe.load_clock_program()?;
+        probe.attach_arrival(opts, empty)?;
         Ok(probe)
     }
 
@@ -528,6 +573,78 @@ impl Probe {
         attached
     }
 
+    /// Attaches the arrival hook `opts` asks for and says which and why in the notes.
+    fn attach_arrival(&mut self, opts: &ProbeOptions<'_>, empty: bool) -> Result<()> {
+        let name = |p: &'static str| if empty { empty_counterpart(p) } else { p };
+        let iface = opts.iface;
+        match opts.hook {
+            HookChoice::Xdp => {
+                self.attach_xdp(name("xdp_syn"), iface, opts.xdp_mode)?;
+                if self.arrival_hook == ArrivalHook::XdpGeneric {
+                    self.notes.push(format!(
+                        "{iface}: generic XDP forced (--hook xdp): it copies every packet the local stack still holds before any program runs; --hook tc costs less"
+                    ));
+                }
+                Ok(())
+            }
+            HookChoice::Tc => self.attach_tc(name("tc_syn"), iface),
+            HookChoice::Auto => {
+                if crate::netinfo::driver_name(iface).as_deref() == Some("veth") {
+                    self.attach_tc(name("tc_syn"), iface)?;
+                    self.notes.push(format!(
+                        "{iface} is a veth: TC ingress ({}); native XDP on veth copies every packet the local stack sends (--hook xdp forces XDP)",
+                        self.arrival_hook.as_str()
+                    ));
+                    return Ok(());
+                }
+                match self.attach_xdp(name("xdp_syn"), iface, XdpAttach::Driver) {
+                    Ok(()) => Ok(()),
+                    Err(native) => {
+                        self.attach_tc(name("tc_syn"), iface)?;
+                        self.notes.push(format!(
+                            "{iface}: no native XDP here ({}): TC ingress ({}), which composes with other programs",
+                            one_line(&native),
+                            self.arrival_hook.as_str()
+                        ));
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// TC ingress: a tcx link where the kernel has tcx (it is a link: detached with the
+    /// process, even on SIGKILL), else a clsact filter.
+    fn attach_tc(&mut self, name: &str, iface: &str) -> Result<()> {
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+        tc.load().context("loading the TC program")?;
+        let tcx = tc.attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        );
+        match tcx {
+            Ok(_) => {
+                self.arrival_hook = ArrivalHook::Tcx;
+            }
+            Err(tcx_error) => {
+                // Before tcx (6.6): a clsact qdisc (shared; EEXIST when present) and a filter.
+                let _ = tc::qdisc_add_clsact(iface);
+                tc.attach_with_options(
+                    iface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::Netlink(NlOptions::default()),
+                )
+                .map_err(|e| {
+                    anyhow!("cannot attach TC ingress to {iface}: tcx: {tcx_error}; clsact: {e}")
+                })?;
+                self.arrival_hook = ArrivalHook::TcClsact;
+            }
+        }
+        self.xdp_mode = self.arrival_hook.xdp_mode();
+        Ok(())
+    }
+
     fn attach_xdp(&mut self, xdp_program: &str, iface: &str, mode: XdpAttach) -> Result<()> {
         self.load_clock_program()?;
         let xdp: &mut Xdp = program(&mut self.ebpf, xdp_program)?;
@@ -542,6 +659,7 @@ impl Probe {
             xdp.attach(iface, XdpMode::Skb)
                 .map_err(|e| anyhow!("cannot attach XDP to {iface} in generic mode: {e}"))?;
             self.xdp_mode = "generic";
+            self.arrival_hook = ArrivalHook::XdpGeneric;
             if mode == XdpAttach::Auto {
                 self.notes.push(format!(
                     "{iface} is a veth: generic XDP (native XDP on veth copies every packet the local stack sends; --xdp-mode driver forces it)"
@@ -550,7 +668,10 @@ impl Probe {
             return Ok(());
         }
         match xdp.attach(iface, XdpMode::Driver) {
-            Ok(_) => self.xdp_mode = "driver",
+            Ok(_) => {
+                self.xdp_mode = "driver";
+                self.arrival_hook = ArrivalHook::XdpDriver;
+            }
             Err(native) if mode == XdpAttach::Auto => {
                 xdp.attach(iface, XdpMode::Skb).map_err(|generic| {
                     anyhow!(
@@ -558,6 +679,7 @@ impl Probe {
                     )
                 })?;
                 self.xdp_mode = "generic";
+                self.arrival_hook = ArrivalHook::XdpGeneric;
                 self.notes.push(format!(
                     "{iface}: driver doesn't support native XDP ({native}); using generic (skb) mode"
                 ));
@@ -686,6 +808,7 @@ impl Probe {
             follows_forwarded: false,
             notes: Vec::new(),
             xdp_mode: "test-run",
+            arrival_hook: ArrivalHook::XdpDriver,
             bitmaps: empty_bitmaps(),
             syn_log,
         };
