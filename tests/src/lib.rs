@@ -517,6 +517,15 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// How many of the tracer's arrival programs (`xdp_syn`, `tc_syn`) the kernel holds now: one
+/// per running tracer; none once every tracer has exited, however it ended.
+pub fn arrival_programs_loaded() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| matches!(p.name_as_str(), Some("xdp_syn" | "tc_syn")))
+        .count()
+}
+
 /// Polls `f` until it returns true or `limit` passes.
 pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;

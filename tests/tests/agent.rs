@@ -52,11 +52,8 @@ fn log_lines(path: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
-fn xdp_attached(lab: &Lab) -> bool {
-    lab.origin
-        .sh(&format!("ip link show {ORIGIN_IF}"))
-        .contains("xdp")
-}
+/// The arrival hooks an agent test runs with: the default (TC ingress on a veth) and XDP.
+const HOOKS: [&str; 2] = ["auto", "xdp"];
 
 fn promtool_check_metrics(text: &str) {
     use std::io::Write as _;
@@ -277,20 +274,25 @@ fn resets_after_accept_count_once_with_and_without_closes() {
 
 #[test]
 fn sigterm_exits_fast_and_detaches() {
-    let lab = Lab::new();
-    let tmp = TempDir::new("agent-term");
-    let tracer = agent(&lab, &tmp.path("log"), &[]);
-    assert!(xdp_attached(&lab));
-    let t = Instant::now();
-    tracer.signal(libc::SIGTERM);
-    let (code, _) = tracer.wait(Duration::from_secs(5));
-    assert_eq!(code, 0);
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        t.elapsed()
-    );
-    assert!(!xdp_attached(&lab), "XDP still attached after exit");
+    for hook in HOOKS {
+        let lab = Lab::new();
+        let tmp = TempDir::new("agent-term");
+        let tracer = agent(&lab, &tmp.path("log"), &["--hook", hook]);
+        assert_eq!(arrival_programs_loaded(), 1, "{hook}");
+        let t = Instant::now();
+        tracer.signal(libc::SIGTERM);
+        let (code, _) = tracer.wait(Duration::from_secs(5));
+        assert_eq!(code, 0);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{hook}: took {:?}",
+            t.elapsed()
+        );
+        assert!(
+            eventually(Duration::from_secs(3), || arrival_programs_loaded() == 0),
+            "{hook}: arrival program still loaded after exit"
+        );
+    }
 }
 
 /// (niceness, scheduling policy) of a running process, from /proc/PID/stat.
@@ -322,25 +324,30 @@ fn agent_yields_to_the_workload() {
 
 #[test]
 fn sigkill_leaves_nothing_attached_and_restart_works() {
-    let lab = Lab::new();
-    let tmp = TempDir::new("agent-kill");
-    let tracer = agent(&lab, &tmp.path("log"), &[]);
-    tracer.signal(libc::SIGKILL);
-    let _ = tracer.wait(Duration::from_secs(5));
-    assert!(
-        eventually(Duration::from_secs(3), || !xdp_attached(&lab)),
-        "XDP left attached"
-    );
-    let again = agent(&lab, &tmp.path("log"), &[]);
-    assert!(lab
-        .edge
-        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), SHORT)
-        .is_err());
-    assert!(eventually(Duration::from_secs(8), || metric(
-        &scrape(&lab),
-        &series(8080, "refused")
-    ) == Some(1.0)));
-    drop(again);
+    for hook in HOOKS {
+        let lab = Lab::new();
+        let tmp = TempDir::new("agent-kill");
+        let tracer = agent(&lab, &tmp.path("log"), &["--hook", hook]);
+        tracer.signal(libc::SIGKILL);
+        let _ = tracer.wait(Duration::from_secs(5));
+        assert!(
+            eventually(Duration::from_secs(3), || arrival_programs_loaded() == 0),
+            "{hook}: arrival hook left attached"
+        );
+        let again = agent(&lab, &tmp.path("log"), &["--hook", hook]);
+        assert!(lab
+            .edge
+            .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), SHORT)
+            .is_err());
+        assert!(
+            eventually(Duration::from_secs(8), || metric(
+                &scrape(&lab),
+                &series(8080, "refused")
+            ) == Some(1.0)),
+            "{hook}"
+        );
+        drop(again);
+    }
 }
 
 #[test]

@@ -376,25 +376,31 @@ fn every_hook_attaches_on_this_kernel() {
 }
 
 #[test]
-fn xdp_mode_generic_on_veth_unless_driver_is_forced() {
+fn tc_on_veth_xdp_when_asked_native_when_forced() {
     let lab = Lab::new();
+    let link = || lab.origin.sh(&format!("ip link show {ORIGIN_IF}"));
+    // auto: a veth gets TC ingress (tcx), no XDP at all.
     let auto = events(&lab, &[]);
     assert!(
-        auto.stderr_text().contains("is a veth: generic XDP"),
+        auto.stderr_text().contains("is a veth: TC ingress (tcx)"),
         "{}",
         auto.stderr_text()
     );
-    assert!(lab
-        .origin
-        .sh(&format!("ip link show {ORIGIN_IF}"))
-        .contains("xdpgeneric"));
+    assert!(!link().contains("xdp"), "{}", link());
     drop(auto);
-    let forced = events(&lab, &["--xdp-mode", "driver"]);
-    let link = lab.origin.sh(&format!("ip link show {ORIGIN_IF}"));
+    // --hook xdp: generic XDP on a veth, said to cost more.
+    let xdp = events(&lab, &["--hook", "xdp"]);
+    assert!(link().contains("xdpgeneric"), "{}", link());
     assert!(
-        link.contains("xdp") && !link.contains("xdpgeneric"),
-        "{link}"
+        xdp.stderr_text().contains("generic XDP forced"),
+        "{}",
+        xdp.stderr_text()
     );
+    drop(xdp);
+    // --hook xdp --xdp-mode driver: native XDP, and it sees SYNs.
+    let forced = events(&lab, &["--hook", "xdp", "--xdp-mode", "driver"]);
+    let l = link();
+    assert!(l.contains("xdp") && !l.contains("xdpgeneric"), "{l}");
     assert!(lab
         .edge
         .connect(EDGE_V4, sockaddr(ORIGIN_V4, PORT), SHORT)

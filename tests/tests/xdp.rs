@@ -1,16 +1,53 @@
-//! The XDP parser on crafted frames through BPF_PROG_TEST_RUN: which frames become `syn`
-//! events, and that every frame passes untouched.
+//! The arrival parser on crafted frames through BPF_PROG_TEST_RUN, in both hooks (XDP and TC
+//! ingress, which share it): which frames become `syn` events, that every frame passes
+//! untouched, and that the two hooks agree on every frame.
 
 use std::process::Command;
 
 use integration_tests::{frames::*, require_root, tracer_bin};
 use serde_json::Value;
 
-/// Runs frames through `xdp_syn` (ports 443, 8080; embedded ranges): one result per frame.
+/// Runs frames through `xdp_syn` and through `tc_syn` (ports 443, 8080; embedded ranges):
+/// checks the two hooks agree on each, and returns XDP's result per frame.
 fn run(frames: &[Vec<u8>], extra: &[&str]) -> Vec<Value> {
+    let xdp = run_hook(frames, extra, false);
+    let tc = run_hook(frames, extra, true);
+    for (i, (x, t)) in xdp.iter().zip(&tc).enumerate() {
+        if t.get("skipped").is_some() {
+            // Too short for the kernel's TC test run (truncated inside the IP header): XDP
+            // must find nothing in it either.
+            assert_eq!(x["events"], 0, "frame {i}: {x}");
+            continue;
+        }
+        let same = |key: &str| assert_eq!(x[key], t[key], "frame {i}: {key}: XDP {x} / TC {t}");
+        same("events");
+        same("lost");
+        for key in [
+            "kind",
+            "peer_addr",
+            "peer_port",
+            "local_addr",
+            "local_port",
+            "seq",
+            "edge",
+        ] {
+            assert_eq!(
+                x["event"][key], t["event"][key],
+                "frame {i}: event {key}: XDP {x} / TC {t}"
+            );
+        }
+    }
+    xdp
+}
+
+/// Runs frames through one hook's programs: one result per frame.
+fn run_hook(frames: &[Vec<u8>], extra: &[&str], tc: bool) -> Vec<Value> {
     require_root();
     let mut cmd = Command::new(tracer_bin());
     cmd.args(["xdp-test-run", "--port", "443,8080"]).args(extra);
+    if tc {
+        cmd.arg("--tc");
+    }
     for f in frames {
         cmd.arg("--frame").arg(hex(f));
     }

@@ -242,6 +242,9 @@ pub struct XdpTestRunArgs {
     /// Do not drain the SYN log while the programs run (to see a full log count its losses).
     #[arg(long)]
     pub no_reader: bool,
+    /// Run the TC ingress programs (`tc_syn`, `tc_pass`) instead of the XDP ones.
+    #[arg(long)]
+    pub tc: bool,
     /// Frames as hex, Ethernet header first.
     #[arg(long = "frame", required = true)]
     pub frames: Vec<String>,

@@ -646,7 +646,6 @@ impl Probe {
     }
 
     fn attach_xdp(&mut self, xdp_program: &str, iface: &str, mode: XdpAttach) -> Result<()> {
-        self.load_clock_program()?;
         let xdp: &mut Xdp = program(&mut self.ebpf, xdp_program)?;
         xdp.load().context("loading the XDP program")?;
         let veth = crate::netinfo::driver_name(iface).as_deref() == Some("veth");
@@ -818,6 +817,10 @@ impl Probe {
             let xdp: &mut Xdp = program(&mut probe.ebpf, name)?;
             xdp.load().with_context(|| format!("loading {name}"))?;
         }
+        for name in ["tc_syn", "tc_pass"] {
+            let tc: &mut SchedClassifier = program(&mut probe.ebpf, name)?;
+            tc.load().with_context(|| format!("loading {name}"))?;
+        }
         Ok(probe)
     }
 
@@ -859,7 +862,8 @@ impl Probe {
         sample.ok_or_else(|| anyhow!("clock program returned nothing"))
     }
 
-    /// Runs `frame` through an XDP program `repeat` times: (action, kernel-measured time per run).
+    /// Runs `frame` through an XDP or TC program `repeat` times: (action, kernel-measured time
+    /// per run).
     pub fn test_run(
         &self,
         program: &str,
@@ -867,18 +871,20 @@ impl Probe {
         repeat: u32,
     ) -> Result<(u32, std::time::Duration)> {
         use aya::programs::{TestRun as _, TestRunOptions};
-        let xdp: &Xdp = self
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::new()
+        };
+        let loaded = self
             .ebpf
             .program(program)
-            .ok_or_else(|| anyhow!("program {program} missing"))?
-            .try_into()?;
-        let r = xdp
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                ..TestRunOptions::new()
-            })
-            .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
+            .ok_or_else(|| anyhow!("program {program} missing"))?;
+        let r = match loaded {
+            Program::SchedClassifier(tc) => tc.test_run(options),
+            other => <&Xdp>::try_from(other)?.test_run(options),
+        }
+        .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
         Ok((r.return_value, r.duration))
     }
 
