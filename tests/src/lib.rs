@@ -410,21 +410,30 @@ impl Tracer {
 
     /// [`Tracer::diagnose`] with extra environment variables.
     pub fn diagnose_env(ns: &Netns, ports: &str, secs: &str, env: &[(&str, &str)]) -> Tracer {
-        Tracer::start_env(
-            ns,
-            &[
-                "diagnose",
-                "--iface",
-                ORIGIN_IF,
-                "--port",
-                ports,
-                "--duration",
-                secs,
-                "--format",
-                "json",
-            ],
-            env,
-        )
+        Tracer::diagnose_with(ns, ports, secs, &[], env)
+    }
+
+    /// [`Tracer::diagnose`] with extra arguments and environment variables.
+    pub fn diagnose_with(
+        ns: &Netns,
+        ports: &str,
+        secs: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Tracer {
+        let mut args = vec![
+            "diagnose",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            ports,
+            "--duration",
+            secs,
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        Tracer::start_env(ns, &args, env)
     }
 }
 

@@ -361,11 +361,16 @@ pub fn run(s: &Scenario) -> (Value, f64) {
 
 /// [`run`] with extra environment variables for the tracer.
 pub fn run_env(s: &Scenario, env: &[(&str, &str)]) -> (Value, f64) {
+    run_with(s, &[], env)
+}
+
+/// [`run`] with extra arguments (`--hook xdp`) and environment variables for the tracer.
+pub fn run_with(s: &Scenario, args: &[&str], env: &[(&str, &str)]) -> (Value, f64) {
     let started = Instant::now();
     let lab = Lab::new();
     let keep = (s.setup)(&lab);
     let window = WINDOW_SECS.to_string();
-    let tracer = Tracer::diagnose_env(&lab.origin, s.ports, &window, env);
+    let tracer = Tracer::diagnose_with(&lab.origin, s.ports, &window, args, env);
     (s.traffic)(&lab);
     let stderr = tracer.stderr_text();
     let (code, out) = tracer.wait(Duration::from_secs(WINDOW_SECS + 20));

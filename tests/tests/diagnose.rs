@@ -62,6 +62,9 @@ fn json_contract() {
     assert_eq!(r["interface"], integration_tests::ORIGIN_IF);
     assert_eq!(r["ports"], serde_json::json!([443]));
     assert_eq!(r["lost_events"], 0);
+    // The lab's interface is a veth: TC ingress, through a tcx link on this kernel.
+    assert_eq!(r["arrival_hook"], "tcx");
+    assert_eq!(r["xdp_mode"], "none");
     let c = &r["causes"][0];
     assert!(c["attempts"].is_u64() && c["evidence"].is_array() && c["next_steps"].is_array());
 }
@@ -286,4 +289,15 @@ fn a_client_reusing_its_port_at_once_counts_every_connection() {
     assert_eq!(r["edge"]["syn"], CONNECTIONS, "{r:#}");
     assert_eq!(r["edge"]["handshakes"], CONNECTIONS, "{r:#}");
     assert_eq!(r["edge"]["unanswered"], 0, "{r:#}");
+}
+
+/// Every verdict scenario again with XDP as the arrival hook (the lab's veth gets TC by
+/// default): the same verdicts from either hook.
+#[test]
+fn every_scenario_gives_its_verdict_with_the_xdp_hook_too() {
+    for s in scenarios::all() {
+        let (r, _) = scenarios::run_with(&s, &["--hook", "xdp"], &[]);
+        assert_eq!(r["verdict"], s.expected, "{} with XDP: {r:#}", s.name);
+        assert_eq!(r["arrival_hook"], "xdp_generic", "{}", s.name);
+    }
 }
