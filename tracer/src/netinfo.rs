@@ -16,6 +16,27 @@ pub fn interface_names() -> Vec<String> {
     names
 }
 
+/// The XDP program attached to the interface now, as the kernel names it: "id 6584
+/// (xdp_syn)". From `ip -details -json link show`; `None` when there is none or `ip` cannot
+/// say.
+pub fn xdp_holder(iface: &str) -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-details", "-json", "link", "show", "dev", iface])
+        .output()
+        .ok()?;
+    xdp_holder_of(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn xdp_holder_of(ip_json: &str) -> Option<String> {
+    let links: serde_json::Value = serde_json::from_str(ip_json).ok()?;
+    let prog = &links.get(0)?.get("xdp")?["prog"];
+    let id = prog["id"].as_u64()?;
+    Some(match prog["name"].as_str() {
+        Some(name) => format!("id {id} ({name})"),
+        None => format!("id {id}"),
+    })
+}
+
 /// The interface's driver name (ethtool ETHTOOL_GDRVINFO), e.g. "veth", "virtio_net".
 pub fn driver_name(iface: &str) -> Option<String> {
     const SIOCETHTOOL: libc::c_ulong = 0x8946;
@@ -119,6 +140,14 @@ pub fn default_interface() -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn names_the_xdp_holder() {
+        let held = r#"[{"ifname":"a1","xdp":{"mode":1,"prog":{"id":6584,"name":"xdp_syn","tag":"78bb"}}}]"#;
+        assert_eq!(xdp_holder_of(held).as_deref(), Some("id 6584 (xdp_syn)"));
+        assert_eq!(xdp_holder_of(r#"[{"ifname":"a1"}]"#), None);
+        assert_eq!(xdp_holder_of("not json"), None);
+    }
+
     use super::*;
 
     #[test]

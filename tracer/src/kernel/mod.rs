@@ -7,7 +7,7 @@ pub mod tracefs;
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{
@@ -257,6 +257,20 @@ fn sync_trie<K: aya::Pod + PartialEq>(
         trie.remove(k).with_context(|| format!("updating {name}"))?;
     }
     Ok(())
+}
+
+/// Why XDP could not attach, on one line: the errno, the program holding the slot when the
+/// kernel names one, and what works beside it.
+fn xdp_attach_error(iface: &str, mode: &str, e: ProgramError) -> anyhow::Error {
+    let cause = one_line(&anyhow::Error::from(e));
+    match crate::netinfo::xdp_holder(iface) {
+        Some(holder) => anyhow!(
+            "cannot attach XDP to {iface} in {mode} mode: XDP program {holder} holds it ({cause}); --hook tc (or auto) attaches beside it, or detach that program"
+        ),
+        None => anyhow!(
+            "cannot attach XDP to {iface} in {mode} mode: {cause}; --hook tc (or auto) uses TC ingress instead"
+        ),
+    }
 }
 
 /// An error on one line: a verifier log is cut to the verdict it ends with.
@@ -656,7 +670,7 @@ impl Probe {
         };
         if generic_first {
             xdp.attach(iface, XdpMode::Skb)
-                .map_err(|e| anyhow!("cannot attach XDP to {iface} in generic mode: {e}"))?;
+                .map_err(|e| xdp_attach_error(iface, "generic", e))?;
             self.xdp_mode = "generic";
             self.arrival_hook = ArrivalHook::XdpGeneric;
             if mode == XdpAttach::Auto {
@@ -683,9 +697,7 @@ impl Probe {
                     "{iface}: driver doesn't support native XDP ({native}); using generic (skb) mode"
                 ));
             }
-            Err(native) => bail!(
-                "cannot attach XDP to {iface} in driver mode: {native} (try --xdp-mode generic)"
-            ),
+            Err(native) => return Err(xdp_attach_error(iface, "driver", native)),
         }
         Ok(())
     }

@@ -1,0 +1,180 @@
+//! Several tracers, and other XDP users, on one interface: each tracer gets its full, exact
+//! counts and none disturbs the others (TC ingress through tcx links composes; the slot XDP
+//! has is never taken from its holder).
+
+use std::time::Duration;
+
+use integration_tests::{
+    arrival_programs_loaded, eventually, metric,
+    scenarios::{Server, ServerMode, SHORT},
+    sockaddr, tracer_bin, Lab, TempDir, Tracer, EDGE_V4, ORIGIN_IF, ORIGIN_V4,
+};
+use serde_json::Value;
+
+const METRICS: &str = "127.0.0.1:9521";
+
+/// 5 handshakes on 443 and 3 refusals on 8080 from the edge.
+fn traffic(lab: &Lab) {
+    for _ in 0..5 {
+        lab.edge
+            .connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT)
+            .expect("443 serves");
+    }
+    for _ in 0..3 {
+        assert!(lab
+            .edge
+            .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), SHORT)
+            .is_err());
+    }
+}
+
+fn diagnose(lab: &Lab, extra: &[&str]) -> Tracer {
+    Tracer::diagnose_with(&lab.origin, "443,8080", "4", extra, &[])
+}
+
+fn report(t: Tracer) -> Value {
+    let stderr = t.stderr_text();
+    let (code, out) = t.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{stderr}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn assert_exact(r: &Value, who: &str) {
+    assert_eq!(r["edge"]["syn"], 8, "{who}: {r:#}");
+    assert_eq!(r["edge"]["handshakes"], 5, "{who}: {r:#}");
+    assert_eq!(r["edge"]["refused"], 3, "{who}: {r:#}");
+    assert_eq!(r["lost_events"], 0, "{who}: {r:#}");
+}
+
+fn agent(lab: &Lab, log: &std::path::Path) -> Tracer {
+    Tracer::start(
+        &lab.origin,
+        &[
+            "agent",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            "443,8080",
+            "--window",
+            "2",
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+    )
+}
+
+/// The agent's counts reach exactly (handshakes on 443, refusals on 8080).
+fn agent_counts(lab: &Lab, handshakes: f64, refused: f64) -> bool {
+    let series = |port: u16, outcome: &str| {
+        format!("tracer_edge_connections_total{{outcome=\"{outcome}\",port=\"{port}\"}}")
+    };
+    eventually(Duration::from_secs(8), || {
+        let text = lab
+            .origin
+            .http_get(METRICS, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        metric(&text, &series(443, "handshake")) == Some(handshakes)
+            && metric(&text, &series(8080, "refused")) == Some(refused)
+    })
+}
+
+#[test]
+fn diagnose_beside_a_running_agent() {
+    let lab = Lab::new();
+    let _server = Server::start(lab.origin.listen("0.0.0.0", 443, 128), ServerMode::Close);
+    let tmp = TempDir::new("coexist-agent");
+    let _agent = agent(&lab, &tmp.path("log"));
+    let d = diagnose(&lab, &[]);
+    traffic(&lab);
+    assert_exact(&report(d), "diagnose");
+    assert!(agent_counts(&lab, 5.0, 3.0), "the agent's counts");
+}
+
+#[test]
+fn two_diagnoses_at_once() {
+    let lab = Lab::new();
+    let _server = Server::start(lab.origin.listen("0.0.0.0", 443, 128), ServerMode::Close);
+    let first = diagnose(&lab, &[]);
+    let second = diagnose(&lab, &[]);
+    assert_eq!(arrival_programs_loaded(), 2);
+    traffic(&lab);
+    assert_exact(&report(first), "first");
+    assert_exact(&report(second), "second");
+}
+
+#[test]
+fn an_agent_restarted_while_diagnose_runs() {
+    let lab = Lab::new();
+    let _server = Server::start(lab.origin.listen("0.0.0.0", 443, 128), ServerMode::Close);
+    let tmp = TempDir::new("coexist-restart");
+    let a = agent(&lab, &tmp.path("log"));
+    let d = diagnose(&lab, &[]);
+    a.signal(libc::SIGTERM);
+    let _ = a.wait(Duration::from_secs(5));
+    let _again = agent(&lab, &tmp.path("log"));
+    traffic(&lab);
+    assert_exact(&report(d), "diagnose");
+    assert!(agent_counts(&lab, 5.0, 3.0), "the restarted agent's counts");
+}
+
+/// Another XDP user holds the interface's XDP slot (here the tracer itself with native XDP,
+/// through a separate handle): diagnose attaches beside it on TC, both see every SYN, and
+/// the XDP program is still there after diagnose exits. Forcing XDP fails in one line that
+/// names the holder.
+#[test]
+fn a_foreign_xdp_program_is_left_in_place() {
+    let lab = Lab::new();
+    let _server = Server::start(lab.origin.listen("0.0.0.0", 443, 128), ServerMode::Close);
+    let holder = Tracer::start(
+        &lab.origin,
+        &[
+            "events",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            "443,8080",
+            "--hook",
+            "xdp",
+            "--xdp-mode",
+            "driver",
+            "--format",
+            "json",
+        ],
+    );
+    let link = || lab.origin.sh(&format!("ip -details link show {ORIGIN_IF}"));
+    assert!(link().contains("xdp"), "{}", link());
+    let d = diagnose(&lab, &[]);
+    traffic(&lab);
+    let r = report(d);
+    assert_exact(&r, "diagnose beside XDP");
+    assert_eq!(r["arrival_hook"], "tcx");
+    assert!(link().contains("prog/xdp"), "XDP left in place: {}", link());
+
+    let forced = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.origin.name])
+        .arg(tracer_bin())
+        .args([
+            "diagnose",
+            "--iface",
+            ORIGIN_IF,
+            "--duration",
+            "1",
+            "--hook",
+            "xdp",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&forced.stderr).into_owned();
+    assert!(!forced.status.success(), "{err}");
+    assert!(
+        err.contains("XDP program id ") && err.contains("(xdp_syn) holds it"),
+        "{err}"
+    );
+    assert!(err.contains("--hook tc"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+    let ev = holder.stop();
+    let syns = ev.iter().filter(|e| e["kind"] == "syn").count();
+    assert_eq!(syns, 8, "the XDP holder saw every SYN too");
+}
