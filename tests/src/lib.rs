@@ -157,6 +157,16 @@ impl Lab {
         sh(&format!("ip netns add {}", lab.origin.name));
         sh(&format!("ip netns add {}", lab.edge.name));
         sh(&format!("ip netns add {}", lab.container.name));
+        lab.plug();
+        lab
+    }
+}
+
+impl Lab {
+    /// Joins the origin and the edge by their veth pair, with addresses, routes and primed
+    /// neighbour tables.
+    pub fn plug(&self) {
+        let lab = self;
         sh(&format!(
             "ip link add {ORIGIN_IF} netns {} type veth peer name {EDGE_IF} netns {}",
             lab.origin.name, lab.edge.name
@@ -190,11 +200,13 @@ impl Lab {
             .sh(&format!("ping -c1 -W2 {ORIGIN_V4} >/dev/null || true"));
         lab.edge
             .sh(&format!("ping -6 -c1 -W2 {ORIGIN_V6} >/dev/null || true"));
-        lab
     }
-}
 
-impl Lab {
+    /// Deletes the origin's interface (and so the pair), as a NIC removed or a veth deleted.
+    pub fn unplug(&self) {
+        self.origin.sh(&format!("ip link del {ORIGIN_IF}"));
+    }
+
     /// Joins the container namespace to the origin by a veth pair, as Docker's bridge does:
     /// the origin forwards (ip_forward, IPv6 forwarding) and masquerades the container's own
     /// outbound connections; the container routes everything through the origin.

@@ -484,3 +484,56 @@ fn deploy_files_check() {
         );
     }
 }
+
+/// The watched interface is deleted and an interface of that name comes back: the agent says
+/// so once each, attaches its arrival hook to the new one, and counts what arrives there
+/// (it must not run blind, reporting `never_arriving`).
+#[test]
+fn the_agent_reattaches_when_its_interface_comes_back() {
+    for hook in HOOKS {
+        let lab = Lab::new();
+        let tmp = TempDir::new("agent-replug");
+        let log = tmp.path("log");
+        let tracer = agent(&lab, &log, &["--hook", hook]);
+        lab.unplug();
+        assert!(
+            eventually(Duration::from_secs(5), || tracer
+                .stderr_text()
+                .contains("disappeared")),
+            "{hook}: {}",
+            tracer.stderr_text()
+        );
+        lab.plug();
+        assert!(
+            eventually(Duration::from_secs(5), || tracer
+                .stderr_text()
+                .contains("is back: arrival hook attached again")),
+            "{hook}: {}",
+            tracer.stderr_text()
+        );
+        for _ in 0..2 {
+            assert!(lab
+                .edge
+                .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), SHORT)
+                .is_err());
+        }
+        let mut text = String::new();
+        let counted = eventually(Duration::from_secs(8), || {
+            text = scrape(&lab);
+            metric(&text, &series(8080, "refused")) == Some(2.0)
+                && metric(&text, &series(8080, "unanswered")) == Some(0.0)
+        });
+        assert!(counted, "{hook}: refusals after the return:\n{text}");
+        let stderr = tracer.stderr_text();
+        assert_eq!(stderr.matches("disappeared").count(), 1, "{hook}: {stderr}");
+        assert_eq!(stderr.matches("is back").count(), 1, "{hook}: {stderr}");
+        // The window's verdict record says what happened to the interface.
+        assert!(
+            eventually(Duration::from_secs(5), || log_lines(&log).iter().any(|l| {
+                l["kind"] == "verdict" && l["notes"].to_string().contains("disappeared at")
+            })),
+            "{hook}: no verdict note"
+        );
+        drop(tracer);
+    }
+}

@@ -25,6 +25,7 @@ use crate::{
     event::{Kind, Record},
     events::EventRecord,
     export::{self, Metrics},
+    kernel::InterfaceChange,
     netinfo,
     ranges::{fetch, RangeSet},
     reasons::ReasonTable,
@@ -161,6 +162,10 @@ struct Agent {
     refresh_rx: mpsc::Receiver<Refreshed>,
     /// Set by the SIGHUP task: reopen the log file.
     hup: Arc<AtomicBool>,
+    /// Said in this window's verdict record (the interface went away, came back).
+    window_notes: Vec<String>,
+    /// A failed re-attach is warned about once, then retried quietly.
+    reattach_failed: bool,
 }
 
 impl Sink for Agent {
@@ -202,6 +207,7 @@ impl Sink for Agent {
             self.sampler.sample();
             self.metrics
                 .set_open_attempts(self.correlator.open_attempts());
+            self.watch_interface(capture);
             self.last_housekeeping = Instant::now();
         }
         if self.window_start.0.elapsed() >= Duration::from_secs_f64(self.args.window) {
@@ -228,6 +234,42 @@ impl Sink for Agent {
 }
 
 impl Agent {
+    /// The interface gone (deleted veth, NIC removed) is said once; when an interface of that
+    /// name comes back the arrival hook is attached to it again, so the agent never runs
+    /// blind reporting `never_arriving`.
+    fn watch_interface(&mut self, capture: &mut Capture) {
+        let iface = &self.iface;
+        let now = humantime::format_rfc3339_seconds(SystemTime::now());
+        match capture.probe.check_interface() {
+            Ok(InterfaceChange::Same) => {}
+            Ok(InterfaceChange::Gone) => {
+                tracing::warn!("interface {iface} disappeared: nothing arrives through it; the agent attaches again when an interface of that name comes back");
+                self.window_notes.push(format!(
+                    "interface {iface} disappeared at {now}: edge SYNs after that were not seen"
+                ));
+            }
+            Ok(InterfaceChange::Back) => {
+                self.reattach_failed = false;
+                self.arrival_hook = capture.probe.arrival_hook.as_str();
+                self.metrics.set_arrival_hook(self.arrival_hook);
+                tracing::warn!(
+                    hook = self.arrival_hook,
+                    "interface {iface} is back: arrival hook attached again"
+                );
+                self.window_notes.push(format!(
+                    "interface {iface} came back at {now}: arrival hook attached again"
+                ));
+            }
+            Err(e) => {
+                if !self.reattach_failed {
+                    tracing::warn!("interface {iface} is back but the arrival hook cannot attach to it (retrying): {e:#}");
+                }
+                self.reattach_failed = true;
+                capture.probe.mark_interface_gone();
+            }
+        }
+    }
+
     fn apply_refresh(&mut self, capture: &mut Capture, result: Refreshed) {
         match result {
             Ok((set, note)) => {
@@ -248,6 +290,12 @@ impl Agent {
     }
 
     fn close_window(&mut self, capture: &Capture) {
+        let notes: Vec<String> = self
+            .notes
+            .iter()
+            .chain(&self.window_notes)
+            .cloned()
+            .collect();
         let lost_total = capture.lost_total();
         let now_packets = netinfo::rx_packets(&self.iface);
         let ctx = WindowContext {
@@ -259,13 +307,14 @@ impl Agent {
             window_secs: self.args.window,
             started_at: self.window_start.1,
             ranges: &self.ranges,
-            notes: &self.notes,
+            notes: &notes,
             xdp_mode: self.xdp_mode,
             arrival_hook: self.arrival_hook,
             lost_events: lost_total - self.lost_at_start,
             packets_seen: now_packets.saturating_sub(self.packets_at_start),
         };
         let report = window::report(&self.tally, &mut self.sampler, &ctx);
+        self.window_notes.clear();
         self.metrics.set_verdict(report.verdict);
         tracing::info!(
             verdict = report.verdict.as_str(),
@@ -354,6 +403,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         refresh_tx,
         refresh_rx,
         hup,
+        window_notes: Vec::new(),
+        reattach_failed: false,
     };
     session::run(&mut capture, &mut agent).await?;
     tracing::info!("stopping: detaching programs");

@@ -12,6 +12,7 @@ use crate::{
     cli::{DiagnoseArgs, Format},
     correlate::Correlator,
     event::{Kind, Record},
+    kernel::InterfaceChange,
     netinfo,
     ranges::fetch,
     session::{self, Next, Sink},
@@ -37,6 +38,36 @@ struct Window {
     progress: bool,
     /// How long the window really ran (shorter when interrupted).
     elapsed: Option<Duration>,
+    /// What happened to the interface during the window, for the report.
+    notes: Vec<String>,
+    iface: String,
+}
+
+impl Window {
+    /// The interface going away (or coming back, re-attached) during the window is said in
+    /// the report: edge SYNs in between were not seen.
+    fn watch_interface(&mut self, capture: &mut Capture) {
+        let now = humantime::format_rfc3339_seconds(SystemTime::now());
+        let iface = &self.iface;
+        match capture.probe.check_interface() {
+            Ok(InterfaceChange::Same) => {}
+            Ok(InterfaceChange::Gone) => self.notes.push(format!(
+                "interface {iface} disappeared at {now}: edge SYNs after that were not seen"
+            )),
+            Ok(InterfaceChange::Back) => self.notes.push(format!(
+                "interface {iface} came back at {now}: arrival hook attached again"
+            )),
+            Err(e) => {
+                let note = format!(
+                    "interface {iface} came back but the arrival hook could not attach: {e:#}"
+                );
+                if !self.notes.contains(&note) {
+                    self.notes.push(note);
+                }
+                capture.probe.mark_interface_gone();
+            }
+        }
+    }
 }
 
 impl Sink for Window {
@@ -55,7 +86,7 @@ impl Sink for Window {
         }
     }
 
-    fn tick(&mut self, _: &mut Capture) -> Result<Next> {
+    fn tick(&mut self, capture: &mut Capture) -> Result<Next> {
         if let Some(end) = self.grace_end {
             let done = self.correlator.pending() == 0 || Instant::now() >= end;
             return Ok(if done { Next::Stop } else { Next::Continue });
@@ -63,6 +94,7 @@ impl Sink for Window {
         if self.last_sample.elapsed() >= Duration::from_secs(1) {
             self.sampler.sample();
             self.last_sample = Instant::now();
+            self.watch_interface(capture);
         }
         if self.progress {
             // Rounded up: a 30 s window starts at "30 s left".
@@ -158,10 +190,13 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
             && std::io::stdout().is_terminal()
             && std::io::stderr().is_terminal(),
         elapsed: None,
+        notes: Vec::new(),
+        iface: iface.clone(),
     };
     session::run(&mut capture, &mut w).await?;
 
     let interrupted = w.elapsed.is_some_and(|e| e < w.length);
+    notes.append(&mut w.notes);
     let window_secs = match w.elapsed {
         Some(e) if interrupted => e.as_secs_f64(),
         _ => args.duration,

@@ -89,6 +89,28 @@ impl ArrivalHook {
     }
 }
 
+/// Where and how the arrival hook is attached.
+#[derive(Clone, Debug)]
+struct ArrivalTarget {
+    iface: String,
+    ifindex: u32,
+    hook: HookChoice,
+    xdp_mode: XdpAttach,
+    empty: bool,
+    /// The interface has gone (deleted, NIC removed) and not come back yet.
+    gone: bool,
+}
+
+/// What became of the watched interface since the last look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterfaceChange {
+    Same,
+    /// It disappeared: nothing arrives through the hook.
+    Gone,
+    /// An interface of that name is there again, and the hook is attached to it.
+    Back,
+}
+
 /// SYNs remembered for following forwarded connections (`ARRIVALS`, LRU): well over the SYNs
 /// of the 25 s an attempt may stay open at thousands of connections per second.
 const ARRIVAL_ENTRIES: u32 = 1 << 16;
@@ -125,6 +147,9 @@ pub struct Probe {
     pub notes: Vec<String>,
     pub xdp_mode: &'static str,
     pub arrival_hook: ArrivalHook,
+    /// What the arrival hook was attached with, to attach it again when its interface comes
+    /// back: (interface, its index then, hook, XDP mode, empty programs).
+    arrival: Option<ArrivalTarget>,
     /// The edge bitmaps last written: ((IPv4 full /24s, IPv4 partial /24s), IPv6 pre-filter).
     bitmaps: ((SparseBits, SparseBits), Vec<u64>),
     /// (possible CPUs, records per CPU) of the SYN log.
@@ -472,6 +497,7 @@ impl Probe {
             notes,
             xdp_mode: "driver",
             arrival_hook: ArrivalHook::XdpDriver,
+            arrival: None,
             bitmaps: empty_bitmaps(),
             syn_log,
         };
@@ -543,7 +569,16 @@ impl Probe {
             }
         }
         probe.load_clock_program()?;
-        probe.attach_arrival(opts, empty)?;
+        let target = ArrivalTarget {
+            iface: opts.iface.to_string(),
+            ifindex: ifindex(opts.iface)?,
+            hook: opts.hook,
+            xdp_mode: opts.xdp_mode,
+            empty,
+            gone: false,
+        };
+        probe.attach_arrival(&target)?;
+        probe.arrival = Some(target);
         Ok(probe)
     }
 
@@ -587,13 +622,47 @@ impl Probe {
         attached
     }
 
-    /// Attaches the arrival hook `opts` asks for and says which and why in the notes.
-    fn attach_arrival(&mut self, opts: &ProbeOptions<'_>, empty: bool) -> Result<()> {
+    /// Has the watched interface gone, or come back (by name, perhaps with a new index)? On
+    /// its return the arrival hook is attached to it again. Cheap: one ioctl.
+    pub fn check_interface(&mut self) -> Result<InterfaceChange> {
+        let Some(target) = &mut self.arrival else {
+            return Ok(InterfaceChange::Same);
+        };
+        let name = std::ffi::CString::new(target.iface.as_str())?;
+        // SAFETY: NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if index == 0 {
+            if target.gone {
+                return Ok(InterfaceChange::Same);
+            }
+            target.gone = true;
+            return Ok(InterfaceChange::Gone);
+        }
+        if !target.gone && index == target.ifindex {
+            return Ok(InterfaceChange::Same);
+        }
+        target.gone = false;
+        target.ifindex = index;
+        let target = target.clone();
+        self.attach_arrival(&target)?;
+        Ok(InterfaceChange::Back)
+    }
+
+    /// A re-attach failed: look again next time as if the interface were still gone.
+    pub fn mark_interface_gone(&mut self) {
+        if let Some(t) = &mut self.arrival {
+            t.gone = true;
+        }
+    }
+
+    /// Attaches the arrival hook `target` asks for and says which and why in the notes.
+    fn attach_arrival(&mut self, target: &ArrivalTarget) -> Result<()> {
+        let empty = target.empty;
         let name = |p: &'static str| if empty { empty_counterpart(p) } else { p };
-        let iface = opts.iface;
-        match opts.hook {
+        let iface = target.iface.as_str();
+        match target.hook {
             HookChoice::Xdp => {
-                self.attach_xdp(name("xdp_syn"), iface, opts.xdp_mode)?;
+                self.attach_xdp(name("xdp_syn"), iface, target.xdp_mode)?;
                 if self.arrival_hook == ArrivalHook::XdpGeneric {
                     self.notes.push(format!(
                         "{iface}: generic XDP forced (--hook xdp): it copies every packet the local stack still holds before any program runs; --hook tc costs less"
@@ -631,7 +700,9 @@ impl Probe {
     /// process, even on SIGKILL), else a clsact filter.
     fn attach_tc(&mut self, name: &str, iface: &str) -> Result<()> {
         let tc: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-        tc.load().context("loading the TC program")?;
+        if tc.fd().is_err() {
+            tc.load().context("loading the TC program")?;
+        }
         let tcx = tc.attach_with_options(
             iface,
             TcAttachType::Ingress,
@@ -661,7 +732,9 @@ impl Probe {
 
     fn attach_xdp(&mut self, xdp_program: &str, iface: &str, mode: XdpAttach) -> Result<()> {
         let xdp: &mut Xdp = program(&mut self.ebpf, xdp_program)?;
-        xdp.load().context("loading the XDP program")?;
+        if xdp.fd().is_err() {
+            xdp.load().context("loading the XDP program")?;
+        }
         let veth = crate::netinfo::driver_name(iface).as_deref() == Some("veth");
         let generic_first = match mode {
             XdpAttach::Generic => true,
@@ -820,6 +893,7 @@ impl Probe {
             notes: Vec::new(),
             xdp_mode: "test-run",
             arrival_hook: ArrivalHook::XdpDriver,
+            arrival: None,
             bitmaps: empty_bitmaps(),
             syn_log,
         };

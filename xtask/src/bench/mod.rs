@@ -46,8 +46,14 @@ pub fn run(tracer: &Path, as_json: bool, only: &[String]) -> Result<()> {
         Box<dyn Fn() -> Result<Value> + 'a>,
         fn(&Value) -> String,
     );
-    let parts: [Part; 7] = [
-        ("xdp", "xdp", Box::new(|| xdp_cost(tracer)), render_xdp),
+    let parts: [Part; 8] = [
+        (
+            "xdp",
+            "xdp",
+            Box::new(|| xdp_cost(tracer, false)),
+            render_xdp,
+        ),
+        ("tc", "tc", Box::new(|| xdp_cost(tracer, true)), render_xdp),
         (
             "rate",
             "connection_rate",
@@ -136,7 +142,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 // ---------------------------------------------------------------- 1. XDP cost per packet
 
-fn xdp_cost(tracer: &Path) -> Result<Value> {
+/// Per-packet cost of the arrival program beside the empty one on the same hook: XDP, or
+/// (`tc`) the TC ingress classifier.
+fn xdp_cost(tracer: &Path, tc: bool) -> Result<Value> {
     use frames::{Frame, ACK};
     let cases: [(&str, Vec<u8>, f64); 4] = [
         ("non-TCP frame", frames::udp().build(), 1.3),
@@ -170,6 +178,9 @@ fn xdp_cost(tracer: &Path) -> Result<Value> {
             "--repeat",
             &XDP_REPEAT.to_string(),
         ]);
+        if tc {
+            cmd.arg("--tc");
+        }
         for (_, f, _) in &cases {
             cmd.arg("--frame").arg(frames::hex(f));
         }
@@ -212,13 +223,20 @@ fn xdp_cost(tracer: &Path) -> Result<Value> {
             })
         })
         .collect();
-    Ok(json!({"repeat": XDP_REPEAT, "runs": XDP_RUNS, "cases": rows}))
+    Ok(json!({
+        "hook": if tc { "TC ingress (tc_syn beside tc_pass)" } else { "XDP (xdp_syn beside xdp_pass)" },
+        "repeat": XDP_REPEAT,
+        "runs": XDP_RUNS,
+        "cases": rows,
+    }))
 }
 
 fn render_xdp(v: &Value) -> String {
     let mut s = format!(
-        "\n1. XDP cost per packet (BPF_PROG_TEST_RUN, {} repeats, median of {} runs)\n",
-        v["repeat"], v["runs"]
+        "\n1. Arrival hook cost per packet, {} (BPF_PROG_TEST_RUN, {} repeats, median of {} runs)\n",
+        v["hook"].as_str().unwrap_or(""),
+        v["repeat"],
+        v["runs"]
     );
     s += &format!(
         "   {:<22} {:>10} {:>10} {:>7} {:>8}\n",
