@@ -178,3 +178,55 @@ fn a_foreign_xdp_program_is_left_in_place() {
     let syns = ev.iter().filter(|e| e["kind"] == "syn").count();
     assert_eq!(syns, 8, "the XDP holder saw every SYN too");
 }
+
+/// Kernels before 6.6 have no tcx: the TC program is a clsact filter (forced here with
+/// TRACER_NO_TCX). Verdicts and counts are the same; two tracers' filters compose; a filter a
+/// SIGKILLed tracer left is removed by the next start, and a clean exit removes its own.
+#[test]
+fn the_clsact_path_of_kernels_without_tcx() {
+    const NO_TCX: (&str, &str) = ("TRACER_NO_TCX", "1");
+    let lab = Lab::new();
+    let _server = Server::start(lab.origin.listen("0.0.0.0", 443, 128), ServerMode::Close);
+    let first = Tracer::diagnose_with(&lab.origin, "443,8080", "4", &[], &[NO_TCX]);
+    let second = Tracer::diagnose_with(&lab.origin, "443,8080", "4", &[], &[NO_TCX]);
+    traffic(&lab);
+    for (who, t) in [("first", first), ("second", second)] {
+        let r = report(t);
+        assert_exact(&r, who);
+        assert_eq!(r["arrival_hook"], "tc_clsact", "{who}");
+        assert_eq!(r["verdict"], "refused", "{who}");
+    }
+    let filters = || {
+        lab.origin
+            .sh(&format!("tc filter show dev {ORIGIN_IF} ingress"))
+            .lines()
+            .filter(|l| l.contains("tc_syn"))
+            .count()
+    };
+    assert_eq!(filters(), 0, "a clean exit removes its filter");
+
+    let killed = Tracer::start_env(
+        &lab.origin,
+        &["events", "--iface", ORIGIN_IF, "--port", "443"],
+        &[NO_TCX],
+    );
+    killed.signal(libc::SIGKILL);
+    let _ = killed.wait(Duration::from_secs(5));
+    assert_eq!(filters(), 1, "SIGKILL leaves the filter behind");
+    let again = Tracer::start_env(
+        &lab.origin,
+        &[
+            "events", "--iface", ORIGIN_IF, "--port", "443", "--format", "json",
+        ],
+        &[NO_TCX],
+    );
+    assert_eq!(filters(), 1, "the stale filter replaced, not added to");
+    // The old program goes once the kernel frees it (after RCU): wait a moment.
+    assert!(eventually(Duration::from_secs(3), || arrival_programs_loaded() == 1));
+    lab.edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT)
+        .expect("443 serves");
+    let ev = again.stop();
+    assert_eq!(ev.iter().filter(|e| e["kind"] == "syn").count(), 1);
+    assert_eq!(filters(), 0);
+}

@@ -1,6 +1,7 @@
 //! Loading, configuring and attaching the kernel programs; reading their maps.
 
 pub mod btf;
+mod clsact;
 pub mod privileges;
 pub mod synlog;
 pub mod tracefs;
@@ -11,7 +12,7 @@ use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{
-        tc::{self, NlOptions, TcAttachOptions},
+        tc::{self, NlOptions, TcAttachOptions, TcHandle},
         BtfTracePoint, LinkOrder, Program, ProgramError, SchedClassifier, TcAttachType, TracePoint,
         Xdp, XdpMode,
     },
@@ -697,35 +698,47 @@ impl Probe {
     }
 
     /// TC ingress: a tcx link where the kernel has tcx (it is a link: detached with the
-    /// process, even on SIGKILL), else a clsact filter.
+    /// process, even on SIGKILL), else a clsact filter (`TRACER_NO_TCX=1` forces it, to test
+    /// the older kernels' path here).
     fn attach_tc(&mut self, name: &str, iface: &str) -> Result<()> {
         let tc: &mut SchedClassifier = program(&mut self.ebpf, name)?;
         if tc.fd().is_err() {
             tc.load().context("loading the TC program")?;
         }
-        let tcx = tc.attach_with_options(
+        let tcx_error = if std::env::var_os("TRACER_NO_TCX").is_some() {
+            "not tried (TRACER_NO_TCX)".to_string()
+        } else {
+            match tc.attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            ) {
+                Ok(_) => {
+                    self.arrival_hook = ArrivalHook::Tcx;
+                    self.xdp_mode = self.arrival_hook.xdp_mode();
+                    return Ok(());
+                }
+                Err(e) => e.to_string(),
+            }
+        };
+        // Before tcx (6.6): a clsact qdisc (shared; EEXIST when present) and a filter. A
+        // filter outlives a SIGKILLed tracer: its handle is the process id, so a later start
+        // removes the tracer's own filters whose process is gone, and no one else's.
+        clsact::remove_stale(iface);
+        let _ = tc::qdisc_add_clsact(iface);
+        let pid = std::process::id();
+        tc.attach_with_options(
             iface,
             TcAttachType::Ingress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        );
-        match tcx {
-            Ok(_) => {
-                self.arrival_hook = ArrivalHook::Tcx;
-            }
-            Err(tcx_error) => {
-                // Before tcx (6.6): a clsact qdisc (shared; EEXIST when present) and a filter.
-                let _ = tc::qdisc_add_clsact(iface);
-                tc.attach_with_options(
-                    iface,
-                    TcAttachType::Ingress,
-                    TcAttachOptions::Netlink(NlOptions::default()),
-                )
-                .map_err(|e| {
-                    anyhow!("cannot attach TC ingress to {iface}: tcx: {tcx_error}; clsact: {e}")
-                })?;
-                self.arrival_hook = ArrivalHook::TcClsact;
-            }
-        }
+            TcAttachOptions::Netlink(NlOptions {
+                handle: TcHandle::new((pid >> 16) as u16, pid as u16),
+                ..NlOptions::default()
+            }),
+        )
+        .map_err(|e| {
+            anyhow!("cannot attach TC ingress to {iface}: tcx: {tcx_error}; clsact: {e}")
+        })?;
+        self.arrival_hook = ArrivalHook::TcClsact;
         self.xdp_mode = self.arrival_hook.xdp_mode();
         Ok(())
     }
