@@ -9,7 +9,8 @@ use crate::run_cmd;
 
 /// Debian packages: LLVM 22 for bpf-linker; iproute2/nftables/iptables for the lab; prometheus
 /// for promtool; nginx and wrk for the benchmarks; docker.io and busybox-static for the test
-/// that publishes containers with Docker itself (its image is imported from busybox, offline).
+/// that publishes containers with Docker itself (its image is imported from busybox, offline);
+/// iperf3 and tcpdump for the bulk-throughput benchmark.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -24,6 +25,8 @@ const PACKAGES: &[&str] = &[
     "procps",
     "docker.io",
     "busybox-static",
+    "iperf3",
+    "tcpdump",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

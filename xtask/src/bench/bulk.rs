@@ -1,0 +1,187 @@
+//! Bulk ingress throughput: iperf3 uploading edge -> origin over the lab's veth, with nothing
+//! attached, with the agent on each arrival hook, with empty programs on the same hooks (what
+//! attaching costs before any work), and with tcpdump's SYN filter — what an admin runs today
+//! instead. Rounds rotate the arms' order; the medians of the ratios to "without" are reported.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use integration_tests::{Lab, Tracer, ORIGIN_IF, ORIGIN_V4};
+use serde_json::{json, Value};
+
+use super::{agent_args, median};
+
+const ROUNDS: usize = 5;
+const SECS: u32 = 4;
+const TARGET: f64 = 0.98;
+
+/// What runs on the origin during a measurement.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Arm {
+    Without,
+    Agent(&'static str),
+    Empty(&'static str),
+    Tcpdump,
+}
+
+impl Arm {
+    fn name(self) -> String {
+        match self {
+            Arm::Without => "without".into(),
+            Arm::Agent(hook) => format!("agent, --hook {hook}"),
+            Arm::Empty(hook) => format!("empty programs, --hook {hook}"),
+            Arm::Tcpdump => "tcpdump (SYN filter)".into(),
+        }
+    }
+}
+
+const ARMS: [Arm; 6] = [
+    Arm::Without,
+    Arm::Agent("tc"),
+    Arm::Empty("tc"),
+    Arm::Agent("xdp"),
+    Arm::Empty("xdp"),
+    Arm::Tcpdump,
+];
+
+/// tcpdump in the origin's namespace with the filter an admin would use for SYNs to `port`.
+pub fn tcpdump(lab: &Lab, port: u16) -> Result<Child> {
+    let child = Command::new("ip")
+        .args(["netns", "exec", &lab.origin.name, "tcpdump", "-i", ORIGIN_IF, "-w", "/dev/null"])
+        .arg(format!("tcp[tcpflags] & tcp-syn != 0 and dst port {port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting tcpdump (cargo xtask setup installs it)")?;
+    std::thread::sleep(Duration::from_millis(700));
+    Ok(child)
+}
+
+fn iperf3(lab: &Lab) -> Result<f64> {
+    let out = lab
+        .edge
+        .sh(&format!("iperf3 -c {ORIGIN_V4} -t {SECS} -J"));
+    let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .ok_or_else(|| anyhow!("no received rate in iperf3's output"))
+}
+
+fn measure(lab: &Lab, arm: Arm) -> Result<f64> {
+    let agent = |hook: &'static str| agent_args("127.0.0.1:9596", &["--hook", hook]);
+    let _running: Option<Tracer> = match arm {
+        Arm::Without | Arm::Tcpdump => None,
+        Arm::Agent(hook) => Some(Tracer::start(&lab.origin, &agent(hook))),
+        Arm::Empty(hook) => Some(Tracer::start_env(
+            &lab.origin,
+            &agent(hook),
+            &[("TRACER_EMPTY_PROGRAMS", "1")],
+        )),
+    };
+    let mut dump = if arm == Arm::Tcpdump {
+        Some(tcpdump(lab, 443)?)
+    } else {
+        None
+    };
+    let rate = iperf3(lab);
+    if let Some(d) = &mut dump {
+        let _ = d.kill();
+        let _ = d.wait();
+    }
+    rate
+}
+
+pub fn bulk() -> Result<Value> {
+    let lab = Lab::new();
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &lab.origin.name, "iperf3", "-s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 (cargo xtask setup installs it)")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let result = (|| -> Result<Value> {
+        iperf3(&lab)?; // warm-up
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); ARMS.len()];
+        let mut rounds = Vec::new();
+        for i in 0..ROUNDS {
+            let mut order: Vec<usize> = (0..ARMS.len()).collect();
+            order.rotate_left(i % ARMS.len());
+            let mut rate = vec![0.0; ARMS.len()];
+            for &a in &order {
+                rate[a] = measure(&lab, ARMS[a])?;
+            }
+            for (a, r) in rate.iter().enumerate() {
+                ratios[a].push(r / rate[0]);
+            }
+            rounds.push(json!({
+                "without_gbit_s": (rate[0] / 1e7).round() / 100.0,
+                "ratios": ARMS.iter().zip(&rate).skip(1)
+                    .map(|(arm, r)| json!({"arm": arm.name(), "ratio": ((r / rate[0]) * 1000.0).round() / 1000.0}))
+                    .collect::<Vec<_>>(),
+            }));
+        }
+        let medians: Vec<Value> = ARMS
+            .iter()
+            .zip(ratios)
+            .skip(1)
+            .map(|(arm, r)| json!({"arm": arm.name(), "median_ratio": (median(r) * 1000.0).round() / 1000.0}))
+            .collect();
+        Ok(json!({
+            "tool": format!("iperf3 -c -t {SECS} (one TCP upload, edge -> origin), {ROUNDS} rounds, order rotated"),
+            "rounds": rounds,
+            "medians": medians,
+            "target": TARGET,
+        }))
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
+pub fn render(v: &Value) -> String {
+    let mut s = format!(
+        "\n7. Bulk ingress throughput: {}\n",
+        v["tool"].as_str().unwrap_or("")
+    );
+    for (i, r) in v["rounds"].as_array().into_iter().flatten().enumerate() {
+        let parts: Vec<String> = r["ratios"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| format!("{} {}", x["arm"].as_str().unwrap_or(""), x["ratio"]))
+            .collect();
+        s += &format!(
+            "   round {}: without {} Gbit/s; {}\n",
+            i + 1,
+            r["without_gbit_s"],
+            parts.join("; ")
+        );
+    }
+    let tcpdump = v["medians"]
+        .as_array()
+        .and_then(|m| m.iter().find(|x| x["arm"] == Arm::Tcpdump.name()))
+        .and_then(|x| x["median_ratio"].as_f64())
+        .unwrap_or(0.0);
+    for m in v["medians"].as_array().into_iter().flatten() {
+        let r = m["median_ratio"].as_f64().unwrap_or(0.0);
+        let verdict = if m["arm"].as_str().is_some_and(|a| a.starts_with("agent")) {
+            if r >= TARGET && r >= tcpdump - 0.005 {
+                "target >= 0.98 and no worse than tcpdump: ok"
+            } else {
+                "target >= 0.98 and no worse than tcpdump: MISSED"
+            }
+        } else {
+            ""
+        };
+        s += &format!(
+            "   median {:<34} {:.3}  {verdict}\n",
+            m["arm"].as_str().unwrap_or(""),
+            r
+        );
+    }
+    s
+}
