@@ -222,7 +222,10 @@ fn the_clsact_path_of_kernels_without_tcx() {
     );
     assert_eq!(filters(), 1, "the stale filter replaced, not added to");
     // The old program goes once the kernel frees it (after RCU): wait a moment.
-    assert!(eventually(Duration::from_secs(3), || arrival_programs_loaded() == 1));
+    assert!(eventually(
+        Duration::from_secs(3),
+        || arrival_programs_loaded() == 1
+    ));
     lab.edge
         .connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT)
         .expect("443 serves");

@@ -50,7 +50,16 @@ const ARMS: [Arm; 6] = [
 /// tcpdump in the origin's namespace with the filter an admin would use for SYNs to `port`.
 pub fn tcpdump(lab: &Lab, port: u16) -> Result<Child> {
     let child = Command::new("ip")
-        .args(["netns", "exec", &lab.origin.name, "tcpdump", "-i", ORIGIN_IF, "-w", "/dev/null"])
+        .args([
+            "netns",
+            "exec",
+            &lab.origin.name,
+            "tcpdump",
+            "-i",
+            ORIGIN_IF,
+            "-w",
+            "/dev/null",
+        ])
         .arg(format!("tcp[tcpflags] & tcp-syn != 0 and dst port {port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -61,9 +70,7 @@ pub fn tcpdump(lab: &Lab, port: u16) -> Result<Child> {
 }
 
 fn iperf3(lab: &Lab) -> Result<f64> {
-    let out = lab
-        .edge
-        .sh(&format!("iperf3 -c {ORIGIN_V4} -t {SECS} -J"));
+    let out = lab.edge.sh(&format!("iperf3 -c {ORIGIN_V4} -t {SECS} -J"));
     let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
