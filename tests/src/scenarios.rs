@@ -105,6 +105,17 @@ fn container_server(lab: &Lab, addr: &str) -> Keep {
     ))]
 }
 
+/// A listener on `port` in `ns` with backlog 0 that never accepts, and the one edge
+/// connection (to the origin's 443) that fills its queue.
+fn full_queue(lab: &Lab, ns: &Netns, port: u16) -> Keep {
+    let l = ns.listen("0.0.0.0", port, 0);
+    let first = lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT)
+        .expect("first connection");
+    vec![Box::new(l), Box::new(first)]
+}
+
 /// `docker run -p 443:80`: the container wired behind the origin, port 443 published.
 fn docker_443_to_80(lab: &Lab) {
     lab.wire_container();
@@ -177,15 +188,7 @@ pub fn all() -> Vec<Scenario> {
             name: "accept queue full",
             expected: "overloaded",
             ports: "443",
-            setup: |lab| {
-                // Backlog 0 and never accepted: one connection fills the queue.
-                let l = lab.origin.listen("0.0.0.0", 443, 0);
-                let first = lab
-                    .edge
-                    .connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT)
-                    .expect("first connection");
-                vec![Box::new(l), Box::new(first)]
-            },
+            setup: |lab| full_queue(lab, &lab.origin, 443),
             traffic: |lab| {
                 attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
             },
@@ -300,13 +303,7 @@ pub fn all() -> Vec<Scenario> {
             ports: "443",
             setup: |lab| {
                 docker_443_to_80(lab);
-                // Backlog 0 and never accepted: one connection fills the queue.
-                let l = lab.container.listen("0.0.0.0", 80, 0);
-                let first = lab
-                    .edge
-                    .connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT)
-                    .expect("first connection");
-                vec![Box::new(l), Box::new(first)]
+                full_queue(lab, &lab.container, 80)
             },
             traffic: |lab| {
                 attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);

@@ -118,6 +118,15 @@ impl Namespace {
     }
 }
 
+/// Every process: (pid, its /proc directory).
+fn processes() -> impl Iterator<Item = (u32, PathBuf)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<u32>().ok()?, e.path())))
+}
+
 /// File descriptors looked at, at most, when searching /proc for sockets' owners.
 const MAX_FDS: usize = 200_000;
 
@@ -128,19 +137,9 @@ pub fn socket_owners(inodes: &[u64]) -> std::collections::HashMap<u64, (u32, Str
     if inodes.is_empty() {
         return found;
     }
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return found;
-    };
     let mut seen = 0;
-    for proc_entry in procs.flatten() {
-        let Some(pid) = proc_entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+    for (pid, dir) in processes() {
+        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
             continue;
         };
         for fd in fds.flatten() {
@@ -204,15 +203,8 @@ fn task_namespaces() -> Vec<PathBuf> {
 /// A task (thread) in the namespace: its process id and its `ns/net` path.
 fn find_task(inode: u32) -> Option<(u32, PathBuf)> {
     let mut seen = 0;
-    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = proc_entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(tasks) = std::fs::read_dir(proc_entry.path().join("task")) else {
+    for (pid, dir) in processes() {
+        let Ok(tasks) = std::fs::read_dir(dir.join("task")) else {
             continue;
         };
         for task in tasks.flatten() {
