@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::{agent_args, median};
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 const SECS: u32 = 4;
 const TARGET: f64 = 0.98;
 
