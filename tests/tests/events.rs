@@ -8,12 +8,44 @@ const PORT: u16 = 8080;
 /// Below the kernel's first SYN retransmission (1 s): one SYN per attempt.
 const SHORT: Duration = Duration::from_millis(500);
 
+thread_local! {
+    /// The arrival hook the scenarios below run with: the default (TC on the lab's veth), or
+    /// XDP when `event_scenarios_with_the_xdp_hook` runs them again on its own thread.
+    static HOOK: std::cell::Cell<&'static str> = const { std::cell::Cell::new("auto") };
+}
+
 fn events(lab: &Lab, extra: &[&str]) -> Tracer {
+    events_on(lab, "8080", extra)
+}
+
+fn events_on(lab: &Lab, ports: &str, extra: &[&str]) -> Tracer {
     let mut args = vec![
-        "events", "--iface", ORIGIN_IF, "--port", "8080", "--format", "json",
+        "events", "--iface", ORIGIN_IF, "--port", ports, "--format", "json",
     ];
+    if !extra.contains(&"--hook") {
+        args.extend(["--hook", HOOK.get()]);
+    }
     args.extend_from_slice(extra);
     Tracer::start(&lab.origin, &args)
+}
+
+/// Every event scenario again with XDP as the arrival hook: the same events from either.
+#[test]
+fn event_scenarios_with_the_xdp_hook() {
+    HOOK.set("xdp");
+    syn_to_closed_port_is_refused_by_the_stack();
+    listener_on_loopback_only_refuses_edge_syns();
+    nft_drop_is_a_netfilter_drop();
+    iptables_reject_with_tcp_reset_is_the_firewalls_rst();
+    completed_handshake_is_established();
+    application_reset_after_accept();
+    full_accept_queue_drops_syns_silently();
+    ipv6_closed_port_and_handshake();
+    ipv6_nft_drop();
+    non_edge_peers_only_with_all_peers();
+    drop_inside_the_edge_namespace_is_not_the_origins();
+    ranges_file_changes_what_is_edge();
+    dual_stack_listener_reports_ipv4_peers_as_ipv4();
 }
 
 fn assert_counts(ev: &[serde_json::Value], expected: &[(&str, Option<&str>, usize)]) {
@@ -215,12 +247,7 @@ fn full_accept_queue_drops_syns_silently() {
 fn ipv6_closed_port_and_handshake() {
     let lab = Lab::new();
     let listener = lab.origin.listen("::", 443, 16);
-    let tracer = Tracer::start(
-        &lab.origin,
-        &[
-            "events", "--iface", ORIGIN_IF, "--port", "8080,443", "--format", "json",
-        ],
-    );
+    let tracer = events_on(&lab, "8080,443", &[]);
     let r = lab.edge.connect(EDGE_V6, sockaddr(ORIGIN_V6, PORT), SHORT);
     assert!(r.is_err());
     let client = lab
