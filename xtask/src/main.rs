@@ -108,9 +108,15 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Runs a test command, echoing its output, and adds its `test result:` lines to `totals`.
+/// Says how long a stage took (CI keeps well inside its time limit; this shows where it goes).
+fn took(started: std::time::Instant) {
+    eprintln!("  (took {:.1} s)", started.elapsed().as_secs_f64());
+}
+
 fn run_tests(cmd: &mut Command, totals: &mut (u64, u64)) -> Result<()> {
     use std::io::{BufRead as _, BufReader};
     eprintln!("+ {}", show(cmd));
+    let started = std::time::Instant::now();
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -138,6 +144,7 @@ fn run_tests(cmd: &mut Command, totals: &mut (u64, u64)) -> Result<()> {
         }
     }
     let status = child.wait()?;
+    took(started);
     if !status.success() {
         println!("tests: {} passed, {} failed", totals.0, totals.1.max(1));
         bail!("`{}` failed ({status})", show(cmd));
@@ -148,9 +155,11 @@ fn run_tests(cmd: &mut Command, totals: &mut (u64, u64)) -> Result<()> {
 /// Runs a command, echoing it; fails with its exit status.
 pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {}", show(cmd));
+    let started = std::time::Instant::now();
     let status = cmd
         .status()
         .with_context(|| format!("cannot run {}", cmd.get_program().to_string_lossy()))?;
+    took(started);
     if !status.success() {
         bail!("`{}` failed ({status})", show(cmd));
     }
