@@ -104,7 +104,7 @@ fn measure(lab: &Lab, arm: Arm) -> Result<f64> {
 pub fn bulk() -> Result<Value> {
     let lab = Lab::new();
     let mut server = Command::new("ip")
-        .args(["netns", "exec", &lab.origin.name, "iperf3", "-s"])
+        .args(["netns", "exec", &lab.origin.name, "iperf3", "-s", "-A", "1"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
