@@ -32,6 +32,10 @@ pub const EDGE_IF: &str = "e521";
 /// The container behind the origin (as `docker run -p` would have it): the origin's end of
 /// the pair plays docker0.
 pub const BRIDGE_IF: &str = "d521";
+/// The origin's second interface in return-path scenarios (a dummy: what leaves by it is lost).
+pub const ROUTE_IF: &str = "r521";
+/// An edge address in 104.16.0.0/13, a range stale allowlists lack.
+pub const EDGE2_V4: &str = "104.16.0.5";
 pub const CONTAINER_IF: &str = "c521";
 pub const BRIDGE_V4: &str = "172.17.0.1";
 pub const CONTAINER_V4: &str = "172.17.0.2";
@@ -41,6 +45,7 @@ pub const CONTAINER_V6: &str = "fd00:17::2";
 pub mod docker;
 pub mod frames;
 pub mod scenarios;
+pub mod tools;
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
@@ -200,6 +205,46 @@ impl Lab {
             .sh(&format!("ping -c1 -W2 {ORIGIN_V4} >/dev/null || true"));
         lab.edge
             .sh(&format!("ping -6 -c1 -W2 {ORIGIN_V6} >/dev/null || true"));
+    }
+
+    /// Gives the edge one more IPv4 address (another Cloudflare range) the origin routes back
+    /// over the pair.
+    pub fn edge_alias(&self, addr: &str) {
+        self.edge
+            .sh(&format!("ip addr add {addr}/32 dev {EDGE_IF}"));
+        self.origin
+            .sh(&format!("ip route add {addr}/32 dev {ORIGIN_IF}"));
+        self.edge.sh(&format!(
+            "ping -c1 -W2 -I {addr} {ORIGIN_V4} >/dev/null || true"
+        ));
+    }
+
+    /// A second interface on the origin that leads nowhere, as a NIC whose upstream drops
+    /// everything: `ROUTE_IF`, a veth into the (unused) container namespace, with a gateway
+    /// 10.99.0.2 whose link-layer address nothing there has.
+    pub fn dead_end_interface(&self) {
+        sh(&format!(
+            "ip link add {ROUTE_IF} netns {} type veth peer name {ROUTE_IF}p netns {}",
+            self.origin.name, self.container.name
+        ));
+        self.container.sh(&format!("ip link set {ROUTE_IF}p up"));
+        self.origin.sh(&format!(
+            "ip addr add 10.99.0.1/24 dev {ROUTE_IF}; ip link set {ROUTE_IF} up; \
+             ip neigh replace 10.99.0.2 lladdr 02:00:00:00:99:02 dev {ROUTE_IF} nud permanent"
+        ));
+    }
+
+    /// Makes the edge's neighbour entry for the origin permanent, as a router in front of
+    /// the origin has: the edge's packets then arrive whatever the origin answers to ARP
+    /// (strict rp_filter ignores ARP requests from a source routed elsewhere).
+    pub fn pin_origin_neighbour(&self) {
+        let mac = self
+            .origin
+            .sh(&format!("cat /sys/class/net/{ORIGIN_IF}/address"));
+        self.edge.sh(&format!(
+            "ip neigh replace {ORIGIN_V4} lladdr {} dev {EDGE_IF} nud permanent",
+            mac.trim()
+        ));
     }
 
     /// Deletes the origin's interface (and so the pair), as a NIC removed or a veth deleted.

@@ -116,6 +116,34 @@ fn full_queue(lab: &Lab, ns: &Netns, port: u16) -> Keep {
     vec![Box::new(l), Box::new(first)]
 }
 
+/// Edge attempts that send a request 300 ms after connecting (a server that closes idle
+/// connections sooner resets them).
+fn requests_after_a_pause(lab: &Lab, n: usize) {
+    use std::io::{Read as _, Write as _};
+    for _ in 0..n {
+        if let Ok(mut c) = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT) {
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            let _ = c.set_read_timeout(Some(SHORT));
+            let _ = c.read(&mut [0u8; 16]);
+        }
+    }
+}
+
+/// Every Cloudflare IPv4 range but 104.16.0.0/13, as an old copy of the list.
+pub fn stale_cloudflare_v4() -> Vec<String> {
+    let v: Value = serde_json::from_str(include_str!("../../tracer/data/cloudflare-ips.json"))
+        .expect("ranges JSON");
+    v["result"]["ipv4_cidrs"]
+        .as_array()
+        .expect("ipv4_cidrs")
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|r| *r != "104.16.0.0/13")
+        .map(String::from)
+        .collect()
+}
+
 /// `docker run -p 443:80`: the container wired behind the origin, port 443 published.
 fn docker_443_to_80(lab: &Lab) {
     lab.wire_container();
@@ -330,6 +358,129 @@ pub fn all() -> Vec<Scenario> {
             traffic: |lab| {
                 attempts(lab, EDGE_V4, ORIGIN_V4, 9443, 2);
                 attempts(lab, EDGE_V6, ORIGIN_V6, 9443, 2);
+            },
+        },
+        Scenario {
+            name: "replies routed out another interface",
+            expected: "return_path",
+            ports: "443",
+            setup: |lab| {
+                lab.dead_end_interface();
+                lab.origin.sh(&format!(
+                    "sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.{ORIGIN_IF}.rp_filter=0; \
+                     ip route add default via 10.99.0.2 dev {ROUTE_IF} table 100; \
+                     ip rule add from {ORIGIN_V4} lookup 100 priority 100"
+                ));
+                server(lab, "0.0.0.0", 443, ServerMode::Close)
+            },
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
+            },
+        },
+        Scenario {
+            name: "strict rp_filter drops the edge's SYNs",
+            expected: "return_path",
+            ports: "443",
+            setup: |lab| {
+                lab.dead_end_interface();
+                lab.pin_origin_neighbour();
+                lab.origin.sh(&format!(
+                    "ip route replace {EDGE_V4}/32 via 10.99.0.2 dev {ROUTE_IF}; \
+                     sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.{ORIGIN_IF}.rp_filter=1"
+                ));
+                server(lab, "0.0.0.0", 443, ServerMode::Close)
+            },
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
+            },
+        },
+        Scenario {
+            name: "fail2ban banned an edge address",
+            expected: "firewall_drop",
+            ports: "443",
+            setup: |lab| {
+                let f2b =
+                    tools::Fail2ban::start(&lab.origin, "nginx-http-auth", "iptables-multiport");
+                f2b.client(&format!("set nginx-http-auth banip {EDGE_V4}"));
+                let mut keep = server(lab, "0.0.0.0", 443, ServerMode::Close);
+                keep.push(Box::new(f2b));
+                keep
+            },
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
+                attempts(lab, OTHER_V4, ORIGIN_V4, 443, 2);
+            },
+        },
+        Scenario {
+            name: "ufw default deny, another source allowed",
+            expected: "firewall_drop",
+            ports: "443",
+            setup: |lab| {
+                let dir = TempDir::new(&format!("ufw-{}", lab.origin.name));
+                tools::ufw(
+                    &lab.origin,
+                    &dir,
+                    &[
+                        "--force enable",
+                        "default deny incoming",
+                        "allow from 192.0.2.0/24 to any port 443 proto tcp",
+                    ],
+                );
+                let mut keep = server(lab, "0.0.0.0", 443, ServerMode::Close);
+                keep.push(Box::new(dir));
+                keep
+            },
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
+                attempts(lab, OTHER_V4, ORIGIN_V4, 443, 2);
+            },
+        },
+        Scenario {
+            name: "nft allowlist set lacks 104.16.0.0/13",
+            expected: "firewall_drop",
+            ports: "443",
+            setup: |lab| {
+                lab.edge_alias(EDGE2_V4);
+                lab.origin.sh(&format!(
+                    "nft add table inet filter; \
+                     nft add set inet filter cloudflare_v4 '{{ type ipv4_addr; flags interval; }}'; \
+                     nft add element inet filter cloudflare_v4 '{{ {} }}'; \
+                     nft add chain inet filter input '{{ type filter hook input priority 0; policy drop; }}'; \
+                     nft add rule inet filter input iif lo accept; \
+                     nft add rule inet filter input ct state established,related accept; \
+                     nft add rule inet filter input ip saddr @cloudflare_v4 tcp dport 443 accept; \
+                     nft add rule inet filter input icmp type echo-request accept",
+                    stale_cloudflare_v4().join(", ")
+                ));
+                server(lab, "0.0.0.0", 443, ServerMode::Close)
+            },
+            traffic: |lab| {
+                attempts(lab, EDGE2_V4, ORIGIN_V4, 443, 3);
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 2);
+            },
+        },
+        Scenario {
+            name: "server closes idle connections before the request",
+            expected: "reset_by_origin",
+            ports: "443",
+            setup: |lab| server(lab, "0.0.0.0", 443, ServerMode::Close),
+            traffic: |lab| requests_after_a_pause(lab, 3),
+        },
+        Scenario {
+            name: "iptables connlimit rejects beyond one connection",
+            expected: "firewall_drop",
+            ports: "443",
+            setup: |lab| {
+                lab.origin.sh("iptables -A INPUT -p tcp --syn --dport 443 -m connlimit --connlimit-above 1 --connlimit-mask 0 -j REJECT --reject-with tcp-reset");
+                let l = lab.origin.listen("0.0.0.0", 443, 16);
+                let first = lab
+                    .edge
+                    .connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT)
+                    .expect("first connection");
+                vec![Box::new(l), Box::new(first)]
+            },
+            traffic: |lab| {
+                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
             },
         },
     ]

@@ -137,7 +137,9 @@ impl Attempt {
             Outcome::FirewallDrop
         } else if self.refused {
             Outcome::Refused
-        } else if self.overload_drop.is_some() || self.synack_retransmits > 0 {
+        } else if self.overload_drop.is_some() {
+            // SYN-ACK retransmits alone stay unanswered: a full accept queue and a lost return
+            // path both show them; the verdict tells them apart by the queue counters.
             Outcome::OverloadDrop
         } else if self.origin_reset {
             Outcome::OriginReset

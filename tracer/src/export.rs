@@ -23,6 +23,7 @@ pub fn alert_for(verdict: Verdict) -> Option<&'static str> {
         Verdict::Overloaded => Some("OriginOverloaded"),
         Verdict::ResetByOrigin => Some("OriginResetsConnections"),
         Verdict::NeverArriving => Some("CloudflareTrafficNeverArrives"),
+        Verdict::ReturnPath => Some("OriginRepliesLost"),
         Verdict::Healthy | Verdict::Unanswered | Verdict::OtherDrop => None,
     }
 }

@@ -1,6 +1,7 @@
 //! `tracer`: explains Cloudflare HTTP 521 from the origin's own kernel.
 
 mod capture;
+mod classes;
 mod cli;
 mod clock;
 mod commands;

@@ -97,9 +97,15 @@ impl Report {
 
     pub fn to_text(&self) -> String {
         let mut s = String::new();
+        let error = self
+            .causes
+            .first()
+            .and_then(|c| c.cloudflare_error)
+            .map(|e| format!(" (Cloudflare shows {e})"))
+            .unwrap_or_default();
         let _ = writeln!(
             s,
-            "VERDICT: {} — {}",
+            "VERDICT: {} — {}{error}",
             self.verdict.as_str(),
             self.verdict.headline()
         );
@@ -122,9 +128,13 @@ impl Report {
             } else {
                 let _ = writeln!(
                     s,
-                    "Also: {} ({} attempts)",
+                    "Also: {} ({} attempts{})",
                     cause.verdict.as_str(),
-                    cause.attempts
+                    cause.attempts,
+                    cause
+                        .cloudflare_error
+                        .map(|e| format!(", Cloudflare shows {e}"))
+                        .unwrap_or_default()
                 );
             }
             for e in &cause.evidence {

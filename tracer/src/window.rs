@@ -8,12 +8,14 @@ use std::{
 };
 
 use crate::{
+    classes::Classes,
     correlate::{Attempt, Backend, Counts, Outcome},
     event::Flow,
     origin::{
         backends, conntrack, counters,
         firewall::{Packet, Ruleset},
         listeners::{self, Listener},
+        routes,
     },
     ranges::RangeSet,
     reasons::{Reason, ReasonTable},
@@ -39,7 +41,15 @@ pub struct Tally {
     /// Edge attempts nothing answered, where no event said where they went: conntrack may
     /// (a backend dropping SYNs silently, its accept queue full). Bounded.
     silent: Vec<(Flow, Outcome)>,
+    /// Edge attempts by outcome and reason, with their peers.
+    classes: Classes,
+    /// (peer, local) of attempts answered without completing or dropped by the reverse-path
+    /// filter: the routes back are looked up for these. Bounded.
+    return_samples: Vec<(IpAddr, IpAddr)>,
 }
+
+/// Routes back looked up, at most.
+const ROUTE_SAMPLES: usize = 4;
 
 /// Silent attempts kept for the conntrack lookup, at most.
 const SILENT_SAMPLES: usize = 4096;
@@ -49,6 +59,7 @@ impl Tally {
     pub fn add_late_reset(&mut self, a: &Attempt) {
         if a.edge {
             self.edge.origin_resets += 1;
+            self.classes.add(a, Outcome::OriginReset);
             self.add_backend(a, Outcome::OriginReset);
         } else {
             self.non_edge.origin_resets += 1;
@@ -74,7 +85,17 @@ impl Tally {
         self.edge.add(a);
         self.synack_retransmits += u64::from(a.synack_retransmits);
         let outcome = a.outcome();
+        self.classes.add(a, outcome);
         self.add_backend(a, outcome);
+        let returns = (outcome == Outcome::Unanswered && a.synack_retransmits > 0)
+            || outcome == Outcome::OtherDrop;
+        let sample = (a.flow.peer, a.flow.local);
+        if returns
+            && self.return_samples.len() < ROUTE_SAMPLES
+            && !self.return_samples.contains(&sample)
+        {
+            self.return_samples.push(sample);
+        }
         let silent = matches!(outcome, Outcome::Unanswered | Outcome::OverloadDrop);
         if silent && a.backend.is_none() && self.silent.len() < SILENT_SAMPLES {
             self.silent.push((a.flow, outcome));
@@ -92,15 +113,19 @@ impl Tally {
                 let p = match a.backend {
                     Some(b) => Packet {
                         peer: a.flow.peer,
+                        peer_port: Some(a.flow.peer_port),
                         local: b.addr,
                         port: b.port,
                         forwarded: true,
+                        iface: None,
                     },
                     None => Packet {
                         peer: a.flow.peer,
+                        peer_port: Some(a.flow.peer_port),
                         local: a.flow.local,
                         port: a.flow.local_port,
                         forwarded: false,
+                        iface: None,
                     },
                 };
                 let seen = self.filtered.iter().any(|q| {
@@ -193,7 +218,11 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         (Some(Ok(rs)), true) => {
             let mut findings = Vec::new();
             for p in &tally.filtered {
-                for f in rs.blocking(*p) {
+                let p = Packet {
+                    iface: Some(ctx.interface.to_string()),
+                    ..p.clone()
+                };
+                for f in rs.blocking(&p) {
                     if !findings.contains(&f) {
                         findings.push(f);
                     }
@@ -231,6 +260,27 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         }
         out
     };
+    let allowlists = match (&ruleset, tally.edge.firewall_drops > 0) {
+        (Some(Ok(rs)), true) => rs.allowlists(ctx.ranges),
+        _ => Vec::new(),
+    };
+    let classes = tally.classes.named(ctx.reasons);
+    let rp_dropped = classes
+        .iter()
+        .any(|c| c.reason.as_deref() == Some("IP_RPFILTER"));
+    let lost_synacks = tally.edge.unanswered > 0 && tally.synack_retransmits > 0;
+    let routes: Vec<_> = if rp_dropped || lost_synacks {
+        tally
+            .return_samples
+            .iter()
+            .map(|(peer, local)| routes::route_back(*peer, *local))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let rp_filter = (rp_dropped || lost_synacks)
+        .then(|| routes::rp_filter(ctx.interface))
+        .flatten();
     let inputs = Inputs {
         interface: ctx.interface,
         ports: ctx.ports,
@@ -246,9 +296,14 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         counter_deltas: &deltas,
         synack_retransmits: tally.synack_retransmits,
         firewall,
+        ruleset: ruleset.as_ref().and_then(|r| r.as_ref().ok()),
+        allowlists: &allowlists,
         packets_seen: ctx.packets_seen,
         ranges: ctx.ranges,
         backends: &backends,
+        classes: &classes,
+        routes: &routes,
+        rp_filter,
     };
     let (verdict, causes) = decide(&inputs);
     Report {

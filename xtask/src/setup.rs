@@ -10,7 +10,8 @@ use crate::run_cmd;
 /// Debian packages: LLVM 22 for bpf-linker; iproute2/nftables/iptables for the lab; prometheus
 /// for promtool; nginx and wrk for the benchmarks; docker.io and busybox-static for the test
 /// that publishes containers with Docker itself (its image is imported from busybox, offline);
-/// iperf3 and tcpdump for the bulk-throughput benchmark.
+/// iperf3 and tcpdump for the bulk-throughput benchmark; fail2ban and ufw for the field-verdict
+/// tests (run confined to lab namespaces, never enabled on the host).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -27,6 +28,8 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     "iperf3",
     "tcpdump",
+    "fail2ban",
+    "ufw",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 /// The counters that corroborate a 521 cause.
-pub const WATCHED: [&str; 9] = [
+pub const WATCHED: [&str; 13] = [
     "ListenOverflows",
     "ListenDrops",
     "TCPReqQFullDrop",
@@ -13,6 +13,10 @@ pub const WATCHED: [&str; 9] = [
     "SyncookiesSent",
     "TCPAbortOnData",
     "TCPAbortOnClose",
+    "TCPAbortOnLinger",
+    "TCPAbortOnMemory",
+    "TCPAbortOnTimeout",
+    "IPReversePathFilter",
     "OutRsts",
 ];
 

@@ -7,3 +7,4 @@ pub mod counters;
 pub mod firewall;
 pub mod listeners;
 pub mod namespaces;
+pub mod routes;

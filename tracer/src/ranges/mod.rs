@@ -172,6 +172,27 @@ impl RangeSet {
         }
     }
 
+    /// The watched range `ip` belongs to.
+    pub fn range_of(&self, ip: IpAddr) -> Option<ipnet::IpNet> {
+        let v4 = |a: std::net::Ipv4Addr| {
+            self.v4
+                .iter()
+                .find(|n| n.contains(&a))
+                .map(|n| ipnet::IpNet::V4(*n))
+        };
+        match ip {
+            IpAddr::V4(a) => v4(a),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(a4) => v4(a4),
+                None => self
+                    .v6
+                    .iter()
+                    .find(|n| n.contains(&a))
+                    .map(|n| ipnet::IpNet::V6(*n)),
+            },
+        }
+    }
+
     /// Seconds since the list was fetched or recorded.
     pub fn age_secs(&self) -> Option<u64> {
         self.fetched_at

@@ -1,7 +1,8 @@
 //! Bulk ingress throughput: iperf3 uploading edge -> origin over the lab's veth, with nothing
 //! attached, with the agent on each arrival hook, with empty programs on the same hooks (what
 //! attaching costs before any work), and with tcpdump's SYN filter — what an admin runs today
-//! instead. Rounds rotate the arms' order; the medians of the ratios to "without" are reported.
+//! instead. Rounds rotate the arms' order and measure each arm between two runs without anything
+//! attached; the medians of the ratios to those neighbours are reported.
 
 use std::{
     process::{Child, Command, Stdio},
@@ -14,8 +15,8 @@ use serde_json::{json, Value};
 
 use super::{agent_args, median};
 
-const ROUNDS: usize = 9;
-const SECS: u32 = 4;
+const ROUNDS: usize = 11;
+const SECS: u32 = 3;
 const TARGET: f64 = 0.98;
 
 /// What runs on the origin during a measurement.
@@ -112,22 +113,32 @@ pub fn bulk() -> Result<Value> {
     std::thread::sleep(Duration::from_millis(500));
     let result = (|| -> Result<Value> {
         iperf3(&lab)?; // warm-up
+                       // Paired design: every arm's measurement sits between two measurements without
+                       // anything attached, and its ratio is to their mean. The unwatched rate drifts by
+                       // several Gbit/s over a minute on a VM; a neighbour 4 s away drifts far less.
         let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); ARMS.len()];
         let mut rounds = Vec::new();
         for i in 0..ROUNDS {
-            let mut order: Vec<usize> = (0..ARMS.len()).collect();
-            order.rotate_left(i % ARMS.len());
-            let mut rate = vec![0.0; ARMS.len()];
+            let mut order: Vec<usize> = (1..ARMS.len()).collect();
+            order.rotate_left(i % (ARMS.len() - 1));
+            let mut before = measure(&lab, Arm::Without)?;
+            let mut baselines = vec![before];
+            let mut round = Vec::new();
             for &a in &order {
-                rate[a] = measure(&lab, ARMS[a])?;
+                let rate = measure(&lab, ARMS[a])?;
+                let after = measure(&lab, Arm::Without)?;
+                baselines.push(after);
+                let ratio = rate / ((before + after) / 2.0);
+                ratios[a].push(ratio);
+                round.push((a, ratio));
+                before = after;
             }
-            for (a, r) in rate.iter().enumerate() {
-                ratios[a].push(r / rate[0]);
-            }
+            round.sort_by_key(|(a, _)| *a);
+            let mean = baselines.iter().sum::<f64>() / baselines.len() as f64;
             rounds.push(json!({
-                "without_gbit_s": (rate[0] / 1e7).round() / 100.0,
-                "ratios": ARMS.iter().zip(&rate).skip(1)
-                    .map(|(arm, r)| json!({"arm": arm.name(), "ratio": ((r / rate[0]) * 1000.0).round() / 1000.0}))
+                "without_gbit_s": (mean / 1e7).round() / 100.0,
+                "ratios": round.iter()
+                    .map(|(a, r)| json!({"arm": ARMS[*a].name(), "ratio": (r * 1000.0).round() / 1000.0}))
                     .collect::<Vec<_>>(),
             }));
         }
@@ -138,7 +149,7 @@ pub fn bulk() -> Result<Value> {
             .map(|(arm, r)| json!({"arm": arm.name(), "median_ratio": (median(r) * 1000.0).round() / 1000.0}))
             .collect();
         Ok(json!({
-            "tool": format!("iperf3 -c -t {SECS} (one TCP upload, edge -> origin), {ROUNDS} rounds, order rotated"),
+            "tool": format!("iperf3 -c -t {SECS} (one TCP upload, edge -> origin), {ROUNDS} rounds, order rotated, each arm between two runs without (ratio to their mean)"),
             "rounds": rounds,
             "medians": medians,
             "target": TARGET,

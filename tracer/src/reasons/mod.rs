@@ -2,6 +2,8 @@
 //! files, BTF), each resolved once to its name and, for drops, to what it means for a
 //! connection attempt. Events carry the number and the class; names are for output.
 
+pub mod meaning;
+
 use std::{borrow::Cow, collections::HashMap};
 
 /// A name for output: borrowed from the table built once (no allocation per event), or owned

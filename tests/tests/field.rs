@@ -1,0 +1,161 @@
+//! Field verdicts on origins set up with the real tools (#15): the return path, fail2ban, ufw,
+//! a stale allowlist, a server that closes first, a connection limit. Each asserts the
+//! verdict, the counts, the evidence and a fix an admin can run on that host.
+
+use integration_tests::{scenarios::verdict_of, EDGE2_V4, EDGE_V4, ORIGIN_IF, ROUTE_IF};
+use serde_json::Value;
+
+fn cause<'a>(r: &'a Value, verdict: &str) -> &'a Value {
+    r["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["verdict"] == verdict)
+        .unwrap_or_else(|| panic!("no {verdict} cause: {r:#}"))
+}
+
+fn text(v: &Value) -> String {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn replies_out_another_interface_are_the_return_path_not_overload() {
+    let r = verdict_of("replies routed out another interface");
+    assert_eq!(r["edge"]["syn"], 3, "{r:#}");
+    assert_eq!(r["edge"]["unanswered"], 3, "{r:#}");
+    assert_eq!(r["edge"]["overload_drops"], 0, "{r:#}");
+    let c = cause(&r, "return_path");
+    assert_eq!(c["attempts"], 3);
+    assert_eq!(c["cloudflare_error"], 522);
+    let ev = text(&c["evidence"]);
+    assert!(
+        ev.contains(&format!("dev {ROUTE_IF}")) && ev.contains(&format!("not {ORIGIN_IF}")),
+        "{ev}"
+    );
+    assert!(ev.contains("(table 100)"), "{ev}");
+    assert_eq!(c["peers"][0]["addr"], EDGE_V4, "{c:#}");
+    assert_eq!(c["peers"][0]["attempts"], 3, "{c:#}");
+    assert_eq!(c["peers"][0]["range"], "173.245.48.0/20", "{c:#}");
+    let steps = text(&c["next_steps"]);
+    assert!(steps.contains("ip rule add from 192.0.2.1"), "{steps}");
+    assert!(!steps.contains("backlog="), "{steps}");
+}
+
+#[test]
+fn strict_rp_filter_is_the_return_path_with_loose_mode() {
+    let r = verdict_of("strict rp_filter drops the edge's SYNs");
+    assert_eq!(r["edge"]["syn"], 3, "{r:#}");
+    assert_eq!(r["edge"]["other_drops"], 3, "{r:#}");
+    let c = cause(&r, "return_path");
+    assert_eq!(c["attempts"], 3);
+    let ev = text(&c["evidence"]);
+    assert!(ev.contains("IP_RPFILTER"), "{ev}");
+    assert!(ev.contains("strict (1)"), "{ev}");
+    let steps = text(&c["next_steps"]);
+    assert!(
+        steps.contains(&format!("net.ipv4.conf.{ORIGIN_IF}.rp_filter=2")),
+        "{steps}"
+    );
+    assert!(!steps.contains("dropreason-core.h"), "{steps}");
+}
+
+#[test]
+fn fail2ban_ban_is_named_with_its_jail_and_unban_command() {
+    let r = verdict_of("fail2ban banned an edge address");
+    assert_eq!(r["edge"]["firewall_drops"], 3, "{r:#}");
+    assert_eq!(r["non_edge"]["handshakes"], 2, "{r:#}");
+    let c = cause(&r, "firewall_drop");
+    // iptables-multiport rejects with an ICMP port unreachable: the edge sees 521.
+    assert_eq!(c["cloudflare_error"], 521, "{c:#}");
+    let ev = text(&c["evidence"]);
+    assert!(
+        ev.contains("INPUT → f2b-nginx-http-auth rule 1: ip saddr 173.245.48.10"),
+        "{ev}"
+    );
+    assert!(ev.contains("fail2ban (jail nginx-http-auth)"), "{ev}");
+    let steps = text(&c["next_steps"]);
+    assert!(
+        steps.contains(&format!(
+            "fail2ban-client set nginx-http-auth unbanip {EDGE_V4}"
+        )),
+        "{steps}"
+    );
+    assert!(
+        steps.contains("ignoreip") && steps.contains("CF-Connecting-IP"),
+        "{steps}"
+    );
+    assert!(!steps.contains("inet filter"), "{steps}");
+}
+
+#[test]
+fn ufw_default_deny_names_the_policy_and_gives_ufw_allow() {
+    let r = verdict_of("ufw default deny, another source allowed");
+    assert_eq!(r["edge"]["firewall_drops"], 3, "{r:#}");
+    assert_eq!(r["non_edge"]["handshakes"], 2, "{r:#}");
+    let c = cause(&r, "firewall_drop");
+    let ev = text(&c["evidence"]);
+    assert!(ev.contains("chain INPUT: policy drop"), "{ev}");
+    assert!(ev.contains("written by ufw"), "{ev}");
+    let steps = text(&c["next_steps"]);
+    assert!(
+        steps.contains("ufw allow from $r to any port 443 proto tcp"),
+        "{steps}"
+    );
+}
+
+#[test]
+fn stale_allowlist_names_only_the_missing_range() {
+    let r = verdict_of("nft allowlist set lacks 104.16.0.0/13");
+    assert_eq!(r["edge"]["syn"], 5, "{r:#}");
+    assert_eq!(r["edge"]["firewall_drops"], 3, "{r:#}");
+    assert_eq!(r["edge"]["handshakes"], 2, "{r:#}");
+    let c = cause(&r, "firewall_drop");
+    assert_eq!(c["peers"][0]["addr"], EDGE2_V4, "{c:#}");
+    assert_eq!(c["peers"][0]["range"], "104.16.0.0/13", "{c:#}");
+    assert_eq!(c["peers"].as_array().unwrap().len(), 1, "{c:#}");
+    let ev = text(&c["evidence"]);
+    assert!(
+        ev.contains("allowlist set inet filter cloudflare_v4 admits 14 of 15 Cloudflare IPv4 ranges; it lacks 104.16.0.0/13"),
+        "{ev}"
+    );
+    let steps = text(&c["next_steps"]);
+    assert!(
+        steps.contains("nft add element inet filter cloudflare_v4 { 104.16.0.0/13 }"),
+        "{steps}"
+    );
+    assert!(!steps.contains("173.245.48.0/20"), "{steps}");
+}
+
+#[test]
+fn server_closing_first_is_explained_by_the_rst_reason() {
+    let r = verdict_of("server closes idle connections before the request");
+    assert_eq!(r["edge"]["handshakes"], 3, "{r:#}");
+    assert_eq!(r["edge"]["origin_resets"], 3, "{r:#}");
+    let c = cause(&r, "reset_by_origin");
+    assert_eq!(c["cloudflare_error"], 520);
+    let ev = text(&c["evidence"]);
+    assert!(
+        ev.contains("TCP_TIMEWAIT_SOCKET") || ev.contains("TCPAbortOnData"),
+        "{ev}"
+    );
+    assert!(ev.contains("idle or keep-alive timeout"), "{ev}");
+    assert!(!ev.contains("SO_LINGER 0"), "{ev}");
+}
+
+#[test]
+fn connlimit_is_reported_as_a_rate_limit() {
+    let r = verdict_of("iptables connlimit rejects beyond one connection");
+    assert_eq!(r["edge"]["firewall_drops"], 3, "{r:#}");
+    let c = cause(&r, "firewall_drop");
+    let ev = text(&c["evidence"]);
+    assert!(
+        ev.contains("a rate limit (-m connlimit --connlimit-above 1"),
+        "{ev}"
+    );
+    assert!(ev.contains("INPUT rule 1"), "{ev}");
+}

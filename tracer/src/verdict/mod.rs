@@ -1,0 +1,396 @@
+//! From counted attempts and the origin's own state to a verdict, its evidence and what to do.
+//! Pure: the inputs are plain data, so unit tests drive every rule.
+//!
+//! One module per family of causes; this one holds the verdict table, what a cause carries,
+//! and the ranking.
+
+mod causes;
+mod firewall;
+mod return_path;
+#[cfg(test)]
+mod tests;
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde::Serialize;
+
+use crate::{
+    correlate::{Counts, Outcome},
+    origin::{
+        backends::BackendReport,
+        firewall::{Allowlist, Finding, Ruleset},
+        listeners::Listener,
+        routes::Route,
+    },
+    ranges::RangeSet,
+};
+
+/// The verdict of a window, and the kind of each cause. Wire names, headlines, the outcomes
+/// each stands for and the Cloudflare error each shows are spelled here once; report, metrics
+/// and alerts match on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    NeverArriving,
+    Refused,
+    FirewallDrop,
+    Overloaded,
+    ResetByOrigin,
+    Healthy,
+    Unanswered,
+    OtherDrop,
+    ReturnPath,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 9] = [
+        Verdict::NeverArriving,
+        Verdict::Refused,
+        Verdict::FirewallDrop,
+        Verdict::Overloaded,
+        Verdict::ResetByOrigin,
+        Verdict::Healthy,
+        Verdict::Unanswered,
+        Verdict::OtherDrop,
+        Verdict::ReturnPath,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NeverArriving => "never_arriving",
+            Self::Refused => "refused",
+            Self::FirewallDrop => "firewall_drop",
+            Self::Overloaded => "overloaded",
+            Self::ResetByOrigin => "reset_by_origin",
+            Self::Healthy => "healthy",
+            Self::Unanswered => "unanswered",
+            Self::OtherDrop => "other_drop",
+            Self::ReturnPath => "return_path",
+        }
+    }
+
+    /// The one-line meaning, for the text report.
+    pub fn headline(self) -> &'static str {
+        match self {
+            Self::NeverArriving => "Cloudflare's SYNs never reach this host",
+            Self::Refused => "this host refuses Cloudflare's connections: nothing accepts them on that address and port",
+            Self::FirewallDrop => "this host's firewall drops or rejects Cloudflare's connections",
+            Self::Overloaded => "the server is overloaded: Cloudflare's SYNs are dropped for lack of queue room",
+            Self::ResetByOrigin => "connections are accepted, then reset by the origin",
+            Self::Healthy => "Cloudflare's connections are accepted",
+            Self::Unanswered => "Cloudflare's SYNs arrive but get no answer",
+            Self::OtherDrop => "the kernel drops Cloudflare's SYNs (see the reasons)",
+            Self::ReturnPath => "Cloudflare's SYNs arrive, but the replies do not get back the way they came",
+        }
+    }
+
+    /// The attempt outcomes this verdict stands for (a backend is listed under a cause when
+    /// attempts forwarded to it ended so).
+    pub fn outcomes(self) -> &'static [Outcome] {
+        match self {
+            Self::NeverArriving => &[],
+            Self::Refused => &[Outcome::Refused],
+            Self::FirewallDrop => &[Outcome::FirewallDrop],
+            Self::Overloaded => &[Outcome::OverloadDrop, Outcome::Unanswered],
+            Self::ResetByOrigin => &[Outcome::OriginReset],
+            Self::Healthy => &[Outcome::Handshake],
+            Self::Unanswered => &[Outcome::Unanswered],
+            Self::OtherDrop => &[Outcome::OtherDrop],
+            Self::ReturnPath => &[Outcome::Unanswered],
+        }
+    }
+
+    /// The error Cloudflare's visitors see for this cause (../shared/KERNEL-FACTS.md): 521 for
+    /// an RST to the SYN, 522 when the SYN or its answer is lost, 520 for a reset after the
+    /// handshake. A firewall that rejects instead of dropping gives 521 ([`Cause`] says so).
+    pub fn cloudflare_error(self) -> Option<u16> {
+        match self {
+            Self::Refused => Some(521),
+            Self::NeverArriving
+            | Self::FirewallDrop
+            | Self::Overloaded
+            | Self::Unanswered
+            | Self::OtherDrop
+            | Self::ReturnPath => Some(522),
+            Self::ResetByOrigin => Some(520),
+            Self::Healthy => None,
+        }
+    }
+}
+
+/// An edge address and how many of a cause's attempts came from it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Peer {
+    pub addr: IpAddr,
+    pub attempts: u64,
+    /// The watched (Cloudflare) range it belongs to.
+    pub range: Option<String>,
+}
+
+/// A failure (or healthy) finding with its weight in distinct attempts.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Cause {
+    pub verdict: Verdict,
+    pub attempts: u64,
+    pub evidence: Vec<String>,
+    pub next_steps: Vec<String>,
+    /// Where the host forwarded the attempts of this cause (DNAT to containers).
+    pub backends: Vec<BackendReport>,
+    /// The error Cloudflare shows for this cause (521, 522, 520); none when healthy.
+    pub cloudflare_error: Option<u16>,
+    /// The edge addresses behind this cause, most attempts first.
+    pub peers: Vec<Peer>,
+}
+
+impl Cause {
+    fn new(verdict: Verdict, attempts: u64, evidence: Vec<String>, next: Vec<String>) -> Self {
+        Cause {
+            verdict,
+            attempts,
+            evidence,
+            next_steps: next,
+            backends: Vec::new(),
+            cloudflare_error: verdict.cloudflare_error(),
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// Edge attempts of one outcome and kernel reason, with the peers they came from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AttemptClass {
+    pub outcome: Option<Outcome>,
+    /// The kernel's name of the drop or reset reason, when it gave one.
+    pub reason: Option<String>,
+    pub attempts: u64,
+    /// Most attempts first (bounded).
+    pub peers: Vec<(IpAddr, u64)>,
+}
+
+/// What the verdict is decided from.
+pub struct Inputs<'a> {
+    pub interface: &'a str,
+    pub ports: &'a [u16],
+    pub window_secs: f64,
+    pub edge: Counts,
+    pub non_edge: Counts,
+    /// (local address, port) of edge attempts the stack refused.
+    pub refused_targets: Vec<(IpAddr, u16)>,
+    /// Kernel reasons of edge filter drops, with attempt counts.
+    pub filter_reasons: BTreeMap<String, u64>,
+    pub other_reasons: BTreeMap<String, u64>,
+    /// Ports of edge attempts that were dropped by a filter.
+    pub filtered_ports: Vec<u16>,
+    pub listeners: &'a [Listener],
+    /// Listeners whose accept queue was seen full during the window.
+    pub full_queues: &'a [Listener],
+    pub counter_deltas: &'a BTreeMap<String, u64>,
+    pub synack_retransmits: u64,
+    pub firewall: Result<Vec<Finding>, String>,
+    /// The live ruleset, when it was read (fixes name its tables and chains).
+    pub ruleset: Option<&'a Ruleset>,
+    /// Allowlists that admit some of the watched ranges but not all.
+    pub allowlists: &'a [Allowlist],
+    /// Frames the XDP program saw on the interface, and SYNs to watched ports from non-edge peers.
+    pub packets_seen: u64,
+    pub ranges: &'a RangeSet,
+    /// Where forwarded edge attempts went.
+    pub backends: &'a [BackendReport],
+    /// Edge attempts by outcome and reason, with their peers.
+    pub classes: &'a [AttemptClass],
+    /// The routes back to the peers of unanswered or reverse-path-filtered attempts.
+    pub routes: &'a [Result<Route, String>],
+    /// Reverse-path filtering in effect on the interface (0 off, 1 strict, 2 loose).
+    pub rp_filter: Option<u8>,
+}
+
+/// Below this share of edge attempts a failure does not make the origin unhealthy.
+const HEALTHY_MAX_FAILURE_SHARE: f64 = 0.05;
+
+/// Peers listed per cause.
+const PEERS_SHOWN: usize = 5;
+
+const OVERLOAD_COUNTERS: [&str; 4] = [
+    "ListenOverflows",
+    "ListenDrops",
+    "TCPReqQFullDrop",
+    "TCPBacklogDrop",
+];
+
+/// The kernel's name for a reverse-path filter drop.
+const RPFILTER: &str = "IP_RPFILTER";
+
+fn ports_text(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Which cause an attempt class belongs to. Unanswered attempts are overload when a queue
+/// counter or a full queue says so, a return-path fault when SYN-ACKs went out and nothing
+/// came back, and plain unanswered otherwise.
+fn cause_of(class: &AttemptClass, overload: bool, synacks_sent: bool) -> Verdict {
+    match class.outcome {
+        None => Verdict::NeverArriving,
+        Some(Outcome::Handshake) => Verdict::Healthy,
+        Some(Outcome::Refused) => Verdict::Refused,
+        Some(Outcome::FirewallDrop) => Verdict::FirewallDrop,
+        Some(Outcome::OverloadDrop) => Verdict::Overloaded,
+        Some(Outcome::OriginReset) => Verdict::ResetByOrigin,
+        Some(Outcome::Unanswered) if overload => Verdict::Overloaded,
+        Some(Outcome::Unanswered) if synacks_sent => Verdict::ReturnPath,
+        Some(Outcome::Unanswered) => Verdict::Unanswered,
+        Some(Outcome::OtherDrop) if class.reason.as_deref() == Some(RPFILTER) => {
+            Verdict::ReturnPath
+        }
+        Some(Outcome::OtherDrop) => Verdict::OtherDrop,
+    }
+}
+
+/// The verdict and every cause, largest first.
+pub fn decide(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
+    let (verdict, mut causes) = rank(i);
+    let overload = !overload_evidence(i).is_empty();
+    let synacks = i.synack_retransmits > 0;
+    for c in &mut causes {
+        c.backends = i
+            .backends
+            .iter()
+            .filter(|b| c.verdict.outcomes().iter().any(|o| b.count(*o) > 0))
+            .cloned()
+            .collect();
+        let mut peers: BTreeMap<IpAddr, u64> = BTreeMap::new();
+        for class in i
+            .classes
+            .iter()
+            .filter(|k| cause_of(k, overload, synacks) == c.verdict)
+        {
+            for (addr, n) in &class.peers {
+                *peers.entry(*addr).or_default() += n;
+            }
+        }
+        let mut peers: Vec<(IpAddr, u64)> = peers.into_iter().collect();
+        peers.sort_by_key(|(a, n)| (std::cmp::Reverse(*n), *a));
+        c.peers = peers
+            .into_iter()
+            .take(PEERS_SHOWN)
+            .map(|(addr, attempts)| Peer {
+                addr,
+                attempts,
+                range: i.ranges.range_of(addr).map(|r| r.to_string()),
+            })
+            .collect();
+        if !c.peers.is_empty() && c.verdict != Verdict::Healthy {
+            c.evidence.push(peers_text(&c.peers));
+        }
+        if let Some(code) = c.cloudflare_error {
+            c.evidence.push(error_text(code));
+        }
+    }
+    (verdict, causes)
+}
+
+/// "edge peers: 104.16.0.5 ×3 (104.16.0.0/13), 173.245.48.10 ×1 (173.245.48.0/20)"
+fn peers_text(peers: &[Peer]) -> String {
+    let list: Vec<String> = peers
+        .iter()
+        .map(|p| match &p.range {
+            Some(r) => format!("{} ×{} ({r})", p.addr, p.attempts),
+            None => format!("{} ×{}", p.addr, p.attempts),
+        })
+        .collect();
+    format!("edge peers affected: {}", list.join(", "))
+}
+
+fn error_text(code: u16) -> String {
+    let how = match code {
+        521 => "the SYN is answered with a reset",
+        520 => "the connection is reset after the handshake",
+        _ => "the SYN or its answer is lost, and the edge times out",
+    };
+    format!("Cloudflare shows error {code} for this cause ({how}); if visitors see another error, look at other origins or load balancers behind the same hostname")
+}
+
+fn rank(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
+    if i.edge.syn == 0 {
+        let cause = causes::never_arriving(i);
+        return (cause.verdict, vec![cause]);
+    }
+    let overload_evidence = overload_evidence(i);
+    let rp_drops = i.other_reasons.get(RPFILTER).copied().unwrap_or(0);
+    let mut causes = Vec::new();
+    if i.edge.refused > 0 {
+        causes.push(causes::refused(i));
+    }
+    if i.edge.firewall_drops > 0 {
+        causes.push(firewall::firewall_drop(i));
+    }
+    let overloaded = i.edge.overload_drops
+        + if overload_evidence.is_empty() {
+            0
+        } else {
+            i.edge.unanswered
+        };
+    if overloaded > 0 {
+        causes.push(causes::overload(i, overloaded, overload_evidence.clone()));
+    }
+    if i.edge.origin_resets > 0 {
+        causes.push(causes::reset_by_origin(i));
+    }
+    let lost_synacks = if overload_evidence.is_empty() && i.synack_retransmits > 0 {
+        i.edge.unanswered
+    } else {
+        0
+    };
+    if lost_synacks + rp_drops > 0 {
+        causes.push(return_path::return_path(i, lost_synacks, rp_drops));
+    }
+    if overload_evidence.is_empty() && lost_synacks == 0 && i.edge.unanswered > 0 {
+        causes.push(causes::unanswered(i));
+    }
+    if i.edge.other_drops > rp_drops {
+        causes.push(causes::other_drop(i, i.edge.other_drops - rp_drops));
+    }
+    causes.sort_by_key(|c| std::cmp::Reverse(c.attempts));
+
+    let threshold = (i.edge.syn as f64 * HEALTHY_MAX_FAILURE_SHARE).max(f64::MIN_POSITIVE);
+    let all_minor = causes.iter().all(|c| (c.attempts as f64) < threshold);
+    if i.edge.handshakes > 0 && all_minor {
+        let mut all = vec![causes::healthy(i)];
+        all.extend(causes);
+        return (Verdict::Healthy, all);
+    }
+    let verdict = causes.first().map_or(Verdict::Healthy, |c| c.verdict);
+    (verdict, causes)
+}
+
+/// Queue counters and full queues: what makes unanswered attempts overload. SYN-ACK
+/// retransmits alone are not overload: they are what a lost return path looks like too.
+fn overload_evidence(i: &Inputs<'_>) -> Vec<String> {
+    let mut ev = Vec::new();
+    for name in OVERLOAD_COUNTERS {
+        if let Some(d) = i.counter_deltas.get(name).filter(|d| **d > 0) {
+            ev.push(format!(
+                "kernel counter {name} rose by {d} during the window"
+            ));
+        }
+    }
+    for l in i.full_queues {
+        ev.push(format!(
+            "accept queue of {}{} was full ({} waiting, backlog {}): the application is not accepting fast enough",
+            l.endpoint(),
+            l.place(),
+            l.accept_queue,
+            l.backlog.unwrap_or(0)
+        ));
+    }
+    if !ev.is_empty() && i.synack_retransmits > 0 {
+        ev.push(format!(
+            "{} SYN-ACKs to the edge were retransmitted (the final ACK was dropped for lack of queue room)",
+            i.synack_retransmits
+        ));
+    }
+    ev
+}
