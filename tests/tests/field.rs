@@ -159,3 +159,58 @@ fn connlimit_is_reported_as_a_rate_limit() {
     );
     assert!(ev.contains("INPUT rule 1"), "{ev}");
 }
+
+/// `tracer ranges --audit` without traffic: the stale set lacks exactly 104.16.0.0/13, a
+/// complete one lacks nothing; exit 0 both ways.
+#[test]
+fn ranges_audit_names_exactly_the_missing_ranges() {
+    let lab = integration_tests::Lab::new();
+    let audit = |lab: &integration_tests::Lab| -> Value {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.origin.name])
+            .arg(integration_tests::tracer_bin())
+            .args(["ranges", "--audit", "--format", "json"])
+            .output()
+            .expect("tracer ranges --audit");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("one JSON document")
+    };
+    let v = audit(&lab);
+    assert_eq!(v["complete"], true, "{v:#}");
+    assert_eq!(v["allowlists"].as_array().unwrap().len(), 0, "{v:#}");
+
+    let stale = integration_tests::scenarios::stale_cloudflare_v4();
+    lab.origin.sh(&format!(
+        "nft add table inet filter; \
+         nft add set inet filter cloudflare_v4 '{{ type ipv4_addr; flags interval; }}'; \
+         nft add element inet filter cloudflare_v4 '{{ {} }}'; \
+         nft add chain inet filter input '{{ type filter hook input priority 0; policy drop; }}'; \
+         nft add rule inet filter input ip saddr @cloudflare_v4 tcp dport 443 accept",
+        stale.join(", ")
+    ));
+    let v = audit(&lab);
+    assert_eq!(v["complete"], false, "{v:#}");
+    let lists = v["allowlists"].as_array().unwrap();
+    assert_eq!(lists.len(), 1, "{v:#}");
+    assert_eq!(lists[0]["name"], "cloudflare_v4");
+    assert_eq!(
+        lists[0]["missing"],
+        serde_json::json!(["104.16.0.0/13"]),
+        "{v:#}"
+    );
+    assert_eq!(lists[0]["admitted"].as_array().unwrap().len(), 14);
+
+    lab.origin
+        .sh("nft add element inet filter cloudflare_v4 '{ 104.16.0.0/13 }'");
+    let v = audit(&lab);
+    assert_eq!(v["complete"], true, "{v:#}");
+    assert_eq!(
+        v["allowlists"][0]["missing"],
+        serde_json::json!([]),
+        "{v:#}"
+    );
+}

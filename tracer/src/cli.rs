@@ -164,6 +164,10 @@ pub struct RangesArgs {
     /// Show this file's ranges instead (validates it).
     #[arg(long, value_name = "FILE", conflicts_with = "refresh")]
     pub ranges: Option<PathBuf>,
+    /// Audit this host's firewall: every allowlist (set, or chain of source accepts) that
+    /// admits some of the ranges, and exactly which ranges it lacks. Exits 0 either way.
+    #[arg(long)]
+    pub audit: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }

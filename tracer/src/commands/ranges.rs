@@ -1,10 +1,13 @@
-//! `tracer ranges`: the ranges in use, their source and age.
+//! `tracer ranges`: the ranges in use, their source and age; `--audit` checks the host's
+//! allowlists against them.
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
+use serde::Serialize;
 
 use crate::{
     cli::{Format, RangesArgs},
-    ranges::fetch,
+    origin::firewall::{Allowlist, Ruleset},
+    ranges::{fetch, RangeSet},
     report::RangesInfo,
 };
 
@@ -12,6 +15,9 @@ pub async fn run(args: RangesArgs) -> Result<()> {
     let (set, note) = fetch::resolve(args.ranges.as_deref(), args.refresh).await?;
     if let Some(n) = note {
         eprintln!("note: {n}");
+    }
+    if args.audit {
+        return audit(&set, args.format);
     }
     let info = RangesInfo::of(&set);
     match args.format {
@@ -41,6 +47,55 @@ pub async fn run(args: RangesArgs) -> Result<()> {
             println!("IPv6 ({}):", info.ipv6.len());
             for r in &info.ipv6 {
                 println!("  {r}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The audit as JSON: the ranges audited against, and each allowlist found.
+#[derive(Serialize)]
+struct Audit<'a> {
+    ranges: RangesInfo,
+    /// Every allowlist admits every range.
+    complete: bool,
+    allowlists: &'a [Allowlist],
+}
+
+fn audit(set: &RangeSet, format: Format) -> Result<()> {
+    let ruleset = Ruleset::read().map_err(|e| {
+        anyhow!("cannot read the firewall ruleset: {e} (run as root, with nft installed)")
+    })?;
+    let lists = ruleset.allowlists(set);
+    let complete = lists.iter().all(Allowlist::complete);
+    match format {
+        Format::Json => {
+            let doc = Audit {
+                ranges: RangesInfo::of(set),
+                complete,
+                allowlists: &lists,
+            };
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        Format::Text => {
+            if lists.is_empty() {
+                println!(
+                    "No allowlist in this host's nftables/iptables-nft ruleset admits any of the {} ranges ({} source).",
+                    set.v4.len() + set.v6.len(),
+                    set.source
+                );
+            }
+            for a in &lists {
+                println!("{}", crate::verdict::allowlist_text(a));
+                if a.complete() {
+                    println!("  complete");
+                }
+                for r in &a.missing {
+                    println!("  missing: {r}");
+                }
+                for r in &a.partly {
+                    println!("  partly covered: {r}");
+                }
             }
         }
     }

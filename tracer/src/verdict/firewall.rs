@@ -9,6 +9,7 @@ use super::{ports_text, Cause, Inputs, Verdict};
 use crate::{
     correlate::Outcome,
     origin::firewall::{owner::Owner, Allowlist, Finding},
+    reasons::meaning::drop_meaning,
 };
 
 /// Edge peers of filtered attempts, most first.
@@ -41,6 +42,18 @@ pub(super) fn firewall_drop(i: &Inputs<'_>) -> Cause {
         i.edge.firewall_drops,
         reasons.join(", ")
     )];
+    // Filters other than netfilter (tc, XDP, socket filters, cgroup BPF, LSMs): the ruleset
+    // is not where to look; say what each is.
+    let mut other_filters = Vec::new();
+    for (name, n) in i
+        .filter_reasons
+        .iter()
+        .filter(|(r, _)| *r != "NETFILTER_DROP")
+    {
+        let m = drop_meaning(name);
+        evidence.push(format!("kernel drop reason {name} ×{n}: {}", m.what));
+        other_filters.push(m.next.replace("<iface>", i.interface));
+    }
     let findings: &[Finding] = i.firewall.as_deref().unwrap_or(&[]);
     match &i.firewall {
         Ok(f) if !f.is_empty() => {
@@ -122,9 +135,11 @@ pub(super) fn firewall_drop(i: &Inputs<'_>) -> Cause {
             fix.owner(owner, f, &peers);
         }
     }
-    if owners.is_empty() && gaps.is_empty() {
+    let netfilter = i.filter_reasons.contains_key("NETFILTER_DROP") || i.filter_reasons.is_empty();
+    if owners.is_empty() && gaps.is_empty() && netfilter {
         fix.generic(i, findings);
     }
+    fix.steps.extend(other_filters);
     fix.steps.push("Relax the rule briefly to confirm, then re-tighten it with the allowlist in place; Cloudflare's ranges change, so refresh them automatically (`tracer ranges --refresh`, `tracer ranges --audit`).".into());
     let mut cause = Cause::new(
         Verdict::FirewallDrop,
@@ -141,7 +156,7 @@ pub(super) fn firewall_drop(i: &Inputs<'_>) -> Cause {
 
 /// "set inet filter cloudflare_v4 admits 14 of 15 Cloudflare IPv4 ranges; it lacks
 /// 104.16.0.0/13"
-pub(super) fn allowlist_text(a: &Allowlist) -> String {
+pub fn allowlist_text(a: &Allowlist) -> String {
     let total = a.admitted.len() + a.partly.len() + a.missing.len();
     let mut s = format!(
         "allowlist {}{} admits {} of {total} Cloudflare {} ranges",

@@ -7,6 +7,8 @@
 mod causes;
 mod firewall;
 mod return_path;
+
+pub use firewall::allowlist_text;
 #[cfg(test)]
 mod tests;
 

@@ -568,3 +568,25 @@ fn no_rule_found_names_a_chain_that_exists_or_none() {
     let (_, causes) = decide(&i);
     assert!(causes[0].next_steps[0].contains("No nftables/iptables-nft chain filters this traffic"));
 }
+
+#[test]
+fn a_tc_filter_drop_is_explained_without_nft_advice() {
+    let f = fixture();
+    let edge = Counts {
+        syn: 2,
+        firewall_drops: 2,
+        ..Counts::default()
+    };
+    let mut i = inputs(&f, edge);
+    i.filter_reasons.insert("TC_INGRESS".into(), 2);
+    let (v, causes) = decide(&i);
+    assert_eq!(v, Verdict::FirewallDrop);
+    let ev = causes[0].evidence.join("\n");
+    assert!(
+        ev.contains("TC_INGRESS ×2: a tc filter or BPF program"),
+        "{ev}"
+    );
+    let steps = causes[0].next_steps.join("\n");
+    assert!(steps.contains("tc filter show dev eth0 ingress"), "{steps}");
+    assert!(!steps.contains("nft insert"), "{steps}");
+}
