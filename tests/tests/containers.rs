@@ -100,7 +100,7 @@ fn docker_user_drop_is_the_firewall_naming_the_chain() {
     assert_eq!(r["edge"]["firewall_drops"], 3, "{r:#}");
     let ev = evidence(&r);
     assert!(
-        ev.contains("chain DOCKER-USER") && ev.contains("(from FORWARD)"),
+        ev.contains("FORWARD → DOCKER-USER rule 1") && ev.contains("written by Docker"),
         "{ev}"
     );
     assert!(ev.contains("173.245.48.0/20"), "{ev}");

@@ -180,16 +180,27 @@ impl Ruleset {
     /// Rules (and chain policies) that would drop or reject `p` on input (forward, when it
     /// was forwarded), following jumps and gotos into the chains they name.
     pub fn blocking(&self, p: &Packet) -> Vec<Finding> {
+        // netdev ingress (per interface) runs first, then prerouting, then input or forward.
         let hooks: &[&str] = if p.forwarded {
-            &["prerouting", "forward"]
+            &["ingress", "prerouting", "forward"]
         } else {
-            &["prerouting", "input"]
+            &["ingress", "prerouting", "input"]
         };
         let mut out = Vec::new();
         let mut bases: Vec<&Value> = self
             .chains()
             .filter(|c| c["hook"].as_str().is_some_and(|h| hooks.contains(&h)))
             .filter(|c| family_applies(c["family"].as_str().unwrap_or(""), p.peer.is_ipv6()))
+            // An ingress chain belongs to its device(s).
+            .filter(|c| match (c.get("dev"), &p.iface) {
+                (Some(dev), Some(iface)) => {
+                    dev == iface.as_str()
+                        || dev
+                            .as_array()
+                            .is_some_and(|d| d.iter().any(|x| x == iface.as_str()))
+                }
+                _ => true,
+            })
             .collect();
         // The kernel runs a hook's chains by priority; prerouting before input/forward.
         bases.sort_by_key(|c| {

@@ -323,3 +323,18 @@ fn a_rule_that_may_accept_makes_what_follows_uncertain() {
     assert_eq!(f.len(), 1, "{f:?}");
     assert!(!f[0].certain, "{f:?}");
 }
+
+#[test]
+fn netdev_ingress_chains_apply_to_their_device_only() {
+    let json = r#"{"nftables": [
+        {"chain": {"family": "netdev", "table": "edge", "name": "in", "hook": "ingress", "dev": "eth0", "prio": -500, "policy": "accept"}},
+        {"rule": {"family": "netdev", "table": "edge", "chain": "in", "handle": 2, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "173.245.48.0", "len": 20}}}}, {"drop": null}]}}
+    ]}"#;
+    let rs = Ruleset::parse(json, "").unwrap();
+    let f = rs.blocking(&pkt("173.245.48.10", 443));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0].certain);
+    let mut other = pkt("173.245.48.10", 443);
+    other.iface = Some("eth1".into());
+    assert!(rs.blocking(&other).is_empty());
+}
