@@ -12,7 +12,7 @@ use std::{
 use integration_tests::{tracer_bin, TempDir};
 use serde_json::Value;
 
-const GOOD: &str = r#"{"result":{"ipv4_cidrs":["198.51.100.0/24","203.0.113.0/24"],"ipv6_cidrs":["2001:db8:cf::/48"],"etag":"e-good"},"success":true,"errors":[],"messages":[]}"#;
+const GOOD: &str = r#"{"result":{"ipv4_cidrs":["173.245.48.0/20","103.21.244.0/22"],"ipv6_cidrs":["2400:cb00::/32"],"etag":"e-good"},"success":true,"errors":[],"messages":[]}"#;
 
 /// One canned answer: status line, extra headers, body, delay before answering.
 #[derive(Clone)]
@@ -108,7 +108,7 @@ fn good_answer_is_used_and_cached() {
     assert_eq!(j["source"], "api", "{j} {err}");
     assert_eq!(
         j["ipv4"],
-        serde_json::json!(["198.51.100.0/24", "203.0.113.0/24"])
+        serde_json::json!(["173.245.48.0/20", "103.21.244.0/22"])
     );
     assert_eq!(j["etag"], "e-good");
     assert!(err.is_empty(), "no note expected: {err}");
@@ -117,7 +117,7 @@ fn good_answer_is_used_and_cached() {
     // Next time without --refresh: the cache.
     let (_, j, _) = ranges(&state, "http://127.0.0.1:9/unused", &[]);
     assert_eq!(j["source"], "cache");
-    assert_eq!(j["ipv6"], serde_json::json!(["2001:db8:cf::/48"]));
+    assert_eq!(j["ipv6"], serde_json::json!(["2400:cb00::/32"]));
 
     // A refresh sends the cached ETag; 304 keeps the list.
     let mut nm = answer("304 Not Modified", "");

@@ -239,19 +239,12 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Creates the ready file once every program is attached.
-/// Written beside it and renamed into place, so a script that sees the file can read the
-/// whole process id at once (a plain write leaves a moment where it exists empty).
+/// Creates the ready file once every program is attached: a new temporary file beside it,
+/// renamed into place, so a script that sees the file reads the whole process id at once and
+/// a symlink planted at either name is never followed.
 pub fn write_ready_file(path: Option<&std::path::Path>) -> Result<()> {
     if let Some(path) = path {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".{}.tmp", std::process::id()));
-        let tmp = std::path::PathBuf::from(tmp);
-        std::fs::write(&tmp, format!("{}\n", std::process::id()))
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(&tmp);
-            })
+        crate::safe_fs::write_atomic(path, format!("{}\n", std::process::id()).as_bytes(), 0o644)
             .with_context(|| format!("cannot write ready file {}", path.display()))?;
     }
     Ok(())

@@ -202,11 +202,15 @@ pub struct AgentArgs {
     pub ranges: Option<PathBuf>,
     /// Refresh the ranges on this schedule (e.g. 6h, 30m, 90s): from Cloudflare's API, or by
     /// re-reading --ranges FILE. Updates the kernel's map in place.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_refresh_interval)]
     pub refresh_ranges_every: Option<std::time::Duration>,
     /// Which events go to the log besides the verdict records.
     #[arg(long, value_enum, default_value_t = LogEvents::Failures)]
     pub log_events: LogEvents,
+    /// Rotate the --log-file at this size in MiB (the full file becomes <path>.1, replacing
+    /// an older one), so the log never holds more than twice this on disk.
+    #[arg(long, value_name = "MIB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub log_max_mb: u64,
     /// Scheduling niceness (-20..19). The agent needs about 1% of a core at 40k new
     /// connections/s and the kernel buffers seconds of events, so by default it yields to the
     /// server it watches; any shortfall shows as `loss` events and tracer_events_lost_total.
@@ -226,6 +230,19 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     };
     if d.is_zero() {
         return Err("must be positive".into());
+    }
+    Ok(d)
+}
+
+/// `--refresh-ranges-every`: at least a second, at most 30 days (the agent asks for a minute
+/// or more when the refresh goes to the API).
+fn parse_refresh_interval(text: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(text)?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    if d > std::time::Duration::from_secs(30 * 24 * 3600) {
+        return Err("must be at most 30 days".into());
     }
     Ok(d)
 }

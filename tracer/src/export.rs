@@ -47,6 +47,8 @@ pub struct Metrics {
     verdict: IntGaugeVec,
     open_attempts: IntGauge,
     windows: IntCounter,
+    log_suppressed: IntCounter,
+    log_write_errors: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
@@ -114,6 +116,16 @@ impl Metrics {
         r.register(Box::new(open_attempts.clone()))?;
         let windows = IntCounter::new("tracer_windows_total", "Verdict windows completed.")?;
         r.register(Box::new(windows.clone()))?;
+        let log_suppressed = IntCounter::new(
+            "tracer_log_lines_suppressed_total",
+            "Event log lines held back by the rate limit (summed up in `suppressed` lines).",
+        )?;
+        r.register(Box::new(log_suppressed.clone()))?;
+        let log_write_errors = IntCounter::new(
+            "tracer_log_write_errors_total",
+            "Log lines that could not be written (full disk, closed output).",
+        )?;
+        r.register(Box::new(log_write_errors.clone()))?;
 
         // Every series exists from the start, so rate() and absent() work before the first event.
         let mut connection_series = FastMap::default();
@@ -150,7 +162,22 @@ impl Metrics {
             verdict,
             open_attempts,
             windows,
+            log_suppressed,
+            log_write_errors,
         })
+    }
+
+    /// The event log's running totals, as counters.
+    pub fn set_log_counts(&self, suppressed: u64, write_errors: u64) {
+        for (c, total) in [
+            (&self.log_suppressed, suppressed),
+            (&self.log_write_errors, write_errors),
+        ] {
+            let now = c.get();
+            if total > now {
+                c.inc_by(total - now);
+            }
+        }
     }
 
     pub fn connection(&self, edge: bool, port: u16, outcome: Outcome) {
@@ -261,6 +288,13 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} for metrics: pick another --metrics-addr")
     })?;
+    // With port 0 the kernel picks one: say which, or nobody can scrape it.
+    let bound = listener.local_addr().unwrap_or(addr);
+    if addr.port() == 0 {
+        tracing::warn!(addr = %bound, "metrics at http://{bound}/metrics (port 0 asked for: the kernel picked this one)");
+    } else {
+        tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
+    }
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {

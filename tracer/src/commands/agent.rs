@@ -2,9 +2,8 @@
 //! Prometheus metrics, ranges refreshed in place.
 
 use std::{
-    fs::{File, OpenOptions},
-    io::{BufWriter, Write},
-    path::{Path, PathBuf},
+    net::IpAddr,
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -23,6 +22,7 @@ use crate::{
     cli::{AgentArgs, LogEvents},
     correlate::{Correlator, Decided},
     event::{Kind, Record},
+    event_log::{EventLog, LimitKey},
     events::EventRecord,
     export::{self, Metrics},
     kernel::InterfaceChange,
@@ -38,58 +38,15 @@ const SETTLED_AFTER: Duration = Duration::from_secs(2);
 /// ...others after this: a dropped SYN is retransmitted for about 20 s and must count once.
 const IDLE_AFTER: Duration = Duration::from_secs(25);
 
-/// The JSON-lines log: stdout, or a file reopened on SIGHUP (logrotate).
-enum EventLog {
-    Stdout(BufWriter<std::io::Stdout>),
-    File { path: PathBuf, out: BufWriter<File> },
-}
-
-impl EventLog {
-    fn open(path: Option<&Path>) -> Result<Self> {
-        Ok(match path {
-            None => EventLog::Stdout(BufWriter::new(std::io::stdout())),
-            Some(p) => EventLog::File {
-                path: p.to_path_buf(),
-                out: BufWriter::new(open_log(p)?),
-            },
-        })
+/// What log lines are limited by: the watched range a peer is in, else its /24 or /48.
+fn peer_group(ranges: &RangeSet, peer: IpAddr) -> String {
+    if let Some(r) = ranges.range_of(peer) {
+        return r.to_string();
     }
-
-    fn reopen(&mut self) -> Result<()> {
-        if let EventLog::File { path, out } = self {
-            out.flush()?;
-            *out = BufWriter::new(open_log(path)?);
-        }
-        Ok(())
-    }
-
-    fn writer(&mut self) -> &mut dyn Write {
-        match self {
-            EventLog::Stdout(w) => w,
-            EventLog::File { out, .. } => out,
-        }
-    }
-
-    fn line(&mut self, text: &str) {
-        let w = self.writer();
-        if let Err(e) = writeln!(w, "{text}") {
-            tracing::warn!("log write failed: {e}");
-        }
-    }
-
-    fn flush(&mut self) {
-        let _ = self.writer().flush();
-    }
-}
-
-fn open_log(path: &Path) -> Result<File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
-        .with_context(|| format!("cannot open log file {}", path.display()))
+    let len = if peer.is_ipv4() { 24 } else { 48 };
+    ipnet::IpNet::new(peer, len)
+        .map(|n| n.trunc().to_string())
+        .unwrap_or_else(|_| peer.to_string())
 }
 
 fn wanted(record: &Record, level: LogEvents) -> bool {
@@ -179,8 +136,18 @@ impl Sink for Agent {
             _ => {}
         }
         if wanted(&record, self.args.log_events) {
-            self.sink
-                .line(&EventRecord::of(&record, &self.reasons).to_json());
+            let reasons = &self.reasons;
+            let text = || EventRecord::of(&record, reasons).to_json();
+            match &record {
+                Record::Event(ev) => {
+                    let key = LimitKey {
+                        kind: ev.kind.as_str(),
+                        peers: peer_group(&self.ranges, ev.flow.peer),
+                    };
+                    self.sink.event(key, Instant::now(), text);
+                }
+                Record::Loss { .. } => self.sink.line(&text()),
+            }
         }
         self.correlator.observe_record(&record);
         for d in self.correlator.drain_decided() {
@@ -189,6 +156,9 @@ impl Sink for Agent {
     }
 
     fn tick(&mut self, capture: &mut Capture) -> Result<Next> {
+        self.sink.roll(Instant::now());
+        self.metrics
+            .set_log_counts(self.sink.suppressed, self.sink.write_errors);
         if self.hup.swap(false, Ordering::Relaxed) {
             match self.sink.reopen() {
                 Ok(()) => tracing::info!("log file reopened"),
@@ -215,7 +185,8 @@ impl Sink for Agent {
         }
         if let Some(at) = self.next_refresh {
             if Instant::now() >= at {
-                self.next_refresh = self.args.refresh_ranges_every.map(|d| Instant::now() + d);
+                // One fetch at a time: the next is scheduled when this one's result arrives.
+                self.next_refresh = None;
                 let tx = self.refresh_tx.clone();
                 let file = self.args.ranges.clone();
                 tokio::spawn(async move {
@@ -271,6 +242,7 @@ impl Agent {
     }
 
     fn apply_refresh(&mut self, capture: &mut Capture, result: Refreshed) {
+        self.next_refresh = self.args.refresh_ranges_every.map(|d| Instant::now() + d);
         match result {
             Ok((set, note)) => {
                 if let Some(n) = note {
@@ -330,7 +302,19 @@ impl Agent {
 }
 
 pub async fn run(args: AgentArgs) -> Result<()> {
-    super::check_duration(args.window).context("--window")?;
+    super::check_seconds("--window", args.window)?;
+    if let Some(every) = args.refresh_ranges_every {
+        // Re-reading a local file is cheap; the API is asked at most once a minute.
+        if args.ranges.is_none() && every < Duration::from_secs(60) {
+            anyhow::bail!(
+                "--refresh-ranges-every {}: at least 1m when refreshing from the API (the list changes a few times a year); a --ranges FILE may be re-read more often",
+                humantime::format_duration(every)
+            );
+        }
+        if args.ranges.is_none() {
+            crate::ranges::fetch::check_env()?;
+        }
+    }
     yield_to_workload(args.nice);
     let (ranges, note) = fetch::resolve(args.ranges.as_deref(), false).await?;
     if let Some(n) = &note {
@@ -340,7 +324,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let metrics = Arc::new(Metrics::new(&ports)?);
     metrics.set_ranges(&ranges);
     export::serve(args.metrics_addr, metrics.clone()).await?;
-    let sink = EventLog::open(args.log_file.as_deref())?;
+    let sink = EventLog::open(
+        args.log_file.as_deref(),
+        Some(args.log_max_mb.saturating_mul(1024 * 1024)),
+    )?;
     let super::Started { probe, iface, .. } = super::start_probe(
         &args.capture,
         &ranges,

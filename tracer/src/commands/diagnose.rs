@@ -140,7 +140,7 @@ impl Sink for Window {
 }
 
 pub async fn run(args: DiagnoseArgs) -> Result<()> {
-    super::check_duration(args.duration)?;
+    super::check_seconds("--duration", args.duration)?;
     let (ranges, note) = fetch::resolve(args.ranges.as_deref(), args.refresh_ranges).await?;
     if let Some(n) = &note {
         eprintln!("note: {n}");

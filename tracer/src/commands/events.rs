@@ -24,6 +24,8 @@ struct Printer {
     reasons: ReasonTable,
     deadline: Option<Instant>,
     closed: bool,
+    /// The write error that stopped printing, unless it was a closed pipe.
+    failed: Option<std::io::Error>,
 }
 
 impl Sink for Printer {
@@ -36,14 +38,14 @@ impl Sink for Printer {
             Format::Json => view.to_json(),
             Format::Text => view.to_text(),
         };
-        if writeln!(self.out, "{line}").is_err() {
-            self.closed = true;
+        if let Err(e) = writeln!(self.out, "{line}") {
+            self.fail(e);
         }
     }
 
     fn tick(&mut self, _: &mut Capture) -> Result<Next> {
-        if self.out.flush().is_err() {
-            self.closed = true;
+        if let Err(e) = self.out.flush() {
+            self.fail(e);
         }
         let past = self.deadline.is_some_and(|d| Instant::now() >= d);
         Ok(if self.closed || past {
@@ -62,14 +64,30 @@ impl Sink for Printer {
     }
 
     fn finish(&mut self, _: &mut Capture, _: bool) -> Result<()> {
-        let _ = self.out.flush();
-        Ok(())
+        if let Err(e) = self.out.flush() {
+            self.fail(e);
+        }
+        match self.failed.take() {
+            Some(e) => anyhow::bail!("cannot write events to stdout: {e}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Printer {
+    /// Stops printing. A reader that went away (`| head`) is a normal end; any other write
+    /// error (a full disk, /dev/full) makes the command fail.
+    fn fail(&mut self, e: std::io::Error) {
+        self.closed = true;
+        if e.kind() != std::io::ErrorKind::BrokenPipe && self.failed.is_none() {
+            self.failed = Some(e);
+        }
     }
 }
 
 pub async fn run(args: EventsArgs) -> Result<()> {
     if let Some(d) = args.duration {
-        super::check_duration(d)?;
+        super::check_seconds("--duration", d)?;
     }
     let ranges = match &args.ranges {
         Some(path) => RangeSet::from_file(path)?,
@@ -97,6 +115,7 @@ pub async fn run(args: EventsArgs) -> Result<()> {
             .duration
             .map(|d| Instant::now() + Duration::from_secs_f64(d)),
         closed: false,
+        failed: None,
     };
     session::run(&mut capture, &mut printer).await
 }

@@ -81,10 +81,16 @@ pub fn print_notes(probe: &Probe) {
     }
 }
 
-/// Checks a `--duration` value.
-pub fn check_duration(secs: f64) -> anyhow::Result<()> {
-    if !(secs > 0.0 && secs.is_finite() && secs < 1e9) {
-        anyhow::bail!("--duration must be a positive number of seconds, got {secs}");
+/// The longest window or run accepted: a year.
+const MAX_SECONDS: f64 = 366.0 * 24.0 * 3600.0;
+
+/// Checks a number of seconds given to `flag` (`--duration`, `--window`).
+pub fn check_seconds(flag: &str, secs: f64) -> anyhow::Result<()> {
+    if !(secs > 0.0 && secs.is_finite()) {
+        anyhow::bail!("{flag} must be a positive number of seconds, got {secs}");
+    }
+    if secs > MAX_SECONDS {
+        anyhow::bail!("{flag} {secs} is longer than a year ({MAX_SECONDS} s)");
     }
     Ok(())
 }

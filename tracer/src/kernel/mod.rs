@@ -115,6 +115,8 @@ pub enum InterfaceChange {
 /// SYNs remembered for following forwarded connections (`ARRIVALS`, LRU): well over the SYNs
 /// of the 25 s an attempt may stay open at thousands of connections per second.
 const ARRIVAL_ENTRIES: u32 = 1 << 16;
+/// Watched ranges per family (the range tries hold twice this: old and new during a swap).
+const RANGES_PER_FAMILY: u32 = crate::ranges::validate::MAX_PER_FAMILY as u32;
 
 pub struct ProbeOptions<'a> {
     pub iface: &'a str,
@@ -178,6 +180,9 @@ fn load(config: &mut Config, ring_bytes: u32) -> Result<(Ebpf, (u32, u32))> {
         .map_max_entries("SYN_LOG", cpus * slots)
         .map_max_entries("SYN_CURSORS", cpus)
         .map_max_entries("ARRIVALS", arrivals)
+        // Room for the old and the new list at once while a refresh swaps them.
+        .map_max_entries("EDGE_V4", 2 * RANGES_PER_FAMILY)
+        .map_max_entries("EDGE_V6", 2 * RANGES_PER_FAMILY)
         .load(EBPF_OBJECT)
         .context("loading the eBPF programs")?;
     Ok((ebpf, (cpus, slots)))
@@ -266,20 +271,24 @@ fn sync_trie<K: aya::Pod + PartialEq>(
         ebpf.map_mut(name)
             .ok_or_else(|| anyhow!("{name} map missing"))?,
     )?;
+    let same = |a: &Key<K>, b: &Key<K>| a.prefix_len() == b.prefix_len() && a.data() == b.data();
+    let before: Vec<Key<K>> = trie.keys().filter_map(Result::ok).collect();
+    // New entries first; if one cannot be added, the ones added are taken out again, so the
+    // table holds exactly the old list: all or nothing.
+    let mut added: Vec<&Key<K>> = Vec::new();
     for k in &wanted {
-        trie.insert(k, 1, 0)
-            .with_context(|| format!("updating {name}"))?;
+        if before.iter().any(|b| same(b, k)) {
+            continue;
+        }
+        if let Err(e) = trie.insert(k, 1, 0) {
+            for a in added {
+                let _ = trie.remove(a);
+            }
+            return Err(e).with_context(|| format!("updating {name}"));
+        }
+        added.push(k);
     }
-    let stale: Vec<Key<K>> = trie
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| {
-            !wanted
-                .iter()
-                .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
-        })
-        .collect();
-    for k in &stale {
+    for k in before.iter().filter(|k| !wanted.iter().any(|w| same(w, k))) {
         trie.remove(k).with_context(|| format!("updating {name}"))?;
     }
     Ok(())
@@ -809,6 +818,8 @@ impl Probe {
     /// Replaces the watched ranges in place: new entries first, then stale ones removed, so a
     /// peer inside both lists never stops matching and nothing is detached.
     pub fn set_ranges(&mut self, ranges: &RangeSet) -> Result<()> {
+        // Sizes first: nothing reaches the kernel that it cannot hold.
+        crate::ranges::validate::check_counts(ranges.v4.len(), ranges.v6.len())?;
         // While the trie changes, the bitmaps admit old and new ranges; then exactly the new.
         let (full, part) = ranges.slash24_v4();
         let v6 = ranges.prefilter_v6();
@@ -832,7 +843,14 @@ impl Probe {
             &SparseBits::new(),
         )?;
         self.write_words("EDGE_V6_PREFILTER", &union6)?;
-        self.update_tries(ranges)?;
+        if let Err(e) = self.update_tries(ranges) {
+            // The tries kept the old list: so do the bitmaps.
+            let old6 = self.bitmaps.1.clone();
+            let _ = self.write_sparse("EDGE_V4_FULL24", &old_full, &union(&full, &old_full));
+            let _ = self.write_sparse("EDGE_V4_PART24", &old_part, &union(&part, &old_part));
+            let _ = self.write_words("EDGE_V6_PREFILTER", &old6);
+            return Err(e);
+        }
         self.write_sparse("EDGE_V4_FULL24", &full, &old_full)?;
         self.write_sparse("EDGE_V4_PART24", &part, &old_part)?;
         self.write_words("EDGE_V6_PREFILTER", &v6)?;

@@ -13,8 +13,14 @@ const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing
 /// Finds tracefs, mounting it at /sys/kernel/tracing when absent (as `ip netns exec` leaves it).
 pub fn ensure_mounted() -> Result<PathBuf> {
     for dir in CANDIDATES {
-        if Path::new(dir).join("events").is_dir() {
-            return Ok(PathBuf::from(dir));
+        match std::fs::metadata(Path::new(dir).join("events")) {
+            Ok(m) if m.is_dir() => return Ok(PathBuf::from(dir)),
+            // Mounted, but this user may not look inside (a non-root user with CAP_BPF,
+            // CAP_PERFMON and CAP_NET_ADMIN): mounting again would not help.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+                "tracefs at {dir} is mounted but not readable by this user ({e}): run as root, or let this user read it (e.g. `mount -o remount,mode=755 {dir}`)"
+            ),
+            _ => {}
         }
     }
     let target = CANDIDATES[0];

@@ -14,19 +14,70 @@ use super::{parse_api_json, RangeSet, RangeSource};
 pub const API_URL: &str = "https://api.cloudflare.com/client/v4/ips";
 /// Larger answers are refused: the real one is under 1 KiB.
 const MAX_BODY_BYTES: usize = 256 * 1024;
-/// Whole-request time limit; TRACER_RANGES_TIMEOUT_SECS overrides it.
+/// Bounds of TRACER_RANGES_TIMEOUT_SECS.
+const TIMEOUT_SECS: std::ops::RangeInclusive<f64> = 0.1..=120.0;
+
+/// Whole-request time limit; TRACER_RANGES_TIMEOUT_SECS overrides it ([`check_env`] refuses
+/// a bad value before any fetch).
 fn timeout() -> Duration {
-    std::env::var("TRACER_RANGES_TIMEOUT_SECS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|s| *s > 0.0 && s.is_finite())
-        .map(Duration::from_secs_f64)
+    timeout_from(std::env::var("TRACER_RANGES_TIMEOUT_SECS").ok().as_deref())
         .unwrap_or(Duration::from_secs(10))
+}
+
+fn timeout_from(value: Option<&str>) -> Result<Duration> {
+    let Some(v) = value else {
+        return Ok(Duration::from_secs(10));
+    };
+    match v.trim().parse::<f64>() {
+        Ok(s) if TIMEOUT_SECS.contains(&s) => Ok(Duration::from_secs_f64(s)),
+        _ => bail!(
+            "TRACER_RANGES_TIMEOUT_SECS={} is not a number of seconds from {} to {}",
+            super::validate::quote(v),
+            TIMEOUT_SECS.start(),
+            TIMEOUT_SECS.end()
+        ),
+    }
 }
 
 /// Where the API is (TRACER_RANGES_URL overrides it, for mirrors and tests).
 pub fn api_url() -> String {
     std::env::var("TRACER_RANGES_URL").unwrap_or_else(|_| API_URL.to_string())
+}
+
+/// The refresh settings from the environment, checked once before any fetch: the timeout in
+/// bounds, and https unless the mirror is on this host or TRACER_RANGES_ALLOW_HTTP=1 says
+/// plain http is meant (a list fetched in the clear can be swapped on the way).
+pub fn check_env() -> Result<()> {
+    timeout_from(std::env::var("TRACER_RANGES_TIMEOUT_SECS").ok().as_deref())?;
+    check_url(
+        &api_url(),
+        std::env::var("TRACER_RANGES_ALLOW_HTTP").is_ok_and(|v| v == "1"),
+    )
+}
+
+fn check_url(url: &str, allow_http: bool) -> Result<()> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        anyhow!(
+            "TRACER_RANGES_URL {} is not a URL ({e})",
+            super::validate::quote(url)
+        )
+    })?;
+    let host = parsed.host_str().unwrap_or("");
+    let local = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if local || allow_http => Ok(()),
+        "http" => bail!(
+            "TRACER_RANGES_URL {} is plain http: use https, or set TRACER_RANGES_ALLOW_HTTP=1 if a mirror in the clear is meant",
+            super::validate::quote(url)
+        ),
+        other => bail!("TRACER_RANGES_URL scheme {other} is not http or https"),
+    }
 }
 
 /// The cache file: TRACER_STATE_DIR, else /var/lib/cf521-tracer as root, else the XDG state dir.
@@ -56,7 +107,7 @@ struct CacheFile {
 }
 
 pub fn load_cache(path: &Path) -> Result<(RangeSet, Option<String>)> {
-    let text = std::fs::read_to_string(path)?;
+    let text = super::validate::read_capped(path)?;
     let c: CacheFile = serde_json::from_str(&text).context("cache is not valid JSON")?;
     // Re-validate as if it came from the API: a damaged cache must not be trusted.
     let body = serde_json::json!({
@@ -64,6 +115,7 @@ pub fn load_cache(path: &Path) -> Result<(RangeSet, Option<String>)> {
         "result": {"ipv4_cidrs": c.ipv4_cidrs, "ipv6_cidrs": c.ipv6_cidrs, "etag": c.etag}
     });
     let (v4, v6, etag) = parse_api_json(&body.to_string())?;
+    super::validate::check_plausible(&v4, &v6)?;
     Ok((
         RangeSet {
             v4,
@@ -79,7 +131,7 @@ pub fn load_cache(path: &Path) -> Result<(RangeSet, Option<String>)> {
 
 fn save_cache(path: &Path, set: &RangeSet, http_etag: Option<&str>) -> Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        crate::safe_fs::private_dir(dir, 0o755)?;
     }
     let c = CacheFile {
         fetched_at: humantime::format_rfc3339_seconds(
@@ -91,10 +143,9 @@ fn save_cache(path: &Path, set: &RangeSet, http_etag: Option<&str>) -> Result<()
         ipv4_cidrs: set.v4.iter().map(ToString::to_string).collect(),
         ipv6_cidrs: set.v6.iter().map(ToString::to_string).collect(),
     };
-    // Write then rename: a reader never sees half a file.
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&c)?)?;
-    std::fs::rename(&tmp, path)?;
+    // A new temporary file renamed into place: a reader never sees half a file, and a
+    // symlink planted in the directory is never followed.
+    crate::safe_fs::write_atomic(path, &serde_json::to_vec_pretty(&c)?, 0o644)?;
     Ok(())
 }
 
@@ -143,6 +194,7 @@ async fn fetch(
         bail!("answer is HTML, not the JSON list (a challenge or error page?)");
     }
     let (v4, v6, etag) = parse_api_json(&text)?;
+    super::validate::check_plausible(&v4, &v6)?;
     Ok(Some((
         RangeSet {
             v4,
@@ -176,13 +228,13 @@ fn short_error(e: &reqwest::Error) -> String {
 pub async fn refresh() -> (RangeSet, Option<String>) {
     let url = api_url();
     let cache = cache_path();
-    let cached = load_cache(&cache).ok();
+    let (cached, cache_note) = read_cache(&cache);
     let http_etag = cached.as_ref().and_then(|(_, t)| t.clone());
     match fetch(&url, http_etag.as_deref()).await {
         Ok(Some((set, tag))) => {
             let note = save_cache(&cache, &set, tag.as_deref())
                 .err()
-                .map(|e| format!("ranges fetched but not cached at {} ({e})", cache.display()));
+                .map(|e| format!("ranges fetched but not cached at {} ({e:#})", cache.display()));
             (set, note)
         }
         Ok(None) => match cached {
@@ -214,7 +266,8 @@ pub async fn refresh() -> (RangeSet, Option<String>) {
             None => (
                 RangeSet::embedded(),
                 Some(format!(
-                    "cannot refresh ranges from {url} ({e:#}); using the embedded list recorded {}",
+                    "cannot refresh ranges from {url} ({e:#}); {}using the embedded list recorded {}",
+                    cache_note.map(|n| format!("{n}; ")).unwrap_or_default(),
                     super::EMBEDDED_RECORDED
                 )),
             ),
@@ -229,10 +282,61 @@ pub async fn resolve(file: Option<&Path>, refresh_now: bool) -> Result<(RangeSet
         return Ok((RangeSet::from_file(path)?, None));
     }
     if refresh_now {
+        check_env()?;
         return Ok(refresh().await);
     }
-    match load_cache(&cache_path()) {
-        Ok((set, _)) => Ok((set, None)),
-        Err(_) => Ok((RangeSet::embedded(), None)),
+    match read_cache(&cache_path()) {
+        (Some((set, _)), _) => Ok((set, None)),
+        (None, note) => Ok((
+            RangeSet::embedded(),
+            note.map(|n| format!("{n}; using the embedded list")),
+        )),
+    }
+}
+
+/// The cache if it is usable; when it exists but is not, a note naming it and why (a
+/// missing cache is normal and says nothing).
+fn read_cache(path: &Path) -> (Option<(RangeSet, Option<String>)>, Option<String>) {
+    match load_cache(path) {
+        Ok(c) => (Some(c), None),
+        Err(_) if !path.exists() => (None, None),
+        Err(e) => (
+            None,
+            Some(format!(
+                "the ranges cache {} is unusable ({e:#})",
+                path.display()
+            )),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_settings_are_checked() {
+        assert_eq!(timeout_from(None).unwrap(), Duration::from_secs(10));
+        assert_eq!(
+            timeout_from(Some("2.5")).unwrap(),
+            Duration::from_millis(2500)
+        );
+        for bad in ["0", "-1", "abc", "1e9", "inf", "NaN"] {
+            let e = timeout_from(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("TRACER_RANGES_TIMEOUT_SECS"), "{e}");
+        }
+        check_url(API_URL, false).unwrap();
+        check_url("http://127.0.0.1:8080/ips", false).unwrap();
+        check_url("http://[::1]:8080/ips", false).unwrap();
+        let e = check_url("http://mirror.example/ips", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("plain http") && e.contains("TRACER_RANGES_ALLOW_HTTP=1"),
+            "{e}"
+        );
+        check_url("http://mirror.example/ips", true).unwrap();
+        assert!(check_url("ftp://x/ips", true).is_err());
+        assert!(check_url("not a url", true).is_err());
     }
 }

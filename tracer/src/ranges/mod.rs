@@ -1,6 +1,7 @@
 //! The watched peer ranges (Cloudflare's by default): parsing, validation and matching.
 
 pub mod fetch;
+pub mod validate;
 
 use std::{fmt, net::IpAddr, path::Path, time::SystemTime};
 
@@ -88,33 +89,37 @@ pub fn parse_api_json(text: &str) -> Result<(Vec<Ipv4Net>, Vec<Ipv6Net>, Option<
     if v4.is_empty() || v6.is_empty() {
         bail!("the answer lists no IPv4 or no IPv6 ranges");
     }
+    validate::check_counts(v4.len(), v6.len())?;
     Ok((v4, v6, result.etag))
 }
 
-/// A CIDR, or a bare address taken as a host route.
-fn parse_cidr(text: &str) -> Result<IpNet> {
-    let text = text.trim();
-    if let Ok(net) = text.parse::<IpNet>() {
-        return Ok(net.trunc());
-    }
-    if let Ok(ip) = text.parse::<IpAddr>() {
-        return Ok(IpNet::from(ip));
-    }
-    Err(anyhow!(
-        "'{text}' is not a CIDR (expected e.g. 173.245.48.0/20 or 2400:cb00::/32)"
-    ))
-}
+use validate::parse_cidr;
 
 /// One CIDR per line; `#` starts a comment; blank lines are skipped.
 pub fn parse_lines(text: &str) -> Result<(Vec<Ipv4Net>, Vec<Ipv6Net>)> {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
     for (i, line) in text.lines().enumerate() {
+        if line.chars().count() > validate::MAX_LINE_CHARS {
+            bail!(
+                "line {} is longer than {} characters: {}",
+                i + 1,
+                validate::MAX_LINE_CHARS,
+                validate::quote(line)
+            );
+        }
         let body = line.split('#').next().unwrap_or_default().trim();
         if body.is_empty() {
             continue;
         }
-        match parse_cidr(body).with_context(|| format!("line {}", i + 1))? {
+        let net = parse_cidr(body).with_context(|| format!("line {}", i + 1))?;
+        if net.prefix_len() == 0 {
+            bail!(
+                "line {}: {net} is every address (to watch every peer, use --all-peers)",
+                i + 1
+            );
+        }
+        match net {
             IpNet::V4(n) => v4.push(n),
             IpNet::V6(n) => v6.push(n),
         }
@@ -122,6 +127,7 @@ pub fn parse_lines(text: &str) -> Result<(Vec<Ipv4Net>, Vec<Ipv6Net>)> {
     if v4.is_empty() && v6.is_empty() {
         bail!("no ranges in it");
     }
+    validate::check_counts(v4.len(), v6.len())?;
     Ok((v4, v6))
 }
 
@@ -142,8 +148,8 @@ impl RangeSet {
     /// A ranges file: the API's JSON shape, or one CIDR per line.
     pub fn from_file(path: &Path) -> Result<Self> {
         let shown = path.display();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow!("cannot read ranges file {shown}: {e}"))?;
+        let text =
+            validate::read_capped(path).map_err(|e| anyhow!("cannot use ranges file: {e:#}"))?;
         let (v4, v6, etag) = if text.trim_start().starts_with('{') {
             parse_api_json(&text).map_err(|e| anyhow!("malformed ranges file {shown}: {e}"))?
         } else {
@@ -327,9 +333,32 @@ mod tests {
     }
 
     #[test]
-    fn host_bits_are_cleared() {
-        let (v4, _) = parse_lines("173.245.48.1/20").unwrap();
-        assert_eq!(v4[0].to_string(), "173.245.48.0/20");
+    fn host_bits_are_an_error_naming_the_line_and_the_network() {
+        let msg = format!("{:#}", parse_lines("173.245.48.1/20").unwrap_err());
+        assert!(
+            msg.contains("line 1") && msg.contains("173.245.48.0/20"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn long_lines_every_address_and_too_many_ranges_are_refused() {
+        let msg = format!("{:#}", parse_lines(&"1".repeat(300)).unwrap_err());
+        assert!(msg.contains("longer than 256") && msg.len() < 200, "{msg}");
+        let msg = format!("{:#}", parse_lines("0.0.0.0/0").unwrap_err());
+        assert!(msg.contains("--all-peers"), "{msg}");
+        let many: String = (0..4097)
+            .map(|i| format!("10.{}.{}.0/24\n", i / 256, i % 256))
+            .collect();
+        let msg = format!("{:#}", parse_lines(&many).unwrap_err());
+        assert!(
+            msg.contains("4097 IPv4 ranges") && msg.contains("4096"),
+            "{msg}"
+        );
+        let ok: String = (0..4096)
+            .map(|i| format!("10.{}.{}.0/24\n", i / 256, i % 256))
+            .collect();
+        assert_eq!(parse_lines(&ok).unwrap().0.len(), 4096);
     }
 
     #[test]

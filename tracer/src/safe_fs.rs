@@ -1,0 +1,195 @@
+//! Files the tracer writes as root, written so a planted symlink or a directory another user
+//! controls cannot turn them into writes elsewhere: temporary files are created new
+//! (O_CREAT | O_EXCL | O_NOFOLLOW) under an unpredictable name in the target's own directory,
+//! then renamed over the target (rename replaces a symlink, it never follows one); state
+//! directories are created with a private mode and refused when another user owns them or can
+//! write to them; logs are opened without following a symlink.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write as _},
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
+
+/// An unpredictable temporary name beside `path`: `.<name>.<pid>.<nanos>.<n>.tmp`.
+fn temp_beside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.{}.{nanos}.{n}.tmp", std::process::id()))
+}
+
+/// Creates a new file that did not exist, never through a symlink.
+fn create_new(path: &Path, mode: u32) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Writes `bytes` to `path` whole or not at all: a new temporary file in the same directory,
+/// synced, then renamed over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut last = None;
+    for _ in 0..8 {
+        let tmp = temp_beside(path);
+        match create_new(&tmp, mode) {
+            Ok(mut f) => {
+                let done = f
+                    .write_all(bytes)
+                    .and_then(|()| f.sync_all())
+                    .and_then(|()| std::fs::rename(&tmp, path));
+                if done.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                return done;
+            }
+            // Someone raced us to the name (or planted it): take another.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
+}
+
+/// A directory for the tracer's state: created with `mode` (and its parents) when missing;
+/// refused when it is a symlink, not a directory, owned by another user than the tracer's
+/// (or root), or writable by group or others.
+pub fn private_dir(dir: &Path, mode: u32) -> Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot inspect {}", dir.display())),
+        Ok(meta) => check_dir(dir, &meta),
+    }
+}
+
+fn check_dir(dir: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    if meta.file_type().is_symlink() {
+        bail!(
+            "refusing state directory {}: it is a symlink (remove it, or point TRACER_STATE_DIR at a real directory)",
+            dir.display()
+        );
+    }
+    if !meta.is_dir() {
+        bail!(
+            "refusing state directory {}: not a directory",
+            dir.display()
+        );
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        bail!(
+            "refusing state directory {}: owned by uid {}, not by this user ({me}) or root (chown it, or use another TRACER_STATE_DIR)",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        bail!(
+            "refusing state directory {}: writable by group or others (chmod go-w {})",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Opens a log file for appending, created with `mode` if missing, never through a symlink.
+pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("safe-fs-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn atomic_write_replaces_a_planted_symlink_instead_of_following_it() {
+        let d = scratch("symlink");
+        let victim = d.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let target = d.join("ranges.json");
+        std::os::unix::fs::symlink(&victim, &target).unwrap();
+        write_atomic(&target, b"new", 0o644).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new");
+        assert!(!std::fs::symlink_metadata(&target)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // No temporary file is left behind.
+        let left: Vec<_> = std::fs::read_dir(&d).unwrap().collect();
+        assert_eq!(left.len(), 2);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn log_open_refuses_a_symlink() {
+        let d = scratch("log");
+        let victim = d.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let log = d.join("events.log");
+        std::os::unix::fs::symlink(&victim, &log).unwrap();
+        assert!(open_append(&log, 0o640).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn state_dirs_others_can_write_or_symlinks_are_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = scratch("state");
+        let fresh = d.join("a/b");
+        private_dir(&fresh, 0o700).unwrap();
+        assert_eq!(
+            std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        private_dir(&fresh, 0o700).unwrap();
+        let open = d.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = private_dir(&open, 0o700).unwrap_err().to_string();
+        assert!(e.contains("writable by group or others"), "{e}");
+        let link = d.join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        let e = private_dir(&link, 0o700).unwrap_err().to_string();
+        assert!(e.contains("symlink"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
