@@ -43,6 +43,7 @@ pub const BRIDGE_V6: &str = "fd00:17::1";
 pub const CONTAINER_V6: &str = "fd00:17::2";
 
 pub mod docker;
+pub mod flood;
 pub mod frames;
 pub mod scenarios;
 pub mod tools;

@@ -327,7 +327,7 @@ fn bad_durations_name_their_flag() {
 #[test]
 fn events_to_a_full_output_fail() {
     let lab = Lab::new();
-    let mut child = Command::new("ip")
+    let child = Command::new("ip")
         .args(["netns", "exec", &lab.origin.name])
         .arg(tracer_bin())
         .args([
@@ -418,4 +418,194 @@ fn a_non_root_user_with_the_capabilities_is_told_what_tracefs_lacks() {
         (out.status.code().unwrap_or(-1), String::new(), err),
         "mounted but not readable by this user",
     );
+}
+
+/// A spoofed-source SYN flood at a closed watched port while the agent runs with its default
+/// `--log-events failures`: the log stays small (rate-limited, summed up), no attempt is
+/// called unanswered, the kernel's own refusal count is exact, and the windows' refusals are
+/// exact unless events were lost — then the loss is stated.
+#[test]
+fn a_syn_flood_cannot_fill_the_log_or_fake_unanswered() {
+    use integration_tests::{flood, metric, EDGE_IF, ORIGIN_V4};
+    const N: u32 = 200_000;
+    let lab = Lab::new();
+    lab.origin.sh(&format!(
+        "sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.{ORIGIN_IF}.rp_filter=0; \
+         ip route add 173.245.48.0/20 dev {ORIGIN_IF}"
+    ));
+    let dir = TempDir::new(&format!("harden-flood-{}", lab.origin.name));
+    let log = dir.path("agent.log");
+    let agent = integration_tests::Tracer::start(
+        &lab.origin,
+        &[
+            "agent",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            "443",
+            "--window",
+            "3",
+            "--metrics-addr",
+            "127.0.0.1:9531",
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+    );
+    let mac = |ns: &integration_tests::Netns, dev: &str| {
+        flood::mac_of(&ns.sh(&format!("cat /sys/class/net/{dev}/address"))).unwrap()
+    };
+    let (src_mac, dst_mac) = (mac(&lab.edge, EDGE_IF), mac(&lab.origin, ORIGIN_IF));
+    let ifindex: i32 = lab
+        .edge
+        .sh(&format!("cat /sys/class/net/{EDGE_IF}/ifindex"))
+        .trim()
+        .parse()
+        .unwrap();
+    let dst: std::net::Ipv4Addr = ORIGIN_V4.parse().unwrap();
+    lab.edge
+        .enter(move || {
+            flood::syn_flood(
+                ifindex,
+                |i| {
+                    // Spoofed sources across 173.245.48.0/20, distinct ports and ISNs.
+                    let src =
+                        std::net::Ipv4Addr::new(173, 245, 48 + ((i >> 8) & 0x0f) as u8, i as u8);
+                    let port = 1024 + (i % 60000) as u16;
+                    flood::syn_frame(
+                        src_mac,
+                        dst_mac,
+                        src,
+                        dst,
+                        port,
+                        443,
+                        i.wrapping_mul(2_654_435_761),
+                    )
+                },
+                N,
+                0,
+            )
+        })
+        .unwrap();
+    // Two windows after the flood: every attempt settles and is counted.
+    std::thread::sleep(Duration::from_secs(8));
+    let (_, body) = lab.origin.http_get("127.0.0.1:9531", "/metrics").unwrap();
+    let records = agent.stop();
+    let size = std::fs::metadata(&log).unwrap().len();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        size < 4 * 1024 * 1024,
+        "the log grew to {size} bytes under {N} SYNs"
+    );
+    assert!(text.contains("\"kind\":\"suppressed\""), "no summary line");
+    assert_eq!(
+        metric(&body, "tracer_edge_syns_refused_total"),
+        Some(f64::from(N)),
+        "the kernel's count of refused edge SYNs is exact"
+    );
+    assert!(metric(&body, "tracer_log_lines_suppressed_total").unwrap_or(0.0) > 0.0);
+    let verdicts: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "verdict")
+        .collect();
+    assert!(!verdicts.is_empty(), "{records:?}");
+    let sum = |field: &str| -> u64 {
+        verdicts
+            .iter()
+            .map(|v| v["edge"][field].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let lost: u64 = verdicts
+        .iter()
+        .map(|v| v["lost_events"].as_u64().unwrap_or(0))
+        .sum();
+    eprintln!(
+        "flood of {N}: log {size} bytes, refused {}, unknown {}, unanswered {}, lost {lost}",
+        sum("refused"),
+        sum("unknown"),
+        sum("unanswered")
+    );
+    assert_eq!(
+        sum("unanswered"),
+        0,
+        "refusals counted as unanswered: {verdicts:#?}"
+    );
+    // Exact: what the events said, completed by the kernel's own count of refused SYNs.
+    assert_eq!(sum("refused"), u64::from(N), "lost {lost}: {verdicts:#?}");
+    assert_eq!(sum("unknown"), 0, "{verdicts:#?}");
+}
+
+/// A running agent whose ranges file grows past the kernel tables keeps the list the kernel
+/// holds, says why once, and its verdicts report that list — never half of each.
+#[test]
+fn a_refresh_that_would_overflow_keeps_the_current_list() {
+    use integration_tests::{metric, sockaddr, EDGE_V4, ORIGIN_V4};
+    let lab = Lab::new();
+    let dir = TempDir::new(&format!("harden-refresh-{}", lab.origin.name));
+    let ranges = dir.path("ranges.txt");
+    std::fs::write(&ranges, "173.245.48.0/20\n").unwrap();
+    let log = dir.path("agent.log");
+    let agent = integration_tests::Tracer::start(
+        &lab.origin,
+        &[
+            "agent",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            "443",
+            "--window",
+            "2",
+            "--ranges",
+            ranges.to_str().unwrap(),
+            "--refresh-ranges-every",
+            "1s",
+            "--metrics-addr",
+            "127.0.0.1:9532",
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+    );
+    // 5000 ranges without the edge's: applied (even halfway) the edge would stop counting as
+    // edge.
+    let mut big: String = (0..4999)
+        .map(|i| format!("11.{}.{}.0/24\n", i / 256, i % 256))
+        .collect();
+    big.push_str("198.18.0.0/15\n");
+    std::fs::write(&ranges, big).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    for _ in 0..3 {
+        let _ = lab.edge.connect(
+            EDGE_V4,
+            sockaddr(ORIGIN_V4, 443),
+            Duration::from_millis(300),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let (_, body) = lab.origin.http_get("127.0.0.1:9532", "/metrics").unwrap();
+    let err = agent.stderr_text();
+    agent.stop();
+    // Still the old list: the edge's refusals count as edge.
+    assert_eq!(
+        metric(
+            &body,
+            "tracer_edge_connections_total{outcome=\"refused\",port=\"443\"}"
+        ),
+        Some(3.0),
+        "{body}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "verdict")
+        .last()
+        .expect("a verdict record");
+    assert_eq!(
+        last["ranges"]["ipv4"],
+        serde_json::json!(["173.245.48.0/20"]),
+        "{last:#}"
+    );
+    let warnings = err.matches("keeping the current list").count();
+    assert_eq!(warnings, 1, "said once, not at every refresh: {err}");
+    assert!(err.contains("5000 IPv4 ranges"), "{err}");
 }

@@ -146,8 +146,12 @@ pub mod counter {
     pub const LOST: u32 = 0;
     /// Tracepoint hits skipped because they belonged to another network namespace.
     pub const OTHER_NETNS: u32 = 1;
+    /// Bare SYNs from watched peers to watched ports freed with [`super::Config::no_socket_reason`]
+    /// (refused): counted before any ring space is asked for, so a flood that overflows the
+    /// ring still has an exact refusal count.
+    pub const EDGE_SYN_REFUSED: u32 = 2;
     /// Number of counters.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Sentinel for a tracepoint field or kernel struct member that does not exist on this kernel.
@@ -362,7 +366,8 @@ pub struct Config {
     /// Records per CPU in the SYN log (a power of two); `SYN_LOG` holds this many per
     /// possible CPU.
     pub syn_slots_per_cpu: u32,
-    pub _pad2: u32,
+    /// This kernel's number for the drop reason NO_SOCKET (0: none).
+    pub no_socket_reason: u32,
 }
 
 impl Config {
@@ -394,7 +399,7 @@ impl Config {
         drop_reasons: [0; DROP_REASON_WORDS],
         teardown_reasons: [0; DROP_REASON_WORDS],
         syn_slots_per_cpu: 1,
-        _pad2: 0,
+        no_socket_reason: 0,
     };
 }
 

@@ -7,12 +7,12 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    Event, EventKind, CONFIG_F_ATTEMPT_DROPS, DROP_REASON_WORDS, EVENT_F_EGRESS,
-    EVENT_F_HAS_REASON, EVENT_F_HAS_TCP,
+    counter, Event, EventKind, CONFIG_F_ATTEMPT_DROPS, DROP_REASON_WORDS, EVENT_F_EDGE,
+    EVENT_F_EGRESS, EVENT_F_HAS_REASON, EVENT_F_HAS_TCP,
 };
 
 use crate::common::{
-    attribution, classify_netns, config, emit, empty_event, field, follow_forwarded, load,
+    attribution, classify_netns, config, count, emit, empty_event, field, follow_forwarded, load,
     net_inum, netns_filter, netns_of, peer_flags, port_watched, read_kernel, Netns,
 };
 
@@ -213,6 +213,15 @@ fn drop_event(
         }
         orient(&mut event, sport, dport, true);
         event_attribution(&mut event, out_watched, None, &netns)?;
+    }
+    // Counted before the ring is asked for space: under a flood that fills it, the number of
+    // refused edge SYNs stays exact.
+    if bare_syn
+        && incoming.is_some()
+        && event.flags & EVENT_F_EDGE != 0
+        && reason.is_some_and(|r| r != 0 && r == config!(no_socket_reason))
+    {
+        count(counter::EDGE_SYN_REFUSED);
     }
     event.seq = seq;
     event.tcp_flags = u32::from(tcp[13]);

@@ -85,6 +85,15 @@ impl Capture {
         self.lost_reported
     }
 
+    /// Edge SYNs the kernel refused (no socket) since the programs loaded, counted in the
+    /// kernel: exact even when the ring buffer overflowed.
+    pub fn edge_syns_refused(&self) -> u64 {
+        self.probe
+            .counters()
+            .map(|c| c[counter::EDGE_SYN_REFUSED as usize])
+            .unwrap_or(0)
+    }
+
     /// Waits until events are ready, at most `tick` (and at least the minimum interval since
     /// the last drain).
     pub async fn wait(&mut self, tick: Duration) -> Result<()> {

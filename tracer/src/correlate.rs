@@ -35,10 +35,13 @@ pub enum Outcome {
     OriginReset,
     Unanswered,
     OtherDrop,
+    /// Nothing answered that the tracer saw, but the kernel lost events while the attempt was
+    /// open: its answer may be among them. Never counted as unanswered.
+    Unknown,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Handshake,
         Outcome::Refused,
         Outcome::FirewallDrop,
@@ -46,6 +49,7 @@ impl Outcome {
         Outcome::OriginReset,
         Outcome::Unanswered,
         Outcome::OtherDrop,
+        Outcome::Unknown,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +61,7 @@ impl Outcome {
             Self::OriginReset => "origin_reset",
             Self::Unanswered => "unanswered",
             Self::OtherDrop => "other_drop",
+            Self::Unknown => "unknown",
         }
     }
 }
@@ -98,6 +103,8 @@ pub struct Attempt {
     pub backend: Option<Backend>,
     /// Live mode: the outcome already handed out (the attempt counts once).
     pub decided: Option<Outcome>,
+    /// The kernel lost events while this attempt was open.
+    pub events_lost: bool,
 }
 
 impl Attempt {
@@ -121,6 +128,7 @@ impl Attempt {
             synack_retransmits: 0,
             backend: None,
             decided: None,
+            events_lost: false,
         }
     }
 
@@ -145,6 +153,8 @@ impl Attempt {
             Outcome::OriginReset
         } else if self.other_drop.is_some() {
             Outcome::OtherDrop
+        } else if self.events_lost {
+            Outcome::Unknown
         } else {
             Outcome::Unanswered
         }
@@ -152,7 +162,12 @@ impl Attempt {
 
     /// Nothing more is expected: later packets of this flow would be a new attempt or noise.
     fn is_settled(&self) -> bool {
-        self.closed || (self.refused && !self.established) || self.origin_reset
+        self.closed
+            || (self.refused && !self.established)
+            || self.origin_reset
+            // Its answer may be among lost events: waiting for more tells nothing, and the
+            // window it is counted in should be the one the kernel counted its SYN in.
+            || (self.events_lost && self.outcome() == Outcome::Unknown)
     }
 
     /// Applies one event that belongs to this attempt.
@@ -415,6 +430,10 @@ impl Correlator {
             Record::Event(ev) => self.observe(ev),
             Record::Loss { count, .. } => {
                 self.lost_events += count;
+                // Any open attempt's answer may be among the lost events.
+                for a in self.open.values_mut() {
+                    a.events_lost = true;
+                }
                 None
             }
         }
@@ -548,6 +567,18 @@ impl Correlator {
         done.iter().filter_map(|k| self.remove(k)).collect()
     }
 
+    /// Attempts open when events were lost, with no answer seen: they end now, as unknown, so
+    /// a window counts them beside the kernel's own counts for the same time.
+    pub fn take_lost(&mut self) -> Vec<Attempt> {
+        let done: Vec<Flow> = self
+            .open
+            .iter()
+            .filter(|(_, a)| a.outcome() == Outcome::Unknown)
+            .map(|(k, _)| *k)
+            .collect();
+        done.iter().filter_map(|k| self.remove(k)).collect()
+    }
+
     /// Every attempt still open that has not got an answer, or none at all.
     pub fn pending(&self) -> usize {
         self.open
@@ -574,6 +605,8 @@ pub struct Counts {
     pub origin_resets: u64,
     pub unanswered: u64,
     pub other_drops: u64,
+    /// Attempts whose answer may be among events the kernel lost.
+    pub unknown: u64,
 }
 
 impl Counts {
@@ -590,6 +623,7 @@ impl Counts {
             Outcome::OverloadDrop => self.overload_drops += 1,
             Outcome::Unanswered => self.unanswered += 1,
             Outcome::OtherDrop => self.other_drops += 1,
+            Outcome::Unknown => self.unknown += 1,
         }
     }
 }

@@ -24,6 +24,7 @@ pub fn alert_for(verdict: Verdict) -> Option<&'static str> {
         Verdict::ResetByOrigin => Some("OriginResetsConnections"),
         Verdict::NeverArriving => Some("CloudflareTrafficNeverArrives"),
         Verdict::ReturnPath => Some("OriginRepliesLost"),
+        Verdict::Unknown => Some("TracerLosingEvents"),
         Verdict::Healthy | Verdict::Unanswered | Verdict::OtherDrop => None,
     }
 }
@@ -49,6 +50,7 @@ pub struct Metrics {
     windows: IntCounter,
     log_suppressed: IntCounter,
     log_write_errors: IntCounter,
+    syns_refused: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
@@ -116,6 +118,11 @@ impl Metrics {
         r.register(Box::new(open_attempts.clone()))?;
         let windows = IntCounter::new("tracer_windows_total", "Verdict windows completed.")?;
         r.register(Box::new(windows.clone()))?;
+        let syns_refused = IntCounter::new(
+            "tracer_edge_syns_refused_total",
+            "SYNs from the watched ranges to watched ports the kernel refused (no socket), counted in the kernel: exact even when events are lost.",
+        )?;
+        r.register(Box::new(syns_refused.clone()))?;
         let log_suppressed = IntCounter::new(
             "tracer_log_lines_suppressed_total",
             "Event log lines held back by the rate limit (summed up in `suppressed` lines).",
@@ -164,7 +171,16 @@ impl Metrics {
             windows,
             log_suppressed,
             log_write_errors,
+            syns_refused,
         })
+    }
+
+    /// The kernel's running count of refused edge SYNs.
+    pub fn set_syns_refused(&self, total: u64) {
+        let now = self.syns_refused.get();
+        if total > now {
+            self.syns_refused.inc_by(total - now);
+        }
     }
 
     /// The event log's running totals, as counters.

@@ -155,7 +155,7 @@ impl Report {
         }
         let _ = writeln!(s);
         let _ = writeln!(s, "Connection attempts (distinct)   edge  non-edge");
-        let rows: [Row; 8] = [
+        let rows: [Row; 9] = [
             ("SYN", |c| c.syn),
             ("handshakes", |c| c.handshakes),
             ("refused", |c| c.refused),
@@ -164,6 +164,7 @@ impl Report {
             ("origin resets", |c| c.origin_resets),
             ("unanswered", |c| c.unanswered),
             ("other drops", |c| c.other_drops),
+            ("unknown (events lost)", |c| c.unknown),
         ];
         for (name, get) in rows {
             let _ = writeln!(

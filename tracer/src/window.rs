@@ -205,11 +205,15 @@ pub struct WindowContext<'a> {
     pub arrival_hook: &'a str,
     pub lost_events: u64,
     pub packets_seen: u64,
+    /// Edge SYNs the kernel itself counted as refused during the window.
+    pub kernel_refused: u64,
 }
 
 /// Builds the report; reads the firewall ruleset only when edge packets were filtered or
 /// forwarded.
 pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_>) -> Report {
+    let mut notes = ctx.notes.to_vec();
+    let edge = reconcile_refusals(tally.edge, ctx.kernel_refused, &mut notes);
     let (own_listeners, deltas, mut full) = sampler.finish();
     let forwarded =
         !tally.backends.is_empty() || (ctx.follows_forwarded && !tally.silent.is_empty());
@@ -285,7 +289,7 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         interface: ctx.interface,
         ports: ctx.ports,
         window_secs: ctx.window_secs,
-        edge: tally.edge,
+        edge,
         non_edge: tally.non_edge,
         refused_targets: tally.refused_targets.iter().copied().collect(),
         filter_reasons: names(&tally.filter_reasons),
@@ -304,6 +308,7 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         classes: &classes,
         routes: &routes,
         rp_filter,
+        lost_events: ctx.lost_events,
     };
     let (verdict, causes) = decide(&inputs);
     Report {
@@ -311,7 +316,7 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         window_secs: window_value(ctx.window_secs),
         interface: ctx.interface.to_string(),
         ports: ctx.ports.to_vec(),
-        edge: tally.edge,
+        edge,
         non_edge: tally.non_edge,
         causes,
         backends,
@@ -322,7 +327,7 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         started_at: humantime::format_rfc3339_seconds(ctx.started_at).to_string(),
         xdp_mode: ctx.xdp_mode.to_string(),
         arrival_hook: ctx.arrival_hook.to_string(),
-        notes: ctx.notes.to_vec(),
+        notes,
     }
 }
 
@@ -353,5 +358,54 @@ fn silent_backends(
             .or_default()
             .entry(*outcome)
             .or_default() += 1;
+    }
+}
+
+/// The kernel's own count of refused edge SYNs (exact under any load; a refused SYN is not
+/// retransmitted, so each is one attempt) against what the events said: attempts of unknown
+/// outcome it accounts for are refusals, and refusals none of whose events arrived are added.
+/// A flood that overflows the ring still shows as the refusals it is.
+fn reconcile_refusals(mut edge: Counts, kernel_refused: u64, notes: &mut Vec<String>) -> Counts {
+    let missing = kernel_refused.saturating_sub(edge.refused);
+    if missing == 0 {
+        return edge;
+    }
+    let from_unknown = missing.min(edge.unknown);
+    let unseen = missing - from_unknown;
+    edge.unknown -= from_unknown;
+    edge.refused += missing;
+    edge.syn += unseen;
+    notes.push(format!(
+        "the kernel itself counted {kernel_refused} refused edge SYNs: {from_unknown} attempts whose answer was lost and {unseen} whose every event was lost are counted as refused"
+    ));
+    edge
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_refusal_count_turns_unknown_attempts_into_refusals() {
+        let edge = Counts {
+            syn: 1000,
+            refused: 100,
+            unknown: 900,
+            ..Counts::default()
+        };
+        let mut notes = Vec::new();
+        let e = reconcile_refusals(edge, 950, &mut notes);
+        assert_eq!((e.syn, e.refused, e.unknown), (1000, 950, 50));
+        assert!(
+            notes[0].contains("850 attempts whose answer was lost and 0"),
+            "{notes:?}"
+        );
+        // Refusals none of whose events arrived are added as attempts.
+        let e = reconcile_refusals(edge, 5000, &mut Vec::new());
+        assert_eq!((e.syn, e.refused, e.unknown), (5000, 5000, 0));
+        let mut none = Vec::new();
+        let e = reconcile_refusals(edge, 100, &mut none);
+        assert_eq!(e, edge);
+        assert!(none.is_empty());
     }
 }

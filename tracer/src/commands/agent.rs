@@ -112,6 +112,8 @@ struct Agent {
     sampler: OriginSampler,
     window_start: (Instant, SystemTime),
     packets_at_start: u64,
+    /// The kernel's count of refused edge SYNs when the window started.
+    refused_at_start: u64,
     lost_at_start: u64,
     last_housekeeping: Instant,
     next_refresh: Option<Instant>,
@@ -123,6 +125,8 @@ struct Agent {
     window_notes: Vec<String>,
     /// A failed re-attach is warned about once, then retried quietly.
     reattach_failed: bool,
+    /// Why the last refresh failed, while it keeps failing so.
+    refresh_error: Option<String>,
 }
 
 impl Sink for Agent {
@@ -177,6 +181,7 @@ impl Sink for Agent {
             self.sampler.sample();
             self.metrics
                 .set_open_attempts(self.correlator.open_attempts());
+            self.metrics.set_syns_refused(capture.edge_syns_refused());
             self.watch_interface(capture);
             self.last_housekeeping = Instant::now();
         }
@@ -253,11 +258,25 @@ impl Agent {
                         tracing::info!(source = %set.source, ipv4 = set.v4.len(), ipv6 = set.v6.len(), "ranges updated in place");
                         self.metrics.set_ranges(&set);
                         self.ranges = set;
+                        self.refresh_error = None;
                     }
-                    Err(e) => tracing::warn!("cannot update the kernel's ranges: {e:#}"),
+                    Err(e) => self.refresh_failed(format!(
+                        "cannot update the kernel's ranges, keeping the current list: {e:#}"
+                    )),
                 }
             }
-            Err(e) => tracing::warn!("ranges refresh failed, keeping the current list: {e:#}"),
+            Err(e) => self.refresh_failed(format!(
+                "ranges refresh failed, keeping the current list: {e:#}"
+            )),
+        }
+    }
+
+    /// A failed refresh is warned about when its reason is new, not at every retry.
+    fn refresh_failed(&mut self, why: String) {
+        if self.refresh_error.as_deref() != Some(why.as_str()) {
+            tracing::warn!("{why} (said again only if the reason changes)");
+            self.window_notes.push(why.clone());
+            self.refresh_error = Some(why);
         }
     }
 
@@ -268,8 +287,15 @@ impl Agent {
             .chain(&self.window_notes)
             .cloned()
             .collect();
+        // Attempts whose answer may be among lost events are counted in this window, beside
+        // the kernel's own count of refusals for it.
+        self.correlator.take_lost();
+        for d in self.correlator.drain_decided() {
+            count_decided(&self.metrics, &mut self.tally, d);
+        }
         let lost_total = capture.lost_total();
         let now_packets = netinfo::rx_packets(&self.iface);
+        let refused_now = capture.edge_syns_refused();
         let ctx = WindowContext {
             interface: &self.iface,
             netns: self.netns,
@@ -284,6 +310,7 @@ impl Agent {
             arrival_hook: self.arrival_hook,
             lost_events: lost_total - self.lost_at_start,
             packets_seen: now_packets.saturating_sub(self.packets_at_start),
+            kernel_refused: refused_now.saturating_sub(self.refused_at_start),
         };
         let report = window::report(&self.tally, &mut self.sampler, &ctx);
         self.window_notes.clear();
@@ -298,6 +325,7 @@ impl Agent {
         self.window_start = (Instant::now(), SystemTime::now());
         self.packets_at_start = now_packets;
         self.lost_at_start = lost_total;
+        self.refused_at_start = refused_now;
     }
 }
 
@@ -369,6 +397,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut agent = Agent {
         next_refresh: args.refresh_ranges_every.map(|d| Instant::now() + d),
         packets_at_start: netinfo::rx_packets(&iface),
+        refused_at_start: 0,
         args,
         iface,
         ports,
@@ -392,6 +421,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         hup,
         window_notes: Vec::new(),
         reattach_failed: false,
+        refresh_error: None,
     };
     session::run(&mut capture, &mut agent).await?;
     tracing::info!("stopping: detaching programs");

@@ -172,6 +172,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
     }
     let mut capture = Capture::new(probe)?;
     let packets_at_start = netinfo::rx_packets(&iface);
+    let refused_at_start = capture.edge_syns_refused();
     let sampler = OriginSampler::start();
     write_ready_file(args.capture.ready_file.as_deref())?;
 
@@ -215,6 +216,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         arrival_hook,
         lost_events: w.correlator.lost_events.max(capture.lost_total()),
         packets_seen: netinfo::rx_packets(&iface).saturating_sub(packets_at_start),
+        kernel_refused: capture.edge_syns_refused().saturating_sub(refused_at_start),
     };
     let report = window::report(&w.tally, &mut w.sampler, &ctx);
     let mut out = std::io::stdout().lock();

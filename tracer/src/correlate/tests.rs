@@ -461,3 +461,22 @@ fn live_mode_settles_forwarded_handshakes_and_their_late_resets() {
         "{d:?}"
     );
 }
+
+#[test]
+fn attempts_open_when_events_are_lost_are_unknown_not_unanswered() {
+    let mut c = Correlator::new();
+    c.observe(&syn(1000, 7, 0));
+    c.observe_record(&Record::Loss {
+        ts: std::time::SystemTime::UNIX_EPOCH,
+        count: 5,
+    });
+    c.observe(&syn(2000, 8, 1));
+    let mut a = c.finish();
+    a.sort_by_key(|a| a.flow.peer_port);
+    assert_eq!(a[0].outcome(), Outcome::Unknown);
+    // Opened after the loss was noticed: unanswered as usual.
+    assert_eq!(a[1].outcome(), Outcome::Unanswered);
+    let mut counts = Counts::default();
+    counts.add(&a[0]);
+    assert_eq!((counts.unknown, counts.unanswered), (1, 0));
+}

@@ -471,6 +471,11 @@ impl Probe {
         if !opts.closes {
             config.flags |= CONFIG_F_NO_CLOSES;
         }
+        config.no_socket_reason = reasons
+            .drop_codes(|c| c == DropClass::NoSocket)
+            .first()
+            .copied()
+            .unwrap_or(0);
         if let Some(decides) = opts.attempt_drops {
             if config.kfree_skb.reason != FIELD_ABSENT {
                 config.flags |= CONFIG_F_ATTEMPT_DROPS;

@@ -302,3 +302,20 @@ pub(super) fn healthy(i: &Inputs<'_>) -> Cause {
         ],
     )
 }
+
+/// Attempts whose answer may be among events the kernel lost: counted apart, never as
+/// unanswered, so a flood that overflows the ring buffer cannot fake a silent origin.
+pub(super) fn unknown(i: &Inputs<'_>) -> Cause {
+    Cause::new(
+        Verdict::Unknown,
+        i.edge.unknown,
+        vec![format!(
+            "{} edge connection attempts got no answer the tracer saw, but the kernel lost events while they were open ({} lost): their outcome is unknown and every count is a lower bound",
+            i.edge.unknown, i.lost_events
+        )],
+        vec![
+            "Run again when the load is lower, or watch fewer ports (--port): the kernel's ring buffer overflowed.".into(),
+            "Compare with the kernel's own counters (`nstat -az TcpExtListenOverflows TcpOutRsts`) for the window.".into(),
+        ],
+    )
+}

@@ -42,10 +42,12 @@ pub enum Verdict {
     Unanswered,
     OtherDrop,
     ReturnPath,
+    /// Edge SYNs arrived, but the kernel lost the events that would say what became of them.
+    Unknown,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 9] = [
+    pub const ALL: [Verdict; 10] = [
         Verdict::NeverArriving,
         Verdict::Refused,
         Verdict::FirewallDrop,
@@ -55,6 +57,7 @@ impl Verdict {
         Verdict::Unanswered,
         Verdict::OtherDrop,
         Verdict::ReturnPath,
+        Verdict::Unknown,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +71,7 @@ impl Verdict {
             Self::Unanswered => "unanswered",
             Self::OtherDrop => "other_drop",
             Self::ReturnPath => "return_path",
+            Self::Unknown => "unknown",
         }
     }
 
@@ -83,6 +87,7 @@ impl Verdict {
             Self::Unanswered => "Cloudflare's SYNs arrive but get no answer",
             Self::OtherDrop => "the kernel drops Cloudflare's SYNs (see the reasons)",
             Self::ReturnPath => "Cloudflare's SYNs arrive, but the replies do not get back the way they came",
+            Self::Unknown => "Cloudflare's SYNs arrive, but the kernel lost the events that would say what became of them",
         }
     }
 
@@ -99,6 +104,7 @@ impl Verdict {
             Self::Unanswered => &[Outcome::Unanswered],
             Self::OtherDrop => &[Outcome::OtherDrop],
             Self::ReturnPath => &[Outcome::Unanswered],
+            Self::Unknown => &[Outcome::Unknown],
         }
     }
 
@@ -115,7 +121,7 @@ impl Verdict {
             | Self::OtherDrop
             | Self::ReturnPath => Some(522),
             Self::ResetByOrigin => Some(520),
-            Self::Healthy => None,
+            Self::Healthy | Self::Unknown => None,
         }
     }
 }
@@ -204,6 +210,8 @@ pub struct Inputs<'a> {
     pub routes: &'a [Result<Route, String>],
     /// Reverse-path filtering in effect on the interface (0 off, 1 strict, 2 loose).
     pub rp_filter: Option<u8>,
+    /// Events the kernel lost during the window.
+    pub lost_events: u64,
 }
 
 /// Below this share of edge attempts a failure does not make the origin unhealthy.
@@ -236,6 +244,7 @@ fn ports_text(ports: &[u16]) -> String {
 fn cause_of(class: &AttemptClass, overload: bool, synacks_sent: bool) -> Verdict {
     match class.outcome {
         None => Verdict::NeverArriving,
+        Some(Outcome::Unknown) => Verdict::Unknown,
         Some(Outcome::Handshake) => Verdict::Healthy,
         Some(Outcome::Refused) => Verdict::Refused,
         Some(Outcome::FirewallDrop) => Verdict::FirewallDrop,
@@ -355,15 +364,22 @@ fn rank(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
     if i.edge.other_drops > rp_drops {
         causes.push(causes::other_drop(i, i.edge.other_drops - rp_drops));
     }
+    if i.edge.unknown > 0 {
+        causes.push(causes::unknown(i));
+    }
     causes.sort_by_key(|c| std::cmp::Reverse(c.attempts));
 
     let threshold = (i.edge.syn as f64 * HEALTHY_MAX_FAILURE_SHARE).max(f64::MIN_POSITIVE);
-    let all_minor = causes.iter().all(|c| (c.attempts as f64) < threshold);
+    let all_minor = causes
+        .iter()
+        .all(|c| c.verdict == Verdict::Unknown || (c.attempts as f64) < threshold);
     if i.edge.handshakes > 0 && all_minor {
         let mut all = vec![causes::healthy(i)];
         all.extend(causes);
         return (Verdict::Healthy, all);
     }
+    // Attempts of unknown outcome never outrank a cause the tracer saw.
+    causes.sort_by_key(|c| c.verdict == Verdict::Unknown);
     let verdict = causes.first().map_or(Verdict::Healthy, |c| c.verdict);
     (verdict, causes)
 }

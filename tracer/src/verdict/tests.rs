@@ -14,7 +14,8 @@ fn lab_scenario(v: Verdict) -> Option<&'static str> {
         // No lab cause yields these: an unanswered SYN with no SYN-ACK needs something that
         // swallows SYNs before TCP without a drop reason, and the other drop reasons need
         // broken hardware or checksums; unit tests drive them.
-        Verdict::Unanswered | Verdict::OtherDrop => None,
+        // Unknown needs the kernel to lose events: the flood test in tests/tests/hardening.rs.
+        Verdict::Unanswered | Verdict::OtherDrop | Verdict::Unknown => None,
     }
 }
 
@@ -81,6 +82,7 @@ fn inputs<'a>(f: &'a Fixture, edge: Counts) -> Inputs<'a> {
         classes: &[],
         routes: &[],
         rp_filter: None,
+        lost_events: 0,
     }
 }
 
@@ -589,4 +591,37 @@ fn a_tc_filter_drop_is_explained_without_nft_advice() {
     let steps = causes[0].next_steps.join("\n");
     assert!(steps.contains("tc filter show dev eth0 ingress"), "{steps}");
     assert!(!steps.contains("nft insert"), "{steps}");
+}
+
+#[test]
+fn unknown_attempts_never_outrank_what_was_seen_nor_make_it_unhealthy() {
+    let f = fixture();
+    let edge = Counts {
+        syn: 100,
+        handshakes: 10,
+        unknown: 90,
+        ..Counts::default()
+    };
+    let mut i = inputs(&f, edge);
+    i.lost_events = 5000;
+    let (v, causes) = decide(&i);
+    assert_eq!(v, Verdict::Healthy, "{causes:?}");
+    assert!(causes
+        .iter()
+        .any(|c| c.verdict == Verdict::Unknown && c.evidence[0].contains("5000 lost")));
+    let edge = Counts {
+        syn: 100,
+        refused: 10,
+        unknown: 90,
+        ..Counts::default()
+    };
+    let (v, causes) = decide(&inputs(&f, edge));
+    assert_eq!(v, Verdict::Refused);
+    assert_eq!(causes.last().unwrap().verdict, Verdict::Unknown);
+    let edge = Counts {
+        syn: 10,
+        unknown: 10,
+        ..Counts::default()
+    };
+    assert_eq!(decide(&inputs(&f, edge)).0, Verdict::Unknown);
 }
