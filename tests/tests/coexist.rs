@@ -233,3 +233,23 @@ fn the_clsact_path_of_kernels_without_tcx() {
     assert_eq!(ev.iter().filter(|e| e["kind"] == "syn").count(), 1);
     assert_eq!(filters(), 0);
 }
+
+/// `--hook auto` on an interface whose driver has no native XDP (a bridge, as on many cloud
+/// NICs): it never falls back to generic XDP but to TC ingress, and says why.
+#[test]
+fn auto_without_native_xdp_takes_tc_not_generic_xdp() {
+    let lab = Lab::new();
+    lab.origin
+        .sh("ip link add br521 type bridge; ip link set br521 up");
+    let t = Tracer::start(
+        &lab.origin,
+        &["events", "--iface", "br521", "--duration", "1"],
+    );
+    let err = t.stderr_text();
+    let _ = t.wait(Duration::from_secs(10));
+    assert!(
+        err.contains("br521: no native XDP here") && err.contains("TC ingress (tcx)"),
+        "{err}"
+    );
+    assert!(!err.contains("generic"), "{err}");
+}

@@ -596,9 +596,9 @@ fn a_refresh_that_would_overflow_keeps_the_current_list() {
     let text = std::fs::read_to_string(&log).unwrap();
     let last = text
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "verdict")
-        .last()
+        .find(|v| v["kind"] == "verdict")
         .expect("a verdict record");
     assert_eq!(
         last["ranges"]["ipv4"],
