@@ -298,6 +298,12 @@ fn every_scenario_gives_its_verdict_with_the_xdp_hook_too() {
     for s in scenarios::all() {
         let (r, _) = scenarios::run_with(&s, &["--hook", "xdp"], &[]);
         assert_eq!(r["verdict"], s.expected, "{} with XDP: {r:#}", s.name);
+        assert_eq!(
+            scenarios::counts_differ(&s, &r),
+            None,
+            "{} with XDP: {r:#}",
+            s.name
+        );
         assert_eq!(r["arrival_hook"], "xdp_generic", "{}", s.name);
     }
 }

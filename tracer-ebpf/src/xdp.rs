@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS,
-    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::xdp,
     programs::XdpContext,
 };
@@ -33,6 +33,21 @@ pub fn xdp_clock(ctx: XdpContext) -> u32 {
             *p = bpf_ktime_get_coarse_ns();
             *p.add(1) = bpf_jiffies64();
             *p.add(2) = bpf_ktime_get_coarse_ns();
+        }
+    }
+    XDP_PASS
+}
+
+/// The same with the precise clock, for kernels before 5.11 (no coarse-clock helper): the two
+/// reads always differ, so the jiffies' start is known only to within a tick.
+#[xdp]
+pub fn xdp_clock_fine(ctx: XdpContext) -> u32 {
+    if let Some(p) = bytes_at(&ctx, 0, 24) {
+        let p = p as *mut u64;
+        unsafe {
+            *p = bpf_ktime_get_ns();
+            *p.add(1) = bpf_jiffies64();
+            *p.add(2) = bpf_ktime_get_ns();
         }
     }
     XDP_PASS

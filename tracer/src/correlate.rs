@@ -187,7 +187,13 @@ impl Attempt {
                         self.syn_packets = 1;
                     }
                 }
-                if !self.established {
+                // A packet other than the SYN decides the attempt only when dropped for a
+                // reason that can (refused, filtered, no queue room) — what the kernel filters
+                // itself when it gives reasons; before 5.17 every free of any packet is a
+                // "drop", so the rule is applied here.
+                let decides = inbound_syn
+                    || matches!(ev.reason, Some(Reason::Drop { class, .. }) if class.decides_attempts());
+                if !self.established && decides {
                     let reason = ev.reason.unwrap_or(Reason::Drop {
                         code: 0,
                         class: DropClass::Other,

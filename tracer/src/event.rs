@@ -279,10 +279,13 @@ fn addr(family: u16, bytes: &[u8; 16]) -> Option<IpAddr> {
 pub fn decode(raw: &tracer_common::Event, clock: &Clock, reasons: &ReasonTable) -> Option<Event> {
     let kind = Kind::of_kernel(EventKind::from_u32(u32::from(raw.kind))?);
     let has = |f: u32| raw.flags & f != 0;
-    let reason = has(EVENT_F_HAS_REASON).then(|| match kind {
-        Kind::Drop => reasons.drop_reason(raw.reason),
-        _ => Reason::Reset { code: raw.reason },
-    });
+    let reason = match (has(EVENT_F_HAS_REASON), kind) {
+        (true, Kind::Drop) => Some(reasons.drop_reason(raw.reason)),
+        (true, _) => Some(Reason::Reset { code: raw.reason }),
+        // Before 5.17: the function that freed it, where it tells (`aux` is the location).
+        (false, Kind::Drop) if raw.aux != 0 => reasons.drop_reason_at(raw.aux),
+        (false, _) => None,
+    };
     let state = match kind {
         Kind::ResetSent if has(EVENT_F_HAS_SOCK) => Some(State::At(TcpState::from_raw(raw.state))),
         Kind::Established | Kind::Closed => Some(State::Change {

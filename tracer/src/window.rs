@@ -271,7 +271,7 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
     let classes = tally.classes.named(ctx.reasons);
     let rp_dropped = classes
         .iter()
-        .any(|c| c.reason.as_deref() == Some("IP_RPFILTER"));
+        .any(|c| matches!(c.reason.as_deref(), Some("IP_RPFILTER" | "IP_INPUT_ROUTE")));
     let lost_synacks = tally.edge.unanswered > 0 && tally.synack_retransmits > 0;
     let routes: Vec<_> = if rp_dropped || lost_synacks {
         tally

@@ -1,46 +1,99 @@
 //! `cargo xtask lab`: every scenario of the integration tests, as a table, so a user sees the
-//! tracer work on their own kernel.
+//! tracer work on their own kernel. `vm-test` runs the same scenarios inside each VM.
 
 use std::path::Path;
 
 use anyhow::{bail, Result};
 use integration_tests::scenarios;
+use serde_json::{json, Value};
 
-pub fn run(tracer: &Path) -> Result<()> {
+/// Runs the scenarios (those whose name contains one of `filters`, or all): one JSON row each
+/// with scenario, expected, verdict, the edge counts and the seconds it took.
+pub fn run_scenarios(tracer: &Path, filters: &[String]) -> Result<Vec<Value>> {
     // SAFETY: single-threaded here; the scenarios read it later.
     std::env::set_var("TRACER_BIN", tracer);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the lab creates network namespaces and loads eBPF: run `sudo cargo xtask lab`");
     }
-    let all = scenarios::all();
+    let mut rows = Vec::new();
+    let kernel = scenarios::kernel_version();
+    for s in scenarios::all()
+        .iter()
+        .filter(|s| filters.is_empty() || filters.iter().any(|f| s.name.contains(f.as_str())))
+    {
+        if let Some((since, why)) = scenarios::needs_kernel(s.name).filter(|(v, _)| kernel < *v) {
+            rows.push(json!({
+                "scenario": s.name,
+                "expected": s.expected,
+                "verdict": "skipped",
+                "skipped": format!("needs {}.{}: {why}", since.0, since.1),
+            }));
+            continue;
+        }
+        let outcome = std::panic::catch_unwind(|| scenarios::run(s));
+        rows.push(match outcome {
+            Ok((report, secs)) => json!({
+                "scenario": s.name,
+                "expected": s.expected,
+                "verdict": report["verdict"],
+                "counts_expected": s.counts,
+                "counts_differ": scenarios::counts_differ(s, &report),
+                "edge": report["edge"],
+                "notes": report["notes"],
+                "seconds": (secs * 10.0).round() / 10.0,
+            }),
+            Err(e) => json!({
+                "scenario": s.name,
+                "expected": s.expected,
+                "verdict": "error",
+                "error": e.downcast_ref::<String>().cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default(),
+            }),
+        });
+    }
+    Ok(rows)
+}
+
+pub fn run(tracer: &Path) -> Result<()> {
+    let rows = run_scenarios(tracer, &[])?;
     // The widest name sets the first column.
-    let w = all.iter().map(|s| s.name.len()).max().unwrap_or(0).max(8);
+    let w = rows
+        .iter()
+        .filter_map(|r| r["scenario"].as_str())
+        .map(str::len)
+        .max()
+        .unwrap_or(0)
+        .max(8);
     println!(
         "{:<w$} {:<16} {:<16} {:>7}",
         "scenario", "expected", "verdict", "seconds"
     );
     let mut failed = 0;
-    for s in &all {
-        let outcome = std::panic::catch_unwind(|| scenarios::run(s));
-        let (verdict, secs) = match outcome {
-            Ok((report, secs)) => (report["verdict"].as_str().unwrap_or("?").to_string(), secs),
-            Err(_) => ("error".to_string(), 0.0),
-        };
-        let mark = if verdict == s.expected {
-            ""
-        } else {
-            "  <-- mismatch"
-        };
-        if !mark.is_empty() {
+    for r in &rows {
+        let ok = r["verdict"] == "skipped"
+            || r["verdict"] == r["expected"] && r["counts_differ"].is_null();
+        if !ok {
             failed += 1;
         }
         println!(
-            "{:<w$} {:<16} {:<16} {:>7.1}{mark}",
-            s.name, s.expected, verdict, secs
+            "{:<w$} {:<16} {:<16} {:>7.1}{}",
+            r["scenario"].as_str().unwrap_or(""),
+            r["expected"].as_str().unwrap_or(""),
+            r["verdict"].as_str().unwrap_or(""),
+            r["seconds"].as_f64().unwrap_or(0.0),
+            if ok {
+                String::new()
+            } else {
+                format!(
+                    "  <-- mismatch {}",
+                    r["counts_differ"].as_str().unwrap_or("")
+                )
+            }
         );
     }
-    println!("{} passed, {} failed", all.len() - failed, failed);
+    println!("{} passed, {} failed", rows.len() - failed, failed);
     if failed > 0 {
         bail!("{failed} scenario(s) gave another verdict");
     }

@@ -3,6 +3,7 @@
 mod bench;
 mod lab;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -32,13 +33,34 @@ enum Task {
         release: bool,
     },
     /// Set up if needed; fmt check; clippy (host crates and eBPF crate); unit tests; root
-    /// integration tests.
+    /// integration tests; then the lab on Debian's kernels in VMs (`vm-test`).
     Test {
-        /// Only run integration tests whose name contains this.
+        /// Only run integration tests whose name contains this (and skip the VMs).
         filter: Option<String>,
+        /// Skip the kernel matrix in VMs (quick local runs).
+        #[arg(long)]
+        no_vm: bool,
     },
     /// Run every 521 scenario in namespaces and print scenario, expected, verdict, seconds (root).
     Lab,
+    /// Boot Debian's kernels (5.10, 6.1, 6.12, the newest) in VMs and run the lab in each;
+    /// print kernel × scenario; non-zero on any mismatch (root).
+    VmTest {
+        /// Kernel lines to boot (e.g. 5.10, 6.1, 6.12, 7.3) [default: all four].
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// Only scenarios whose name contains this.
+        #[arg(long = "scenario")]
+        scenarios: Vec<String>,
+    },
+    /// Inside a vm-test guest: run the lab and write the rows as JSON.
+    #[command(hide = true)]
+    VmGuest {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long = "scenario")]
+        scenarios: Vec<String>,
+    },
     /// Benchmarks (root): XDP cost, connection-rate overhead, exactness under load, agent CPU
     /// and memory, start-up. Prints a table, or one JSON document with --json.
     Bench {
@@ -74,9 +96,16 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             build(release)
         }
-        Task::Test { filter } => {
+        Task::Test { filter, no_vm } => {
             setup::run()?;
-            test(filter.as_deref())
+            test(filter.as_deref())?;
+            if filter.is_none() && !no_vm {
+                let started = std::time::Instant::now();
+                eprintln!("+ vm-test (the lab on Debian's kernels; --no-vm skips it)");
+                vm::run(&[], &[])?;
+                took(started);
+            }
+            Ok(())
         }
         Task::Run { args } => {
             setup::run()?;
@@ -97,6 +126,12 @@ fn run(cli: Cli) -> Result<()> {
             build(false)?;
             lab::run(&root.join("target/debug/tracer"))
         }
+        Task::VmTest { kernels, scenarios } => {
+            setup::run()?;
+            build(false)?;
+            vm::run(&kernels, &scenarios)
+        }
+        Task::VmGuest { out, scenarios } => vm::guest(&out, &scenarios),
     }
 }
 

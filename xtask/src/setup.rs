@@ -11,7 +11,8 @@ use crate::run_cmd;
 /// for promtool; nginx and wrk for the benchmarks; docker.io and busybox-static for the test
 /// that publishes containers with Docker itself (its image is imported from busybox, offline);
 /// iperf3 and tcpdump for the bulk-throughput benchmark; fail2ban and ufw for the field-verdict
-/// tests (run confined to lab namespaces, never enabled on the host).
+/// tests (run confined to lab namespaces, never enabled on the host); qemu, kmod (depmod, and
+/// modprobe inside the guests), cpio, xz and zstd for `vm-test`.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -30,6 +31,11 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     "fail2ban",
     "ufw",
+    "qemu-system-x86",
+    "kmod",
+    "cpio",
+    "xz-utils",
+    "zstd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

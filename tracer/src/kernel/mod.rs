@@ -137,6 +137,8 @@ pub struct ProbeOptions<'a> {
 
 /// Reads jiffies and the coarse clock for the SYN log's timestamps (`Probe::jiffies_now`).
 const CLOCK_PROGRAM: &str = "xdp_clock";
+/// Before 5.11 (no `bpf_ktime_get_coarse_ns`): the precise clock.
+const CLOCK_PROGRAM_FINE: &str = "xdp_clock_fine";
 
 /// What was attached, and what could not be.
 pub struct Probe {
@@ -157,11 +159,31 @@ pub struct Probe {
     bitmaps: ((SparseBits, SparseBits), Vec<u64>),
     /// (possible CPUs, records per CPU) of the SYN log.
     syn_log: (u32, u32),
+    /// The program that reads jiffies and the clock together.
+    clock_program: &'static str,
+}
+
+/// Before 5.11 maps and programs are charged to RLIMIT_MEMLOCK (64 KiB by default on Debian
+/// 11), far below what the ring buffer and SYN log need: lift it. Later kernels charge the
+/// memory cgroup and ignore it.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(
+            "cannot raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Loads the object: `config` into its read-only data, the ring buffer and the SYN log sized
 /// from `ring_bytes` (the SYN log gets as much again, split over the CPUs).
 fn load(config: &mut Config, ring_bytes: u32) -> Result<(Ebpf, (u32, u32))> {
+    raise_memlock();
     let cpus = synlog::possible_cpus()?;
     let arrivals = if config.flags & CONFIG_F_FOLLOW_FORWARDED != 0 {
         // Split between the CPUs' own LRU lists: each keeps a share worth seconds of SYNs.
@@ -416,12 +438,6 @@ impl Probe {
                 reason: off(f, "reason"),
             };
             drop_names = f.symbols("reason");
-            if config.kfree_skb.reason == FIELD_ABSENT {
-                notes.push(
-                    "kfree_skb has no reason field: drops are reported without the kernel's reason"
-                        .into(),
-                );
-            }
             let k = &config.kernel;
             if k.skb_head == FIELD_ABSENT || k.skb_network_header == FIELD_ABSENT {
                 notes.push(
@@ -471,6 +487,15 @@ impl Probe {
         if !opts.closes {
             config.flags |= CONFIG_F_NO_CLOSES;
         }
+        if config.kfree_skb.reason == FIELD_ABSENT {
+            let symbols = crate::reasons::location::Symbols::read();
+            if symbols.is_empty() {
+                notes.push("skb:kfree_skb has no drop reason on this kernel (before 5.17) and /proc/kallsyms gives no addresses: drops are not told apart".into());
+            } else {
+                reasons.by_location(symbols);
+                notes.push("skb:kfree_skb has no drop reason on this kernel (before 5.17): drops are told apart by the kernel function that freed the packet (/proc/kallsyms)".into());
+            }
+        }
         config.no_socket_reason = reasons
             .drop_codes(|c| c == DropClass::NoSocket)
             .first()
@@ -515,6 +540,7 @@ impl Probe {
             arrival: None,
             bitmaps: empty_bitmaps(),
             syn_log,
+            clock_program: CLOCK_PROGRAM,
         };
         probe.set_ports(opts.ports)?;
         probe.set_ranges(opts.ranges)?;
@@ -932,13 +958,15 @@ impl Probe {
             arrival: None,
             bitmaps: empty_bitmaps(),
             syn_log,
+            clock_program: CLOCK_PROGRAM,
         };
         probe.set_ports(ports)?;
         probe.set_ranges(ranges)?;
-        for name in ["xdp_syn", "xdp_pass", CLOCK_PROGRAM] {
+        for name in ["xdp_syn", "xdp_pass"] {
             let xdp: &mut Xdp = program(&mut probe.ebpf, name)?;
             xdp.load().with_context(|| format!("loading {name}"))?;
         }
+        probe.load_clock_program()?;
         for name in ["tc_syn", "tc_pass"] {
             let tc: &mut SchedClassifier = program(&mut probe.ebpf, name)?;
             tc.load().with_context(|| format!("loading {name}"))?;
@@ -946,9 +974,20 @@ impl Probe {
         Ok(probe)
     }
 
+    /// The coarse-clock program where the kernel has the helper (5.11+), else the precise one.
     fn load_clock_program(&mut self) -> Result<()> {
         let xdp: &mut Xdp = program(&mut self.ebpf, CLOCK_PROGRAM)?;
-        xdp.load().context("loading the clock program")
+        match xdp.load() {
+            Ok(()) => Ok(()),
+            Err(coarse) => {
+                let fine: &mut Xdp = program(&mut self.ebpf, CLOCK_PROGRAM_FINE)?;
+                fine.load().map_err(|e| {
+                    anyhow!("loading the clock program: {coarse}; without the coarse clock: {e}")
+                })?;
+                self.clock_program = CLOCK_PROGRAM_FINE;
+                Ok(())
+            }
+        }
     }
 
     /// The kernel's jiffies counter and CLOCK_MONOTONIC_COARSE read together (through
@@ -957,8 +996,8 @@ impl Probe {
         use aya::programs::{TestRun as _, TestRunOptions};
         let xdp: &Xdp = self
             .ebpf
-            .program(CLOCK_PROGRAM)
-            .ok_or_else(|| anyhow!("program {CLOCK_PROGRAM} missing"))?
+            .program(self.clock_program)
+            .ok_or_else(|| anyhow!("program {} missing", self.clock_program))?
             .try_into()?;
         let frame = [0u8; 64];
         let mut out = [0u8; 64];

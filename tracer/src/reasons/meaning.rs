@@ -65,6 +65,10 @@ pub fn drop_meaning(name: &str) -> Meaning {
             "no route for the destination: the host would forward it but has no route",
             "Check the routing table and net.ipv4.ip_forward for the address the edge connects to (`ip route get <address>`).",
         ),
+        "IP_INPUT_ROUTE" => m(
+            "the input route lookup refused it (before 5.17 the kernel does not say why: strict reverse-path filtering, no route, or a martian source)",
+            "Check `ip route get <edge address> from <origin address> iif <iface>` and net.ipv4.conf.<iface>.rp_filter (2, loose, if replies leave by another interface).",
+        ),
         "IP_OUTNOROUTES" => m(
             "no route to send the reply",
             "Add a route back to Cloudflare's ranges (usually the default route): `ip route get <edge address>` must succeed.",

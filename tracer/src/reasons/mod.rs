@@ -2,6 +2,7 @@
 //! files, BTF), each resolved once to its name and, for drops, to what it means for a
 //! connection attempt. Events carry the number and the class; names are for output.
 
+pub mod location;
 pub mod meaning;
 
 use std::{borrow::Cow, collections::HashMap};
@@ -75,7 +76,12 @@ pub enum Reason {
 pub struct ReasonTable {
     drop: HashMap<u32, (&'static str, DropClass)>,
     reset: HashMap<u32, &'static str>,
+    /// Before 5.17: the kernel's functions, to name a drop by where it happened.
+    symbols: Option<std::sync::Arc<location::Symbols>>,
 }
+
+/// Codes given to drops named by their location (no kernel uses them).
+const LOCATION_CODES: u32 = 0xfff0_0000;
 
 fn leak(name: String) -> &'static str {
     Box::leak(name.into_boxed_str())
@@ -96,6 +102,7 @@ impl ReasonTable {
                 .into_iter()
                 .map(|(code, name)| (code, leak(name)))
                 .collect(),
+            symbols: None,
         }
     }
 
@@ -107,6 +114,25 @@ impl ReasonTable {
         if self.reset.is_empty() {
             self.reset = other.reset;
         }
+    }
+
+    /// On a kernel whose `kfree_skb` has no reason: name drops by the function that freed
+    /// them, resolved through `symbols`.
+    pub fn by_location(&mut self, symbols: location::Symbols) {
+        for (i, name) in location::NAMES.iter().enumerate() {
+            self.drop
+                .insert(LOCATION_CODES + i as u32, (name, DropClass::of_name(name)));
+        }
+        self.symbols = Some(std::sync::Arc::new(symbols));
+    }
+
+    /// The reason of a drop freed at `location`, when reasons come from locations and the
+    /// function there tells one.
+    pub fn drop_reason_at(&self, location: u64) -> Option<Reason> {
+        let function = self.symbols.as_ref()?.function_at(location)?;
+        let name = location::reason_of_function(function)?;
+        let i = location::NAMES.iter().position(|n| *n == name)?;
+        Some(self.drop_reason(LOCATION_CODES + i as u32))
     }
 
     /// A drop reason number as an event carries it.

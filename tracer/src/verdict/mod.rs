@@ -229,6 +229,9 @@ const OVERLOAD_COUNTERS: [&str; 4] = [
 
 /// The kernel's name for a reverse-path filter drop.
 const RPFILTER: &str = "IP_RPFILTER";
+/// Before 5.17: a drop in the input route lookup (reasons read from the freeing function);
+/// with strict rp_filter on the interface, the reverse-path filter.
+const INPUT_ROUTE: &str = "IP_INPUT_ROUTE";
 
 fn ports_text(ports: &[u16]) -> String {
     ports
@@ -241,7 +244,7 @@ fn ports_text(ports: &[u16]) -> String {
 /// Which cause an attempt class belongs to. Unanswered attempts are overload when a queue
 /// counter or a full queue says so, a return-path fault when SYN-ACKs went out and nothing
 /// came back, and plain unanswered otherwise.
-fn cause_of(class: &AttemptClass, overload: bool, synacks_sent: bool) -> Verdict {
+fn cause_of(class: &AttemptClass, overload: bool, synacks_sent: bool, strict: bool) -> Verdict {
     match class.outcome {
         None => Verdict::NeverArriving,
         Some(Outcome::Unknown) => Verdict::Unknown,
@@ -254,6 +257,9 @@ fn cause_of(class: &AttemptClass, overload: bool, synacks_sent: bool) -> Verdict
         Some(Outcome::Unanswered) if synacks_sent => Verdict::ReturnPath,
         Some(Outcome::Unanswered) => Verdict::Unanswered,
         Some(Outcome::OtherDrop) if class.reason.as_deref() == Some(RPFILTER) => {
+            Verdict::ReturnPath
+        }
+        Some(Outcome::OtherDrop) if class.reason.as_deref() == Some(INPUT_ROUTE) && strict => {
             Verdict::ReturnPath
         }
         Some(Outcome::OtherDrop) => Verdict::OtherDrop,
@@ -276,7 +282,7 @@ pub fn decide(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
         for class in i
             .classes
             .iter()
-            .filter(|k| cause_of(k, overload, synacks) == c.verdict)
+            .filter(|k| cause_of(k, overload, synacks, i.rp_filter == Some(1)) == c.verdict)
         {
             for (addr, n) in &class.peers {
                 *peers.entry(*addr).or_default() += n;
@@ -330,7 +336,7 @@ fn rank(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
         return (cause.verdict, vec![cause]);
     }
     let overload_evidence = overload_evidence(i);
-    let rp_drops = i.other_reasons.get(RPFILTER).copied().unwrap_or(0);
+    let rp_drops = rp_drops(i);
     let mut causes = Vec::new();
     if i.edge.refused > 0 {
         causes.push(causes::refused(i));
@@ -382,6 +388,18 @@ fn rank(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
     causes.sort_by_key(|c| c.verdict == Verdict::Unknown);
     let verdict = causes.first().map_or(Verdict::Healthy, |c| c.verdict);
     (verdict, causes)
+}
+
+/// Drops by the reverse-path filter: named so (5.17+), or in the input route lookup with
+/// strict rp_filter on the interface (before).
+fn rp_drops(i: &Inputs<'_>) -> u64 {
+    let named = i.other_reasons.get(RPFILTER).copied().unwrap_or(0);
+    let by_location = if i.rp_filter == Some(1) {
+        i.other_reasons.get(INPUT_ROUTE).copied().unwrap_or(0)
+    } else {
+        0
+    };
+    named + by_location
 }
 
 /// Queue counters and full queues: what makes unanswered attempts overload. SYN-ACK

@@ -2,7 +2,7 @@
 //! replies routed out another interface, an upstream that drops the origin's outbound, or
 //! strict reverse-path filtering dropping the SYNs because the route back leaves elsewhere.
 
-use super::{Cause, Inputs, Verdict, RPFILTER};
+use super::{Cause, Inputs, Verdict, INPUT_ROUTE, RPFILTER};
 use crate::{
     origin::routes::{rp_filter_text, Route},
     reasons::meaning::drop_meaning,
@@ -18,10 +18,20 @@ pub(super) fn return_path(i: &Inputs<'_>, lost_synacks: u64, rp_drops: u64) -> C
         ));
     }
     if rp_drops > 0 {
-        evidence.push(format!(
-            "{rp_drops} edge SYNs were dropped with kernel reason {RPFILTER}: {}",
-            drop_meaning(RPFILTER).what
-        ));
+        let named = i.other_reasons.get(RPFILTER).copied().unwrap_or(0);
+        if named > 0 {
+            evidence.push(format!(
+                "{named} edge SYNs were dropped with kernel reason {RPFILTER}: {}",
+                drop_meaning(RPFILTER).what
+            ));
+        }
+        if rp_drops > named {
+            evidence.push(format!(
+                "{} edge SYNs were dropped in the input route lookup ({INPUT_ROUTE}, read from the freeing function on this kernel) with strict reverse-path filtering on {}",
+                rp_drops - named,
+                i.interface
+            ));
+        }
     }
     let mut elsewhere: Vec<&Route> = Vec::new();
     for route in i.routes {
