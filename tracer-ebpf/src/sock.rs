@@ -30,7 +30,13 @@ const TCP_LISTEN: i32 = 10;
 /// Reads the split address fields: the `s*` side is the local socket, `d*` the peer.
 #[inline(always)]
 fn read_split(ctx: &TracePointContext, l: &SockTpLayout, ev: &mut Event) -> Option<()> {
-    let family: u16 = field(ctx, l.family)?;
+    // Older kernels' tcp_event_sk_skb has no family: its IPv6 fields always hold the
+    // addresses, IPv4 ones v4-mapped (TP_STORE_ADDRS), which unmap_v4 turns back.
+    let family: u16 = if l.family == FIELD_ABSENT {
+        AF_INET6
+    } else {
+        field(ctx, l.family)?
+    };
     ev.local_port = field(ctx, l.sport)?;
     ev.peer_port = field(ctx, l.dport)?;
     match family {

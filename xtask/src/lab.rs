@@ -41,6 +41,7 @@ pub fn run_scenarios(tracer: &Path, filters: &[String]) -> Result<Vec<Value>> {
                 "counts_differ": scenarios::counts_differ(s, &report),
                 "edge": report["edge"],
                 "notes": report["notes"],
+                "evidence": report["causes"][0]["evidence"],
                 "seconds": (secs * 10.0).round() / 10.0,
             }),
             Err(e) => json!({

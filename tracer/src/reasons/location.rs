@@ -18,6 +18,8 @@ pub const NAMES: [&str; 8] = [
 
 /// What a freeing function means: the name given to the drop, as a newer kernel would call it.
 pub fn reason_of_function(function: &str) -> Option<&'static str> {
+    // The compiler's clones keep the name before a suffix: ip_rcv_finish_core.isra.0.
+    let function = function.split('.').next().unwrap_or(function);
     Some(match function {
         "nft_do_chain"
         | "nf_hook_slow"
@@ -102,6 +104,10 @@ mod tests {
         assert_eq!(reason_of_function("tcp_v4_rcv"), Some("NO_SOCKET"));
         assert_eq!(reason_of_function("nft_do_chain"), Some("NETFILTER_DROP"));
         assert_eq!(reason_of_function("kfree_skb_list"), None);
+        assert_eq!(
+            reason_of_function("ip_rcv_finish_core.isra.0"),
+            Some("IP_INPUT_ROUTE")
+        );
         for f in [
             "nft_do_chain",
             "tcp_v6_rcv",

@@ -81,6 +81,12 @@ fn one(
     let _ = std::fs::remove_dir_all(&results);
     std::fs::create_dir_all(&results)?;
     let initrd = boot::initramfs(k, dir)?;
+    // The guest runs copies: a rebuild on the host while the VM runs must not change the
+    // binaries under it (9p would show the new file to a running process).
+    let bin = results.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::copy(xtask, bin.join("xtask"))?;
+    std::fs::copy(crate::workspace_root().join("target/debug/tracer"), bin.join("tracer"))?;
     let filters: String = scenarios
         .iter()
         .map(|s| format!(" --scenario '{}'", s.replace('\'', "")))
@@ -95,11 +101,10 @@ fn one(
              ip link set lo up\n\
              uname -r > /results/uname\n\
              cd {root}\n\
-             {xtask} vm-guest --out /results/lab.json{filters} > /results/guest.log 2>&1\n\
+             TRACER_BIN=/results/bin/tracer /results/bin/xtask vm-guest --out /results/lab.json{filters} > /results/guest.log 2>&1\n\
              echo $? > /results/exit\n\
              sync; echo o > /proc/sysrq-trigger\n",
             root = crate::workspace_root().display(),
-            xtask = xtask.display(),
         ),
     )?;
     let took = boot::boot(k, &initrd, &results, accel, PER_KERNEL)?;
@@ -180,7 +185,9 @@ fn print_table(results: &[(String, Result<(Value, Duration)>)]) -> Result<()> {
 
 /// Guest side: the lab scenarios on the running kernel, written as JSON to `out`.
 pub fn guest(out: &Path, scenarios: &[String]) -> Result<()> {
-    let tracer: PathBuf = crate::workspace_root().join("target/debug/tracer");
+    let tracer: PathBuf = std::env::var_os("TRACER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target/debug/tracer"));
     let rows = crate::lab::run_scenarios(&tracer, scenarios)?;
     let doc = json!({
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
