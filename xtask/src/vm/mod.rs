@@ -86,7 +86,10 @@ fn one(
     let bin = results.join("bin");
     std::fs::create_dir_all(&bin)?;
     std::fs::copy(xtask, bin.join("xtask"))?;
-    std::fs::copy(crate::workspace_root().join("target/debug/tracer"), bin.join("tracer"))?;
+    std::fs::copy(
+        crate::workspace_root().join("target/debug/tracer"),
+        bin.join("tracer"),
+    )?;
     let filters: String = scenarios
         .iter()
         .map(|s| format!(" --scenario '{}'", s.replace('\'', "")))

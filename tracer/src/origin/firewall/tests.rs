@@ -153,6 +153,19 @@ fn saved(name: &str) -> Ruleset {
             include_str!("testdata/ufw.json"),
             include_str!("testdata/ufw.nft"),
         ),
+        // firewalld 1.3 run in a lab namespace, default zone public, with
+        // `firewall-cmd --zone=public --add-rich-rule='rule family=ipv4 source
+        // address=173.245.48.0/20 port port=443 protocol=tcp reject'`.
+        // crowdsec-firewall-bouncer 0.0.25 (nftables mode) in a lab namespace, fed one ban
+        // decision for 173.245.48.77 by a stand-in for CrowdSec's local API.
+        "crowdsec" => (
+            include_str!("testdata/crowdsec.json"),
+            include_str!("testdata/crowdsec.nft"),
+        ),
+        "firewalld" => (
+            include_str!("testdata/firewalld.json"),
+            include_str!("testdata/firewalld.nft"),
+        ),
         _ => unreachable!(),
     };
     Ruleset::parse(json, text).unwrap()
@@ -337,4 +350,50 @@ fn netdev_ingress_chains_apply_to_their_device_only() {
     let mut other = pkt("173.245.48.10", 443);
     other.iface = Some("eth1".into());
     assert!(rs.blocking(&other).is_empty());
+}
+
+#[test]
+fn firewalld_rich_rule_and_zone_reject_are_named_with_the_zone() {
+    let rs = saved("firewalld");
+    let f = rs.blocking(&pkt("173.245.48.10", 443));
+    let certain: Vec<&Finding> = f.iter().filter(|f| f.certain).collect();
+    assert_eq!(certain.len(), 1, "{f:#?}");
+    let rule = certain[0];
+    assert!(rule.rejects, "{rule:?}");
+    assert!(
+        rule.rule
+            .contains("ip saddr 173.245.48.0/20 tcp dport 443 reject"),
+        "{}",
+        rule.rule
+    );
+    assert!(rule.rule.starts_with("filter_INPUT → "), "{}", rule.rule);
+    assert_eq!(
+        rule.owner,
+        Some(Owner::Firewalld {
+            zone: Some("public".into())
+        })
+    );
+    // Another source on a port the zone does not open: the zone's final reject.
+    let f = rs.blocking(&pkt("198.51.100.7", 8443));
+    let certain: Vec<&Finding> = f.iter().filter(|f| f.certain).collect();
+    assert_eq!(certain.len(), 1, "{f:#?}");
+    assert!(
+        certain[0]
+            .rule
+            .contains("reject with icmpx admin-prohibited"),
+        "{certain:?}"
+    );
+    assert!(matches!(certain[0].owner, Some(Owner::Firewalld { .. })));
+}
+
+#[test]
+fn crowdsec_ban_set_is_named_as_crowdsec() {
+    let rs = saved("crowdsec");
+    let f = rs.blocking(&pkt("173.245.48.77", 443));
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert!(f[0].certain && !f[0].rejects);
+    assert!(f[0].rule.contains("@crowdsec-blacklists"), "{}", f[0].rule);
+    assert_eq!(f[0].owner, Some(Owner::Crowdsec));
+    assert!(rs.blocking(&pkt("173.245.48.78", 443)).is_empty());
+    assert!(rs.blocking(&pkt("2606:4700::10", 443)).is_empty());
 }
