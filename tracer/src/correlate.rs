@@ -317,6 +317,9 @@ fn unindex(index: &mut Option<FastMap<PeerKey, Flow>>, key: &Flow) {
     }
 }
 
+/// Open attempts kept at most (about 20 MB): beyond, the table makes room (see `evict_one`).
+const MAX_OPEN: usize = 1 << 17;
+
 /// Tracks open attempts; hands back the ones that are over.
 #[derive(Default)]
 pub struct Correlator {
@@ -329,6 +332,8 @@ pub struct Correlator {
     pub closed_to_new: bool,
     /// Events the kernel reported lost.
     pub lost_events: u64,
+    /// Attempts ended early because the table was full.
+    pub evicted: u64,
     /// The tracer's namespace: an event elsewhere happened where the host forwarded it.
     own_netns: u32,
     /// Following forwarded connections: open attempts by peer address and port.
@@ -467,6 +472,12 @@ impl Correlator {
             && backend.is_none()
             && !ev.forwarded;
         let mut displaced = None;
+        // A full table (a SYN flood of attempts nothing answers) makes room by ending one
+        // attempt early, as unknown unless something decided it: memory stays bounded and no
+        // count turns into a false "unanswered". Checked only when full.
+        if starts && self.open.len() >= MAX_OPEN && !self.open.contains_key(&key) {
+            displaced = self.evict_one();
+        }
         // One hash lookup for an event in the tracer's namespace: this runs for every event at
         // fleet rates. Fields are borrowed apart so the entry stays open.
         let a = match self.open.entry(key) {
@@ -510,6 +521,21 @@ impl Correlator {
             return None;
         }
         displaced
+    }
+
+    /// Ends one open attempt to make room (any: the table is a hash map); live mode decides
+    /// it at once, otherwise it is handed back like a displaced attempt.
+    fn evict_one(&mut self) -> Option<Attempt> {
+        let key = *self.open.keys().next()?;
+        let mut a = self.open.remove(&key)?;
+        unindex(&mut self.by_peer, &key);
+        a.events_lost = true;
+        self.evicted += 1;
+        if self.live {
+            decide(&mut a, true, &mut self.decided);
+            return None;
+        }
+        Some(a)
     }
 
     /// Live mode: the handshake decides the attempt, which leaves the table.
@@ -636,3 +662,23 @@ impl Counts {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_table_ends_attempts_early_as_unknown() {
+        let mut c = Correlator::live();
+        let mut ev = crate::event::sample(Kind::Syn, 0, 1000);
+        for i in 0..(MAX_OPEN as u32 + 10) {
+            ev.flow.peer_port = (i % 60000) as u16;
+            ev.flow.peer = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i / 60000));
+            c.observe(&ev);
+        }
+        assert_eq!(c.open_attempts(), MAX_OPEN);
+        assert_eq!(c.evicted, 10);
+        let decided: Vec<Decided> = c.drain_decided().collect();
+        assert!(decided.len() >= 10, "{}", decided.len());
+    }
+}

@@ -51,6 +51,7 @@ pub struct Metrics {
     log_suppressed: IntCounter,
     log_write_errors: IntCounter,
     syns_refused: IntCounter,
+    attempts_evicted: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
@@ -123,6 +124,11 @@ impl Metrics {
             "SYNs from the watched ranges to watched ports the kernel refused (no socket), counted in the kernel: exact even when events are lost.",
         )?;
         r.register(Box::new(syns_refused.clone()))?;
+        let attempts_evicted = IntCounter::new(
+            "tracer_attempts_evicted_total",
+            "Open attempts ended early (as unknown unless decided) because the attempt table was full.",
+        )?;
+        r.register(Box::new(attempts_evicted.clone()))?;
         let log_suppressed = IntCounter::new(
             "tracer_log_lines_suppressed_total",
             "Event log lines held back by the rate limit (summed up in `suppressed` lines).",
@@ -172,7 +178,16 @@ impl Metrics {
             log_suppressed,
             log_write_errors,
             syns_refused,
+            attempts_evicted,
         })
+    }
+
+    /// The correlator's running count of attempts ended early for room.
+    pub fn set_evicted(&self, total: u64) {
+        let now = self.attempts_evicted.get();
+        if total > now {
+            self.attempts_evicted.inc_by(total - now);
+        }
     }
 
     /// The kernel's running count of refused edge SYNs.

@@ -182,6 +182,7 @@ impl Sink for Agent {
             self.metrics
                 .set_open_attempts(self.correlator.open_attempts());
             self.metrics.set_syns_refused(capture.edge_syns_refused());
+            self.metrics.set_evicted(self.correlator.evicted);
             self.watch_interface(capture);
             self.last_housekeeping = Instant::now();
         }
