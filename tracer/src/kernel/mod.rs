@@ -2,6 +2,7 @@
 
 pub mod btf;
 mod clsact;
+mod features;
 pub mod privileges;
 pub mod synlog;
 pub mod tracefs;
@@ -206,7 +207,11 @@ fn load(config: &mut Config, ring_bytes: u32) -> Result<(Ebpf, (u32, u32))> {
         .map_max_entries("EDGE_V4", 2 * RANGES_PER_FAMILY)
         .map_max_entries("EDGE_V6", 2 * RANGES_PER_FAMILY)
         .load(EBPF_OBJECT)
-        .context("loading the eBPF programs")?;
+        .context("loading the eBPF programs")
+        .map_err(|e| match features::explain_load_error(&e) {
+            Some(line) => anyhow!(line),
+            None => e,
+        })?;
     Ok((ebpf, (cpus, slots)))
 }
 
@@ -383,6 +388,7 @@ fn empty_bitmaps() -> ((SparseBits, SparseBits), Vec<u64>) {
 impl Probe {
     pub fn start(opts: &ProbeOptions<'_>) -> Result<Self> {
         privileges::check()?;
+        features::check()?;
         ifindex(opts.iface)?;
         let tracefs = tracefs::ensure_mounted()?;
         let mut notes = Vec::new();
@@ -942,6 +948,7 @@ impl Probe {
         ring_bytes: u32,
     ) -> Result<Self> {
         privileges::check()?;
+        features::check()?;
         let mut config = Config::DEFAULT;
         if all_peers {
             config.flags |= CONFIG_F_ALL_PEERS;
