@@ -22,33 +22,32 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
-/// Reads the coarse clock, the jiffies counter and the coarse clock again into the first 24
-/// bytes of a test frame: userspace runs it through `BPF_PROG_TEST_RUN` to convert the SYN
-/// log's jiffies to CLOCK_MONOTONIC (equal clock reads: no tick in between).
-#[xdp]
-pub fn xdp_clock(ctx: XdpContext) -> u32 {
-    if let Some(p) = bytes_at(&ctx, 0, 24) {
+/// Writes clock, jiffies, clock into the first 24 bytes of a test frame: userspace runs it
+/// through `BPF_PROG_TEST_RUN` to convert the SYN log's jiffies to CLOCK_MONOTONIC (equal
+/// clock reads: no tick in between).
+#[inline(always)]
+fn clock_sample(ctx: &XdpContext, now: impl Fn() -> u64) {
+    if let Some(p) = bytes_at(ctx, 0, 24) {
         let p = p as *mut u64;
         unsafe {
-            *p = bpf_ktime_get_coarse_ns();
+            *p = now();
             *p.add(1) = bpf_jiffies64();
-            *p.add(2) = bpf_ktime_get_coarse_ns();
+            *p.add(2) = now();
         }
     }
+}
+
+/// With the coarse clock (5.11+).
+#[xdp]
+pub fn xdp_clock(ctx: XdpContext) -> u32 {
+    clock_sample(&ctx, || unsafe { bpf_ktime_get_coarse_ns() });
     XDP_PASS
 }
 
-/// The same with the precise clock, for kernels before 5.11 (no coarse-clock helper): the two
-/// reads always differ, so the jiffies' start is known only to within a tick.
+/// With the precise clock, for kernels before 5.11 (no coarse-clock helper): the two reads
+/// always differ, so the jiffies' start is known only to within a tick.
 #[xdp]
 pub fn xdp_clock_fine(ctx: XdpContext) -> u32 {
-    if let Some(p) = bytes_at(&ctx, 0, 24) {
-        let p = p as *mut u64;
-        unsafe {
-            *p = bpf_ktime_get_ns();
-            *p.add(1) = bpf_jiffies64();
-            *p.add(2) = bpf_ktime_get_ns();
-        }
-    }
+    clock_sample(&ctx, || unsafe { bpf_ktime_get_ns() });
     XDP_PASS
 }

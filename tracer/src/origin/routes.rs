@@ -2,7 +2,7 @@
 //! and how strictly the arrival interface filters by reverse path. A handshake that never
 //! completes while SYN-ACKs go out another interface is a return-path fault, not overload.
 
-use std::{net::IpAddr, process::Command};
+use std::net::IpAddr;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -41,18 +41,10 @@ impl Route {
 
 /// `ip -j route get PEER from LOCAL` in this namespace.
 pub fn route_back(peer: IpAddr, local: IpAddr) -> Result<Route, String> {
-    let out = Command::new("ip")
-        .args(["-j", "-d", "route", "get", &peer.to_string(), "from"])
-        .arg(local.to_string())
-        .output()
-        .map_err(|e| format!("ip not available ({e})"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "no route back to {peer} from {local}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    parse(&String::from_utf8_lossy(&out.stdout), peer, local)
+    let (p, l) = (peer.to_string(), local.to_string());
+    let out = super::run_tool("ip", &["-j", "-d", "route", "get", &p, "from", &l])
+        .map_err(|e| format!("no route back to {peer} from {local}: {e}"))?;
+    parse(&out, peer, local)
 }
 
 /// Parses `ip -j route get` output.

@@ -12,7 +12,7 @@ pub mod owner;
 mod tests;
 mod text;
 
-use std::{collections::HashMap, net::IpAddr, process::Command};
+use std::{collections::HashMap, net::IpAddr};
 
 use serde_json::Value;
 
@@ -85,20 +85,7 @@ struct Walk<'a> {
     path: Vec<String>,
 }
 
-/// Runs a command and returns its stdout, or why not.
-fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{cmd} not available ({e})"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use super::run_tool as run;
 
 impl Ruleset {
     /// The ruleset of this namespace, or why it cannot be read.
