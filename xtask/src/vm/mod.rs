@@ -99,7 +99,7 @@ fn one(
         format!(
             "#!/bin/sh\n\
              export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root\n\
-             mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /tmp; mkdir -p /run/netns\n\
+             mount -t tmpfs tmpfs /run; mkdir -p /run/netns\n\
              echo 1 > /proc/sys/kernel/sysrq\n\
              ip link set lo up\n\
              uname -r > /results/uname\n\
