@@ -2,7 +2,6 @@
 //! signals, and a ranges change mid-run.
 
 use std::{
-    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -42,6 +41,10 @@ fn scrape(lab: &Lab) -> String {
 
 fn series(port: u16, outcome: &str) -> String {
     format!("tracer_edge_connections_total{{outcome=\"{outcome}\",port=\"{port}\"}}")
+}
+
+fn late_resets(port: u16) -> String {
+    format!("tracer_edge_resets_after_handshake_total{{port=\"{port}\"}}")
 }
 
 fn log_lines(path: &std::path::Path) -> Vec<Value> {
@@ -140,6 +143,45 @@ fn metrics_and_logs_follow_the_traffic() {
         expected.iter().all(|(s, v)| metric(&text, s) == Some(*v))
     });
     assert!(ok, "metrics never matched {expected:?}:\n{text}");
+    // Which build, kernel and hook: one series, value 1.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let hook = ["tcx", "tc_clsact", "xdp_driver", "xdp_generic"]
+        .into_iter()
+        .find(|h| metric(&text, &format!("tracer_arrival_hook{{hook=\"{h}\"}}")) == Some(1.0))
+        .expect("an arrival hook");
+    let build_info = format!(
+        "tracer_build_info{{arrival_hook=\"{hook}\",kernel=\"{}\",version=\"{}\"}}",
+        release.trim(),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(metric(&text, &build_info), Some(1.0), "{text}");
+    // The standard process metrics, of the agent itself.
+    assert!(
+        metric(&text, "process_cpu_seconds_total").is_some(),
+        "{text}"
+    );
+    for m in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(metric(&text, m).is_some_and(|v| v > 0.0), "{m}:\n{text}");
+    }
+    // Each attempt is in one outcome: the outcomes of a port sum to its attempts.
+    let attempts: f64 = [
+        "handshake",
+        "refused",
+        "firewall_drop",
+        "overload_drop",
+        "origin_reset",
+        "unanswered",
+        "other_drop",
+        "unknown",
+    ]
+    .iter()
+    .map(|o| metric(&text, &series(443, o)).unwrap())
+    .sum();
+    assert_eq!(attempts, 4.0, "{text}");
     // A window of 2 s passed with refusals and firewall drops: the verdict names the largest.
     assert!(
         eventually(Duration::from_secs(6), || {
@@ -163,15 +205,29 @@ fn metrics_and_logs_follow_the_traffic() {
     assert!(events.is_empty(), "--log-file given: stdout stays empty");
     let lines = log_lines(&log);
     let kinds = |k: &str| lines.iter().filter(|l| l["kind"] == k).count();
-    assert_eq!(kinds("reset_sent"), 3, "{lines:?}");
-    assert_eq!(
+    // By default one line per failed attempt, not one per packet.
+    for k in ["syn", "reset_sent", "drop", "established"] {
+        assert_eq!(kinds(k), 0, "no {k} lines by default: {lines:?}");
+    }
+    let attempts = |outcome: &str, port: u16| {
         lines
             .iter()
-            .filter(|l| l["kind"] == "drop" && l["reason"] == "NETFILTER_DROP")
-            .count(),
-        2
+            .filter(|l| {
+                l["kind"] == "attempt" && l["outcome"] == outcome && l["local_port"] == port
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(attempts("refused", 8080).len(), 3, "{lines:?}");
+    let dropped = attempts("firewall_drop", 2053);
+    assert_eq!(dropped.len(), 2, "{lines:?}");
+    assert!(dropped
+        .iter()
+        .all(|l| l["reason"] == "NETFILTER_DROP" && l["syns"].as_u64() >= Some(1)));
+    assert_eq!(
+        kinds("attempt"),
+        5,
+        "handshakes write no attempt line: {lines:?}"
     );
-    assert_eq!(kinds("syn"), 0, "healthy SYNs are not logged by default");
     let verdicts: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "verdict").collect();
     assert!(!verdicts.is_empty(), "one verdict record per window");
     for key in [
@@ -199,8 +255,8 @@ fn metrics_and_logs_follow_the_traffic() {
     assert_eq!(refused, 3, "windows together saw the 3 refusals");
 }
 
-/// A connection the origin accepts and then resets counts once as a handshake and once as an
-/// origin reset. The agent settles an attempt at its handshake and reads the later reset from
+/// A connection the origin accepts and then resets counts once, as a handshake, and once in
+/// `tracer_edge_resets_after_handshake_total`: no attempt is in two outcomes. The agent settles an attempt at its handshake and reads the later reset from
 /// the reset's own event; with `--log-events all` the kernel also reports closes, which must
 /// change nothing but the log.
 #[test]
@@ -230,9 +286,11 @@ fn resets_after_accept_count_once_with_and_without_closes() {
         }
         let expected = [
             (series(8080, "handshake"), 3.0),
-            (series(8080, "origin_reset"), 3.0),
+            (series(8080, "origin_reset"), 0.0),
+            (late_resets(8080), 3.0),
             (series(443, "handshake"), 3.0),
             (series(443, "origin_reset"), 0.0),
+            (late_resets(443), 0.0),
         ];
         let mut text = String::new();
         let matches = |text: &str| expected.iter().all(|(s, v)| metric(text, s) == Some(*v));
@@ -264,11 +322,31 @@ fn resets_after_accept_count_once_with_and_without_closes() {
         } else {
             assert_eq!(closed, 0, "closes are neither wanted nor logged");
         }
-        let resets = lines
+        if log_all {
+            let resets = lines
+                .iter()
+                .filter(|l| l["kind"] == "reset_sent" && l["local_port"] == 8080)
+                .count();
+            assert_eq!(resets, 3, "log_all={log_all}: {lines:?}");
+        }
+        // Either way, one attempt line per reset connection, saying it came after the
+        // handshake.
+        let reset_attempts = lines
             .iter()
-            .filter(|l| l["kind"] == "reset_sent" && l["local_port"] == 8080)
+            .filter(|l| {
+                l["kind"] == "attempt"
+                    && l["local_port"] == 8080
+                    && l["outcome"] == "origin_reset"
+                    && l["after_handshake"] == true
+            })
             .count();
-        assert_eq!(resets, 3, "log_all={log_all}: {lines:?}");
+        assert_eq!(reset_attempts, 3, "log_all={log_all}: {lines:?}");
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l["kind"] == "attempt" && l["local_port"] == 443),
+            "closed connections are not failures: {lines:?}"
+        );
     }
 }
 
@@ -363,7 +441,7 @@ fn sighup_reopens_the_log_file() {
         .is_err());
     assert!(eventually(Duration::from_secs(5), || log_lines(&log)
         .iter()
-        .any(|l| l["kind"] == "reset_sent")));
+        .any(|l| l["kind"] == "attempt")));
     std::fs::rename(&log, &rotated).unwrap();
     tracer.signal(libc::SIGHUP);
     assert!(
@@ -376,11 +454,11 @@ fn sighup_reopens_the_log_file() {
         .is_err());
     assert!(eventually(Duration::from_secs(5), || log_lines(&log)
         .iter()
-        .any(|l| l["kind"] == "reset_sent")));
+        .any(|l| l["kind"] == "attempt")));
     assert_eq!(
         log_lines(&rotated)
             .iter()
-            .filter(|l| l["kind"] == "reset_sent")
+            .filter(|l| l["kind"] == "attempt")
             .count(),
         1
     );
@@ -451,38 +529,62 @@ fn ranges_change_mid_run_without_losing_events() {
     assert_eq!(syns[made - 1]["edge"], true);
 }
 
+/// A fresh install starts on the embedded list (recorded weeks ago): with `--refresh-ranges-every
+/// 6h` it asks the API at once, not after 6 h, and the age drops to seconds.
 #[test]
-fn deploy_files_check() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(root.join("deploy/alerts.yml"))
-        .output()
-        .expect("promtool");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+fn a_fresh_install_refreshes_old_ranges_at_start() {
+    let lab = Lab::new();
+    let tmp = TempDir::new("agent-fresh");
+    let state = tmp.path("state");
+    // A mirror of the API on the origin's loopback, answering every request.
+    let mirror = lab.origin.listen("127.0.0.1", 8099, 16);
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        let body = r#"{"result":{"ipv4_cidrs":["173.245.48.0/20","198.18.0.0/15"],"ipv6_cidrs":["2400:cb00::/32"],"etag":"fresh"},"success":true}"#;
+        while let Ok((mut c, _)) = mirror.accept() {
+            let _ = c.read(&mut [0u8; 2048]);
+            let _ = c.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    let log = tmp.path("log");
+    let tracer = Tracer::start_env(
+        &lab.origin,
+        &[
+            "agent",
+            "--iface",
+            ORIGIN_IF,
+            "--window",
+            "2",
+            "--refresh-ranges-every",
+            "6h",
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+        &[
+            ("TRACER_STATE_DIR", state.to_str().unwrap()),
+            ("TRACER_RANGES_URL", "http://127.0.0.1:8099/ips"),
+        ],
     );
-    // systemd-analyze verify needs the binary at the unit's path: check a copy pointing at ours.
-    let tmp = TempDir::new("agent-unit");
-    let unit = std::fs::read_to_string(root.join("deploy/tracer.service"))
-        .unwrap()
-        .replace("/usr/local/bin/tracer", tracer_bin().to_str().unwrap());
-    let copy = tmp.path("cf521-tracer.service");
-    std::fs::write(&copy, unit).unwrap();
-    if let Ok(out) = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&copy)
-        .output()
-    {
-        let msg = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !msg.lines()
-                .any(|l| l.contains("cf521-tracer.service") && !l.contains("Documentation")),
-            "systemd-analyze verify: {msg}"
-        );
-    }
+    let mut text = String::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            text = scrape(&lab);
+            text.contains("tracer_ranges_info{etag=\"fresh\",source=\"api\"} 1")
+        }),
+        "the first refresh came at start:\n{text}\n{}",
+        tracer.stderr_text()
+    );
+    assert!(
+        metric(&text, "tracer_ranges_age_seconds").is_some_and(|a| a < 60.0),
+        "{text}"
+    );
+    tracer.stop();
 }
 
 /// The watched interface is deleted and an interface of that name comes back: the agent says
@@ -509,6 +611,12 @@ fn the_agent_reattaches_when_its_interface_comes_back() {
                 .stderr_text()
                 .contains("is back: arrival hook attached again")),
             "{hook}: {}",
+            tracer.stderr_text()
+        );
+        // Its stderr is a file here, as under journald: no colour codes in it.
+        assert!(
+            !tracer.stderr_text().contains('\x1b'),
+            "{:?}",
             tracer.stderr_text()
         );
         for _ in 0..2 {

@@ -235,6 +235,16 @@ pub enum Decided {
     Attempt(Attempt),
     /// An attempt already counted as a handshake was then reset by the origin.
     LateReset(Attempt),
+    /// With [`Correlator::reporting_ended`]: an attempt that did not end in a handshake left
+    /// the table, with everything it took (its SYNs, the answers). Counted already.
+    Ended(Attempt),
+}
+
+/// Live mode: hands out a failed attempt leaving the table, when asked to.
+fn report_end(report: bool, a: &Attempt, decided: &mut Vec<Decided>) {
+    if report && a.outcome() != Outcome::Handshake {
+        decided.push(Decided::Ended(a.clone()));
+    }
 }
 
 /// Live mode: queues the outcome once it is decisive; an attempt leaving undecided gets its
@@ -327,6 +337,8 @@ pub struct Correlator {
     /// Live mode (agent): outcomes are queued for `drain_decided` as soon as they are known,
     /// instead of when the attempt ends.
     live: bool,
+    /// Live mode: hand out failed attempts as they leave ([`Decided::Ended`]).
+    report_ended: bool,
     decided: Vec<Decided>,
     /// When false (after a window ends), events may finish open attempts but start none.
     pub closed_to_new: bool,
@@ -377,8 +389,16 @@ impl Correlator {
         unindex(&mut self.by_peer, key);
         if self.live {
             decide(&mut a, true, &mut self.decided);
+            report_end(self.report_ended, &a, &mut self.decided);
         }
         Some(a)
+    }
+
+    /// Live mode: also hand out each attempt that did not end in a handshake when it leaves
+    /// the table ([`Decided::Ended`]), for one log line per attempt.
+    pub fn reporting_ended(mut self) -> Self {
+        self.report_ended = true;
+        self
     }
 
     pub fn open_attempts(&self) -> usize {
@@ -491,12 +511,14 @@ impl Correlator {
                         unindex(&mut self.by_peer, &key);
                         if self.live {
                             decide(&mut old, true, &mut self.decided);
+                            report_end(self.report_ended, &old, &mut self.decided);
                         }
                         return Some(old);
                     }
                     let mut old = std::mem::replace(o.get_mut(), Attempt::new(key, ev));
                     if self.live {
                         decide(&mut old, true, &mut self.decided);
+                        report_end(self.report_ended, &old, &mut self.decided);
                     }
                     displaced = Some(old);
                 }
@@ -533,6 +555,7 @@ impl Correlator {
         self.evicted += 1;
         if self.live {
             decide(&mut a, true, &mut self.decided);
+            report_end(self.report_ended, &a, &mut self.decided);
             return None;
         }
         Some(a)
@@ -559,6 +582,7 @@ impl Correlator {
         if let Some(b) = a.backend {
             self.recent_forwarded.insert(a.flow, b);
         }
+        report_end(self.report_ended, &a, &mut self.decided);
         decide_leaving(a, &mut self.decided);
     }
 

@@ -13,19 +13,21 @@ use prometheus::{
 
 use crate::{correlate::Outcome, ranges::RangeSet, verdict::Verdict};
 
-/// The alert in `deploy/alerts.yml` that pages for a verdict, if one does: a new verdict
-/// does not compile until it is decided here (a test checks each named alert exists).
-/// `unanswered` and `other_drop` have none yet (the fleet alerts issue adds them).
+/// The alert in `deploy/alerts.yml` that fires for a verdict: a new verdict does not compile
+/// until it is decided here, and a test checks each named alert exists, carries a
+/// `verdict` label naming it, a description and a runbook entry in the README.
 pub fn alert_for(verdict: Verdict) -> Option<&'static str> {
     match verdict {
         Verdict::Refused => Some("CloudflareConnectionsRefused"),
         Verdict::FirewallDrop => Some("CloudflareConnectionsFirewalled"),
         Verdict::Overloaded => Some("OriginOverloaded"),
         Verdict::ResetByOrigin => Some("OriginResetsConnections"),
+        Verdict::Unanswered => Some("CloudflareConnectionsUnanswered"),
+        Verdict::OtherDrop => Some("OriginDropsConnections"),
         Verdict::NeverArriving => Some("CloudflareTrafficNeverArrives"),
         Verdict::ReturnPath => Some("OriginRepliesLost"),
         Verdict::Unknown => Some("TracerLosingEvents"),
-        Verdict::Healthy | Verdict::Unanswered | Verdict::OtherDrop => None,
+        Verdict::Healthy => None,
     }
 }
 
@@ -37,6 +39,12 @@ pub struct Metrics {
     /// Counter handles resolved once: a label lookup per connection would hash strings.
     connection_series: FastMap<(bool, u16, Outcome), IntCounter>,
     syn_series: FastMap<u16, IntCounter>,
+    /// (edge, port) -> resets after the handshake.
+    late_reset_series: FastMap<(bool, u16), IntCounter>,
+    edge_late_resets: IntCounterVec,
+    non_edge_late_resets: IntCounterVec,
+    build_info: IntGaugeVec,
+    kernel_release: String,
     edge_connections: IntCounterVec,
     non_edge_connections: IntCounterVec,
     edge_syn: IntCounterVec,
@@ -66,15 +74,39 @@ impl Metrics {
         let edge_connections = counter_vec(
             &r,
             "tracer_edge_connections_total",
-            "Connection attempts from the watched (edge) ranges by outcome; handshake counts every completed handshake, origin_reset those the origin then reset.",
+            "Connection attempts from the watched (edge) ranges by outcome; each attempt counts once, in the outcome it ended with (origin_reset: reset by the origin before its handshake completed; a reset after the handshake is in tracer_edge_resets_after_handshake_total).",
             &["port", "outcome"],
         )?;
         let non_edge_connections = counter_vec(
             &r,
             "tracer_non_edge_connections_total",
-            "Connection attempts from peers outside the watched ranges by outcome.",
+            "Connection attempts from peers outside the watched ranges by outcome, as tracer_edge_connections_total.",
             &["port", "outcome"],
         )?;
+        let edge_late_resets = counter_vec(
+            &r,
+            "tracer_edge_resets_after_handshake_total",
+            "Edge connections the origin reset after their handshake completed (already counted as handshake in tracer_edge_connections_total).",
+            &["port"],
+        )?;
+        let non_edge_late_resets = counter_vec(
+            &r,
+            "tracer_non_edge_resets_after_handshake_total",
+            "Connections from peers outside the watched ranges the origin reset after their handshake completed.",
+            &["port"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "tracer_build_info",
+                "The tracer's version, the running kernel's release and the arrival hook attached (value 1).",
+            ),
+            &["version", "kernel", "arrival_hook"],
+        )?;
+        r.register(Box::new(build_info.clone()))?;
+        // The standard process_* metrics: CPU seconds, resident memory, open files, start time.
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         let edge_syn = counter_vec(
             &r,
             "tracer_edge_syn_total",
@@ -83,7 +115,7 @@ impl Metrics {
         )?;
         let events_lost = IntCounter::new(
             "tracer_events_lost_total",
-            "Kernel events lost because the ring buffer was full.",
+            "Kernel events lost because a kernel buffer was full: the event ring buffer or the arrival hook's SYN log (counts are lower bounds while it rises).",
         )?;
         r.register(Box::new(events_lost.clone()))?;
         let ranges_info = IntGaugeVec::new(
@@ -143,9 +175,12 @@ impl Metrics {
         // Every series exists from the start, so rate() and absent() work before the first event.
         let mut connection_series = FastMap::default();
         let mut syn_series = FastMap::default();
+        let mut late_reset_series = FastMap::default();
         for &port in ports {
             let p = port.to_string();
             syn_series.insert(port, edge_syn.with_label_values(&[&p]));
+            late_reset_series.insert((true, port), edge_late_resets.with_label_values(&[&p]));
+            late_reset_series.insert((false, port), non_edge_late_resets.with_label_values(&[&p]));
             for o in Outcome::ALL {
                 connection_series.insert(
                     (true, port, o),
@@ -164,6 +199,11 @@ impl Metrics {
             registry: r,
             connection_series,
             syn_series,
+            late_reset_series,
+            edge_late_resets,
+            non_edge_late_resets,
+            build_info,
+            kernel_release: crate::kernel::release(),
             edge_connections,
             non_edge_connections,
             edge_syn,
@@ -227,6 +267,21 @@ impl Metrics {
         }
     }
 
+    /// A connection already counted as a handshake was reset by the origin.
+    pub fn reset_after_handshake(&self, edge: bool, port: u16) {
+        match self.late_reset_series.get(&(edge, port)) {
+            Some(c) => c.inc(),
+            None => {
+                let family = if edge {
+                    &self.edge_late_resets
+                } else {
+                    &self.non_edge_late_resets
+                };
+                family.with_label_values(&[&port.to_string()]).inc();
+            }
+        }
+    }
+
     pub fn edge_syn(&self, port: u16) {
         match self.syn_series.get(&port) {
             Some(c) => c.inc(),
@@ -255,6 +310,10 @@ impl Metrics {
     pub fn set_arrival_hook(&self, hook: &str) {
         self.arrival_hook.reset();
         self.arrival_hook.with_label_values(&[hook]).set(1);
+        self.build_info.reset();
+        self.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), &self.kernel_release, hook])
+            .set(1);
     }
 
     pub fn set_verdict(&self, verdict: Verdict) {
@@ -347,17 +406,50 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    const RULES: &str = include_str!("../../deploy/alerts.yml");
+    const README: &str = include_str!("../../README.md");
+
+    /// Each alert's block of text in deploy/alerts.yml, by name.
+    fn alert_blocks() -> Vec<(&'static str, &'static str)> {
+        RULES
+            .split("- alert: ")
+            .skip(1)
+            .map(|b| (b.lines().next().unwrap_or("").trim(), b))
+            .collect()
+    }
+
     #[test]
-    fn every_alert_a_verdict_names_exists() {
-        let rules = include_str!("../../deploy/alerts.yml");
+    fn every_verdict_has_its_alert_labelled_with_it() {
+        let blocks = alert_blocks();
         for v in Verdict::ALL {
-            if let Some(alert) = alert_for(v) {
-                assert!(
-                    rules.contains(&format!("alert: {alert}\n")),
-                    "{alert} for {} missing from deploy/alerts.yml",
-                    v.as_str()
-                );
-            }
+            let Some(alert) = alert_for(v) else { continue };
+            let (_, block) = blocks
+                .iter()
+                .find(|(name, _)| *name == alert)
+                .unwrap_or_else(|| panic!("{alert} for {} missing", v.as_str()));
+            assert!(
+                block.contains(&format!("verdict: {}\n", v.as_str())),
+                "{alert} lacks the label verdict: {}",
+                v.as_str()
+            );
+        }
+    }
+
+    #[test]
+    fn every_alert_has_a_description_and_a_runbook_in_the_readme() {
+        let blocks = alert_blocks();
+        assert!(blocks.len() >= 12, "{blocks:?}");
+        for (name, block) in blocks {
+            assert!(block.contains("description:"), "{name} has no description");
+            let anchor = name.to_lowercase();
+            assert!(
+                block.contains(&format!("README.md{{{{ end }}}}#{anchor}\"")),
+                "{name}: runbook_url must point at #{anchor}"
+            );
+            assert!(
+                README.contains(&format!("\n### {name}\n")),
+                "README has no runbook heading `### {name}`"
+            );
         }
     }
 

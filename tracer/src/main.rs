@@ -1,5 +1,6 @@
 //! `tracer`: explains Cloudflare HTTP 521 from the origin's own kernel.
 
+mod attempt_record;
 mod capture;
 mod classes;
 mod cli;
@@ -19,6 +20,7 @@ mod report;
 mod safe_fs;
 mod session;
 mod verdict;
+mod verdict_record;
 mod window;
 
 use std::process::ExitCode;
@@ -62,6 +64,14 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
         .with_target(false)
         .try_init();
+}
+
+/// Colour only for a person at a terminal: never into a file, a pipe or journald, and never
+/// when NO_COLOR is set (https://no-color.org).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal as _;
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }

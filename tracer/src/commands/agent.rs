@@ -18,6 +18,7 @@ use tokio::{
 };
 
 use crate::{
+    attempt_record::AttemptRecord,
     capture::{write_ready_file, Capture},
     cli::{AgentArgs, LogEvents},
     correlate::{Correlator, Decided},
@@ -49,14 +50,14 @@ fn peer_group(ranges: &RangeSet, peer: IpAddr) -> String {
         .unwrap_or_else(|_| peer.to_string())
 }
 
+/// Which kernel records are logged one per line: every one with `all`; with `failures` only
+/// losses (failed attempts are logged once each, as `attempt` lines, when they are over).
 fn wanted(record: &Record, level: LogEvents) -> bool {
     match (level, record) {
         (LogEvents::All, _) => true,
         (LogEvents::None, _) => false,
         (LogEvents::Failures, Record::Loss { .. }) => true,
-        (LogEvents::Failures, Record::Event(ev)) => {
-            !matches!(ev.kind, Kind::Syn | Kind::Established | Kind::Closed)
-        }
+        (LogEvents::Failures, Record::Event(_)) => false,
     }
 }
 
@@ -154,9 +155,7 @@ impl Sink for Agent {
             }
         }
         self.correlator.observe_record(&record);
-        for d in self.correlator.drain_decided() {
-            count_decided(&self.metrics, &mut self.tally, d);
-        }
+        self.count_decided();
     }
 
     fn tick(&mut self, capture: &mut Capture) -> Result<Next> {
@@ -175,9 +174,7 @@ impl Sink for Agent {
         if self.last_housekeeping.elapsed() >= Duration::from_secs(1) {
             self.correlator
                 .take_idle(SystemTime::now(), SETTLED_AFTER, IDLE_AFTER);
-            for d in self.correlator.drain_decided() {
-                count_decided(&self.metrics, &mut self.tally, d);
-            }
+            self.count_decided();
             self.sampler.sample();
             self.metrics
                 .set_open_attempts(self.correlator.open_attempts());
@@ -205,12 +202,53 @@ impl Sink for Agent {
     }
 
     fn finish(&mut self, _: &mut Capture, _: bool) -> Result<()> {
+        // Attempts still open end with what is known of them: each gets its line.
+        self.correlator.finish();
+        self.count_decided();
         self.sink.flush();
         Ok(())
     }
 }
 
 impl Agent {
+    /// Outcomes the correlator decided: into the metrics and the window's tally; attempts
+    /// that are over, one log line each.
+    fn count_decided(&mut self) {
+        let log_attempts = self.args.log_events != LogEvents::None;
+        for d in self.correlator.drain_decided() {
+            let (attempt, after_handshake) = match d {
+                Decided::Attempt(a) => {
+                    self.metrics.connection(
+                        a.edge,
+                        a.flow.local_port,
+                        a.decided.unwrap_or(a.outcome()),
+                    );
+                    self.tally.add(&a);
+                    continue;
+                }
+                Decided::LateReset(a) => {
+                    // Already counted as a handshake: a series of its own keeps each attempt
+                    // in one outcome.
+                    self.metrics
+                        .reset_after_handshake(a.edge, a.flow.local_port);
+                    self.tally.add_late_reset(&a);
+                    (a, true)
+                }
+                Decided::Ended(a) => (a, false),
+            };
+            if log_attempts {
+                let key = LimitKey {
+                    kind: "attempt",
+                    peers: peer_group(&self.ranges, attempt.flow.peer),
+                };
+                let reasons = &self.reasons;
+                self.sink.event(key, Instant::now(), || {
+                    AttemptRecord::of(&attempt, reasons, after_handshake).to_json()
+                });
+            }
+        }
+    }
+
     /// The interface gone (deleted veth, NIC removed) is said once; when an interface of that
     /// name comes back the arrival hook is attached to it again, so the agent never runs
     /// blind reporting `never_arriving`.
@@ -291,9 +329,7 @@ impl Agent {
         // Attempts whose answer may be among lost events are counted in this window, beside
         // the kernel's own count of refusals for it.
         self.correlator.take_lost();
-        for d in self.correlator.drain_decided() {
-            count_decided(&self.metrics, &mut self.tally, d);
-        }
+        self.count_decided();
         let lost_total = capture.lost_total();
         let now_packets = netinfo::rx_packets(&self.iface);
         let refused_now = capture.edge_syns_refused();
@@ -321,7 +357,10 @@ impl Agent {
             alert = export::alert_for(report.verdict).unwrap_or("none"),
             "window closed"
         );
-        self.sink.line(&verdict_record(&report));
+        self.sink.line(&crate::verdict_record::verdict_record(
+            &report,
+            &self.ranges,
+        ));
         self.tally = Tally::default();
         self.window_start = (Instant::now(), SystemTime::now());
         self.packets_at_start = now_packets;
@@ -371,7 +410,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     for n in &probe.notes {
         tracing::warn!("{n}");
     }
-    let mut correlator = Correlator::live();
+    let mut correlator = Correlator::live().reporting_ended();
     if probe.follows_forwarded {
         correlator = correlator.following_forwarded(probe.netns);
     }
@@ -396,7 +435,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
 
     let (refresh_tx, refresh_rx) = mpsc::channel::<Refreshed>(1);
     let mut agent = Agent {
-        next_refresh: args.refresh_ranges_every.map(|d| Instant::now() + d),
+        next_refresh: first_refresh(
+            args.refresh_ranges_every,
+            args.ranges.is_some(),
+            ranges.age_secs(),
+        ),
         packets_at_start: netinfo::rx_packets(&iface),
         refused_at_start: 0,
         args,
@@ -430,35 +473,39 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     Ok(())
 }
 
-/// An attempt's outcome into the metrics and the window's tally.
-fn count_decided(metrics: &Metrics, tally: &mut Tally, d: Decided) {
-    match d {
-        Decided::Attempt(a) => {
-            metrics.connection(a.edge, a.flow.local_port, a.decided.unwrap_or(a.outcome()));
-            tally.add(&a);
-        }
-        Decided::LateReset(a) => {
-            metrics.connection(
-                a.edge,
-                a.flow.local_port,
-                crate::correlate::Outcome::OriginReset,
-            );
-            tally.add_late_reset(&a);
-        }
-    }
+/// When the first refresh is due: at once when the list from the API's cache (or the embedded
+/// one) is already older than the interval — a fresh install must not wait 6 h on a list
+/// recorded weeks ago — otherwise one interval from now. A `--ranges FILE` was just read.
+fn first_refresh(
+    every: Option<Duration>,
+    from_file: bool,
+    age_secs: Option<u64>,
+) -> Option<Instant> {
+    let every = every?;
+    let stale = age_secs.is_none_or(|age| age >= every.as_secs());
+    Some(if stale && !from_file {
+        Instant::now()
+    } else {
+        Instant::now() + every
+    })
 }
 
-/// `{"ts":..,"kind":"verdict", <the diagnose JSON fields>}`
-fn verdict_record(report: &crate::report::Report) -> String {
-    let mut v = serde_json::to_value(report).unwrap_or_default();
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert(
-            "ts".into(),
-            humantime::format_rfc3339_micros(SystemTime::now())
-                .to_string()
-                .into(),
-        );
-        obj.insert("kind".into(), "verdict".into());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_older_than_the_interval_is_refreshed_at_start() {
+        let six_hours = Some(Duration::from_secs(6 * 3600));
+        let soon = |at: Option<Instant>| at.is_some_and(|t| t <= Instant::now());
+        // The embedded list, recorded 60 days ago.
+        assert!(soon(first_refresh(six_hours, false, Some(60 * 86400))));
+        // A cache of unknown age.
+        assert!(soon(first_refresh(six_hours, false, None)));
+        // A cache fetched an hour ago waits for the interval.
+        assert!(!soon(first_refresh(six_hours, false, Some(3600))));
+        // A file just read, and no refresh at all.
+        assert!(!soon(first_refresh(six_hours, true, Some(60 * 86400))));
+        assert_eq!(first_refresh(None, false, Some(60 * 86400)), None);
     }
-    v.to_string()
 }

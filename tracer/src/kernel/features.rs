@@ -24,6 +24,22 @@ fn check_btf(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The running kernel's release (`uname -r`), e.g. `6.18.0-1-amd64`; `unknown` if uname fails.
+pub fn release() -> String {
+    // SAFETY: uname fills the zeroed struct it is given; the release is NUL-terminated.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".into();
+    }
+    let bytes: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// The loader's failure in the words of the missing feature, when it is one: the event ring
 /// buffer is a `BPF_MAP_TYPE_RINGBUF`, which arrived in 5.8.
 pub fn explain_load_error(e: &anyhow::Error) -> Option<String> {

@@ -3,6 +3,7 @@
 pub mod btf;
 mod clsact;
 mod features;
+pub use features::release;
 pub mod privileges;
 pub mod synlog;
 pub mod tracefs;
