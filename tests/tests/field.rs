@@ -108,6 +108,81 @@ fn ufw_default_deny_names_the_policy_and_gives_ufw_allow() {
     );
 }
 
+/// The text report on the same host: every line fits a 100-column terminal, prose wrapped at
+/// word boundaries, the ufw command (22 ranges) in its own block that still pastes as one
+/// command; each note once.
+#[test]
+fn the_text_report_fits_100_columns() {
+    use integration_tests::{scenarios, Lab, Tracer};
+    let s = scenarios::by_name("ufw default deny, another source allowed");
+    let lab = Lab::new();
+    let keep = (s.setup)(&lab);
+    let window = scenarios::WINDOW_SECS.to_string();
+    let tracer = Tracer::start_env(
+        &lab.origin,
+        &[
+            "diagnose",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            s.ports,
+            "--duration",
+            &window,
+            "--format",
+            "text",
+        ],
+        &[],
+    );
+    (s.traffic)(&lab);
+    let stderr = tracer.stderr_text();
+    let (code, out) = tracer.wait(std::time::Duration::from_secs(scenarios::WINDOW_SECS + 20));
+    drop(keep);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.starts_with("VERDICT: firewall_drop"), "{out}");
+    for line in out.lines() {
+        assert!(
+            line.chars().count() <= 100,
+            "{} columns: {line}\n{out}",
+            line.chars().count()
+        );
+    }
+    // The command block: continuation lines joined back are one `for ... done` command.
+    let lines: Vec<&str> = out.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("for r in "))
+        .unwrap_or_else(|| panic!("no command block:\n{out}"));
+    let mut cmd = String::new();
+    for l in &lines[start..] {
+        let (part, more) = match l.trim().strip_suffix('\\') {
+            Some(p) => (p.trim(), true),
+            None => (l.trim(), false),
+        };
+        if !cmd.is_empty() {
+            cmd.push(' ');
+        }
+        cmd.push_str(part);
+        if !more {
+            break;
+        }
+    }
+    assert!(cmd.ends_with("proto tcp; done"), "{cmd}");
+    assert!(
+        cmd.contains("173.245.48.0/20") && cmd.contains("2400:cb00::/32"),
+        "{cmd}"
+    );
+    // Notes (if any) once each, on stdout only.
+    let notes: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("Note: "))
+        .collect();
+    let mut unique = notes.clone();
+    unique.dedup();
+    assert_eq!(notes, unique);
+    assert!(!stderr.contains("note:"), "{stderr}");
+}
+
 #[test]
 fn stale_allowlist_names_only_the_missing_range() {
     let r = verdict_of("nft allowlist set lacks 104.16.0.0/13");

@@ -635,6 +635,20 @@ impl Correlator {
         done.iter().filter_map(|k| self.remove(k)).collect()
     }
 
+    /// Edge attempts open now, and how many of them failed so far (for a progress line).
+    pub fn edge_attempts_open(&self) -> (u64, u64) {
+        self.open
+            .values()
+            .filter(|a| a.edge)
+            .fold((0, 0), |(n, f), a| {
+                let failed = !matches!(
+                    a.outcome(),
+                    Outcome::Handshake | Outcome::Unanswered | Outcome::Unknown
+                );
+                (n + 1, f + u64::from(failed))
+            })
+    }
+
     /// Every attempt still open that has not got an answer, or none at all.
     pub fn pending(&self) -> usize {
         self.open

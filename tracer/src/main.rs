@@ -19,6 +19,7 @@ mod reasons;
 mod report;
 mod safe_fs;
 mod session;
+mod text_wrap;
 mod verdict;
 mod verdict_record;
 mod window;

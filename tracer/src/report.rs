@@ -8,6 +8,7 @@ use crate::{
     correlate::Counts,
     origin::{backends::BackendReport, listeners::Listener},
     ranges::RangeSet,
+    text_wrap::{self, wrap, WIDTH},
     verdict::{Cause, Verdict},
 };
 
@@ -103,23 +104,31 @@ impl Report {
             .and_then(|c| c.cloudflare_error)
             .map(|e| format!(" (Cloudflare shows {e})"))
             .unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "VERDICT: {} — {}{error}",
-            self.verdict.as_str(),
-            self.verdict.headline()
+        s += &wrap(
+            &format!(
+                "VERDICT: {} — {}{error}",
+                self.verdict.as_str(),
+                self.verdict.headline()
+            ),
+            "",
+            "  ",
+            WIDTH,
         );
         let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
-        let _ = writeln!(
-            s,
-            "  window {} s on {} (arrival hook {}), ports {}; ranges: {} ({} IPv4 + {} IPv6)",
-            self.window_secs,
-            self.interface,
-            self.arrival_hook,
-            ports.join(","),
-            self.ranges.source,
-            self.ranges.ipv4.len(),
-            self.ranges.ipv6.len()
+        s += &wrap(
+            &format!(
+                "window {} s on {} (arrival hook {}), ports {}; ranges: {} ({} IPv4 + {} IPv6)",
+                self.window_secs,
+                self.interface,
+                self.arrival_hook,
+                ports.join(","),
+                self.ranges.source,
+                self.ranges.ipv4.len(),
+                self.ranges.ipv6.len()
+            ),
+            "  ",
+            "    ",
+            WIDTH,
         );
         for (i, cause) in self.causes.iter().enumerate() {
             let _ = writeln!(s);
@@ -138,7 +147,7 @@ impl Report {
                 );
             }
             for e in &cause.evidence {
-                let _ = writeln!(s, "  - {e}");
+                s += &wrap(e, "  - ", "    ", WIDTH);
             }
             let _ = writeln!(
                 s,
@@ -150,7 +159,7 @@ impl Report {
                 }
             );
             for (n, step) in cause.next_steps.iter().enumerate() {
-                let _ = writeln!(s, "  {}. {step}", n + 1);
+                s += &text_wrap::step(n + 1, step, "  ");
             }
         }
         let _ = writeln!(s);
@@ -180,27 +189,35 @@ impl Report {
                 .iter()
                 .map(|(o, n)| format!("{} {n}", o.as_str()))
                 .collect();
-            let _ = writeln!(
-                s,
-                "Forwarded: edge port {} -> {} in {}{} ({})",
-                b.edge_port,
-                b.endpoint(),
-                b.place,
-                b.dnat_chain()
-                    .map(|c| format!(" by {c}"))
-                    .unwrap_or_default(),
-                outcomes.join(", ")
+            s += &wrap(
+                &format!(
+                    "Forwarded: edge port {} -> {} in {}{} ({})",
+                    b.edge_port,
+                    b.endpoint(),
+                    b.place,
+                    b.dnat_chain()
+                        .map(|c| format!(" by {c}"))
+                        .unwrap_or_default(),
+                    outcomes.join(", ")
+                ),
+                "",
+                "  ",
+                WIDTH,
             );
         }
         let listeners: Vec<String> = self.listeners.iter().map(listener_text).collect();
-        let _ = writeln!(
-            s,
-            "Listeners: {}",
-            if listeners.is_empty() {
-                "none".to_string()
-            } else {
-                listeners.join(", ")
-            }
+        s += &wrap(
+            &format!(
+                "Listeners: {}",
+                if listeners.is_empty() {
+                    "none".to_string()
+                } else {
+                    listeners.join(", ")
+                }
+            ),
+            "",
+            "  ",
+            WIDTH,
         );
         let counters: Vec<String> = self
             .counters
@@ -208,14 +225,18 @@ impl Report {
             .filter(|(_, v)| **v > 0)
             .map(|(k, v)| format!("{k} +{v}"))
             .collect();
-        let _ = writeln!(
-            s,
-            "Kernel counters over the window: {}",
-            if counters.is_empty() {
-                "no change".to_string()
-            } else {
-                counters.join(", ")
-            }
+        s += &wrap(
+            &format!(
+                "Kernel counters over the window: {}",
+                if counters.is_empty() {
+                    "no change".to_string()
+                } else {
+                    counters.join(", ")
+                }
+            ),
+            "",
+            "  ",
+            WIDTH,
         );
         if self.lost_events > 0 {
             let _ = writeln!(
@@ -224,8 +245,13 @@ impl Report {
                 self.lost_events
             );
         }
+        // Each note once, even when two sources said the same.
+        let mut said: Vec<&String> = Vec::new();
         for n in &self.notes {
-            let _ = writeln!(s, "Note: {n}");
+            if !said.contains(&n) {
+                s += &wrap(n, "Note: ", "  ", WIDTH);
+                said.push(n);
+            }
         }
         s
     }

@@ -11,7 +11,7 @@ use crate::{
     capture::{write_ready_file, Capture},
     cli::{DiagnoseArgs, Format},
     correlate::Correlator,
-    event::{Kind, Record},
+    event::Record,
     kernel::InterfaceChange,
     netinfo,
     ranges::fetch,
@@ -33,14 +33,35 @@ struct Window {
     /// Set when the window is over and the grace period began.
     grace_end: Option<Instant>,
     last_sample: Instant,
-    /// (edge SYNs, edge failure events) for the progress line.
-    live: (u64, u64),
-    progress: bool,
+    /// The progress line on a terminal, when shown.
+    progress: Option<Progress>,
     /// How long the window really ran (shorter when interrupted).
     elapsed: Option<Duration>,
     /// What happened to the interface during the window, for the report.
     notes: Vec<String>,
     iface: String,
+}
+
+/// The progress line's pace: redrawn at most 4 times a second, however often the capture
+/// ticks.
+#[derive(Default)]
+struct Progress {
+    drawn: Option<Instant>,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_millis(250);
+
+    fn due(&mut self, now: Instant) -> bool {
+        if self
+            .drawn
+            .is_some_and(|t| now.saturating_duration_since(t) < Self::EVERY)
+        {
+            return false;
+        }
+        self.drawn = Some(now);
+        true
+    }
 }
 
 impl Window {
@@ -72,15 +93,6 @@ impl Window {
 
 impl Sink for Window {
     fn record(&mut self, record: Record) {
-        if let Record::Event(ev) = &record {
-            if ev.edge {
-                match ev.kind {
-                    Kind::Syn => self.live.0 += 1,
-                    Kind::Drop | Kind::ResetSent => self.live.1 += 1,
-                    _ => {}
-                }
-            }
-        }
         if let Some(done) = self.correlator.observe_record(&record) {
             self.tally.add(&done);
         }
@@ -96,18 +108,29 @@ impl Sink for Window {
             self.last_sample = Instant::now();
             self.watch_interface(capture);
         }
-        if self.progress {
-            // Rounded up: a 30 s window starts at "30 s left".
-            let left = self
-                .length
-                .saturating_sub(self.start.elapsed())
-                .as_millis()
-                .div_ceil(1000);
-            eprint!(
-                "\r\x1b[2K{left:>4} s left · edge SYNs {} · failure events {}",
-                self.live.0, self.live.1
-            );
-            let _ = std::io::stderr().flush();
+        if let Some(p) = &mut self.progress {
+            if p.due(Instant::now()) {
+                // Rounded up: a 30 s window starts at "30 s left".
+                let left = self
+                    .length
+                    .saturating_sub(self.start.elapsed())
+                    .as_millis()
+                    .div_ceil(1000);
+                // Attempts, as the report counts them: ended ones and those still open.
+                let (open, open_failed) = self.correlator.edge_attempts_open();
+                let e = &self.tally.edge;
+                let attempts = e.syn + open;
+                let failed = e.refused
+                    + e.firewall_drops
+                    + e.overload_drops
+                    + e.origin_resets
+                    + e.other_drops
+                    + open_failed;
+                eprint!(
+                    "\r\x1b[2K{left:>4} s left · edge attempts {attempts} · failed so far {failed}"
+                );
+                let _ = std::io::stderr().flush();
+            }
         }
         if self.start.elapsed() >= self.length {
             // Let attempts begun in the window get their answer; start no new ones.
@@ -132,7 +155,7 @@ impl Sink for Window {
         for done in self.correlator.finish() {
             self.tally.add(&done);
         }
-        if self.progress {
+        if self.progress.is_some() {
             eprint!("\r\x1b[2K");
         }
         Ok(())
@@ -141,10 +164,8 @@ impl Sink for Window {
 
 pub async fn run(args: DiagnoseArgs) -> Result<()> {
     super::check_seconds("--duration", args.duration)?;
+    // Notes (a ranges fallback, a hook this kernel lacks) are said once, in the report.
     let (ranges, note) = fetch::resolve(args.ranges.as_deref(), args.refresh_ranges).await?;
-    if let Some(n) = &note {
-        eprintln!("note: {n}");
-    }
     // Non-edge peers too: they tell a dead interface from a blocked edge.
     let super::Started {
         probe,
@@ -160,7 +181,6 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         },
         crate::kernel::DEFAULT_RING_BYTES,
     )?;
-    super::print_notes(&probe);
     let mut notes = probe.notes.clone();
     notes.extend(note);
     let (xdp_mode, netns, reasons) = (probe.xdp_mode, probe.netns, probe.reasons.clone());
@@ -185,11 +205,11 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         length: Duration::from_secs_f64(args.duration),
         grace_end: None,
         last_sample: Instant::now(),
-        live: (0, 0),
-        progress: args.format == Format::Text
+        progress: (args.format == Format::Text
             && std::env::var_os("NO_COLOR").is_none()
             && std::io::stdout().is_terminal()
-            && std::io::stderr().is_terminal(),
+            && std::io::stderr().is_terminal())
+        .then(Progress::default),
         elapsed: None,
         notes: Vec::new(),
         iface: iface.clone(),
@@ -226,4 +246,20 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_line_redraws_at_most_four_times_a_second() {
+        let mut p = Progress::default();
+        let t0 = Instant::now();
+        // Ticks every 10 ms for two seconds.
+        let drawn = (0..200)
+            .filter(|i| p.due(t0 + Duration::from_millis(10 * i)))
+            .count();
+        assert_eq!(drawn, 8);
+    }
 }
