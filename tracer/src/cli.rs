@@ -37,9 +37,20 @@ pub enum Command {
     Ranges(RangesArgs),
     /// Run continuously: JSON logs, a verdict per window, Prometheus metrics.
     Agent(AgentArgs),
+    /// Print shell completions to stdout (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run crafted frames through the XDP program with BPF_PROG_TEST_RUN (self-test, bench).
     #[command(hide = true)]
     XdpTestRun(XdpTestRunArgs),
+    /// Write the man pages (tracer.1, tracer-diagnose.1, ...) into DIR (for packaging).
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

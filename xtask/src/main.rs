@@ -1,6 +1,7 @@
 //! `cargo xtask`: set up a fresh machine, build, test, run the lab and the benchmarks.
 
 mod bench;
+mod dist;
 mod lab;
 mod setup;
 mod vm;
@@ -70,6 +71,9 @@ enum Task {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Set up if needed; build the static (musl) binary, the .deb and the .rpm into
+    /// target/dist (with SHA256SUMS).
+    Dist,
     /// Set up if needed, build in release mode, and run the tracer with these arguments.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -132,6 +136,10 @@ fn run(cli: Cli) -> Result<()> {
             vm::run(&kernels, &scenarios)
         }
         Task::VmGuest { out, scenarios } => vm::guest(&out, &scenarios),
+        Task::Dist => {
+            setup::run()?;
+            dist::run().map(|_| ())
+        }
     }
 }
 
@@ -273,11 +281,17 @@ fn test(filter: Option<&str>) -> Result<()> {
         &mut totals,
     )?;
     build(false)?;
+    // The packages, for the tests that install them.
+    let started = std::time::Instant::now();
+    eprintln!("+ dist (static binary, .deb, .rpm)");
+    let dist = dist::run()?;
+    took(started);
     let tracer = workspace_root().join("target/debug/tracer");
     let mut cmd = cargo();
     cmd.args(["test", "--package", "integration-tests", "--"])
         .arg("--test-threads=1")
-        .env("TRACER_BIN", &tracer);
+        .env("TRACER_BIN", &tracer)
+        .env("TRACER_DIST", &dist);
     if let Some(f) = filter {
         cmd.arg(f);
     }

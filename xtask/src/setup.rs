@@ -36,6 +36,9 @@ const PACKAGES: &[&str] = &[
     "cpio",
     "xz-utils",
     "zstd",
+    // cargo xtask dist: the static binary (ring's C code) and the .rpm.
+    "musl-tools",
+    "rpm",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -48,7 +51,25 @@ pub fn run() -> Result<()> {
     debian_packages()?;
     rust_src()?;
     bpf_linker()?;
+    musl_target()?;
     Ok(())
+}
+
+/// The static release binary's target (`cargo xtask dist`).
+fn musl_target() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup is needed: install Rust with rustup")?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "x86_64-unknown-linux-musl")
+    {
+        eprintln!("setup: x86_64-unknown-linux-musl target present");
+        return Ok(());
+    }
+    eprintln!("setup: adding the x86_64-unknown-linux-musl target (static release binary)");
+    run_cmd(Command::new("rustup").args(["target", "add", "x86_64-unknown-linux-musl"]))
 }
 
 fn installed(package: &str) -> bool {

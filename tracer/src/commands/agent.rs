@@ -77,7 +77,9 @@ async fn refresh(file: Option<PathBuf>) -> Refreshed {
 /// where the agent's interference costs the server more than the agent's own CPU time. Set on
 /// this thread before any other starts, so every thread inherits it.
 fn yield_to_workload(nice: i32) {
-    let param = libc::sched_param { sched_priority: 0 };
+    // Zeroed (priority 0, as SCHED_BATCH needs): musl's struct has fields glibc's lacks.
+    // SAFETY: sched_param is plain integers; all-zero is a valid value.
+    let param: libc::sched_param = unsafe { std::mem::zeroed() };
     // SAFETY: syscalls on this thread with valid arguments.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
         tracing::debug!(

@@ -2,6 +2,7 @@
 
 mod agent;
 mod diagnose;
+mod docs;
 mod events;
 mod ranges;
 mod xdp_test_run;
@@ -71,6 +72,13 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Ranges(args) => ranges::run(args).await,
         Command::Agent(args) => agent::run(args).await,
         Command::XdpTestRun(args) => xdp_test_run::run(args),
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man { dir } => {
+            for page in docs::man_pages(&dir)? {
+                println!("{}", dir.join(format!("{page}.1")).display());
+            }
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,370 @@
+//! The release artefacts of `cargo xtask dist` (which `cargo xtask test` runs first and names
+//! in TRACER_DIST): the .deb and the .rpm install into fresh roots that hold nothing but
+//! busybox, and the tracer runs there (no glibc: the binary is static); the installed unit
+//! passes `systemd-analyze verify`; the DaemonSet passes an offline schema check; the
+//! Containerfile copies what dist builds.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use integration_tests::TempDir;
+use serde_json::Value;
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+/// The dist directory: TRACER_DIST, else target/dist.
+fn dist() -> PathBuf {
+    let dir = std::env::var_os("TRACER_DIST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo("target/dist"));
+    assert!(
+        dir.join("tracer").exists(),
+        "no release artefacts in {}: run `cargo xtask dist` (cargo xtask test does)",
+        dir.display()
+    );
+    dir
+}
+
+fn artefact(suffix: &str) -> PathBuf {
+    std::fs::read_dir(dist())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(suffix))
+        .unwrap_or_else(|| panic!("no *{suffix} in {}", dist().display()))
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().expect("run");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A root holding only busybox (static) and its applets: no libc, no loader.
+fn busybox_root(tmp: &TempDir) -> PathBuf {
+    let root = tmp.path("root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
+    let (ok, msg) =
+        run(Command::new("chroot")
+            .arg(&root)
+            .args(["/bin/busybox", "--install", "-s", "/bin"]));
+    assert!(ok, "{msg}");
+    for libc in [
+        "lib/x86_64-linux-gnu/libc.so.6",
+        "lib64/ld-linux-x86-64.so.2",
+        "lib/ld-musl-x86_64.so.1",
+    ] {
+        assert!(!root.join(libc).exists(), "{libc} in the fresh root");
+    }
+    root
+}
+
+/// The tracer in `root` answers --version and --help, and reads the embedded ranges.
+fn tracer_runs_in(root: &Path) {
+    let (ok, out) = run(Command::new("chroot")
+        .arg(root)
+        .args(["/usr/bin/tracer", "--version"]));
+    assert!(
+        ok && out.trim() == format!("tracer {}", env!("CARGO_PKG_VERSION")),
+        "{out}"
+    );
+    let (ok, out) = run(Command::new("chroot")
+        .arg(root)
+        .args(["/usr/bin/tracer", "--help"]));
+    assert!(
+        ok && out.contains("diagnose") && out.contains("agent"),
+        "{out}"
+    );
+    let (ok, out) = run(Command::new("chroot").arg(root).args([
+        "/usr/bin/tracer",
+        "ranges",
+        "--format",
+        "json",
+    ]));
+    assert!(ok && out.contains("\"source\": \"embedded\""), "{out}");
+}
+
+/// The files a package must install.
+const EXPECTED: [&str; 9] = [
+    "usr/bin/tracer",
+    "usr/lib/systemd/system/cf521-tracer.service",
+    "usr/share/man/man1/tracer.1.gz",
+    "usr/share/man/man1/tracer-diagnose.1.gz",
+    "usr/share/bash-completion/completions/tracer",
+    "usr/share/zsh/vendor-completions/_tracer",
+    "usr/share/fish/vendor_completions.d/tracer.fish",
+    "usr/share/doc/cf521-tracer/README.md",
+    "usr/share/cf521-tracer/alerts.yml",
+];
+
+#[test]
+fn the_static_binary_runs_without_glibc() {
+    let tmp = TempDir::new("pkg-static");
+    let root = busybox_root(&tmp);
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    std::fs::copy(dist().join("tracer"), root.join("usr/bin/tracer")).unwrap();
+    tracer_runs_in(&root);
+    // And the same binary still does its work on this host: a real eBPF capture.
+    let (ok, out) = run(Command::new(dist().join("tracer")).args([
+        "diagnose",
+        "--iface",
+        "lo",
+        "--port",
+        "9",
+        "--duration",
+        "0.5",
+        "--format",
+        "json",
+    ]));
+    assert!(ok && out.contains("\"verdict\""), "{out}");
+}
+
+#[test]
+fn the_deb_installs_into_a_fresh_root_and_its_unit_verifies() {
+    let tmp = TempDir::new("pkg-deb");
+    let root = busybox_root(&tmp);
+    for d in [
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "var/lib/dpkg/triggers",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    std::fs::write(root.join("var/lib/dpkg/available"), "").unwrap();
+    let deb = artefact("_amd64.deb");
+    let (ok, msg) = run(Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .arg("-i")
+        .arg(&deb));
+    assert!(ok, "dpkg -i: {msg}");
+    for f in EXPECTED {
+        assert!(root.join(f).exists(), "{f} not installed: {msg}");
+    }
+    tracer_runs_in(&root);
+    let (_, man) = run(Command::new("zcat").arg(root.join("usr/share/man/man1/tracer-agent.1.gz")));
+    assert!(man.contains("metrics"), "{man}");
+
+    // systemd-analyze verify in that root, with systemd's own units beside ours (as on any
+    // systemd host) and the package's man pages for Documentation=man:....
+    let units = root.join("usr/lib/systemd/system");
+    for e in std::fs::read_dir("/usr/lib/systemd/system").unwrap() {
+        let e = e.unwrap();
+        let to = units.join(e.file_name());
+        if !to.exists() {
+            let _ = Command::new("cp").arg("-a").arg(e.path()).arg(&to).status();
+        }
+    }
+    let verify = |unit: &str| {
+        run(Command::new("systemd-analyze")
+            .arg(format!("--root={}", root.display()))
+            .arg("verify")
+            .arg(format!("/usr/lib/systemd/system/{unit}"))
+            .env("MANPATH", root.join("usr/share/man")))
+    };
+    let (ok, msg) = verify("cf521-tracer.service");
+    assert!(
+        ok && !msg.contains("cf521-tracer"),
+        "systemd-analyze verify: {msg}"
+    );
+    // The check is real: the same unit pointing at a missing binary fails it.
+    let unit = std::fs::read_to_string(units.join("cf521-tracer.service")).unwrap();
+    std::fs::write(
+        units.join("broken-tracer.service"),
+        unit.replace(
+            "ExecStart=/usr/bin/tracer ",
+            "ExecStart=/usr/bin/tracer-missing ",
+        ),
+    )
+    .unwrap();
+    let (ok, msg) = verify("broken-tracer.service");
+    assert!(!ok && msg.contains("tracer-missing"), "{msg}");
+
+    // And it removes cleanly.
+    let (ok, msg) = run(Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(["-r", "cf521-tracer"]));
+    assert!(ok, "dpkg -r: {msg}");
+    assert!(!root.join("usr/bin/tracer").exists());
+}
+
+#[test]
+fn the_rpm_installs_the_same_files() {
+    let tmp = TempDir::new("pkg-rpm");
+    let root = busybox_root(&tmp);
+    let rpm = artefact(".x86_64.rpm");
+    let (ok, msg) = run(Command::new("rpm").arg("--root").arg(&root).arg("--initdb"));
+    assert!(ok, "{msg}");
+    let (ok, msg) = run(Command::new("rpm")
+        .arg("--root")
+        .arg(&root)
+        .args(["-i", "--nodeps"])
+        .arg(&rpm));
+    assert!(ok, "rpm -i: {msg}");
+    for f in EXPECTED {
+        assert!(root.join(f).exists(), "{f} not installed: {msg}");
+    }
+    assert!(root.join("usr/share/zsh/site-functions/_tracer").exists());
+    tracer_runs_in(&root);
+    // The .deb and the .rpm hold the same files.
+    let (_, rpm_list) = run(Command::new("rpm").arg("-qlp").arg(&rpm));
+    let (_, deb_list) = run(Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(artefact("_amd64.deb")));
+    let rpm_files: BTreeSet<String> = rpm_list
+        .lines()
+        .filter(|l| l.starts_with('/'))
+        .map(|l| l.trim_start_matches('/').to_string())
+        .collect();
+    let deb_files: BTreeSet<String> = deb_list
+        .lines()
+        .filter(|l| l.starts_with('-'))
+        .filter_map(|l| l.split_whitespace().last())
+        .map(|p| p.trim_start_matches("./").to_string())
+        .collect();
+    assert_eq!(rpm_files, deb_files);
+}
+
+/// Each document of `file`, as JSON.
+fn yaml_documents(file: &Path) -> Vec<Value> {
+    use serde::Deserialize as _;
+    let text = std::fs::read_to_string(file).unwrap();
+    serde_norway::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{}: {e}", file.display())))
+        .collect()
+}
+
+#[test]
+fn the_daemonset_passes_an_offline_schema_check() {
+    let docs = yaml_documents(&repo("deploy/kubernetes/cf521-tracer.yaml"));
+    let ds = docs
+        .iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("a DaemonSet");
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("tests/data/daemonset-apps-v1.subset.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+    let errors: Vec<String> = validator
+        .iter_errors(ds)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    // Not vacuous: a misspelt field and a CAP_-prefixed capability fail it.
+    let mut bad = ds.clone();
+    bad["spec"]["template"]["spec"]["hostNetwrok"] = true.into();
+    assert!(!validator.is_valid(&bad));
+    let mut bad = ds.clone();
+    bad["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"][0] =
+        "CAP_BPF".into();
+    assert!(!validator.is_valid(&bad));
+
+    // What the schema cannot say.
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(
+        ds["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        ds["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"],
+        "the selector selects the pods"
+    );
+    assert_eq!(
+        spec["hostNetwork"], true,
+        "the node's network, not the pod's"
+    );
+    let c = &spec["containers"][0];
+    let caps = &c["securityContext"]["capabilities"];
+    assert_eq!(caps["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(
+        caps["add"],
+        serde_json::json!(["BPF", "PERFMON", "NET_ADMIN"]),
+        "the unit's set"
+    );
+    assert_eq!(c["securityContext"]["privileged"], false);
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    for needed in ["/sys/kernel/tracing", "/sys/kernel/btf"] {
+        assert!(mounts.contains(&needed), "{needed} not mounted");
+    }
+    for m in c["volumeMounts"].as_array().unwrap() {
+        assert!(
+            spec["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["name"] == m["name"]),
+            "mount {} has no volume",
+            m["name"]
+        );
+    }
+    let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    let port = annotations["prometheus.io/port"].as_str().unwrap();
+    assert_eq!(
+        c["ports"][0]["containerPort"].as_u64().unwrap().to_string(),
+        port
+    );
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "agent");
+    let addr = args[args.iter().position(|a| *a == "--metrics-addr").unwrap() + 1];
+    assert!(addr.ends_with(&format!(":{port}")), "{addr}");
+    // The agent accepts those arguments (clap rejects an unknown or malformed one before
+    // anything runs; --help after them stops it there).
+    let tracer = std::env::var_os("TRACER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo("target/debug/tracer"));
+    let mut with_help = args.clone();
+    with_help.push("--help");
+    let (ok, msg) = run(Command::new(&tracer).args(&with_help));
+    assert!(ok, "{msg}");
+    let mut bad_args = args.clone();
+    bad_args.push("--no-such-flag");
+    bad_args.push("--help");
+    assert!(
+        !run(Command::new(&tracer).args(&bad_args)).0,
+        "the probe can fail"
+    );
+}
+
+#[test]
+fn the_containerfile_copies_what_dist_builds() {
+    let text = std::fs::read_to_string(repo("deploy/Containerfile")).unwrap();
+    let mut copies = 0;
+    for line in text.lines().filter(|l| l.starts_with("COPY ")) {
+        let parts: Vec<&str> = line.split_whitespace().skip(1).collect();
+        for src in &parts[..parts.len() - 1] {
+            let path = match src.strip_prefix("target/dist/") {
+                Some(rest) => dist().join(rest),
+                None => repo(src),
+            };
+            assert!(path.exists(), "COPY {src}: missing");
+            copies += 1;
+        }
+    }
+    assert!(copies >= 1);
+    assert!(text.contains("COPY target/dist/tracer /usr/bin/tracer"));
+    assert!(text.contains("ENTRYPOINT [\"/usr/bin/tracer\"]"));
+    assert!(text.contains("CMD [\"agent\""));
+}
