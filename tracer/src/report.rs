@@ -249,7 +249,7 @@ impl Report {
         let mut said: Vec<&String> = Vec::new();
         for n in &self.notes {
             if !said.contains(&n) {
-                s += &wrap(n, "Note: ", "  ", WIDTH);
+                s += &wrap(n, "Note: ", "      ", WIDTH);
                 said.push(n);
             }
         }
