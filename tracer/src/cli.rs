@@ -119,6 +119,18 @@ pub struct CaptureArgs {
     pub ring_bytes: Option<u32>,
 }
 
+/// The TLS check, shared by diagnose and agent.
+#[derive(Args, Debug, Default)]
+pub struct TlsArgs {
+    /// Check TLS as Cloudflare does under Full / Full (Strict): a handshake with this SNI to
+    /// each watched TLS port with a listener (443, 2053, 2083, 2087, 2096, 8443); repeatable.
+    #[arg(long = "hostname", value_name = "NAME")]
+    pub hostnames: Vec<String>,
+    /// Also trust this CA (PEM) for Full (Strict), as Cloudflare's custom origin trust store.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+}
+
 impl CaptureArgs {
     pub fn ports(&self) -> Vec<u16> {
         let mut ports = if self.ports.is_empty() {
@@ -165,6 +177,8 @@ pub struct DiagnoseArgs {
     pub refresh_ranges: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -187,8 +201,8 @@ pub struct RangesArgs {
 pub enum LogEvents {
     /// Every event.
     All,
-    /// Drops, resets, SYN-ACK retransmits and losses (not the SYNs and handshakes of healthy
-    /// connections).
+    /// One `attempt` line per attempt that did not end in a handshake (with its SYN count),
+    /// and losses: nothing for healthy connections.
     Failures,
     /// Only the per-window verdict records.
     None,
@@ -222,6 +236,10 @@ pub struct AgentArgs {
     /// an older one), so the log never holds more than twice this on disk.
     #[arg(long, value_name = "MIB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub log_max_mb: u64,
+    /// With --hostname: the TLS check runs once per window (metrics
+    /// tracer_tls_check_ok, tracer_tls_certificate_expiry_seconds; the verdict record's tls).
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Scheduling niceness (-20..19). The agent needs about 1% of a core at 40k new
     /// connections/s and the kernel buffers seconds of events, so by default it yields to the
     /// server it watches; any shortfall shows as `loss` events and tracer_events_lost_total.

@@ -98,6 +98,8 @@ pub struct Attempt {
     /// ... with the kernel's reason, when it gives one (6.10+).
     pub origin_reset_reason: Option<Reason>,
     pub peer_reset: bool,
+    /// The origin closed the connection first (its socket left ESTABLISHED by sending FIN).
+    pub origin_closed_first: bool,
     pub synack_retransmits: u32,
     /// Where the host forwarded it, when it answered in another place than it arrived.
     pub backend: Option<Backend>,
@@ -125,6 +127,7 @@ impl Attempt {
             origin_reset: false,
             origin_reset_reason: None,
             peer_reset: false,
+            origin_closed_first: false,
             synack_retransmits: 0,
             backend: None,
             decided: None,
@@ -222,7 +225,16 @@ impl Attempt {
             }
             Kind::ResetReceived => self.peer_reset = true,
             Kind::Established => self.established = true,
-            Kind::Closed => self.closed = true,
+            Kind::Closed => {
+                self.closed = true;
+                // The state the socket closed from: FIN_WAIT1/2, TIME_WAIT or CLOSING mean
+                // this side sent the first FIN; LAST_ACK means the peer did.
+                if let Some(State::Change { old, .. }) = ev.state {
+                    if matches!(old.raw(), 4 | 5 | 6 | 11) {
+                        self.origin_closed_first = true;
+                    }
+                }
+            }
             Kind::SynackRetransmit => self.synack_retransmits += 1,
         }
     }

@@ -27,6 +27,7 @@ pub fn alert_for(verdict: Verdict) -> Option<&'static str> {
         Verdict::NeverArriving => Some("CloudflareTrafficNeverArrives"),
         Verdict::ReturnPath => Some("OriginRepliesLost"),
         Verdict::Unknown => Some("TracerLosingEvents"),
+        Verdict::TlsFailure => Some("OriginTlsFailing"),
         Verdict::Healthy => None,
     }
 }
@@ -60,6 +61,8 @@ pub struct Metrics {
     log_write_errors: IntCounter,
     syns_refused: IntCounter,
     attempts_evicted: IntCounter,
+    tls_ok: IntGaugeVec,
+    tls_expiry: IntGaugeVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
@@ -103,6 +106,22 @@ impl Metrics {
             &["version", "kernel", "arrival_hook"],
         )?;
         r.register(Box::new(build_info.clone()))?;
+        let tls_ok = IntGaugeVec::new(
+            Opts::new(
+                "tracer_tls_check_ok",
+                "1 when the last TLS check (--hostname) of the port worked under Full (Strict): handshake done, certificate valid for the hostname; 0 when not.",
+            ),
+            &["port", "hostname"],
+        )?;
+        r.register(Box::new(tls_ok.clone()))?;
+        let tls_expiry = IntGaugeVec::new(
+            Opts::new(
+                "tracer_tls_certificate_expiry_seconds",
+                "Seconds until the certificate the port served for the hostname expires (negative: expired), from the last TLS check.",
+            ),
+            &["port", "hostname"],
+        )?;
+        r.register(Box::new(tls_expiry.clone()))?;
         // The standard process_* metrics: CPU seconds, resident memory, open files, start time.
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -219,7 +238,23 @@ impl Metrics {
             log_write_errors,
             syns_refused,
             attempts_evicted,
+            tls_ok,
+            tls_expiry,
         })
+    }
+
+    /// The latest TLS check results (the series of checks no longer made go away).
+    pub fn set_tls(&self, checks: &[crate::tls::TlsCheck]) {
+        self.tls_ok.reset();
+        self.tls_expiry.reset();
+        for c in checks {
+            let labels = [c.port.to_string(), c.hostname.clone()];
+            let labels = [labels[0].as_str(), labels[1].as_str()];
+            self.tls_ok.with_label_values(&labels).set(i64::from(c.ok));
+            if let Some(secs) = c.expiry_secs {
+                self.tls_expiry.with_label_values(&labels).set(secs);
+            }
+        }
     }
 
     /// The correlator's running count of attempts ended early for room.

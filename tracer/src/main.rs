@@ -20,6 +20,7 @@ mod report;
 mod safe_fs;
 mod session;
 mod text_wrap;
+mod tls;
 mod verdict;
 mod verdict_record;
 mod window;

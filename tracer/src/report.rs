@@ -64,6 +64,8 @@ pub struct Report {
     pub arrival_hook: String,
     /// Hooks this kernel lacks and what that degrades.
     pub notes: Vec<String>,
+    /// TLS checks (`--hostname`): one per port and hostname; empty without --hostname.
+    pub tls: Vec<crate::tls::TlsCheck>,
 }
 
 /// "0.0.0.0:443 (accept queue 0/511, port reservation)", "127.0.0.1:80 in container
@@ -219,6 +221,9 @@ impl Report {
             "  ",
             WIDTH,
         );
+        for c in &self.tls {
+            s += &wrap(&c.line(), "TLS ", "      ", WIDTH);
+        }
         let counters: Vec<String> = self
             .counters
             .iter()

@@ -46,6 +46,9 @@ pub struct Tally {
     /// (peer, local) of attempts answered without completing or dropped by the reverse-path
     /// filter: the routes back are looked up for these. Bounded.
     return_samples: Vec<(IpAddr, IpAddr)>,
+    /// Edge handshakes the origin reset or closed within a second of the SYN, by port: the
+    /// trace a failing TLS handshake leaves in the kernel.
+    quick_closes: BTreeMap<u16, u64>,
 }
 
 /// Routes back looked up, at most.
@@ -87,6 +90,13 @@ impl Tally {
         let outcome = a.outcome();
         self.classes.add(a, outcome);
         self.add_backend(a, outcome);
+        let quick = a
+            .last
+            .duration_since(a.first)
+            .is_ok_and(|d| d <= std::time::Duration::from_secs(1));
+        if a.established && (a.origin_reset || a.origin_closed_first) && quick {
+            *self.quick_closes.entry(a.flow.local_port).or_default() += 1;
+        }
         let returns = (outcome == Outcome::Unanswered && a.synack_retransmits > 0)
             || outcome == Outcome::OtherDrop;
         let sample = (a.flow.peer, a.flow.local);
@@ -207,6 +217,8 @@ pub struct WindowContext<'a> {
     pub packets_seen: u64,
     /// Edge SYNs the kernel itself counted as refused during the window.
     pub kernel_refused: u64,
+    /// A TLS check (--hostname) runs beside this window.
+    pub tls_checked: bool,
 }
 
 /// Builds the report; reads the firewall ruleset only when edge packets were filtered or
@@ -310,7 +322,10 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         rp_filter,
         lost_events: ctx.lost_events,
     };
-    let (verdict, causes) = decide(&inputs);
+    let (verdict, mut causes) = decide(&inputs);
+    if !ctx.tls_checked {
+        crate::verdict::tls::quick_close_hint(&mut causes, &tally.quick_closes, edge.handshakes);
+    }
     Report {
         verdict,
         window_secs: window_value(ctx.window_secs),
@@ -328,6 +343,7 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         xdp_mode: ctx.xdp_mode.to_string(),
         arrival_hook: ctx.arrival_hook.to_string(),
         notes,
+        tls: Vec::new(),
     }
 }
 

@@ -31,6 +31,7 @@ use crate::{
     ranges::{fetch, RangeSet},
     reasons::ReasonTable,
     session::{self, Next, Sink},
+    tls::{TlsCheck, TlsSettings},
     window::{self, OriginSampler, Tally, WindowContext},
 };
 
@@ -130,6 +131,13 @@ struct Agent {
     reattach_failed: bool,
     /// Why the last refresh failed, while it keeps failing so.
     refresh_error: Option<String>,
+    /// `--hostname`: the TLS check, run once per window in the background.
+    tls: Option<TlsSettings>,
+    /// The latest TLS results, carried by each window's verdict until the next ones.
+    tls_results: Vec<TlsCheck>,
+    tls_tx: mpsc::Sender<Vec<TlsCheck>>,
+    tls_rx: mpsc::Receiver<Vec<TlsCheck>>,
+    tls_running: bool,
 }
 
 impl Sink for Agent {
@@ -172,6 +180,11 @@ impl Sink for Agent {
         }
         if let Ok(result) = self.refresh_rx.try_recv() {
             self.apply_refresh(capture, result);
+        }
+        if let Ok(checks) = self.tls_rx.try_recv() {
+            self.tls_running = false;
+            self.metrics.set_tls(&checks);
+            self.tls_results = checks;
         }
         if self.last_housekeeping.elapsed() >= Duration::from_secs(1) {
             self.correlator
@@ -350,9 +363,28 @@ impl Agent {
             lost_events: lost_total - self.lost_at_start,
             packets_seen: now_packets.saturating_sub(self.packets_at_start),
             kernel_refused: refused_now.saturating_sub(self.refused_at_start),
+            tls_checked: self.tls.is_some(),
         };
-        let report = window::report(&self.tally, &mut self.sampler, &ctx);
+        let mut report = window::report(&self.tally, &mut self.sampler, &ctx);
         self.window_notes.clear();
+        if let Some(tls) = &self.tls {
+            crate::verdict::tls::apply(&mut report, self.tls_results.clone());
+            // The next check, in the background: each handshake may take seconds.
+            if !self.tls_running {
+                self.tls_running = true;
+                let (tls, tx) = (tls.clone(), self.tls_tx.clone());
+                let (report_ports, listeners) = (report.ports.clone(), report.listeners.clone());
+                let (iface, explicit) = (self.iface.clone(), !self.args.capture.ports.is_empty());
+                tokio::task::spawn_blocking(move || {
+                    let view = super::diagnose::TlsTargets {
+                        ports: &report_ports,
+                        listeners: &listeners,
+                    };
+                    let checks = super::diagnose::tls_checks(&tls, &view, &iface, explicit);
+                    let _ = tx.blocking_send(checks);
+                });
+            }
+        }
         self.metrics.set_verdict(report.verdict);
         tracing::info!(
             verdict = report.verdict.as_str(),
@@ -373,6 +405,7 @@ impl Agent {
 
 pub async fn run(args: AgentArgs) -> Result<()> {
     super::check_seconds("--window", args.window)?;
+    let tls = TlsSettings::from_args(&args.tls.hostnames, args.tls.tls_ca.as_deref())?;
     if let Some(every) = args.refresh_ranges_every {
         // Re-reading a local file is cheap; the API is asked at most once a minute.
         if args.ranges.is_none() && every < Duration::from_secs(60) {
@@ -436,6 +469,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     tracing::info!(interface = %iface, metrics = %args.metrics_addr, "agent running");
 
     let (refresh_tx, refresh_rx) = mpsc::channel::<Refreshed>(1);
+    let (tls_tx, tls_rx) = mpsc::channel::<Vec<TlsCheck>>(1);
     let mut agent = Agent {
         next_refresh: first_refresh(
             args.refresh_ranges_every,
@@ -468,6 +502,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         window_notes: Vec::new(),
         reattach_failed: false,
         refresh_error: None,
+        tls,
+        tls_results: Vec::new(),
+        tls_tx,
+        tls_rx,
+        tls_running: false,
     };
     session::run(&mut capture, &mut agent).await?;
     tracing::info!("stopping: detaching programs");

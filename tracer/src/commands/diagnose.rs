@@ -16,6 +16,7 @@ use crate::{
     netinfo,
     ranges::fetch,
     session::{self, Next, Sink},
+    tls::TlsSettings,
     window::{self, OriginSampler, Tally},
 };
 
@@ -164,6 +165,7 @@ impl Sink for Window {
 
 pub async fn run(args: DiagnoseArgs) -> Result<()> {
     super::check_seconds("--duration", args.duration)?;
+    let tls = TlsSettings::from_args(&args.tls.hostnames, args.tls.tls_ca.as_deref())?;
     // Notes (a ranges fallback, a hook this kernel lacks) are said once, in the report.
     let (ranges, note) = fetch::resolve(args.ranges.as_deref(), args.refresh_ranges).await?;
     // Non-edge peers too: they tell a dead interface from a blocked edge.
@@ -237,8 +239,18 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         lost_events: w.correlator.lost_events.max(capture.lost_total()),
         packets_seen: netinfo::rx_packets(&iface).saturating_sub(packets_at_start),
         kernel_refused: capture.edge_syns_refused().saturating_sub(refused_at_start),
+        tls_checked: tls.is_some(),
     };
-    let report = window::report(&w.tally, &mut w.sampler, &ctx);
+    let mut report = window::report(&w.tally, &mut w.sampler, &ctx);
+    if let Some(tls) = &tls {
+        // After the window: the checks' own connections are not counted in it.
+        let view = TlsTargets {
+            ports: &report.ports,
+            listeners: &report.listeners,
+        };
+        let checks = tls_checks(tls, &view, &iface, !args.capture.ports.is_empty());
+        crate::verdict::tls::apply(&mut report, checks);
+    }
     let mut out = std::io::stdout().lock();
     match args.format {
         Format::Json => writeln!(out, "{}", report.to_json())?,
@@ -246,6 +258,31 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// What the TLS check needs of a window's report.
+pub struct TlsTargets<'a> {
+    pub ports: &'a [u16],
+    pub listeners: &'a [crate::origin::listeners::Listener],
+}
+
+/// Every watched TLS port with a listener, for every hostname (blocking).
+pub fn tls_checks(
+    tls: &TlsSettings,
+    view: &TlsTargets<'_>,
+    iface: &str,
+    explicit_ports: bool,
+) -> Vec<crate::tls::TlsCheck> {
+    let stores = crate::tls::TrustStores::load(tls.given_roots.clone());
+    let local = netinfo::addresses(iface);
+    let targets = crate::tls::targets(view.ports, explicit_ports, view.listeners, &local);
+    let mut out = Vec::new();
+    for host in &tls.hostnames {
+        for (port, addr) in &targets {
+            out.push(crate::tls::check(*port, *addr, host, &stores));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

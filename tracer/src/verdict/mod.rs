@@ -7,6 +7,7 @@
 mod causes;
 mod firewall;
 mod return_path;
+pub mod tls;
 
 pub use firewall::allowlist_text;
 #[cfg(test)]
@@ -44,10 +45,13 @@ pub enum Verdict {
     ReturnPath,
     /// Edge SYNs arrived, but the kernel lost the events that would say what became of them.
     Unknown,
+    /// The TLS handshake Cloudflare makes under Full / Full (Strict) fails, or the certificate
+    /// is not valid for Strict (`--hostname`): 525 or 526.
+    TlsFailure,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 10] = [
+    pub const ALL: [Verdict; 11] = [
         Verdict::NeverArriving,
         Verdict::Refused,
         Verdict::FirewallDrop,
@@ -58,6 +62,7 @@ impl Verdict {
         Verdict::OtherDrop,
         Verdict::ReturnPath,
         Verdict::Unknown,
+        Verdict::TlsFailure,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +77,7 @@ impl Verdict {
             Self::OtherDrop => "other_drop",
             Self::ReturnPath => "return_path",
             Self::Unknown => "unknown",
+            Self::TlsFailure => "tls_failure",
         }
     }
 
@@ -88,6 +94,7 @@ impl Verdict {
             Self::OtherDrop => "the kernel drops Cloudflare's SYNs (see the reasons)",
             Self::ReturnPath => "Cloudflare's SYNs arrive, but the replies do not get back the way they came",
             Self::Unknown => "Cloudflare's SYNs arrive, but the kernel lost the events that would say what became of them",
+            Self::TlsFailure => "connections are accepted, but the TLS handshake Cloudflare makes fails or the certificate is not valid for Full (Strict)",
         }
     }
 
@@ -105,6 +112,7 @@ impl Verdict {
             Self::OtherDrop => &[Outcome::OtherDrop],
             Self::ReturnPath => &[Outcome::Unanswered],
             Self::Unknown => &[Outcome::Unknown],
+            Self::TlsFailure => &[],
         }
     }
 
@@ -121,6 +129,8 @@ impl Verdict {
             | Self::OtherDrop
             | Self::ReturnPath => Some(522),
             Self::ResetByOrigin => Some(520),
+            // 526 for a certificate Strict refuses ([`Cause`] says which).
+            Self::TlsFailure => Some(525),
             Self::Healthy | Self::Unknown => None,
         }
     }

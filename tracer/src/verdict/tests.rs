@@ -15,7 +15,8 @@ fn lab_scenario(v: Verdict) -> Option<&'static str> {
         // swallows SYNs before TCP without a drop reason, and the other drop reasons need
         // broken hardware or checksums; unit tests drive them.
         // Unknown needs the kernel to lose events: the flood test in tests/tests/hardening.rs.
-        Verdict::Unanswered | Verdict::OtherDrop | Verdict::Unknown => None,
+        // TlsFailure needs --hostname and a TLS server: tests/tests/tls.rs.
+        Verdict::Unanswered | Verdict::OtherDrop | Verdict::Unknown | Verdict::TlsFailure => None,
     }
 }
 
