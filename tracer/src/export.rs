@@ -63,6 +63,7 @@ pub struct Metrics {
     attempts_evicted: IntCounter,
     tls_ok: IntGaugeVec,
     tls_expiry: IntGaugeVec,
+    changes: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
@@ -122,6 +123,15 @@ impl Metrics {
             &["port", "hostname"],
         )?;
         r.register(Box::new(tls_expiry.clone()))?;
+        let changes = counter_vec(
+            &r,
+            "tracer_changes_total",
+            "Changes on the origin the journal recorded, by kind (listener_up, listener_down, firewall, route, address, link, sysctl, ranges, hook).",
+            &["what"],
+        )?;
+        for w in crate::journal::What::ALL {
+            changes.with_label_values(&[w.as_str()]);
+        }
         // The standard process_* metrics: CPU seconds, resident memory, open files, start time.
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -240,7 +250,12 @@ impl Metrics {
             attempts_evicted,
             tls_ok,
             tls_expiry,
+            changes,
         })
+    }
+
+    pub fn change(&self, what: crate::journal::What) {
+        self.changes.with_label_values(&[what.as_str()]).inc();
     }
 
     /// The latest TLS check results (the series of checks no longer made go away).

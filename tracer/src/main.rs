@@ -11,6 +11,7 @@ mod event;
 mod event_log;
 mod events;
 mod export;
+mod journal;
 mod kernel;
 mod netinfo;
 mod origin;

@@ -66,6 +66,9 @@ pub struct Report {
     pub notes: Vec<String>,
     /// TLS checks (`--hostname`): one per port and hostname; empty without --hostname.
     pub tls: Vec<crate::tls::TlsCheck>,
+    /// When the current failure began and what changed just before; null when there is no
+    /// failure of the edge's attempts.
+    pub since: Option<crate::journal::since::Since>,
 }
 
 /// "0.0.0.0:443 (accept queue 0/511, port reservation)", "127.0.0.1:80 in container
@@ -116,6 +119,9 @@ impl Report {
             "  ",
             WIDTH,
         );
+        if let Some(since) = &self.since {
+            s += &wrap(&since.text, "  Since: ", "         ", WIDTH);
+        }
         let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
         s += &wrap(
             &format!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::{
-    capture::{shutdown_signal, Capture},
+    capture::{Capture, Shutdown},
     event::Record,
 };
 
@@ -36,8 +36,8 @@ pub trait Sink {
 }
 
 /// Runs `sink` on `capture` until it stops or a signal comes.
-pub async fn run(capture: &mut Capture, sink: &mut impl Sink) -> Result<()> {
-    let shutdown = shutdown_signal();
+pub async fn run(capture: &mut Capture, sink: &mut impl Sink, mut signals: Shutdown) -> Result<()> {
+    let shutdown = signals.wait();
     tokio::pin!(shutdown);
     let mut interrupted = false;
     loop {

@@ -49,7 +49,12 @@ pub struct Tally {
     /// Edge handshakes the origin reset or closed within a second of the SYN, by port: the
     /// trace a failing TLS handshake leaves in the kernel.
     quick_closes: BTreeMap<u16, u64>,
+    /// (first packet, failed) of each edge attempt, for when a failure began. Bounded.
+    pub timeline: Vec<(std::time::SystemTime, bool)>,
 }
+
+/// Edge attempts kept on the timeline, at most.
+const TIMELINE: usize = 200_000;
 
 /// Routes back looked up, at most.
 const ROUTE_SAMPLES: usize = 4;
@@ -90,6 +95,9 @@ impl Tally {
         let outcome = a.outcome();
         self.classes.add(a, outcome);
         self.add_backend(a, outcome);
+        if outcome != Outcome::Unknown && self.timeline.len() < TIMELINE {
+            self.timeline.push((a.first, outcome != Outcome::Handshake));
+        }
         let quick = a
             .last
             .duration_since(a.first)
@@ -344,6 +352,7 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         arrival_hook: ctx.arrival_hook.to_string(),
         notes,
         tls: Vec::new(),
+        since: None,
     }
 }
 

@@ -26,6 +26,11 @@ use crate::{
     event_log::{EventLog, LimitKey},
     events::EventRecord,
     export::{self, Metrics},
+    journal::{
+        since::{self, FailureClock},
+        watch::Watcher,
+        Change, Journal, What,
+    },
     kernel::InterfaceChange,
     netinfo,
     ranges::{fetch, RangeSet},
@@ -138,6 +143,11 @@ struct Agent {
     tls_tx: mpsc::Sender<Vec<TlsCheck>>,
     tls_rx: mpsc::Receiver<Vec<TlsCheck>>,
     tls_running: bool,
+    /// The change journal: the host watched for changes, and the recent ones.
+    watcher: Watcher,
+    journal: Journal,
+    /// When the current failure of edge attempts began.
+    failure_clock: FailureClock,
 }
 
 impl Sink for Agent {
@@ -180,6 +190,9 @@ impl Sink for Agent {
         }
         if let Ok(result) = self.refresh_rx.try_recv() {
             self.apply_refresh(capture, result);
+        }
+        for c in self.watcher.drain() {
+            self.record_change(c);
         }
         if let Ok(checks) = self.tls_rx.try_recv() {
             self.tls_running = false;
@@ -226,6 +239,21 @@ impl Sink for Agent {
 }
 
 impl Agent {
+    /// A change on the host: logged (`kind: change`, rate-limited like events), counted, and
+    /// kept for `since`.
+    fn record_change(&mut self, c: Change) {
+        if self.args.log_events != LogEvents::None {
+            let key = LimitKey {
+                kind: "change",
+                peers: c.what.as_str().to_string(),
+            };
+            let line = c.to_json();
+            self.sink.event(key, Instant::now(), || line);
+        }
+        self.metrics.change(c.what);
+        self.journal.push(c);
+    }
+
     /// Outcomes the correlator decided: into the metrics and the window's tally; attempts
     /// that are over, one log line each.
     fn count_decided(&mut self) {
@@ -233,11 +261,12 @@ impl Agent {
         for d in self.correlator.drain_decided() {
             let (attempt, after_handshake) = match d {
                 Decided::Attempt(a) => {
-                    self.metrics.connection(
-                        a.edge,
-                        a.flow.local_port,
-                        a.decided.unwrap_or(a.outcome()),
-                    );
+                    let outcome = a.decided.unwrap_or(a.outcome());
+                    self.metrics.connection(a.edge, a.flow.local_port, outcome);
+                    if a.edge && outcome != crate::correlate::Outcome::Unknown {
+                        self.failure_clock
+                            .observe(a.first, outcome != crate::correlate::Outcome::Handshake);
+                    }
                     self.tally.add(&a);
                     continue;
                 }
@@ -268,7 +297,7 @@ impl Agent {
     /// name comes back the arrival hook is attached to it again, so the agent never runs
     /// blind reporting `never_arriving`.
     fn watch_interface(&mut self, capture: &mut Capture) {
-        let iface = &self.iface;
+        let iface = self.iface.clone();
         let now = humantime::format_rfc3339_seconds(SystemTime::now());
         match capture.probe.check_interface() {
             Ok(InterfaceChange::Same) => {}
@@ -281,6 +310,13 @@ impl Agent {
             Ok(InterfaceChange::Back) => {
                 self.reattach_failed = false;
                 self.arrival_hook = capture.probe.arrival_hook.as_str();
+                self.record_change(Change::new(
+                    What::Hook,
+                    format!(
+                        "arrival hook ({}) attached again to {iface}, which came back",
+                        self.arrival_hook
+                    ),
+                ));
                 self.metrics.set_arrival_hook(self.arrival_hook);
                 tracing::warn!(
                     hook = self.arrival_hook,
@@ -310,6 +346,24 @@ impl Agent {
                 match capture.probe.set_ranges(&set) {
                     Ok(()) => {
                         tracing::info!(source = %set.source, ipv4 = set.v4.len(), ipv6 = set.v6.len(), "ranges updated in place");
+                        if set.etag != self.ranges.etag
+                            || set.v4 != self.ranges.v4
+                            || set.v6 != self.ranges.v6
+                        {
+                            let tag =
+                                |s: &RangeSet| s.etag.clone().unwrap_or_else(|| "none".into());
+                            self.record_change(Change::new(
+                                What::Ranges,
+                                format!(
+                                    "ranges refreshed from {}: etag {} → {} ({} → {} ranges)",
+                                    set.source,
+                                    tag(&self.ranges),
+                                    tag(&set),
+                                    self.ranges.v4.len() + self.ranges.v6.len(),
+                                    set.v4.len() + set.v6.len()
+                                ),
+                            ));
+                        }
                         self.metrics.set_ranges(&set);
                         self.ranges = set;
                         self.refresh_error = None;
@@ -367,6 +421,11 @@ impl Agent {
         };
         let mut report = window::report(&self.tally, &mut self.sampler, &ctx);
         self.window_notes.clear();
+        if let (Some(noun), Some((began, from_start))) =
+            (report.verdict.failure_noun(), self.failure_clock.began())
+        {
+            report.since = Some(since::since(noun, began, from_start, self.journal.all()));
+        }
         if let Some(tls) = &self.tls {
             crate::verdict::tls::apply(&mut report, self.tls_results.clone());
             // The next check, in the background: each handshake may take seconds.
@@ -465,6 +524,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             hup_flag.store(true, Ordering::Relaxed);
         }
     });
+    // Watching for changes from before the tracer says it is ready.
+    let watcher = Watcher::start(&iface, &ports, &ranges);
+    let signals = crate::capture::Shutdown::listen();
     write_ready_file(args.capture.ready_file.as_deref())?;
     tracing::info!(interface = %iface, metrics = %args.metrics_addr, "agent running");
 
@@ -507,8 +569,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         tls_tx,
         tls_rx,
         tls_running: false,
+        watcher,
+        journal: Journal::default(),
+        failure_clock: FailureClock::default(),
     };
-    session::run(&mut capture, &mut agent).await?;
+    session::run(&mut capture, &mut agent, signals).await?;
     tracing::info!("stopping: detaching programs");
     drop(capture);
     Ok(())

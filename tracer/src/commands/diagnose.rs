@@ -193,9 +193,12 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         correlator = correlator.following_forwarded(netns);
     }
     let mut capture = Capture::new(probe)?;
+    // What changes on the host during the window, for when a failure began.
+    let watcher = crate::journal::watch::Watcher::start(&iface, &ports, &ranges);
     let packets_at_start = netinfo::rx_packets(&iface);
     let refused_at_start = capture.edge_syns_refused();
     let sampler = OriginSampler::start();
+    let signals = crate::capture::Shutdown::listen();
     write_ready_file(args.capture.ready_file.as_deref())?;
 
     let started_at = SystemTime::now();
@@ -216,7 +219,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         notes: Vec::new(),
         iface: iface.clone(),
     };
-    session::run(&mut capture, &mut w).await?;
+    session::run(&mut capture, &mut w, signals).await?;
 
     let interrupted = w.elapsed.is_some_and(|e| e < w.length);
     notes.append(&mut w.notes);
@@ -242,6 +245,10 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         tls_checked: tls.is_some(),
     };
     let mut report = window::report(&w.tally, &mut w.sampler, &ctx);
+    let changes = watcher.drain();
+    drop(watcher);
+    report.since =
+        crate::journal::since::of_window(report.verdict, &w.tally.timeline, changes.iter());
     if let Some(tls) = &tls {
         // After the window: the checks' own connections are not counted in it.
         let view = TlsTargets {

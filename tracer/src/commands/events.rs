@@ -106,6 +106,7 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     super::print_notes(&probe);
     let reasons = probe.reasons.clone();
     let mut capture = Capture::new(probe)?;
+    let signals = crate::capture::Shutdown::listen();
     write_ready_file(args.capture.ready_file.as_deref())?;
     let mut printer = Printer {
         out: BufWriter::new(std::io::stdout()),
@@ -117,5 +118,5 @@ pub async fn run(args: EventsArgs) -> Result<()> {
         closed: false,
         failed: None,
     };
-    session::run(&mut capture, &mut printer).await
+    session::run(&mut capture, &mut printer, signals).await
 }

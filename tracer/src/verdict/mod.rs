@@ -116,6 +116,21 @@ impl Verdict {
         }
     }
 
+    /// What the failure is called in "… began 14:02:11" (`since`); None for what is not a
+    /// failure of the edge's attempts.
+    pub fn failure_noun(self) -> Option<&'static str> {
+        match self {
+            Self::Refused => Some("refusals"),
+            Self::FirewallDrop => Some("firewall drops"),
+            Self::Overloaded => Some("overload drops"),
+            Self::ResetByOrigin => Some("resets"),
+            Self::Unanswered => Some("unanswered SYNs"),
+            Self::OtherDrop => Some("kernel drops"),
+            Self::ReturnPath => Some("lost replies"),
+            Self::NeverArriving | Self::Healthy | Self::Unknown | Self::TlsFailure => None,
+        }
+    }
+
     /// The error Cloudflare's visitors see for this cause (../shared/KERNEL-FACTS.md): 521 for
     /// an RST to the SYN, 522 when the SYN or its answer is lost, 520 for a reset after the
     /// handshake. A firewall that rejects instead of dropping gives 521 ([`Cause`] says so).

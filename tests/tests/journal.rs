@@ -1,0 +1,255 @@
+//! The change journal in the lab: the server stops, an nft drop appears, the route toward the
+//! edge moves — each mid-window, after healthy connections. The report's `since` says when the
+//! failure began and names the change, both within a second of the truth; the agent logs each
+//! change and counts it.
+
+use std::{
+    net::TcpListener,
+    time::{Duration, SystemTime},
+};
+
+use integration_tests::{
+    metric,
+    scenarios::{Server, ServerMode, SHORT},
+    sockaddr, Lab, TempDir, Tracer, EDGE_V4, ORIGIN_IF, ORIGIN_V4, ROUTE_IF,
+};
+use serde_json::Value;
+
+fn parse_ts(s: &Value) -> SystemTime {
+    humantime::parse_rfc3339_weak(s.as_str().unwrap()).unwrap()
+}
+
+fn within_a_second(seen: SystemTime, truth: SystemTime, what: &str) {
+    let gap = match seen.duration_since(truth) {
+        Ok(d) => d,
+        Err(e) => e.duration(),
+    };
+    assert!(
+        gap <= Duration::from_secs(1),
+        "{what}: {gap:?} from the truth"
+    );
+}
+
+/// Three handshakes to `port`: the healthy stretch before the change. Then a pause, so the
+/// server has accepted them all (a listener closing with connections still queued resets
+/// them: they would be failures).
+fn healthy(lab: &Lab, port: u16) {
+    for _ in 0..3 {
+        lab.edge
+            .connect(EDGE_V4, sockaddr(ORIGIN_V4, port), SHORT)
+            .expect("a handshake before the change");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Three attempts after the change: (when the first began).
+fn failing(lab: &Lab, port: u16) -> SystemTime {
+    let first = SystemTime::now();
+    for _ in 0..3 {
+        let _ = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, port), SHORT);
+    }
+    first
+}
+
+fn diagnose(lab: &Lab, port: &str) -> Tracer {
+    Tracer::start_env(
+        &lab.origin,
+        &[
+            "diagnose",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            port,
+            "--duration",
+            "5",
+            "--format",
+            "json",
+        ],
+        &[],
+    )
+}
+
+fn report(tracer: Tracer) -> Value {
+    let (code, out) = tracer.wait(Duration::from_secs(40));
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn the_server_stopping_is_named_with_its_time() {
+    let lab = Lab::new();
+    let listener: TcpListener = lab.origin.listen("0.0.0.0", 8080, 64);
+    let server = Server::start(listener, ServerMode::Close);
+    let tracer = diagnose(&lab, "8080");
+    healthy(&lab, 8080);
+    let stopped = SystemTime::now();
+    drop(server);
+    std::thread::sleep(Duration::from_millis(600));
+    let began = failing(&lab, 8080);
+    let r = report(tracer);
+    assert_eq!(r["verdict"], "refused", "{r:#}");
+    let since = &r["since"];
+    assert_eq!(since["from_start"], false, "{r:#}");
+    within_a_second(parse_ts(&since["began"]), began, "began");
+    let change = &since["changes"][0];
+    assert_eq!(change["what"], "listener_down", "{since:#}");
+    assert!(
+        change["detail"]
+            .as_str()
+            .unwrap()
+            .contains("stopped listening on 0.0.0.0:8080"),
+        "{since:#}"
+    );
+    within_a_second(parse_ts(&change["ts"]), stopped, "the listener's change");
+    assert!(
+        since["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("refusals began ")
+            && since["text"].as_str().unwrap().contains("s after"),
+        "{since:#}"
+    );
+}
+
+#[test]
+fn an_nft_drop_added_mid_window_is_named() {
+    let lab = Lab::new();
+    let _server = Server::start(lab.origin.listen("0.0.0.0", 443, 64), ServerMode::Close);
+    lab.origin.sh("nft add table inet filter; \
+         nft add chain inet filter input '{ type filter hook input priority 0; }'");
+    let tracer = diagnose(&lab, "443");
+    healthy(&lab, 443);
+    lab.origin
+        .sh("nft add rule inet filter input tcp dport 443 drop");
+    let added = SystemTime::now();
+    let began = failing(&lab, 443);
+    let r = report(tracer);
+    assert_eq!(r["verdict"], "firewall_drop", "{r:#}");
+    let since = &r["since"];
+    within_a_second(parse_ts(&since["began"]), began, "began");
+    let change = &since["changes"][0];
+    assert_eq!(change["what"], "firewall", "{since:#}");
+    let detail = change["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("1 rule added to inet filter/input"),
+        "{detail}"
+    );
+    within_a_second(parse_ts(&change["ts"]), added, "the ruleset's change");
+}
+
+#[test]
+fn the_route_toward_the_edge_moving_is_named() {
+    let lab = Lab::new();
+    lab.dead_end_interface();
+    lab.pin_origin_neighbour();
+    lab.origin.sh(&format!(
+        "sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.{ORIGIN_IF}.rp_filter=0"
+    ));
+    let _server = Server::start(lab.origin.listen("0.0.0.0", 443, 64), ServerMode::Close);
+    let tracer = diagnose(&lab, "443");
+    healthy(&lab, 443);
+    lab.origin.sh(&format!(
+        "ip route replace {EDGE_V4}/32 via 10.99.0.2 dev {ROUTE_IF}"
+    ));
+    let moved = SystemTime::now();
+    let began = failing(&lab, 443);
+    let r = report(tracer);
+    assert_eq!(r["verdict"], "return_path", "{r:#}");
+    let since = &r["since"];
+    within_a_second(parse_ts(&since["began"]), began, "began");
+    let change = &since["changes"][0];
+    assert_eq!(change["what"], "route", "{since:#}");
+    assert_eq!(
+        change["detail"],
+        format!("route {EDGE_V4}/32 via 10.99.0.2 dev {ROUTE_IF} added (table main)"),
+        "{since:#}"
+    );
+    within_a_second(parse_ts(&change["ts"]), moved, "the route's change");
+}
+
+/// Healthy throughout: no `since`.
+#[test]
+fn no_failure_no_since() {
+    let lab = Lab::new();
+    let _server = Server::start(lab.origin.listen("0.0.0.0", 443, 64), ServerMode::Close);
+    let tracer = Tracer::start_env(
+        &lab.origin,
+        &[
+            "diagnose",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            "443",
+            "--duration",
+            "1",
+            "--format",
+            "json",
+        ],
+        &[],
+    );
+    healthy(&lab, 443);
+    let r = report(tracer);
+    assert_eq!(r["verdict"], "healthy");
+    assert!(r["since"].is_null(), "{r:#}");
+}
+
+/// The agent logs each change as it happens and counts it; the verdict record carries since.
+#[test]
+fn the_agent_logs_and_counts_changes() {
+    let lab = Lab::new();
+    let tmp = TempDir::new("journal-agent");
+    let log = tmp.path("log");
+    let server = Server::start(lab.origin.listen("0.0.0.0", 8080, 64), ServerMode::Close);
+    let tracer = Tracer::start_env(
+        &lab.origin,
+        &[
+            "agent",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            "8080",
+            "--window",
+            "2",
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+        &[],
+    );
+    healthy(&lab, 8080);
+    drop(server);
+    std::thread::sleep(Duration::from_millis(600));
+    failing(&lab, 8080);
+    let mut text = String::new();
+    assert!(
+        integration_tests::eventually(Duration::from_secs(8), || {
+            text = lab
+                .origin
+                .http_get("127.0.0.1:9521", "/metrics")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            metric(&text, "tracer_changes_total{what=\"listener_down\"}") == Some(1.0)
+                && metric(&text, "tracer_verdict{verdict=\"refused\"}") == Some(1.0)
+        }),
+        "{text}"
+    );
+    tracer.stop();
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let change = lines
+        .iter()
+        .find(|l| l["kind"] == "change")
+        .expect("a change line");
+    assert_eq!(change["what"], "listener_down");
+    let verdict = lines
+        .iter()
+        .rev()
+        .find(|l| l["kind"] == "verdict" && l["verdict"] == "refused")
+        .expect("a refused window");
+    assert_eq!(
+        verdict["since"]["changes"][0]["what"], "listener_down",
+        "{verdict:#}"
+    );
+}

@@ -1,0 +1,447 @@
+//! Watches the host for the changes the journal records, on a thread of its own: the kernel's
+//! notifications (rtnetlink, the nftables monitor) as they come, the listeners on the watched
+//! ports every 250 ms (a change is dated within that), and the sysctls every second.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use super::{
+    netlink::{self, NftChange, RtChange},
+    Change, What,
+};
+use crate::{
+    origin::{listeners, namespaces},
+    ranges::RangeSet,
+};
+
+const LISTENERS_EVERY: Duration = Duration::from_millis(250);
+const SYSCTLS_EVERY: Duration = Duration::from_secs(1);
+/// An nftables batch with no closing generation is said after this.
+const BATCH_WAIT: Duration = Duration::from_millis(500);
+
+/// The watcher's thread; stopped when dropped.
+pub struct Watcher {
+    rx: mpsc::Receiver<Change>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watcher {
+    pub fn start(iface: &str, ports: &[u16], ranges: &RangeSet) -> Watcher {
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut state = State::new(iface, ports, ranges);
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || state.run(&tx, &flag))
+            .ok();
+        Watcher { rx, stop, thread }
+    }
+
+    /// The changes seen since the last call.
+    pub fn drain(&self) -> Vec<Change> {
+        self.rx.try_iter().collect()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Who holds a listening socket, when found.
+type Owner = Option<(u32, String)>;
+
+struct State {
+    iface: String,
+    ports: Vec<u16>,
+    ranges: Vec<ipnet::IpNet>,
+    listeners: BTreeMap<(IpAddr, u16), Owner>,
+    sysctls: BTreeMap<String, String>,
+    nft_batch: Vec<NftChange>,
+    nft_since: Option<Instant>,
+}
+
+fn sysctl_paths(iface: &str) -> Vec<(String, String)> {
+    [
+        (
+            "net.ipv4.conf.all.rp_filter".to_string(),
+            "/proc/sys/net/ipv4/conf/all/rp_filter".to_string(),
+        ),
+        (
+            format!("net.ipv4.conf.{iface}.rp_filter"),
+            format!("/proc/sys/net/ipv4/conf/{iface}/rp_filter"),
+        ),
+        (
+            "net.core.somaxconn".into(),
+            "/proc/sys/net/core/somaxconn".into(),
+        ),
+        (
+            "net.ipv4.tcp_syncookies".into(),
+            "/proc/sys/net/ipv4/tcp_syncookies".into(),
+        ),
+        (
+            "net.ipv4.tcp_max_syn_backlog".into(),
+            "/proc/sys/net/ipv4/tcp_max_syn_backlog".into(),
+        ),
+    ]
+    .into()
+}
+
+fn ifname(index: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes into buf.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return format!("ifindex {index}");
+    }
+    // SAFETY: on success buf holds a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn ifindex(iface: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn endpoint(addr: IpAddr, port: u16) -> String {
+    crate::origin::backends::endpoint(addr, port)
+}
+
+fn owner_text(owner: &Owner) -> String {
+    match owner {
+        Some((pid, comm)) => format!("{comm} (pid {pid})"),
+        None => "a process".into(),
+    }
+}
+
+impl State {
+    fn new(iface: &str, ports: &[u16], ranges: &RangeSet) -> State {
+        let mut s = State {
+            iface: iface.to_string(),
+            ports: ports.to_vec(),
+            ranges: ranges
+                .v4
+                .iter()
+                .map(|n| ipnet::IpNet::V4(*n))
+                .chain(ranges.v6.iter().map(|n| ipnet::IpNet::V6(*n)))
+                .collect(),
+            listeners: BTreeMap::new(),
+            sysctls: BTreeMap::new(),
+            nft_batch: Vec::new(),
+            nft_since: None,
+        };
+        // What is there at start is the baseline, not a change.
+        s.listeners = s.sample_listeners(&BTreeMap::new());
+        for (name, path) in sysctl_paths(iface) {
+            if let Ok(v) = std::fs::read_to_string(&path) {
+                s.sysctls.insert(name, v.trim().to_string());
+            }
+        }
+        s
+    }
+
+    /// The listeners on watched ports now, owners kept from `known` or looked up for new ones.
+    fn sample_listeners(
+        &self,
+        known: &BTreeMap<(IpAddr, u16), Owner>,
+    ) -> BTreeMap<(IpAddr, u16), Owner> {
+        let now: Vec<listeners::Listener> = listeners::read()
+            .into_iter()
+            .filter(|l| self.ports.contains(&l.port))
+            .collect();
+        let new_inodes: Vec<u64> = now
+            .iter()
+            .filter(|l| !known.contains_key(&(l.addr, l.port)))
+            .filter_map(|l| l.inode)
+            .collect();
+        let owners = if new_inodes.is_empty() {
+            Default::default()
+        } else {
+            namespaces::socket_owners(&new_inodes)
+        };
+        now.into_iter()
+            .map(|l| {
+                let key = (l.addr, l.port);
+                let owner = match known.get(&key) {
+                    Some(o) => o.clone(),
+                    None => l.inode.and_then(|i| owners.get(&i).cloned()),
+                };
+                (key, owner)
+            })
+            .collect()
+    }
+
+    fn run(&mut self, tx: &mpsc::Sender<Change>, stop: &AtomicBool) {
+        let route = netlink::Socket::route()
+            .map_err(|e| tracing::debug!("journal: no rtnetlink notifications: {e}"))
+            .ok();
+        let nft = netlink::Socket::nftables()
+            .map_err(|e| tracing::debug!("journal: no nftables notifications: {e}"))
+            .ok();
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut last_listeners, mut last_sysctls) = (Instant::now(), Instant::now());
+        let send = |c: Change| {
+            let _ = tx.send(c);
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let mut fds: Vec<libc::pollfd> = [&route, &nft]
+                .iter()
+                .filter_map(|s| s.as_ref())
+                .map(|s| libc::pollfd {
+                    fd: s.raw(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // SAFETY: poll over our own fds for at most 100 ms.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+            if let Some(s) = &route {
+                let mut changes = Vec::new();
+                s.drain(&mut buf, |kind, p| {
+                    if let Some(c) = netlink::decode_route(kind, p) {
+                        changes.push(c);
+                    }
+                });
+                for c in changes {
+                    if let Some(change) = self.route_change(c) {
+                        send(change);
+                    }
+                }
+            }
+            if let Some(s) = &nft {
+                let mut batch = std::mem::take(&mut self.nft_batch);
+                let lost = s.drain(&mut buf, |kind, p| {
+                    if let Some(c) = netlink::decode_nft(kind, p) {
+                        batch.push(c);
+                    }
+                });
+                self.nft_batch = batch;
+                if lost {
+                    send(Change::new(What::Firewall, "nftables changed faster than the journal could read (some notifications lost)"));
+                }
+                if !self.nft_batch.is_empty() && self.nft_since.is_none() {
+                    self.nft_since = Some(Instant::now());
+                }
+                if let Some(c) = self.nft_summary() {
+                    send(c);
+                }
+            }
+            if last_listeners.elapsed() >= LISTENERS_EVERY {
+                last_listeners = Instant::now();
+                let now = self.sample_listeners(&self.listeners);
+                for ((addr, port), owner) in &self.listeners {
+                    if !now.contains_key(&(*addr, *port)) {
+                        send(Change::new(
+                            What::ListenerDown,
+                            format!(
+                                "{} stopped listening on {}",
+                                owner_text(owner),
+                                endpoint(*addr, *port)
+                            ),
+                        ));
+                    }
+                }
+                for ((addr, port), owner) in &now {
+                    if !self.listeners.contains_key(&(*addr, *port)) {
+                        send(Change::new(
+                            What::ListenerUp,
+                            format!(
+                                "{} started listening on {}",
+                                owner_text(owner),
+                                endpoint(*addr, *port)
+                            ),
+                        ));
+                    }
+                }
+                self.listeners = now;
+            }
+            if last_sysctls.elapsed() >= SYSCTLS_EVERY {
+                last_sysctls = Instant::now();
+                for (name, path) in sysctl_paths(&self.iface) {
+                    let Ok(v) = std::fs::read_to_string(&path) else {
+                        continue;
+                    };
+                    let v = v.trim().to_string();
+                    match self.sysctls.insert(name.clone(), v.clone()) {
+                        Some(old) if old != v => {
+                            send(Change::new(What::Sysctl, format!("{name} {old} → {v}")))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// A batch of nftables notifications, in one line, once it is closed by its generation
+    /// (or has waited long enough).
+    fn nft_summary(&mut self) -> Option<Change> {
+        let generation = self.nft_batch.iter().rev().find_map(|c| match c {
+            NftChange::Generation(g) => Some(*g),
+            _ => None,
+        });
+        let waited = self.nft_since.is_some_and(|t| t.elapsed() >= BATCH_WAIT);
+        if generation.is_none() && !waited {
+            return None;
+        }
+        let batch = std::mem::take(&mut self.nft_batch);
+        self.nft_since = None;
+        let mut counts: BTreeMap<(String, &str, bool), u32> = BTreeMap::new();
+        for c in &batch {
+            if let NftChange::Object {
+                added,
+                object,
+                place,
+            } = c
+            {
+                *counts.entry((place.clone(), *object, *added)).or_default() += 1;
+            }
+        }
+        if counts.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = counts
+            .iter()
+            .map(|((place, object, added), n)| {
+                let plural = if *n == 1 { "" } else { "s" };
+                let verb = if *added { "added to" } else { "deleted from" };
+                format!("{n} {object}{plural} {verb} {place}")
+            })
+            .collect();
+        let generation = generation
+            .map(|g| format!(" (generation {g})"))
+            .unwrap_or_default();
+        Some(Change::new(
+            What::Firewall,
+            format!("nftables{generation}: {}", parts.join("; ")),
+        ))
+    }
+
+    /// A route, address or link change, when it concerns the watched interface or the edge.
+    fn route_change(&self, c: RtChange) -> Option<Change> {
+        let watched = ifindex(&self.iface);
+        let verb = |removed: bool| if removed { "removed" } else { "added" };
+        match c {
+            RtChange::Link {
+                index,
+                name,
+                up,
+                flags_changed,
+                removed,
+            } => {
+                if name != self.iface && Some(index) != watched {
+                    return None;
+                }
+                if removed {
+                    return Some(Change::new(
+                        What::Link,
+                        format!("interface {name} was deleted"),
+                    ));
+                }
+                flags_changed.then(|| {
+                    Change::new(
+                        What::Link,
+                        format!("interface {name} went {}", if up { "up" } else { "down" }),
+                    )
+                })
+            }
+            RtChange::Address {
+                index,
+                addr,
+                prefix,
+                removed,
+            } => {
+                // Link-local addresses come and go with the link; Cloudflare never uses them.
+                let link_local = match addr {
+                    IpAddr::V6(a) => a.is_unicast_link_local(),
+                    IpAddr::V4(a) => a.is_link_local(),
+                };
+                (Some(index) == watched && !link_local).then(|| {
+                    Change::new(
+                        What::Address,
+                        format!(
+                            "address {addr}/{prefix} {} {} {}",
+                            verb(removed),
+                            if removed { "from" } else { "on" },
+                            self.iface
+                        ),
+                    )
+                })
+            }
+            RtChange::Route {
+                dst,
+                dst_len,
+                gateway,
+                oif,
+                table,
+                rtype,
+                removed,
+            } => {
+                // The local table lists the host's own addresses; broadcast/multicast/local
+                // routes are not how replies leave.
+                if table == 255 || !matches!(rtype, 1 | 6 | 7 | 8) {
+                    return None;
+                }
+                let net = dst.and_then(|d| ipnet::IpNet::new(d, dst_len).ok());
+                let toward_edge = match net {
+                    None => true, // a default route
+                    Some(n) => {
+                        let n = n.trunc();
+                        n.prefix_len() == 0
+                            || self
+                                .ranges
+                                .iter()
+                                .any(|r| r.contains(&n.network()) || n.contains(&r.network()))
+                    }
+                };
+                if !(toward_edge || (oif.is_some() && oif == watched)) {
+                    return None;
+                }
+                let what = match net {
+                    Some(n) if n.prefix_len() > 0 => n.trunc().to_string(),
+                    _ => "default".into(),
+                };
+                let kind = match rtype {
+                    6 => " blackhole",
+                    7 => " unreachable",
+                    8 => " prohibit",
+                    _ => "",
+                };
+                let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+                let dev = oif
+                    .map(|i| format!(" dev {}", ifname(i)))
+                    .unwrap_or_default();
+                let table = match table {
+                    254 => "main".to_string(),
+                    t => t.to_string(),
+                };
+                Some(Change::new(
+                    What::Route,
+                    format!(
+                        "route{kind} {what}{via}{dev} {} (table {table})",
+                        verb(removed)
+                    ),
+                ))
+            }
+        }
+    }
+}
