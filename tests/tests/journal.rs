@@ -253,3 +253,79 @@ fn the_agent_logs_and_counts_changes() {
         "{verdict:#}"
     );
 }
+
+/// `diagnose --since` answers from the running agent: when the failure began and after what,
+/// without a new window; with no agent, one line saying how to start one.
+#[test]
+fn diagnose_since_answers_from_the_agent() {
+    let lab = Lab::new();
+    let tmp = TempDir::new("journal-since");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.origin.name])
+            .arg(integration_tests::tracer_bin())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = run(&["diagnose", "--since", "5m"]);
+    assert_ne!(code, 0);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("no agent answers at 127.0.0.1:9521: start `tracer agent`"),
+        "{err}"
+    );
+
+    let server = Server::start(lab.origin.listen("0.0.0.0", 8080, 64), ServerMode::Close);
+    let tracer = Tracer::start_env(
+        &lab.origin,
+        &[
+            "agent",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            "8080",
+            "--window",
+            "60",
+            "--log-file",
+            tmp.path("log").to_str().unwrap(),
+        ],
+        &[],
+    );
+    healthy(&lab, 8080);
+    drop(server);
+    std::thread::sleep(Duration::from_millis(600));
+    failing(&lab, 8080);
+    // Long before the 60 s window ends, the agent already knows.
+    let mut doc = Value::Null;
+    assert!(
+        integration_tests::eventually(Duration::from_secs(6), || {
+            let (code, out, _) = run(&["diagnose", "--since", "5m", "--format", "json"]);
+            doc = serde_json::from_str(&out).unwrap_or(Value::Null);
+            code == 0 && doc["since"]["changes"][0]["what"] == "listener_down"
+        }),
+        "{doc:#}"
+    );
+    assert!(
+        doc["since"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("refusals began "),
+        "{doc:#}"
+    );
+    assert!(doc["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["what"] == "listener_down"));
+    let (code, text, _) = run(&["diagnose", "--since", "5m"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("Since: refusals began"), "{text}");
+    assert!(text.contains("listener_down"), "{text}");
+    tracer.stop();
+}

@@ -179,6 +179,19 @@ pub struct DiagnoseArgs {
     pub format: Format,
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Answer from the running agent's recent history instead of watching a new window: when
+    /// the current failure began and what changed on the host in the last DURATION (e.g.
+    /// 10m). Needs no privileges; the agent must run on this host.
+    #[arg(long, value_name = "DURATION", value_parser = parse_history_span)]
+    pub since: Option<std::time::Duration>,
+    /// The agent's metrics address, for --since.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9521",
+        requires = "since"
+    )]
+    pub agent: std::net::SocketAddr,
 }
 
 #[derive(Args, Debug)]
@@ -272,6 +285,15 @@ fn parse_refresh_interval(text: &str) -> Result<std::time::Duration, String> {
     }
     if d > std::time::Duration::from_secs(30 * 24 * 3600) {
         return Err("must be at most 30 days".into());
+    }
+    Ok(d)
+}
+
+/// `diagnose --since`: up to the hour the agent keeps.
+fn parse_history_span(text: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(text)?;
+    if d > std::time::Duration::from_secs(3600) {
+        return Err("must be at most 1h (the agent keeps an hour of changes)".into());
     }
     Ok(d)
 }

@@ -389,11 +389,21 @@ impl Metrics {
     }
 }
 
+/// The agent's recent history as JSON (`GET /history`, read by `tracer diagnose --since`),
+/// rebuilt by the agent when it changes.
+pub type History = Arc<std::sync::Mutex<String>>;
+
 async fn handle(
     metrics: Arc<Metrics>,
+    history: History,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, ctype, body) = match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/history") => (
+            StatusCode::OK,
+            "application/json",
+            history.lock().map(|h| h.clone()).unwrap_or_default(),
+        ),
         ("GET", "/metrics") => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -407,7 +417,7 @@ async fn handle(
         ("GET", _) => (
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "not found: try /metrics or /healthz\n".to_string(),
+            "not found: try /metrics, /healthz or /history\n".to_string(),
         ),
         _ => (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -424,7 +434,7 @@ async fn handle(
 }
 
 /// Binds now (so a busy port is a start-up error) and serves in the background.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, history: History) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} for metrics: pick another --metrics-addr")
     })?;
@@ -440,9 +450,9 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let metrics = metrics.clone();
+            let (metrics, history) = (metrics.clone(), history.clone());
             tokio::spawn(async move {
-                let service = service_fn(move |req| handle(metrics.clone(), req));
+                let service = service_fn(move |req| handle(metrics.clone(), history.clone(), req));
                 let conn = http1::Builder::new()
                     .header_read_timeout(std::time::Duration::from_secs(10))
                     .timer(hyper_util::rt::TokioTimer::new())

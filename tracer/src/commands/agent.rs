@@ -148,6 +148,12 @@ struct Agent {
     journal: Journal,
     /// When the current failure of edge attempts began.
     failure_clock: FailureClock,
+    /// The last failed edge attempt's outcome: what the current failure is called.
+    last_failure: Option<crate::correlate::Outcome>,
+    /// `GET /history`, rebuilt when `history_dirty`.
+    history: export::History,
+    history_dirty: bool,
+    last_verdict: Option<(crate::verdict::Verdict, SystemTime)>,
 }
 
 impl Sink for Agent {
@@ -209,6 +215,9 @@ impl Sink for Agent {
             self.metrics.set_syns_refused(capture.edge_syns_refused());
             self.metrics.set_evicted(self.correlator.evicted);
             self.watch_interface(capture);
+            if std::mem::take(&mut self.history_dirty) {
+                self.publish_history();
+            }
             self.last_housekeeping = Instant::now();
         }
         if self.window_start.0.elapsed() >= Duration::from_secs_f64(self.args.window) {
@@ -239,6 +248,37 @@ impl Sink for Agent {
 }
 
 impl Agent {
+    /// What `GET /history` answers: the journal (an hour at most), the current failure's
+    /// beginning with the changes before it, the last window's verdict.
+    fn publish_history(&self) {
+        let noun = self
+            .last_failure
+            .and_then(|o| crate::verdict::for_outcome(o).failure_noun())
+            .unwrap_or("failures");
+        let since = self
+            .failure_clock
+            .began()
+            .map(|(began, from_start)| since::since(noun, began, from_start, self.journal.all()));
+        let changes: Vec<serde_json::Value> = self
+            .journal
+            .all()
+            .map(|c| serde_json::from_str(&c.to_json()).unwrap_or_default())
+            .collect();
+        let doc = serde_json::json!({
+            "updated_at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            "interface": self.iface,
+            "last_verdict": self.last_verdict.map(|(v, at)| serde_json::json!({
+                "verdict": v.as_str(),
+                "window_started_at": humantime::format_rfc3339_seconds(at).to_string(),
+            })),
+            "since": since,
+            "changes": changes,
+        });
+        if let Ok(mut h) = self.history.lock() {
+            *h = doc.to_string();
+        }
+    }
+
     /// A change on the host: logged (`kind: change`, rate-limited like events), counted, and
     /// kept for `since`.
     fn record_change(&mut self, c: Change) {
@@ -252,6 +292,7 @@ impl Agent {
         }
         self.metrics.change(c.what);
         self.journal.push(c);
+        self.history_dirty = true;
     }
 
     /// Outcomes the correlator decided: into the metrics and the window's tally; attempts
@@ -264,8 +305,13 @@ impl Agent {
                     let outcome = a.decided.unwrap_or(a.outcome());
                     self.metrics.connection(a.edge, a.flow.local_port, outcome);
                     if a.edge && outcome != crate::correlate::Outcome::Unknown {
-                        self.failure_clock
-                            .observe(a.first, outcome != crate::correlate::Outcome::Handshake);
+                        let failed = outcome != crate::correlate::Outcome::Handshake;
+                        let before = self.failure_clock.began();
+                        self.failure_clock.observe(a.first, failed);
+                        if failed {
+                            self.last_failure = Some(outcome);
+                        }
+                        self.history_dirty |= before != self.failure_clock.began();
                     }
                     self.tally.add(&a);
                     continue;
@@ -445,6 +491,8 @@ impl Agent {
             }
         }
         self.metrics.set_verdict(report.verdict);
+        self.last_verdict = Some((report.verdict, self.window_start.1));
+        self.history_dirty = true;
         tracing::info!(
             verdict = report.verdict.as_str(),
             alert = export::alert_for(report.verdict).unwrap_or("none"),
@@ -485,7 +533,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let ports = args.capture.ports();
     let metrics = Arc::new(Metrics::new(&ports)?);
     metrics.set_ranges(&ranges);
-    export::serve(args.metrics_addr, metrics.clone()).await?;
+    let history: export::History = Default::default();
+    export::serve(args.metrics_addr, metrics.clone(), history.clone()).await?;
     let sink = EventLog::open(
         args.log_file.as_deref(),
         Some(args.log_max_mb.saturating_mul(1024 * 1024)),
@@ -572,6 +621,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         watcher,
         journal: Journal::default(),
         failure_clock: FailureClock::default(),
+        last_failure: None,
+        history,
+        history_dirty: true,
+        last_verdict: None,
     };
     session::run(&mut capture, &mut agent, signals).await?;
     tracing::info!("stopping: detaching programs");

@@ -164,6 +164,9 @@ impl Sink for Window {
 }
 
 pub async fn run(args: DiagnoseArgs) -> Result<()> {
+    if let Some(span) = args.since {
+        return super::history::run(&args, span).await;
+    }
     super::check_seconds("--duration", args.duration)?;
     let tls = TlsSettings::from_args(&args.tls.hostnames, args.tls.tls_ca.as_deref())?;
     // Notes (a ranges fallback, a hook this kernel lacks) are said once, in the report.

@@ -4,6 +4,7 @@ mod agent;
 mod diagnose;
 mod docs;
 mod events;
+mod history;
 mod ranges;
 mod xdp_test_run;
 

@@ -266,6 +266,16 @@ fn ports_text(ports: &[u16]) -> String {
         .join(",")
 }
 
+/// The verdict an outcome stands for on its own (without the counters that tell overload or
+/// a return-path fault from plain unanswered SYNs).
+pub fn for_outcome(o: Outcome) -> Verdict {
+    let class = AttemptClass {
+        outcome: Some(o),
+        ..AttemptClass::default()
+    };
+    cause_of(&class, false, false, false)
+}
+
 /// Which cause an attempt class belongs to. Unanswered attempts are overload when a queue
 /// counter or a full queue says so, a return-path fault when SYN-ACKs went out and nothing
 /// came back, and plain unanswered otherwise.
