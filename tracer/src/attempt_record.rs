@@ -11,7 +11,7 @@ use std::{net::IpAddr, time::SystemTime};
 use serde::Serialize;
 
 use crate::{
-    correlate::{Attempt, Backend, Outcome},
+    correlate::{Attempt, Backend},
     reasons::{Name, ReasonTable},
 };
 
@@ -60,13 +60,7 @@ impl AttemptRecord {
     /// `after_handshake`: handed out as a reset after the handshake, not as an ended attempt.
     pub fn of(a: &Attempt, reasons: &ReasonTable, after_handshake: bool) -> Self {
         let outcome = a.outcome();
-        let reason = match outcome {
-            Outcome::FirewallDrop => a.filter_drop,
-            Outcome::OverloadDrop => a.overload_drop,
-            Outcome::OtherDrop => a.other_drop,
-            Outcome::OriginReset => a.origin_reset_reason,
-            _ => None,
-        };
+        let reason = a.reason_for(outcome);
         Self {
             ts: rfc3339(a.last),
             kind: "attempt",

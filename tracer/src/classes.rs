@@ -29,13 +29,7 @@ pub struct Classes {
 impl Classes {
     /// Counts an edge attempt under `outcome` with the reason the kernel gave for it.
     pub fn add(&mut self, a: &Attempt, outcome: Outcome) {
-        let reason = match outcome {
-            Outcome::FirewallDrop => a.filter_drop,
-            Outcome::OverloadDrop => a.overload_drop,
-            Outcome::OtherDrop => a.other_drop,
-            Outcome::OriginReset => a.origin_reset_reason,
-            _ => None,
-        };
+        let reason = a.reason_for(outcome);
         let class = self.by.entry((outcome, reason)).or_default();
         class.attempts += 1;
         let room = class.peers.len() < MAX_PEERS;

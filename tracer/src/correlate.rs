@@ -135,6 +135,17 @@ impl Attempt {
         }
     }
 
+    /// The kernel's reason behind `outcome` for this attempt, when it gave one.
+    pub fn reason_for(&self, outcome: Outcome) -> Option<Reason> {
+        match outcome {
+            Outcome::FirewallDrop => self.filter_drop,
+            Outcome::OverloadDrop => self.overload_drop,
+            Outcome::OtherDrop => self.other_drop,
+            Outcome::OriginReset => self.origin_reset_reason,
+            _ => None,
+        }
+    }
+
     /// The outcome, most decisive fact first. A firewall's verdict beats the stack's: a REJECT
     /// looks like a refusal to the edge but is the firewall's.
     pub fn outcome(&self) -> Outcome {

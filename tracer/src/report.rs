@@ -213,19 +213,19 @@ impl Report {
                 WIDTH,
             );
         }
-        let listeners: Vec<String> = self.listeners.iter().map(listener_text).collect();
-        s += &wrap(
-            &format!(
-                "Listeners: {}",
-                if listeners.is_empty() {
-                    "none".to_string()
-                } else {
-                    listeners.join(", ")
-                }
-            ),
-            "",
-            "  ",
-            WIDTH,
+        // "Label: a, b, c" wrapped, or "Label: none".
+        let list = |label: &str, items: Vec<String>, none: &str| {
+            let items = if items.is_empty() {
+                none.to_string()
+            } else {
+                items.join(", ")
+            };
+            wrap(&format!("{label}: {items}"), "", "  ", WIDTH)
+        };
+        s += &list(
+            "Listeners",
+            self.listeners.iter().map(listener_text).collect(),
+            "none",
         );
         for c in &self.tls {
             s += &wrap(&c.line(), "TLS ", "      ", WIDTH);
@@ -236,19 +236,7 @@ impl Report {
             .filter(|(_, v)| **v > 0)
             .map(|(k, v)| format!("{k} +{v}"))
             .collect();
-        s += &wrap(
-            &format!(
-                "Kernel counters over the window: {}",
-                if counters.is_empty() {
-                    "no change".to_string()
-                } else {
-                    counters.join(", ")
-                }
-            ),
-            "",
-            "  ",
-            WIDTH,
-        );
+        s += &list("Kernel counters over the window", counters, "no change");
         if self.lost_events > 0 {
             let _ = writeln!(
                 s,
