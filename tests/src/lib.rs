@@ -401,14 +401,20 @@ impl Tracer {
             stderr,
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // 30 s on a real kernel; the VM guests (emulated CPUs, two VMs on two cores) set
+        // TRACER_READY_SECS higher: loading and verifying the programs is slow there.
+        let limit = std::env::var("TRACER_READY_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30u64);
+        let deadline = Instant::now() + Duration::from_secs(limit);
         while !ready.exists() {
             if let Ok(Some(status)) = tracer.child.try_wait() {
                 panic!("tracer exited early ({status}): {}", tracer.stderr_text());
             }
             assert!(
                 Instant::now() < deadline,
-                "tracer not ready after 30 s: {}",
+                "tracer not ready after {limit} s: {}",
                 tracer.stderr_text()
             );
             std::thread::sleep(Duration::from_millis(20));

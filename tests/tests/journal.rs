@@ -329,3 +329,40 @@ fn diagnose_since_answers_from_the_agent() {
     assert!(text.contains("listener_down"), "{text}");
     tracer.stop();
 }
+
+/// The container behind a published port stops (its namespace and veth go away) after
+/// healthy connections: the failure that follows is tied to the veth's deletion.
+#[test]
+fn a_container_stopping_is_named() {
+    let lab = Lab::new();
+    lab.wire_container();
+    lab.docker_publish(443, 80);
+    let server = Server::start(lab.container.listen("0.0.0.0", 80, 64), ServerMode::Close);
+    let tracer = diagnose(&lab, "443");
+    healthy(&lab, 443);
+    drop(server);
+    let stopped = SystemTime::now();
+    integration_tests::sh(&format!("ip netns del {}", lab.container.name));
+    std::thread::sleep(Duration::from_millis(300));
+    failing(&lab, 443);
+    let r = report(tracer);
+    let since = &r["since"];
+    assert!(
+        since.is_object(),
+        "a failure after the healthy stretch: {r:#}"
+    );
+    let change = since["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["what"] == "link")
+        .unwrap_or_else(|| panic!("{since:#}"));
+    assert!(
+        change["detail"]
+            .as_str()
+            .unwrap()
+            .contains("was deleted: a container or network namespace on this host went away"),
+        "{since:#}"
+    );
+    within_a_second(parse_ts(&change["ts"]), stopped, "the veth's deletion");
+}

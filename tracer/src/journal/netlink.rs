@@ -160,6 +160,8 @@ pub enum RtChange {
     Link {
         index: u32,
         name: String,
+        /// IFLA_INFO_KIND: "veth", "bridge", ... (empty for a physical NIC).
+        kind: String,
         up: bool,
         /// The up/running flags changed (not just statistics).
         flags_changed: bool,
@@ -196,14 +198,23 @@ pub fn decode_route(kind: u16, p: &[u8]) -> Option<RtChange> {
             let index = u32::from_ne_bytes(p[4..8].try_into().ok()?);
             let flags = u32::from_ne_bytes(p[8..12].try_into().ok()?);
             let change = u32::from_ne_bytes(p[12..16].try_into().ok()?);
-            let name = attrs(p, 16)
-                .into_iter()
+            let a = attrs(p, 16);
+            let name = a
+                .iter()
                 .find(|(t, _)| *t == libc::IFLA_IFNAME)
+                .map(|(_, v)| string(v))
+                .unwrap_or_default();
+            // IFLA_LINKINFO (18) nests IFLA_INFO_KIND (1).
+            let link_kind = a
+                .iter()
+                .find(|(t, _)| *t == 18)
+                .and_then(|(_, v)| attrs(v, 0).into_iter().find(|(t, _)| *t == 1))
                 .map(|(_, v)| string(v))
                 .unwrap_or_default();
             Some(RtChange::Link {
                 index,
                 name,
+                kind: link_kind,
                 up: flags & (libc::IFF_UP as u32) != 0,
                 flags_changed: change & (libc::IFF_UP | libc::IFF_RUNNING) as u32 != 0,
                 removed: kind == RTM_DELLINK,
@@ -385,6 +396,28 @@ mod tests {
                 removed: false
             }
         );
+    }
+
+    #[test]
+    fn a_deleted_veth_says_its_kind() {
+        let mut p = vec![0u8; 16];
+        p[4..8].copy_from_slice(&9u32.to_ne_bytes());
+        p.extend(attr(libc::IFLA_IFNAME, b"veth1a2b\0"));
+        p.extend(attr(18, &attr(1, b"veth\0")));
+        match decode_route(RTM_DELLINK, &p) {
+            Some(RtChange::Link {
+                name,
+                kind,
+                removed,
+                ..
+            }) => {
+                assert_eq!(
+                    (name.as_str(), kind.as_str(), removed),
+                    ("veth1a2b", "veth", true)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -38,11 +38,12 @@ impl Watcher {
     pub fn start(iface: &str, ports: &[u16], ranges: &RangeSet) -> Watcher {
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let mut state = State::new(iface, ports, ranges);
         let flag = stop.clone();
+        let (iface, ports, ranges) = (iface.to_string(), ports.to_vec(), ranges.clone());
+        // The baseline is read on the thread: the tracer's start does not wait for it.
         let thread = std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || state.run(&tx, &flag))
+            .spawn(move || State::new(&iface, &ports, &ranges).run(&tx, &flag))
             .ok();
         Watcher { rx, stop, thread }
     }
@@ -212,8 +213,8 @@ impl State {
                     revents: 0,
                 })
                 .collect();
-            // SAFETY: poll over our own fds for at most 100 ms.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+            // SAFETY: poll over our own fds for at most one listener-sampling step.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 250) };
             if let Some(s) = &route {
                 let mut changes = Vec::new();
                 s.drain(&mut buf, |kind, p| {
@@ -344,12 +345,20 @@ impl State {
             RtChange::Link {
                 index,
                 name,
+                kind,
                 up,
                 flags_changed,
                 removed,
             } => {
                 if name != self.iface && Some(index) != watched {
-                    return None;
+                    // A veth going away is a container (or namespace) stopping: the backend
+                    // of a published port may be behind it.
+                    return (kind == "veth" && removed).then(|| {
+                        Change::new(
+                            What::Link,
+                            format!("veth {name} was deleted: a container or network namespace on this host went away"),
+                        )
+                    });
                 }
                 if removed {
                     return Some(Change::new(

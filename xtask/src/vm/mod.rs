@@ -104,7 +104,7 @@ fn one(
              ip link set lo up\n\
              uname -r > /results/uname\n\
              cd {root}\n\
-             TRACER_BIN=/results/bin/tracer /results/bin/xtask vm-guest --out /results/lab.json{filters} > /results/guest.log 2>&1\n\
+             TRACER_READY_SECS=120 TRACER_BIN=/results/bin/tracer /results/bin/xtask vm-guest --out /results/lab.json{filters} > /results/guest.log 2>&1\n\
              echo $? > /results/exit\n\
              sync; echo o > /proc/sysrq-trigger\n",
             root = crate::workspace_root().display(),
