@@ -52,21 +52,7 @@ fn failing(lab: &Lab, port: u16) -> SystemTime {
 }
 
 fn diagnose(lab: &Lab, port: &str) -> Tracer {
-    Tracer::start_env(
-        &lab.origin,
-        &[
-            "diagnose",
-            "--iface",
-            ORIGIN_IF,
-            "--port",
-            port,
-            "--duration",
-            "5",
-            "--format",
-            "json",
-        ],
-        &[],
-    )
+    Tracer::diagnose_with(&lab.origin, port, "5", &[], &[])
 }
 
 fn report(tracer: Tracer) -> Value {
@@ -172,21 +158,7 @@ fn the_route_toward_the_edge_moving_is_named() {
 fn no_failure_no_since() {
     let lab = Lab::new();
     let _server = Server::start(lab.origin.listen("0.0.0.0", 443, 64), ServerMode::Close);
-    let tracer = Tracer::start_env(
-        &lab.origin,
-        &[
-            "diagnose",
-            "--iface",
-            ORIGIN_IF,
-            "--port",
-            "443",
-            "--duration",
-            "1",
-            "--format",
-            "json",
-        ],
-        &[],
-    );
+    let tracer = Tracer::diagnose_with(&lab.origin, "443", "1", &[], &[]);
     healthy(&lab, 443);
     let r = report(tracer);
     assert_eq!(r["verdict"], "healthy");

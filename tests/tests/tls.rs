@@ -185,21 +185,9 @@ impl Drop for TlsServer {
 
 /// diagnose --hostname on port 443 for a second: the report.
 fn diagnose(lab: &Lab, extra: &[&str]) -> Value {
-    let mut args = vec![
-        "diagnose",
-        "--iface",
-        ORIGIN_IF,
-        "--port",
-        "443",
-        "--duration",
-        "1",
-        "--format",
-        "json",
-        "--hostname",
-        HOST,
-    ];
+    let mut args = vec!["--hostname", HOST];
     args.extend_from_slice(extra);
-    let tracer = Tracer::start_env(&lab.origin, &args, &[]);
+    let tracer = Tracer::diagnose_with(&lab.origin, "443", "1", &args, &[]);
     let stderr = tracer.stderr_text();
     let (code, out) = tracer.wait(Duration::from_secs(30));
     assert_eq!(code, 0, "{stderr}");
@@ -437,21 +425,7 @@ fn quick_closes_on_a_tls_port_suggest_the_check() {
     };
     let lab = Lab::new();
     let _server = Server::start(lab.origin.listen("0.0.0.0", 443, 16), ServerMode::Close);
-    let tracer = Tracer::start_env(
-        &lab.origin,
-        &[
-            "diagnose",
-            "--iface",
-            ORIGIN_IF,
-            "--port",
-            "443",
-            "--duration",
-            "2",
-            "--format",
-            "json",
-        ],
-        &[],
-    );
+    let tracer = Tracer::diagnose_with(&lab.origin, "443", "2", &[], &[]);
     for _ in 0..4 {
         if let Ok(mut c) = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT) {
             use std::io::Read as _;

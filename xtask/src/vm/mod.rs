@@ -90,6 +90,14 @@ fn one(
         crate::workspace_root().join("target/debug/tracer"),
         bin.join("tracer"),
     )?;
+    // Without their debug info (most of a debug build's 150 MB): the guest reads them over
+    // 9p once, into its memory (see run.sh), and every scenario starts the tracer afresh.
+    for b in ["tracer", "xtask"] {
+        let _ = std::process::Command::new("strip")
+            .arg("--strip-debug")
+            .arg(bin.join(b))
+            .status();
+    }
     let filters: String = scenarios
         .iter()
         .map(|s| format!(" --scenario '{}'", s.replace('\'', "")))
@@ -104,7 +112,8 @@ fn one(
              ip link set lo up\n\
              uname -r > /results/uname\n\
              cd {root}\n\
-             TRACER_READY_SECS=120 TRACER_BIN=/results/bin/tracer /results/bin/xtask vm-guest --out /results/lab.json{filters} > /results/guest.log 2>&1\n\
+             mkdir -p /run/bin && cp /results/bin/tracer /results/bin/xtask /run/bin/\n\
+             TRACER_READY_SECS=120 TRACER_BIN=/run/bin/tracer /run/bin/xtask vm-guest --out /results/lab.json{filters} > /results/guest.log 2>&1\n\
              echo $? > /results/exit\n\
              sync; echo o > /proc/sysrq-trigger\n",
             root = crate::workspace_root().display(),
