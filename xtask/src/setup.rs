@@ -39,6 +39,10 @@ const PACKAGES: &[&str] = &[
     // cargo xtask dist: the static binary (ring's C code) and the .rpm.
     "musl-tools",
     "rpm",
+    // The TLS tests make certificates and serve them (openssl s_server); the package tests
+    // verify the installed unit (systemd-analyze).
+    "openssl",
+    "systemd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
