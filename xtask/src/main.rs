@@ -156,17 +156,54 @@ fn took(started: std::time::Instant) {
     eprintln!("  (took {:.1} s)", started.elapsed().as_secs_f64());
 }
 
+/// A test suite silent this long is hung: it is killed, so CI fails with the test's name
+/// instead of running out of time.
+const SILENT_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 fn run_tests(cmd: &mut Command, totals: &mut (u64, u64)) -> Result<()> {
     use std::io::{BufRead as _, BufReader};
+    use std::os::unix::process::CommandExt as _;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
     eprintln!("+ {}", show(cmd));
     let started = std::time::Instant::now();
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
+        .process_group(0)
         .spawn()
         .with_context(|| format!("cannot run {}", cmd.get_program().to_string_lossy()))?;
     let stdout = child.stdout.take().expect("piped");
+    // Seconds since `started` at the last line; a watchdog kills the whole process group
+    // (cargo, the test binary, the tracers it started) after SILENT_LIMIT without one. It
+    // starts with the first line: compiling (on stderr) before it may take long.
+    let last_line = Arc::new(AtomicU64::new(u64::MAX));
+    let done = Arc::new(AtomicBool::new(false));
+    let group = child.id() as i32;
+    let watchdog = {
+        let (last_line, done) = (last_line.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let last = last_line.load(Ordering::Relaxed);
+                if last == u64::MAX {
+                    continue;
+                }
+                let silent = started.elapsed().as_secs().saturating_sub(last);
+                if silent >= SILENT_LIMIT.as_secs() {
+                    eprintln!(
+                        "xtask: no test output for {silent} s: the test after the last one \
+                         listed hangs; killing it"
+                    );
+                    // SAFETY: kill(2) of the process group this function started.
+                    unsafe { libc::kill(-group, libc::SIGKILL) };
+                    return;
+                }
+            }
+        })
+    };
     for line in BufReader::new(stdout).lines() {
         let line = line?;
+        last_line.store(started.elapsed().as_secs(), Ordering::Relaxed);
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
             let num = |word: &str| {
@@ -187,6 +224,8 @@ fn run_tests(cmd: &mut Command, totals: &mut (u64, u64)) -> Result<()> {
         }
     }
     let status = child.wait()?;
+    done.store(true, Ordering::Relaxed);
+    let _ = watchdog.join();
     took(started);
     if !status.success() {
         println!("tests: {} passed, {} failed", totals.0, totals.1.max(1));

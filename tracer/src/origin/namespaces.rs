@@ -78,9 +78,7 @@ impl Namespace {
                 continue;
             };
             tried.push(inode);
-            let local = in_namespace(&path, move || {
-                std::net::TcpListener::bind(std::net::SocketAddr::new(addr, 0)).is_ok()
-            });
+            let local = in_namespace(&path, move || binds_only_its_own(addr));
             if local == Ok(true) {
                 return Namespace::find(inode);
             }
@@ -116,6 +114,19 @@ impl Namespace {
             _ => format!("namespace netns:[{}]", self.inode),
         }
     }
+}
+
+/// True when this namespace can bind `addr` and could not bind just any address: with
+/// `ip_nonlocal_bind=1` (keepalived and HAProxy hosts) or no local routes at all (a bare
+/// namespace), every bind succeeds and proves nothing. The canaries are addresses no origin
+/// holds (benchmarking and discard-only prefixes).
+fn binds_only_its_own(addr: IpAddr) -> bool {
+    let binds = |a: IpAddr| std::net::TcpListener::bind(std::net::SocketAddr::new(a, 0)).is_ok();
+    let canary: IpAddr = match addr {
+        IpAddr::V4(_) => std::net::Ipv4Addr::new(198, 19, 255, 254).into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0xfe).into(),
+    };
+    binds(addr) && !binds(canary)
 }
 
 /// Every process: (pid, its /proc directory).
