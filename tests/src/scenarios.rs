@@ -444,10 +444,12 @@ pub fn all() -> Vec<Scenario> {
                 tools::ufw(
                     &lab.origin,
                     &dir,
+                    // Rules first, then one enable: each command while enabled reloads every
+                    // chain (a minute each in the emulated kernel-matrix guests).
                     &[
-                        "--force enable",
                         "default deny incoming",
                         "allow from 192.0.2.0/24 to any port 443 proto tcp",
+                        "--force enable",
                     ],
                 );
                 let mut keep = server(lab, "0.0.0.0", 443, ServerMode::Close);
