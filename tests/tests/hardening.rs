@@ -39,13 +39,26 @@ fn one_line_error((code, _, err): (i32, String, String), what: &str) {
 
 const GOOD: &str = r#"{"result":{"ipv4_cidrs":["173.245.48.0/20"],"ipv6_cidrs":["2400:cb00::/32"],"etag":"x"},"success":true}"#;
 
-/// Answers one HTTP request on loopback with `body`: (URL, the server's thread).
+/// Answers one HTTP request on loopback with `body`: (URL, the server's thread). The thread
+/// gives up after 30 s, so a tracer that never asks fails the test instead of hanging it.
 fn serve_once(body: &'static str) -> (String, std::thread::JoinHandle<()>) {
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    server.set_nonblocking(true).unwrap();
     let url = format!("http://{}/ips", server.local_addr().unwrap());
     let t = std::thread::spawn(move || {
         use std::io::{Read as _, Write as _};
-        if let Ok((mut c, _)) = server.accept() {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let accepted = loop {
+            match server.accept() {
+                Ok((c, _)) => break Some(c),
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Err(_) => break None,
+            }
+        };
+        if let Some(mut c) = accepted {
+            c.set_nonblocking(false).unwrap();
             let mut buf = [0u8; 2048];
             let _ = c.read(&mut buf);
             let _ = c.write_all(
