@@ -338,3 +338,70 @@ fn a_container_stopping_is_named() {
     );
     within_a_second(parse_ts(&change["ts"]), stopped, "the veth's deletion");
 }
+
+/// A listener opening and closing in another namespace (a container's) on a watched port is
+/// journaled from the kernel's LISTEN transitions — nothing samples that namespace — with the
+/// process that did it.
+#[test]
+fn a_listener_in_another_namespace_is_journaled_with_its_process() {
+    let lab = Lab::new();
+    let tmp = TempDir::new("journal-listen");
+    let log = tmp.path("log");
+    let tracer = Tracer::start_env(
+        &lab.origin,
+        &[
+            "agent",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            "8080",
+            "--window",
+            "2",
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let opened = SystemTime::now();
+    let listener = lab.container.listen("0.0.0.0", 8080, 16);
+    std::thread::sleep(Duration::from_millis(800));
+    let closed = SystemTime::now();
+    drop(listener);
+    let mut text = String::new();
+    assert!(
+        integration_tests::eventually(Duration::from_secs(8), || {
+            text = lab
+                .origin
+                .http_get("127.0.0.1:9521", "/metrics")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            metric(&text, "tracer_changes_total{what=\"listener_down\"}") == Some(1.0)
+        }),
+        "{text}"
+    );
+    tracer.stop();
+    let changes: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["kind"] == "change")
+        .collect();
+    let pid = format!("(pid {})", std::process::id());
+    for (what, verb, truth) in [
+        ("listener_up", "started", opened),
+        ("listener_down", "stopped", closed),
+    ] {
+        let c = changes
+            .iter()
+            .find(|c| c["what"] == what)
+            .unwrap_or_else(|| panic!("no {what} in {changes:#?}"));
+        let detail = c["detail"].as_str().unwrap();
+        assert!(detail.contains(&pid), "{detail}");
+        assert!(detail.contains(" in namespace netns:["), "{detail}");
+        assert!(
+            detail.contains(&format!("{verb} listening on 0.0.0.0:8080")),
+            "{detail}"
+        );
+        within_a_second(parse_ts(&c["ts"]), truth, what);
+    }
+}

@@ -24,6 +24,10 @@ pub enum EventKind {
     Closed = 6,
     /// The origin retransmitted a SYN-ACK (`tcp:tcp_retransmit_synack`).
     SynackRetransmit = 7,
+    /// A socket on a watched port started or stopped listening (`sock:inet_sock_set_state`
+    /// to or from LISTEN), in any namespace: `state` is `old << 8 | new`, `aux` the current
+    /// task's `pid_tgid`, `peer_addr` its comm (NUL-padded); the local side is the listener's.
+    Listen = 8,
 }
 
 impl EventKind {
@@ -36,6 +40,7 @@ impl EventKind {
             5 => Self::Established,
             6 => Self::Closed,
             7 => Self::SynackRetransmit,
+            8 => Self::Listen,
             _ => return None,
         })
     }

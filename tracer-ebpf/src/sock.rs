@@ -4,7 +4,10 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, generated::bpf_skc_to_tcp_sock},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::bpf_skc_to_tcp_sock,
+    },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -194,8 +197,57 @@ pub fn btf_set_state(ctx: BtfTracePointContext) -> u32 {
 fn try_btf_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
+    if old == TCP_LISTEN || new == TCP_LISTEN {
+        return emit_listen_event(ctx.arg(0), old, new);
+    }
     let kind = state_change_kind(old, new)?;
     emit_sock_event(ctx.arg(0), kind, ((old as u32) << 8) | new as u32)
+}
+
+/// A listener on a watched port opened or closed, in any namespace (rare: no peer filter),
+/// with the task doing it — the change journal's listener changes, to the moment.
+#[inline(always)]
+fn emit_listen_event(sk: *mut c_void, old: i32, new: i32) -> Option<()> {
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk) }.cast::<u8>().cast_const();
+    if tp.is_null() {
+        return None;
+    }
+    let o = config!(sock);
+    let mut ev = empty_event(EventKind::Listen as u16);
+    ev.local_port = u16::from_be(unsafe { load::<u16>(tp, o.sport) });
+    if !port_watched(ev.local_port) {
+        return None;
+    }
+    match unsafe { load::<u16>(tp, o.family) } {
+        AF_INET => {
+            ev.family = 4;
+            let a: u32 = unsafe { load(tp, o.rcv_saddr) };
+            ev.local_addr[..4].copy_from_slice(&a.to_ne_bytes());
+        }
+        AF_INET6 => {
+            ev.family = 6;
+            ev.local_addr = unsafe { load(tp, o.v6_rcv_saddr) };
+        }
+        _ => return None,
+    }
+    ev.netns = if netns_filter() {
+        net_inum(unsafe { load::<*const u8>(tp, config!(kernel.sk_net)) }).unwrap_or(0)
+    } else {
+        config!(netns_inum)
+    };
+    listen_event_tail(ev, old, new)
+}
+
+/// The task and the states, then send: shared by both tracepoint flavours.
+#[inline(always)]
+fn listen_event_tail(mut ev: Event, old: i32, new: i32) -> Option<()> {
+    ev.state = ((old as u32) << 8) | new as u32;
+    ev.aux = bpf_get_current_pid_tgid();
+    if let Ok(comm) = bpf_get_current_comm() {
+        ev.peer_addr = comm;
+    }
+    emit(ev);
+    Some(())
 }
 
 /// Sends `kind` for a socket given as a BTF-typed pointer: watched port, wanted peer, our
@@ -286,11 +338,28 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     let l = config!(set_state);
     let old: i32 = field(ctx, l.oldstate)?;
     let new: i32 = field(ctx, l.newstate)?;
-    let kind = state_change_kind(old, new)?;
+    let listen = old == TCP_LISTEN || new == TCP_LISTEN;
+    let kind = if listen {
+        EventKind::Listen
+    } else {
+        state_change_kind(old, new)?
+    };
     if field::<u16>(ctx, l.protocol).unwrap_or(IPPROTO_TCP) != IPPROTO_TCP {
         return None;
     }
     let sk: u64 = field(ctx, l.skaddr)?;
+    if listen {
+        let mut ev = empty_event(kind as u16);
+        read_split(ctx, &l, &mut ev)?;
+        unmap_v4(&mut ev);
+        if !port_watched(ev.local_port) {
+            return None;
+        }
+        ev.peer_addr = [0; 16];
+        ev.peer_port = 0;
+        ev.netns = netns_of(sk, 0).inum;
+        return listen_event_tail(ev, old, new);
+    }
     let mut ev = empty_event(kind as u16);
     read_split(ctx, &l, &mut ev)?;
     ev.state = ((old as u32) << 8) | new as u32;

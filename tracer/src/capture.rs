@@ -17,7 +17,7 @@ use tracer_common::{counter, Event as RawEvent, SynRecord};
 
 use crate::{
     clock::{Clock, JiffiesClock},
-    event::{decode, decode_syn, Record},
+    event::{decode_record, decode_syn, Record},
     kernel::{synlog::SynLog, Probe},
 };
 
@@ -145,12 +145,12 @@ impl Capture {
         let (clock, jiffies, reasons) = (self.clock, self.jiffies, &self.probe.reasons);
         let netns = self.probe.netns;
         merge_by_ring_pos(&self.ring_batch, &held[..ready], |item| {
-            let ev = match item {
-                Merged::Ring(raw) => decode(raw, &clock, reasons),
-                Merged::Syn(r) => decode_syn(r, &clock, &jiffies, netns),
+            let record = match item {
+                Merged::Ring(raw) => decode_record(raw, &clock, reasons),
+                Merged::Syn(r) => decode_syn(r, &clock, &jiffies, netns).map(Record::Event),
             };
-            if let Some(ev) = ev {
-                each(Record::Event(ev));
+            if let Some(record) = record {
+                each(record);
             }
         });
         self.ring_batch.clear();

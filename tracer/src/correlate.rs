@@ -482,6 +482,7 @@ impl Correlator {
     pub fn observe_record(&mut self, record: &Record) -> Option<Attempt> {
         match record {
             Record::Event(ev) => self.observe(ev),
+            Record::Listener(_) => None,
             Record::Loss { count, .. } => {
                 self.lost_events += count;
                 // Any open attempt's answer may be among the lost events.

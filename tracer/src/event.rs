@@ -60,8 +60,9 @@ impl Kind {
         }
     }
 
-    fn of_kernel(kind: EventKind) -> Self {
-        match kind {
+    /// `None` for a kernel kind that is not a connection's event (listeners: [`ListenerEvent`]).
+    fn of_kernel(kind: EventKind) -> Option<Self> {
+        Some(match kind {
             EventKind::Syn => Self::Syn,
             EventKind::Drop => Self::Drop,
             EventKind::ResetSent => Self::ResetSent,
@@ -69,7 +70,8 @@ impl Kind {
             EventKind::Established => Self::Established,
             EventKind::Closed => Self::Closed,
             EventKind::SynackRetransmit => Self::SynackRetransmit,
-        }
+            EventKind::Listen => return None,
+        })
     }
 }
 
@@ -254,10 +256,49 @@ pub fn sample(kind: Kind, peer_port: u16, ms: u64) -> Event {
     }
 }
 
+/// A socket on a watched port started (`up`) or stopped listening, in any namespace, and the
+/// task that did it (for a crash, the dying process). The change journal's listener changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerEvent {
+    pub ts: SystemTime,
+    pub up: bool,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub netns: u32,
+    pub pid: u32,
+    comm: [u8; 16],
+}
+
+impl ListenerEvent {
+    /// The task's command name.
+    pub fn comm(&self) -> String {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.comm[..end]).into_owned()
+    }
+
+    #[cfg(test)]
+    pub fn sample(up: bool, addr: IpAddr, port: u16, netns: u32, pid: u32, comm: &str) -> Self {
+        let mut c = [0u8; 16];
+        let n = comm.len().min(15);
+        c[..n].copy_from_slice(&comm.as_bytes()[..n]);
+        Self {
+            ts: SystemTime::now(),
+            up,
+            addr,
+            port,
+            netns,
+            pid,
+            comm: c,
+        }
+    }
+}
+
 /// What the capture hands out: events, and the kernel's word that it lost some.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Record {
     Event(Event),
+    /// A listener on a watched port opened or closed.
+    Listener(ListenerEvent),
     /// Events the kernel could not queue since the previous loss record.
     Loss {
         ts: SystemTime,
@@ -275,9 +316,32 @@ fn addr(family: u16, bytes: &[u8; 16]) -> Option<IpAddr> {
     }
 }
 
-/// Decodes a ring event; `None` for a kind or family this build does not know.
+/// Decodes a ring record: a connection's event or a listener's change; `None` for a kind or
+/// family this build does not know.
+pub fn decode_record(
+    raw: &tracer_common::Event,
+    clock: &Clock,
+    reasons: &ReasonTable,
+) -> Option<Record> {
+    if EventKind::from_u32(u32::from(raw.kind))? != EventKind::Listen {
+        return decode(raw, clock, reasons).map(Record::Event);
+    }
+    const TCP_LISTEN: u32 = 10;
+    Some(Record::Listener(ListenerEvent {
+        ts: clock.wall(raw.ts_ns),
+        up: raw.state & 0xff == TCP_LISTEN,
+        addr: addr(raw.family, &raw.local_addr)?,
+        port: raw.local_port,
+        netns: raw.netns,
+        // pid_tgid: the process (thread group) id is the high half.
+        pid: (raw.aux >> 32) as u32,
+        comm: raw.peer_addr,
+    }))
+}
+
+/// Decodes a ring event of a connection; `None` for a kind or family this build does not know.
 pub fn decode(raw: &tracer_common::Event, clock: &Clock, reasons: &ReasonTable) -> Option<Event> {
-    let kind = Kind::of_kernel(EventKind::from_u32(u32::from(raw.kind))?);
+    let kind = Kind::of_kernel(EventKind::from_u32(u32::from(raw.kind))?)?;
     let has = |f: u32| raw.flags & f != 0;
     let reason = match (has(EVENT_F_HAS_REASON), kind) {
         (true, Kind::Drop) => Some(reasons.drop_reason(raw.reason)),
@@ -379,6 +443,34 @@ mod tests {
 
     fn table() -> ReasonTable {
         ReasonTable::for_tests(&[(3, "NO_SOCKET"), (12, "NETFILTER_DROP")], &[])
+    }
+
+    #[test]
+    fn a_listen_transition_decodes_to_a_listener_change() {
+        let mut r = raw(EventKind::Listen);
+        r.peer_addr = [0; 16];
+        r.peer_addr[..5].copy_from_slice(b"nginx");
+        r.local_addr = [0; 16];
+        r.aux = (812u64 << 32) | 815;
+        // LISTEN -> CLOSE: stopped listening.
+        r.state = (10 << 8) | 7;
+        let Some(Record::Listener(l)) = decode_record(&r, &Clock::now(), &table()) else {
+            panic!("not a listener change");
+        };
+        assert!(!l.up);
+        assert_eq!((l.pid, l.comm().as_str(), l.port), (812, "nginx", 443));
+        assert_eq!(l.addr, "0.0.0.0".parse::<IpAddr>().unwrap());
+        // CLOSE -> LISTEN: started.
+        r.state = (7 << 8) | 10;
+        assert!(matches!(
+            decode_record(&r, &Clock::now(), &table()),
+            Some(Record::Listener(ListenerEvent { up: true, .. }))
+        ));
+        // A connection's event still decodes as one.
+        assert!(matches!(
+            decode_record(&raw(EventKind::Established), &Clock::now(), &table()),
+            Some(Record::Event(_))
+        ));
     }
 
     #[test]

@@ -243,11 +243,12 @@ pub fn tcp_transition_name(old: TcpState, new: TcpState) -> Name {
 }
 
 impl EventRecord {
-    /// The view of a captured record.
-    pub fn of(record: &Record, reasons: &ReasonTable) -> Self {
+    /// The view of a captured record; listeners' changes are the journal's, not events.
+    pub fn of(record: &Record, reasons: &ReasonTable) -> Option<Self> {
         match record {
-            Record::Event(ev) => Self::of_event(ev, reasons),
-            Record::Loss { ts, count } => Self::loss(*ts, *count),
+            Record::Event(ev) => Some(Self::of_event(ev, reasons)),
+            Record::Loss { ts, count } => Some(Self::loss(*ts, *count)),
+            Record::Listener(_) => None,
         }
     }
 
@@ -375,11 +376,25 @@ mod tests {
                 count: 5,
             },
             &table(),
-        );
+        )
+        .unwrap();
         let json: serde_json::Value = serde_json::from_str(&l.to_json()).unwrap();
         assert_eq!(json["kind"], "loss");
         assert_eq!(json["count"], 5);
         assert!(json["peer_addr"].is_null());
+    }
+
+    #[test]
+    fn listener_changes_are_not_events() {
+        let ev = crate::event::ListenerEvent::sample(
+            false,
+            "0.0.0.0".parse().unwrap(),
+            443,
+            1,
+            2,
+            "nginx",
+        );
+        assert!(EventRecord::of(&Record::Listener(ev), &table()).is_none());
     }
 
     #[test]

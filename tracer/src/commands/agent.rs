@@ -60,6 +60,8 @@ fn peer_group(ranges: &RangeSet, peer: IpAddr) -> String {
 /// losses (failed attempts are logged once each, as `attempt` lines, when they are over).
 fn wanted(record: &Record, level: LogEvents) -> bool {
     match (level, record) {
+        // A listener's change is logged as the journal's `change` line.
+        (_, Record::Listener(_)) => false,
         (LogEvents::All, _) => true,
         (LogEvents::None, _) => false,
         (LogEvents::Failures, Record::Loss { .. }) => true,
@@ -159,6 +161,10 @@ struct Agent {
 impl Sink for Agent {
     /// One event at a time, straight from the kernel's buffers: this runs for every one.
     fn record(&mut self, record: Record) {
+        if let Record::Listener(l) = record {
+            self.watcher.listener(l);
+            return;
+        }
         match &record {
             Record::Event(ev) if ev.kind == Kind::Syn && ev.edge => {
                 self.metrics.edge_syn(ev.flow.local_port);
@@ -168,7 +174,11 @@ impl Sink for Agent {
         }
         if wanted(&record, self.args.log_events) {
             let reasons = &self.reasons;
-            let text = || EventRecord::of(&record, reasons).to_json();
+            let text = || {
+                EventRecord::of(&record, reasons)
+                    .map(|v| v.to_json())
+                    .unwrap_or_default()
+            };
             match &record {
                 Record::Event(ev) => {
                     let key = LimitKey {
@@ -177,7 +187,7 @@ impl Sink for Agent {
                     };
                     self.sink.event(key, Instant::now(), text);
                 }
-                Record::Loss { .. } => self.sink.line(&text()),
+                Record::Loss { .. } | Record::Listener(_) => self.sink.line(&text()),
             }
         }
         self.correlator.observe_record(&record);
@@ -574,7 +584,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         }
     });
     // Watching for changes from before the tracer says it is ready.
-    let watcher = Watcher::start(&iface, &ports, &ranges);
+    let watcher = Watcher::start(&iface, &ports, &ranges, netns);
     let signals = crate::capture::Shutdown::listen();
     write_ready_file(args.capture.ready_file.as_deref())?;
     tracing::info!(interface = %iface, metrics = %args.metrics_addr, "agent running");

@@ -41,6 +41,8 @@ struct Window {
     /// What happened to the interface during the window, for the report.
     notes: Vec<String>,
     iface: String,
+    /// The change journal's watcher: the kernel's listener events go to it.
+    watcher: Option<crate::journal::watch::Watcher>,
 }
 
 /// The progress line's pace: redrawn at most 4 times a second, however often the capture
@@ -94,6 +96,12 @@ impl Window {
 
 impl Sink for Window {
     fn record(&mut self, record: Record) {
+        if let Record::Listener(l) = record {
+            if let Some(w) = &self.watcher {
+                w.listener(l);
+            }
+            return;
+        }
         if let Some(done) = self.correlator.observe_record(&record) {
             self.tally.add(&done);
         }
@@ -197,7 +205,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
     }
     let mut capture = Capture::new(probe)?;
     // What changes on the host during the window, for when a failure began.
-    let watcher = crate::journal::watch::Watcher::start(&iface, &ports, &ranges);
+    let watcher = crate::journal::watch::Watcher::start(&iface, &ports, &ranges, netns);
     let packets_at_start = netinfo::rx_packets(&iface);
     let refused_at_start = capture.edge_syns_refused();
     let sampler = OriginSampler::start();
@@ -221,6 +229,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         elapsed: None,
         notes: Vec::new(),
         iface: iface.clone(),
+        watcher: Some(watcher),
     };
     session::run(&mut capture, &mut w, signals).await?;
 
@@ -248,7 +257,8 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         tls_checked: tls.is_some(),
     };
     let mut report = window::report(&w.tally, &mut w.sampler, &ctx);
-    let changes = watcher.drain();
+    let watcher = w.watcher.take();
+    let changes = watcher.as_ref().map(|w| w.drain()).unwrap_or_default();
     drop(watcher);
     report.since =
         crate::journal::since::of_window(report.verdict, &w.tally.timeline, changes.iter());

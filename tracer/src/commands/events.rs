@@ -33,7 +33,9 @@ impl Sink for Printer {
         if self.closed {
             return;
         }
-        let view = EventRecord::of(&record, &self.reasons);
+        let Some(view) = EventRecord::of(&record, &self.reasons) else {
+            return;
+        };
         let line = match self.format {
             Format::Json => view.to_json(),
             Format::Text => view.to_text(),

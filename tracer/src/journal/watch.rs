@@ -1,6 +1,7 @@
 //! Watches the host for the changes the journal records, on a thread of its own: the kernel's
 //! notifications (rtnetlink, the nftables monitor) as they come, the listeners on the watched
-//! ports every 250 ms (a change is dated within that), and the sysctls every second.
+//! ports every 250 ms — dated and named by the kernel's LISTEN transitions the capture hands
+//! over ([`super::listeners`]) — and the sysctls every second.
 
 use std::{
     collections::BTreeMap,
@@ -14,10 +15,12 @@ use std::{
 };
 
 use super::{
+    listeners::KernelListeners,
     netlink::{self, NftChange, RtChange},
     Change, What,
 };
 use crate::{
+    event::ListenerEvent,
     origin::{listeners, namespaces},
     ranges::RangeSet,
 };
@@ -30,27 +33,44 @@ const BATCH_WAIT: Duration = Duration::from_millis(500);
 /// The watcher's thread; stopped when dropped.
 pub struct Watcher {
     rx: mpsc::Receiver<Change>,
+    listeners_tx: mpsc::Sender<ListenerEvent>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Watcher {
-    pub fn start(iface: &str, ports: &[u16], ranges: &RangeSet) -> Watcher {
+    /// `own_netns`: the tracer's network namespace (its listeners are sampled; the kernel's
+    /// events from others are journaled as they are).
+    pub fn start(iface: &str, ports: &[u16], ranges: &RangeSet, own_netns: u32) -> Watcher {
         let (tx, rx) = mpsc::channel();
+        let (listeners_tx, listeners_rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let (iface, ports, ranges) = (iface.to_string(), ports.to_vec(), ranges.clone());
         // The baseline is read on the thread: the tracer's start does not wait for it.
         let thread = std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || State::new(&iface, &ports, &ranges).run(&tx, &flag))
+            .spawn(move || {
+                let mut state = State::new(&iface, &ports, &ranges, own_netns);
+                state.run(&tx, &listeners_rx, &flag)
+            })
             .ok();
-        Watcher { rx, stop, thread }
+        Watcher {
+            rx,
+            listeners_tx,
+            stop,
+            thread,
+        }
     }
 
     /// The changes seen since the last call.
     pub fn drain(&self) -> Vec<Change> {
         self.rx.try_iter().collect()
+    }
+
+    /// A listener's LISTEN transition from the kernel.
+    pub fn listener(&self, ev: ListenerEvent) {
+        let _ = self.listeners_tx.send(ev);
     }
 }
 
@@ -74,6 +94,10 @@ struct State {
     sysctls: BTreeMap<String, String>,
     nft_batch: Vec<NftChange>,
     nft_since: Option<Instant>,
+    kernel_listeners: KernelListeners,
+    /// Listener changes the last sample found, said at the next one (the kernel's event for
+    /// each may still be on its way): (up, address, port, sampled owner, when).
+    sampled: Vec<(bool, IpAddr, u16, String, std::time::SystemTime)>,
 }
 
 fn sysctl_paths(iface: &str) -> Vec<(String, String)> {
@@ -135,7 +159,7 @@ fn owner_text(owner: &Owner) -> String {
 }
 
 impl State {
-    fn new(iface: &str, ports: &[u16], ranges: &RangeSet) -> State {
+    fn new(iface: &str, ports: &[u16], ranges: &RangeSet, own_netns: u32) -> State {
         let mut s = State {
             iface: iface.to_string(),
             ports: ports.to_vec(),
@@ -149,6 +173,8 @@ impl State {
             sysctls: BTreeMap::new(),
             nft_batch: Vec::new(),
             nft_since: None,
+            kernel_listeners: KernelListeners::new(own_netns),
+            sampled: Vec::new(),
         };
         // What is there at start is the baseline, not a change.
         s.listeners = s.sample_listeners(&BTreeMap::new());
@@ -191,7 +217,12 @@ impl State {
             .collect()
     }
 
-    fn run(&mut self, tx: &mpsc::Sender<Change>, stop: &AtomicBool) {
+    fn run(
+        &mut self,
+        tx: &mpsc::Sender<Change>,
+        listeners_rx: &mpsc::Receiver<ListenerEvent>,
+        stop: &AtomicBool,
+    ) {
         let route = netlink::Socket::route()
             .map_err(|e| tracing::debug!("journal: no rtnetlink notifications: {e}"))
             .ok();
@@ -246,34 +277,14 @@ impl State {
                     send(c);
                 }
             }
+            for ev in listeners_rx.try_iter() {
+                self.kernel_listeners.push(ev);
+            }
             if last_listeners.elapsed() >= LISTENERS_EVERY {
                 last_listeners = Instant::now();
-                let now = self.sample_listeners(&self.listeners);
-                for ((addr, port), owner) in &self.listeners {
-                    if !now.contains_key(&(*addr, *port)) {
-                        send(Change::new(
-                            What::ListenerDown,
-                            format!(
-                                "{} stopped listening on {}",
-                                owner_text(owner),
-                                endpoint(*addr, *port)
-                            ),
-                        ));
-                    }
+                for change in self.listener_changes() {
+                    send(change);
                 }
-                for ((addr, port), owner) in &now {
-                    if !self.listeners.contains_key(&(*addr, *port)) {
-                        send(Change::new(
-                            What::ListenerUp,
-                            format!(
-                                "{} started listening on {}",
-                                owner_text(owner),
-                                endpoint(*addr, *port)
-                            ),
-                        ));
-                    }
-                }
-                self.listeners = now;
             }
             if last_sysctls.elapsed() >= SYSCTLS_EVERY {
                 last_sysctls = Instant::now();
@@ -291,6 +302,47 @@ impl State {
                 }
             }
         }
+    }
+
+    /// One listener step: the changes the previous sample found, dated and named by the
+    /// kernel's events; those in other namespaces; then a new sample.
+    fn listener_changes(&mut self) -> Vec<Change> {
+        let mut changes: Vec<Change> = std::mem::take(&mut self.sampled)
+            .into_iter()
+            .map(|(up, addr, port, owner, at)| {
+                self.kernel_listeners
+                    .own_change(up, addr, port, &owner, at, &endpoint(addr, port))
+            })
+            .collect();
+        changes.extend(self.kernel_listeners.other_changes(
+            std::time::SystemTime::now(),
+            |netns| match namespaces::Namespace::find(netns) {
+                Some(ns) => ns.describe(),
+                None => format!("namespace netns:[{netns}] (gone)"),
+            },
+            |netns, addr, port| {
+                namespaces::Namespace::find(netns)
+                    .and_then(|ns| ns.listeners().ok())
+                    .is_some_and(|all| all.iter().any(|l| l.addr == addr && l.port == port))
+            },
+            endpoint,
+        ));
+        let now = self.sample_listeners(&self.listeners);
+        let at = std::time::SystemTime::now();
+        for ((addr, port), owner) in &self.listeners {
+            if !now.contains_key(&(*addr, *port)) {
+                self.sampled
+                    .push((false, *addr, *port, owner_text(owner), at));
+            }
+        }
+        for ((addr, port), owner) in &now {
+            if !self.listeners.contains_key(&(*addr, *port)) {
+                self.sampled
+                    .push((true, *addr, *port, owner_text(owner), at));
+            }
+        }
+        self.listeners = now;
+        changes
     }
 
     /// A batch of nftables notifications, in one line, once it is closed by its generation

@@ -1,0 +1,293 @@
+//! Listener changes from the kernel (`inet_sock_set_state` to and from LISTEN): the moment and
+//! the process of each, merged with the watcher's sampling.
+//!
+//! In the tracer's own namespace the sampled listener set says *whether* an address and port
+//! stopped (or started) being served — several sockets may share one with `SO_REUSEPORT`, and
+//! one worker exiting is no outage — and the kernel's event for it says *when* and *who*.
+//! Elsewhere (a container with the watched port) nothing is sampled: each burst of the
+//! kernel's events for one endpoint becomes one change, a closing one only when nothing listens
+//! there any more.
+
+use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
+
+use super::{Change, What};
+use crate::event::ListenerEvent;
+
+/// Events kept waiting for the sampler, at most: a port opened and closed in a loop must not
+/// grow memory.
+const KEEP: usize = 1024;
+
+/// How long an event of the tracer's own namespace waits for the sampler to find its change
+/// (the sampler looks every 250 ms and says what it found one step later).
+pub const OWN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The kernel's listener events not yet turned into changes.
+pub struct KernelListeners {
+    own_netns: u32,
+    pending: Vec<ListenerEvent>,
+}
+
+/// "nginx (pid 812)".
+fn process(ev: &ListenerEvent) -> String {
+    format!("{} (pid {})", ev.comm(), ev.pid)
+}
+
+pub fn verb(up: bool) -> &'static str {
+    if up {
+        "started"
+    } else {
+        "stopped"
+    }
+}
+
+impl KernelListeners {
+    pub fn new(own_netns: u32) -> Self {
+        Self {
+            own_netns,
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, ev: ListenerEvent) {
+        if self.pending.len() >= KEEP {
+            self.pending.remove(0);
+        }
+        self.pending.push(ev);
+    }
+
+    fn own(&self, ev: &ListenerEvent) -> bool {
+        // 0: the kernel could not read the namespace (no BTF); the filter is off then and
+        // every event is taken for the tracer's own.
+        ev.netns == self.own_netns || ev.netns == 0
+    }
+
+    /// The change for a listener the sampler found gone (`up` false) or new, in the tracer's
+    /// namespace: dated and named by the kernel's event for it when there is one (the last
+    /// closing one, the first opening one), else at `sampled` by `owner`. Its events are used.
+    pub fn own_change(
+        &mut self,
+        up: bool,
+        addr: IpAddr,
+        port: u16,
+        owner: &str,
+        sampled: SystemTime,
+        endpoint: &str,
+    ) -> Change {
+        let own_netns = self.own_netns;
+        let matching = |e: &ListenerEvent| {
+            (e.netns == own_netns || e.netns == 0) && e.up == up && e.addr == addr && e.port == port
+        };
+        let found = if up {
+            self.pending.iter().find(|e| matching(e)).copied()
+        } else {
+            self.pending.iter().rev().find(|e| matching(e)).copied()
+        };
+        self.pending.retain(|e| !matching(e));
+        let (ts, who) = match found {
+            Some(e) => (e.ts, process(&e)),
+            None => (sampled, owner.to_string()),
+        };
+        Change {
+            ts,
+            what: if up {
+                What::ListenerUp
+            } else {
+                What::ListenerDown
+            },
+            detail: format!("{who} {} listening on {endpoint}", verb(up)),
+        }
+    }
+
+    /// Changes in other namespaces, one per endpoint and direction since the last call, and
+    /// drops the tracer's own events the sampler has not asked for within [`OWN_WAIT`] of
+    /// `now` (a socket among several on one endpoint). `place` names a namespace ("container
+    /// 3f2a9c4b1d2e"); `still_listening` says whether anything listens on the endpoint in it
+    /// now; `endpoint` formats one.
+    pub fn other_changes(
+        &mut self,
+        now: SystemTime,
+        place: impl Fn(u32) -> String,
+        still_listening: impl Fn(u32, IpAddr, u16) -> bool,
+        endpoint: impl Fn(IpAddr, u16) -> String,
+    ) -> Vec<Change> {
+        let mut first: BTreeMap<(u32, IpAddr, u16, bool), ListenerEvent> = BTreeMap::new();
+        let mut kept = Vec::new();
+        for e in std::mem::take(&mut self.pending) {
+            if self.own(&e) {
+                if now.duration_since(e.ts).unwrap_or_default() < OWN_WAIT {
+                    kept.push(e);
+                }
+                continue;
+            }
+            first.entry((e.netns, e.addr, e.port, e.up)).or_insert(e);
+        }
+        self.pending = kept;
+        let mut changes: Vec<Change> = first
+            .into_values()
+            .filter(|e| e.up || !still_listening(e.netns, e.addr, e.port))
+            .map(|e| Change {
+                ts: e.ts,
+                what: if e.up {
+                    What::ListenerUp
+                } else {
+                    What::ListenerDown
+                },
+                detail: format!(
+                    "{} in {} {} listening on {}",
+                    process(&e),
+                    place(e.netns),
+                    verb(e.up),
+                    endpoint(e.addr, e.port)
+                ),
+            })
+            .collect();
+        changes.sort_by_key(|c| c.ts);
+        changes
+    }
+
+    /// Whether the kernel reported anything for the tracer's own namespace still waiting.
+    #[cfg(test)]
+    fn has_own(&self) -> bool {
+        self.pending.iter().any(|e| self.own(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const OWN: u32 = 4026531840;
+    const CONTAINER: u32 = 4026532999;
+
+    fn at(mut e: ListenerEvent, ms: u64) -> ListenerEvent {
+        e.ts = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        e
+    }
+
+    fn any() -> IpAddr {
+        "0.0.0.0".parse().unwrap()
+    }
+
+    #[test]
+    fn a_sampled_change_takes_the_kernels_time_and_process() {
+        let mut k = KernelListeners::new(OWN);
+        // Two reuseport workers close; the last one is when the port stopped being served.
+        k.push(at(
+            ListenerEvent::sample(false, any(), 443, OWN, 812, "nginx"),
+            1000,
+        ));
+        k.push(at(
+            ListenerEvent::sample(false, any(), 443, OWN, 813, "nginx"),
+            1200,
+        ));
+        let sampled = SystemTime::UNIX_EPOCH + Duration::from_millis(1400);
+        let c = k.own_change(false, any(), 443, "a process", sampled, "0.0.0.0:443");
+        assert_eq!(c.what, What::ListenerDown);
+        assert_eq!(c.ts, SystemTime::UNIX_EPOCH + Duration::from_millis(1200));
+        assert_eq!(c.detail, "nginx (pid 813) stopped listening on 0.0.0.0:443");
+        assert!(!k.has_own(), "its events are used");
+    }
+
+    #[test]
+    fn an_opening_is_dated_by_the_first_socket() {
+        let mut k = KernelListeners::new(OWN);
+        k.push(at(
+            ListenerEvent::sample(true, any(), 443, OWN, 900, "caddy"),
+            500,
+        ));
+        k.push(at(
+            ListenerEvent::sample(true, any(), 443, OWN, 901, "caddy"),
+            600,
+        ));
+        let c = k.own_change(true, any(), 443, "x", SystemTime::now(), "0.0.0.0:443");
+        assert_eq!(c.ts, SystemTime::UNIX_EPOCH + Duration::from_millis(500));
+        assert_eq!(c.detail, "caddy (pid 900) started listening on 0.0.0.0:443");
+    }
+
+    #[test]
+    fn without_a_kernel_event_the_sample_stands() {
+        let mut k = KernelListeners::new(OWN);
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(7);
+        let c = k.own_change(false, any(), 80, "nginx (pid 1)", t, "0.0.0.0:80");
+        assert_eq!(
+            (c.ts, c.detail.as_str()),
+            (t, "nginx (pid 1) stopped listening on 0.0.0.0:80")
+        );
+    }
+
+    #[test]
+    fn other_namespaces_give_one_change_per_burst_and_only_real_closes() {
+        let mut k = KernelListeners::new(OWN);
+        let c_addr: IpAddr = "172.17.0.2".parse().unwrap();
+        k.push(at(
+            ListenerEvent::sample(true, c_addr, 443, CONTAINER, 55, "nginx"),
+            10,
+        ));
+        k.push(at(
+            ListenerEvent::sample(true, c_addr, 443, CONTAINER, 56, "nginx"),
+            20,
+        ));
+        // One worker of several closing is no change; the port still answers.
+        k.push(at(
+            ListenerEvent::sample(false, any(), 8443, CONTAINER, 57, "app"),
+            30,
+        ));
+        // The tracer's own, not asked for by the sampler: dropped.
+        k.push(at(
+            ListenerEvent::sample(false, any(), 443, OWN, 58, "nginx"),
+            40,
+        ));
+        let changes = k.other_changes(
+            SystemTime::UNIX_EPOCH + Duration::from_millis(50),
+            |_| "container 3f2a9c4b1d2e".into(),
+            |_, _, port| port == 8443,
+            |a, p| format!("{a}:{p}"),
+        );
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(
+            changes[0].detail,
+            "nginx (pid 55) in container 3f2a9c4b1d2e started listening on 172.17.0.2:443"
+        );
+        assert_eq!(
+            changes[0].ts,
+            SystemTime::UNIX_EPOCH + Duration::from_millis(10)
+        );
+        assert!(k.has_own(), "the sampler may still ask for it");
+        let later = SystemTime::UNIX_EPOCH + Duration::from_millis(40) + OWN_WAIT;
+        assert!(k
+            .other_changes(
+                later,
+                |_| String::new(),
+                |_, _, _| true,
+                |_, _| String::new()
+            )
+            .is_empty());
+        assert!(!k.has_own(), "dropped once the sampler had its time");
+        let gone = {
+            k.push(at(
+                ListenerEvent::sample(false, c_addr, 443, CONTAINER, 55, "nginx"),
+                90,
+            ));
+            k.other_changes(
+                SystemTime::UNIX_EPOCH,
+                |_| "container x".into(),
+                |_, _, _| false,
+                |a, p| format!("{a}:{p}"),
+            )
+        };
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].what, What::ListenerDown);
+    }
+
+    #[test]
+    fn waiting_events_are_bounded() {
+        let mut k = KernelListeners::new(OWN);
+        for i in 0..KEEP as u32 + 5 {
+            k.push(ListenerEvent::sample(true, any(), 443, CONTAINER, i, "x"));
+        }
+        assert_eq!(k.pending.len(), KEEP);
+        assert_eq!(k.pending[0].pid, 5);
+    }
+}
