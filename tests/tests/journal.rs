@@ -405,3 +405,71 @@ fn a_listener_in_another_namespace_is_journaled_with_its_process() {
         within_a_second(parse_ts(&c["ts"]), truth, what);
     }
 }
+
+/// A listener closed and opened again faster than the listeners are sampled (a quick
+/// restart): the kernel's LISTEN transitions still show the gap, dated and named.
+#[test]
+fn a_restart_between_two_samples_is_journaled() {
+    let lab = Lab::new();
+    let tmp = TempDir::new("journal-restart");
+    let log = tmp.path("log");
+    let first = lab.origin.listen("0.0.0.0", 8080, 16);
+    let tracer = Tracer::start_env(
+        &lab.origin,
+        &[
+            "agent",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            "8080",
+            "--window",
+            "2",
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    let closed = SystemTime::now();
+    drop(first);
+    let second = lab.origin.listen("0.0.0.0", 8080, 16);
+    let mut text = String::new();
+    assert!(
+        integration_tests::eventually(Duration::from_secs(8), || {
+            text = lab
+                .origin
+                .http_get("127.0.0.1:9521", "/metrics")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            metric(&text, "tracer_changes_total{what=\"listener_down\"}") == Some(1.0)
+        }),
+        "{text}"
+    );
+    tracer.stop();
+    drop(second);
+    let changes: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["kind"] == "change")
+        .collect();
+    let down = changes
+        .iter()
+        .find(|c| c["what"] == "listener_down")
+        .unwrap_or_else(|| panic!("no listener_down in {changes:#?}"));
+    let detail = down["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "(pid {}) stopped listening on 0.0.0.0:8080",
+            std::process::id()
+        )),
+        "{detail}"
+    );
+    within_a_second(parse_ts(&down["ts"]), closed, "the close");
+    // Between two samples (nearly always): one change saying both; when a sample fell in the
+    // gap, the sampler saw it close and open.
+    assert!(
+        detail.contains("listened again") || changes.iter().any(|c| c["what"] == "listener_up"),
+        "{changes:#?}"
+    );
+}

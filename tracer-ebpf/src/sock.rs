@@ -231,7 +231,8 @@ fn emit_listen_event(sk: *mut c_void, old: i32, new: i32) -> Option<()> {
         _ => return None,
     }
     ev.netns = if netns_filter() {
-        net_inum(unsafe { load::<*const u8>(tp, config!(kernel.sk_net)) }).unwrap_or(0)
+        let sk_net = config!(kernel.sk_net);
+        net_inum(unsafe { load::<*const u8>(tp, sk_net) }).unwrap_or(0)
     } else {
         config!(netns_inum)
     };

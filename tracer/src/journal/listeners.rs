@@ -98,14 +98,26 @@ impl KernelListeners {
         }
     }
 
-    /// Changes in other namespaces, one per endpoint and direction since the last call, and
-    /// drops the tracer's own events the sampler has not asked for within [`OWN_WAIT`] of
-    /// `now` (a socket among several on one endpoint). `place` names a namespace ("container
-    /// 3f2a9c4b1d2e"); `still_listening` says whether anything listens on the endpoint in it
-    /// now; `endpoint` formats one.
+    /// The tracer's own events the sampler has not asked for within [`OWN_WAIT`] of `now`:
+    /// a socket among several on one endpoint, or a listener closed and opened again between
+    /// two samples ([`flaps`] tells which).
+    pub fn expired_own(&mut self, now: SystemTime) -> Vec<ListenerEvent> {
+        let own_netns = self.own_netns;
+        let (expired, kept) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|e| {
+                (e.netns == own_netns || e.netns == 0)
+                    && now.duration_since(e.ts).unwrap_or_default() >= OWN_WAIT
+            });
+        self.pending = kept;
+        expired
+    }
+
+    /// Changes in other namespaces, one per endpoint and direction since the last call.
+    /// `place` names a namespace ("container 3f2a9c4b1d2e"); `still_listening` says whether
+    /// anything listens on the endpoint in it now; `endpoint` formats one.
     pub fn other_changes(
         &mut self,
-        now: SystemTime,
         place: impl Fn(u32) -> String,
         still_listening: impl Fn(u32, IpAddr, u16) -> bool,
         endpoint: impl Fn(IpAddr, u16) -> String,
@@ -114,9 +126,7 @@ impl KernelListeners {
         let mut kept = Vec::new();
         for e in std::mem::take(&mut self.pending) {
             if self.own(&e) {
-                if now.duration_since(e.ts).unwrap_or_default() < OWN_WAIT {
-                    kept.push(e);
-                }
+                kept.push(e);
                 continue;
             }
             first.entry((e.netns, e.addr, e.port, e.up)).or_insert(e);
@@ -150,6 +160,88 @@ impl KernelListeners {
     fn has_own(&self) -> bool {
         self.pending.iter().any(|e| self.own(e))
     }
+}
+
+/// Sockets listening per endpoint, as one sample found them.
+pub type SocketCounts = BTreeMap<(IpAddr, u16), usize>;
+
+/// The listening sockets per endpoint at the last samples, to replay the kernel's events on.
+#[derive(Default)]
+pub struct SampleHistory {
+    samples: std::collections::VecDeque<(SystemTime, SocketCounts)>,
+}
+
+/// Samples kept: twice [`OWN_WAIT`] at one every 250 ms.
+const SAMPLES_KEPT: usize = 16;
+
+impl SampleHistory {
+    pub fn record(&mut self, at: SystemTime, counts: SocketCounts) {
+        if self.samples.len() >= SAMPLES_KEPT {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((at, counts));
+    }
+
+    /// (when, sockets listening on the endpoint) at the last sample no later than `t`.
+    fn before(&self, addr: IpAddr, port: u16, t: SystemTime) -> Option<(SystemTime, usize)> {
+        self.samples
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= t)
+            .map(|(at, c)| (*at, c.get(&(addr, port)).copied().unwrap_or(0)))
+    }
+}
+
+/// Listeners closed and opened again between two samples, found by replaying the kernel's
+/// unclaimed events on the socket count of the sample before them: the endpoint had no
+/// listener from the close of its last socket to the next opening (a restart). A worker among
+/// several closing and coming back is no change.
+pub fn flaps(
+    mut expired: Vec<ListenerEvent>,
+    history: &SampleHistory,
+    endpoint: impl Fn(IpAddr, u16) -> String,
+) -> Vec<Change> {
+    expired.sort_by_key(|e| e.ts);
+    let mut keys: Vec<(IpAddr, u16)> = expired.iter().map(|e| (e.addr, e.port)).collect();
+    keys.sort();
+    keys.dedup();
+    let mut changes = Vec::new();
+    for (addr, port) in keys {
+        let events: Vec<&ListenerEvent> = expired
+            .iter()
+            .filter(|e| e.addr == addr && e.port == port)
+            .collect();
+        let Some((sampled_at, mut count)) = history.before(addr, port, events[0].ts) else {
+            continue;
+        };
+        let mut closed: Option<&ListenerEvent> = None;
+        for e in events.iter().filter(|e| e.ts >= sampled_at) {
+            if e.up {
+                count += 1;
+                if let Some(down) = closed.take() {
+                    let gap = e.ts.duration_since(down.ts).unwrap_or_default();
+                    changes.push(Change {
+                        ts: down.ts,
+                        what: What::ListenerDown,
+                        detail: format!(
+                            "{} stopped listening on {}; {} listened again {:.1} ms later",
+                            process(down),
+                            endpoint(addr, port),
+                            process(e),
+                            gap.as_secs_f64() * 1000.0
+                        ),
+                    });
+                }
+            } else {
+                count = count.saturating_sub(1);
+                if count == 0 {
+                    closed = Some(e);
+                }
+            }
+        }
+    }
+    changes.sort_by_key(|c| c.ts);
+    changes
 }
 
 #[cfg(test)]
@@ -240,7 +332,6 @@ mod tests {
             40,
         ));
         let changes = k.other_changes(
-            SystemTime::UNIX_EPOCH + Duration::from_millis(50),
             |_| "container 3f2a9c4b1d2e".into(),
             |_, _, port| port == 8443,
             |a, p| format!("{a}:{p}"),
@@ -255,23 +346,17 @@ mod tests {
             SystemTime::UNIX_EPOCH + Duration::from_millis(10)
         );
         assert!(k.has_own(), "the sampler may still ask for it");
+        let early = SystemTime::UNIX_EPOCH + Duration::from_millis(1000);
+        assert!(k.expired_own(early).is_empty());
         let later = SystemTime::UNIX_EPOCH + Duration::from_millis(40) + OWN_WAIT;
-        assert!(k
-            .other_changes(
-                later,
-                |_| String::new(),
-                |_, _, _| true,
-                |_, _| String::new()
-            )
-            .is_empty());
-        assert!(!k.has_own(), "dropped once the sampler had its time");
+        assert_eq!(k.expired_own(later).len(), 1);
+        assert!(!k.has_own(), "handed over once the sampler had its time");
         let gone = {
             k.push(at(
                 ListenerEvent::sample(false, c_addr, 443, CONTAINER, 55, "nginx"),
                 90,
             ));
             k.other_changes(
-                SystemTime::UNIX_EPOCH,
                 |_| "container x".into(),
                 |_, _, _| false,
                 |a, p| format!("{a}:{p}"),
@@ -279,6 +364,59 @@ mod tests {
         };
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].what, What::ListenerDown);
+    }
+
+    fn history(at_ms: u64, sockets: usize) -> SampleHistory {
+        let mut h = SampleHistory::default();
+        let mut counts = BTreeMap::new();
+        counts.insert((any(), 443), sockets);
+        h.record(
+            SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms),
+            counts,
+        );
+        h
+    }
+
+    #[test]
+    fn a_restart_between_two_samples_is_a_change() {
+        let events = vec![
+            at(
+                ListenerEvent::sample(true, any(), 443, OWN, 901, "nginx"),
+                1180,
+            ),
+            at(
+                ListenerEvent::sample(false, any(), 443, OWN, 812, "nginx"),
+                1050,
+            ),
+        ];
+        let c = flaps(events, &history(1000, 1), |a, p| format!("{a}:{p}"));
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].what, What::ListenerDown);
+        assert_eq!(
+            c[0].ts,
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1050)
+        );
+        assert_eq!(
+            c[0].detail,
+            "nginx (pid 812) stopped listening on 0.0.0.0:443; nginx (pid 901) listened again 130.0 ms later"
+        );
+    }
+
+    #[test]
+    fn a_worker_among_several_coming_back_is_no_change() {
+        let events = vec![
+            at(
+                ListenerEvent::sample(false, any(), 443, OWN, 812, "nginx"),
+                1050,
+            ),
+            at(
+                ListenerEvent::sample(true, any(), 443, OWN, 901, "nginx"),
+                1180,
+            ),
+        ];
+        assert!(flaps(events.clone(), &history(1000, 4), |a, p| format!("{a}:{p}")).is_empty());
+        // Nothing sampled before them: nothing to replay on, nothing said.
+        assert!(flaps(events, &history(2000, 1), |a, p| format!("{a}:{p}")).is_empty());
     }
 
     #[test]

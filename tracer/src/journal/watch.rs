@@ -15,7 +15,7 @@ use std::{
 };
 
 use super::{
-    listeners::KernelListeners,
+    listeners::{flaps, KernelListeners, SampleHistory, SocketCounts},
     netlink::{self, NftChange, RtChange},
     Change, What,
 };
@@ -95,6 +95,8 @@ struct State {
     nft_batch: Vec<NftChange>,
     nft_since: Option<Instant>,
     kernel_listeners: KernelListeners,
+    /// Sockets per listening endpoint at the last samples.
+    history: SampleHistory,
     /// Listener changes the last sample found, said at the next one (the kernel's event for
     /// each may still be on its way): (up, address, port, sampled owner, when).
     sampled: Vec<(bool, IpAddr, u16, String, std::time::SystemTime)>,
@@ -174,10 +176,13 @@ impl State {
             nft_batch: Vec::new(),
             nft_since: None,
             kernel_listeners: KernelListeners::new(own_netns),
+            history: SampleHistory::default(),
             sampled: Vec::new(),
         };
         // What is there at start is the baseline, not a change.
-        s.listeners = s.sample_listeners(&BTreeMap::new());
+        let (listeners, counts) = s.sample_listeners(&BTreeMap::new());
+        s.listeners = listeners;
+        s.history.record(std::time::SystemTime::now(), counts);
         for (name, path) in sysctl_paths(iface) {
             if let Ok(v) = std::fs::read_to_string(&path) {
                 s.sysctls.insert(name, v.trim().to_string());
@@ -186,15 +191,20 @@ impl State {
         s
     }
 
-    /// The listeners on watched ports now, owners kept from `known` or looked up for new ones.
+    /// The listeners on watched ports now, owners kept from `known` or looked up for new ones;
+    /// and how many sockets listen on each.
     fn sample_listeners(
         &self,
         known: &BTreeMap<(IpAddr, u16), Owner>,
-    ) -> BTreeMap<(IpAddr, u16), Owner> {
+    ) -> (BTreeMap<(IpAddr, u16), Owner>, SocketCounts) {
         let now: Vec<listeners::Listener> = listeners::read()
             .into_iter()
             .filter(|l| self.ports.contains(&l.port))
             .collect();
+        let mut counts = BTreeMap::new();
+        for l in &now {
+            *counts.entry((l.addr, l.port)).or_default() += 1;
+        }
         let new_inodes: Vec<u64> = now
             .iter()
             .filter(|l| !known.contains_key(&(l.addr, l.port)))
@@ -205,7 +215,8 @@ impl State {
         } else {
             namespaces::socket_owners(&new_inodes)
         };
-        now.into_iter()
+        let owned = now
+            .into_iter()
             .map(|l| {
                 let key = (l.addr, l.port);
                 let owner = match known.get(&key) {
@@ -214,7 +225,8 @@ impl State {
                 };
                 (key, owner)
             })
-            .collect()
+            .collect();
+        (owned, counts)
     }
 
     fn run(
@@ -314,8 +326,11 @@ impl State {
                     .own_change(up, addr, port, &owner, at, &endpoint(addr, port))
             })
             .collect();
+        let expired = self
+            .kernel_listeners
+            .expired_own(std::time::SystemTime::now());
+        changes.extend(flaps(expired, &self.history, endpoint));
         changes.extend(self.kernel_listeners.other_changes(
-            std::time::SystemTime::now(),
             |netns| match namespaces::Namespace::find(netns) {
                 Some(ns) => ns.describe(),
                 None => format!("namespace netns:[{netns}] (gone)"),
@@ -327,8 +342,9 @@ impl State {
             },
             endpoint,
         ));
-        let now = self.sample_listeners(&self.listeners);
+        let (now, counts) = self.sample_listeners(&self.listeners);
         let at = std::time::SystemTime::now();
+        self.history.record(at, counts);
         for ((addr, port), owner) in &self.listeners {
             if !now.contains_key(&(*addr, *port)) {
                 self.sampled
