@@ -55,6 +55,58 @@ fn diagnose(lab: &Lab, port: &str) -> Tracer {
     Tracer::diagnose_with(&lab.origin, port, "5", &[], &[])
 }
 
+/// `tracer agent` on port 8080 with `window` seconds, logging to `log`.
+fn agent(lab: &Lab, window: &str, log: &std::path::Path) -> Tracer {
+    Tracer::start_env(
+        &lab.origin,
+        &[
+            "agent",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            "8080",
+            "--window",
+            window,
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+        &[],
+    )
+}
+
+/// Waits up to 8 s for the agent's metrics to satisfy `ok`.
+fn metrics_until(lab: &Lab, ok: impl Fn(&str) -> bool) {
+    let mut text = String::new();
+    assert!(
+        integration_tests::eventually(Duration::from_secs(8), || {
+            text = lab
+                .origin
+                .http_get("127.0.0.1:9521", "/metrics")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            ok(&text)
+        }),
+        "{text}"
+    );
+}
+
+/// The agent's log lines.
+fn log_lines(log: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The `change` records of the agent's log.
+fn change_lines(log: &std::path::Path) -> Vec<Value> {
+    log_lines(log)
+        .into_iter()
+        .filter(|l| l["kind"] == "change")
+        .collect()
+}
+
 fn report(tracer: Tracer) -> Value {
     let (code, out) = tracer.wait(Duration::from_secs(40));
     assert_eq!(code, 0, "{out}");
@@ -172,44 +224,17 @@ fn the_agent_logs_and_counts_changes() {
     let tmp = TempDir::new("journal-agent");
     let log = tmp.path("log");
     let server = Server::start(lab.origin.listen("0.0.0.0", 8080, 64), ServerMode::Close);
-    let tracer = Tracer::start_env(
-        &lab.origin,
-        &[
-            "agent",
-            "--iface",
-            ORIGIN_IF,
-            "--port",
-            "8080",
-            "--window",
-            "2",
-            "--log-file",
-            log.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let tracer = agent(&lab, "2", &log);
     healthy(&lab, 8080);
     drop(server);
     std::thread::sleep(Duration::from_millis(600));
     failing(&lab, 8080);
-    let mut text = String::new();
-    assert!(
-        integration_tests::eventually(Duration::from_secs(8), || {
-            text = lab
-                .origin
-                .http_get("127.0.0.1:9521", "/metrics")
-                .map(|(_, b)| b)
-                .unwrap_or_default();
-            metric(&text, "tracer_changes_total{what=\"listener_down\"}") == Some(1.0)
-                && metric(&text, "tracer_verdict{verdict=\"refused\"}") == Some(1.0)
-        }),
-        "{text}"
-    );
+    metrics_until(&lab, |text| {
+        metric(text, "tracer_changes_total{what=\"listener_down\"}") == Some(1.0)
+            && metric(text, "tracer_verdict{verdict=\"refused\"}") == Some(1.0)
+    });
     tracer.stop();
-    let lines: Vec<Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = log_lines(&log);
     let change = lines
         .iter()
         .find(|l| l["kind"] == "change")
@@ -254,21 +279,7 @@ fn diagnose_since_answers_from_the_agent() {
     );
 
     let server = Server::start(lab.origin.listen("0.0.0.0", 8080, 64), ServerMode::Close);
-    let tracer = Tracer::start_env(
-        &lab.origin,
-        &[
-            "agent",
-            "--iface",
-            ORIGIN_IF,
-            "--port",
-            "8080",
-            "--window",
-            "60",
-            "--log-file",
-            tmp.path("log").to_str().unwrap(),
-        ],
-        &[],
-    );
+    let tracer = agent(&lab, "60", &tmp.path("log"));
     healthy(&lab, 8080);
     drop(server);
     std::thread::sleep(Duration::from_millis(600));
@@ -347,45 +358,17 @@ fn a_listener_in_another_namespace_is_journaled_with_its_process() {
     let lab = Lab::new();
     let tmp = TempDir::new("journal-listen");
     let log = tmp.path("log");
-    let tracer = Tracer::start_env(
-        &lab.origin,
-        &[
-            "agent",
-            "--iface",
-            ORIGIN_IF,
-            "--port",
-            "8080",
-            "--window",
-            "2",
-            "--log-file",
-            log.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let tracer = agent(&lab, "2", &log);
     let opened = SystemTime::now();
     let listener = lab.container.listen("0.0.0.0", 8080, 16);
     std::thread::sleep(Duration::from_millis(800));
     let closed = SystemTime::now();
     drop(listener);
-    let mut text = String::new();
-    assert!(
-        integration_tests::eventually(Duration::from_secs(8), || {
-            text = lab
-                .origin
-                .http_get("127.0.0.1:9521", "/metrics")
-                .map(|(_, b)| b)
-                .unwrap_or_default();
-            metric(&text, "tracer_changes_total{what=\"listener_down\"}") == Some(1.0)
-        }),
-        "{text}"
-    );
+    metrics_until(&lab, |text| {
+        metric(text, "tracer_changes_total{what=\"listener_down\"}") == Some(1.0)
+    });
     tracer.stop();
-    let changes: Vec<Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|l| l["kind"] == "change")
-        .collect();
+    let changes = change_lines(&log);
     let pid = format!("(pid {})", std::process::id());
     for (what, verb, truth) in [
         ("listener_up", "started", opened),
@@ -414,45 +397,17 @@ fn a_restart_between_two_samples_is_journaled() {
     let tmp = TempDir::new("journal-restart");
     let log = tmp.path("log");
     let first = lab.origin.listen("0.0.0.0", 8080, 16);
-    let tracer = Tracer::start_env(
-        &lab.origin,
-        &[
-            "agent",
-            "--iface",
-            ORIGIN_IF,
-            "--port",
-            "8080",
-            "--window",
-            "2",
-            "--log-file",
-            log.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let tracer = agent(&lab, "2", &log);
     std::thread::sleep(Duration::from_millis(600));
     let closed = SystemTime::now();
     drop(first);
     let second = lab.origin.listen("0.0.0.0", 8080, 16);
-    let mut text = String::new();
-    assert!(
-        integration_tests::eventually(Duration::from_secs(8), || {
-            text = lab
-                .origin
-                .http_get("127.0.0.1:9521", "/metrics")
-                .map(|(_, b)| b)
-                .unwrap_or_default();
-            metric(&text, "tracer_changes_total{what=\"listener_down\"}") == Some(1.0)
-        }),
-        "{text}"
-    );
+    metrics_until(&lab, |text| {
+        metric(text, "tracer_changes_total{what=\"listener_down\"}") == Some(1.0)
+    });
     tracer.stop();
     drop(second);
-    let changes: Vec<Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|l| l["kind"] == "change")
-        .collect();
+    let changes = change_lines(&log);
     let down = changes
         .iter()
         .find(|c| c["what"] == "listener_down")
