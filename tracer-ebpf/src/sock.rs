@@ -197,11 +197,19 @@ pub fn btf_set_state(ctx: BtfTracePointContext) -> u32 {
 fn try_btf_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    if old == TCP_LISTEN || new == TCP_LISTEN {
+    if listener_change(old, new) {
         return emit_listen_event(ctx.arg(0), old, new);
     }
     let kind = state_change_kind(old, new)?;
     emit_sock_event(ctx.arg(0), kind, ((old as u32) << 8) | new as u32)
+}
+
+/// A socket starts listening, or a listener closes. Not every change from LISTEN: a passive
+/// open's child socket is cloned from its listener and goes LISTEN -> SYN_RECV, once per
+/// connection accepted.
+#[inline(always)]
+fn listener_change(old: i32, new: i32) -> bool {
+    new == TCP_LISTEN || (old == TCP_LISTEN && new == TCP_CLOSE)
 }
 
 /// A listener on a watched port opened or closed, in any namespace (rare: no peer filter),
@@ -339,7 +347,7 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     let l = config!(set_state);
     let old: i32 = field(ctx, l.oldstate)?;
     let new: i32 = field(ctx, l.newstate)?;
-    let listen = old == TCP_LISTEN || new == TCP_LISTEN;
+    let listen = listener_change(old, new);
     let kind = if listen {
         EventKind::Listen
     } else {

@@ -174,20 +174,19 @@ impl Sink for Agent {
         }
         if wanted(&record, self.args.log_events) {
             let reasons = &self.reasons;
-            let text = || {
-                EventRecord::of(&record, reasons)
-                    .map(|v| v.to_json())
-                    .unwrap_or_default()
-            };
             match &record {
                 Record::Event(ev) => {
                     let key = LimitKey {
                         kind: ev.kind.as_str(),
                         peers: peer_group(&self.ranges, ev.flow.peer),
                     };
+                    let text = || EventRecord::of_event(ev, reasons).to_json();
                     self.sink.event(key, Instant::now(), text);
                 }
-                Record::Loss { .. } | Record::Listener(_) => self.sink.line(&text()),
+                Record::Loss { ts, count } => {
+                    self.sink.line(&EventRecord::loss(*ts, *count).to_json())
+                }
+                Record::Listener(_) => {}
             }
         }
         self.correlator.observe_record(&record);

@@ -32,6 +32,20 @@ fn process(ev: &ListenerEvent) -> String {
     format!("{} (pid {})", ev.comm(), ev.pid)
 }
 
+/// The event happened in namespace `netns`. 0: the kernel could not read the namespace (no
+/// BTF); the filter is off then and every event is taken for the tracer's own.
+fn in_namespace(netns: u32, ev: &ListenerEvent) -> bool {
+    ev.netns == netns || ev.netns == 0
+}
+
+fn what(up: bool) -> What {
+    if up {
+        What::ListenerUp
+    } else {
+        What::ListenerDown
+    }
+}
+
 pub fn verb(up: bool) -> &'static str {
     if up {
         "started"
@@ -56,9 +70,7 @@ impl KernelListeners {
     }
 
     fn own(&self, ev: &ListenerEvent) -> bool {
-        // 0: the kernel could not read the namespace (no BTF); the filter is off then and
-        // every event is taken for the tracer's own.
-        ev.netns == self.own_netns || ev.netns == 0
+        in_namespace(self.own_netns, ev)
     }
 
     /// The change for a listener the sampler found gone (`up` false) or new, in the tracer's
@@ -75,7 +87,7 @@ impl KernelListeners {
     ) -> Change {
         let own_netns = self.own_netns;
         let matching = |e: &ListenerEvent| {
-            (e.netns == own_netns || e.netns == 0) && e.up == up && e.addr == addr && e.port == port
+            in_namespace(own_netns, e) && e.up == up && e.addr == addr && e.port == port
         };
         let found = if up {
             self.pending.iter().find(|e| matching(e)).copied()
@@ -89,11 +101,7 @@ impl KernelListeners {
         };
         Change {
             ts,
-            what: if up {
-                What::ListenerUp
-            } else {
-                What::ListenerDown
-            },
+            what: what(up),
             detail: format!("{who} {} listening on {endpoint}", verb(up)),
         }
     }
@@ -106,7 +114,7 @@ impl KernelListeners {
         let (expired, kept) = std::mem::take(&mut self.pending)
             .into_iter()
             .partition(|e| {
-                (e.netns == own_netns || e.netns == 0)
+                in_namespace(own_netns, e)
                     && now.duration_since(e.ts).unwrap_or_default() >= OWN_WAIT
             });
         self.pending = kept;
@@ -137,11 +145,7 @@ impl KernelListeners {
             .filter(|e| e.up || !still_listening(e.netns, e.addr, e.port))
             .map(|e| Change {
                 ts: e.ts,
-                what: if e.up {
-                    What::ListenerUp
-                } else {
-                    What::ListenerDown
-                },
+                what: what(e.up),
                 detail: format!(
                     "{} in {} {} listening on {}",
                     process(&e),
