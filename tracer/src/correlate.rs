@@ -16,7 +16,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    event::{Event, Flow, Kind, Record, State},
+    event::{Direction, Event, Flow, Kind, Record, State},
     reasons::{DropClass, Reason},
 };
 
@@ -75,6 +75,16 @@ pub struct Backend {
     pub netns: u32,
 }
 
+/// The origin's answer to an attempt (its SYN-ACK) dropped on the way out, and where: in
+/// this namespace's output path, or in another namespace's forward path on the same kernel
+/// (the host a container or VM-like namespace replies through).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplyDrop {
+    pub reason: Reason,
+    /// The namespace the kernel dropped it in.
+    pub netns: u32,
+}
+
 /// One connection attempt and everything seen of it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Attempt {
@@ -86,6 +96,11 @@ pub struct Attempt {
     /// Initial sequence number: a retransmitted SYN repeats it, a new attempt does not.
     pub seq: Option<u32>,
     pub syn_packets: u32,
+    /// SYNs of this attempt the kernel freed (decisive or not).
+    pub syn_drops: u32,
+    /// SYNs freed without ending the attempt: a retransmitted SYN that met the pending
+    /// request (the kernel resends its SYN-ACK and frees the SYN), a duplicate. Never a drop.
+    pub syn_frees_pending: u32,
     pub established: bool,
     pub closed: bool,
     pub refused: bool,
@@ -101,6 +116,8 @@ pub struct Attempt {
     /// The origin closed the connection first (its socket left ESTABLISHED by sending FIN).
     pub origin_closed_first: bool,
     pub synack_retransmits: u32,
+    /// The origin's answer was dropped on its way out (by a filter).
+    pub reply_drop: Option<ReplyDrop>,
     /// Where the host forwarded it, when it answered in another place than it arrived.
     pub backend: Option<Backend>,
     /// Live mode: the outcome already handed out (the attempt counts once).
@@ -118,6 +135,8 @@ impl Attempt {
             last: ev.ts,
             seq: None,
             syn_packets: 0,
+            syn_drops: 0,
+            syn_frees_pending: 0,
             established: false,
             closed: false,
             refused: false,
@@ -129,6 +148,7 @@ impl Attempt {
             peer_reset: false,
             origin_closed_first: false,
             synack_retransmits: 0,
+            reply_drop: None,
             backend: None,
             decided: None,
             events_lost: false,
@@ -167,6 +187,9 @@ impl Attempt {
             Outcome::OriginReset
         } else if self.other_drop.is_some() {
             Outcome::OtherDrop
+        } else if self.reply_drop.is_some() {
+            // Answered, and the answer dropped on its way: the edge got none.
+            Outcome::Unanswered
         } else if self.events_lost {
             Outcome::Unknown
         } else {
@@ -184,6 +207,17 @@ impl Attempt {
             || (self.events_lost && self.outcome() == Outcome::Unknown)
     }
 
+    /// Is a connection request pending for this attempt, so that a SYN freed now for no
+    /// deciding reason is a retransmission (or duplicate) the request answered, not a drop?
+    /// Yes once the origin (re)sent a SYN-ACK for it, or an earlier SYN was taken without
+    /// being freed. The kernel frees such a SYN after resending the SYN-ACK (reason
+    /// NOT_SPECIFIED from 5.17, from `tcp_v4_rcv`/`tcp_v6_rcv` before), on every kernel.
+    fn pending_request(&self) -> bool {
+        // At the free, the SYN being freed may already be counted (its arrival event came
+        // first) or not (the arrival record is read from another ring).
+        self.synack_retransmits > 0 || self.syn_packets > self.syn_drops + 1
+    }
+
     /// Applies one event that belongs to this attempt.
     fn apply(&mut self, ev: &Event, inbound_syn: bool) {
         self.last = self.last.max(ev.ts);
@@ -194,24 +228,52 @@ impl Attempt {
                 self.seq = self.seq.or(ev.seq());
             }
             Kind::Drop => {
+                let reason = ev.reason.unwrap_or(Reason::Drop {
+                    code: 0,
+                    class: DropClass::Other,
+                });
+                let class = match reason {
+                    Reason::Drop { class, .. } => class,
+                    Reason::Reset { .. } => DropClass::Other,
+                };
+                if ev.direction == Some(Direction::Out) && !inbound_syn {
+                    // The origin's own packet (its SYN-ACK) filtered on the way out — here or
+                    // in the namespace it is forwarded through: the answer was lost, the SYN
+                    // was not refused.
+                    if !self.established && class == DropClass::Filter {
+                        self.reply_drop.get_or_insert(ReplyDrop {
+                            reason,
+                            netns: ev.netns,
+                        });
+                    }
+                    return;
+                }
+                let mut decides = class.decides_attempts();
                 if inbound_syn {
                     self.seq = self.seq.or(ev.seq());
                     if self.syn_packets == 0 {
                         // The NIC hook did not see it (another interface): the drop proves it came.
                         self.syn_packets = 1;
                     }
+                    decides = if self.pending_request() {
+                        // Only a reason that ends attempts whatever was pending: a filter, no
+                        // queue room, or the kernel's own NO_SOCKET (the listener went away).
+                        matches!(class, DropClass::Filter | DropClass::Overload)
+                            || (class == DropClass::NoSocket && !reason.by_location())
+                    } else {
+                        true
+                    };
+                    self.syn_drops += 1;
+                    if !decides {
+                        self.syn_frees_pending += 1;
+                    }
                 }
                 // A packet other than the SYN decides the attempt only when dropped for a
                 // reason that can (refused, filtered, no queue room) — what the kernel filters
                 // itself when it gives reasons; before 5.17 every free of any packet is a
-                // "drop", so the rule is applied here.
-                let decides = inbound_syn
-                    || matches!(ev.reason, Some(Reason::Drop { class, .. }) if class.decides_attempts());
+                // "drop", so the rule is applied here. See [`Attempt::pending_request`] for
+                // a SYN freed without ending its attempt.
                 if !self.established && decides {
-                    let reason = ev.reason.unwrap_or(Reason::Drop {
-                        code: 0,
-                        class: DropClass::Other,
-                    });
                     match reason {
                         Reason::Drop { class, .. } => match class {
                             DropClass::NoSocket => self.refused = true,
@@ -558,7 +620,8 @@ impl Correlator {
                 v.insert(Attempt::new(key, ev))
             }
         };
-        if backend.is_some() {
+        // The namespace an answer was dropped in is not where the attempt was served.
+        if backend.is_some() && ev.direction != Some(Direction::Out) {
             a.backend = backend;
         }
         a.apply(ev, inbound_syn);
@@ -722,6 +785,8 @@ impl Counts {
     }
 }
 
+#[cfg(test)]
+mod lost_replies;
 #[cfg(test)]
 mod tests;
 

@@ -136,6 +136,7 @@ impl Tally {
                         port: b.port,
                         forwarded: true,
                         iface: None,
+                        reply: false,
                     },
                     None => Packet {
                         peer: a.flow.peer,
@@ -144,6 +145,7 @@ impl Tally {
                         port: a.flow.local_port,
                         forwarded: false,
                         iface: None,
+                        reply: false,
                     },
                 };
                 let seen = self.filtered.iter().any(|q| {

@@ -68,6 +68,15 @@ pub enum Reason {
     Reset { code: u32 },
 }
 
+impl Reason {
+    /// Named by the function that freed the packet (before 5.17), not by the kernel: the
+    /// name is a guess from where, and `tcp_v4_rcv` frees both a SYN no socket wanted and a
+    /// retransmitted SYN a pending request answered.
+    pub fn by_location(self) -> bool {
+        matches!(self, Reason::Drop { code, .. } if code >= LOCATION_CODES)
+    }
+}
+
 /// Reason numbers to the kernel's own names and classes, for this kernel.
 ///
 /// The names are leaked once per process (a few kilobytes): every event then refers to a

@@ -293,6 +293,7 @@ fn route(dev: &str) -> Result<Route, String> {
         gateway: Some("10.9.0.1".parse().unwrap()),
         prefsrc: None,
         table: Some("100".into()),
+        null: None,
     })
 }
 

@@ -66,8 +66,8 @@ enum Subject {
     Port(u16),
     Proto,
     Family,
-    /// The SYN's TCP flags.
-    Flags,
+    /// The packet's TCP flags under this mask (`tcp flags & (syn|ack) == ...`).
+    Flags(u8),
     /// Conntrack state of a connection's first packet.
     CtState,
     CtStatus,
@@ -240,23 +240,28 @@ impl Ruleset {
                         None => (false, rest),
                     };
                     let states = rest.split_whitespace().next().unwrap_or("");
-                    let new = states.split(',').any(|s| s == "new");
-                    (tri(new != neg), None)
+                    let state = p.ct_state();
+                    let hit = states.split(',').any(|s| s == state);
+                    (tri(hit != neg), None)
                 }
                 None => (Tri::Unknown, None),
             },
             "addrtype" => match text.split("fib daddr type ").nth(1) {
                 Some(rest) => {
                     let local = rest.split_whitespace().next() == Some("local");
-                    (tri(local && !p.forwarded), None)
+                    (tri(local && p.to_this_host()), None)
                 }
                 None => (Tri::Unknown, None),
             },
             "comment" => (Tri::Yes, None),
             // nft decodes multiport to `tcp dport { 80, 443 }` in its text.
             "multiport" | "tcp" => {
-                let dport = ports_in_text(text, "dport").map(|ports| ports_have(&ports, p.port));
-                let sport = match (ports_in_text(text, "sport"), p.peer_port) {
+                let dport = match (ports_in_text(text, "dport"), p.dport()) {
+                    (Some(ports), Some(port)) => Some(ports_have(&ports, port)),
+                    (Some(_), None) => Some(Tri::Unknown),
+                    (None, _) => None,
+                };
+                let sport = match (ports_in_text(text, "sport"), p.sport()) {
                     (Some(ports), Some(peer)) => Some(ports_have(&ports, peer)),
                     (Some(_), None) => Some(Tri::Unknown),
                     (None, _) => None,
@@ -355,11 +360,11 @@ fn set_verdict(ev: &mut RuleEval, e: &Value) -> bool {
 fn subject_of(left: &Value, p: &Packet) -> Option<Subject> {
     if let Some(pl) = left.get("payload") {
         return match (pl["protocol"].as_str(), pl["field"].as_str()) {
-            (Some("ip" | "ip6"), Some("saddr")) => Some(Subject::Addr(p.peer)),
-            (Some("ip" | "ip6"), Some("daddr")) => Some(Subject::Addr(p.local)),
+            (Some("ip" | "ip6"), Some("saddr")) => Some(Subject::Addr(p.saddr())),
+            (Some("ip" | "ip6"), Some("daddr")) => Some(Subject::Addr(p.daddr())),
             (Some("ip"), Some("protocol")) | (Some("ip6"), Some("nexthdr")) => Some(Subject::Proto),
-            (Some("tcp" | "th"), Some("dport")) => Some(Subject::Port(p.port)),
-            (Some("tcp" | "th"), Some("sport")) => p.peer_port.map(Subject::Port),
+            (Some("tcp" | "th"), Some("dport")) => p.dport().map(Subject::Port),
+            (Some("tcp" | "th"), Some("sport")) => p.sport().map(Subject::Port),
             _ => None,
         };
     }
@@ -387,7 +392,11 @@ fn subject_of(left: &Value, p: &Packet) -> Option<Subject> {
             .first()
             .and_then(|x| x.get("payload"))
             .is_some_and(|pl| pl["protocol"] == "tcp" && pl["field"] == "flags");
-        return is_flags.then_some(Subject::Flags);
+        return if is_flags {
+            and.get(1).and_then(flag_bits).map(Subject::Flags)
+        } else {
+            None
+        };
     }
     None
 }
@@ -454,7 +463,7 @@ fn scalar_matches(right: &Value, s: Subject, p: &Packet) -> Tri {
             if states.is_empty() {
                 Tri::Unknown
             } else {
-                tri(states.iter().any(|s| s == "new"))
+                tri(states.iter().any(|s| s == p.ct_state()))
             }
         }
         Subject::CtStatus => {
@@ -466,19 +475,15 @@ fn scalar_matches(right: &Value, s: Subject, p: &Packet) -> Tri {
             }
         }
         Subject::DaddrType => match right.as_str() {
-            Some("local") => tri(!p.forwarded),
+            Some("local") => tri(p.to_this_host()),
             Some(_) => Tri::No,
             None => Tri::Unknown,
         },
-        // `tcp flags & (fin|syn|rst|ack) == syn`: the packet is a bare SYN.
-        Subject::Flags => {
-            let wanted = names_in(right);
-            if wanted.is_empty() {
-                Tri::Unknown
-            } else {
-                tri(wanted.iter().any(|f| f == "syn"))
-            }
-        }
+        // `tcp flags & (fin|syn|rst|ack) == syn`: the packet's flags under the mask.
+        Subject::Flags(mask) => match flag_bits(right) {
+            Some(wanted) => tri(p.tcp_flags() & mask == wanted),
+            None => Tri::Unknown,
+        },
         Subject::Iface => match (right.as_str(), &p.iface) {
             (Some(name), Some(iface)) => {
                 let pattern = name.strip_suffix('*');
@@ -486,6 +491,29 @@ fn scalar_matches(right: &Value, s: Subject, p: &Packet) -> Tri {
             }
             _ => Tri::Unknown,
         },
+    }
+}
+
+/// TCP flag bits named in nft JSON: "syn", ["syn", "ack"], { "|": ["syn", "ack"] }.
+fn flag_bits(v: &Value) -> Option<u8> {
+    match v {
+        Value::String(name) => Some(match name.as_str() {
+            "fin" => 0x01,
+            "syn" => 0x02,
+            "rst" => 0x04,
+            "psh" => 0x08,
+            "ack" => 0x10,
+            "urg" => 0x20,
+            "ecn" => 0x40,
+            "cwr" => 0x80,
+            _ => return None,
+        }),
+        Value::Number(n) => n.as_u64().and_then(|n| u8::try_from(n).ok()),
+        Value::Array(items) => items
+            .iter()
+            .try_fold(0u8, |acc, i| Some(acc | flag_bits(i)?)),
+        Value::Object(o) => flag_bits(o.get("|")?),
+        _ => None,
     }
 }
 

@@ -20,18 +20,80 @@ pub use audit::Allowlist;
 use matches::Tri;
 use owner::{owner_of, Owner};
 
-/// A packet to test: the edge peer sending to the origin.
+/// A packet to test: the edge peer's SYN to the origin, or (`reply`) the origin's SYN-ACK
+/// back to the peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Packet {
     pub peer: IpAddr,
     pub peer_port: Option<u16>,
-    /// Where it is going: the origin's address, or after DNAT the backend's.
+    /// The origin's end: its address, or after DNAT the backend's.
     pub local: IpAddr,
     pub port: u16,
-    /// DNATed to another namespace: it crosses the forward hook, not input.
+    /// It crosses the forward hook, not input (or output): DNATed to another namespace, or
+    /// a reply passing through the host of the namespace that sent it.
     pub forwarded: bool,
     /// The interface it arrived on.
     pub iface: Option<String>,
+    /// The origin's SYN-ACK going back to the peer, not the peer's SYN.
+    pub reply: bool,
+}
+
+impl Packet {
+    pub(crate) fn saddr(&self) -> IpAddr {
+        if self.reply {
+            self.local
+        } else {
+            self.peer
+        }
+    }
+
+    pub(crate) fn daddr(&self) -> IpAddr {
+        if self.reply {
+            self.peer
+        } else {
+            self.local
+        }
+    }
+
+    pub(crate) fn sport(&self) -> Option<u16> {
+        if self.reply {
+            Some(self.port)
+        } else {
+            self.peer_port
+        }
+    }
+
+    pub(crate) fn dport(&self) -> Option<u16> {
+        if self.reply {
+            self.peer_port
+        } else {
+            Some(self.port)
+        }
+    }
+
+    /// Conntrack's state for it: a SYN starts a connection; the answer to it is the first
+    /// packet of the reply direction, which conntrack already calls established.
+    pub(crate) fn ct_state(&self) -> &'static str {
+        if self.reply {
+            "established"
+        } else {
+            "new"
+        }
+    }
+
+    /// The TCP flags it carries.
+    pub(crate) fn tcp_flags(&self) -> u8 {
+        if self.reply {
+            0x12
+        } else {
+            0x02
+        }
+    }
+
+    /// Addressed to this host (`fib daddr type local`).
+    pub(crate) fn to_this_host(&self) -> bool {
+        !self.forwarded && !self.reply
+    }
 }
 
 /// How a chain ended for the packet.
@@ -167,11 +229,13 @@ impl Ruleset {
     /// Rules (and chain policies) that would drop or reject `p` on input (forward, when it
     /// was forwarded), following jumps and gotos into the chains they name.
     pub fn blocking(&self, p: &Packet) -> Vec<Finding> {
-        // netdev ingress (per interface) runs first, then prerouting, then input or forward.
-        let hooks: &[&str] = if p.forwarded {
-            &["ingress", "prerouting", "forward"]
-        } else {
-            &["ingress", "prerouting", "input"]
+        // netdev ingress (per interface) runs first, then prerouting, then input or forward;
+        // a reply sent here leaves by output and postrouting.
+        let hooks: &[&str] = match (p.reply, p.forwarded) {
+            (false, true) => &["ingress", "prerouting", "forward"],
+            (true, true) => &["ingress", "prerouting", "forward", "postrouting"],
+            (false, false) => &["ingress", "prerouting", "input"],
+            (true, false) => &["output", "postrouting"],
         };
         let mut out = Vec::new();
         let mut bases: Vec<&Value> = self

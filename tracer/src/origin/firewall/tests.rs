@@ -26,6 +26,7 @@ fn pkt(peer: &str, port: u16) -> Packet {
         port,
         forwarded: false,
         iface: Some("eth0".into()),
+        reply: false,
     }
 }
 
@@ -48,6 +49,7 @@ fn forwarded(peer: &str) -> Packet {
         port: 80,
         forwarded: true,
         iface: Some("eth0".into()),
+        reply: false,
     }
 }
 
@@ -396,4 +398,67 @@ fn crowdsec_ban_set_is_named_as_crowdsec() {
     assert_eq!(f[0].owner, Some(Owner::Crowdsec));
     assert!(rs.blocking(&pkt("173.245.48.78", 443)).is_empty());
     assert!(rs.blocking(&pkt("2606:4700::10", 443)).is_empty());
+}
+
+/// A host's forward chain that drops SYN-ACKs going to an edge range (the namespace a
+/// container or VM-like namespace replies through), written by nft 1.0.6.
+fn host_forward_drops_synacks() -> Ruleset {
+    Ruleset::parse(
+        include_str!("testdata/host-forward-drops-synacks.json"),
+        include_str!("testdata/host-forward-drops-synacks.nft"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_reply_through_the_host_meets_its_forward_rule() {
+    let rs = host_forward_drops_synacks();
+    let reply = Packet {
+        forwarded: true,
+        reply: true,
+        iface: None,
+        ..pkt("173.245.48.10", 443)
+    };
+    let f = rs.blocking(&reply);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0].certain);
+    assert_eq!(f[0].base_chain, "forward");
+    assert!(
+        f[0].rule.contains("tcp flags syn,ack / syn,ack drop"),
+        "{}",
+        f[0].rule
+    );
+    // The edge's own SYN through the same host is not what it drops ...
+    let syn = Packet {
+        forwarded: true,
+        iface: None,
+        ..pkt("173.245.48.10", 443)
+    };
+    assert!(rs.blocking(&syn).is_empty());
+    // ... nor a reply to a peer outside the range.
+    let other = Packet {
+        peer: "192.0.2.10".parse().unwrap(),
+        ..reply
+    };
+    assert!(rs.blocking(&other).is_empty());
+}
+
+#[test]
+fn tcp_flag_masks_are_evaluated_for_both_directions() {
+    // `tcp flags & (fin|syn|rst|ack) == syn`: a SYN matches, a SYN-ACK does not.
+    let rs = Ruleset::parse(
+        r#"{"nftables": [{"chain": {"family": "inet", "table": "t", "name": "input", "hook": "input", "prio": 0, "policy": "accept"}},
+        {"rule": {"family": "inet", "table": "t", "chain": "input", "handle": 2, "expr": [
+          {"match": {"op": "==", "left": {"&": [{"payload": {"protocol": "tcp", "field": "flags"}}, {"|": ["fin", "syn", "rst", "ack"]}]}, "right": "syn"}},
+          {"drop": null}]}}]}"#,
+        "",
+    )
+    .unwrap();
+    assert_eq!(rs.blocking(&pkt("173.245.48.10", 443)).len(), 1);
+    let out = Packet {
+        reply: true,
+        ..pkt("173.245.48.10", 443)
+    };
+    // A reply leaves by output, where this input chain is not walked at all.
+    assert!(rs.blocking(&out).is_empty());
 }
