@@ -9,18 +9,19 @@ use std::{
 
 use crate::{
     classes::Classes,
-    correlate::{Attempt, Backend, Counts, Outcome},
+    correlate::{Attempt, Backend, Counts, Outcome, ReplyDrop},
     event::Flow,
     origin::{
         backends, conntrack, counters,
         firewall::{Packet, Ruleset},
         listeners::{self, Listener},
+        namespaces::Place,
         routes,
     },
     ranges::RangeSet,
     reasons::{Reason, ReasonTable},
     report::{window_value, RangesInfo, Report},
-    verdict::{decide, Inputs},
+    verdict::{decide, Inputs, ReplyDrops},
 };
 
 /// How many distinct dropped flows are checked against the firewall ruleset.
@@ -51,6 +52,9 @@ pub struct Tally {
     quick_closes: BTreeMap<u16, u64>,
     /// (first packet, failed) of each edge attempt, for when a failure began. Bounded.
     pub timeline: Vec<(std::time::SystemTime, bool)>,
+    /// Edge attempts whose answer a filter dropped on its way out, by where and why, with
+    /// one of them to test the ruleset there with. Bounded by namespaces × reasons.
+    reply_drops: BTreeMap<ReplyDrop, (u64, Packet)>,
 }
 
 /// Edge attempts kept on the timeline, at most.
@@ -105,8 +109,25 @@ impl Tally {
         if a.established && (a.origin_reset || a.origin_closed_first) && quick {
             *self.quick_closes.entry(a.flow.local_port).or_default() += 1;
         }
-        let returns = (outcome == Outcome::Unanswered && a.synack_retransmits > 0)
-            || outcome == Outcome::OtherDrop;
+        // Any unanswered attempt: a null route leaves no SYN-ACK to retransmit.
+        let returns = outcome == Outcome::Unanswered || outcome == Outcome::OtherDrop;
+        if let (Outcome::Unanswered, Some(r)) = (outcome, a.reply_drop) {
+            if self.reply_drops.len() < FIREWALL_SAMPLES || self.reply_drops.contains_key(&r) {
+                let (local, port) = a
+                    .backend
+                    .map_or((a.flow.local, a.flow.local_port), |b| (b.addr, b.port));
+                let sample = Packet {
+                    peer: a.flow.peer,
+                    peer_port: Some(a.flow.peer_port),
+                    local,
+                    port,
+                    forwarded: false,
+                    iface: None,
+                    reply: true,
+                };
+                self.reply_drops.entry(r).or_insert((0, sample)).0 += 1;
+            }
+        }
         let sample = (a.flow.peer, a.flow.local);
         if returns
             && self.return_samples.len() < ROUTE_SAMPLES
@@ -295,7 +316,7 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         .iter()
         .any(|c| matches!(c.reason.as_deref(), Some("IP_RPFILTER" | "IP_INPUT_ROUTE")));
     let lost_synacks = tally.edge.unanswered > 0 && tally.synack_retransmits > 0;
-    let routes: Vec<_> = if rp_dropped || lost_synacks {
+    let routes: Vec<_> = if rp_dropped || tally.edge.unanswered > 0 {
         tally
             .return_samples
             .iter()
@@ -330,6 +351,7 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         classes: &classes,
         routes: &routes,
         rp_filter,
+        reply_drops: &reply_drops(tally, ctx, ruleset.as_ref()),
         lost_events: ctx.lost_events,
     };
     let (verdict, mut causes) = decide(&inputs);
@@ -356,6 +378,48 @@ pub fn report(tally: &Tally, sampler: &mut OriginSampler, ctx: &WindowContext<'_
         tls: Vec::new(),
         since: None,
     }
+}
+
+/// Where the answers to edge attempts were dropped on their way out, and the rules there that
+/// drop them: this namespace's output path (its ruleset), or the namespace they pass through
+/// (its forward path, read from inside it).
+fn reply_drops(
+    tally: &Tally,
+    ctx: &WindowContext<'_>,
+    own_ruleset: Option<&Result<Ruleset, String>>,
+) -> Vec<ReplyDrops> {
+    let mut out = Vec::new();
+    for (drop, (attempts, sample)) in &tally.reply_drops {
+        let own = drop.netns == ctx.netns || drop.netns == 0;
+        let (place, enter, rules) = if own {
+            let rules = match own_ruleset {
+                Some(Ok(rs)) => Ok(rs.blocking(sample)),
+                Some(Err(e)) => Err(e.clone()),
+                None => Ruleset::read().map(|rs| rs.blocking(sample)),
+            };
+            ("this namespace".to_string(), None, rules)
+        } else {
+            let place = Place::of(drop.netns);
+            let through = Packet {
+                forwarded: true,
+                ..sample.clone()
+            };
+            let rules = match &place.namespace {
+                Some(ns) => ns.ruleset().map(|rs| rs.blocking(&through)),
+                None => Err("the namespace is gone".to_string()),
+            };
+            (place.text, place.enter, rules)
+        };
+        out.push(ReplyDrops {
+            place,
+            own,
+            reason: ctx.reasons.name(drop.reason).into_owned(),
+            attempts: *attempts,
+            rules,
+            enter,
+        });
+    }
+    out
 }
 
 /// Adds the backends conntrack names for attempts no event came back from: its DNAT mapping

@@ -116,6 +116,72 @@ impl Namespace {
     }
 }
 
+/// A namespace other than the tracer's where the kernel did something to an edge connection
+/// (dropped its answer), as the report names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Place {
+    /// "the host's network namespace netns:[4026531840]", "container 3f2a9c4b1d2e
+    /// (netns:[…])", "network namespace web1 (netns:[…])".
+    pub text: String,
+    /// How to run a command there: `nsenter --net=/proc/1/ns/net`.
+    pub enter: Option<String>,
+    pub namespace: Option<Namespace>,
+}
+
+impl Place {
+    /// Names the namespace with this inode: the host's (pid 1's), a container's, a named one.
+    pub fn of(inode: u32) -> Place {
+        let Some(ns) = Namespace::find(inode) else {
+            return Place {
+                text: format!("network namespace netns:[{inode}] (nothing refers to it any more)"),
+                enter: None,
+                namespace: None,
+            };
+        };
+        let host = inode_of(Path::new("/proc/1/ns/net")) == Some(inode);
+        let named = ns.path.as_ref().filter(|p| {
+            NAMED_NAMESPACE_DIRS
+                .iter()
+                .any(|d| p.parent() == Some(Path::new(d)))
+        });
+        let text = if host {
+            format!("the host's network namespace netns:[{inode}] (pid 1's)")
+        } else if let Some(c) = &ns.container {
+            format!("container {} (netns:[{inode}])", short_id(c))
+        } else if let Some(name) = named.and_then(|p| p.file_name()) {
+            format!(
+                "network namespace {} (netns:[{inode}])",
+                name.to_string_lossy()
+            )
+        } else {
+            ns.describe()
+        };
+        let enter = if host {
+            Some("nsenter --net=/proc/1/ns/net".to_string())
+        } else {
+            ns.path
+                .as_ref()
+                .map(|p| format!("nsenter --net={}", p.display()))
+        };
+        Place {
+            text,
+            enter,
+            namespace: Some(ns),
+        }
+    }
+}
+
+impl Namespace {
+    /// Its nftables ruleset, read from inside it (entering needs CAP_SYS_ADMIN).
+    pub fn ruleset(&self) -> Result<super::firewall::Ruleset, String> {
+        let path = self
+            .path
+            .clone()
+            .ok_or_else(|| format!("nothing refers to netns:[{}]", self.inode))?;
+        in_namespace(&path, super::firewall::Ruleset::read)?
+    }
+}
+
 /// True when this namespace can bind `addr` and could not bind just any address: with
 /// `ip_nonlocal_bind=1` (keepalived and HAProxy hosts) or no local routes at all (a bare
 /// namespace), every bind succeeds and proves nothing. The canaries are addresses no origin

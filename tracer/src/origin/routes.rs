@@ -23,8 +23,6 @@ pub enum NullRoute {
 }
 
 impl NullRoute {
-    pub const ALL: [NullRoute; 3] = [Self::Unreachable, Self::Blackhole, Self::Prohibit];
-
     /// The route type's name in `ip route`.
     pub fn as_str(self) -> &'static str {
         match self {

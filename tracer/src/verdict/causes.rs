@@ -252,19 +252,24 @@ pub(super) fn reset_by_origin(i: &Inputs<'_>) -> Cause {
     )
 }
 
-pub(super) fn unanswered(i: &Inputs<'_>) -> Cause {
-    Cause::new(
-        Verdict::Unanswered,
-        i.edge.unanswered,
-        vec![format!(
-            "{} edge SYNs reached {} but got no answer the kernel recorded: no SYN-ACK, no RST, no drop, and no listen-queue counter rose",
-            i.edge.unanswered, i.interface
-        )],
-        vec![
-            "Capture on the interface while the edge connects (tcpdump -ni <iface> 'tcp[tcpflags] & (tcp-syn|tcp-rst) != 0') to see whether anything answers.".into(),
-            "Check for something consuming SYNs before TCP (a tc or XDP program redirecting them, an IPVS or proxy rule).".into(),
-        ],
-    )
+pub(super) fn unanswered(i: &Inputs<'_>, attempts: u64) -> Cause {
+    let mut evidence = vec![format!(
+        "{attempts} edge SYNs reached {} but got no answer the kernel recorded: no SYN-ACK retransmitted, no RST, no drop, and no listen-queue counter rose",
+        i.interface
+    )];
+    let mut next_steps = Vec::new();
+    if let Some(n) = i.counter_deltas.get("ListenDrops").filter(|n| **n > 0) {
+        // ListenDrops without ListenOverflows: the listener dropped SYNs with room in its queue.
+        evidence.push(format!(
+            "kernel counter ListenDrops rose by {n} while ListenOverflows did not: a listener dropped SYNs with room in its queue — most often because no route could carry its SYN-ACK back (the route back to the peers is normal here), or for lack of memory or by a security module"
+        ));
+        next_steps.push("Check the route back to the edge (`ip route get <edge address> from <origin address>`, `ip rule show`) and the kernel log for memory pressure (`dmesg`); this is not a full accept queue: raising backlogs will not help.".into());
+    }
+    next_steps.extend([
+        "Capture on the interface while the edge connects (tcpdump -ni <iface> 'tcp[tcpflags] & (tcp-syn|tcp-rst) != 0') to see whether anything answers.".to_string(),
+        "Check for something consuming SYNs before TCP (a tc or XDP program redirecting them, an IPVS or proxy rule).".to_string(),
+    ]);
+    Cause::new(Verdict::Unanswered, attempts, evidence, next_steps)
 }
 
 /// Drops for reasons other than no socket, a filter, a full queue or reverse-path filtering:

@@ -11,6 +11,8 @@ pub mod tls;
 
 pub use firewall::allowlist_text;
 #[cfg(test)]
+mod lost_answers_tests;
+#[cfg(test)]
 mod tests;
 
 use std::{collections::BTreeMap, net::IpAddr};
@@ -200,6 +202,24 @@ pub struct AttemptClass {
     pub peers: Vec<(IpAddr, u64)>,
 }
 
+/// The origin's answers (SYN-ACKs) to edge attempts dropped by a filter on their way out, in
+/// one namespace for one reason.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplyDrops {
+    /// "this namespace's output path" or "the host's namespace netns:[…] (pid 1 systemd)".
+    pub place: String,
+    /// It is the tracer's own namespace.
+    pub own: bool,
+    /// The kernel's drop reason.
+    pub reason: String,
+    /// Edge attempts whose answer was dropped there.
+    pub attempts: u64,
+    /// The rules of that namespace's ruleset that drop such a reply, or why it was not read.
+    pub rules: Result<Vec<Finding>, String>,
+    /// How to run a command in that namespace (`nsenter --net=/proc/1/ns/net`), when not ours.
+    pub enter: Option<String>,
+}
+
 /// What the verdict is decided from.
 pub struct Inputs<'a> {
     pub interface: &'a str,
@@ -235,6 +255,8 @@ pub struct Inputs<'a> {
     pub routes: &'a [Result<Route, String>],
     /// Reverse-path filtering in effect on the interface (0 off, 1 strict, 2 loose).
     pub rp_filter: Option<u8>,
+    /// Answers to edge attempts dropped on their way out, by namespace and reason.
+    pub reply_drops: &'a [ReplyDrops],
     /// Events the kernel lost during the window.
     pub lost_events: u64,
 }
@@ -245,12 +267,11 @@ const HEALTHY_MAX_FAILURE_SHARE: f64 = 0.05;
 /// Peers listed per cause.
 const PEERS_SHOWN: usize = 5;
 
-const OVERLOAD_COUNTERS: [&str; 4] = [
-    "ListenOverflows",
-    "ListenDrops",
-    "TCPReqQFullDrop",
-    "TCPBacklogDrop",
-];
+/// Counters that say a listen queue had no room: what makes unanswered attempts overload.
+/// `ListenDrops` is not one — it also counts every SYN a listener drops for any other reason
+/// (no route for its SYN-ACK, no memory, an LSM), and rises with `ListenOverflows` anyway when
+/// the queue is full.
+const OVERLOAD_COUNTERS: [&str; 3] = ["ListenOverflows", "TCPReqQFullDrop", "TCPReqQFullDoCookies"];
 
 /// The kernel's name for a reverse-path filter drop.
 const RPFILTER: &str = "IP_RPFILTER";
@@ -273,13 +294,26 @@ pub fn for_outcome(o: Outcome) -> Verdict {
         outcome: Some(o),
         ..AttemptClass::default()
     };
-    cause_of(&class, false, false, false)
+    cause_of(&class, &Lens::default())
 }
 
-/// Which cause an attempt class belongs to. Unanswered attempts are overload when a queue
-/// counter or a full queue says so, a return-path fault when SYN-ACKs went out and nothing
-/// came back, and plain unanswered otherwise.
-fn cause_of(class: &AttemptClass, overload: bool, synacks_sent: bool, strict: bool) -> Verdict {
+/// What tells unanswered attempts apart.
+#[derive(Default)]
+struct Lens {
+    /// A queue counter rose or a queue was seen full.
+    overload: bool,
+    /// The answers are known lost: SYN-ACKs retransmitted, dropped on the way out, or no
+    /// route for them.
+    answers_lost: bool,
+    /// Strict reverse-path filtering on the interface.
+    strict: bool,
+}
+
+/// Which cause an attempt class belongs to. Unanswered attempts are a return-path fault when
+/// their answers are known lost, overload when a queue counter or a full queue says so, and
+/// plain unanswered otherwise.
+fn cause_of(class: &AttemptClass, lens: &Lens) -> Verdict {
+    let strict = lens.strict;
     match class.outcome {
         None => Verdict::NeverArriving,
         Some(Outcome::Unknown) => Verdict::Unknown,
@@ -288,8 +322,8 @@ fn cause_of(class: &AttemptClass, overload: bool, synacks_sent: bool, strict: bo
         Some(Outcome::FirewallDrop) => Verdict::FirewallDrop,
         Some(Outcome::OverloadDrop) => Verdict::Overloaded,
         Some(Outcome::OriginReset) => Verdict::ResetByOrigin,
-        Some(Outcome::Unanswered) if overload => Verdict::Overloaded,
-        Some(Outcome::Unanswered) if synacks_sent => Verdict::ReturnPath,
+        Some(Outcome::Unanswered) if lens.overload && !lens.answers_lost => Verdict::Overloaded,
+        Some(Outcome::Unanswered) if lens.answers_lost => Verdict::ReturnPath,
         Some(Outcome::Unanswered) => Verdict::Unanswered,
         Some(Outcome::OtherDrop) if class.reason.as_deref() == Some(RPFILTER) => {
             Verdict::ReturnPath
@@ -304,8 +338,12 @@ fn cause_of(class: &AttemptClass, overload: bool, synacks_sent: bool, strict: bo
 /// The verdict and every cause, largest first.
 pub fn decide(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
     let (verdict, mut causes) = rank(i);
-    let overload = !overload_evidence(i).is_empty();
-    let synacks = i.synack_retransmits > 0;
+    let lost = lost_answers(i, &overload_evidence(i));
+    let lens = Lens {
+        overload: !overload_evidence(i).is_empty(),
+        answers_lost: lost.total() > 0,
+        strict: i.rp_filter == Some(1),
+    };
     for c in &mut causes {
         c.backends = i
             .backends
@@ -314,11 +352,7 @@ pub fn decide(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
             .cloned()
             .collect();
         let mut peers: BTreeMap<IpAddr, u64> = BTreeMap::new();
-        for class in i
-            .classes
-            .iter()
-            .filter(|k| cause_of(k, overload, synacks, i.rp_filter == Some(1)) == c.verdict)
-        {
+        for class in i.classes.iter().filter(|k| cause_of(k, &lens) == c.verdict) {
             for (addr, n) in &class.peers {
                 *peers.entry(*addr).or_default() += n;
             }
@@ -371,7 +405,7 @@ fn rank(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
         return (cause.verdict, vec![cause]);
     }
     let overload_evidence = overload_evidence(i);
-    let rp_drops = rp_drops(i);
+    let lost = lost_answers(i, &overload_evidence);
     let mut causes = Vec::new();
     if i.edge.refused > 0 {
         causes.push(causes::refused(i));
@@ -379,11 +413,13 @@ fn rank(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
     if i.edge.firewall_drops > 0 {
         causes.push(firewall::firewall_drop(i));
     }
+    // Unanswered attempts whose answers are not known lost: overload when a queue says so.
+    let rest = i.edge.unanswered - lost.unanswered();
     let overloaded = i.edge.overload_drops
         + if overload_evidence.is_empty() {
             0
         } else {
-            i.edge.unanswered
+            rest
         };
     if overloaded > 0 {
         causes.push(causes::overload(i, overloaded, overload_evidence.clone()));
@@ -391,19 +427,14 @@ fn rank(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
     if i.edge.origin_resets > 0 {
         causes.push(causes::reset_by_origin(i));
     }
-    let lost_synacks = if overload_evidence.is_empty() && i.synack_retransmits > 0 {
-        i.edge.unanswered
-    } else {
-        0
-    };
-    if lost_synacks + rp_drops > 0 {
-        causes.push(return_path::return_path(i, lost_synacks, rp_drops));
+    if lost.total() > 0 {
+        causes.push(return_path::return_path(i, &lost));
     }
-    if overload_evidence.is_empty() && lost_synacks == 0 && i.edge.unanswered > 0 {
-        causes.push(causes::unanswered(i));
+    if overload_evidence.is_empty() && rest > 0 {
+        causes.push(causes::unanswered(i, rest));
     }
-    if i.edge.other_drops > rp_drops {
-        causes.push(causes::other_drop(i, i.edge.other_drops - rp_drops));
+    if i.edge.other_drops > lost.rp_drops {
+        causes.push(causes::other_drop(i, i.edge.other_drops - lost.rp_drops));
     }
     if i.edge.unknown > 0 {
         causes.push(causes::unknown(i));
@@ -423,6 +454,87 @@ fn rank(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
     causes.sort_by_key(|c| c.verdict == Verdict::Unknown);
     let verdict = causes.first().map_or(Verdict::Healthy, |c| c.verdict);
     (verdict, causes)
+}
+
+/// Edge attempts whose answers are known not to get back, by how: the return path's share.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LostAnswers {
+    /// Answered with SYN-ACKs that were retransmitted (no queue counter rose): lost beyond.
+    pub synacks: u64,
+    /// The SYN dropped by the reverse-path filter (the route back leaves elsewhere).
+    pub rp_drops: u64,
+    /// The listener took the SYN but no route could carry its answer (a null route).
+    pub null_routed: u64,
+    /// The answer dropped by a filter on its way out, here or in a namespace it crosses.
+    pub reply_dropped: u64,
+}
+
+impl LostAnswers {
+    pub fn total(&self) -> u64 {
+        self.synacks + self.rp_drops + self.null_routed + self.reply_dropped
+    }
+
+    /// Those among the unanswered attempts (reverse-path drops are drops).
+    fn unanswered(&self) -> u64 {
+        self.synacks + self.null_routed + self.reply_dropped
+    }
+}
+
+/// The rule for answers that never get back, in order of certainty: a reply the kernel saw
+/// dropped on its way out; a peer whose route back is a null route (the listener drops the
+/// SYN for want of a route: `ListenDrops` rises, `ListenOverflows` does not); then, while no
+/// queue counter rose, SYN-ACKs retransmitted with no final ACK back. Freed packets that do
+/// not end an attempt never decide it (see `correlate`); `ListenDrops` alone is never overload.
+fn lost_answers(i: &Inputs<'_>, overload_evidence: &[String]) -> LostAnswers {
+    let reply_dropped = i
+        .reply_drops
+        .iter()
+        .map(|r| r.attempts)
+        .sum::<u64>()
+        .min(i.edge.unanswered);
+    let null_routed = null_routed_attempts(i).min(i.edge.unanswered - reply_dropped);
+    let rest = i.edge.unanswered - reply_dropped - null_routed;
+    let synacks = if overload_evidence.is_empty() && i.synack_retransmits > 0 {
+        rest
+    } else {
+        0
+    };
+    LostAnswers {
+        synacks,
+        rp_drops: rp_drops(i),
+        null_routed,
+        reply_dropped,
+    }
+}
+
+/// Unanswered edge attempts from peers a null route catches (counted by peer; the peers of a
+/// class are bounded, so this is a lower bound on a flood from many addresses).
+fn null_routed_attempts(i: &Inputs<'_>) -> u64 {
+    let nulls: Vec<&crate::origin::routes::Route> = i
+        .routes
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .filter(|r| r.null.is_some())
+        .collect();
+    if nulls.is_empty() {
+        return 0;
+    }
+    let caught = |peer: IpAddr| {
+        nulls.iter().any(|r| {
+            r.peer == peer
+                || r.null
+                    .as_ref()
+                    .and_then(|n| n.prefix)
+                    .is_some_and(|p| p.contains(&peer))
+        })
+    };
+    i.classes
+        .iter()
+        .filter(|c| c.outcome == Some(Outcome::Unanswered))
+        .flat_map(|c| c.peers.iter())
+        .filter(|(peer, _)| caught(*peer))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 /// Drops by the reverse-path filter: named so (5.17+), or in the input route lookup with

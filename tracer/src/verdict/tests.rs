@@ -43,14 +43,14 @@ fn the_lab_names_a_scenario_for_each_verdict() {
 use super::*;
 use crate::origin::firewall::{owner::Owner, Allowlist, Finding};
 
-struct Fixture {
+pub(super) struct Fixture {
     listeners: Vec<Listener>,
     full: Vec<Listener>,
-    deltas: BTreeMap<String, u64>,
+    pub deltas: BTreeMap<String, u64>,
     ranges: RangeSet,
 }
 
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     Fixture {
         listeners: vec![],
         full: vec![],
@@ -59,7 +59,7 @@ fn fixture() -> Fixture {
     }
 }
 
-fn inputs<'a>(f: &'a Fixture, edge: Counts) -> Inputs<'a> {
+pub(super) fn inputs<'a>(f: &'a Fixture, edge: Counts) -> Inputs<'a> {
     Inputs {
         interface: "eth0",
         ports: &[443],
@@ -83,6 +83,7 @@ fn inputs<'a>(f: &'a Fixture, edge: Counts) -> Inputs<'a> {
         classes: &[],
         routes: &[],
         rp_filter: None,
+        reply_drops: &[],
         lost_events: 0,
     }
 }
@@ -273,7 +274,7 @@ fn mixed_causes_pick_the_largest_and_list_all() {
     assert_eq!(names, [Verdict::FirewallDrop, Verdict::Refused]);
 }
 
-fn class(outcome: Outcome, reason: Option<&str>, peers: &[(&str, u64)]) -> AttemptClass {
+pub(super) fn class(outcome: Outcome, reason: Option<&str>, peers: &[(&str, u64)]) -> AttemptClass {
     AttemptClass {
         outcome: Some(outcome),
         reason: reason.map(String::from),
