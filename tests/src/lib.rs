@@ -36,6 +36,10 @@ pub const BRIDGE_IF: &str = "d521";
 pub const ROUTE_IF: &str = "r521";
 /// An edge address in 104.16.0.0/13, a range stale allowlists lack.
 pub const EDGE2_V4: &str = "104.16.0.5";
+/// More edge addresses, in other Cloudflare ranges.
+pub const EDGE3_V4: &str = "162.158.0.5";
+pub const EDGE2_V6: &str = "2606:4700::11";
+pub const EDGE3_V6: &str = "2a06:98c0::5";
 pub const CONTAINER_IF: &str = "c521";
 pub const BRIDGE_V4: &str = "172.17.0.1";
 pub const CONTAINER_V4: &str = "172.17.0.2";
@@ -217,6 +221,48 @@ impl Lab {
             .sh(&format!("ip route add {addr}/32 dev {ORIGIN_IF}"));
         self.edge.sh(&format!(
             "ping -c1 -W2 -I {addr} {ORIGIN_V4} >/dev/null || true"
+        ));
+    }
+
+    /// The origin reaches the edge by a default route out of its interface, as a real origin
+    /// does (the lab's host routes to the edge's addresses are removed), so that a more
+    /// specific route to an edge address — fail2ban's `ip route add unreachable <ip>` — can
+    /// be added; and gives the edge the extra addresses named (any Cloudflare range), each
+    /// primed in the origin's neighbour table.
+    pub fn edge_by_default_route(&self, extra: &[&str]) {
+        self.origin.sh(&format!(
+            "sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.{ORIGIN_IF}.rp_filter=0; \
+             ip route del {EDGE_V4}/32 dev {ORIGIN_IF}; ip route add default dev {ORIGIN_IF}; \
+             ip -6 route del {EDGE_V6}/128 dev {ORIGIN_IF}; ip -6 route add default dev {ORIGIN_IF}"
+        ));
+        for addr in extra {
+            let (v, len, nodad) = if addr.contains(':') {
+                ("-6", 128, " nodad")
+            } else {
+                ("-4", 32, "")
+            };
+            self.edge.sh(&format!(
+                "ip {v} addr add {addr}/{len} dev {EDGE_IF}{nodad}"
+            ));
+            let origin = if v == "-6" { ORIGIN_V6 } else { ORIGIN_V4 };
+            self.edge.sh(&format!(
+                "ping {v} -c1 -W2 -I {addr} {origin} >/dev/null || true"
+            ));
+        }
+    }
+
+    /// The container reached directly by the edge through the origin, as a VM-like
+    /// namespace or a container with a routed address: the origin forwards between the edge
+    /// and the container (no DNAT), and the container forwards too (so a tracer there follows
+    /// its connections into the origin, as on a Docker host whose namespaces inherit it).
+    pub fn route_edge_to_container(&self) {
+        self.wire_container();
+        self.container
+            .sh("sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0");
+        self.edge
+            .sh(&format!("ip route add 172.17.0.0/16 via {ORIGIN_V4}"));
+        self.edge.sh(&format!(
+            "ping -c1 -W2 -I {EDGE_V4} {CONTAINER_V4} >/dev/null || true"
         ));
     }
 
@@ -485,10 +531,22 @@ impl Tracer {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Tracer {
+        Tracer::diagnose_on(ns, ORIGIN_IF, ports, secs, extra, env)
+    }
+
+    /// [`Tracer::diagnose_with`] watching `iface` (the container's, for a tracer run there).
+    pub fn diagnose_on(
+        ns: &Netns,
+        iface: &str,
+        ports: &str,
+        secs: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Tracer {
         let mut args = vec![
             "diagnose",
             "--iface",
-            ORIGIN_IF,
+            iface,
             "--port",
             ports,
             "--duration",

@@ -27,12 +27,26 @@ pub struct Scenario {
     pub counts: &'static str,
     /// `--port` value for the tracer.
     pub ports: &'static str,
+    /// Where the tracer runs.
+    pub vantage: Vantage,
     pub setup: fn(&Lab) -> Keep,
     pub traffic: fn(&Lab),
 }
 
+/// Where the tracer runs in a scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vantage {
+    /// In the origin namespace, on its interface to the edge.
+    Origin,
+    /// In the container namespace, on its own interface: the origin is its host.
+    Container,
+}
+
 /// Below the kernel's first SYN retransmission: one SYN per attempt.
 pub const SHORT: Duration = Duration::from_millis(500);
+/// Past the kernel's first SYN retransmission (1 s) and before its second (3 s): two SYNs
+/// per attempt nothing answers, as the edge retransmits.
+pub const RETRYING: Duration = Duration::from_millis(2500);
 pub const WINDOW_SECS: u64 = 4;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -87,6 +101,23 @@ fn attempts(lab: &Lab, from: &str, to: &str, port: u16, n: usize) -> usize {
     (0..n)
         .filter(|_| lab.edge.connect(from, sockaddr(to, port), SHORT).is_ok())
         .count()
+}
+
+/// One attempt from each address of `from` at once, each retransmitting its SYN while no
+/// answer gets back.
+fn retrying(lab: &Lab, from: &[&str], to: &str, port: u16) {
+    std::thread::scope(|s| {
+        for addr in from {
+            s.spawn(|| lab.edge.connect(addr, sockaddr(to, port), RETRYING).is_ok());
+        }
+    });
+}
+
+/// The origin namespace's forwarding off, as on an origin that is no router (a namespace
+/// inherits the host's, and a forwarding tracer would follow the lab edge's own drops).
+fn no_forwarding(lab: &Lab) {
+    lab.origin
+        .sh("sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0");
 }
 
 fn nothing(_: &Lab) -> Keep {
@@ -160,6 +191,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "healthy",
             counts: "syn=5 handshakes=5",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| server(lab, "0.0.0.0", 443, ServerMode::Close),
             traffic: |lab| {
                 attempts(lab, EDGE_V4, ORIGIN_V4, 443, 5);
@@ -170,6 +202,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "refused",
             counts: "syn=3 refused=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: nothing,
             traffic: |lab| {
                 attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
@@ -180,6 +213,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "refused",
             counts: "syn=3 refused=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| vec![Box::new(lab.origin.listen("127.0.0.1", 443, 16))],
             traffic: |lab| {
                 attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
@@ -190,6 +224,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "firewall_drop",
             counts: "syn=3 firewall_drops=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| {
                 lab.origin.sh(
                     "nft add table inet filter; \
@@ -212,6 +247,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "firewall_drop",
             counts: "syn=3 firewall_drops=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| {
                 lab.origin.sh("iptables -A INPUT -p tcp --dport 443 -s 173.245.48.0/20 -j REJECT --reject-with tcp-reset");
                 server(lab, "0.0.0.0", 443, ServerMode::Close)
@@ -225,6 +261,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "overloaded",
             counts: "syn=3 handshakes=0 unanswered+overload_drops=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| full_queue(lab, &lab.origin, 443),
             traffic: |lab| {
                 attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
@@ -235,6 +272,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "reset_by_origin",
             counts: "syn=3 handshakes=3 origin_resets=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| server(lab, "0.0.0.0", 443, ServerMode::Reset),
             traffic: |lab| {
                 for _ in 0..3 {
@@ -251,6 +289,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "never_arriving",
             counts: "syn=0",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| {
                 lab.edge.sh("nft add table inet t; \
                      nft add chain inet t output '{ type filter hook output priority 0; }'; \
@@ -267,6 +306,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "firewall_drop",
             counts: "syn=6 refused=2 firewall_drops=4",
             ports: "443,8080",
+            vantage: Vantage::Origin,
             setup: |lab| {
                 lab.origin.sh("nft add table inet filter; \
                      nft add chain inet filter input '{ type filter hook input priority 0; }'; \
@@ -283,6 +323,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "refused",
             counts: "syn=3 refused=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| vec![Box::new(lab.origin.listen("::1", 443, 16))],
             traffic: |lab| {
                 attempts(lab, EDGE_V6, ORIGIN_V6, 443, 3);
@@ -293,6 +334,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "healthy",
             counts: "syn=5 handshakes=5",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| {
                 docker_443_to_80(lab);
                 container_server(lab, "0.0.0.0")
@@ -306,6 +348,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "refused",
             counts: "syn=3 refused=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| {
                 docker_443_to_80(lab);
                 Vec::new()
@@ -319,6 +362,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "refused",
             counts: "syn=3 refused=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| {
                 docker_443_to_80(lab);
                 container_server(lab, "127.0.0.1")
@@ -332,6 +376,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "firewall_drop",
             counts: "syn=3 firewall_drops=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| {
                 docker_443_to_80(lab);
                 lab.origin
@@ -347,6 +392,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "overloaded",
             counts: "syn=3 handshakes=0 unanswered+overload_drops=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| {
                 docker_443_to_80(lab);
                 full_queue(lab, &lab.container, 80)
@@ -360,6 +406,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "refused",
             counts: "syn=3 refused=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| {
                 lab.wire_container();
                 lab.nft_publish_v6(443, 80);
@@ -374,6 +421,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "healthy",
             counts: "syn=4 handshakes=4",
             ports: "9443",
+            vantage: Vantage::Origin,
             setup: |lab| server(lab, "::", 9443, ServerMode::Close),
             traffic: |lab| {
                 attempts(lab, EDGE_V4, ORIGIN_V4, 9443, 2);
@@ -385,6 +433,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "return_path",
             counts: "syn=3 handshakes=0 unanswered=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| {
                 lab.dead_end_interface();
                 lab.origin.sh(&format!(
@@ -394,8 +443,69 @@ pub fn all() -> Vec<Scenario> {
                 ));
                 server(lab, "0.0.0.0", 443, ServerMode::Close)
             },
+            // The edge retransmits its SYN, as Cloudflare does: each retransmission meets the
+            // pending request, which resends its SYN-ACK and frees the SYN (not a drop).
+            traffic: |lab| retrying(lab, &[EDGE_V4; 3], ORIGIN_V4, 443),
+        },
+        Scenario {
+            name: "SYN-ACKs lost beyond this host while the edge retransmits",
+            expected: "return_path",
+            counts: "syn=3 handshakes=0 unanswered=3",
+            ports: "443",
+            vantage: Vantage::Origin,
+            setup: |lab| {
+                no_forwarding(lab);
+                // An upstream that drops the origin's outbound: here, the edge's own input.
+                lab.edge.sh("nft add table inet t; \
+                     nft add chain inet t input '{ type filter hook input priority 0; }'; \
+                     nft add rule inet t input tcp flags '&' '(syn|ack)' == 'syn|ack' drop");
+                server(lab, "0.0.0.0", 443, ServerMode::Close)
+            },
+            traffic: |lab| retrying(lab, &[EDGE_V4; 3], ORIGIN_V4, 443),
+        },
+        Scenario {
+            name: "SYN-ACKs dropped in the host's forward path",
+            expected: "return_path",
+            counts: "syn=3 handshakes=0 unanswered=3",
+            ports: "443",
+            // The tracer runs in the container (a VM-like namespace with a routed address);
+            // its host, the lab's origin, drops the replies in its forward path.
+            vantage: Vantage::Container,
+            setup: |lab| {
+                lab.route_edge_to_container();
+                lab.origin.sh(
+                    "nft add table inet hostfw; \
+                     nft add chain inet hostfw forward '{ type filter hook forward priority 0; }'; \
+                     nft add rule inet hostfw forward ip daddr 173.245.48.0/20 tcp flags '&' '(syn|ack)' == 'syn|ack' drop",
+                );
+                vec![Box::new(Server::start(
+                    lab.container.listen("0.0.0.0", 443, 128),
+                    ServerMode::Close,
+                ))]
+            },
+            traffic: |lab| retrying(lab, &[EDGE_V4; 3], CONTAINER_V4, 443),
+        },
+        Scenario {
+            name: "null routes to edge addresses (IPv4 and IPv6)",
+            expected: "return_path",
+            counts: "syn=6 handshakes=0 unanswered=6",
+            ports: "443",
+            vantage: Vantage::Origin,
+            setup: |lab| {
+                no_forwarding(lab);
+                lab.edge_by_default_route(&[EDGE2_V4, EDGE3_V4, EDGE2_V6, EDGE3_V6]);
+                lab.origin.sh(&format!(
+                    "ip route add unreachable {EDGE_V4}; ip route add blackhole {EDGE2_V4}; \
+                     ip route add prohibit {EDGE3_V4}; ip -6 route add unreachable {EDGE_V6}; \
+                     ip -6 route add blackhole {EDGE2_V6}; ip -6 route add prohibit {EDGE3_V6}"
+                ));
+                server(lab, "::", 443, ServerMode::Close)
+            },
             traffic: |lab| {
-                attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
+                std::thread::scope(|s| {
+                    s.spawn(|| retrying(lab, &[EDGE_V4, EDGE2_V4, EDGE3_V4], ORIGIN_V4, 443));
+                    s.spawn(|| retrying(lab, &[EDGE_V6, EDGE2_V6, EDGE3_V6], ORIGIN_V6, 443));
+                });
             },
         },
         Scenario {
@@ -403,6 +513,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "return_path",
             counts: "syn=3 other_drops=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| {
                 lab.dead_end_interface();
                 lab.pin_origin_neighbour();
@@ -421,6 +532,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "firewall_drop",
             counts: "syn=3 firewall_drops=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| {
                 let f2b =
                     tools::Fail2ban::start(&lab.origin, "nginx-http-auth", "iptables-multiport");
@@ -439,6 +551,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "firewall_drop",
             counts: "syn=3 firewall_drops=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| {
                 let dir = TempDir::new(&format!("ufw-{}", lab.origin.name));
                 tools::ufw(
@@ -466,6 +579,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "firewall_drop",
             counts: "syn=5 handshakes=2 firewall_drops=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| {
                 lab.edge_alias(EDGE2_V4);
                 lab.origin.sh(&format!(
@@ -491,6 +605,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "reset_by_origin",
             counts: "syn=3 handshakes=3 origin_resets=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| server(lab, "0.0.0.0", 443, ServerMode::Close),
             traffic: |lab| requests_after_a_pause(lab, 3),
         },
@@ -499,6 +614,7 @@ pub fn all() -> Vec<Scenario> {
             expected: "firewall_drop",
             counts: "syn=3 firewall_drops=3",
             ports: "443",
+            vantage: Vantage::Origin,
             setup: |lab| {
                 lab.origin.sh("iptables -A INPUT -p tcp --syn --dport 443 -m connlimit --connlimit-above 1 --connlimit-mask 0 -j REJECT --reject-with tcp-reset");
                 let l = lab.origin.listen("0.0.0.0", 443, 16);
@@ -588,7 +704,11 @@ pub fn run_with(s: &Scenario, args: &[&str], env: &[(&str, &str)]) -> (Value, f6
     let lab = Lab::new();
     let keep = (s.setup)(&lab);
     let window = WINDOW_SECS.to_string();
-    let tracer = Tracer::diagnose_with(&lab.origin, s.ports, &window, args, env);
+    let (ns, iface) = match s.vantage {
+        Vantage::Origin => (&lab.origin, ORIGIN_IF),
+        Vantage::Container => (&lab.container, CONTAINER_IF),
+    };
+    let tracer = Tracer::diagnose_on(ns, iface, s.ports, &window, args, env);
     (s.traffic)(&lab);
     let stderr = tracer.stderr_text();
     let (code, out) = tracer.wait(Duration::from_secs(WINDOW_SECS + 20));

@@ -150,6 +150,8 @@ struct Agent {
     journal: Journal,
     /// When the current failure of edge attempts began.
     failure_clock: FailureClock,
+    /// What the host dates, read once a failure older than the agent is seen.
+    dated: Vec<crate::journal::dated::Dated>,
     /// The last failed edge attempt's outcome: what the current failure is called.
     last_failure: Option<crate::correlate::Outcome>,
     /// `GET /history`, rebuilt when `history_dirty`.
@@ -264,10 +266,15 @@ impl Agent {
             .last_failure
             .and_then(|o| crate::verdict::for_outcome(o).failure_noun())
             .unwrap_or("failures");
-        let since = self
-            .failure_clock
-            .began()
-            .map(|(began, from_start)| since::since(noun, began, from_start, self.journal.all()));
+        let since = self.failure_clock.began().map(|(began, from_start)| {
+            let hints = since::Hints {
+                local: self
+                    .last_failure
+                    .is_some_and(|o| crate::verdict::for_outcome(o).is_local()),
+                dated: &self.dated,
+            };
+            since::since(noun, began, from_start, self.journal.all(), hints)
+        });
         let changes: Vec<serde_json::Value> = self
             .journal
             .all()
@@ -479,7 +486,20 @@ impl Agent {
         if let (Some(noun), Some((began, from_start))) =
             (report.verdict.failure_noun(), self.failure_clock.began())
         {
-            report.since = Some(since::since(noun, began, from_start, self.journal.all()));
+            if from_start && self.dated.is_empty() {
+                self.dated = crate::journal::dated::gather(&report.listeners);
+            }
+            let hints = since::Hints {
+                local: report.verdict.is_local(),
+                dated: &self.dated,
+            };
+            report.since = Some(since::since(
+                noun,
+                began,
+                from_start,
+                self.journal.all(),
+                hints,
+            ));
         }
         if let Some(tls) = &self.tls {
             crate::verdict::tls::apply(&mut report, self.tls_results.clone());
@@ -630,6 +650,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         watcher,
         journal: Journal::default(),
         failure_clock: FailureClock::default(),
+        dated: Vec::new(),
         last_failure: None,
         history,
         history_dirty: true,

@@ -260,8 +260,9 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
     let watcher = w.watcher.take();
     let changes = watcher.as_ref().map(|w| w.drain()).unwrap_or_default();
     drop(watcher);
+    let dated = crate::journal::dated::gather(&report.listeners);
     report.since =
-        crate::journal::since::of_window(report.verdict, &w.tally.timeline, changes.iter());
+        crate::journal::since::of_window(report.verdict, &w.tally.timeline, changes.iter(), &dated);
     if let Some(tls) = &tls {
         // After the window: the checks' own connections are not counted in it.
         let view = TlsTargets {

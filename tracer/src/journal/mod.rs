@@ -5,6 +5,7 @@
 //! ([`since`]). [`watch`] observes the host; the agent logs each change (`kind: change`) and
 //! counts it (`tracer_changes_total{what}`); reports carry the ones before the failure began.
 
+pub mod dated;
 pub mod listeners;
 pub mod netlink;
 pub mod since;

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::Change;
+use super::{dated::Dated, Change};
 
 /// Handshakes in a row that end a failure.
 pub const HEALTHY_STRETCH: u32 = 3;
@@ -87,6 +87,31 @@ pub struct Since {
     pub changes: Vec<NearChange>,
     /// The sentence the text report leads with.
     pub text: String,
+    /// For a failure older than the tracer (`from_start`): what the host can date after the
+    /// fact (the listening processes' starts, firewall files written, the boot), newest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dated: Vec<Dated>,
+}
+
+/// What `since` says besides the changes it saw.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Hints<'a> {
+    /// The cause is on this host (refused, a firewall, a full queue, a reset): never say
+    /// "look upstream" for it.
+    pub local: bool,
+    /// What the host can date, for a failure older than the tracer.
+    pub dated: &'a [Dated],
+}
+
+impl Hints<'_> {
+    /// Where to look when no change explains the failure.
+    fn look(&self) -> &'static str {
+        if self.local {
+            "the cause below is on this host"
+        } else {
+            "the cause below says where the answers are lost"
+        }
+    }
 }
 
 fn clock(t: SystemTime) -> String {
@@ -100,6 +125,7 @@ pub fn since<'a>(
     began: SystemTime,
     from_start: bool,
     changes: impl Iterator<Item = &'a Change>,
+    hints: Hints<'_>,
 ) -> Since {
     let mut near: Vec<(f64, &Change)> = changes
         .filter(|c| {
@@ -132,6 +158,20 @@ pub fn since<'a>(
         format!("{what} began {when}")
     };
     let text = match near.first() {
+        // The journal starts with the tracer: it cannot have seen the change, so say so,
+        // with what the host can date after the fact.
+        None if from_start => {
+            let mut t = format!(
+                "{what} were already happening when the tracer started watching ({when}): they began earlier, and what changed then is not in its journal"
+            );
+            if !hints.dated.is_empty() {
+                t += &format!(
+                    "; what this host can date: {}",
+                    super::dated::text(hints.dated)
+                );
+            }
+            format!("{t}; {}", hints.look())
+        }
         Some((before, c)) if *before >= 0.0 => {
             format!("{start}, {before:.1} s after {}", c.detail)
         }
@@ -141,8 +181,9 @@ pub fn since<'a>(
             -before
         ),
         None => format!(
-            "{start}; no change on this host in the {} s before (listeners, nftables, routes, addresses, sysctls, ranges): look upstream or at the application",
-            LOOK_BACK.as_secs()
+            "{start}; no change on this host in the {} s before (listeners, nftables, routes, addresses, sysctls, ranges): {}",
+            LOOK_BACK.as_secs(),
+            hints.look()
         ),
     };
     Since {
@@ -158,6 +199,11 @@ pub fn since<'a>(
             })
             .collect(),
         text,
+        dated: if from_start {
+            hints.dated.to_vec()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -166,6 +212,7 @@ pub fn of_window<'a>(
     verdict: crate::verdict::Verdict,
     timeline: &[(SystemTime, bool)],
     changes: impl Iterator<Item = &'a Change>,
+    dated: &[Dated],
 ) -> Option<Since> {
     let noun = verdict.failure_noun()?;
     let mut sorted = timeline.to_vec();
@@ -175,7 +222,11 @@ pub fn of_window<'a>(
         clock.observe(t, failed);
     }
     let (began, from_start) = clock.began()?;
-    Some(since(noun, began, from_start, changes))
+    let hints = Hints {
+        local: verdict.is_local(),
+        dated,
+    };
+    Some(since(noun, began, from_start, changes, hints))
 }
 
 #[cfg(test)]
@@ -252,6 +303,7 @@ mod tests {
             t(131) + Duration::from_millis(800),
             false,
             changes.iter(),
+            Hints::default(),
         );
         assert_eq!(s.changes.len(), 2);
         assert_eq!(s.changes[0].what, "listener_down");
@@ -279,13 +331,19 @@ mod tests {
                 detail: "before".into(),
             },
         ];
-        let s = since("refusals", t(100), false, changes.iter());
+        let s = since("refusals", t(100), false, changes.iter(), Hints::default());
         assert_eq!(s.changes[0].detail, "before");
     }
 
     #[test]
     fn no_change_found_is_said() {
-        let s = since("refusals", t(100), false, std::iter::empty());
+        let s = since(
+            "refusals",
+            t(100),
+            false,
+            std::iter::empty(),
+            Hints::default(),
+        );
         assert!(s.changes.is_empty());
         assert!(s.text.contains("no change on this host"), "{}", s.text);
     }
@@ -297,12 +355,68 @@ mod tests {
             what: What::ListenerDown,
             detail: "x stopped listening".into(),
         };
-        let s = since("refusals", t(100), false, std::iter::once(&c));
+        let s = since(
+            "refusals",
+            t(100),
+            false,
+            std::iter::once(&c),
+            Hints::default(),
+        );
         assert!(
             s.text
                 .contains("together with x stopped listening (seen 0.2 s later)"),
             "{}",
             s.text
         );
+    }
+
+    #[test]
+    fn a_failure_older_than_the_tracer_says_so_and_what_the_host_dates() {
+        let dated = [
+            Dated::new(
+                t(50),
+                "nginx (pid 812, listening on 0.0.0.0:443) started".into(),
+            ),
+            Dated::new(t(0), "the host booted".into()),
+        ];
+        let hints = Hints {
+            local: true,
+            dated: &dated,
+        };
+        let s = since("refusals", t(100), true, std::iter::empty(), hints);
+        assert!(
+            s.text
+                .contains("were already happening when the tracer started watching"),
+            "{}",
+            s.text
+        );
+        assert!(
+            s.text.contains("what changed then is not in its journal"),
+            "{}",
+            s.text
+        );
+        assert!(
+            s.text
+                .contains("nginx (pid 812, listening on 0.0.0.0:443) started 2027-01-15T08:00:50Z"),
+            "{}",
+            s.text
+        );
+        assert!(
+            s.text.ends_with("the cause below is on this host"),
+            "{}",
+            s.text
+        );
+        assert!(!s.text.contains("upstream"), "{}", s.text);
+        assert_eq!(s.dated.len(), 2);
+    }
+
+    #[test]
+    fn a_local_cause_is_never_sent_upstream() {
+        for local in [true, false] {
+            let hints = Hints { local, dated: &[] };
+            let s = since("refusals", t(100), false, std::iter::empty(), hints);
+            assert!(!s.text.contains("upstream"), "{}", s.text);
+            assert!(s.dated.is_empty());
+        }
     }
 }

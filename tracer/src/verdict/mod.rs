@@ -133,6 +133,20 @@ impl Verdict {
         }
     }
 
+    /// The cause lies on this host — its listeners, firewall, queues or application — rather
+    /// than possibly beyond it (answers lost on the way back, SYNs never arriving).
+    pub fn is_local(self) -> bool {
+        matches!(
+            self,
+            Self::Refused
+                | Self::FirewallDrop
+                | Self::Overloaded
+                | Self::ResetByOrigin
+                | Self::OtherDrop
+                | Self::TlsFailure
+        )
+    }
+
     /// The error Cloudflare's visitors see for this cause (../shared/KERNEL-FACTS.md): 521 for
     /// an RST to the SYN, 522 when the SYN or its answer is lost, 520 for a reset after the
     /// handshake. A firewall that rejects instead of dropping gives 521 ([`Cause`] says so).
