@@ -61,7 +61,7 @@ pub struct Tally {
 const TIMELINE: usize = 200_000;
 
 /// Routes back looked up, at most.
-const ROUTE_SAMPLES: usize = 4;
+const ROUTE_SAMPLES: usize = 8;
 
 /// Silent attempts kept for the conntrack lookup, at most.
 const SILENT_SAMPLES: usize = 4096;

@@ -261,7 +261,7 @@ pub(super) fn unanswered(i: &Inputs<'_>, attempts: u64) -> Cause {
     if let Some(n) = i.counter_deltas.get("ListenDrops").filter(|n| **n > 0) {
         // ListenDrops without ListenOverflows: the listener dropped SYNs with room in its queue.
         evidence.push(format!(
-            "kernel counter ListenDrops rose by {n} while ListenOverflows did not: a listener dropped SYNs with room in its queue — most often because no route could carry its SYN-ACK back (the route back to the peers is normal here), or for lack of memory or by a security module"
+            "kernel counter ListenDrops rose by {n} while ListenOverflows did not: a listener dropped SYNs with room in its queue — when no route can carry its SYN-ACK back, for lack of memory, or by a security module"
         ));
         next_steps.push("Check the route back to the edge (`ip route get <edge address> from <origin address>`, `ip rule show`) and the kernel log for memory pressure (`dmesg`); this is not a full accept queue: raising backlogs will not help.".into());
     }

@@ -79,9 +79,7 @@ pub(super) fn return_path(i: &Inputs<'_>, lost: &LostAnswers) -> Cause {
             rp_filter_text(mode)
         ));
     }
-    for n in &nulls {
-        null_route_steps(n, &mut next_steps);
-    }
+    null_route_steps(&nulls, &mut next_steps);
     for r in &elsewhere {
         next_steps.push(format!(
             "Send replies to Cloudflare back out {iface}: `ip route get {peer} from {local}` must name dev {iface}. Fix the route or add a policy rule for the origin's address, e.g. `ip rule add from {local} lookup 100` and `ip route add default via <gateway on {iface}> dev {iface} table 100` (persist it in the network configuration).",
@@ -142,30 +140,48 @@ fn rp_drop_evidence(i: &Inputs<'_>, rp_drops: u64, evidence: &mut Vec<String>) {
     }
 }
 
-/// The fix for a null route: delete it; when it has fail2ban's shape, unban through fail2ban
-/// (deleting the route by hand leaves fail2ban's state behind, and it bans again).
-fn null_route_steps(n: &NullRouteEntry, next_steps: &mut Vec<String>) {
-    let Some(prefix) = n.prefix else {
+/// The fix for null routes: delete them; those with fail2ban's shape are unbanned through
+/// fail2ban (deleting its route by hand leaves its state behind, and it bans again).
+fn null_route_steps(nulls: &[&NullRouteEntry], next_steps: &mut Vec<String>) {
+    let quoted = |list: &[&&NullRouteEntry], f: &dyn Fn(&NullRouteEntry) -> String| {
+        list.iter()
+            .map(|n| format!("`{}`", f(n)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (routes, rules): (Vec<&&NullRouteEntry>, Vec<&&NullRouteEntry>) =
+        nulls.iter().partition(|n| n.prefix.is_some());
+    for n in rules {
         next_steps.push(format!(
             "No route of type {kind} covers the edge's addresses, so a policy rule does (`ip rule show` lists rules with action {kind}): delete it with `ip rule del …` naming its priority.",
             kind = n.kind.as_str()
         ));
-        return;
-    };
-    if n.looks_like_a_ban() {
-        let ip = prefix.addr();
+    }
+    let bans: Vec<&&NullRouteEntry> = routes
+        .iter()
+        .copied()
+        .filter(|n| n.looks_like_a_ban())
+        .collect();
+    if let Some(first) = bans.first().and_then(|n| n.prefix) {
+        let ip = first.addr();
         next_steps.push(format!(
-            "`{route}` has the shape fail2ban's `route` ban action writes (`ip route add <blocktype> <ip>`). If fail2ban banned this edge address, unban it there, or it bans again: `fail2ban-client banned {ip}` names the jail, then `fail2ban-client set <jail> unbanip {ip}`. Add Cloudflare's ranges to `ignoreip` in /etc/fail2ban/jail.local: behind Cloudflare the address to ban is the visitor's (CF-Connecting-IP), never the edge's.",
-            route = n.describe()
+            "{} {} the shape fail2ban's `route` ban action writes (`ip route add <blocktype> <ip>`). If fail2ban banned {}, unban through it, or it bans again: `fail2ban-client banned {ip}` names the jail, then `fail2ban-client set <jail> unbanip {ip}`. Add Cloudflare's ranges to `ignoreip` in /etc/fail2ban/jail.local: behind Cloudflare the address to ban is the visitor's (CF-Connecting-IP), never the edge's.",
+            quoted(&bans, &|n| n.describe()),
+            if bans.len() == 1 { "has" } else { "have" },
+            if bans.len() == 1 { "this edge address" } else { "these edge addresses" },
         ));
+    }
+    if !routes.is_empty() {
         next_steps.push(format!(
-            "Otherwise remove the route: `{}` (and from the network configuration that adds it at boot).",
-            n.delete_command()
-        ));
-    } else {
-        next_steps.push(format!(
-            "Remove the null route that swallows the edge's replies: `{}` (and from the network configuration that adds it at boot), or narrow it so it no longer covers Cloudflare's ranges.",
-            n.delete_command()
+            "{} the null route{} that swallow{} the edge's replies: {} (and from the network configuration that adds {} at boot), or narrow {} so {} no longer cover{} Cloudflare's ranges.",
+            if bans.is_empty() { "Remove" } else { "Otherwise remove" },
+            if routes.len() == 1 { "" } else { "s" },
+            if routes.len() == 1 { "s" } else { "" },
+            quoted(&routes, &|n| n.delete_command()),
+            if routes.len() == 1 { "it" } else { "them" },
+            if routes.len() == 1 { "it" } else { "them" },
+            if routes.len() == 1 { "it" } else { "they" },
+            if routes.len() == 1 { "s" } else { "" },
         ));
     }
 }
