@@ -16,6 +16,12 @@ fn main() -> anyhow::Result<()> {
         "cargo:rerun-if-changed={}",
         root.join("tracer-common").display()
     );
+    // aya-build relays every line of the nested cargo's stderr as a `warning:` of this
+    // crate: ~55 "Compiling …" lines that read as a broken build. Quiet keeps the errors (they
+    // come as compiler messages) and drops the progress.
+    if std::env::var_os("TRACER_EBPF_VERBOSE").is_none() {
+        std::env::set_var("CARGO_TERM_QUIET", "true");
+    }
     aya_build::build_ebpf(
         [Package {
             name: "tracer-ebpf",

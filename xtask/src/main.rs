@@ -97,7 +97,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Task::Setup => setup::run(),
         Task::Build { release } => {
-            setup::run()?;
+            setup::build_only()?;
             build(release)
         }
         Task::Test { filter, no_vm } => {
@@ -112,7 +112,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Task::Run { args } => {
-            setup::run()?;
+            setup::build_only()?;
             build(true)?;
             let status = Command::new(root.join("target/release/tracer"))
                 .args(&args)

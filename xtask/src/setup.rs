@@ -7,17 +7,24 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::run_cmd;
 
-/// Debian packages: LLVM 22 for bpf-linker; iproute2/nftables/iptables for the lab; prometheus
-/// for promtool; nginx and wrk for the benchmarks; docker.io and busybox-static for the test
-/// that publishes containers with Docker itself (its image is imported from busybox, offline);
-/// iperf3 and tcpdump for the bulk-throughput benchmark; fail2ban and ufw for the field-verdict
-/// tests (run confined to lab namespaces, never enabled on the host); qemu, kmod (depmod, and
-/// modprobe inside the guests), cpio, xz and zstd for `vm-test`.
-const PACKAGES: &[&str] = &[
+/// What building the tracer needs, and nothing else: LLVM 22 for bpf-linker. `build` and
+/// `run` install only these — the README's main job runs on a production origin, where a test
+/// package (nginx, Docker, fail2ban) would start a service and change what it diagnoses.
+const BUILD_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "zlib1g-dev",
     "libzstd-dev",
+];
+
+/// What testing, the lab, the benchmarks and the release artefacts need besides: iproute2,
+/// nftables and iptables for the lab; prometheus for promtool; nginx and wrk for the
+/// benchmarks; docker.io and busybox-static for the test that publishes containers with Docker
+/// itself (its image is imported from busybox, offline); iperf3 and tcpdump for the
+/// bulk-throughput benchmark; fail2ban and ufw for the field-verdict tests (run confined to lab
+/// namespaces, never enabled on the host); qemu, kmod (depmod, and modprobe inside the guests),
+/// cpio, xz and zstd for `vm-test`.
+const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
     "iptables",
@@ -47,16 +54,28 @@ const PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Everything: building, testing, the lab, the benchmarks, the VMs and the release artefacts.
 pub fn run() -> Result<()> {
     if std::env::var_os("XTASK_SKIP_SETUP").is_some() {
         eprintln!("setup: skipped (XTASK_SKIP_SETUP)");
         return Ok(());
     }
-    debian_packages()?;
+    debian_packages(&[BUILD_PACKAGES, TEST_PACKAGES].concat())?;
     rust_src()?;
     bpf_linker()?;
     musl_target()?;
     Ok(())
+}
+
+/// Only what building needs (`build`, `run`): no service is installed, enabled or started.
+pub fn build_only() -> Result<()> {
+    if std::env::var_os("XTASK_SKIP_SETUP").is_some() {
+        eprintln!("setup: skipped (XTASK_SKIP_SETUP)");
+        return Ok(());
+    }
+    debian_packages(BUILD_PACKAGES)?;
+    rust_src()?;
+    bpf_linker()
 }
 
 /// The static release binary's target (`cargo xtask dist`).
@@ -84,8 +103,8 @@ fn installed(package: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+fn debian_packages(wanted: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = wanted.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         eprintln!("setup: Debian packages present");
         return Ok(());
@@ -104,6 +123,9 @@ fn debian_packages() -> Result<()> {
         );
     }
     eprintln!("setup: installing {}", missing.join(" "));
+    // Installed packages never start their services here (dpkg asks policy-rc.d): a test
+    // machine's lab starts what it needs itself, in its own namespaces.
+    let _deny_services = DenyServiceStarts::new();
     run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
     run_cmd(
         Command::new("apt-get")
@@ -111,6 +133,39 @@ fn debian_packages() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// `/usr/sbin/policy-rc.d` answering 101 ("action not allowed") while it lives, so that
+/// `apt-get install` starts no daemon (Debian's invoke-rc.d and deb-systemd-invoke honour it);
+/// an existing policy is left alone.
+struct DenyServiceStarts(Option<&'static str>);
+
+impl DenyServiceStarts {
+    const PATH: &'static str = "/usr/sbin/policy-rc.d";
+
+    fn new() -> Self {
+        let path = std::path::Path::new(Self::PATH);
+        if path.symlink_metadata().is_ok() {
+            return Self(None);
+        }
+        let written = std::fs::write(
+            path,
+            "#!/bin/sh\n# cargo xtask setup: no service starts during its install\nexit 101\n",
+        )
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        });
+        Self(written.is_ok().then_some(Self::PATH))
+    }
+}
+
+impl Drop for DenyServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn rust_src() -> Result<()> {
