@@ -700,6 +700,13 @@ pub fn run_env(s: &Scenario, env: &[(&str, &str)]) -> (Value, f64) {
 
 /// [`run`] with extra arguments (`--hook xdp`) and environment variables for the tracer.
 pub fn run_with(s: &Scenario, args: &[&str], env: &[(&str, &str)]) -> (Value, f64) {
+    let (code, report, secs) = run_exit(s, args, env);
+    assert_eq!(code, 0, "diagnose exited {code}: {report:#}");
+    (report, secs)
+}
+
+/// [`run_with`] returning the tracer's exit status too (`--exit-code`).
+pub fn run_exit(s: &Scenario, args: &[&str], env: &[(&str, &str)]) -> (i32, Value, f64) {
     let started = Instant::now();
     let lab = Lab::new();
     let keep = (s.setup)(&lab);
@@ -713,8 +720,8 @@ pub fn run_with(s: &Scenario, args: &[&str], env: &[(&str, &str)]) -> (Value, f6
     let stderr = tracer.stderr_text();
     let (code, out) = tracer.wait(Duration::from_secs(WINDOW_SECS + 20));
     drop(keep);
-    assert_eq!(code, 0, "diagnose failed: {stderr}");
-    let report: Value = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("diagnose stdout is not one JSON document ({e}): {out}"));
-    (report, started.elapsed().as_secs_f64())
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| {
+        panic!("diagnose (exit {code}) stdout is not one JSON document ({e}): {out}{stderr}")
+    });
+    (code, report, started.elapsed().as_secs_f64())
 }

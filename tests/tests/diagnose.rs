@@ -334,3 +334,19 @@ fn pin_to_current_cpu() {
         assert_eq!(rc, 0, "sched_setaffinity failed");
     }
 }
+
+/// `--exit-code`: 0 healthy, 3 a failing verdict, 4 never_arriving — as scripts and health
+/// checks read them; without it, 0 whatever the verdict.
+#[test]
+fn the_exit_code_says_the_verdict_when_asked() {
+    for (name, want) in [
+        ("healthy", 0),
+        ("nothing listens", 3),
+        ("edge drops its own SYNs", 4),
+    ] {
+        let s = scenarios::by_name(name);
+        let (code, r, _) = scenarios::run_exit(&s, &["--exit-code"], &[]);
+        assert_eq!(r["verdict"], s.expected, "{name}: {r:#}");
+        assert_eq!(code, want, "{name}: {r:#}");
+    }
+}

@@ -177,6 +177,11 @@ pub struct DiagnoseArgs {
     pub refresh_ranges: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Exit with the verdict: 0 healthy, 3 the edge's connections fail (any failing verdict),
+    /// 4 no edge SYN arrived (never_arriving), 5 inconclusive (the kernel lost the events);
+    /// 1 is a tracer error, 2 a usage error. Without it, 0 whatever the verdict.
+    #[arg(long)]
+    pub exit_code: bool,
     #[command(flatten)]
     pub tls: TlsArgs,
     /// Answer from the running agent's recent history instead of watching a new window: when

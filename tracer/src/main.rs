@@ -48,10 +48,10 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(commands::run(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(verdict::EXIT_ERROR)
         }
     }
 }

@@ -171,9 +171,12 @@ impl Sink for Window {
     }
 }
 
-pub async fn run(args: DiagnoseArgs) -> Result<()> {
+/// Runs a diagnosis; with `--exit-code`, the exit status says the verdict
+/// ([`crate::verdict::Verdict::exit_code`]).
+pub async fn run(args: DiagnoseArgs) -> Result<u8> {
     if let Some(span) = args.since {
-        return super::history::run(&args, span).await;
+        super::history::run(&args, span).await?;
+        return Ok(0);
     }
     super::check_seconds("--duration", args.duration)?;
     let tls = TlsSettings::from_args(&args.tls.hostnames, args.tls.tls_ca.as_deref())?;
@@ -278,7 +281,11 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         Format::Text => write!(out, "{}", report.to_text())?,
     }
     out.flush()?;
-    Ok(())
+    Ok(if args.exit_code {
+        report.verdict.exit_code()
+    } else {
+        0
+    })
 }
 
 /// What the TLS check needs of a window's report.

@@ -66,21 +66,22 @@ pub fn start_probe(
     })
 }
 
-pub async fn run(command: Command) -> Result<()> {
+/// Runs a command: its exit status (0 unless `diagnose --exit-code` says otherwise).
+pub async fn run(command: Command) -> Result<u8> {
     match command {
+        Command::Diagnose(args) => return diagnose::run(args).await,
         Command::Events(args) => events::run(args).await,
-        Command::Diagnose(args) => diagnose::run(args).await,
         Command::Ranges(args) => ranges::run(args).await,
         Command::Agent(args) => agent::run(args).await,
         Command::XdpTestRun(args) => xdp_test_run::run(args),
         Command::Completions { shell } => docs::completions(shell),
-        Command::Man { dir } => {
-            for page in docs::man_pages(&dir)? {
+        Command::Man { dir } => docs::man_pages(&dir).map(|pages| {
+            for page in pages {
                 println!("{}", dir.join(format!("{page}.1")).display());
             }
-            Ok(())
-        }
+        }),
     }
+    .map(|()| 0)
 }
 
 /// Prints the probe's start-up notes (missing hooks, generic XDP) as one line each on stderr.

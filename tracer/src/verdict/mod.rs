@@ -147,6 +147,25 @@ impl Verdict {
         )
     }
 
+    /// `tracer diagnose --exit-code`: 0 healthy, [`EXIT_FAILING`] for a failure of the edge's
+    /// connections, [`EXIT_NEVER_ARRIVING`] when none arrived, [`EXIT_INCONCLUSIVE`] when the
+    /// kernel lost the events that would say. Never 2 (clap's usage error) nor 1 (an error).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Healthy => 0,
+            Self::NeverArriving => EXIT_NEVER_ARRIVING,
+            Self::Unknown => EXIT_INCONCLUSIVE,
+            Self::Refused
+            | Self::FirewallDrop
+            | Self::Overloaded
+            | Self::ResetByOrigin
+            | Self::Unanswered
+            | Self::OtherDrop
+            | Self::ReturnPath
+            | Self::TlsFailure => EXIT_FAILING,
+        }
+    }
+
     /// The error Cloudflare's visitors see for this cause (../shared/KERNEL-FACTS.md): 521 for
     /// an RST to the SYN, 522 when the SYN or its answer is lost, 520 for a reset after the
     /// handshake. A firewall that rejects instead of dropping gives 521 ([`Cause`] says so).
@@ -166,6 +185,15 @@ impl Verdict {
         }
     }
 }
+
+/// Exit status of a tracer error (bad input, missing privileges, a kernel it cannot serve).
+pub const EXIT_ERROR: u8 = 1;
+/// `diagnose --exit-code`: the edge's connections fail (any failing verdict).
+pub const EXIT_FAILING: u8 = 3;
+/// `diagnose --exit-code`: no edge SYN arrived in the window.
+pub const EXIT_NEVER_ARRIVING: u8 = 4;
+/// `diagnose --exit-code`: edge SYNs arrived but the kernel lost what became of them.
+pub const EXIT_INCONCLUSIVE: u8 = 5;
 
 /// An edge address and how many of a cause's attempts came from it.
 #[derive(Clone, Debug, PartialEq, Serialize)]

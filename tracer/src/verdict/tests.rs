@@ -628,3 +628,29 @@ fn unknown_attempts_never_outrank_what_was_seen_nor_make_it_unhealthy() {
     };
     assert_eq!(decide(&inputs(&f, edge)).0, Verdict::Unknown);
 }
+
+#[test]
+fn exit_codes_tell_healthy_failing_never_arriving_and_inconclusive_apart() {
+    for v in Verdict::ALL {
+        let code = v.exit_code();
+        assert!(code != 2 && code != EXIT_ERROR, "{v:?}: {code}");
+        let want = match v {
+            Verdict::Healthy => 0,
+            Verdict::NeverArriving => EXIT_NEVER_ARRIVING,
+            Verdict::Unknown => EXIT_INCONCLUSIVE,
+            _ => EXIT_FAILING,
+        };
+        assert_eq!(code, want, "{v:?}");
+    }
+    let codes = [
+        0,
+        EXIT_ERROR,
+        2,
+        EXIT_FAILING,
+        EXIT_NEVER_ARRIVING,
+        EXIT_INCONCLUSIVE,
+    ];
+    let mut distinct = codes.to_vec();
+    distinct.dedup();
+    assert_eq!(distinct.len(), codes.len());
+}
