@@ -239,6 +239,121 @@ fn the_rpm_installs_the_same_files() {
     assert_eq!(rpm_files, deb_files);
 }
 
+/// A root with busybox, dpkg's or rpm's database, a systemd-looking /run and a `systemctl`
+/// that logs each call: the maintainer scripts' effect, read from the log.
+fn root_with_logging_systemctl(tmp: &TempDir, rpm: bool) -> PathBuf {
+    let root = busybox_root(tmp);
+    std::fs::create_dir_all(root.join("run/systemd/system")).unwrap();
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    std::fs::write(
+        root.join("usr/bin/systemctl"),
+        "#!/bin/sh\necho \"$*\" >> /systemctl.log\n",
+    )
+    .unwrap();
+    run(Command::new("chmod").arg("755").arg(root.join("usr/bin/systemctl")));
+    if rpm {
+        let (ok, msg) = run(Command::new("rpm").arg("--root").arg(&root).arg("--initdb"));
+        assert!(ok, "{msg}");
+    } else {
+        for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+        std::fs::write(root.join("var/lib/dpkg/available"), "").unwrap();
+    }
+    root
+}
+
+/// The `systemctl` calls logged since the last look.
+fn systemctl_calls(root: &Path) -> Vec<String> {
+    let log = root.join("systemctl.log");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    text.lines().map(String::from).collect()
+}
+
+const OPTIONS_FILE: &str = "etc/default/cf521-tracer";
+
+/// Install, upgrade (the same version again), remove: the unit reloaded on install, a
+/// running agent restarted on upgrade, stopped on removal; the options file is the admin's.
+fn lifecycle(root: &Path, install: &[&str], upgrade: &[&str], remove: &[&str]) {
+    let tool = |args: &[&str]| {
+        let (ok, msg) = run(Command::new(args[0]).args(&args[1..]));
+        assert!(ok, "{args:?}: {msg}");
+    };
+    tool(install);
+    let calls = systemctl_calls(root);
+    assert_eq!(calls, ["daemon-reload"], "install starts nothing");
+    let options = std::fs::read_to_string(root.join(OPTIONS_FILE)).unwrap();
+    assert!(options.contains("TRACER_OPTS=\"\""), "{options}");
+    std::fs::write(root.join(OPTIONS_FILE), "TRACER_OPTS=\"--port 443\"\n").unwrap();
+
+    tool(upgrade);
+    let calls = systemctl_calls(root);
+    assert!(
+        calls.iter().any(|c| c == "try-restart cf521-tracer.service"),
+        "upgrade restarts a running agent: {calls:?}"
+    );
+    assert!(!calls.iter().any(|c| c.starts_with("stop")), "{calls:?}");
+    assert_eq!(
+        std::fs::read_to_string(root.join(OPTIONS_FILE)).unwrap(),
+        "TRACER_OPTS=\"--port 443\"\n",
+        "the admin's options survive the upgrade"
+    );
+
+    tool(remove);
+    let calls = systemctl_calls(root);
+    assert!(
+        calls.iter().any(|c| c == "stop cf521-tracer.service"),
+        "removal stops the agent: {calls:?}"
+    );
+    assert!(!root.join("usr/bin/tracer").exists());
+}
+
+#[test]
+fn the_deb_restarts_on_upgrade_stops_on_removal_and_keeps_the_options() {
+    let tmp = TempDir::new("pkg-deb-life");
+    let root = root_with_logging_systemctl(&tmp, false);
+    let deb = artefact("_amd64.deb");
+    let r = format!("--root={}", root.display());
+    let d = deb.to_str().unwrap();
+    lifecycle(
+        &root,
+        &["dpkg", &r, "-i", d],
+        &["dpkg", &r, "-i", d],
+        &["dpkg", &r, "-r", "cf521-tracer"],
+    );
+    // The options file stays until purge, which also takes the state and logs.
+    assert!(root.join(OPTIONS_FILE).exists());
+    std::fs::create_dir_all(root.join("var/lib/cf521-tracer")).unwrap();
+    let (ok, msg) = run(Command::new("dpkg").arg(&r).args(["--purge", "cf521-tracer"]));
+    assert!(ok, "{msg}");
+    assert!(!root.join(OPTIONS_FILE).exists());
+    assert!(!root.join("var/lib/cf521-tracer").exists());
+    // The package carries its changelog and both licence texts.
+    let (_, list) = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
+    for f in ["changelog.gz", "copyright", "CHANGELOG.md", "LICENSE-APACHE", "LICENSE-MIT"] {
+        assert!(list.contains(&format!("/usr/share/doc/cf521-tracer/{f}")), "{f}: {list}");
+    }
+}
+
+#[test]
+fn the_rpm_restarts_on_upgrade_stops_on_removal_and_keeps_the_options() {
+    let tmp = TempDir::new("pkg-rpm-life");
+    let root = root_with_logging_systemctl(&tmp, true);
+    let rpm = artefact(".x86_64.rpm");
+    let r = root.to_str().unwrap();
+    let p = rpm.to_str().unwrap();
+    lifecycle(
+        &root,
+        &["rpm", "--root", r, "-i", "--nodeps", p],
+        &["rpm", "--root", r, "-U", "--replacepkgs", "--nodeps", p],
+        &["rpm", "--root", r, "-e", "--nodeps", "cf521-tracer"],
+    );
+    let (_, log) = run(Command::new("rpm").arg("-qp").arg("--changelog").arg(&rpm));
+    assert!(log.contains("CHANGELOG.md"), "{log}");
+}
+
 /// Each document of `file`, as JSON.
 fn yaml_documents(file: &Path) -> Vec<Value> {
     use serde::Deserialize as _;

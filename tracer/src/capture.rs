@@ -271,6 +271,10 @@ impl Shutdown {
 /// renamed into place, so a script that sees the file reads the whole process id at once and
 /// a symlink planted at either name is never followed.
 pub fn write_ready_file(path: Option<&std::path::Path>) -> Result<()> {
+    // Under systemd (Type=notify) the same moment is READY=1.
+    if let Err(e) = crate::service::notify_ready() {
+        tracing::warn!("cannot tell the service manager we are ready: {e}");
+    }
     if let Some(path) = path {
         crate::safe_fs::write_atomic(path, format!("{}\n", std::process::id()).as_bytes(), 0o644)
             .with_context(|| format!("cannot write ready file {}", path.display()))?;

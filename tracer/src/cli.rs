@@ -17,7 +17,9 @@ pub const CLOUDFLARE_PORTS: [u16; 13] = [
     about = "Explains Cloudflare HTTP 521 from the origin's own kernel",
     long_about = "Watches, from the origin's kernel, how edge connections arrive and how the TCP \
                   stack answers them: refused, dropped by the firewall, dropped by overload, reset \
-                  after accept, or never arriving."
+                  after accept, or never arriving.",
+    // A later option overrides an earlier one: the unit's defaults, then TRACER_OPTS.
+    args_override_self = true
 )]
 pub struct Cli {
     /// More diagnostics on stderr (-v, -vv).

@@ -19,6 +19,7 @@ mod ranges;
 mod reasons;
 mod report;
 mod safe_fs;
+mod service;
 mod session;
 mod text_wrap;
 mod tls;
@@ -50,7 +51,8 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli.command)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let prefix = if service::stderr_is_journal() { "<3>" } else { "" };
+            eprintln!("{prefix}error: {e:#}");
             ExitCode::from(verdict::EXIT_ERROR)
         }
     }
@@ -64,12 +66,22 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRACER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(colour_on_stderr())
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if service::stderr_is_journal() {
+        // journald dates each line itself: the priority, not a second timestamp.
+        let format = tracing_subscriber::fmt::format()
+            .with_target(false)
+            .without_time();
+        builder
+            .event_format(service::Prioritized(format))
+            .try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Colour only for a person at a terminal: never into a file, a pipe or journald, and never

@@ -221,11 +221,25 @@ fn stage_tree(root: &Path, bin: &Path, stage: &Path) -> Result<()> {
     put(
         stage,
         &format!("{doc}/copyright"),
-        format!(
-            "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\nUpstream-Name: {PACKAGE}\n\nFiles: *\nLicense: MIT OR Apache-2.0\n"
-        )
-        .as_bytes(),
+        copyright(root)?.as_bytes(),
         0o644,
+    )?;
+    for file in ["CHANGELOG.md", "LICENSE-MIT", "LICENSE-APACHE"] {
+        put(
+            stage,
+            &format!("{doc}/{file}"),
+            &fs::read(root.join(file))?,
+            0o644,
+        )?;
+    }
+    put(stage, DEFAULTS_PATH, DEFAULTS.as_bytes(), 0o644)?;
+    // Debian's place for a native package's changelog (the .rpm carries it too, and in %changelog).
+    let changelog = stage.join(format!("{doc}/changelog"));
+    fs::write(&changelog, debian_changelog())?;
+    run_cmd(Command::new("gzip").args(["-9", "-n", "-f"]).arg(&changelog))?;
+    fs::set_permissions(
+        changelog.with_extension("gz"),
+        fs::Permissions::from_mode(0o644),
     )?;
     let data = format!("usr/share/{PACKAGE}");
     for (from, to) in [
@@ -254,6 +268,24 @@ fn stage_tree(root: &Path, bin: &Path, stage: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The agent's options file: a conffile (the admin's edits survive upgrades).
+const DEFAULTS_PATH: &str = "etc/default/cf521-tracer";
+const DEFAULTS: &str = "# Options for the cf521-tracer agent: the packaged systemd unit reads this file.\n# TRACER_OPTS is appended to the agent's command line; an option given here overrides the\n# unit's default (--metrics-addr, --log-file, --window, --refresh-ranges-every).\n# See `man tracer-agent`. Then: systemctl restart cf521-tracer\n# Example: TRACER_OPTS=\"--port 443,8443 --hostname example.com\"\nTRACER_OPTS=\"\"\n";
+
+/// Debian's machine-readable copyright file, with both licence texts in full.
+fn copyright(root: &Path) -> Result<String> {
+    let indent = |text: &str| -> String {
+        text.lines()
+            .map(|l| if l.trim().is_empty() { " .\n".to_string() } else { format!(" {l}\n") })
+            .collect()
+    };
+    Ok(format!(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\nUpstream-Name: {PACKAGE}\n\nFiles: *\nCopyright: 2026 The cf521-tracer authors\nLicense: MIT or Apache-2.0\n\nLicense: MIT\n{}\nLicense: Apache-2.0\n{}",
+        indent(&fs::read_to_string(root.join("LICENSE-MIT"))?),
+        indent(&fs::read_to_string(root.join("LICENSE-APACHE"))?),
+    ))
+}
+
 /// Every regular file under `dir`, relative, sorted.
 fn files_under(dir: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
@@ -272,14 +304,57 @@ fn files_under(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-const POSTINST: &str = "#!/bin/sh\nset -e\n# Not enabled or started: the admin chooses its options first (`systemctl enable --now cf521-tracer`).\nif [ -d /run/systemd/system ]; then systemctl daemon-reload >/dev/null 2>&1 || true; fi\n";
-const PRERM: &str = "#!/bin/sh\nset -e\nif [ -d /run/systemd/system ] && [ \"$1\" = remove ]; then systemctl stop cf521-tracer.service >/dev/null 2>&1 || true; fi\n";
-const POSTRM: &str = "#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then systemctl daemon-reload >/dev/null 2>&1 || true; fi\n";
+/// Not enabled or started on install: the admin chooses its options first (`systemctl enable
+/// --now cf521-tracer`). On upgrade (`configure` with the old version) a running agent is
+/// restarted on the new binary, a stopped one stays stopped (try-restart), through
+/// deb-systemd-invoke where it exists (it honours policy-rc.d).
+const POSTINST: &str = r#"#!/bin/sh
+set -e
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload >/dev/null 2>&1 || true
+    if [ "$1" = configure ] && [ -n "$2" ]; then
+        if command -v deb-systemd-invoke >/dev/null 2>&1; then
+            deb-systemd-invoke try-restart cf521-tracer.service >/dev/null 2>&1 || true
+        else
+            systemctl try-restart cf521-tracer.service >/dev/null 2>&1 || true
+        fi
+    fi
+fi
+"#;
+/// Removal stops the agent (an upgrade does not: postinst restarts it).
+const PRERM: &str = r#"#!/bin/sh
+set -e
+if [ -d /run/systemd/system ] && [ "$1" = remove ]; then
+    systemctl stop cf521-tracer.service >/dev/null 2>&1 || true
+fi
+"#;
+/// Purge also removes the state (the ranges cache) and the logs.
+const POSTRM: &str = r#"#!/bin/sh
+set -e
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload >/dev/null 2>&1 || true
+fi
+if [ "$1" = purge ]; then
+    rm -rf /var/lib/cf521-tracer /var/log/cf521-tracer
+fi
+"#;
+
+/// The Debian changelog of this version (a native package's `changelog.gz`), pointing at
+/// CHANGELOG.md for the details.
+fn debian_changelog() -> String {
+    format!(
+        "{PACKAGE} ({v}-1) unstable; urgency=medium\n\n  * Release {v}: see /usr/share/doc/{PACKAGE}/CHANGELOG.md.\n\n -- {MAINTAINER}  Fri, 04 Dec 2026 00:00:00 +0000\n",
+        v = version()
+    )
+}
 
 fn deb(stage: &Path, out: &Path) -> Result<PathBuf> {
     let work = out.join("deb-root");
     run_cmd(Command::new("cp").args(["-a"]).arg(stage).arg(&work))?;
-    let files = files_under(&work)?;
+    let files: Vec<String> = files_under(&work)?
+        .into_iter()
+        .filter(|f| !f.starts_with("etc/"))
+        .collect();
     let mut sums = String::new();
     let mut size = 0u64;
     for f in &files {
@@ -294,6 +369,13 @@ fn deb(stage: &Path, out: &Path) -> Result<PathBuf> {
         desc = DESCRIPTION,
     );
     put(&work, "DEBIAN/control", control.as_bytes(), 0o644)?;
+    put(
+        &work,
+        "DEBIAN/conffiles",
+        format!("/{DEFAULTS_PATH}\n").as_bytes(),
+        0o644,
+    )?;
+
     put(&work, "DEBIAN/md5sums", sums.as_bytes(), 0o644)?;
     put(&work, "DEBIAN/postinst", POSTINST.as_bytes(), 0o755)?;
     put(&work, "DEBIAN/prerm", PRERM.as_bytes(), 0o755)?;
@@ -322,6 +404,8 @@ fn rpm(stage: &Path, out: &Path) -> Result<PathBuf> {
     for f in &files {
         if f.starts_with("usr/share/doc/") || f.starts_with("usr/share/man/") {
             list += &format!("%doc /{f}\n");
+        } else if f == DEFAULTS_PATH {
+            list += &format!("%config(noreplace) /{f}\n");
         } else {
             list += &format!("/{f}\n");
         }
@@ -353,13 +437,22 @@ cp -a {stage}/. %{{buildroot}}/
 if [ -d /run/systemd/system ]; then systemctl daemon-reload >/dev/null 2>&1 || true; fi
 
 %preun
+# Removal (not an upgrade) stops the agent.
 if [ -d /run/systemd/system ] && [ "$1" = 0 ]; then systemctl stop cf521-tracer.service >/dev/null 2>&1 || true; fi
 
 %postun
-if [ -d /run/systemd/system ]; then systemctl daemon-reload >/dev/null 2>&1 || true; fi
+# %systemd_postun_with_restart: on upgrade a running agent restarts on the new binary.
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload >/dev/null 2>&1 || true
+    if [ "$1" -ge 1 ]; then systemctl try-restart cf521-tracer.service >/dev/null 2>&1 || true; fi
+fi
 
 %files
-{list}"#,
+{list}
+%changelog
+* Fri Dec 04 2026 {MAINTAINER} - {v}-1
+- Release {v}: see /usr/share/doc/{PACKAGE}/CHANGELOG.md.
+"#,
         v = version(),
         stage = stage.display(),
     );
