@@ -46,6 +46,7 @@ pub const CONTAINER_V4: &str = "172.17.0.2";
 pub const BRIDGE_V6: &str = "fd00:17::1";
 pub const CONTAINER_V6: &str = "fd00:17::2";
 
+pub mod confine;
 pub mod docker;
 pub mod flood;
 pub mod frames;
@@ -327,6 +328,10 @@ impl Lab {
             .sh(&format!("ping -c1 -W2 {BRIDGE_V4} >/dev/null || true"));
         self.container
             .sh(&format!("ping -6 -c1 -W2 {BRIDGE_V6} >/dev/null || true"));
+        // A container always has a process in it (its init): the tracer finds and reads the
+        // namespace through it, as it does a real container's. Killed with the lab.
+        self.container
+            .sh("sleep 100000 </dev/null >/dev/null 2>&1 &");
     }
 
     /// Publishes `container_port` of the container on the origin's `host_port` exactly as
@@ -412,10 +417,38 @@ impl Tracer {
         Tracer::start_env(ns, args, &[])
     }
 
-    /// [`Tracer::start`] with extra environment variables.
+    /// [`Tracer::start`] with extra environment variables. Confined as `TRACER_CONFINE`
+    /// says (the unit's or the DaemonSet's capabilities), when set.
     pub fn start_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Tracer {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns.name]).arg(tracer_bin());
+        Tracer::start_confined(ns, args, env, confine::Confinement::from_env().as_ref())
+    }
+
+    /// [`Tracer::start_env`] confined as a shipped form confines it (or not at all).
+    pub fn start_confined(
+        ns: &Netns,
+        args: &[&str],
+        env: &[(&str, &str)],
+        confinement: Option<&confine::Confinement>,
+    ) -> Tracer {
+        let mut cmd = match confinement {
+            // nsenter keeps the host's mounts: `ip netns exec` mounts a fresh /sys without
+            // tracefs, which only a tracer with CAP_SYS_ADMIN can mount again — as a service
+            // on the host, the tracer finds tracefs mounted.
+            Some(c) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net=/run/netns/{}", ns.name))
+                    .arg("setpriv")
+                    .args(c.setpriv_args())
+                    .arg("--");
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &ns.name]);
+                cmd
+            }
+        };
+        cmd.arg(tracer_bin());
         Tracer::launch(cmd, &ns.name, args, env)
     }
 

@@ -250,12 +250,18 @@ fn root_with_logging_systemctl(tmp: &TempDir, rpm: bool) -> PathBuf {
         "#!/bin/sh\necho \"$*\" >> /systemctl.log\n",
     )
     .unwrap();
-    run(Command::new("chmod").arg("755").arg(root.join("usr/bin/systemctl")));
+    run(Command::new("chmod")
+        .arg("755")
+        .arg(root.join("usr/bin/systemctl")));
     if rpm {
         let (ok, msg) = run(Command::new("rpm").arg("--root").arg(&root).arg("--initdb"));
         assert!(ok, "{msg}");
     } else {
-        for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers"] {
+        for d in [
+            "var/lib/dpkg/info",
+            "var/lib/dpkg/updates",
+            "var/lib/dpkg/triggers",
+        ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
@@ -291,7 +297,9 @@ fn lifecycle(root: &Path, install: &[&str], upgrade: &[&str], remove: &[&str]) {
     tool(upgrade);
     let calls = systemctl_calls(root);
     assert!(
-        calls.iter().any(|c| c == "try-restart cf521-tracer.service"),
+        calls
+            .iter()
+            .any(|c| c == "try-restart cf521-tracer.service"),
         "upgrade restarts a running agent: {calls:?}"
     );
     assert!(!calls.iter().any(|c| c.starts_with("stop")), "{calls:?}");
@@ -326,14 +334,25 @@ fn the_deb_restarts_on_upgrade_stops_on_removal_and_keeps_the_options() {
     // The options file stays until purge, which also takes the state and logs.
     assert!(root.join(OPTIONS_FILE).exists());
     std::fs::create_dir_all(root.join("var/lib/cf521-tracer")).unwrap();
-    let (ok, msg) = run(Command::new("dpkg").arg(&r).args(["--purge", "cf521-tracer"]));
+    let (ok, msg) = run(Command::new("dpkg")
+        .arg(&r)
+        .args(["--purge", "cf521-tracer"]));
     assert!(ok, "{msg}");
     assert!(!root.join(OPTIONS_FILE).exists());
     assert!(!root.join("var/lib/cf521-tracer").exists());
     // The package carries its changelog and both licence texts.
     let (_, list) = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
-    for f in ["changelog.gz", "copyright", "CHANGELOG.md", "LICENSE-APACHE", "LICENSE-MIT"] {
-        assert!(list.contains(&format!("/usr/share/doc/cf521-tracer/{f}")), "{f}: {list}");
+    for f in [
+        "changelog.gz",
+        "copyright",
+        "CHANGELOG.md",
+        "LICENSE-APACHE",
+        "LICENSE-MIT",
+    ] {
+        assert!(
+            list.contains(&format!("/usr/share/doc/cf521-tracer/{f}")),
+            "{f}: {list}"
+        );
     }
 }
 

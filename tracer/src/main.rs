@@ -51,7 +51,11 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli.command)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let prefix = if service::stderr_is_journal() { "<3>" } else { "" };
+            let prefix = if service::stderr_is_journal() {
+                "<3>"
+            } else {
+                ""
+            };
             eprintln!("{prefix}error: {e:#}");
             ExitCode::from(verdict::EXIT_ERROR)
         }

@@ -236,7 +236,11 @@ fn stage_tree(root: &Path, bin: &Path, stage: &Path) -> Result<()> {
     // Debian's place for a native package's changelog (the .rpm carries it too, and in %changelog).
     let changelog = stage.join(format!("{doc}/changelog"));
     fs::write(&changelog, debian_changelog())?;
-    run_cmd(Command::new("gzip").args(["-9", "-n", "-f"]).arg(&changelog))?;
+    run_cmd(
+        Command::new("gzip")
+            .args(["-9", "-n", "-f"])
+            .arg(&changelog),
+    )?;
     fs::set_permissions(
         changelog.with_extension("gz"),
         fs::Permissions::from_mode(0o644),
@@ -276,7 +280,13 @@ const DEFAULTS: &str = "# Options for the cf521-tracer agent: the packaged syste
 fn copyright(root: &Path) -> Result<String> {
     let indent = |text: &str| -> String {
         text.lines()
-            .map(|l| if l.trim().is_empty() { " .\n".to_string() } else { format!(" {l}\n") })
+            .map(|l| {
+                if l.trim().is_empty() {
+                    " .\n".to_string()
+                } else {
+                    format!(" {l}\n")
+                }
+            })
             .collect()
     };
     Ok(format!(

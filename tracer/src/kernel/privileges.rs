@@ -4,6 +4,7 @@
 use anyhow::{bail, Result};
 
 const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -13,6 +14,12 @@ fn effective_caps() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
     u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
+}
+
+/// Can this process see other processes' /proc entries whatever capabilities they hold
+/// (CAP_SYS_PTRACE)? Without it, containers' processes are hidden from it.
+pub fn sees_all_processes() -> bool {
+    effective_caps().is_some_and(|c| c & (1 << CAP_SYS_PTRACE) != 0)
 }
 
 /// Capabilities missing for: loading BPF (CAP_BPF), tracepoints (CAP_PERFMON), XDP

@@ -82,9 +82,11 @@ pub fn resolve(
             let own = b.netns == own_netns;
             // 0: conntrack named the address, but no namespace holds it now.
             let unknown = b.netns == 0;
-            let ns = (!own && !unknown).then(|| Namespace::find(b.netns));
-            let gone = matches!(ns, Some(None));
-            let ns = ns.flatten();
+            let looked = (!own && !unknown).then(|| Namespace::lookup(b.netns));
+            let missing = looked.as_ref().and_then(|l| l.as_ref().err().copied());
+            // Gone only when nothing refers to it — not when the tracer may not look.
+            let gone = matches!(missing, Some(super::namespaces::Unseen::Gone { .. }));
+            let ns = looked.and_then(Result::ok);
             let listeners = if own {
                 Ok(super::listeners::read())
             } else if unknown {
@@ -102,10 +104,7 @@ pub fn resolve(
                         }
                         all
                     }),
-                    None => Err(format!(
-                        "namespace netns:[{}] went away (container stopped?)",
-                        b.netns
-                    )),
+                    None => Err(missing.map(|m| m.to_string()).unwrap_or_default()),
                 }
             };
             let place = match &ns {

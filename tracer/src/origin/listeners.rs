@@ -32,6 +32,10 @@ pub struct Listener {
     /// The socket's inode (sock_diag), to find the process that holds it.
     #[serde(skip)]
     pub inode: Option<u64>,
+    /// Read through /proc in another namespace (no backlog there): that namespace's
+    /// `ListenOverflows` counter since it was made.
+    #[serde(skip)]
+    pub overflows: Option<u64>,
 }
 
 impl Default for Listener {
@@ -47,14 +51,32 @@ impl Default for Listener {
             comm: None,
             role: None,
             inode: None,
+            overflows: None,
         }
     }
 }
 
 impl Listener {
-    /// The kernel drops new SYNs when the queue holds more than the backlog.
+    /// The kernel drops new SYNs when the queue holds more than the backlog. Read through
+    /// /proc the backlog is unknown: connections waiting while its namespace counted listen
+    /// overflows is the sign then.
     pub fn queue_full(&self) -> bool {
-        self.backlog.is_some_and(|b| self.accept_queue > b)
+        match self.backlog {
+            Some(b) => self.accept_queue > b,
+            None => self.accept_queue > 0 && self.overflows.is_some_and(|o| o > 0),
+        }
+    }
+
+    /// "3 waiting, backlog 2", or without the backlog what stood for it.
+    pub fn queue_text(&self) -> String {
+        match (self.backlog, self.overflows) {
+            (Some(b), _) => format!("{} waiting, backlog {b}", self.accept_queue),
+            (None, Some(o)) => format!(
+                "{} waiting; its namespace counted {o} listen overflows (the backlog is not readable without entering it, which needs CAP_SYS_ADMIN)",
+                self.accept_queue
+            ),
+            (None, None) => format!("{} waiting", self.accept_queue),
+        }
     }
 
     pub fn is_loopback(&self) -> bool {
@@ -138,6 +160,11 @@ pub fn parse(text: &str) -> Vec<Listener> {
             port,
             accept_queue: u32::from_str_radix(rx, 16).unwrap_or(0),
             backlog: None,
+            // The socket's inode (column 10): its owner is found by it.
+            inode: cols
+                .get(9)
+                .and_then(|i| i.parse().ok())
+                .filter(|i: &u64| *i != 0),
             ..Listener::default()
         });
     }

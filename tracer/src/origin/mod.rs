@@ -7,6 +7,7 @@ pub mod counters;
 pub mod firewall;
 pub mod listeners;
 pub mod namespaces;
+pub mod proc_net;
 pub mod routes;
 
 /// Runs one of the host's tools (`nft`, `ip`, `iptables-save`) and returns its stdout, or why

@@ -31,8 +31,16 @@ pub struct Namespace {
 
 impl Namespace {
     /// Finds the namespace with this inode: named ones first, then the tasks in /proc.
-    /// `None` when nothing refers to it any more (the container stopped).
+    /// `None` when nothing refers to it any more (the container stopped) — or nothing the
+    /// tracer may look at does ([`Namespace::lookup`] tells the two apart).
     pub fn find(inode: u32) -> Option<Namespace> {
+        Namespace::lookup(inode).ok()
+    }
+
+    /// [`Namespace::find`], or why not in one line: it went away, or the processes that
+    /// could show it were hidden from the tracer (their `/proc/PID/ns` needs CAP_SYS_PTRACE
+    /// when they hold capabilities the tracer lacks — every container's do).
+    pub fn lookup(inode: u32) -> Result<Namespace, Unseen> {
         let mut found = Namespace {
             inode,
             ..Namespace::default()
@@ -48,7 +56,8 @@ impl Namespace {
                 }
             }
         }
-        if let Some((pid, path)) = find_task(inode) {
+        let (task, hidden) = find_task(inode);
+        if let Some((pid, path)) = task {
             found.path.get_or_insert(path);
             found.pid = Some(pid);
             found.comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -58,48 +67,78 @@ impl Namespace {
                 .ok()
                 .and_then(|text| container_id(&text));
         }
-        found.path.is_some().then_some(found)
+        if found.path.is_some() {
+            return Ok(found);
+        }
+        // Hidden matters only when a capability would show them: with CAP_SYS_PTRACE, what
+        // is still unreadable (a sandbox's own init) is not where a container lives.
+        let hidden = if crate::kernel::privileges::sees_all_processes() {
+            0
+        } else {
+            hidden
+        };
+        Err(if hidden > 0 {
+            Unseen::Hidden { inode, hidden }
+        } else {
+            Unseen::Gone { inode }
+        })
     }
 
     /// The namespace where `addr` is a local address (the container a DNAT target lives in),
-    /// other than the tracer's own: found by binding the address there, which only succeeds
-    /// where it is local. Named namespaces first, then those of tasks in /proc.
+    /// other than the tracer's own. Through a process in it, its local addresses are read
+    /// without entering it (`/proc/PID/net`); a named namespace with no process is entered
+    /// and the address bound there, which only succeeds where it is local.
     pub fn holding(addr: IpAddr, own: u32) -> Option<Namespace> {
         let mut tried = vec![own];
-        let mut candidates: Vec<PathBuf> = Vec::new();
-        for dir in NAMED_NAMESPACE_DIRS {
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                candidates.extend(entries.flatten().map(|e| e.path()));
-            }
-        }
-        candidates.extend(task_namespaces());
-        for path in candidates {
+        // Tasks' namespaces first: readable without CAP_SYS_ADMIN.
+        for (pid, path) in task_namespaces() {
             let Some(inode) = inode_of(&path).filter(|i| !tried.contains(i)) else {
                 continue;
             };
             tried.push(inode);
-            let local = in_namespace(&path, move || binds_only_its_own(addr));
-            if local == Ok(true) {
+            if super::proc_net::is_local(pid, addr) == Some(true) {
                 return Namespace::find(inode);
+            }
+        }
+        for dir in NAMED_NAMESPACE_DIRS {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for path in entries.flatten().map(|e| e.path()) {
+                let Some(inode) = inode_of(&path).filter(|i| !tried.contains(i)) else {
+                    continue;
+                };
+                tried.push(inode);
+                let local = in_namespace(&path, move || binds_only_its_own(addr));
+                if local == Ok(true) {
+                    return Namespace::find(inode);
+                }
             }
         }
         None
     }
 
-    /// Its listening sockets, read from inside it.
+    /// Its listening sockets: read from inside it (sock_diag gives the backlogs), else —
+    /// without CAP_SYS_ADMIN, or where setns is filtered — through a process in it.
     pub fn listeners(&self) -> Result<Vec<Listener>, String> {
-        let path = self
-            .path
-            .clone()
-            .ok_or_else(|| format!("nothing refers to netns:[{}]", self.inode))?;
         let inode = self.inode;
-        in_namespace(&path, move || {
-            let mut all = listeners::read();
-            for l in &mut all {
-                l.netns = Some(inode);
+        let entered = match &self.path {
+            Some(path) => in_namespace(path, listeners::read),
+            None => Err(format!("nothing refers to netns:[{inode}]")),
+        };
+        let mut all = match (entered, self.pid) {
+            (Ok(all), _) => all,
+            (Err(_), Some(pid)) => super::proc_net::listeners_of(pid)?,
+            (Err(e), None) => {
+                return Err(format!(
+                    "{e}: entering another namespace needs CAP_SYS_ADMIN, and no process in it shows its sockets through /proc"
+                ))
             }
-            all
-        })
+        };
+        for l in &mut all {
+            l.netns = Some(inode);
+        }
+        Ok(all)
     }
 
     /// "container 3f2a9c4b1d2e" or "namespace netns:[4026532...] (pid 812 nginx)".
@@ -112,6 +151,27 @@ impl Namespace {
                 format!("namespace netns:[{}] (pid {pid} {comm})", self.inode)
             }
             _ => format!("namespace netns:[{}]", self.inode),
+        }
+    }
+}
+
+/// Why a namespace was not found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unseen {
+    /// Nothing refers to it any more: the container stopped.
+    Gone { inode: u32 },
+    /// Processes were hidden from the tracer (their namespaces need CAP_SYS_PTRACE to see).
+    Hidden { inode: u32, hidden: usize },
+}
+
+impl std::fmt::Display for Unseen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Gone { inode } => write!(f, "namespace netns:[{inode}] went away (container stopped?)"),
+            Self::Hidden { inode, hidden } => write!(
+                f,
+                "namespace netns:[{inode}] could not be looked at: {hidden} processes were hidden from the tracer (it needs CAP_SYS_PTRACE to see the namespaces of processes holding capabilities it lacks, as every container's do)"
+            ),
         }
     }
 }
@@ -131,12 +191,15 @@ pub struct Place {
 impl Place {
     /// Names the namespace with this inode: the host's (pid 1's), a container's, a named one.
     pub fn of(inode: u32) -> Place {
-        let Some(ns) = Namespace::find(inode) else {
-            return Place {
-                text: format!("network namespace netns:[{inode}] (nothing refers to it any more)"),
-                enter: None,
-                namespace: None,
-            };
+        let ns = match Namespace::lookup(inode) {
+            Ok(ns) => ns,
+            Err(why) => {
+                return Place {
+                    text: format!("network namespace netns:[{inode}] ({why})"),
+                    enter: None,
+                    namespace: None,
+                }
+            }
         };
         let host = inode_of(Path::new("/proc/1/ns/net")) == Some(inode);
         let named = ns.path.as_ref().filter(|p| {
@@ -260,26 +323,24 @@ fn inode_of(path: &Path) -> Option<u32> {
         .and_then(|m| u32::try_from(m.ino()).ok())
 }
 
-/// One `ns/net` path per process (its main thread's), bounded.
-fn task_namespaces() -> Vec<PathBuf> {
+/// One `(pid, ns/net path)` per process (its main thread's), bounded.
+fn task_namespaces() -> Vec<(u32, PathBuf)> {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     procs
         .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-        })
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<u32>().ok()?, e.path())))
         .take(MAX_TASKS)
-        .map(|e| e.path().join("ns/net"))
+        .map(|(pid, dir)| (pid, dir.join("ns/net")))
         .collect()
 }
 
-/// A task (thread) in the namespace: its process id and its `ns/net` path.
-fn find_task(inode: u32) -> Option<(u32, PathBuf)> {
+/// A task (thread) in the namespace: its process id and its `ns/net` path; and how many
+/// tasks' namespaces the tracer was not allowed to look at.
+fn find_task(inode: u32) -> (Option<(u32, PathBuf)>, usize) {
     let mut seen = 0;
+    let mut hidden = 0;
     for (pid, dir) in processes() {
         let Ok(tasks) = std::fs::read_dir(dir.join("task")) else {
             continue;
@@ -287,15 +348,20 @@ fn find_task(inode: u32) -> Option<(u32, PathBuf)> {
         for task in tasks.flatten() {
             seen += 1;
             if seen > MAX_TASKS {
-                return None;
+                return (None, hidden);
             }
             let ns = task.path().join("ns/net");
-            if inode_of(&ns) == Some(inode) {
-                return Some((pid, ns));
+            match std::fs::metadata(&ns) {
+                Ok(m) if u32::try_from(m.ino()).ok() == Some(inode) => {
+                    return (Some((pid, ns)), hidden)
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => hidden += 1,
+                Err(_) => {}
             }
         }
     }
-    None
+    (None, hidden)
 }
 
 /// Runs `f` on a thread that joined the namespace at `path`; the caller's threads stay put.

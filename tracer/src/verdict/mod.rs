@@ -604,11 +604,10 @@ fn overload_evidence(i: &Inputs<'_>) -> Vec<String> {
     }
     for l in i.full_queues {
         ev.push(format!(
-            "accept queue of {}{} was full ({} waiting, backlog {}): the application is not accepting fast enough",
+            "accept queue of {}{} was full ({}): the application is not accepting fast enough",
             l.endpoint(),
             l.place(),
-            l.accept_queue,
-            l.backlog.unwrap_or(0)
+            l.queue_text()
         ));
     }
     if !ev.is_empty() && i.synack_retransmits > 0 {
