@@ -334,6 +334,15 @@ impl Lab {
             .sh("sleep 100000 </dev/null >/dev/null 2>&1 &");
     }
 
+    /// The container stops: its processes end and its namespace (with its end of the veth)
+    /// goes away.
+    pub fn stop_container(&self) {
+        sh(&format!(
+            "ip netns pids {c} | xargs -r kill -9; ip netns del {c}",
+            c = self.container.name
+        ));
+    }
+
     /// Publishes `container_port` of the container on the origin's `host_port` exactly as
     /// `docker run -p HOST:CONTAINER` writes it with iptables: nat PREROUTING (local
     /// destinations) -> DOCKER -> DNAT; filter FORWARD -> DOCKER-USER (RETURN), then an

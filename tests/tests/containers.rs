@@ -192,11 +192,7 @@ fn a_container_gone_mid_window_keeps_its_attempts() {
     for _ in 0..3 {
         let _ = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT);
     }
-    // As a container stops: its processes end, its namespace goes.
-    integration_tests::sh(&format!(
-        "ip netns pids {c} | xargs -r kill -9; ip netns del {c}",
-        c = lab.container.name
-    ));
+    lab.stop_container();
     let stderr = tracer.stderr_text();
     let (code, out) = tracer.wait(Duration::from_secs(30));
     assert_eq!(code, 0, "{stderr}");

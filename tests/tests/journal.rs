@@ -325,7 +325,7 @@ fn a_container_stopping_is_named() {
     healthy(&lab, 443);
     drop(server);
     let stopped = SystemTime::now();
-    integration_tests::sh(&format!("ip netns del {}", lab.container.name));
+    lab.stop_container();
     std::thread::sleep(Duration::from_millis(300));
     failing(&lab, 443);
     let r = report(tracer);

@@ -311,6 +311,7 @@ mod tests {
             comm: None,
             role: None,
             inode: None,
+            overflows: None,
         }
     }
 
