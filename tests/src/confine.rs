@@ -13,6 +13,9 @@ pub struct Confinement {
     pub caps: Vec<String>,
     /// `noroot` and `noroot_locked`: uid 0 gets no capabilities back on exec.
     pub noroot: bool,
+    /// `ProtectProc=invisible`: /proc shows only the processes the tracer may ptrace-read
+    /// (emulated with a private /proc mounted `hidepid=invisible`).
+    pub protect_proc: bool,
     pub from: &'static str,
 }
 
@@ -48,6 +51,7 @@ impl Confinement {
         Confinement {
             caps,
             noroot: securebits.iter().any(|b| b.starts_with("noroot")),
+            protect_proc: value("ProtectProc") == ["invisible"],
             from: "deploy/tracer.service",
         }
     }
@@ -82,6 +86,7 @@ impl Confinement {
         Confinement {
             caps,
             noroot: true,
+            protect_proc: false,
             from: "deploy/kubernetes/cf521-tracer.yaml",
         }
     }
@@ -123,6 +128,7 @@ mod tests {
     fn the_shipped_files_parse() {
         let u = Confinement::unit();
         assert!(u.caps.contains(&"bpf".to_string()) && u.noroot, "{u:?}");
+        assert!(u.protect_proc, "{u:?}");
         let d = Confinement::daemonset();
         assert!(d.caps.contains(&"perfmon".to_string()), "{d:?}");
         let a = u.setpriv_args();

@@ -444,7 +444,25 @@ impl Tracer {
             // tracefs, which only a tracer with CAP_SYS_ADMIN can mount again — as a service
             // on the host, the tracer finds tracefs mounted.
             Some(c) => {
-                let mut cmd = Command::new("nsenter");
+                let mut cmd = if c.protect_proc {
+                    // ProtectProc=invisible: a /proc of its own, hidepid=invisible, in a
+                    // private mount namespace.
+                    let mut cmd = Command::new("unshare");
+                    cmd.args([
+                        "--mount",
+                        "--propagation",
+                        "private",
+                        "--",
+                        "sh",
+                        "-c",
+                        "mount -t proc -o hidepid=invisible proc /proc && exec \"$@\"",
+                        "sh",
+                        "nsenter",
+                    ]);
+                    cmd
+                } else {
+                    Command::new("nsenter")
+                };
                 cmd.arg(format!("--net=/run/netns/{}", ns.name))
                     .arg("setpriv")
                     .args(c.setpriv_args())

@@ -279,3 +279,44 @@ fn the_agent_counts_forwarded_connections_on_the_edges_port() {
     });
     assert!(ok, "metrics never matched {expected:?}:\n{text}");
 }
+
+/// Confined with less than the shipped forms grant (the capabilities to load and attach, not
+/// CAP_SYS_PTRACE): the container cannot be looked into, and the report says so and which
+/// capability shows it — never that the container went away.
+#[test]
+fn what_confinement_hides_is_said_never_inferred() {
+    use integration_tests::{confine::Confinement, Tracer, ORIGIN_IF};
+    let lab = Lab::new();
+    lab.wire_container();
+    lab.docker_publish(443, 80);
+    let bare = Confinement {
+        caps: vec!["bpf".into(), "perfmon".into(), "net_admin".into()],
+        noroot: true,
+        protect_proc: false,
+        from: "this test",
+    };
+    let args = [
+        "diagnose",
+        "--iface",
+        ORIGIN_IF,
+        "--port",
+        "443",
+        "--duration",
+        "4",
+        "--format",
+        "json",
+    ];
+    let tracer = Tracer::start_confined(&lab.origin, &args, &[], Some(&bare));
+    for _ in 0..3 {
+        let _ = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT);
+    }
+    let stderr = tracer.stderr_text();
+    let (code, out) = tracer.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{stderr}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["verdict"], "refused", "{r:#}");
+    let ev = evidence(&r);
+    assert!(ev.contains("CAP_SYS_PTRACE"), "{ev}");
+    assert!(!ev.contains("went away"), "{ev}");
+    assert_ne!(only_backend(&r)["gone"], true, "{r:#}");
+}

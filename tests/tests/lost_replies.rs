@@ -10,6 +10,11 @@ use integration_tests::{
 };
 use serde_json::Value;
 
+/// The tracer runs confined as a shipped form (TRACER_CONFINE).
+fn confined() -> bool {
+    integration_tests::confine::Confinement::from_env().is_some()
+}
+
 fn cause<'a>(r: &'a Value, verdict: &str) -> &'a Value {
     r["causes"]
         .as_array()
@@ -80,10 +85,19 @@ fn synacks_dropped_in_the_hosts_forward_path_are_named_there() {
         "{ev}"
     );
     assert!(ev.contains("not by this namespace's firewall"), "{ev}");
-    assert!(
-        ev.contains("the rule that drops them: forward rule 1: ip daddr 173.245.48.0/20 tcp flags syn,ack / syn,ack drop (table inet hostfw"),
-        "{ev}"
-    );
+    if confined() {
+        // Entering the host's namespace to read its ruleset needs CAP_SYS_ADMIN, which the
+        // shipped forms do not grant: said in one line, with how to grant it.
+        assert!(
+            ev.contains("its ruleset was not read") && ev.contains("needs CAP_SYS_ADMIN"),
+            "{ev}"
+        );
+    } else {
+        assert!(
+            ev.contains("the rule that drops them: forward rule 1: ip daddr 173.245.48.0/20 tcp flags syn,ack / syn,ack drop (table inet hostfw"),
+            "{ev}"
+        );
+    }
     assert!(!ev.contains("this host's firewall drops"), "{ev}");
     let steps = text(&c["next_steps"]);
     assert!(steps.contains("nsenter --net=/run/netns/t521-"), "{steps}");

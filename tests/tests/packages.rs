@@ -502,3 +502,115 @@ fn the_containerfile_copies_what_dist_builds() {
     assert!(text.contains("ENTRYPOINT [\"/usr/bin/tracer\"]"));
     assert!(text.contains("CMD [\"agent\""));
 }
+
+/// The groups and calls a unit's `SystemCallFilter=` allows, expanded by systemd itself.
+fn allowed_system_calls(unit: &str) -> BTreeSet<String> {
+    let filter: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("SystemCallFilter="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(!filter.is_empty(), "the unit has no SystemCallFilter=");
+    let mut allowed = BTreeSet::new();
+    let mut groups: Vec<String> = filter.iter().map(|s| s.to_string()).collect();
+    while let Some(item) = groups.pop() {
+        if !item.starts_with('@') {
+            allowed.insert(item);
+            continue;
+        }
+        let (ok, out) = run(Command::new("systemd-analyze").args(["syscall-filter", &item]));
+        assert!(ok, "systemd-analyze syscall-filter {item}: {out}");
+        for line in out.lines().skip(1) {
+            let name = line.trim();
+            if name.is_empty() || name.starts_with('#') {
+                continue;
+            }
+            if name.starts_with('@') {
+                groups.push(name.to_string());
+            } else {
+                allowed.insert(name.to_string());
+            }
+        }
+    }
+    allowed
+}
+
+/// Every system call the agent makes while it starts, attaches, serves a scrape and stops is
+/// one the unit's `SystemCallFilter=` allows (read from deploy/tracer.service and expanded by
+/// `systemd-analyze`): the filter is proven harmless, not assumed. The calls that may fail
+/// under the unit's other settings (setns under RestrictNamespaces=, mount of tracefs) are
+/// not made on this path: containers are read through /proc.
+#[test]
+fn the_units_system_call_filter_allows_every_call_the_agent_makes() {
+    let unit = std::fs::read_to_string(repo("deploy/tracer.service")).unwrap();
+    let allowed = allowed_system_calls(&unit);
+    assert!(
+        allowed.contains("bpf") && allowed.contains("read"),
+        "{allowed:?}"
+    );
+    let lab = integration_tests::Lab::new();
+    let tmp = TempDir::new("strace-agent");
+    let trace = tmp.path("strace.out");
+    let mut agent = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.origin.name))
+        .args(["strace", "-f", "-qq", "-o"])
+        .arg(&trace)
+        .arg(integration_tests::tracer_bin())
+        .args([
+            "agent",
+            "--iface",
+            integration_tests::ORIGIN_IF,
+            "--port",
+            "443",
+            "--window",
+            "1",
+            "--metrics-addr",
+            "127.0.0.1:19521",
+            "--ready-file",
+        ])
+        .arg(tmp.path("ready"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("strace");
+    assert!(
+        integration_tests::eventually(std::time::Duration::from_secs(60), || tmp
+            .path("ready")
+            .exists()),
+        "the agent under strace did not get ready"
+    );
+    lab.origin
+        .sh("for i in 1 2 3; do wget -q -O /dev/null http://127.0.0.1:19521/metrics && break; sleep 1; done || true");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The ready file holds the agent's own pid (strace is its parent).
+    let pid: i32 = std::fs::read_to_string(tmp.path("ready"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) of the agent this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let _ = agent.wait();
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let used: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|call| call.split('(').next())
+        .filter(|c| {
+            !c.is_empty()
+                && c.chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
+        })
+        .map(String::from)
+        .collect();
+    assert!(used.contains("bpf"), "no bpf call traced: {used:?}");
+    // The calls before exec belong to nsenter and strace's child, not the agent.
+    let outside: Vec<&String> = used
+        .iter()
+        .filter(|c| !allowed.contains(*c) && !["execve", "setns"].contains(&c.as_str()))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "calls outside the unit's SystemCallFilter=: {outside:?}"
+    );
+}

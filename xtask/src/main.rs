@@ -335,6 +335,31 @@ fn test(filter: Option<&str>) -> Result<()> {
         cmd.arg(f);
     }
     run_tests(&mut cmd, &mut totals)?;
+    if filter.is_none() {
+        // As shipped: the tracer confined as the unit and the DaemonSet confine it (their
+        // capabilities read from deploy/ by the tests), on what confinement can hide —
+        // containers and their processes, other namespaces' listeners, the TLS check.
+        for (form, suites) in CONFINED_SUITES {
+            let mut cmd = cargo();
+            cmd.args(["test", "--package", "integration-tests"]);
+            for suite in *suites {
+                cmd.args(["--test", suite]);
+            }
+            cmd.args(["--", "--test-threads=1"])
+                .env("TRACER_BIN", &tracer)
+                .env("TRACER_CONFINE", form);
+            run_tests(&mut cmd, &mut totals)?;
+        }
+    }
     println!("tests: {} passed, {} failed", totals.0, totals.1);
     Ok(())
 }
+
+/// The shipped forms' confinement (`TRACER_CONFINE`) and the suites run under each.
+const CONFINED_SUITES: &[(&str, &[&str])] = &[
+    (
+        "unit",
+        &["containers", "docker", "journal", "tls", "lost_replies"],
+    ),
+    ("daemonset", &["containers", "docker"]),
+];

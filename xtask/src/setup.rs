@@ -50,6 +50,8 @@ const TEST_PACKAGES: &[&str] = &[
     // verify the installed unit (systemd-analyze).
     "openssl",
     "systemd",
+    // The unit's system call filter is checked against the calls the agent makes (strace).
+    "strace",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -129,6 +129,11 @@ impl Namespace {
         let mut all = match (entered, self.pid) {
             (Ok(all), _) => all,
             (Err(_), Some(pid)) => super::proc_net::listeners_of(pid)?,
+            (Err(e), None) if !crate::kernel::privileges::sees_all_processes() => {
+                return Err(format!(
+                    "{e}: the tracer may neither enter it (CAP_SYS_ADMIN) nor see the processes in it (CAP_SYS_PTRACE, which the packaged unit and the DaemonSet grant)"
+                ))
+            }
             (Err(e), None) => {
                 return Err(format!(
                     "{e}: entering another namespace needs CAP_SYS_ADMIN, and no process in it shows its sockets through /proc"
@@ -241,7 +246,12 @@ impl Namespace {
             .path
             .clone()
             .ok_or_else(|| format!("nothing refers to netns:[{}]", self.inode))?;
-        in_namespace(&path, super::firewall::Ruleset::read)?
+        in_namespace(&path, super::firewall::Ruleset::read)
+            .map_err(|e| {
+                format!(
+                    "{e}: reading another namespace's ruleset means entering it, which needs CAP_SYS_ADMIN (the packaged unit does not grant it; add it with `systemctl edit cf521-tracer`: CapabilityBoundingSet= and AmbientCapabilities= with CAP_SYS_ADMIN, RestrictNamespaces=net)"
+                )
+            })?
     }
 }
 
