@@ -634,6 +634,26 @@ fn rand_suffix() -> u128 {
         .unwrap_or(0)
 }
 
+/// The report's cause of this verdict; panics with the report when there is none.
+pub fn cause<'a>(report: &'a Value, verdict: &str) -> &'a Value {
+    report["causes"]
+        .as_array()
+        .expect("causes")
+        .iter()
+        .find(|c| c["verdict"] == verdict)
+        .unwrap_or_else(|| panic!("no {verdict} cause: {report:#}"))
+}
+
+/// A JSON array of strings (evidence, next steps) as lines.
+pub fn lines(v: &Value) -> String {
+    v.as_array()
+        .expect("an array of strings")
+        .iter()
+        .map(|e| e.as_str().expect("a string"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Events of `kind` (and, when given, `reason`) — from the events JSON lines.
 pub fn count(events: &[Value], kind: &str, reason: Option<&str>) -> usize {
     events

@@ -2,26 +2,10 @@
 //! a stale allowlist, a server that closes first, a connection limit. Each asserts the
 //! verdict, the counts, the evidence and a fix an admin can run on that host.
 
-use integration_tests::{scenarios::verdict_of, EDGE2_V4, EDGE_V4, ORIGIN_IF, ROUTE_IF};
+use integration_tests::{
+    cause, lines as text, scenarios::verdict_of, EDGE2_V4, EDGE_V4, ORIGIN_IF, ROUTE_IF,
+};
 use serde_json::Value;
-
-fn cause<'a>(r: &'a Value, verdict: &str) -> &'a Value {
-    r["causes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["verdict"] == verdict)
-        .unwrap_or_else(|| panic!("no {verdict} cause: {r:#}"))
-}
-
-fn text(v: &Value) -> String {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e.as_str().unwrap())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 #[test]
 fn replies_out_another_interface_are_the_return_path_not_overload() {

@@ -5,6 +5,7 @@
 //! `firewall_drop` in the wrong namespace, or `overloaded`.
 
 use integration_tests::{
+    cause, lines as text,
     scenarios::{self, verdict_of, Scenario, Vantage},
     tools, Lab, EDGE2_V4, EDGE2_V6, EDGE3_V4, EDGE3_V6, EDGE_V4, EDGE_V6, ORIGIN_IF, ORIGIN_V4,
 };
@@ -13,24 +14,6 @@ use serde_json::Value;
 /// The tracer runs confined as a shipped form (TRACER_CONFINE).
 fn confined() -> bool {
     integration_tests::confine::Confinement::from_env().is_some()
-}
-
-fn cause<'a>(r: &'a Value, verdict: &str) -> &'a Value {
-    r["causes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["verdict"] == verdict)
-        .unwrap_or_else(|| panic!("no {verdict} cause: {r:#}"))
-}
-
-fn text(v: &Value) -> String {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e.as_str().unwrap())
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// No cause but `return_path` (the freed retransmissions are not drops; no overload).

@@ -137,15 +137,7 @@ fn the_static_binary_runs_without_glibc() {
 fn the_deb_installs_into_a_fresh_root_and_its_unit_verifies() {
     let tmp = TempDir::new("pkg-deb");
     let root = busybox_root(&tmp);
-    for d in [
-        "var/lib/dpkg/info",
-        "var/lib/dpkg/updates",
-        "var/lib/dpkg/triggers",
-    ] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
-    std::fs::write(root.join("var/lib/dpkg/available"), "").unwrap();
+    dpkg_database(&root);
     let deb = artefact("_amd64.deb");
     let (ok, msg) = run(Command::new("dpkg")
         .arg(format!("--root={}", root.display()))
@@ -264,17 +256,22 @@ fn root_with_logging_systemctl(tmp: &TempDir, rpm: bool) -> PathBuf {
         let (ok, msg) = run(Command::new("rpm").arg("--root").arg(&root).arg("--initdb"));
         assert!(ok, "{msg}");
     } else {
-        for d in [
-            "var/lib/dpkg/info",
-            "var/lib/dpkg/updates",
-            "var/lib/dpkg/triggers",
-        ] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
-        std::fs::write(root.join("var/lib/dpkg/available"), "").unwrap();
+        dpkg_database(&root);
     }
     root
+}
+
+/// An empty dpkg database in `root`.
+fn dpkg_database(root: &Path) {
+    for d in [
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "var/lib/dpkg/triggers",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    std::fs::write(root.join("var/lib/dpkg/available"), "").unwrap();
 }
 
 /// The `systemctl` calls logged since the last look.
