@@ -146,18 +146,16 @@ impl DenyServiceStarts {
     const PATH: &'static str = "/usr/sbin/policy-rc.d";
 
     fn new() -> Self {
-        let path = std::path::Path::new(Self::PATH);
-        if path.symlink_metadata().is_ok() {
-            return Self(None);
-        }
-        let written = std::fs::write(
-            path,
-            "#!/bin/sh\n# cargo xtask setup: no service starts during its install\nexit 101\n",
-        )
-        .and_then(|()| {
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-        });
+        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+        // create_new: an existing policy (or anything planted at the path) is left alone.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(Self::PATH)
+            .and_then(|mut f| {
+                f.write_all(b"#!/bin/sh\n# cargo xtask setup: no service starts during its install\nexit 101\n")
+            });
         Self(written.is_ok().then_some(Self::PATH))
     }
 }

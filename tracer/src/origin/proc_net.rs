@@ -3,20 +3,36 @@
 //! packaged service, the DaemonSet — can read, given CAP_SYS_PTRACE to see that process.
 //! Entering (setns, then sock_diag) gives more (listen backlogs), and is tried first.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    io::Read as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use super::listeners::{self, Listener};
+
+/// Read at most from one /proc file: a namespace with a full routing table or a hundred
+/// thousand sockets must not make a window close slow or large. Listening sockets come first
+/// in `tcp`, local addresses early in `fib_trie`.
+const MAX_PROC_BYTES: u64 = 16 << 20;
+
+fn read_bounded(path: &str) -> std::io::Result<String> {
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_PROC_BYTES)
+        .read_to_string(&mut text)?;
+    Ok(text)
+}
 
 /// The listening sockets of the namespace `pid` is in (`/proc/PID/net/tcp` and `tcp6`), each
 /// with that namespace's `ListenOverflows` (the backlog is not there).
 pub fn listeners_of(pid: u32) -> Result<Vec<Listener>, String> {
-    let overflows = std::fs::read_to_string(format!("/proc/{pid}/net/netstat"))
+    let overflows = read_bounded(&format!("/proc/{pid}/net/netstat"))
         .ok()
         .and_then(|t| super::counters::parse(&t).get("ListenOverflows").copied());
     let mut all = Vec::new();
     for file in ["tcp", "tcp6"] {
         let path = format!("/proc/{pid}/net/{file}");
-        match std::fs::read_to_string(&path) {
+        match read_bounded(&path) {
             Ok(text) => all.extend(listeners::parse(&text)),
             // No IPv6 in that namespace's kernel: nothing to add.
             Err(e) if file == "tcp6" && e.kind() == std::io::ErrorKind::NotFound => {}
@@ -34,11 +50,11 @@ pub fn listeners_of(pid: u32) -> Result<Vec<Listener>, String> {
 pub fn is_local(pid: u32, addr: IpAddr) -> Option<bool> {
     match addr {
         IpAddr::V4(a) => {
-            let text = std::fs::read_to_string(format!("/proc/{pid}/net/fib_trie")).ok()?;
+            let text = read_bounded(&format!("/proc/{pid}/net/fib_trie")).ok()?;
             Some(local_v4(&text).contains(&a))
         }
         IpAddr::V6(a) => {
-            let text = std::fs::read_to_string(format!("/proc/{pid}/net/if_inet6")).ok()?;
+            let text = read_bounded(&format!("/proc/{pid}/net/if_inet6")).ok()?;
             Some(local_v6(&text).contains(&a))
         }
     }

@@ -380,9 +380,10 @@ fn cause_of(class: &AttemptClass, lens: &Lens) -> Verdict {
 /// The verdict and every cause, largest first.
 pub fn decide(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
     let (verdict, mut causes) = rank(i);
-    let lost = lost_answers(i, &overload_evidence(i));
+    let overload = overload_evidence(i);
+    let lost = lost_answers(i, &overload);
     let lens = Lens {
-        overload: !overload_evidence(i).is_empty(),
+        overload: !overload.is_empty(),
         answers_lost: lost.total() > 0,
         strict: i.rp_filter == Some(1),
     };
