@@ -340,7 +340,10 @@ fn bad_durations_name_their_flag() {
 #[test]
 fn events_to_a_full_output_fail() {
     let lab = Lab::new();
-    let child = Command::new("ip")
+    let dir = TempDir::new(&format!("harden-full-{}", lab.origin.name));
+    let ready = dir.path("ready");
+    // A long duration: the first event written must end it, with the error.
+    let mut child = Command::new("ip")
         .args(["netns", "exec", &lab.origin.name])
         .arg(tracer_bin())
         .args([
@@ -350,13 +353,23 @@ fn events_to_a_full_output_fail() {
             "--port",
             "443",
             "--duration",
-            "2",
+            "60",
+            "--ready-file",
         ])
+        .arg(&ready)
         .stdout(std::fs::File::create("/dev/full").unwrap())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    // Traffic only once every program is attached (a slow machine takes seconds to load).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ready.exists() {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "events never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for _ in 0..3 {
         let _ = lab.edge.connect(
             integration_tests::EDGE_V4,

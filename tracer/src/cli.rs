@@ -146,6 +146,16 @@ impl CaptureArgs {
     }
 }
 
+/// Where the watched ranges come from — the same for every command, so a peer is an edge
+/// peer for `events` exactly when it is for `diagnose` and `agent`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RangesSource {
+    /// Watched ranges: the Cloudflare API's JSON or one CIDR per line [default: the cache of
+    /// the last `tracer ranges --refresh`, else the embedded Cloudflare list].
+    #[arg(id = "ranges", long = "ranges", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
 #[derive(Args, Debug)]
 pub struct EventsArgs {
     #[command(flatten)]
@@ -153,10 +163,8 @@ pub struct EventsArgs {
     /// Also report peers outside the watched ranges.
     #[arg(long)]
     pub all_peers: bool,
-    /// Watched ranges: the Cloudflare API's JSON or one CIDR per line [default: embedded
-    /// Cloudflare list].
-    #[arg(long, value_name = "FILE")]
-    pub ranges: Option<PathBuf>,
+    #[command(flatten)]
+    pub ranges: RangesSource,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Stop after this many seconds [default: until Ctrl-C or SIGTERM].
@@ -171,11 +179,10 @@ pub struct DiagnoseArgs {
     /// Length of the observation window in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub duration: f64,
-    /// Watched ranges: the Cloudflare API's JSON or one CIDR per line.
-    #[arg(long, value_name = "FILE", conflicts_with = "refresh_ranges")]
-    pub ranges: Option<PathBuf>,
+    #[command(flatten)]
+    pub ranges: RangesSource,
     /// Fetch Cloudflare's current ranges first (falls back to the cache, then the embedded list).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ranges")]
     pub refresh_ranges: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -204,11 +211,11 @@ pub struct DiagnoseArgs {
 #[derive(Args, Debug)]
 pub struct RangesArgs {
     /// Fetch Cloudflare's current list and cache it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ranges")]
     pub refresh: bool,
-    /// Show this file's ranges instead (validates it).
-    #[arg(long, value_name = "FILE", conflicts_with = "refresh")]
-    pub ranges: Option<PathBuf>,
+    // With a file: show and validate that file's ranges.
+    #[command(flatten)]
+    pub ranges: RangesSource,
     /// Audit this host's firewall: every allowlist (set, or chain of source accepts) that
     /// admits some of the ranges, and exactly which ranges it lacks. Exits 0 either way.
     #[arg(long)]
@@ -241,10 +248,9 @@ pub struct AgentArgs {
     /// Seconds per verdict window.
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     pub window: f64,
-    /// Watched ranges file (re-read on every refresh) [default: cache of an earlier refresh,
-    /// else the embedded Cloudflare list].
-    #[arg(long, value_name = "FILE")]
-    pub ranges: Option<PathBuf>,
+    // The agent re-reads the file on every --refresh-ranges-every.
+    #[command(flatten)]
+    pub ranges: RangesSource,
     /// Refresh the ranges on this schedule (e.g. 6h, 30m, 90s): from Cloudflare's API, or by
     /// re-reading --ranges FILE. Updates the kernel's map in place.
     #[arg(long, value_name = "DURATION", value_parser = parse_refresh_interval)]
@@ -309,8 +315,8 @@ fn parse_history_span(text: &str) -> Result<std::time::Duration, String> {
 pub struct XdpTestRunArgs {
     #[arg(long = "port", value_delimiter = ',', default_values_t = CLOUDFLARE_PORTS)]
     pub ports: Vec<u16>,
-    #[arg(long, value_name = "FILE")]
-    pub ranges: Option<PathBuf>,
+    #[command(flatten)]
+    pub ranges: RangesSource,
     #[arg(long)]
     pub all_peers: bool,
     /// Runs per frame (the kernel reports the mean time per run).
@@ -327,4 +333,42 @@ pub struct XdpTestRunArgs {
     /// Frames as hex, Ethernet header first.
     #[arg(long = "frame", required = true)]
     pub frames: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn ranges_file(args: &[&str]) -> Option<PathBuf> {
+        let cli = Cli::try_parse_from(args).expect("parses");
+        match cli.command {
+            Command::Events(a) => a.ranges.file,
+            Command::Diagnose(a) => a.ranges.file,
+            Command::Agent(a) => a.ranges.file,
+            Command::Ranges(a) => a.ranges.file,
+            _ => unreachable!(),
+        }
+    }
+
+    /// `--ranges` is one option with one meaning in every command that watches peers.
+    #[test]
+    fn every_command_takes_the_same_ranges_option() {
+        for cmd in ["events", "diagnose", "agent", "ranges"] {
+            assert_eq!(
+                ranges_file(&["tracer", cmd, "--ranges", "/tmp/r.txt"]),
+                Some(PathBuf::from("/tmp/r.txt")),
+                "{cmd}"
+            );
+            assert_eq!(ranges_file(&["tracer", cmd]), None, "{cmd}");
+        }
+        for conflict in [
+            &["tracer", "diagnose", "--ranges", "f", "--refresh-ranges"][..],
+            &["tracer", "ranges", "--ranges", "f", "--refresh"][..],
+        ] {
+            let e = Cli::try_parse_from(conflict).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
+        }
+    }
 }

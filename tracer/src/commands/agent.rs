@@ -113,8 +113,8 @@ struct Agent {
     follows_forwarded: bool,
     reasons: ReasonTable,
     notes: Vec<String>,
-    xdp_mode: &'static str,
-    arrival_hook: &'static str,
+    /// The arrival hook attached now (it changes when the interface comes back).
+    arrival_hook: crate::kernel::ArrivalHook,
     ranges: RangeSet,
     metrics: Arc<Metrics>,
     sink: EventLog,
@@ -125,6 +125,8 @@ struct Agent {
     packets_at_start: u64,
     /// The kernel's count of refused edge SYNs when the window started.
     refused_at_start: u64,
+    /// Refusals credited from the kernel's count, carried across windows.
+    refusals: window::RefusalLedger,
     lost_at_start: u64,
     last_housekeeping: Instant,
     next_refresh: Option<Instant>,
@@ -239,7 +241,7 @@ impl Sink for Agent {
                 // One fetch at a time: the next is scheduled when this one's result arrives.
                 self.next_refresh = None;
                 let tx = self.refresh_tx.clone();
-                let file = self.args.ranges.clone();
+                let file = self.args.ranges.file.clone();
                 tokio::spawn(async move {
                     let _ = tx.send(refresh(file).await).await;
                 });
@@ -371,17 +373,15 @@ impl Agent {
             }
             Ok(InterfaceChange::Back) => {
                 self.reattach_failed = false;
-                self.arrival_hook = capture.probe.arrival_hook.as_str();
+                self.arrival_hook = capture.probe.arrival_hook;
+                let hook = self.arrival_hook.as_str();
                 self.record_change(Change::new(
                     What::Hook,
-                    format!(
-                        "arrival hook ({}) attached again to {iface}, which came back",
-                        self.arrival_hook
-                    ),
+                    format!("arrival hook ({hook}) attached again to {iface}, which came back"),
                 ));
-                self.metrics.set_arrival_hook(self.arrival_hook);
+                self.metrics.set_arrival_hook(hook);
                 tracing::warn!(
-                    hook = self.arrival_hook,
+                    hook,
                     "interface {iface} is back: arrival hook attached again"
                 );
                 self.window_notes.push(format!(
@@ -474,14 +474,14 @@ impl Agent {
             started_at: self.window_start.1,
             ranges: &self.ranges,
             notes: &notes,
-            xdp_mode: self.xdp_mode,
-            arrival_hook: self.arrival_hook,
+            xdp_mode: self.arrival_hook.xdp_mode(),
+            arrival_hook: self.arrival_hook.as_str(),
             lost_events: lost_total - self.lost_at_start,
             packets_seen: now_packets.saturating_sub(self.packets_at_start),
             kernel_refused: refused_now.saturating_sub(self.refused_at_start),
             tls_checked: self.tls.is_some(),
         };
-        let mut report = window::report(&self.tally, &mut self.sampler, &ctx);
+        let mut report = window::report(&self.tally, &mut self.sampler, &ctx, &mut self.refusals);
         self.window_notes.clear();
         if let (Some(noun), Some((began, from_start))) =
             (report.verdict.failure_noun(), self.failure_clock.began())
@@ -544,18 +544,18 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let tls = TlsSettings::from_args(&args.tls.hostnames, args.tls.tls_ca.as_deref())?;
     if let Some(every) = args.refresh_ranges_every {
         // Re-reading a local file is cheap; the API is asked at most once a minute.
-        if args.ranges.is_none() && every < Duration::from_secs(60) {
+        if args.ranges.file.is_none() && every < Duration::from_secs(60) {
             anyhow::bail!(
                 "--refresh-ranges-every {}: at least 1m when refreshing from the API (the list changes a few times a year); a --ranges FILE may be re-read more often",
                 humantime::format_duration(every)
             );
         }
-        if args.ranges.is_none() {
+        if args.ranges.file.is_none() {
             crate::ranges::fetch::check_env()?;
         }
     }
     yield_to_workload(args.nice);
-    let (ranges, note) = fetch::resolve(args.ranges.as_deref(), false).await?;
+    let (ranges, note) = fetch::resolve(args.ranges.file.as_deref(), false).await?;
     if let Some(n) = &note {
         tracing::warn!("{n}");
     }
@@ -586,10 +586,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     if probe.follows_forwarded {
         correlator = correlator.following_forwarded(probe.netns);
     }
-    let (notes, xdp_mode, netns) = (probe.notes.clone(), probe.xdp_mode, probe.netns);
+    let (notes, netns) = (probe.notes.clone(), probe.netns);
     let follows_forwarded = probe.follows_forwarded;
-    let arrival_hook = probe.arrival_hook.as_str();
-    metrics.set_arrival_hook(arrival_hook);
+    let arrival_hook = probe.arrival_hook;
+    metrics.set_arrival_hook(arrival_hook.as_str());
     let reasons = probe.reasons.clone();
     let mut capture = Capture::new(probe)?;
     // A few drains per second, not one per event: the ring holds well over this interval.
@@ -613,11 +613,12 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut agent = Agent {
         next_refresh: first_refresh(
             args.refresh_ranges_every,
-            args.ranges.is_some(),
+            args.ranges.file.is_some(),
             ranges.age_secs(),
         ),
         packets_at_start: netinfo::rx_packets(&iface),
         refused_at_start: 0,
+        refusals: window::RefusalLedger::default(),
         args,
         iface,
         ports,
@@ -625,7 +626,6 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         follows_forwarded,
         reasons,
         notes,
-        xdp_mode,
         arrival_hook,
         ranges,
         metrics,

@@ -181,7 +181,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
     super::check_seconds("--duration", args.duration)?;
     let tls = TlsSettings::from_args(&args.tls.hostnames, args.tls.tls_ca.as_deref())?;
     // Notes (a ranges fallback, a hook this kernel lacks) are said once, in the report.
-    let (ranges, note) = fetch::resolve(args.ranges.as_deref(), args.refresh_ranges).await?;
+    let (ranges, note) = fetch::resolve(args.ranges.file.as_deref(), args.refresh_ranges).await?;
     // Non-edge peers too: they tell a dead interface from a blocked edge.
     let super::Started {
         probe,
@@ -199,7 +199,11 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
     )?;
     let mut notes = probe.notes.clone();
     notes.extend(note);
-    let (xdp_mode, netns, reasons) = (probe.xdp_mode, probe.netns, probe.reasons.clone());
+    let (xdp_mode, netns, reasons) = (
+        probe.arrival_hook.xdp_mode(),
+        probe.netns,
+        probe.reasons.clone(),
+    );
     let follows_forwarded = probe.follows_forwarded;
     let arrival_hook = probe.arrival_hook.as_str();
     let mut correlator = Correlator::new();
@@ -259,7 +263,12 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
         kernel_refused: capture.edge_syns_refused().saturating_sub(refused_at_start),
         tls_checked: tls.is_some(),
     };
-    let mut report = window::report(&w.tally, &mut w.sampler, &ctx);
+    let mut report = window::report(
+        &w.tally,
+        &mut w.sampler,
+        &ctx,
+        &mut window::RefusalLedger::default(),
+    );
     let watcher = w.watcher.take();
     let changes = watcher.as_ref().map(|w| w.drain()).unwrap_or_default();
     drop(watcher);

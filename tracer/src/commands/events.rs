@@ -12,7 +12,7 @@ use crate::{
     cli::{EventsArgs, Format},
     event::Record,
     events::EventRecord,
-    ranges::RangeSet,
+    ranges::fetch,
     reasons::ReasonTable,
     session::{self, Next, Sink},
 };
@@ -91,10 +91,10 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     if let Some(d) = args.duration {
         super::check_seconds("--duration", d)?;
     }
-    let ranges = match &args.ranges {
-        Some(path) => RangeSet::from_file(path)?,
-        None => RangeSet::embedded(),
-    };
+    let (ranges, note) = fetch::resolve_offline(args.ranges.file.as_deref())?;
+    if let Some(n) = note {
+        eprintln!("note: {n}");
+    }
     let super::Started { probe, .. } = super::start_probe(
         &args.capture,
         &ranges,

@@ -12,7 +12,7 @@ use crate::{
 };
 
 pub async fn run(args: RangesArgs) -> Result<()> {
-    let (set, note) = fetch::resolve(args.ranges.as_deref(), args.refresh).await?;
+    let (set, note) = fetch::resolve(args.ranges.file.as_deref(), args.refresh).await?;
     if let Some(n) = note {
         eprintln!("note: {n}");
     }

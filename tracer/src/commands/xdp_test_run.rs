@@ -18,7 +18,6 @@ use crate::{
     event::decode_syn,
     events::EventRecord,
     kernel::Probe,
-    ranges::RangeSet,
     reasons::ReasonTable,
 };
 
@@ -40,10 +39,7 @@ fn unhex(text: &str) -> Result<Vec<u8>> {
 }
 
 pub fn run(args: XdpTestRunArgs) -> Result<()> {
-    let ranges = match &args.ranges {
-        Some(p) => RangeSet::from_file(p)?,
-        None => RangeSet::embedded(),
-    };
+    let (ranges, _) = crate::ranges::fetch::resolve_offline(args.ranges.file.as_deref())?;
     let repeat = args.repeat.max(1);
     let mut probe = Probe::for_test_run(&args.ports, &ranges, args.all_peers, args.ring_bytes)?;
     let mut syn_log = probe.take_syn_log()?;

@@ -152,7 +152,8 @@ pub struct Probe {
     pub follows_forwarded: bool,
     /// One line each: hooks this kernel lacks and what that degrades.
     pub notes: Vec<String>,
-    pub xdp_mode: &'static str,
+    /// The arrival hook attached (the report's `xdp_mode` is derived from it, never kept
+    /// beside it: a re-attach changes both at once).
     pub arrival_hook: ArrivalHook,
     /// What the arrival hook was attached with, to attach it again when its interface comes
     /// back: (interface, its index then, hook, XDP mode, empty programs).
@@ -542,7 +543,6 @@ impl Probe {
             netns: config.netns_inum,
             follows_forwarded,
             notes,
-            xdp_mode: "driver",
             arrival_hook: ArrivalHook::XdpDriver,
             arrival: None,
             bitmaps: empty_bitmaps(),
@@ -762,7 +762,6 @@ impl Probe {
             ) {
                 Ok(_) => {
                     self.arrival_hook = ArrivalHook::Tcx;
-                    self.xdp_mode = self.arrival_hook.xdp_mode();
                     return Ok(());
                 }
                 Err(e) => e.to_string(),
@@ -786,7 +785,6 @@ impl Probe {
             anyhow!("cannot attach TC ingress to {iface}: tcx: {tcx_error}; clsact: {e}")
         })?;
         self.arrival_hook = ArrivalHook::TcClsact;
-        self.xdp_mode = self.arrival_hook.xdp_mode();
         Ok(())
     }
 
@@ -804,7 +802,6 @@ impl Probe {
         if generic_first {
             xdp.attach(iface, XdpMode::Skb)
                 .map_err(|e| xdp_attach_error(iface, "generic", e))?;
-            self.xdp_mode = "generic";
             self.arrival_hook = ArrivalHook::XdpGeneric;
             if mode == XdpAttach::Auto {
                 self.notes.push(format!(
@@ -815,7 +812,6 @@ impl Probe {
         }
         match xdp.attach(iface, XdpMode::Driver) {
             Ok(_) => {
-                self.xdp_mode = "driver";
                 self.arrival_hook = ArrivalHook::XdpDriver;
             }
             Err(native) if mode == XdpAttach::Auto => {
@@ -824,7 +820,6 @@ impl Probe {
                         "cannot attach XDP to {iface}: driver mode: {native}; generic mode: {generic} (is another XDP program attached?)"
                     )
                 })?;
-                self.xdp_mode = "generic";
                 self.arrival_hook = ArrivalHook::XdpGeneric;
                 self.notes.push(format!(
                     "{iface}: driver doesn't support native XDP ({native}); using generic (skb) mode"
@@ -961,7 +956,6 @@ impl Probe {
             netns: 0,
             follows_forwarded: false,
             notes: Vec::new(),
-            xdp_mode: "test-run",
             arrival_hook: ArrivalHook::XdpDriver,
             arrival: None,
             bitmaps: empty_bitmaps(),

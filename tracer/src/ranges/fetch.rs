@@ -275,15 +275,21 @@ pub async fn refresh() -> (RangeSet, Option<String>) {
     }
 }
 
-/// The ranges to use: a file, a refresh, or else the cache of an earlier refresh, or else
-/// the embedded list.
+/// The ranges to use, for every command: a file, a refresh, or else the cache of an earlier
+/// refresh, or else the embedded list.
 pub async fn resolve(file: Option<&Path>, refresh_now: bool) -> Result<(RangeSet, Option<String>)> {
-    if let Some(path) = file {
-        return Ok((RangeSet::from_file(path)?, None));
-    }
-    if refresh_now {
+    if refresh_now && file.is_none() {
         check_env()?;
         return Ok(refresh().await);
+    }
+    resolve_offline(file)
+}
+
+/// [`resolve`] without a refresh (nothing is fetched): the file, or else the cache of an
+/// earlier refresh, or else the embedded list; with a note when the cache is unusable.
+pub fn resolve_offline(file: Option<&Path>) -> Result<(RangeSet, Option<String>)> {
+    if let Some(path) = file {
+        return Ok((RangeSet::from_file(path)?, None));
     }
     match read_cache(&cache_path()) {
         (Some((set, _)), _) => Ok((set, None)),
