@@ -709,17 +709,26 @@ pub fn run_with(s: &Scenario, args: &[&str], env: &[(&str, &str)]) -> (Value, f6
 pub fn run_exit(s: &Scenario, args: &[&str], env: &[(&str, &str)]) -> (i32, Value, f64) {
     let started = Instant::now();
     let lab = Lab::new();
+    let t_lab = started.elapsed().as_secs_f64();
     let keep = (s.setup)(&lab);
+    let t_setup = started.elapsed().as_secs_f64();
     let window = WINDOW_SECS.to_string();
     let (ns, iface) = match s.vantage {
         Vantage::Origin => (&lab.origin, ORIGIN_IF),
         Vantage::Container => (&lab.container, CONTAINER_IF),
     };
     let tracer = Tracer::diagnose_on(ns, iface, s.ports, &window, args, env);
+    let t_ready = started.elapsed().as_secs_f64();
     (s.traffic)(&lab);
+    let t_traffic = started.elapsed().as_secs_f64();
     let stderr = tracer.stderr_text();
     let (code, out) = tracer.wait(Duration::from_secs(WINDOW_SECS + 20));
+    let t_report = started.elapsed().as_secs_f64();
     drop(keep);
+    drop(lab);
+    if std::env::var_os("LAB_PHASES").is_some() {
+        eprintln!("PHASES {}: lab {t_lab:.1} setup {t_setup:.1} ready {t_ready:.1} traffic {t_traffic:.1} report {t_report:.1} end {:.1}", s.name, started.elapsed().as_secs_f64());
+    }
     let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| {
         panic!("diagnose (exit {code}) stdout is not one JSON document ({e}): {out}{stderr}")
     });

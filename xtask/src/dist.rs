@@ -71,7 +71,7 @@ pub fn run() -> Result<PathBuf> {
 }
 
 /// `cargo build --release --target x86_64-unknown-linux-musl`, checked to be static.
-fn build_static(root: &Path) -> Result<PathBuf> {
+pub fn build_static(root: &Path) -> Result<PathBuf> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()

@@ -7,9 +7,43 @@ use anyhow::{bail, Result};
 use integration_tests::scenarios;
 use serde_json::{json, Value};
 
-/// Runs the scenarios (those whose name contains one of `filters`, or all): one JSON row each
-/// with scenario, expected, verdict, the edge counts and the seconds it took.
-pub fn run_scenarios(tracer: &Path, filters: &[String]) -> Result<Vec<Value>> {
+/// One part of the scenario list: the scenarios whose position modulo `of` is `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub of: usize,
+}
+
+impl Shard {
+    pub const ALL: Shard = Shard { index: 0, of: 1 };
+
+    fn holds(self, position: usize) -> bool {
+        position % self.of == self.index
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    /// `I/N`: the I-th (from 0) of N parts.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("--shard {s:?}: expected I/N with 0 <= I < N, e.g. 0/2");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, of) = (
+            i.parse::<usize>().map_err(|_| bad())?,
+            n.parse::<usize>().map_err(|_| bad())?,
+        );
+        if of == 0 || index >= of {
+            return Err(bad());
+        }
+        Ok(Shard { index, of })
+    }
+}
+
+/// Runs the scenarios (those whose name contains one of `filters`, or all; of those, the
+/// shard's part): one JSON row each with scenario, its position in the list, expected,
+/// verdict, the edge counts and the seconds it took.
+pub fn run_scenarios(tracer: &Path, filters: &[String], shard: Shard) -> Result<Vec<Value>> {
     // SAFETY: single-threaded here; the scenarios read it later.
     std::env::set_var("TRACER_BIN", tracer);
     // SAFETY: geteuid has no preconditions.
@@ -18,13 +52,18 @@ pub fn run_scenarios(tracer: &Path, filters: &[String]) -> Result<Vec<Value>> {
     }
     let mut rows = Vec::new();
     let kernel = scenarios::kernel_version();
-    for s in scenarios::all()
+    for (order, s) in scenarios::all()
         .iter()
-        .filter(|s| filters.is_empty() || filters.iter().any(|f| s.name.contains(f.as_str())))
+        .enumerate()
+        .filter(|(_, s)| filters.is_empty() || filters.iter().any(|f| s.name.contains(f.as_str())))
+        .enumerate()
+        .filter(|(position, _)| shard.holds(*position))
+        .map(|(_, s)| s)
     {
         if let Some((since, why)) = scenarios::needs_kernel(s.name).filter(|(v, _)| kernel < *v) {
             rows.push(json!({
                 "scenario": s.name,
+                "order": order,
                 "expected": s.expected,
                 "verdict": "skipped",
                 "skipped": format!("needs {}.{}: {why}", since.0, since.1),
@@ -35,6 +74,7 @@ pub fn run_scenarios(tracer: &Path, filters: &[String]) -> Result<Vec<Value>> {
         rows.push(match outcome {
             Ok((report, secs)) => json!({
                 "scenario": s.name,
+                "order": order,
                 "expected": s.expected,
                 "verdict": report["verdict"],
                 "counts_expected": s.counts,
@@ -46,6 +86,7 @@ pub fn run_scenarios(tracer: &Path, filters: &[String]) -> Result<Vec<Value>> {
             }),
             Err(e) => json!({
                 "scenario": s.name,
+                "order": order,
                 "expected": s.expected,
                 "verdict": "error",
                 "error": e.downcast_ref::<String>().cloned()
@@ -58,7 +99,7 @@ pub fn run_scenarios(tracer: &Path, filters: &[String]) -> Result<Vec<Value>> {
 }
 
 pub fn run(tracer: &Path) -> Result<()> {
-    let rows = run_scenarios(tracer, &[])?;
+    let rows = run_scenarios(tracer, &[], Shard::ALL)?;
     // The widest name sets the first column.
     let w = rows
         .iter()
@@ -99,4 +140,24 @@ pub fn run(tracer: &Path) -> Result<()> {
         bail!("{failed} scenario(s) gave another verdict");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shard;
+
+    #[test]
+    fn shards_split_the_list_without_overlap() {
+        let shards: Vec<Shard> = ["0/3", "1/3", "2/3"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        for position in 0..10 {
+            assert_eq!(shards.iter().filter(|s| s.holds(position)).count(), 1);
+        }
+        assert!(Shard::ALL.holds(7));
+        for bad in ["2/2", "1", "a/2", "0/0"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+    }
 }

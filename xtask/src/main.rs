@@ -4,6 +4,7 @@ mod bench;
 mod dist;
 mod lab;
 mod setup;
+mod test;
 mod vm;
 
 use std::{
@@ -53,6 +54,12 @@ enum Task {
         /// Only scenarios whose name contains this.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
+        /// VMs at once.
+        #[arg(long, default_value_t = vm::Plan::ALONE.parallel)]
+        parallel: usize,
+        /// VMs per kernel, each running its part of the scenarios.
+        #[arg(long, default_value_t = vm::Plan::ALONE.shards)]
+        shards: usize,
     },
     /// Inside a vm-test guest: run the lab and write the rows as JSON.
     #[command(hide = true)]
@@ -61,6 +68,9 @@ enum Task {
         out: PathBuf,
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
+        /// This guest's part of the scenarios: I/N.
+        #[arg(long, default_value = "0/1")]
+        shard: lab::Shard,
     },
     /// Benchmarks (root): XDP cost, connection-rate overhead, exactness under load, agent CPU
     /// and memory, start-up. Prints a table, or one JSON document with --json.
@@ -100,17 +110,7 @@ fn run(cli: Cli) -> Result<()> {
             setup::build_only()?;
             build(release)
         }
-        Task::Test { filter, no_vm } => {
-            setup::run()?;
-            test(filter.as_deref())?;
-            if filter.is_none() && !no_vm {
-                let started = std::time::Instant::now();
-                eprintln!("+ vm-test (the lab on Debian's kernels; --no-vm skips it)");
-                vm::run(&[], &[])?;
-                took(started);
-            }
-            Ok(())
-        }
+        Task::Test { filter, no_vm } => test::run(filter.as_deref(), !no_vm),
         Task::Run { args } => {
             setup::build_only()?;
             build(true)?;
@@ -130,12 +130,26 @@ fn run(cli: Cli) -> Result<()> {
             build(false)?;
             lab::run(&root.join("target/debug/tracer"))
         }
-        Task::VmTest { kernels, scenarios } => {
+        Task::VmTest {
+            kernels,
+            scenarios,
+            parallel,
+            shards,
+        } => {
             setup::run()?;
             build(false)?;
-            vm::run(&kernels, &scenarios)
+            let plan = vm::Plan {
+                parallel,
+                shards,
+                background: false,
+            };
+            vm::run(&kernels, &scenarios, plan)
         }
-        Task::VmGuest { out, scenarios } => vm::guest(&out, &scenarios),
+        Task::VmGuest {
+            out,
+            scenarios,
+            shard,
+        } => vm::guest(&out, &scenarios, shard),
         Task::Dist => {
             setup::run()?;
             dist::run().map(|_| ())
@@ -150,88 +164,9 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs a test command, echoing its output, and adds its `test result:` lines to `totals`.
 /// Says how long a stage took (CI keeps well inside its time limit; this shows where it goes).
 fn took(started: std::time::Instant) {
     eprintln!("  (took {:.1} s)", started.elapsed().as_secs_f64());
-}
-
-/// A test suite silent this long is hung: it is killed, so CI fails with the test's name
-/// instead of running out of time.
-const SILENT_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
-
-fn run_tests(cmd: &mut Command, totals: &mut (u64, u64)) -> Result<()> {
-    use std::io::{BufRead as _, BufReader};
-    use std::os::unix::process::CommandExt as _;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
-    eprintln!("+ {}", show(cmd));
-    let started = std::time::Instant::now();
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("cannot run {}", cmd.get_program().to_string_lossy()))?;
-    let stdout = child.stdout.take().expect("piped");
-    // Seconds since `started` at the last line; a watchdog kills the whole process group
-    // (cargo, the test binary, the tracers it started) after SILENT_LIMIT without one. It
-    // starts with the first line: compiling (on stderr) before it may take long.
-    let last_line = Arc::new(AtomicU64::new(u64::MAX));
-    let done = Arc::new(AtomicBool::new(false));
-    let group = child.id() as i32;
-    let watchdog = {
-        let (last_line, done) = (last_line.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                let last = last_line.load(Ordering::Relaxed);
-                if last == u64::MAX {
-                    continue;
-                }
-                let silent = started.elapsed().as_secs().saturating_sub(last);
-                if silent >= SILENT_LIMIT.as_secs() {
-                    eprintln!(
-                        "xtask: no test output for {silent} s: the test after the last one \
-                         listed hangs; killing it"
-                    );
-                    // SAFETY: kill(2) of the process group this function started.
-                    unsafe { libc::kill(-group, libc::SIGKILL) };
-                    return;
-                }
-            }
-        })
-    };
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        last_line.store(started.elapsed().as_secs(), Ordering::Relaxed);
-        println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let num = |word: &str| {
-                rest.split(';')
-                    .find_map(|p| {
-                        p.trim().strip_suffix(word).map(|n| {
-                            n.trim()
-                                .trim_start_matches("ok. ")
-                                .trim_start_matches("FAILED. ")
-                                .to_string()
-                        })
-                    })
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            totals.0 += num(" passed");
-            totals.1 += num(" failed");
-        }
-    }
-    let status = child.wait()?;
-    done.store(true, Ordering::Relaxed);
-    let _ = watchdog.join();
-    took(started);
-    if !status.success() {
-        println!("tests: {} passed, {} failed", totals.0, totals.1.max(1));
-        bail!("`{}` failed ({status})", show(cmd));
-    }
-    Ok(())
 }
 
 /// Runs a command, echoing it; fails with its exit status.
@@ -269,97 +204,3 @@ fn build(release: bool) -> Result<()> {
     }
     run_cmd(&mut cmd)
 }
-
-fn test(filter: Option<&str>) -> Result<()> {
-    run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    // Host crates (the eBPF object is still built by tracer/build.rs and embedded).
-    run_cmd(cargo().args([
-        "clippy",
-        "--workspace",
-        "--exclude",
-        "tracer-ebpf",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    // The eBPF crate, for its real target. panic=abort avoids a second panic handler.
-    run_cmd(
-        Command::new("rustup")
-            .args([
-                "run",
-                "nightly",
-                "cargo",
-                "clippy",
-                "--package",
-                "tracer-ebpf",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--release",
-                "--",
-                "-D",
-                "warnings",
-            ])
-            .env("CARGO_TARGET_DIR", "target/ebpf-clippy")
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .env_remove("CARGO"),
-    )?;
-    // Unit tests: pure logic, no root needed.
-    let mut totals = (0, 0);
-    run_tests(
-        cargo().args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "tracer-ebpf",
-            "--exclude",
-            "integration-tests",
-        ]),
-        &mut totals,
-    )?;
-    build(false)?;
-    // The packages, for the tests that install them.
-    let started = std::time::Instant::now();
-    eprintln!("+ dist (static binary, .deb, .rpm)");
-    let dist = dist::run()?;
-    took(started);
-    let tracer = workspace_root().join("target/debug/tracer");
-    let mut cmd = cargo();
-    cmd.args(["test", "--package", "integration-tests", "--"])
-        .arg("--test-threads=1")
-        .env("TRACER_BIN", &tracer)
-        .env("TRACER_DIST", &dist);
-    if let Some(f) = filter {
-        cmd.arg(f);
-    }
-    run_tests(&mut cmd, &mut totals)?;
-    if filter.is_none() {
-        // As shipped: the tracer confined as the unit and the DaemonSet confine it (their
-        // capabilities read from deploy/ by the tests), on what confinement can hide —
-        // containers and their processes, other namespaces' listeners, the TLS check.
-        for (form, suites) in CONFINED_SUITES {
-            let mut cmd = cargo();
-            cmd.args(["test", "--package", "integration-tests"]);
-            for suite in *suites {
-                cmd.args(["--test", suite]);
-            }
-            cmd.args(["--", "--test-threads=1"])
-                .env("TRACER_BIN", &tracer)
-                .env("TRACER_CONFINE", form);
-            run_tests(&mut cmd, &mut totals)?;
-        }
-    }
-    println!("tests: {} passed, {} failed", totals.0, totals.1);
-    Ok(())
-}
-
-/// The shipped forms' confinement (`TRACER_CONFINE`) and the suites run under each.
-const CONFINED_SUITES: &[(&str, &[&str])] = &[
-    (
-        "unit",
-        &["containers", "docker", "journal", "tls", "lost_replies"],
-    ),
-    ("daemonset", &["containers", "docker"]),
-];

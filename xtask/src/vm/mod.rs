@@ -13,18 +13,48 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
-/// VMs at once: two fit this machine's kind (2 cores, 24 GB).
-const PARALLEL: usize = 2;
-/// One kernel's whole run, at most.
+/// One kernel's whole run (every shard), at most.
 const PER_KERNEL: Duration = Duration::from_secs(40 * 60);
 
+/// How the matrix is cut and run.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// VMs running at once. A guest (two emulated vCPUs) keeps about one host core busy and
+    /// waits the rest (the scenarios' windows, retransmission timers), so a 2-core machine
+    /// runs four.
+    pub parallel: usize,
+    /// Each kernel's scenarios are split over this many VMs, so the slowest kernel does not
+    /// set the run's length alone. Separate VMs, not threads in one guest: every lab uses
+    /// the same addresses, and a VM isolates them completely.
+    pub shards: usize,
+    /// Run the emulators at a low priority (beside the host's own timing-sensitive tests).
+    pub background: bool,
+}
+
+impl Plan {
+    pub const ALONE: Plan = Plan {
+        parallel: 4,
+        shards: 2,
+        background: false,
+    };
+}
+
+/// One VM: a kernel and one shard of the scenarios.
+struct Job<'a> {
+    kernel: &'a kernels::Kernel,
+    shard: usize,
+}
+
 /// Host side: fetch, boot, collect, print.
-pub fn run(lines: &[String], scenarios: &[String]) -> Result<()> {
+pub fn run(lines: &[String], scenarios: &[String], plan: Plan) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("vm-test boots VMs whose guests create namespaces and load eBPF: run it as root");
     }
     let root = crate::workspace_root();
+    // The guests run the binary users download: the static release build. Under TCG every
+    // instruction is emulated, and a debug build costs several times the CPU of a release one.
+    let tracer = crate::dist::build_static(&root)?;
     let vm_dir = root.join("target/vm");
     let lines: Vec<String> = if lines.is_empty() {
         kernels::DEFAULT.iter().map(|s| s.to_string()).collect()
@@ -36,60 +66,118 @@ pub fn run(lines: &[String], scenarios: &[String]) -> Result<()> {
     let first = kernels.first().context("no kernel to boot")?;
     let probe_dir = vm_dir.join("run").join(&first.release);
     let accel = boot::choose_accel(first, &boot::initramfs(first, &probe_dir)?, &probe_dir);
-    eprintln!("vm-test: qemu with {}", accel.name());
-    let mut results: Vec<(String, Result<(Value, Duration)>)> = Vec::new();
-    for chunk in kernels.chunks(PARALLEL) {
-        let done: Vec<(String, Result<(Value, Duration)>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|k| {
-                    let dir = vm_dir.join("run").join(&k.release);
-                    let xtask = xtask.clone();
-                    s.spawn(move || {
-                        (
-                            format!("{} {}", k.line, k.release),
-                            one(k, &dir, &xtask, scenarios, accel),
-                        )
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("VM thread"))
-                .collect()
-        });
-        for (release, r) in done {
-            match &r {
-                Ok((_, took)) => eprintln!("vm-test: {release} took {:.0} s", took.as_secs_f64()),
-                Err(e) => eprintln!("vm-test: {release} failed: {e:#}"),
-            }
-            results.push((release, r));
+    let mut initrds = Vec::new();
+    for k in &kernels {
+        let dir = vm_dir.join("run").join(&k.release);
+        initrds.push(boot::initramfs(k, &dir)?);
+    }
+    let shards = plan.shards.max(1);
+    eprintln!(
+        "vm-test: qemu with {}; {} kernels × {shards} shards, {} VMs at once",
+        accel.name(),
+        kernels.len(),
+        plan.parallel
+    );
+    // The oldest kernels are the slowest: their shards go first.
+    let queue: std::sync::Mutex<Vec<(usize, Job)>> = std::sync::Mutex::new(
+        (0..shards)
+            .rev()
+            .flat_map(|shard| {
+                kernels
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .map(move |(i, kernel)| (i, Job { kernel, shard }))
+            })
+            .collect(),
+    );
+    type Done = (usize, usize, Result<(Value, Duration)>);
+    let done: std::sync::Mutex<Vec<Done>> = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..plan.parallel.max(1) {
+            s.spawn(|| loop {
+                let Some((i, job)) = queue.lock().expect("queue").pop() else {
+                    return;
+                };
+                let k = job.kernel;
+                let dir = vm_dir.join("run").join(&k.release);
+                let r = one(
+                    &job,
+                    shards,
+                    &Guest {
+                        dir: &dir,
+                        initrd: &initrds[i],
+                        xtask: &xtask,
+                        tracer: &tracer,
+                        scenarios,
+                    },
+                    accel,
+                    plan.background,
+                );
+                let label = format!("{} {} [{}/{shards}]", k.line, k.release, job.shard + 1);
+                match &r {
+                    Ok((_, took)) => {
+                        eprintln!("vm-test: {label} took {:.0} s", took.as_secs_f64())
+                    }
+                    Err(e) => eprintln!("vm-test: {label} failed: {e:#}"),
+                }
+                done.lock().expect("done").push((i, job.shard, r));
+            });
         }
+    });
+    let mut done = done.into_inner().expect("done");
+    done.sort_by_key(|(i, shard, _)| (*i, *shard));
+    // One entry per kernel: its shards' rows in scenario order, or the first failure.
+    let mut results: Vec<(String, Result<(Value, Duration)>)> = Vec::new();
+    for (i, k) in kernels.iter().enumerate() {
+        let label = format!("{} {}", k.line, k.release);
+        let mut rows: Vec<Value> = Vec::new();
+        let mut longest = Duration::ZERO;
+        let mut failure = None;
+        for (_, _, r) in done.iter().filter(|(j, _, _)| *j == i) {
+            match r {
+                Ok((v, took)) => {
+                    rows.extend(v["rows"].as_array().cloned().unwrap_or_default());
+                    longest = longest.max(*took);
+                }
+                Err(e) => failure = failure.or_else(|| Some(format!("{e:#}"))),
+            }
+        }
+        rows.sort_by_key(|r| r["order"].as_u64().unwrap_or(u64::MAX));
+        results.push(match failure {
+            Some(e) => (label, Err(anyhow::anyhow!(e))),
+            None => (label, Ok((json!({ "rows": rows }), longest))),
+        });
     }
     print_table(&results)
 }
 
-/// One kernel: its initramfs, its run script, the VM, the results file.
+/// What a guest runs: its kernel's initramfs, the binaries, the scenario filters.
+struct Guest<'a> {
+    dir: &'a Path,
+    initrd: &'a Path,
+    xtask: &'a Path,
+    tracer: &'a Path,
+    scenarios: &'a [String],
+}
+
+/// One VM: its run script, the VM, the results file.
 fn one(
-    k: &kernels::Kernel,
-    dir: &Path,
-    xtask: &Path,
-    scenarios: &[String],
+    job: &Job,
+    shards: usize,
+    guest: &Guest,
     accel: boot::Accel,
+    background: bool,
 ) -> Result<(Value, Duration)> {
-    let results = dir.join("results");
+    let results = guest.dir.join(format!("results-{}", job.shard));
     let _ = std::fs::remove_dir_all(&results);
     std::fs::create_dir_all(&results)?;
-    let initrd = boot::initramfs(k, dir)?;
     // The guest runs copies: a rebuild on the host while the VM runs must not change the
     // binaries under it (9p would show the new file to a running process).
     let bin = results.join("bin");
     std::fs::create_dir_all(&bin)?;
-    std::fs::copy(xtask, bin.join("xtask"))?;
-    std::fs::copy(
-        crate::workspace_root().join("target/debug/tracer"),
-        bin.join("tracer"),
-    )?;
+    std::fs::copy(guest.xtask, bin.join("xtask"))?;
+    std::fs::copy(guest.tracer, bin.join("tracer"))?;
     // Without their debug info (most of a debug build's 150 MB): the guest reads them over
     // 9p once, into its memory (see run.sh), and every scenario starts the tracer afresh.
     for b in ["tracer", "xtask"] {
@@ -98,7 +186,8 @@ fn one(
             .arg(bin.join(b))
             .status();
     }
-    let filters: String = scenarios
+    let filters: String = guest
+        .scenarios
         .iter()
         .map(|s| format!(" --scenario '{}'", s.replace('\'', "")))
         .collect();
@@ -113,13 +202,21 @@ fn one(
              uname -r > /results/uname\n\
              cd {root}\n\
              mkdir -p /run/bin && cp /results/bin/tracer /results/bin/xtask /run/bin/\n\
-             TRACER_READY_SECS=120 TRACER_BIN=/run/bin/tracer /run/bin/xtask vm-guest --out /results/lab.json{filters} > /results/guest.log 2>&1\n\
+             LAB_PHASES=1 TRACER_READY_SECS=120 TRACER_BIN=/run/bin/tracer /run/bin/xtask vm-guest --out /results/lab.json --shard {shard}/{shards}{filters} > /results/guest.log 2>&1\n\
              echo $? > /results/exit\n\
              sync; echo o > /proc/sysrq-trigger\n",
             root = crate::workspace_root().display(),
+            shard = job.shard,
         ),
     )?;
-    let took = boot::boot(k, &initrd, &results, accel, PER_KERNEL)?;
+    let took = boot::boot(
+        job.kernel,
+        guest.initrd,
+        &results,
+        accel,
+        PER_KERNEL,
+        background,
+    )?;
     let text = std::fs::read_to_string(results.join("lab.json")).with_context(|| {
         let log = std::fs::read_to_string(results.join("guest.log"))
             .or_else(|_| std::fs::read_to_string(results.join("console.log")))
@@ -196,11 +293,11 @@ fn print_table(results: &[(String, Result<(Value, Duration)>)]) -> Result<()> {
 }
 
 /// Guest side: the lab scenarios on the running kernel, written as JSON to `out`.
-pub fn guest(out: &Path, scenarios: &[String]) -> Result<()> {
+pub fn guest(out: &Path, scenarios: &[String], shard: crate::lab::Shard) -> Result<()> {
     let tracer: PathBuf = std::env::var_os("TRACER_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::workspace_root().join("target/debug/tracer"));
-    let rows = crate::lab::run_scenarios(&tracer, scenarios)?;
+    let rows = crate::lab::run_scenarios(&tracer, scenarios, shard)?;
     let doc = json!({
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "rows": rows,
