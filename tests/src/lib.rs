@@ -46,6 +46,7 @@ pub const CONTAINER_V4: &str = "172.17.0.2";
 pub const BRIDGE_V6: &str = "fd00:17::1";
 pub const CONTAINER_V6: &str = "fd00:17::2";
 
+pub mod agent;
 pub mod confine;
 pub mod docker;
 pub mod flood;

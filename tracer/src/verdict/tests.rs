@@ -14,29 +14,24 @@ fn lab_scenario(v: Verdict) -> Option<&'static str> {
         // No lab cause yields these: an unanswered SYN with no SYN-ACK needs something that
         // swallows SYNs before TCP without a drop reason, and the other drop reasons need
         // broken hardware or checksums; unit tests drive them.
-        // Unknown needs the kernel to lose events: the flood test in tests/tests/hardening.rs.
-        // TlsFailure needs --hostname and a TLS server: tests/tests/tls.rs.
+        // Unknown needs the kernel to lose events: the flood test in tests/tests/root/hardening.rs.
+        // TlsFailure needs --hostname and a TLS server: tests/tests/root/tls.rs.
         Verdict::Unanswered | Verdict::OtherDrop | Verdict::Unknown | Verdict::TlsFailure => None,
     }
 }
 
 #[test]
 fn the_lab_names_a_scenario_for_each_verdict() {
-    let scenarios = include_str!("../../../tests/src/scenarios.rs");
+    let scenarios = integration_tests::scenarios::all();
     for v in Verdict::ALL {
         let Some(name) = lab_scenario(v) else {
             continue;
         };
-        let at = scenarios
-            .find(&format!("name: \"{name}\","))
+        let s = scenarios
+            .iter()
+            .find(|s| s.name == name)
             .unwrap_or_else(|| panic!("no lab scenario {name:?}"));
-        let expected = scenarios[at..].lines().nth(1).unwrap_or_default().trim();
-        assert_eq!(
-            expected,
-            format!("expected: \"{}\",", v.as_str()),
-            "scenario {name:?} for {}",
-            v.as_str()
-        );
+        assert_eq!(s.expected, v.as_str(), "scenario {name:?}");
     }
 }
 

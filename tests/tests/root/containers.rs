@@ -210,9 +210,8 @@ fn a_container_gone_mid_window_keeps_its_attempts() {
 #[test]
 fn the_agent_counts_forwarded_connections_on_the_edges_port() {
     use integration_tests::{
-        eventually, metric,
         scenarios::{Server, ServerMode},
-        TempDir, ORIGIN_IF,
+        TempDir,
     };
     const CONNECTIONS: usize = 300;
     let lab = Lab::new();
@@ -226,20 +225,7 @@ fn the_agent_counts_forwarded_connections_on_the_edges_port() {
     );
     let tmp = TempDir::new("agent-container");
     let log = tmp.path("events.jsonl");
-    let _agent = Tracer::start(
-        &lab.origin,
-        &[
-            "agent",
-            "--iface",
-            ORIGIN_IF,
-            "--port",
-            "443,2053",
-            "--window",
-            "2",
-            "--log-file",
-            log.to_str().unwrap(),
-        ],
-    );
+    let agent = integration_tests::agent::Agent::on(&lab.origin, "443,2053", "2", &log).start();
     for _ in 0..CONNECTIONS {
         lab.edge
             .connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT)
@@ -253,9 +239,7 @@ fn the_agent_counts_forwarded_connections_on_the_edges_port() {
             let _ = c.read(&mut [0u8; 16]);
         }
     }
-    let series = |port: u16, outcome: &str| {
-        format!("tracer_edge_connections_total{{outcome=\"{outcome}\",port=\"{port}\"}}")
-    };
+    let series = integration_tests::agent::connections;
     let expected = [
         (series(443, "handshake"), CONNECTIONS as f64),
         (series(443, "refused"), 0.0),
@@ -268,16 +252,7 @@ fn the_agent_counts_forwarded_connections_on_the_edges_port() {
         ),
         ("tracer_open_attempts".to_string(), 0.0),
     ];
-    let mut text = String::new();
-    let ok = eventually(Duration::from_secs(10), || {
-        text = lab
-            .origin
-            .http_get("127.0.0.1:9521", "/metrics")
-            .map(|(_, body)| body)
-            .unwrap_or_default();
-        expected.iter().all(|(s, v)| metric(&text, s) == Some(*v))
-    });
-    assert!(ok, "metrics never matched {expected:?}:\n{text}");
+    agent.metrics_reach(Duration::from_secs(10), &expected);
 }
 
 /// Confined with less than the shipped forms grant (the capabilities to load and attach, not

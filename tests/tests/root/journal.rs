@@ -9,6 +9,7 @@ use std::{
 };
 
 use integration_tests::{
+    agent::Agent,
     metric,
     scenarios::{Server, ServerMode, SHORT},
     sockaddr, Lab, TempDir, Tracer, EDGE_V4, ORIGIN_IF, ORIGIN_V4, ROUTE_IF,
@@ -56,38 +57,8 @@ fn diagnose(lab: &Lab, port: &str) -> Tracer {
 }
 
 /// `tracer agent` on port 8080 with `window` seconds, logging to `log`.
-fn agent(lab: &Lab, window: &str, log: &std::path::Path) -> Tracer {
-    Tracer::start_env(
-        &lab.origin,
-        &[
-            "agent",
-            "--iface",
-            ORIGIN_IF,
-            "--port",
-            "8080",
-            "--window",
-            window,
-            "--log-file",
-            log.to_str().unwrap(),
-        ],
-        &[],
-    )
-}
-
-/// Waits up to 8 s for the agent's metrics to satisfy `ok`.
-fn metrics_until(lab: &Lab, ok: impl Fn(&str) -> bool) {
-    let mut text = String::new();
-    assert!(
-        integration_tests::eventually(Duration::from_secs(8), || {
-            text = lab
-                .origin
-                .http_get("127.0.0.1:9521", "/metrics")
-                .map(|(_, b)| b)
-                .unwrap_or_default();
-            ok(&text)
-        }),
-        "{text}"
-    );
+fn agent(lab: &Lab, window: &str, log: &std::path::Path) -> Agent {
+    Agent::on(&lab.origin, "8080", window, log).start()
 }
 
 /// The agent's log lines.
@@ -229,7 +200,7 @@ fn the_agent_logs_and_counts_changes() {
     drop(server);
     std::thread::sleep(Duration::from_millis(600));
     failing(&lab, 8080);
-    metrics_until(&lab, |text| {
+    tracer.metrics_until(Duration::from_secs(8), |text| {
         metric(text, "tracer_changes_total{what=\"listener_down\"}") == Some(1.0)
             && metric(text, "tracer_verdict{verdict=\"refused\"}") == Some(1.0)
     });
@@ -364,7 +335,7 @@ fn a_listener_in_another_namespace_is_journaled_with_its_process() {
     std::thread::sleep(Duration::from_millis(800));
     let closed = SystemTime::now();
     drop(listener);
-    metrics_until(&lab, |text| {
+    tracer.metrics_until(Duration::from_secs(8), |text| {
         metric(text, "tracer_changes_total{what=\"listener_down\"}") == Some(1.0)
     });
     tracer.stop();
@@ -402,7 +373,7 @@ fn a_restart_between_two_samples_is_journaled() {
     let closed = SystemTime::now();
     drop(first);
     let second = lab.origin.listen("0.0.0.0", 8080, 16);
-    metrics_until(&lab, |text| {
+    tracer.metrics_until(Duration::from_secs(8), |text| {
         metric(text, "tracer_changes_total{what=\"listener_down\"}") == Some(1.0)
     });
     tracer.stop();

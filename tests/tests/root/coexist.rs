@@ -5,13 +5,12 @@
 use std::time::Duration;
 
 use integration_tests::{
-    arrival_programs_loaded, eventually, metric,
+    agent::{connections, Agent},
+    arrival_programs_loaded, eventually,
     scenarios::{Server, ServerMode, SHORT},
     sockaddr, tracer_bin, Lab, TempDir, Tracer, EDGE_V4, ORIGIN_IF, ORIGIN_V4,
 };
 use serde_json::Value;
-
-const METRICS: &str = "127.0.0.1:9521";
 
 /// 5 handshakes on 443 and 3 refusals on 8080 from the edge.
 fn traffic(lab: &Lab) {
@@ -46,37 +45,19 @@ fn assert_exact(r: &Value, who: &str) {
     assert_eq!(r["lost_events"], 0, "{who}: {r:#}");
 }
 
-fn agent(lab: &Lab, log: &std::path::Path) -> Tracer {
-    Tracer::start(
-        &lab.origin,
-        &[
-            "agent",
-            "--iface",
-            ORIGIN_IF,
-            "--port",
-            "443,8080",
-            "--window",
-            "2",
-            "--log-file",
-            log.to_str().unwrap(),
-        ],
-    )
+fn agent(lab: &Lab, log: &std::path::Path) -> Agent {
+    Agent::on(&lab.origin, "443,8080", "2", log).start()
 }
 
 /// The agent's counts reach exactly (handshakes on 443, refusals on 8080).
-fn agent_counts(lab: &Lab, handshakes: f64, refused: f64) -> bool {
-    let series = |port: u16, outcome: &str| {
-        format!("tracer_edge_connections_total{{outcome=\"{outcome}\",port=\"{port}\"}}")
-    };
-    eventually(Duration::from_secs(8), || {
-        let text = lab
-            .origin
-            .http_get(METRICS, "/metrics")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        metric(&text, &series(443, "handshake")) == Some(handshakes)
-            && metric(&text, &series(8080, "refused")) == Some(refused)
-    })
+fn agent_counts(agent: &Agent, handshakes: f64, refused: f64) {
+    agent.metrics_reach(
+        Duration::from_secs(8),
+        &[
+            (connections(443, "handshake"), handshakes),
+            (connections(8080, "refused"), refused),
+        ],
+    );
 }
 
 #[test]
@@ -84,11 +65,11 @@ fn diagnose_beside_a_running_agent() {
     let lab = Lab::new();
     let _server = Server::start(lab.origin.listen("0.0.0.0", 443, 128), ServerMode::Close);
     let tmp = TempDir::new("coexist-agent");
-    let _agent = agent(&lab, &tmp.path("log"));
+    let agent = agent(&lab, &tmp.path("log"));
     let d = diagnose(&lab, &[]);
     traffic(&lab);
     assert_exact(&report(d), "diagnose");
-    assert!(agent_counts(&lab, 5.0, 3.0), "the agent's counts");
+    agent_counts(&agent, 5.0, 3.0);
 }
 
 #[test]
@@ -110,12 +91,12 @@ fn an_agent_restarted_while_diagnose_runs() {
     let tmp = TempDir::new("coexist-restart");
     let a = agent(&lab, &tmp.path("log"));
     let d = diagnose(&lab, &[]);
-    a.signal(libc::SIGTERM);
-    let _ = a.wait(Duration::from_secs(5));
-    let _again = agent(&lab, &tmp.path("log"));
+    a.tracer.signal(libc::SIGTERM);
+    let _ = a.tracer.wait(Duration::from_secs(5));
+    let again = agent(&lab, &tmp.path("log"));
     traffic(&lab);
     assert_exact(&report(d), "diagnose");
-    assert!(agent_counts(&lab, 5.0, 3.0), "the restarted agent's counts");
+    agent_counts(&again, 5.0, 3.0);
 }
 
 /// Another XDP user holds the interface's XDP slot (here the tracer itself with native XDP,
