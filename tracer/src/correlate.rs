@@ -16,7 +16,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    event::{Direction, Event, Flow, Kind, Record, State},
+    model::event::{Direction, Event, Flow, Kind, Record, State},
     reasons::{DropClass, Reason},
 };
 
@@ -24,56 +24,9 @@ use crate::{
 /// connections/s, and the keys are peers inside the watched ranges.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// What became of one connection attempt. Wire names in [`Outcome::as_str`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Handshake,
-    Refused,
-    FirewallDrop,
-    OverloadDrop,
-    OriginReset,
-    Unanswered,
-    OtherDrop,
-    /// Nothing answered that the tracer saw, but the kernel lost events while the attempt was
-    /// open: its answer may be among them. Never counted as unanswered.
-    Unknown,
-}
+pub mod classes;
 
-impl Outcome {
-    pub const ALL: [Outcome; 8] = [
-        Outcome::Handshake,
-        Outcome::Refused,
-        Outcome::FirewallDrop,
-        Outcome::OverloadDrop,
-        Outcome::OriginReset,
-        Outcome::Unanswered,
-        Outcome::OtherDrop,
-        Outcome::Unknown,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Handshake => "handshake",
-            Self::Refused => "refused",
-            Self::FirewallDrop => "firewall_drop",
-            Self::OverloadDrop => "overload_drop",
-            Self::OriginReset => "origin_reset",
-            Self::Unanswered => "unanswered",
-            Self::OtherDrop => "other_drop",
-            Self::Unknown => "unknown",
-        }
-    }
-}
-
-/// Where a forwarded attempt was answered: its local end after DNAT, in the namespace that
-/// answered it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Backend {
-    pub addr: IpAddr,
-    pub port: u16,
-    pub netns: u32,
-}
+pub use crate::model::outcome::{Backend, Outcome};
 
 /// The origin's answer to an attempt (its SYN-ACK) dropped on the way out, and where: in
 /// this namespace's output path, or in another namespace's forward path on the same kernel
@@ -446,7 +399,7 @@ impl Correlator {
     /// A correlator for continuous use: see [`Correlator::drain_decided`]. A handshake settles
     /// its attempt, which leaves the table at once: the table holds only attempts still
     /// waiting for an answer, however many connections are open, and a connection's later
-    /// reset by the origin is read from its own event (see [`crate::event::TcpState::is_after_accept`]).
+    /// reset by the origin is read from its own event (see [`crate::model::event::TcpState::is_after_accept`]).
     pub fn live() -> Self {
         Self {
             live: true,
@@ -797,7 +750,7 @@ mod bound_tests {
     #[test]
     fn a_full_table_ends_attempts_early_as_unknown() {
         let mut c = Correlator::live();
-        let mut ev = crate::event::sample(Kind::Syn, 0, 1000);
+        let mut ev = crate::model::event::sample(Kind::Syn, 0, 1000);
         for i in 0..(MAX_OPEN as u32 + 10) {
             ev.flow.peer_port = (i % 60000) as u16;
             ev.flow.peer = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i / 60000));

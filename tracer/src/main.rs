@@ -1,31 +1,23 @@
 //! `tracer`: explains Cloudflare HTTP 521 from the origin's own kernel.
 
-mod attempt_record;
+// The pipeline, in the order data flows (README "Layout" draws it):
+// kernel → capture → model → correlate → (origin, journal, tls) → verdict → output;
+// commands wire the stages for each subcommand, settings come from cli, sys holds host
+// utilities every stage may use.
 mod capture;
-mod classes;
 mod cli;
-mod clock;
 mod commands;
 mod correlate;
-mod event;
-mod event_log;
-mod events;
-mod export;
 mod journal;
 mod kernel;
-mod netinfo;
+mod model;
 mod origin;
+mod output;
 mod ranges;
 mod reasons;
-mod report;
-mod safe_fs;
-mod service;
-mod session;
-mod text_wrap;
+mod sys;
 mod tls;
 mod verdict;
-mod verdict_record;
-mod window;
 
 use std::process::ExitCode;
 
@@ -51,7 +43,7 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli.command)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let prefix = if service::stderr_is_journal() {
+            let prefix = if sys::service::stderr_is_journal() {
                 "<3>"
             } else {
                 ""
@@ -75,13 +67,13 @@ fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_ansi(colour_on_stderr())
         .with_target(false);
-    let _ = if service::stderr_is_journal() {
+    let _ = if sys::service::stderr_is_journal() {
         // journald dates each line itself: the priority, not a second timestamp.
         let format = tracing_subscriber::fmt::format()
             .with_target(false)
             .without_time();
         builder
-            .event_format(service::Prioritized(format))
+            .event_format(sys::service::Prioritized(format))
             .try_init()
     } else {
         builder.try_init()

@@ -18,26 +18,26 @@ use tokio::{
 };
 
 use crate::{
-    attempt_record::AttemptRecord,
+    capture::session::{self, Next, Sink},
     capture::{write_ready_file, Capture},
     cli::{AgentArgs, LogEvents},
     correlate::{Correlator, Decided},
-    event::{Kind, Record},
-    event_log::{EventLog, LimitKey},
-    events::EventRecord,
-    export::{self, Metrics},
     journal::{
         since::{self, FailureClock},
         watch::Watcher,
         Change, Journal, What,
     },
     kernel::InterfaceChange,
-    netinfo,
+    model::event::{Kind, Record},
+    output::attempt_record::AttemptRecord,
+    output::event_log::{EventLog, LimitKey},
+    output::events::EventRecord,
+    output::metrics::{self, Metrics},
     ranges::{fetch, RangeSet},
     reasons::ReasonTable,
-    session::{self, Next, Sink},
+    sys::netinfo,
     tls::{TlsCheck, TlsSettings},
-    window::{self, OriginSampler, Tally, WindowContext},
+    verdict::window::{self, OriginSampler, Tally, WindowContext},
 };
 
 /// Settled attempts (closed, refused) leave after this idle time...
@@ -157,7 +157,7 @@ struct Agent {
     /// The last failed edge attempt's outcome: what the current failure is called.
     last_failure: Option<crate::correlate::Outcome>,
     /// `GET /history`, rebuilt when `history_dirty`.
-    history: export::History,
+    history: metrics::History,
     history_dirty: bool,
     last_verdict: Option<(crate::verdict::Verdict, SystemTime)>,
 }
@@ -502,7 +502,7 @@ impl Agent {
             ));
         }
         if let Some(tls) = &self.tls {
-            crate::verdict::tls::apply(&mut report, self.tls_results.clone());
+            report.add_tls_checks(self.tls_results.clone());
             // The next check, in the background: each handshake may take seconds.
             if !self.tls_running {
                 self.tls_running = true;
@@ -510,11 +510,11 @@ impl Agent {
                 let (report_ports, listeners) = (report.ports.clone(), report.listeners.clone());
                 let (iface, explicit) = (self.iface.clone(), !self.args.capture.ports.is_empty());
                 tokio::task::spawn_blocking(move || {
-                    let view = super::diagnose::TlsTargets {
+                    let view = crate::tls::TlsTargets {
                         ports: &report_ports,
                         listeners: &listeners,
                     };
-                    let checks = super::diagnose::tls_checks(&tls, &view, &iface, explicit);
+                    let checks = crate::tls::check_targets(&tls, &view, &iface, explicit);
                     let _ = tx.blocking_send(checks);
                 });
             }
@@ -524,13 +524,14 @@ impl Agent {
         self.history_dirty = true;
         tracing::info!(
             verdict = report.verdict.as_str(),
-            alert = export::alert_for(report.verdict).unwrap_or("none"),
+            alert = metrics::alert_for(report.verdict).unwrap_or("none"),
             "window closed"
         );
-        self.sink.line(&crate::verdict_record::verdict_record(
-            &report,
-            &self.ranges,
-        ));
+        self.sink
+            .line(&crate::output::verdict_record::verdict_record(
+                &report,
+                &self.ranges,
+            ));
         self.tally = Tally::default();
         self.window_start = (Instant::now(), SystemTime::now());
         self.packets_at_start = now_packets;
@@ -562,8 +563,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let ports = args.capture.ports();
     let metrics = Arc::new(Metrics::new(&ports)?);
     metrics.set_ranges(&ranges);
-    let history: export::History = Default::default();
-    export::serve(args.metrics_addr, metrics.clone(), history.clone()).await?;
+    let history: metrics::History = Default::default();
+    metrics::serve(args.metrics_addr, metrics.clone(), history.clone()).await?;
     let sink = EventLog::open(
         args.log_file.as_deref(),
         Some(args.log_max_mb.saturating_mul(1024 * 1024)),

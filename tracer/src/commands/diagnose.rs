@@ -8,16 +8,16 @@ use std::{
 use anyhow::Result;
 
 use crate::{
+    capture::session::{self, Next, Sink},
     capture::{write_ready_file, Capture},
     cli::{DiagnoseArgs, Format},
     correlate::Correlator,
-    event::Record,
     kernel::InterfaceChange,
-    netinfo,
+    model::event::Record,
     ranges::fetch,
-    session::{self, Next, Sink},
+    sys::netinfo,
     tls::TlsSettings,
-    window::{self, OriginSampler, Tally},
+    verdict::window::{self, OriginSampler, Tally},
 };
 
 /// After the window, how long open attempts may still get their answer (a SYN-ACK's ACK).
@@ -277,12 +277,12 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
         crate::journal::since::of_window(report.verdict, &w.tally.timeline, changes.iter(), &dated);
     if let Some(tls) = &tls {
         // After the window: the checks' own connections are not counted in it.
-        let view = TlsTargets {
+        let view = crate::tls::TlsTargets {
             ports: &report.ports,
             listeners: &report.listeners,
         };
-        let checks = tls_checks(tls, &view, &iface, !args.capture.ports.is_empty());
-        crate::verdict::tls::apply(&mut report, checks);
+        let checks = crate::tls::check_targets(tls, &view, &iface, !args.capture.ports.is_empty());
+        report.add_tls_checks(checks);
     }
     let mut out = std::io::stdout().lock();
     match args.format {
@@ -295,31 +295,6 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
     } else {
         0
     })
-}
-
-/// What the TLS check needs of a window's report.
-pub struct TlsTargets<'a> {
-    pub ports: &'a [u16],
-    pub listeners: &'a [crate::origin::listeners::Listener],
-}
-
-/// Every watched TLS port with a listener, for every hostname (blocking).
-pub fn tls_checks(
-    tls: &TlsSettings,
-    view: &TlsTargets<'_>,
-    iface: &str,
-    explicit_ports: bool,
-) -> Vec<crate::tls::TlsCheck> {
-    let stores = crate::tls::TrustStores::load(tls.given_roots.clone());
-    let local = netinfo::addresses(iface);
-    let targets = crate::tls::targets(view.ports, explicit_ports, view.listeners, &local);
-    let mut out = Vec::new();
-    for host in &tls.hostnames {
-        for (port, addr) in &targets {
-            out.push(crate::tls::check(*port, *addr, host, &stores));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

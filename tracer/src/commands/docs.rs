@@ -28,7 +28,7 @@ pub fn man_pages(dir: &Path) -> Result<Vec<String>> {
         clap_mangen::Man::new(page).render(&mut buf)?;
         buf.extend_from_slice(extra_sections(&name).as_bytes());
         let path = dir.join(format!("{name}.1"));
-        crate::safe_fs::write_atomic(&path, &buf, 0o644)
+        crate::sys::safe_fs::write_atomic(&path, &buf, 0o644)
             .with_context(|| format!("cannot write {}", path.display()))?;
         written.push(name);
         Ok(())

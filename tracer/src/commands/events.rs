@@ -8,13 +8,13 @@ use std::{
 use anyhow::Result;
 
 use crate::{
+    capture::session::{self, Next, Sink},
     capture::{write_ready_file, Capture},
     cli::{EventsArgs, Format},
-    event::Record,
-    events::EventRecord,
+    model::event::Record,
+    output::events::EventRecord,
     ranges::fetch,
     reasons::ReasonTable,
-    session::{self, Next, Sink},
 };
 
 /// Prints every record; stops at the deadline or when stdout goes away (`| head`).

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::{
     cli::{DiagnoseArgs, Format},
-    text_wrap::{wrap, WIDTH},
+    output::text_wrap::{wrap, WIDTH},
 };
 
 /// The agent's answer is a journal of at most 4096 changes: far below this.

@@ -13,8 +13,8 @@ use anyhow::Result;
 use crate::{
     cli::{CaptureArgs, Command},
     kernel::{Probe, ProbeOptions},
-    netinfo,
     ranges::RangeSet,
+    sys::netinfo,
 };
 
 /// What every capturing command starts with: the interface, the ports and the attached probe.

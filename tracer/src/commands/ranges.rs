@@ -7,8 +7,8 @@ use serde::Serialize;
 use crate::{
     cli::{Format, RangesArgs},
     origin::firewall::{Allowlist, Ruleset},
+    output::report::RangesInfo,
     ranges::{fetch, RangeSet},
-    report::RangesInfo,
 };
 
 pub async fn run(args: RangesArgs) -> Result<()> {

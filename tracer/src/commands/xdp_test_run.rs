@@ -14,10 +14,10 @@ use tracer_common::counter;
 
 use crate::{
     cli::XdpTestRunArgs,
-    clock::{Clock, JiffiesClock},
-    event::decode_syn,
-    events::EventRecord,
     kernel::Probe,
+    model::clock::{Clock, JiffiesClock},
+    model::event::decode_syn,
+    output::events::EventRecord,
     reasons::ReasonTable,
 };
 

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use super::*;
 use crate::{
-    event::{Direction, TcpFlags},
+    model::event::{Direction, TcpFlags},
     reasons::{location, ReasonTable},
 };
 
@@ -45,7 +45,7 @@ fn table(k: &Kernel) -> ReasonTable {
 }
 
 fn ev(kind: Kind, port: u16, ms: u64) -> Event {
-    crate::event::sample(kind, port, ms)
+    crate::model::event::sample(kind, port, ms)
 }
 
 fn syn(port: u16, ms: u64) -> Event {

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::{
-    event::{Direction, TcpFlags, TcpState},
+    model::event::{Direction, TcpFlags, TcpState},
     reasons::ReasonTable,
 };
 
@@ -39,7 +39,7 @@ fn drop_reason(name: &str) -> Reason {
 }
 
 fn ev(kind: Kind, peer_port: u16, ms: u64) -> Event {
-    crate::event::sample(kind, peer_port, ms)
+    crate::model::event::sample(kind, peer_port, ms)
 }
 
 fn syn(port: u16, seq: u32, ms: u64) -> Event {

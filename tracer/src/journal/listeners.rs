@@ -11,7 +11,7 @@
 use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
 
 use super::{Change, What};
-use crate::event::ListenerEvent;
+use crate::model::event::ListenerEvent;
 
 /// Events kept waiting for the sampler, at most: a port opened and closed in a loop must not
 /// grow memory.

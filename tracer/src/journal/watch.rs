@@ -20,7 +20,7 @@ use super::{
     Change, What,
 };
 use crate::{
-    event::ListenerEvent,
+    model::event::ListenerEvent,
     origin::{listeners, namespaces},
     ranges::RangeSet,
 };

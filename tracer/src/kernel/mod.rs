@@ -27,7 +27,7 @@ use tracer_common::{
 };
 
 use crate::{
-    clock::JiffiesSample,
+    model::clock::JiffiesSample,
     ranges::{RangeSet, SparseBits},
     reasons::{DropClass, ReasonTable},
 };
@@ -281,7 +281,7 @@ pub fn ifindex(iface: &str) -> Result<u32> {
     // SAFETY: NUL-terminated name.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     if index == 0 {
-        let known = crate::netinfo::interface_names().join(", ");
+        let known = crate::sys::netinfo::interface_names().join(", ");
         return Err(anyhow!(
             "unknown interface {iface}: pass --iface with one of: {known}"
         ));
@@ -327,7 +327,7 @@ fn sync_trie<K: aya::Pod + PartialEq>(
 /// kernel names one, and what works beside it.
 fn xdp_attach_error(iface: &str, mode: &str, e: ProgramError) -> anyhow::Error {
     let cause = one_line(&anyhow::Error::from(e));
-    match crate::netinfo::xdp_holder(iface) {
+    match crate::sys::netinfo::xdp_holder(iface) {
         Some(holder) => anyhow!(
             "cannot attach XDP to {iface} in {mode} mode: XDP program {holder} holds it ({cause}); --hook tc (or auto) attaches beside it, or detach that program"
         ),
@@ -720,7 +720,7 @@ impl Probe {
             }
             HookChoice::Tc => self.attach_tc(name("tc_syn"), iface),
             HookChoice::Auto => {
-                if crate::netinfo::driver_name(iface).as_deref() == Some("veth") {
+                if crate::sys::netinfo::driver_name(iface).as_deref() == Some("veth") {
                     self.attach_tc(name("tc_syn"), iface)?;
                     self.notes.push(format!(
                         "{iface} is a veth: TC ingress ({}); native XDP on veth copies every packet the local stack sends (--hook xdp forces XDP)",
@@ -793,7 +793,7 @@ impl Probe {
         if xdp.fd().is_err() {
             xdp.load().context("loading the XDP program")?;
         }
-        let veth = crate::netinfo::driver_name(iface).as_deref() == Some("veth");
+        let veth = crate::sys::netinfo::driver_name(iface).as_deref() == Some("veth");
         let generic_first = match mode {
             XdpAttach::Generic => true,
             XdpAttach::Driver => false,

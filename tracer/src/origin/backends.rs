@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::Serialize;
 
 use super::{firewall::Ruleset, listeners::Listener, namespaces::Namespace};
-use crate::correlate::{Backend, Outcome};
+use crate::model::outcome::{Backend, Outcome};
 
 /// One backend as the report shows it.
 #[derive(Clone, Debug, PartialEq, Serialize)]

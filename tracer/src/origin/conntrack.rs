@@ -8,7 +8,7 @@ use std::{
     net::IpAddr,
 };
 
-use crate::event::Flow;
+use crate::model::event::Flow;
 
 /// Lines of the conntrack table read at most (a busy host keeps hundreds of thousands).
 const MAX_LINES: usize = 1_000_000;

@@ -131,7 +131,7 @@ pub fn load_cache(path: &Path) -> Result<(RangeSet, Option<String>)> {
 
 fn save_cache(path: &Path, set: &RangeSet, http_etag: Option<&str>) -> Result<()> {
     if let Some(dir) = path.parent() {
-        crate::safe_fs::private_dir(dir, 0o755)?;
+        crate::sys::safe_fs::private_dir(dir, 0o755)?;
     }
     let c = CacheFile {
         fetched_at: humantime::format_rfc3339_seconds(
@@ -145,7 +145,7 @@ fn save_cache(path: &Path, set: &RangeSet, http_etag: Option<&str>) -> Result<()
     };
     // A new temporary file renamed into place: a reader never sees half a file, and a
     // symlink planted in the directory is never followed.
-    crate::safe_fs::write_atomic(path, &serde_json::to_vec_pretty(&c)?, 0o644)?;
+    crate::sys::safe_fs::write_atomic(path, &serde_json::to_vec_pretty(&c)?, 0o644)?;
     Ok(())
 }
 

@@ -295,6 +295,31 @@ impl TlsCheck {
     }
 }
 
+/// What the TLS check needs of a window's report.
+pub struct TlsTargets<'a> {
+    pub ports: &'a [u16],
+    pub listeners: &'a [crate::origin::listeners::Listener],
+}
+
+/// Every watched TLS port with a listener, for every hostname (blocking).
+pub fn check_targets(
+    tls: &TlsSettings,
+    view: &TlsTargets<'_>,
+    iface: &str,
+    explicit_ports: bool,
+) -> Vec<TlsCheck> {
+    let stores = TrustStores::load(tls.given_roots.clone());
+    let local = crate::sys::netinfo::addresses(iface);
+    let targets = targets(view.ports, explicit_ports, view.listeners, &local);
+    let mut out = Vec::new();
+    for host in &tls.hostnames {
+        for (port, addr) in &targets {
+            out.push(check(*port, *addr, host, &stores));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

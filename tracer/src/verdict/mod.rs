@@ -8,6 +8,7 @@ mod causes;
 mod firewall;
 mod return_path;
 pub mod tls;
+pub mod window;
 
 pub use firewall::allowlist_text;
 #[cfg(test)]

@@ -4,13 +4,11 @@
 //! verdict: the connections work and the handshake on them does not.
 
 use super::{Cause, Verdict};
-use crate::{
-    report::Report,
-    tls::{ChainProblem, TlsCheck},
-};
+use crate::tls::{ChainProblem, TlsCheck};
 
-/// Adds the checks to the report and, for the failing ones, a cause.
-pub fn apply(report: &mut Report, checks: Vec<TlsCheck>) {
+/// Adds a cause for each failing check to the window's verdict and causes (the view carries
+/// the checks themselves).
+pub fn apply(verdict: &mut Verdict, causes_now: &mut Vec<Cause>, checks: &[TlsCheck]) {
     let failing: Vec<&TlsCheck> = checks
         .iter()
         .filter(|c| !c.ok && c.failure != Some("no_listener"))
@@ -18,16 +16,15 @@ pub fn apply(report: &mut Report, checks: Vec<TlsCheck>) {
     let mut causes: Vec<Cause> = failing.iter().map(|c| cause_of(c)).collect();
     // 525 first: the handshake fails under both modes.
     causes.sort_by_key(|c| std::cmp::Reverse(c.cloudflare_error == Some(525)));
-    if !causes.is_empty() && matches!(report.verdict, Verdict::Healthy | Verdict::NeverArriving) {
-        report.verdict = Verdict::TlsFailure;
+    if !causes.is_empty() && matches!(*verdict, Verdict::Healthy | Verdict::NeverArriving) {
+        *verdict = Verdict::TlsFailure;
         let mut all = causes;
         // The TCP-level finding stays as a secondary cause (it says what did arrive).
-        all.append(&mut report.causes);
-        report.causes = all;
+        all.append(causes_now);
+        *causes_now = all;
     } else {
-        report.causes.append(&mut causes);
+        causes_now.append(&mut causes);
     }
-    report.tls = checks;
 }
 
 fn cause_of(c: &TlsCheck) -> Cause {

@@ -8,6 +8,8 @@
 //! reached yet waits for the next drain: the ring events reserved before it are still being
 //! written.
 
+pub mod session;
+
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
@@ -16,9 +18,9 @@ use tokio::io::{unix::AsyncFd, Interest};
 use tracer_common::{counter, Event as RawEvent, SynRecord};
 
 use crate::{
-    clock::{Clock, JiffiesClock},
-    event::{decode_record, decode_syn, Record},
     kernel::{synlog::SynLog, Probe},
+    model::clock::{Clock, JiffiesClock},
+    model::event::{decode_record, decode_syn, Record},
 };
 
 pub struct Capture {
@@ -272,12 +274,16 @@ impl Shutdown {
 /// a symlink planted at either name is never followed.
 pub fn write_ready_file(path: Option<&std::path::Path>) -> Result<()> {
     // Under systemd (Type=notify) the same moment is READY=1.
-    if let Err(e) = crate::service::notify_ready() {
+    if let Err(e) = crate::sys::service::notify_ready() {
         tracing::warn!("cannot tell the service manager we are ready: {e}");
     }
     if let Some(path) = path {
-        crate::safe_fs::write_atomic(path, format!("{}\n", std::process::id()).as_bytes(), 0o644)
-            .with_context(|| format!("cannot write ready file {}", path.display()))?;
+        crate::sys::safe_fs::write_atomic(
+            path,
+            format!("{}\n", std::process::id()).as_bytes(),
+            0o644,
+        )
+        .with_context(|| format!("cannot write ready file {}", path.display()))?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, net::IpAddr, sync::OnceLock, time::SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    event::{self, Direction, Event, Record, State, TcpFlags, TcpState},
+    model::event::{self, Direction, Event, Record, State, TcpFlags, TcpState},
     reasons::{Name, ReasonTable},
 };
 
@@ -287,7 +287,7 @@ mod tests {
     use std::net::Ipv6Addr;
 
     use super::*;
-    use crate::{event::Kind as EvKind, reasons::Reason};
+    use crate::{model::event::Kind as EvKind, reasons::Reason};
 
     fn table() -> ReasonTable {
         ReasonTable::for_tests(
@@ -297,7 +297,7 @@ mod tests {
     }
 
     fn ev(kind: EvKind) -> Event {
-        crate::event::sample(kind, 40000, 1000)
+        crate::model::event::sample(kind, 40000, 1000)
     }
 
     #[test]
@@ -386,7 +386,7 @@ mod tests {
 
     #[test]
     fn listener_changes_are_not_events() {
-        let ev = crate::event::ListenerEvent::sample(
+        let ev = crate::model::event::ListenerEvent::sample(
             false,
             "0.0.0.0".parse().unwrap(),
             443,

@@ -466,8 +466,8 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, history: History) ->
 
 #[cfg(test)]
 mod tests {
-    const RULES: &str = include_str!("../../deploy/alerts.yml");
-    const README: &str = include_str!("../../README.md");
+    const RULES: &str = include_str!("../../../deploy/alerts.yml");
+    const README: &str = include_str!("../../../README.md");
 
     /// Each alert's block of text in deploy/alerts.yml, by name.
     fn alert_blocks() -> Vec<(&'static str, &'static str)> {

@@ -94,7 +94,7 @@ mod tests {
     use super::*;
     use crate::{
         correlate::{Correlator, Decided},
-        event::{sample, Kind},
+        model::event::{sample, Kind},
     };
 
     /// A SYN dropped by the firewall three times (the peer retransmits): one attempt, one

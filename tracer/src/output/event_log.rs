@@ -51,7 +51,7 @@ pub struct EventLog {
 }
 
 fn open_log(path: &Path) -> Result<File> {
-    crate::safe_fs::open_append(path, 0o640).with_context(|| {
+    crate::sys::safe_fs::open_append(path, 0o640).with_context(|| {
         format!(
             "cannot open log file {} (a symlink there is refused)",
             path.display()

@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use crate::{
     capture::{Capture, Shutdown},
-    event::Record,
+    model::event::Record,
 };
 
 /// Whether the loop goes on after a tick.

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 
-use crate::{ranges::RangeSet, report::Report};
+use crate::{output::report::Report, ranges::RangeSet};
 
 /// `{"ts":..,"kind":"verdict", <the diagnose JSON fields, compacted>}`
 pub fn verdict_record(report: &Report, ranges: &RangeSet) -> String {

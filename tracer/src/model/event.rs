@@ -13,7 +13,7 @@ use tracer_common::{
 };
 
 use crate::{
-    clock::{Clock, JiffiesClock},
+    model::clock::{Clock, JiffiesClock},
     reasons::{Reason, ReasonTable},
 };
 
@@ -416,7 +416,7 @@ mod tests {
     use tracer_common::Event as RawEvent;
 
     use super::*;
-    use crate::{clock::JiffiesSample, reasons::DropClass};
+    use crate::{model::clock::JiffiesSample, reasons::DropClass};
 
     pub fn raw(kind: EventKind) -> RawEvent {
         let mut peer = [0u8; 16];

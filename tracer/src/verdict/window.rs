@@ -8,9 +8,9 @@ use std::{
 };
 
 use crate::{
-    classes::Classes,
+    correlate::classes::Classes,
     correlate::{Attempt, Backend, Counts, Outcome, ReplyDrop},
-    event::Flow,
+    model::event::Flow,
     origin::{
         backends, conntrack, counters,
         firewall::{Packet, Ruleset},
@@ -18,9 +18,9 @@ use crate::{
         namespaces::Place,
         routes,
     },
+    output::report::{window_value, RangesInfo, Report},
     ranges::RangeSet,
     reasons::{Reason, ReasonTable},
-    report::{window_value, RangesInfo, Report},
     verdict::{decide, Inputs, ReplyDrops},
 };
 

@@ -7,8 +7,8 @@ use serde::Serialize;
 use crate::{
     correlate::Counts,
     origin::{backends::BackendReport, listeners::Listener},
+    output::text_wrap::{self, wrap, WIDTH},
     ranges::RangeSet,
-    text_wrap::{self, wrap, WIDTH},
     verdict::{Cause, Verdict},
 };
 
@@ -97,6 +97,13 @@ pub fn window_value(secs: f64) -> serde_json::Value {
 type Row = (&'static str, fn(&Counts) -> u64);
 
 impl Report {
+    /// The TLS checks of this window: shown as they are, and each failing one a cause
+    /// (`verdict::tls` decides how they change the verdict).
+    pub fn add_tls_checks(&mut self, checks: Vec<crate::tls::TlsCheck>) {
+        crate::verdict::tls::apply(&mut self.verdict, &mut self.causes, &checks);
+        self.tls = checks;
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }

@@ -1,0 +1,7 @@
+//! Host utilities any stage may use: interfaces and their counters (`netinfo`), files written
+//! as root without following planted links (`safe_fs`), systemd's notify and journal
+//! (`service`).
+
+pub mod netinfo;
+pub mod safe_fs;
+pub mod service;
