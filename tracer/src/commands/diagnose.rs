@@ -258,7 +258,8 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
         notes: &notes,
         xdp_mode,
         arrival_hook,
-        lost_events: w.correlator.lost_events.max(capture.lost_total()),
+        // The capture reports every loss it counts: the same source as the agent's windows.
+        lost_events: capture.lost_total(),
         packets_seen: netinfo::rx_packets(&iface).saturating_sub(packets_at_start),
         kernel_refused: capture.edge_syns_refused().saturating_sub(refused_at_start),
         tls_checked: tls.is_some(),

@@ -1,12 +1,20 @@
 //! Loading, configuring and attaching the kernel programs; reading their maps.
 
+mod arrival;
 pub mod btf;
 mod clsact;
+mod configure;
 mod features;
+mod hooks;
+mod maps;
 pub use features::release;
 pub mod privileges;
 pub mod synlog;
 pub mod tracefs;
+
+use arrival::ArrivalTarget;
+pub use arrival::{ArrivalHook, HookChoice, InterfaceChange, XdpAttach};
+use maps::empty_bitmaps;
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
 
@@ -21,9 +29,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    counter, Config, Ipv4Key, Ipv6Key, KfreeSkbLayout, SendResetLayout, SockTpLayout,
-    CONFIG_F_ALL_PEERS, CONFIG_F_ATTEMPT_DROPS, CONFIG_F_FOLLOW_FORWARDED, CONFIG_F_NETNS_FILTER,
-    CONFIG_F_NO_CLOSES, DROP_REASON_WORDS, FIELD_ABSENT, PORT_BITMAP_WORDS,
+    counter, Config, Ipv4Key, Ipv6Key, SockTpLayout, CONFIG_F_ALL_PEERS, CONFIG_F_FOLLOW_FORWARDED,
+    DROP_REASON_WORDS, FIELD_ABSENT, PORT_BITMAP_WORDS,
 };
 
 use crate::{
@@ -41,78 +48,6 @@ pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 /// The agent drains continuously and its ring pages stay resident (mapped twice): 4 MiB still
 /// holds ~45k events, over a second of a 10k connections/s load.
 pub const AGENT_RING_BYTES: u32 = 4 << 20;
-
-/// How to attach XDP: `Auto` is driver (native) mode, except generic on veth, where native XDP
-/// copies every packet the local stack sends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XdpAttach {
-    Auto,
-    Driver,
-    Generic,
-}
-
-/// Where SYNs are seen arriving.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HookChoice {
-    /// Native (driver) XDP where the driver has it and it is free, else TC ingress; never
-    /// generic XDP, which copies packets before any program runs.
-    Auto,
-    /// XDP, in the `XdpAttach` mode.
-    Xdp,
-    /// TC ingress: a tcx link, or a clsact filter where the kernel has no tcx.
-    Tc,
-}
-
-/// The arrival hook attached, as the report and the metrics name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ArrivalHook {
-    XdpDriver,
-    XdpGeneric,
-    Tcx,
-    TcClsact,
-}
-
-impl ArrivalHook {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::XdpDriver => "xdp_driver",
-            Self::XdpGeneric => "xdp_generic",
-            Self::Tcx => "tcx",
-            Self::TcClsact => "tc_clsact",
-        }
-    }
-
-    /// The `xdp_mode` report field: "driver", "generic", or "none" for TC.
-    pub fn xdp_mode(self) -> &'static str {
-        match self {
-            Self::XdpDriver => "driver",
-            Self::XdpGeneric => "generic",
-            Self::Tcx | Self::TcClsact => "none",
-        }
-    }
-}
-
-/// Where and how the arrival hook is attached.
-#[derive(Clone, Debug)]
-struct ArrivalTarget {
-    iface: String,
-    ifindex: u32,
-    hook: HookChoice,
-    xdp_mode: XdpAttach,
-    empty: bool,
-    /// The interface has gone (deleted, NIC removed) and not come back yet.
-    gone: bool,
-}
-
-/// What became of the watched interface since the last look.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InterfaceChange {
-    Same,
-    /// It disappeared: nothing arrives through the hook.
-    Gone,
-    /// An interface of that name is there again, and the hook is attached to it.
-    Back,
-}
 
 /// SYNs remembered for following forwarded connections (`ARRIVALS`, LRU): well over the SYNs
 /// of the 25 s an attempt may stay open at thousands of connections per second.
@@ -228,27 +163,6 @@ where
     Ok(program.try_into()?)
 }
 
-/// (program, tracepoint category, tracepoint name)
-const TRACEPOINTS: [(&str, &str, &str); 5] = [
-    ("tp_kfree_skb", "skb", "kfree_skb"),
-    ("tp_send_reset", "tcp", "tcp_send_reset"),
-    ("tp_recv_reset", "tcp", "tcp_receive_reset"),
-    ("tp_set_state", "sock", "inet_sock_set_state"),
-    ("tp_synack_rtx", "tcp", "tcp_retransmit_synack"),
-];
-
-/// The program that does nothing on the same hook as `program` (see `TRACER_EMPTY_PROGRAMS`):
-/// what the hook costs before the tracer does any work.
-fn empty_counterpart(program: &str) -> &'static str {
-    match program {
-        "xdp_syn" => "xdp_pass",
-        "tc_syn" => "tc_pass",
-        "btf_set_state" => "btf_empty_set_state",
-        "btf_kfree_skb" => "btf_empty_kfree_skb",
-        _ => "tp_empty",
-    }
-}
-
 fn off(format: &tracefs::Format, name: &str) -> u16 {
     format.offset(name).unwrap_or(FIELD_ABSENT)
 }
@@ -287,54 +201,6 @@ pub fn ifindex(iface: &str) -> Result<u32> {
         ));
     }
     Ok(index)
-}
-
-/// Makes an LPM trie hold exactly `wanted`: new entries first, then stale ones removed, so a
-/// peer inside both the old and the new list never stops matching.
-fn sync_trie<K: aya::Pod + PartialEq>(
-    ebpf: &mut Ebpf,
-    name: &str,
-    wanted: Vec<Key<K>>,
-) -> Result<()> {
-    let mut trie: LpmTrie<&mut MapData, K, u8> = LpmTrie::try_from(
-        ebpf.map_mut(name)
-            .ok_or_else(|| anyhow!("{name} map missing"))?,
-    )?;
-    let same = |a: &Key<K>, b: &Key<K>| a.prefix_len() == b.prefix_len() && a.data() == b.data();
-    let before: Vec<Key<K>> = trie.keys().filter_map(Result::ok).collect();
-    // New entries first; if one cannot be added, the ones added are taken out again, so the
-    // table holds exactly the old list: all or nothing.
-    let mut added: Vec<&Key<K>> = Vec::new();
-    for k in &wanted {
-        if before.iter().any(|b| same(b, k)) {
-            continue;
-        }
-        if let Err(e) = trie.insert(k, 1, 0) {
-            for a in added {
-                let _ = trie.remove(a);
-            }
-            return Err(e).with_context(|| format!("updating {name}"));
-        }
-        added.push(k);
-    }
-    for k in before.iter().filter(|k| !wanted.iter().any(|w| same(w, k))) {
-        trie.remove(k).with_context(|| format!("updating {name}"))?;
-    }
-    Ok(())
-}
-
-/// Why XDP could not attach, on one line: the errno, the program holding the slot when the
-/// kernel names one, and what works beside it.
-fn xdp_attach_error(iface: &str, mode: &str, e: ProgramError) -> anyhow::Error {
-    let cause = one_line(&anyhow::Error::from(e));
-    match crate::sys::netinfo::xdp_holder(iface) {
-        Some(holder) => anyhow!(
-            "cannot attach XDP to {iface} in {mode} mode: XDP program {holder} holds it ({cause}); --hook tc (or auto) attaches beside it, or detach that program"
-        ),
-        None => anyhow!(
-            "cannot attach XDP to {iface} in {mode} mode: {cause}; --hook tc (or auto) uses TC ingress instead"
-        ),
-    }
 }
 
 /// An error on one line: a verifier log is cut to the verdict it ends with.
@@ -380,162 +246,29 @@ pub fn forwarding_enabled() -> bool {
     .any(|path| std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1"))
 }
 
-fn empty_bitmaps() -> ((SparseBits, SparseBits), Vec<u64>) {
-    (
-        (SparseBits::new(), SparseBits::new()),
-        vec![0; tracer_common::PREFILTER_WORDS as usize],
-    )
-}
-
 impl Probe {
     pub fn start(opts: &ProbeOptions<'_>) -> Result<Self> {
         privileges::check()?;
         features::check()?;
         ifindex(opts.iface)?;
         let tracefs = tracefs::ensure_mounted()?;
-        let mut notes = Vec::new();
-        let mut config = Config::DEFAULT;
-        config.netns_inum = own_netns_inode()?;
-        if opts.all_peers {
-            config.flags |= CONFIG_F_ALL_PEERS;
-        }
-
-        let mut drop_names = HashMap::new();
-        let mut reset_names = HashMap::new();
-        let kernel_btf = match btf::KernelBtf::load() {
-            Ok(b) => Some(b),
-            Err(e) => {
-                notes.push(format!(
-                    "no BTF ({e:#}): drops cannot be traced and events from other network namespaces are not filtered"
-                ));
-                None
-            }
-        };
-        if let Some(b) = &kernel_btf {
-            let (offsets, missing) = b.kernel_offsets();
-            config.kernel = offsets;
-            config.sock = b.sock_offsets();
-            if offsets.sk_net != FIELD_ABSENT
-                && offsets.net_inum != FIELD_ABSENT
-                && offsets.skb_sk != FIELD_ABSENT
-            {
-                config.flags |= CONFIG_F_NETNS_FILTER;
-            } else {
-                notes.push(format!(
-                    "network namespace filter off ({}): events from other namespaces may be counted",
-                    missing.join("; ")
-                ));
-            }
-        }
-
-        // Tracepoint layouts from this kernel's format files.
-        let mut formats = HashMap::new();
-        for (prog, category, name) in TRACEPOINTS {
-            match tracefs::Format::read(&tracefs, category, name) {
-                Ok(f) => {
-                    formats.insert(prog, f);
-                }
-                Err(e) => notes.push(format!("{name} is not available ({e:#}): not traced")),
-            }
-        }
-        if let Some(f) = formats.get("tp_kfree_skb") {
-            config.kfree_skb = KfreeSkbLayout {
-                skbaddr: off(f, "skbaddr"),
-                location: off(f, "location"),
-                protocol: off(f, "protocol"),
-                reason: off(f, "reason"),
-            };
-            drop_names = f.symbols("reason");
-            let k = &config.kernel;
-            if k.skb_head == FIELD_ABSENT || k.skb_network_header == FIELD_ABSENT {
-                notes.push(
-                    "kfree_skb: sk_buff layout unknown (no BTF): drops are not traced".into(),
-                );
-                formats.remove("tp_kfree_skb");
-            }
-        }
-        if let Some(f) = formats.get("tp_send_reset") {
-            let sockaddr = f.fields.get("saddr").is_some_and(|s| s.size == 28);
-            config.send_reset = SendResetLayout {
-                skbaddr: off(f, "skbaddr"),
-                state: off(f, "state"),
-                reason: off(f, "reason"),
-                sockaddr_saddr: if sockaddr {
-                    off(f, "saddr")
-                } else {
-                    FIELD_ABSENT
-                },
-                sockaddr_daddr: if sockaddr {
-                    off(f, "daddr")
-                } else {
-                    FIELD_ABSENT
-                },
-                _pad: 0,
-                split: if sockaddr {
-                    SockTpLayout {
-                        skaddr: off(f, "skaddr"),
-                        ..SockTpLayout::ABSENT
-                    }
-                } else {
-                    sock_layout(f)
-                },
-            };
-            reset_names = f.symbols("reason");
-            if config.send_reset.reason == FIELD_ABSENT {
-                notes.push("tcp_send_reset has no reason field: resets are reported without the kernel's reason, refusals come from kfree_skb NO_SOCKET".into());
-            }
-        }
-        let mut reasons = ReasonTable::new(drop_names, reset_names);
-        if let Some(b) = &kernel_btf {
-            reasons.fill_from(ReasonTable::new(
-                b.enum_names("skb_drop_reason", "SKB_DROP_REASON_"),
-                b.enum_names("sk_rst_reason", "SK_RST_REASON_"),
-            ));
-        }
-        if !opts.closes {
-            config.flags |= CONFIG_F_NO_CLOSES;
-        }
-        if config.kfree_skb.reason == FIELD_ABSENT {
-            let symbols = crate::reasons::location::Symbols::read();
-            if symbols.is_empty() {
-                notes.push("skb:kfree_skb has no drop reason on this kernel (before 5.17) and /proc/kallsyms gives no addresses: drops are not told apart".into());
-            } else {
-                reasons.by_location(symbols);
-                notes.push("skb:kfree_skb has no drop reason on this kernel (before 5.17): drops are told apart by the kernel function that freed the packet (/proc/kallsyms)".into());
-            }
-        }
-        config.no_socket_reason = reasons
-            .drop_codes(|c| c == DropClass::NoSocket)
-            .first()
-            .copied()
-            .unwrap_or(0);
-        if let Some(decides) = opts.attempt_drops {
-            if config.kfree_skb.reason != FIELD_ABSENT {
-                config.flags |= CONFIG_F_ATTEMPT_DROPS;
-                config.drop_reasons = reason_bits(&reasons.drop_codes(decides));
-                config.teardown_reasons =
-                    reason_bits(&reasons.drop_codes(|c| c == DropClass::Teardown));
-            }
-        }
-        let follows_forwarded = forwarding_enabled();
-        if follows_forwarded {
-            config.flags |= CONFIG_F_FOLLOW_FORWARDED;
-            notes.push(
-                "this namespace forwards packets: edge connections handed to other namespaces (DNAT to containers) are followed there"
-                    .into(),
-            );
-        }
-        if let Some(f) = formats.get("tp_recv_reset") {
-            config.receive_reset = sock_layout(f);
-        }
-        if let Some(f) = formats.get("tp_set_state") {
-            config.set_state = sock_layout(f);
-        }
-        if let Some(f) = formats.get("tp_synack_rtx") {
-            config.retransmit_synack = sock_layout(f);
-            config.synack_req = off(f, "req");
-        }
-
+        let kernel_btf = btf::KernelBtf::load();
+        let facts = configure::Facts::read(&tracefs, kernel_btf.as_ref())?;
+        let configure::Configured {
+            mut config,
+            reasons,
+            notes,
+            formats,
+            follows_forwarded,
+        } = configure::configure(
+            facts,
+            &configure::Wanted {
+                all_peers: opts.all_peers,
+                closes: opts.closes,
+                attempt_drops: opts.attempt_drops,
+            },
+            crate::reasons::location::Symbols::read,
+        );
         let (ebpf, syn_log) = load(&mut config, opts.ring_bytes)?;
         let mut probe = Probe {
             ebpf,
@@ -566,373 +299,18 @@ impl Probe {
                 "empty programs on every hook (TRACER_EMPTY_PROGRAMS): nothing is traced".into(),
             );
         }
-        let k = &config.kernel;
-        let mut btf_wanted = Vec::new();
-        if !force_classic && config.sock.complete() {
-            btf_wanted.push(("btf_set_state", "inet_sock_set_state"));
-        }
-        if !force_classic
-            && formats.contains_key("tp_kfree_skb")
-            && ![
-                k.skb_protocol,
-                k.skb_head,
-                k.skb_network_header,
-                k.skb_transport_header,
-                config.kfree_skb.reason,
-            ]
-            .contains(&FIELD_ABSENT)
-        {
-            btf_wanted.push(("btf_kfree_skb", "kfree_skb"));
-        }
-        if empty {
-            for (prog, _) in &mut btf_wanted {
-                *prog = empty_counterpart(prog);
-            }
-        }
-        let attached = probe.attach_btf(kernel_btf.as_ref(), &btf_wanted);
-        let classic_set_state = !attached.contains(&"inet_sock_set_state");
-        let classic_kfree_skb = !attached.contains(&"kfree_skb");
-        for (prog, category, name) in TRACEPOINTS {
-            if !formats.contains_key(prog)
-                || (prog == "tp_set_state" && !classic_set_state)
-                || (prog == "tp_kfree_skb" && !classic_kfree_skb)
-            {
-                continue;
-            }
-            let prog = if empty { empty_counterpart(prog) } else { prog };
-            let result = (|| -> Result<()> {
-                let tp: &mut TracePoint = program(&mut probe.ebpf, prog)?;
-                // The empty program serves several tracepoints: loaded once.
-                if tp.fd().is_err() {
-                    tp.load()?;
-                }
-                tp.attach(category, name)?;
-                Ok(())
-            })();
-            if let Err(e) = result {
-                probe.notes.push(format!(
-                    "{category}:{name} could not be attached ({}): not traced",
-                    one_line(&e)
-                ));
-            }
-        }
-        probe.load_clock_program()?;
-        let target = ArrivalTarget {
-            iface: opts.iface.to_string(),
-            ifindex: ifindex(opts.iface)?,
-            hook: opts.hook,
-            xdp_mode: opts.xdp_mode,
+        probe.attach_tracepoints(
+            &config,
+            kernel_btf.as_ref().ok(),
+            &formats,
+            force_classic,
             empty,
-            gone: false,
-        };
+        );
+        probe.load_clock_program()?;
+        let target = ArrivalTarget::new(opts.iface, opts.hook, opts.xdp_mode, empty)?;
         probe.attach_arrival(&target)?;
         probe.arrival = Some(target);
         Ok(probe)
-    }
-
-    /// Attaches each `(program, tracepoint)` as a BTF tracepoint: no trace record is filled
-    /// for every hit in every namespace, and kernel structs are read with plain loads. Returns
-    /// the tracepoints attached; the classic programs do the others.
-    fn attach_btf(
-        &mut self,
-        kernel_btf: Option<&btf::KernelBtf>,
-        wanted: &[(&str, &'static str)],
-    ) -> Vec<&'static str> {
-        let Some(kernel_btf) = kernel_btf.filter(|_| !wanted.is_empty()) else {
-            return Vec::new();
-        };
-        let tracepoints: Vec<&str> = wanted.iter().map(|(_, tp)| *tp).collect();
-        let btf = match kernel_btf.tracepoint_btf(&tracepoints) {
-            Ok(btf) => btf,
-            Err(e) => {
-                self.notes.push(format!(
-                    "kernel BTF unreadable for BTF tracepoints ({e}): using the classic ones"
-                ));
-                return Vec::new();
-            }
-        };
-        let mut attached = Vec::new();
-        for &(prog, tracepoint) in wanted {
-            let result = (|| -> Result<()> {
-                let tp: &mut BtfTracePoint = program(&mut self.ebpf, prog)?;
-                tp.load(tracepoint, &btf)?;
-                tp.attach()?;
-                Ok(())
-            })();
-            match result {
-                Ok(()) => attached.push(tracepoint),
-                Err(e) => self.notes.push(format!(
-                    "BTF tracepoint {tracepoint} unavailable ({}): using the classic one",
-                    one_line(&e)
-                )),
-            }
-        }
-        attached
-    }
-
-    /// Has the watched interface gone, or come back (by name, perhaps with a new index)? On
-    /// its return the arrival hook is attached to it again. Cheap: one ioctl.
-    pub fn check_interface(&mut self) -> Result<InterfaceChange> {
-        let Some(target) = &mut self.arrival else {
-            return Ok(InterfaceChange::Same);
-        };
-        let name = std::ffi::CString::new(target.iface.as_str())?;
-        // SAFETY: NUL-terminated name.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if index == 0 {
-            if target.gone {
-                return Ok(InterfaceChange::Same);
-            }
-            target.gone = true;
-            return Ok(InterfaceChange::Gone);
-        }
-        if !target.gone && index == target.ifindex {
-            return Ok(InterfaceChange::Same);
-        }
-        target.gone = false;
-        target.ifindex = index;
-        let target = target.clone();
-        self.attach_arrival(&target)?;
-        Ok(InterfaceChange::Back)
-    }
-
-    /// A re-attach failed: look again next time as if the interface were still gone.
-    pub fn mark_interface_gone(&mut self) {
-        if let Some(t) = &mut self.arrival {
-            t.gone = true;
-        }
-    }
-
-    /// Attaches the arrival hook `target` asks for and says which and why in the notes.
-    fn attach_arrival(&mut self, target: &ArrivalTarget) -> Result<()> {
-        let empty = target.empty;
-        let name = |p: &'static str| if empty { empty_counterpart(p) } else { p };
-        let iface = target.iface.as_str();
-        match target.hook {
-            HookChoice::Xdp => {
-                self.attach_xdp(name("xdp_syn"), iface, target.xdp_mode)?;
-                if self.arrival_hook == ArrivalHook::XdpGeneric {
-                    self.notes.push(format!(
-                        "{iface}: generic XDP forced (--hook xdp): it copies every packet the local stack still holds before any program runs; --hook tc costs less"
-                    ));
-                }
-                Ok(())
-            }
-            HookChoice::Tc => self.attach_tc(name("tc_syn"), iface),
-            HookChoice::Auto => {
-                if crate::sys::netinfo::driver_name(iface).as_deref() == Some("veth") {
-                    self.attach_tc(name("tc_syn"), iface)?;
-                    self.notes.push(format!(
-                        "{iface} is a veth: TC ingress ({}); native XDP on veth copies every packet the local stack sends (--hook xdp forces XDP)",
-                        self.arrival_hook.as_str()
-                    ));
-                    return Ok(());
-                }
-                match self.attach_xdp(name("xdp_syn"), iface, XdpAttach::Driver) {
-                    Ok(()) => Ok(()),
-                    Err(native) => {
-                        self.attach_tc(name("tc_syn"), iface)?;
-                        self.notes.push(format!(
-                            "{iface}: no native XDP here ({}): TC ingress ({}), which composes with other programs",
-                            one_line(&native),
-                            self.arrival_hook.as_str()
-                        ));
-                        Ok(())
-                    }
-                }
-            }
-        }
-    }
-
-    /// TC ingress: a tcx link where the kernel has tcx (it is a link: detached with the
-    /// process, even on SIGKILL), else a clsact filter (`TRACER_NO_TCX=1` forces it, to test
-    /// the older kernels' path here).
-    fn attach_tc(&mut self, name: &str, iface: &str) -> Result<()> {
-        let tc: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-        if tc.fd().is_err() {
-            tc.load().context("loading the TC program")?;
-        }
-        let tcx_error = if std::env::var_os("TRACER_NO_TCX").is_some() {
-            "not tried (TRACER_NO_TCX)".to_string()
-        } else {
-            match tc.attach_with_options(
-                iface,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            ) {
-                Ok(_) => {
-                    self.arrival_hook = ArrivalHook::Tcx;
-                    return Ok(());
-                }
-                Err(e) => e.to_string(),
-            }
-        };
-        // Before tcx (6.6): a clsact qdisc (shared; EEXIST when present) and a filter. A
-        // filter outlives a SIGKILLed tracer: its handle is the process id, so a later start
-        // removes the tracer's own filters whose process is gone, and no one else's.
-        clsact::remove_stale(iface);
-        let _ = tc::qdisc_add_clsact(iface);
-        let pid = std::process::id();
-        tc.attach_with_options(
-            iface,
-            TcAttachType::Ingress,
-            TcAttachOptions::Netlink(NlOptions {
-                handle: TcHandle::new((pid >> 16) as u16, pid as u16),
-                ..NlOptions::default()
-            }),
-        )
-        .map_err(|e| {
-            anyhow!("cannot attach TC ingress to {iface}: tcx: {tcx_error}; clsact: {e}")
-        })?;
-        self.arrival_hook = ArrivalHook::TcClsact;
-        Ok(())
-    }
-
-    fn attach_xdp(&mut self, xdp_program: &str, iface: &str, mode: XdpAttach) -> Result<()> {
-        let xdp: &mut Xdp = program(&mut self.ebpf, xdp_program)?;
-        if xdp.fd().is_err() {
-            xdp.load().context("loading the XDP program")?;
-        }
-        let veth = crate::sys::netinfo::driver_name(iface).as_deref() == Some("veth");
-        let generic_first = match mode {
-            XdpAttach::Generic => true,
-            XdpAttach::Driver => false,
-            XdpAttach::Auto => veth,
-        };
-        if generic_first {
-            xdp.attach(iface, XdpMode::Skb)
-                .map_err(|e| xdp_attach_error(iface, "generic", e))?;
-            self.arrival_hook = ArrivalHook::XdpGeneric;
-            if mode == XdpAttach::Auto {
-                self.notes.push(format!(
-                    "{iface} is a veth: generic XDP (native XDP on veth copies every packet the local stack sends; --xdp-mode driver forces it)"
-                ));
-            }
-            return Ok(());
-        }
-        match xdp.attach(iface, XdpMode::Driver) {
-            Ok(_) => {
-                self.arrival_hook = ArrivalHook::XdpDriver;
-            }
-            Err(native) if mode == XdpAttach::Auto => {
-                xdp.attach(iface, XdpMode::Skb).map_err(|generic| {
-                    anyhow!(
-                        "cannot attach XDP to {iface}: driver mode: {native}; generic mode: {generic} (is another XDP program attached?)"
-                    )
-                })?;
-                self.arrival_hook = ArrivalHook::XdpGeneric;
-                self.notes.push(format!(
-                    "{iface}: driver doesn't support native XDP ({native}); using generic (skb) mode"
-                ));
-            }
-            Err(native) => return Err(xdp_attach_error(iface, "driver", native)),
-        }
-        Ok(())
-    }
-
-    fn set_ports(&mut self, ports: &[u16]) -> Result<()> {
-        let mut words = vec![0u64; PORT_BITMAP_WORDS as usize];
-        for &p in ports {
-            words[usize::from(p >> 6)] |= 1u64 << (p & 63);
-        }
-        let mut map: Array<&mut MapData, u64> = Array::try_from(
-            self.ebpf
-                .map_mut("PORTS")
-                .ok_or_else(|| anyhow!("PORTS map missing"))?,
-        )?;
-        for (i, w) in words.iter().enumerate() {
-            if *w != 0 {
-                map.set(i as u32, w, 0)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Replaces the watched ranges in place: new entries first, then stale ones removed, so a
-    /// peer inside both lists never stops matching and nothing is detached.
-    pub fn set_ranges(&mut self, ranges: &RangeSet) -> Result<()> {
-        // Sizes first: nothing reaches the kernel that it cannot hold.
-        crate::ranges::validate::check_counts(ranges.v4.len(), ranges.v6.len())?;
-        // While the trie changes, the bitmaps admit old and new ranges; then exactly the new.
-        let (full, part) = ranges.slash24_v4();
-        let v6 = ranges.prefilter_v6();
-        let union = |a: &SparseBits, b: &SparseBits| {
-            let mut u = a.clone();
-            for (k, w) in b {
-                *u.entry(*k).or_default() |= w;
-            }
-            u
-        };
-        let (old_full, old_part) = self.bitmaps.0.clone();
-        let union6: Vec<u64> = v6.iter().zip(&self.bitmaps.1).map(|(a, b)| a | b).collect();
-        self.write_sparse(
-            "EDGE_V4_FULL24",
-            &union(&full, &old_full),
-            &SparseBits::new(),
-        )?;
-        self.write_sparse(
-            "EDGE_V4_PART24",
-            &union(&part, &old_part),
-            &SparseBits::new(),
-        )?;
-        self.write_words("EDGE_V6_PREFILTER", &union6)?;
-        if let Err(e) = self.update_tries(ranges) {
-            // The tries kept the old list: so do the bitmaps.
-            let old6 = self.bitmaps.1.clone();
-            let _ = self.write_sparse("EDGE_V4_FULL24", &old_full, &union(&full, &old_full));
-            let _ = self.write_sparse("EDGE_V4_PART24", &old_part, &union(&part, &old_part));
-            let _ = self.write_words("EDGE_V6_PREFILTER", &old6);
-            return Err(e);
-        }
-        self.write_sparse("EDGE_V4_FULL24", &full, &old_full)?;
-        self.write_sparse("EDGE_V4_PART24", &part, &old_part)?;
-        self.write_words("EDGE_V6_PREFILTER", &v6)?;
-        self.bitmaps = ((full, part), v6);
-        Ok(())
-    }
-
-    /// Writes the words of `bits`, and zeroes the words of `previous` that `bits` lacks.
-    fn write_sparse(&mut self, name: &str, bits: &SparseBits, previous: &SparseBits) -> Result<()> {
-        let mut map: Array<&mut MapData, u64> = Array::try_from(
-            self.ebpf
-                .map_mut(name)
-                .ok_or_else(|| anyhow!("{name} map missing"))?,
-        )?;
-        for (i, w) in bits {
-            map.set(*i, w, 0)
-                .with_context(|| format!("updating {name}"))?;
-        }
-        for i in previous.keys().filter(|i| !bits.contains_key(i)) {
-            map.set(*i, 0, 0)
-                .with_context(|| format!("updating {name}"))?;
-        }
-        Ok(())
-    }
-
-    fn write_words(&mut self, name: &str, words: &[u64]) -> Result<()> {
-        let mut map: Array<&mut MapData, u64> = Array::try_from(
-            self.ebpf
-                .map_mut(name)
-                .ok_or_else(|| anyhow!("{name} map missing"))?,
-        )?;
-        for (i, w) in words.iter().enumerate() {
-            map.set(i as u32, w, 0)
-                .with_context(|| format!("updating {name}"))?;
-        }
-        Ok(())
-    }
-
-    fn update_tries(&mut self, ranges: &RangeSet) -> Result<()> {
-        let v4 = ranges
-            .v4
-            .iter()
-            .map(|n| Key::new(u32::from(n.prefix_len()), n.network().octets()));
-        sync_trie::<Ipv4Key>(&mut self.ebpf, "EDGE_V4", v4.collect())?;
-        let v6 = ranges
-            .v6
-            .iter()
-            .map(|n| Key::new(u32::from(n.prefix_len()), n.network().octets()));
-        sync_trie::<Ipv6Key>(&mut self.ebpf, "EDGE_V6", v6.collect())
     }
 
     /// Loads the programs without attaching anything, for `BPF_PROG_TEST_RUN` (self-tests,
@@ -1049,40 +427,6 @@ impl Probe {
         }
         .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
         Ok((r.return_value, r.duration))
-    }
-
-    /// The event ring buffer; call once.
-    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or_else(|| anyhow!("EVENTS ring buffer already taken"))?;
-        Ok(RingBuf::try_from(map)?)
-    }
-
-    /// The SYN log, mapped; call once.
-    pub fn take_syn_log(&mut self) -> Result<synlog::SynLog> {
-        let mut take = |name: &str| {
-            self.ebpf
-                .take_map(name)
-                .ok_or_else(|| anyhow!("{name} map already taken"))
-        };
-        let (records, cursors) = (take("SYN_LOG")?, take("SYN_CURSORS")?);
-        synlog::SynLog::new(records, cursors, self.syn_log.0, self.syn_log.1)
-    }
-
-    /// Sums of the per-CPU counters, indexed by `tracer_common::counter`.
-    pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
-        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map("COUNTERS")
-                .ok_or_else(|| anyhow!("COUNTERS map missing"))?,
-        )?;
-        let mut out = [0u64; counter::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            *slot = map.get(&(i as u32), 0)?.iter().sum();
-        }
-        Ok(out)
     }
 }
 

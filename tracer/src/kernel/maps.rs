@@ -1,0 +1,186 @@
+//! The maps userspace writes and reads: the watched ports, the edge ranges (bitmaps and LPM
+//! tries, swapped without a gap), the ring and SYN log handed to the capture, the counters.
+
+use super::*;
+
+impl Probe {
+    pub(super) fn set_ports(&mut self, ports: &[u16]) -> Result<()> {
+        let mut words = vec![0u64; PORT_BITMAP_WORDS as usize];
+        for &p in ports {
+            words[usize::from(p >> 6)] |= 1u64 << (p & 63);
+        }
+        let mut map: Array<&mut MapData, u64> = Array::try_from(
+            self.ebpf
+                .map_mut("PORTS")
+                .ok_or_else(|| anyhow!("PORTS map missing"))?,
+        )?;
+        for (i, w) in words.iter().enumerate() {
+            if *w != 0 {
+                map.set(i as u32, w, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the watched ranges in place: new entries first, then stale ones removed, so a
+    /// peer inside both lists never stops matching and nothing is detached.
+    pub fn set_ranges(&mut self, ranges: &RangeSet) -> Result<()> {
+        // Sizes first: nothing reaches the kernel that it cannot hold.
+        crate::ranges::validate::check_counts(ranges.v4.len(), ranges.v6.len())?;
+        // While the trie changes, the bitmaps admit old and new ranges; then exactly the new.
+        let (full, part) = ranges.slash24_v4();
+        let v6 = ranges.prefilter_v6();
+        let union = |a: &SparseBits, b: &SparseBits| {
+            let mut u = a.clone();
+            for (k, w) in b {
+                *u.entry(*k).or_default() |= w;
+            }
+            u
+        };
+        let (old_full, old_part) = self.bitmaps.0.clone();
+        let union6: Vec<u64> = v6.iter().zip(&self.bitmaps.1).map(|(a, b)| a | b).collect();
+        self.write_sparse(
+            "EDGE_V4_FULL24",
+            &union(&full, &old_full),
+            &SparseBits::new(),
+        )?;
+        self.write_sparse(
+            "EDGE_V4_PART24",
+            &union(&part, &old_part),
+            &SparseBits::new(),
+        )?;
+        self.write_words("EDGE_V6_PREFILTER", &union6)?;
+        if let Err(e) = self.update_tries(ranges) {
+            // The tries kept the old list: so do the bitmaps.
+            let old6 = self.bitmaps.1.clone();
+            let _ = self.write_sparse("EDGE_V4_FULL24", &old_full, &union(&full, &old_full));
+            let _ = self.write_sparse("EDGE_V4_PART24", &old_part, &union(&part, &old_part));
+            let _ = self.write_words("EDGE_V6_PREFILTER", &old6);
+            return Err(e);
+        }
+        self.write_sparse("EDGE_V4_FULL24", &full, &old_full)?;
+        self.write_sparse("EDGE_V4_PART24", &part, &old_part)?;
+        self.write_words("EDGE_V6_PREFILTER", &v6)?;
+        self.bitmaps = ((full, part), v6);
+        Ok(())
+    }
+
+    /// Writes the words of `bits`, and zeroes the words of `previous` that `bits` lacks.
+    fn write_sparse(&mut self, name: &str, bits: &SparseBits, previous: &SparseBits) -> Result<()> {
+        let mut map: Array<&mut MapData, u64> = Array::try_from(
+            self.ebpf
+                .map_mut(name)
+                .ok_or_else(|| anyhow!("{name} map missing"))?,
+        )?;
+        for (i, w) in bits {
+            map.set(*i, w, 0)
+                .with_context(|| format!("updating {name}"))?;
+        }
+        for i in previous.keys().filter(|i| !bits.contains_key(i)) {
+            map.set(*i, 0, 0)
+                .with_context(|| format!("updating {name}"))?;
+        }
+        Ok(())
+    }
+
+    fn write_words(&mut self, name: &str, words: &[u64]) -> Result<()> {
+        let mut map: Array<&mut MapData, u64> = Array::try_from(
+            self.ebpf
+                .map_mut(name)
+                .ok_or_else(|| anyhow!("{name} map missing"))?,
+        )?;
+        for (i, w) in words.iter().enumerate() {
+            map.set(i as u32, w, 0)
+                .with_context(|| format!("updating {name}"))?;
+        }
+        Ok(())
+    }
+
+    fn update_tries(&mut self, ranges: &RangeSet) -> Result<()> {
+        let v4 = ranges
+            .v4
+            .iter()
+            .map(|n| Key::new(u32::from(n.prefix_len()), n.network().octets()));
+        sync_trie::<Ipv4Key>(&mut self.ebpf, "EDGE_V4", v4.collect())?;
+        let v6 = ranges
+            .v6
+            .iter()
+            .map(|n| Key::new(u32::from(n.prefix_len()), n.network().octets()));
+        sync_trie::<Ipv6Key>(&mut self.ebpf, "EDGE_V6", v6.collect())
+    }
+
+    /// The event ring buffer; call once.
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow!("EVENTS ring buffer already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The SYN log, mapped; call once.
+    pub fn take_syn_log(&mut self) -> Result<synlog::SynLog> {
+        let mut take = |name: &str| {
+            self.ebpf
+                .take_map(name)
+                .ok_or_else(|| anyhow!("{name} map already taken"))
+        };
+        let (records, cursors) = (take("SYN_LOG")?, take("SYN_CURSORS")?);
+        synlog::SynLog::new(records, cursors, self.syn_log.0, self.syn_log.1)
+    }
+
+    /// Sums of the per-CPU counters, indexed by `tracer_common::counter`.
+    pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map("COUNTERS")
+                .ok_or_else(|| anyhow!("COUNTERS map missing"))?,
+        )?;
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = map.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+/// Makes an LPM trie hold exactly `wanted`: new entries first, then stale ones removed, so a
+/// peer inside both the old and the new list never stops matching.
+fn sync_trie<K: aya::Pod + PartialEq>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    wanted: Vec<Key<K>>,
+) -> Result<()> {
+    let mut trie: LpmTrie<&mut MapData, K, u8> = LpmTrie::try_from(
+        ebpf.map_mut(name)
+            .ok_or_else(|| anyhow!("{name} map missing"))?,
+    )?;
+    let same = |a: &Key<K>, b: &Key<K>| a.prefix_len() == b.prefix_len() && a.data() == b.data();
+    let before: Vec<Key<K>> = trie.keys().filter_map(Result::ok).collect();
+    // New entries first; if one cannot be added, the ones added are taken out again, so the
+    // table holds exactly the old list: all or nothing.
+    let mut added: Vec<&Key<K>> = Vec::new();
+    for k in &wanted {
+        if before.iter().any(|b| same(b, k)) {
+            continue;
+        }
+        if let Err(e) = trie.insert(k, 1, 0) {
+            for a in added {
+                let _ = trie.remove(a);
+            }
+            return Err(e).with_context(|| format!("updating {name}"));
+        }
+        added.push(k);
+    }
+    for k in before.iter().filter(|k| !wanted.iter().any(|w| same(w, k))) {
+        trie.remove(k).with_context(|| format!("updating {name}"))?;
+    }
+    Ok(())
+}
+
+pub(super) fn empty_bitmaps() -> ((SparseBits, SparseBits), Vec<u64>) {
+    (
+        (SparseBits::new(), SparseBits::new()),
+        vec![0; tracer_common::PREFILTER_WORDS as usize],
+    )
+}
