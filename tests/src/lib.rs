@@ -188,8 +188,7 @@ impl Lab {
         let side = |dev: &str, batch: &str, after: &str| {
             format!(
                 "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 && \
-                 printf '%b' '{batch}' | ip -batch - {after}",
-                batch = format!("link set lo up\nlink set {dev} up\n{batch}"),
+                 printf '%b' 'link set lo up\nlink set {dev} up\n{batch}' | ip -batch - {after}"
             )
         };
         sh(&format!(
