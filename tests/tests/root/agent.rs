@@ -15,19 +15,10 @@ use serde_json::Value;
 const METRICS: &str = "127.0.0.1:9521";
 
 fn agent(lab: &Lab, log: &std::path::Path, extra: &[&str]) -> Tracer {
-    let mut args = vec![
-        "agent",
-        "--iface",
-        ORIGIN_IF,
-        "--port",
-        "443,2053,8080",
-        "--window",
-        "2",
-        "--log-file",
-        log.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    Tracer::start(&lab.origin, &args)
+    integration_tests::agent::Agent::on(&lab.origin, "443,2053,8080", "2", log)
+        .args(extra)
+        .start()
+        .tracer
 }
 
 fn scrape(lab: &Lab) -> String {
@@ -40,7 +31,7 @@ fn scrape(lab: &Lab) -> String {
 }
 
 fn series(port: u16, outcome: &str) -> String {
-    format!("tracer_edge_connections_total{{outcome=\"{outcome}\",port=\"{port}\"}}")
+    integration_tests::agent::connections(port, outcome)
 }
 
 fn late_resets(port: u16) -> String {

@@ -47,20 +47,10 @@ fn alert_rules_check_and_pass_their_unit_tests() {
 fn the_dashboard_queries_only_what_the_agent_exports() {
     let lab = Lab::new();
     let tmp = TempDir::new("deploy-dash");
-    let tracer = Tracer::start(
-        &lab.origin,
-        &[
-            "agent",
-            "--iface",
-            ORIGIN_IF,
-            "--port",
-            "443,8080",
-            "--window",
-            "2",
-            "--log-file",
-            tmp.path("log").to_str().unwrap(),
-        ],
-    );
+    let tracer =
+        integration_tests::agent::Agent::on(&lab.origin, "443,8080", "2", &tmp.path("log"))
+            .start()
+            .tracer;
     let _ = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), SHORT);
     let mut text = String::new();
     assert!(eventually(Duration::from_secs(8), || {
@@ -175,22 +165,10 @@ fn log_records_match_their_json_schema() {
              nft add rule inet filter input tcp dport 2053 drop");
         let tmp = TempDir::new("deploy-schema");
         let log = tmp.path("log");
-        let tracer = Tracer::start(
-            &lab.origin,
-            &[
-                "agent",
-                "--iface",
-                ORIGIN_IF,
-                "--port",
-                "443,2053,8080",
-                "--window",
-                "1",
-                "--log-events",
-                level,
-                "--log-file",
-                log.to_str().unwrap(),
-            ],
-        );
+        let tracer = integration_tests::agent::Agent::on(&lab.origin, "443,2053,8080", "1", &log)
+            .args(&["--log-events", level])
+            .start()
+            .tracer;
         for _ in 0..2 {
             let _ = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), SHORT);
             let _ = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 2053), SHORT);

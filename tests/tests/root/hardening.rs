@@ -4,7 +4,7 @@
 
 use std::{os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
 
-use integration_tests::{tracer_bin, Lab, TempDir, ORIGIN_IF};
+use integration_tests::{agent::Agent, tracer_bin, Lab, TempDir, ORIGIN_IF};
 
 /// Runs the tracer with `args` and `env` in the host namespace: (exit code, stdout, stderr).
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
@@ -461,22 +461,9 @@ fn a_syn_flood_cannot_fill_the_log_or_fake_unanswered() {
     ));
     let dir = TempDir::new(&format!("harden-flood-{}", lab.origin.name));
     let log = dir.path("agent.log");
-    let agent = integration_tests::Tracer::start(
-        &lab.origin,
-        &[
-            "agent",
-            "--iface",
-            ORIGIN_IF,
-            "--port",
-            "443",
-            "--window",
-            "3",
-            "--metrics-addr",
-            "127.0.0.1:9531",
-            "--log-file",
-            log.to_str().unwrap(),
-        ],
-    );
+    let agent = Agent::on(&lab.origin, "443", "3", &log)
+        .metrics_addr("127.0.0.1:9531")
+        .start();
     let mac = |ns: &integration_tests::Netns, dev: &str| {
         flood::mac_of(&ns.sh(&format!("cat /sys/class/net/{dev}/address"))).unwrap()
     };
@@ -514,7 +501,7 @@ fn a_syn_flood_cannot_fill_the_log_or_fake_unanswered() {
         .unwrap();
     // Two windows after the flood: every attempt settles and is counted.
     std::thread::sleep(Duration::from_secs(8));
-    let (_, body) = lab.origin.http_get("127.0.0.1:9531", "/metrics").unwrap();
+    let body = agent.scrape();
     let records = agent.stop();
     let size = std::fs::metadata(&log).unwrap().len();
     let text = std::fs::read_to_string(&log).unwrap();
@@ -571,26 +558,15 @@ fn a_refresh_that_would_overflow_keeps_the_current_list() {
     let ranges = dir.path("ranges.txt");
     std::fs::write(&ranges, "173.245.48.0/20\n").unwrap();
     let log = dir.path("agent.log");
-    let agent = integration_tests::Tracer::start(
-        &lab.origin,
-        &[
-            "agent",
-            "--iface",
-            ORIGIN_IF,
-            "--port",
-            "443",
-            "--window",
-            "2",
+    let agent = Agent::on(&lab.origin, "443", "2", &log)
+        .args(&[
             "--ranges",
             ranges.to_str().unwrap(),
             "--refresh-ranges-every",
             "1s",
-            "--metrics-addr",
-            "127.0.0.1:9532",
-            "--log-file",
-            log.to_str().unwrap(),
-        ],
-    );
+        ])
+        .metrics_addr("127.0.0.1:9532")
+        .start();
     // 5000 ranges without the edge's: applied (even halfway) the edge would stop counting as
     // edge.
     let mut big: String = (0..4999)
@@ -607,8 +583,8 @@ fn a_refresh_that_would_overflow_keeps_the_current_list() {
         );
     }
     std::thread::sleep(Duration::from_secs(5));
-    let (_, body) = lab.origin.http_get("127.0.0.1:9532", "/metrics").unwrap();
-    let err = agent.stderr_text();
+    let body = agent.scrape();
+    let err = agent.tracer.stderr_text();
     agent.stop();
     // Still the old list: the edge's refusals count as edge.
     assert_eq!(

@@ -367,38 +367,15 @@ fn the_agent_exports_the_tls_check() {
     let _s = TlsServer::start(&lab, &certs.path("good.pem"), &certs.path("good.key"), &[]);
     let ca = certs.path("ca.pem");
     let log = tmp.path("log");
-    let tracer = Tracer::start_env(
-        &lab.origin,
-        &[
-            "agent",
-            "--iface",
-            ORIGIN_IF,
-            "--port",
-            "443",
-            "--window",
-            "1",
-            "--hostname",
-            HOST,
-            "--tls-ca",
-            &ca,
-            "--log-file",
-            log.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let mut text = String::new();
-    let ok = integration_tests::eventually(Duration::from_secs(10), || {
-        text = lab
-            .origin
-            .http_get("127.0.0.1:9521", "/metrics")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
+    let agent = integration_tests::agent::Agent::on(&lab.origin, "443", "1", &log)
+        .args(&["--hostname", HOST, "--tls-ca", &ca])
+        .start();
+    let text = agent.metrics_until(Duration::from_secs(10), |text| {
         integration_tests::metric(
-            &text,
+            text,
             &format!("tracer_tls_check_ok{{hostname=\"{HOST}\",port=\"443\"}}"),
         ) == Some(1.0)
     });
-    assert!(ok, "{text}");
     let expiry = integration_tests::metric(
         &text,
         &format!("tracer_tls_certificate_expiry_seconds{{hostname=\"{HOST}\",port=\"443\"}}"),
@@ -412,7 +389,7 @@ fn the_agent_exports_the_tls_check() {
             .unwrap_or_default()
             .contains("\"trusted_by\":\"given_ca\"")
     ));
-    tracer.stop();
+    agent.stop();
 }
 
 /// Without --hostname: edge handshakes on 443 the origin closes at once (what a failing TLS
