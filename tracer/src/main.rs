@@ -8,6 +8,7 @@ mod capture;
 mod cli;
 mod commands;
 mod correlate;
+mod environment;
 mod journal;
 mod kernel;
 mod model;
@@ -60,8 +61,11 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TRACER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = environment::get()
+        .log_filter
+        .as_deref()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -84,5 +88,5 @@ fn init_logging(verbose: u8) {
 /// when NO_COLOR is set (https://no-color.org).
 fn colour_on_stderr() -> bool {
     use std::io::IsTerminal as _;
-    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+    !environment::get().no_color && std::io::stderr().is_terminal()
 }

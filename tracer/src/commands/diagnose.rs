@@ -229,7 +229,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
         grace_end: None,
         last_sample: Instant::now(),
         progress: (args.format == Format::Text
-            && std::env::var_os("NO_COLOR").is_none()
+            && !crate::environment::get().no_color
             && std::io::stdout().is_terminal()
             && std::io::stderr().is_terminal())
         .then(Progress::default),

@@ -180,7 +180,7 @@ impl Probe {
         if tc.fd().is_err() {
             tc.load().context("loading the TC program")?;
         }
-        let tcx_error = if std::env::var_os("TRACER_NO_TCX").is_some() {
+        let tcx_error = if crate::environment::get().no_tcx {
             "not tried (TRACER_NO_TCX)".to_string()
         } else {
             match tc.attach_with_options(

@@ -286,14 +286,14 @@ impl Probe {
         probe.set_ranges(opts.ranges)?;
 
         // For tests of the fallback on a kernel that has everything.
-        let force_classic = std::env::var_os("TRACER_CLASSIC_TRACEPOINTS").is_some();
+        let force_classic = crate::environment::get().classic_tracepoints;
         if force_classic {
             probe.notes.push(
                 "classic tracepoints forced (TRACER_CLASSIC_TRACEPOINTS): costlier under load"
                     .into(),
             );
         }
-        let empty = std::env::var_os("TRACER_EMPTY_PROGRAMS").is_some();
+        let empty = crate::environment::get().empty_programs;
         if empty {
             probe.notes.push(
                 "empty programs on every hook (TRACER_EMPTY_PROGRAMS): nothing is traced".into(),

@@ -20,7 +20,7 @@ const TIMEOUT_SECS: std::ops::RangeInclusive<f64> = 0.1..=120.0;
 /// Whole-request time limit; TRACER_RANGES_TIMEOUT_SECS overrides it ([`check_env`] refuses
 /// a bad value before any fetch).
 fn timeout() -> Duration {
-    timeout_from(std::env::var("TRACER_RANGES_TIMEOUT_SECS").ok().as_deref())
+    timeout_from(crate::environment::get().ranges_timeout_secs.as_deref())
         .unwrap_or(Duration::from_secs(10))
 }
 
@@ -41,18 +41,19 @@ fn timeout_from(value: Option<&str>) -> Result<Duration> {
 
 /// Where the API is (TRACER_RANGES_URL overrides it, for mirrors and tests).
 pub fn api_url() -> String {
-    std::env::var("TRACER_RANGES_URL").unwrap_or_else(|_| API_URL.to_string())
+    crate::environment::get()
+        .ranges_url
+        .clone()
+        .unwrap_or_else(|| API_URL.to_string())
 }
 
 /// The refresh settings from the environment, checked once before any fetch: the timeout in
 /// bounds, and https unless the mirror is on this host or TRACER_RANGES_ALLOW_HTTP=1 says
 /// plain http is meant (a list fetched in the clear can be swapped on the way).
 pub fn check_env() -> Result<()> {
-    timeout_from(std::env::var("TRACER_RANGES_TIMEOUT_SECS").ok().as_deref())?;
-    check_url(
-        &api_url(),
-        std::env::var("TRACER_RANGES_ALLOW_HTTP").is_ok_and(|v| v == "1"),
-    )
+    let env = crate::environment::get();
+    timeout_from(env.ranges_timeout_secs.as_deref())?;
+    check_url(&api_url(), env.ranges_allow_http)
 }
 
 fn check_url(url: &str, allow_http: bool) -> Result<()> {
@@ -82,16 +83,18 @@ fn check_url(url: &str, allow_http: bool) -> Result<()> {
 
 /// The cache file: TRACER_STATE_DIR, else /var/lib/cf521-tracer as root, else the XDG state dir.
 pub fn cache_path() -> PathBuf {
-    if let Some(dir) = std::env::var_os("TRACER_STATE_DIR") {
-        return PathBuf::from(dir).join("ranges.json");
+    let env = crate::environment::get();
+    if let Some(dir) = &env.state_dir {
+        return dir.join("ranges.json");
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return PathBuf::from("/var/lib/cf521-tracer/ranges.json");
     }
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+    let state = env
+        .xdg_state_home
+        .clone()
+        .or_else(|| env.home.as_ref().map(|h| h.join(".local/state")))
         .unwrap_or_else(|| PathBuf::from("/tmp"));
     state.join("cf521-tracer/ranges.json")
 }

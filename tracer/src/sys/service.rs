@@ -18,7 +18,11 @@ use tracing_subscriber::fmt::{format::Writer, FmtContext, FormatEvent, FormatFie
 /// Tells the service manager every program is attached (`READY=1` to `$NOTIFY_SOCKET`, a
 /// path or an abstract name); nothing when there is none.
 pub fn notify_ready() -> io::Result<()> {
-    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+    notify_ready_to(crate::environment::get().notify_socket.as_deref())
+}
+
+fn notify_ready_to(target: Option<&std::ffi::OsStr>) -> io::Result<()> {
+    let Some(target) = target else {
         return Ok(());
     };
     let socket = UnixDatagram::unbound()?;
@@ -38,7 +42,7 @@ pub fn notify_ready() -> io::Result<()> {
 /// Is stderr the journal's stream? `$JOURNAL_STREAM` is `DEVICE:INODE` of it, and a child
 /// whose stderr was redirected elsewhere inherits the variable: compare with stderr itself.
 pub fn stderr_is_journal() -> bool {
-    let Some(stream) = std::env::var("JOURNAL_STREAM").ok() else {
+    let Some(stream) = crate::environment::get().journal_stream.as_deref() else {
         return false;
     };
     let Some((dev, ino)) = stream.split_once(':') else {
@@ -90,16 +94,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("notify");
         let listener = UnixDatagram::bind(&path).unwrap();
-        // SAFETY: this test alone reads or writes NOTIFY_SOCKET.
-        std::env::set_var("NOTIFY_SOCKET", &path);
-        notify_ready().unwrap();
-        std::env::remove_var("NOTIFY_SOCKET");
+        notify_ready_to(Some(path.as_os_str())).unwrap();
         let mut buf = [0u8; 32];
         let n = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1\n");
         let _ = std::fs::remove_dir_all(&dir);
         // No socket: nothing to do.
-        notify_ready().unwrap();
+        notify_ready_to(None).unwrap();
     }
 
     #[test]
