@@ -42,10 +42,15 @@ pub fn release() -> String {
 
 /// The loader's failure in the words of the missing feature, when it is one: the event ring
 /// buffer is a `BPF_MAP_TYPE_RINGBUF`, which arrived in 5.8.
-pub fn explain_load_error(e: &anyhow::Error) -> Option<String> {
-    let chain = format!("{e:#}");
-    (chain.contains("EVENTS") && (chain.contains("Invalid argument") || chain.contains("os error 22")))
-        .then(|| {
+pub fn explain_load_error(e: &aya::EbpfError) -> Option<String> {
+    // Matched on aya's typed error, not its text: creating the ring buffer map fails with
+    // EINVAL where the kernel has no such map type.
+    let no_ringbuf = matches!(
+        e,
+        aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error })
+            if name == "EVENTS" && io_error.raw_os_error() == Some(libc::EINVAL)
+    );
+    no_ringbuf.then(|| {
             "this kernel has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux 5.8 and later): upgrade the kernel".to_string()
         })
 }
@@ -64,9 +69,16 @@ mod tests {
             "{e}"
         );
         assert!(check_btf(Path::new("/")).is_ok());
-        let load = anyhow::anyhow!("map create failed for EVENTS: Invalid argument (os error 22)")
-            .context("loading the eBPF programs");
-        assert!(explain_load_error(&load).unwrap().contains("5.8"));
-        assert!(explain_load_error(&anyhow::anyhow!("verifier said no")).is_none());
+        let create = |name: &str, errno: i32| {
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+                name: name.into(),
+                io_error: std::io::Error::from_raw_os_error(errno),
+            })
+        };
+        assert!(explain_load_error(&create("EVENTS", libc::EINVAL))
+            .unwrap()
+            .contains("5.8"));
+        assert!(explain_load_error(&create("EVENTS", libc::EPERM)).is_none());
+        assert!(explain_load_error(&create("SYN_LOG", libc::EINVAL)).is_none());
     }
 }

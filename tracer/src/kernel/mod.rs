@@ -144,10 +144,9 @@ fn load(config: &mut Config, ring_bytes: u32) -> Result<(Ebpf, (u32, u32))> {
         .map_max_entries("EDGE_V4", 2 * RANGES_PER_FAMILY)
         .map_max_entries("EDGE_V6", 2 * RANGES_PER_FAMILY)
         .load(EBPF_OBJECT)
-        .context("loading the eBPF programs")
         .map_err(|e| match features::explain_load_error(&e) {
             Some(line) => anyhow!(line),
-            None => e,
+            None => anyhow::Error::from(e).context("loading the eBPF programs"),
         })?;
     Ok((ebpf, (cpus, slots)))
 }
