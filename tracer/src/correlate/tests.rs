@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::*;
+use crate::reasons::Reason;
 use crate::{
     model::event::{Direction, TcpFlags, TcpState},
     reasons::ReasonTable,
