@@ -246,20 +246,56 @@ fn a_client_reusing_its_port_at_once_counts_every_connection() {
     // Each connection from the same edge address and port, closed with a reset (no
     // TIME_WAIT) and reopened at once: the new SYN must not be taken for part of the old
     // connection, however close together they come.
+    //
+    // A sample is valid only if every connection opened at once, inside the window: when the
+    // kernel's own race (below) makes one wait a SYN retransmission, the traffic no longer
+    // fits the window and says nothing about the tracer — that sample is taken again, up to
+    // three times; the tracer's counts must be exact in a valid one.
+    let mut why = String::new();
+    for _ in 0..3 {
+        match reused_port_sample() {
+            Ok(r) => {
+                assert_eq!(r["edge"]["syn"], REUSED_CONNECTIONS, "{r:#}");
+                assert_eq!(r["edge"]["handshakes"], REUSED_CONNECTIONS, "{r:#}");
+                assert_eq!(r["edge"]["unanswered"], 0, "{r:#}");
+                return;
+            }
+            Err(e) => {
+                eprintln!("sample not valid, taken again: {e}");
+                why = e;
+            }
+        }
+    }
+    panic!("no valid sample in three: {why}");
+}
+
+const REUSED_CONNECTIONS: usize = 200;
+
+/// One sample of [`a_client_reusing_its_port_at_once_counts_every_connection`]: the report,
+/// or why the traffic was not what the test is about.
+fn reused_port_sample() -> Result<serde_json::Value, String> {
     use integration_tests::{sockaddr, Lab, Tracer, EDGE_V4, ORIGIN_V4};
     use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-    use std::{io::Read, time::Duration};
+    use std::{
+        io::Read,
+        time::{Duration, Instant},
+    };
 
-    const CONNECTIONS: usize = 200;
+    const CONNECTIONS: usize = REUSED_CONNECTIONS;
     let lab = Lab::new();
     let listener = lab.origin.listen("0.0.0.0", 443, 256);
     // Accepted and closed (the client reads EOF), with a deadline: a connection that never
     // comes must fail the test, not hang it in accept().
     listener.set_nonblocking(true).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client_done = done.clone();
     let server = std::thread::spawn(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut accepted = 0;
-        while accepted < CONNECTIONS && std::time::Instant::now() < deadline {
+        while accepted < CONNECTIONS
+            && Instant::now() < deadline
+            && !done.load(std::sync::atomic::Ordering::Relaxed)
+        {
             match listener.accept() {
                 Ok(_) => accepted += 1,
                 Err(_) => std::thread::sleep(Duration::from_millis(1)),
@@ -269,21 +305,23 @@ fn a_client_reusing_its_port_at_once_counts_every_connection() {
     });
     let tracer = Tracer::diagnose(&lab.origin, "443", "4");
     let to = sockaddr(ORIGIN_V4, 443);
-    let made = lab.edge.enter(move || {
+    let started = Instant::now();
+    let (made, slowest) = lab.edge.enter(move || {
         // One CPU sends both the reset and the next SYN, so they reach the origin in that
         // order: from two CPUs the SYN can overtake the reset (two backlog queues), meet the
         // old connection, get a challenge ACK and wait a whole retransmission — a kernel race
         // this test is not about.
         pin_to_current_cpu();
         let from = SockAddr::from(sockaddr(EDGE_V4, 40123));
-        let mut made = 0;
+        let (mut made, mut slowest) = (0, Duration::ZERO);
         for _ in 0..CONNECTIONS {
             let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
             s.set_reuse_address(true).unwrap();
             s.bind(&from).unwrap();
-            if s.connect_timeout(&to.into(), Duration::from_secs(5))
-                .is_ok()
-            {
+            let began = Instant::now();
+            let connected = s.connect_timeout(&to.into(), Duration::from_secs(5));
+            slowest = slowest.max(began.elapsed());
+            if connected.is_ok() {
                 made += 1;
                 let mut stream: std::net::TcpStream = s.into();
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
@@ -291,17 +329,28 @@ fn a_client_reusing_its_port_at_once_counts_every_connection() {
                 let s = Socket::from(stream);
                 let _ = s.set_linger(Some(Duration::ZERO));
             }
+            if slowest >= Duration::from_millis(900) {
+                // A SYN waited a retransmission: the sample is spoilt, stop here.
+                break;
+            }
         }
-        made
+        (made, slowest)
     });
-    assert_eq!(server.join().unwrap(), CONNECTIONS, "connections accepted");
-    assert_eq!(made, CONNECTIONS);
-    let (code, out) = tracer.wait(Duration::from_secs(20));
+    let took = started.elapsed();
+    // The last connection is accepted within moments of its handshake.
+    std::thread::sleep(Duration::from_millis(200));
+    client_done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let accepted = server.join().unwrap();
+    let (code, out) = tracer.wait(Duration::from_secs(40));
     assert_eq!(code, 0, "{out}");
-    let r: serde_json::Value = serde_json::from_str(&out).expect("one JSON report");
-    assert_eq!(r["edge"]["syn"], CONNECTIONS, "{r:#}");
-    assert_eq!(r["edge"]["handshakes"], CONNECTIONS, "{r:#}");
-    assert_eq!(r["edge"]["unanswered"], 0, "{r:#}");
+    if slowest >= Duration::from_millis(900) || took >= Duration::from_secs(3) {
+        return Err(format!(
+            "{made} connections in {took:?}, the slowest opening in {slowest:?}"
+        ));
+    }
+    assert_eq!(made, CONNECTIONS);
+    assert_eq!(accepted, CONNECTIONS, "connections accepted");
+    Ok(serde_json::from_str(&out).expect("one JSON report"))
 }
 
 /// Every verdict scenario again with XDP as the arrival hook (the lab's veth gets TC by
