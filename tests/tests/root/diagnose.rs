@@ -22,9 +22,30 @@ fn evidence(r: &Value) -> String {
         .join("\n")
 }
 
+/// `deploy/schema/report.schema.json`, which lists every field of the report (an unlisted
+/// one fails it).
+fn report_schema() -> jsonschema::Validator {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/schema/report.schema.json"
+    );
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("a valid JSON Schema")
+}
+
+/// The report is valid against its schema; panics with the errors.
+fn assert_matches_schema(schema: &jsonschema::Validator, r: &Value, what: &str) {
+    let errors: Vec<String> = schema.iter_errors(r).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{what}: {errors:#?}\n{r:#}");
+}
+
 #[test]
 fn json_contract() {
     let r = verdict_of("healthy");
+    assert_matches_schema(&report_schema(), &r, "healthy");
     for key in [
         "verdict",
         "window_secs",
@@ -354,11 +375,13 @@ fn reused_port_sample() -> Result<serde_json::Value, String> {
 }
 
 /// Every verdict scenario again with XDP as the arrival hook (the lab's veth gets TC by
-/// default): the same verdicts from either hook.
+/// default): the same verdicts from either hook, each report valid against the schema.
 #[test]
 fn every_scenario_gives_its_verdict_with_the_xdp_hook_too() {
+    let schema = report_schema();
     for s in scenarios::all() {
         let (r, _) = scenarios::run_with(&s, &["--hook", "xdp"], &[]);
+        assert_matches_schema(&schema, &r, s.name);
         assert_eq!(r["verdict"], s.expected, "{} with XDP: {r:#}", s.name);
         assert_eq!(
             scenarios::counts_differ(&s, &r),

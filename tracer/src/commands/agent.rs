@@ -289,7 +289,7 @@ impl Agent {
                 "verdict": v.as_str(),
                 "window_started_at": humantime::format_rfc3339_seconds(at).to_string(),
             })),
-            "since": since,
+            "since": since.as_ref().map(crate::output::report_json::SinceJson::of),
             "changes": changes,
         });
         if let Ok(mut h) = self.history.lock() {

@@ -2,12 +2,11 @@
 //! allowlists against them.
 
 use anyhow::{anyhow, Result};
-use serde::Serialize;
 
 use crate::{
     cli::{Format, RangesArgs},
-    origin::firewall::{Allowlist, Ruleset},
-    output::report::RangesInfo,
+    origin::firewall::Ruleset,
+    output::{audit_json::AuditJson, report::RangesInfo},
     ranges::{fetch, RangeSet},
 };
 
@@ -53,28 +52,14 @@ pub async fn run(args: RangesArgs) -> Result<()> {
     Ok(())
 }
 
-/// The audit as JSON: the ranges audited against, and each allowlist found.
-#[derive(Serialize)]
-struct Audit<'a> {
-    ranges: RangesInfo,
-    /// Every allowlist admits every range.
-    complete: bool,
-    allowlists: &'a [Allowlist],
-}
-
 fn audit(set: &RangeSet, format: Format) -> Result<()> {
     let ruleset = Ruleset::read().map_err(|e| {
         anyhow!("cannot read the firewall ruleset: {e} (run as root, with nft installed)")
     })?;
     let lists = ruleset.allowlists(set);
-    let complete = lists.iter().all(Allowlist::complete);
     match format {
         Format::Json => {
-            let doc = Audit {
-                ranges: RangesInfo::of(set),
-                complete,
-                allowlists: &lists,
-            };
+            let doc = AuditJson::of(RangesInfo::of(set), &lists);
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
         Format::Text => {

@@ -1,11 +1,9 @@
 //! Attempts counted by outcome: what a window reports for edge and non-edge peers.
 
-use serde::Serialize;
-
 use super::{Attempt, Outcome};
 
 /// Distinct attempts by outcome, for one peer class (edge or not).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub syn: u64,
     pub handshakes: u64,

@@ -8,8 +8,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use serde::Serialize;
-
 use crate::origin::listeners::Listener;
 
 /// Files whose last write dates a firewall or routing change made the persistent way.
@@ -29,12 +27,11 @@ const CONFIG_FILES: [&str; 9] = [
 const MAX_FACTS: usize = 6;
 
 /// A dated fact about the host.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Dated {
     pub ts: String,
     /// "nginx (pid 812) started", "/etc/nftables.conf last written", "the host booted".
     pub what: String,
-    #[serde(skip)]
     pub at: SystemTime,
 }
 

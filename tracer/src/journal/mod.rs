@@ -13,11 +13,8 @@ pub mod watch;
 
 use std::{collections::VecDeque, time::SystemTime};
 
-use serde::Serialize;
-
 /// What kind of change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum What {
     /// A socket started listening on a watched port.
     ListenerUp,

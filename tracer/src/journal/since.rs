@@ -10,8 +10,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
-
 use super::{dated::Dated, Change};
 
 /// Handshakes in a row that end a failure.
@@ -67,7 +65,7 @@ impl FailureClock {
 }
 
 /// A change near the failure's beginning, as the report says it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NearChange {
     pub ts: String,
     pub what: &'static str,
@@ -77,7 +75,7 @@ pub struct NearChange {
 }
 
 /// The report's `since`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Since {
     /// When the failure began: the first failed edge attempt after a healthy stretch.
     pub began: String,
@@ -89,7 +87,6 @@ pub struct Since {
     pub text: String,
     /// For a failure older than the tracer (`from_start`): what the host can date after the
     /// fact (the listening processes' starts, firewall files written, the boot), newest first.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dated: Vec<Dated>,
 }
 

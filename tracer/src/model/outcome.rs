@@ -3,11 +3,8 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
-
 /// What became of one connection attempt. Wire names in [`Outcome::as_str`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Outcome {
     Handshake,
     Refused,

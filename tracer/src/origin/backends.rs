@@ -4,44 +4,33 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use serde::Serialize;
-
 use super::{firewall::Ruleset, listeners::Listener, namespaces::Namespace};
 use crate::model::outcome::{Backend, Outcome};
 
 /// One backend as the report shows it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BackendReport {
     /// After DNAT.
     pub addr: IpAddr,
     pub port: u16,
     /// Inode of the namespace that answered.
     pub netns: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
     /// The rule that rewrote the destination, when the ruleset shows it.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub dnat_rule: Option<String>,
     /// The port the edge connected to.
     pub edge_port: u16,
     /// The namespace no longer exists (the container stopped during the window).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub gone: bool,
     /// Edge attempts forwarded here, by outcome.
-    #[serde(skip)]
     pub outcomes: BTreeMap<Outcome, u64>,
     /// Its namespace's listeners; `Err` when they could not be read.
-    #[serde(skip)]
     pub listeners: Result<Vec<Listener>, String>,
     /// "container 3f2a9c4b1d2e", "namespace netns:[...] (pid 812 nginx)", or "this host".
-    #[serde(skip)]
     pub place: String,
     /// In another namespace than the tracer's.
-    #[serde(skip)]
     pub elsewhere: bool,
 }
 

@@ -4,9 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use serde::Serialize;
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listener {
     pub addr: IpAddr,
     pub port: u16,
@@ -15,26 +13,19 @@ pub struct Listener {
     /// The backlog in force (`sk_max_ack_backlog`); unknown from /proc.
     pub backlog: Option<u32>,
     /// The network namespace it listens in, when not the tracer's (a container's).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub netns: Option<u32>,
     /// The container that namespace belongs to.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
     /// A process in that namespace.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
     /// `port_reservation`: a host socket on a published port whose edge connections are
     /// DNATed elsewhere (docker-proxy): not the server.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
     /// The socket's inode (sock_diag), to find the process that holds it.
-    #[serde(skip)]
     pub inode: Option<u64>,
     /// Read through /proc in another namespace (no backlog there): that namespace's
     /// `ListenOverflows` counter since it was made.
-    #[serde(skip)]
     pub overflows: Option<u64>,
 }
 

@@ -7,12 +7,10 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde::Serialize;
 use serde_json::Value;
 
 /// A route that answers no packet: the kernel refuses to send to it (`ip route add TYPE PREFIX`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NullRoute {
     /// EHOSTUNREACH: an ICMP host-unreachable for forwarded packets.
     Unreachable,
@@ -47,7 +45,7 @@ impl NullRoute {
 }
 
 /// The null route that catches a peer: its type, prefix and table, as `ip route` lists it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NullRouteEntry {
     pub kind: NullRoute,
     /// The route's destination ("173.245.48.10" for a host route, "0.0.0.0/0" for default);
@@ -99,7 +97,7 @@ fn show_prefix(p: IpNet) -> String {
 }
 
 /// The route the kernel picks for a reply from `local` to `peer`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     pub peer: IpAddr,
     pub local: IpAddr,

@@ -3,9 +3,11 @@
 //! metrics. The model's types never serialize themselves into a contract.
 
 pub mod attempt_record;
+pub mod audit_json;
 pub mod event_log;
 pub mod events;
 pub mod metrics;
 pub mod report;
+pub mod report_json;
 pub mod text_wrap;
 pub mod verdict_record;

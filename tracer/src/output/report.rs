@@ -40,7 +40,9 @@ impl RangesInfo {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// A window's diagnosis: the model the views render (`to_text`, and `to_json` through
+/// [`crate::output::report_json`]).
+#[derive(Clone, Debug)]
 pub struct Report {
     pub verdict: Verdict,
     pub window_secs: serde_json::Value,
@@ -105,7 +107,8 @@ impl Report {
     }
 
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_default()
+        serde_json::to_string_pretty(&crate::output::report_json::ReportJson::of(self))
+            .unwrap_or_default()
     }
 
     pub fn to_text(&self) -> String {

@@ -12,7 +12,8 @@ use crate::{output::report::Report, ranges::RangeSet};
 
 /// `{"ts":..,"kind":"verdict", <the diagnose JSON fields, compacted>}`
 pub fn verdict_record(report: &Report, ranges: &RangeSet) -> String {
-    let mut v = serde_json::to_value(report).unwrap_or_default();
+    let mut v = serde_json::to_value(crate::output::report_json::ReportJson::of(report))
+        .unwrap_or_default();
     compact(&mut v, ranges);
     if let Some(obj) = v.as_object_mut() {
         obj.insert(

@@ -14,8 +14,7 @@ const EMBEDDED_JSON: &str = include_str!("../../data/cloudflare-ips.json");
 /// When the embedded snapshot was recorded (RFC 3339).
 pub const EMBEDDED_RECORDED: &str = "2026-10-02T00:00:00Z";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RangeSource {
     Embedded,
     File,
@@ -55,9 +54,7 @@ struct ApiAnswer {
 
 #[derive(Deserialize)]
 struct ApiResult {
-    #[serde(default)]
     ipv4_cidrs: Vec<String>,
-    #[serde(default)]
     ipv6_cidrs: Vec<String>,
     etag: Option<String>,
 }

@@ -15,7 +15,6 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use rustls::pki_types::{CertificateDer, UnixTime};
-use serde::Serialize;
 
 pub use validate::{CertificateInfo, ChainProblem, TrustStores, TrustedBy};
 
@@ -28,7 +27,7 @@ pub const TLS_PORTS: [u16; 6] = [443, 2053, 2083, 2087, 2096, 8443];
 const LIMIT: Duration = Duration::from_secs(5);
 
 /// What the check found on one port for one hostname.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct TlsCheck {
     pub port: u16,
     pub hostname: String,
@@ -51,7 +50,6 @@ pub struct TlsCheck {
     /// Days until the leaf expires (negative: expired that many days ago).
     pub days_to_expiry: Option<i64>,
     /// Seconds until the leaf expires (negative when expired), for the metric.
-    #[serde(skip)]
     pub expiry_secs: Option<i64>,
     /// What failed: `no_listener`, `tcp_refused`, `timeout`, `alert`, `no_shared_version`,
     /// `no_shared_cipher`, `not_tls`, `closed`, `other`.

@@ -11,15 +11,13 @@ use rustls::{
     pki_types::{CertificateDer, ServerName, UnixTime},
     CertificateError, RootCertStore,
 };
-use serde::Serialize;
 
 /// Cloudflare's Origin CA roots (ECC and RSA, valid until 2029-08-15), as Cloudflare
 /// publishes them at developers.cloudflare.com/ssl/static/origin_ca_{ecc,rsa}_root.pem.
 const ORIGIN_CA_PEM: &str = include_str!("cloudflare-origin-ca.pem");
 
 /// Which trust store accepted the chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrustedBy {
     /// A publicly trusted CA (this system's roots).
     System,
@@ -30,8 +28,7 @@ pub enum TrustedBy {
 }
 
 /// Why the chain is not valid for Full (Strict).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChainProblem {
     Expired,
     NotYetValid,
@@ -42,7 +39,30 @@ pub enum ChainProblem {
     Invalid,
 }
 
+impl TrustedBy {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::CloudflareOriginCa => "cloudflare_origin_ca",
+            Self::GivenCa => "given_ca",
+        }
+    }
+}
+
 impl ChainProblem {
+    /// The wire name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongName => "wrong_name",
+            Self::UntrustedIssuer => "untrusted_issuer",
+            Self::NoCertificate => "no_certificate",
+            Self::Invalid => "invalid",
+        }
+    }
+
     pub fn describe(&self) -> &'static str {
         match self {
             Self::Expired => "the certificate has expired",
@@ -155,7 +175,7 @@ impl TrustStores {
 }
 
 /// One certificate of the chain, for people.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertificateInfo {
     pub subject: String,
     /// DNS names (and IP addresses) it is valid for.
@@ -165,7 +185,6 @@ pub struct CertificateInfo {
     pub not_before: String,
     pub not_after: String,
     /// Unix seconds of not_after, for the expiry.
-    #[serde(skip)]
     pub not_after_unix: i64,
 }
 

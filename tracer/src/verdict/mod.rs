@@ -18,8 +18,6 @@ mod tests;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use serde::Serialize;
-
 use crate::{
     correlate::{Counts, Outcome},
     origin::{
@@ -34,8 +32,7 @@ use crate::{
 /// The verdict of a window, and the kind of each cause. Wire names, headlines, the outcomes
 /// each stands for and the Cloudflare error each shows are spelled here once; report, metrics
 /// and alerts match on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Verdict {
     NeverArriving,
     Refused,
@@ -197,7 +194,7 @@ pub const EXIT_NEVER_ARRIVING: u8 = 4;
 pub const EXIT_INCONCLUSIVE: u8 = 5;
 
 /// An edge address and how many of a cause's attempts came from it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Peer {
     pub addr: IpAddr,
     pub attempts: u64,
@@ -206,7 +203,7 @@ pub struct Peer {
 }
 
 /// A failure (or healthy) finding with its weight in distinct attempts.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Cause {
     pub verdict: Verdict,
     pub attempts: u64,

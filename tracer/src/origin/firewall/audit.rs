@@ -5,7 +5,6 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
-use serde::Serialize;
 use serde_json::Value;
 
 use super::{
@@ -16,7 +15,7 @@ use crate::ranges::RangeSet;
 
 /// An allowlist of source addresses found in the ruleset, against the watched ranges of one
 /// family.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Allowlist {
     /// "set", or "chain" for a chain of source-accept rules.
     pub kind: &'static str,

@@ -18,7 +18,8 @@ use serde_json::Value;
 
 pub use audit::Allowlist;
 use matches::Tri;
-use owner::{owner_of, Owner};
+use owner::owner_of;
+pub use owner::Owner;
 
 /// A packet to test: the edge peer's SYN to the origin, or (`reply`) the origin's SYN-ACK
 /// back to the peer.

@@ -2,11 +2,8 @@
 //! own, so the fix can be given in the manager's terms (its command, its jail or zone) instead
 //! of a raw nft rule it would overwrite on its next reload.
 
-use serde::Serialize;
-
 /// The tool that owns a table, chain or set.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "tool", rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Owner {
     /// fail2ban: `f2b-<jail>` chains (iptables actions), `addr-set-<jail>` sets in `f2b-table`
     /// (nftables action).
