@@ -258,6 +258,10 @@ fn stage_tree(root: &Path, bin: &Path, stage: &Path) -> Result<()> {
             "schema/log-record.schema.json",
         ),
         (
+            "deploy/schema/report.schema.json",
+            "schema/report.schema.json",
+        ),
+        (
             "deploy/kubernetes/cf521-tracer.yaml",
             "kubernetes/cf521-tracer.yaml",
         ),

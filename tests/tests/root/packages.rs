@@ -99,7 +99,7 @@ fn tracer_runs_in(root: &Path) {
 }
 
 /// The files a package must install.
-const EXPECTED: [&str; 9] = [
+const EXPECTED: [&str; 11] = [
     "usr/bin/tracer",
     "usr/lib/systemd/system/cf521-tracer.service",
     "usr/share/man/man1/tracer.1.gz",
@@ -109,6 +109,8 @@ const EXPECTED: [&str; 9] = [
     "usr/share/fish/vendor_completions.d/tracer.fish",
     "usr/share/doc/cf521-tracer/README.md",
     "usr/share/cf521-tracer/alerts.yml",
+    "usr/share/cf521-tracer/schema/log-record.schema.json",
+    "usr/share/cf521-tracer/schema/report.schema.json",
 ];
 
 #[test]
