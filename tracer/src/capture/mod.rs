@@ -96,6 +96,15 @@ impl Capture {
             .unwrap_or(0)
     }
 
+    /// The running counts a window starts from (`iface`: the watched interface).
+    pub fn running_counts(&self, iface: &str) -> RunningCounts {
+        RunningCounts {
+            lost: self.lost_total(),
+            refused: self.edge_syns_refused(),
+            packets: crate::sys::netinfo::rx_packets(iface),
+        }
+    }
+
     /// Waits until events are ready, at most `tick` (and at least the minimum interval since
     /// the last drain).
     pub async fn wait(&mut self, tick: Duration) -> Result<()> {
@@ -370,5 +379,38 @@ mod tests {
         assert_eq!(ready_syns(&mut held, 88), 3);
         let ts: Vec<u64> = held.iter().map(|r| r.jiffies).collect();
         assert_eq!(ts, [7, 2, 9]);
+    }
+}
+
+/// Counts that only grow while the tracer runs — events the kernel lost, edge SYNs it refused,
+/// frames the interface received. A window's figures are the differences between its end and
+/// its start: `diagnose` takes one window, the agent one after another.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunningCounts {
+    lost: u64,
+    refused: u64,
+    packets: u64,
+}
+
+/// What the kernel and the interface counted during one window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WindowCounts {
+    /// Events the kernel could not queue.
+    pub lost_events: u64,
+    /// Edge SYNs the kernel refused, counted in the kernel (exact even when events were lost).
+    pub kernel_refused: u64,
+    /// Frames the interface received.
+    pub packets_seen: u64,
+}
+
+impl RunningCounts {
+    /// The window from `self` to `end` (counters never run backwards; an interface that came
+    /// back starts again from 0).
+    pub fn until(&self, end: &RunningCounts) -> WindowCounts {
+        WindowCounts {
+            lost_events: end.lost.saturating_sub(self.lost),
+            kernel_refused: end.refused.saturating_sub(self.refused),
+            packets_seen: end.packets.saturating_sub(self.packets),
+        }
     }
 }

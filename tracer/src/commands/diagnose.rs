@@ -15,7 +15,6 @@ use crate::{
     kernel::InterfaceChange,
     model::event::Record,
     ranges::fetch,
-    sys::netinfo,
     tls::TlsSettings,
     verdict::window::{self, OriginSampler, Tally},
 };
@@ -213,8 +212,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
     let mut capture = Capture::new(probe)?;
     // What changes on the host during the window, for when a failure began.
     let watcher = crate::journal::watch::Watcher::start(&iface, &ports, &ranges, netns);
-    let packets_at_start = netinfo::rx_packets(&iface);
-    let refused_at_start = capture.edge_syns_refused();
+    let at_start = capture.running_counts(&iface);
     let sampler = OriginSampler::start();
     let signals = crate::capture::Shutdown::listen();
     write_ready_file(args.capture.ready_file.as_deref())?;
@@ -258,10 +256,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
         notes: &notes,
         xdp_mode,
         arrival_hook,
-        // The capture reports every loss it counts: the same source as the agent's windows.
-        lost_events: capture.lost_total(),
-        packets_seen: netinfo::rx_packets(&iface).saturating_sub(packets_at_start),
-        kernel_refused: capture.edge_syns_refused().saturating_sub(refused_at_start),
+        counted: at_start.until(&capture.running_counts(&iface)),
         tls_checked: tls.is_some(),
     };
     let mut report = window::report(

@@ -8,6 +8,7 @@ use std::{
 };
 
 use crate::{
+    capture::WindowCounts,
     correlate::classes::Classes,
     correlate::{Attempt, Backend, Counts, Outcome, ReplyDrop},
     model::event::Flow,
@@ -244,10 +245,8 @@ pub struct WindowContext<'a> {
     pub notes: &'a [String],
     pub xdp_mode: &'a str,
     pub arrival_hook: &'a str,
-    pub lost_events: u64,
-    pub packets_seen: u64,
-    /// Edge SYNs the kernel itself counted as refused during the window.
-    pub kernel_refused: u64,
+    /// Lost events, refused edge SYNs and frames, as the kernel counted them in the window.
+    pub counted: WindowCounts,
     /// A TLS check (--hostname) runs beside this window.
     pub tls_checked: bool,
 }
@@ -261,7 +260,7 @@ pub fn report(
     ledger: &mut RefusalLedger,
 ) -> Report {
     let mut notes = ctx.notes.to_vec();
-    let edge = reconcile_refusals(tally.edge, ctx.kernel_refused, ledger, &mut notes);
+    let edge = reconcile_refusals(tally.edge, ctx.counted.kernel_refused, ledger, &mut notes);
     let (own_listeners, deltas, mut full) = sampler.finish();
     let forwarded =
         !tally.backends.is_empty() || (ctx.follows_forwarded && !tally.silent.is_empty());
@@ -350,14 +349,14 @@ pub fn report(
         firewall,
         ruleset: ruleset.as_ref().and_then(|r| r.as_ref().ok()),
         allowlists: &allowlists,
-        packets_seen: ctx.packets_seen,
+        packets_seen: ctx.counted.packets_seen,
         ranges: ctx.ranges,
         backends: &backends,
         classes: &classes,
         routes: &routes,
         rp_filter,
         reply_drops: &reply_drops(tally, ctx, ruleset.as_ref()),
-        lost_events: ctx.lost_events,
+        lost_events: ctx.counted.lost_events,
     };
     let (verdict, mut causes) = decide(&inputs);
     if !ctx.tls_checked {
@@ -375,7 +374,7 @@ pub fn report(
         listeners,
         counters: deltas,
         ranges: RangesInfo::of(ctx.ranges),
-        lost_events: ctx.lost_events,
+        lost_events: ctx.counted.lost_events,
         started_at: humantime::format_rfc3339_seconds(ctx.started_at).to_string(),
         xdp_mode: ctx.xdp_mode.to_string(),
         arrival_hook: ctx.arrival_hook.to_string(),
