@@ -3,7 +3,13 @@
 
 use super::tests::{class, fixture, inputs};
 use super::*;
-use crate::origin::routes::{NullRoute, NullRouteEntry};
+use crate::{
+    correlate::Counts,
+    origin::{
+        firewall::Finding,
+        routes::{NullRoute, NullRouteEntry, Route},
+    },
+};
 
 fn null_route(
     peer: &str,

@@ -35,8 +35,16 @@ fn the_lab_names_a_scenario_for_each_verdict() {
     }
 }
 
-use super::*;
-use crate::origin::firewall::{owner::Owner, Allowlist, Finding};
+use super::{names::*, *};
+use crate::{
+    correlate::Counts,
+    origin::{
+        firewall::{owner::Owner, Allowlist, Finding},
+        listeners::Listener,
+        routes::Route,
+    },
+    ranges::RangeSet,
+};
 
 pub(super) struct Fixture {
     listeners: Vec<Listener>,
