@@ -20,7 +20,10 @@ use tracer_common::{counter, Event as RawEvent, SynRecord};
 use crate::{
     kernel::{synlog::SynLog, Probe},
     model::clock::{Clock, JiffiesClock},
-    model::event::{decode_record, decode_syn, Record},
+    model::{
+        decode::{decode_record, decode_syn},
+        event::Record,
+    },
 };
 
 pub struct Capture {

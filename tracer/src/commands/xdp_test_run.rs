@@ -16,7 +16,7 @@ use crate::{
     cli::XdpTestRunArgs,
     kernel::Probe,
     model::clock::{Clock, JiffiesClock},
-    model::event::decode_syn,
+    model::decode::decode_syn,
     output::events::EventRecord,
     reasons::ReasonTable,
 };

@@ -1,6 +1,7 @@
 //! The typed internal events every stage shares: each kernel record decoded once
-//! (`event`), what became of an attempt (`outcome`), and the clocks that date them.
+//! (`decode` → `event`), what became of an attempt (`outcome`), and the clocks that date them.
 
 pub mod clock;
+pub mod decode;
 pub mod event;
 pub mod outcome;
