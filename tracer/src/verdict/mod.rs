@@ -8,7 +8,9 @@ mod causes;
 mod firewall;
 mod inputs;
 mod names;
+mod refusals;
 mod return_path;
+mod tally;
 pub mod tls;
 pub mod window;
 
