@@ -358,6 +358,63 @@ fn the_text_report_has_a_tls_line_per_port() {
     );
 }
 
+/// A certificate's subject is the server's text: one holding a terminal sequence (`ESC [2J`
+/// clears the screen) is shown escaped in the text report, and as JSON escapes it in the JSON.
+#[test]
+fn a_certificate_subject_cannot_drive_the_terminal() {
+    let lab = Lab::new();
+    let tmp = TempDir::new("tls-escape");
+    let dir = &tmp.0;
+    let san = format!("subjectAltName=DNS:{HOST}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "esc.key",
+            "-out",
+            "esc.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=\u{1b}[2J\u{1b}]0;owned\u{7}evil",
+            "-addext",
+            &san,
+        ],
+    );
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let _s = TlsServer::start(&lab, &path("esc.pem"), &path("esc.key"), &[]);
+    let tracer = Tracer::start_env(
+        &lab.origin,
+        &[
+            "diagnose",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            "443",
+            "--duration",
+            "1",
+            "--hostname",
+            HOST,
+        ],
+        &[],
+    );
+    let (code, out) = tracer.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("subject CN="), "the subject is shown: {out}");
+    assert!(
+        !out.contains('\u{1b}') && !out.contains('\u{7}'),
+        "a raw control character reached the terminal: {out:?}"
+    );
+    assert!(out.contains("\\u{1b}[2J"), "shown escaped: {out}");
+}
+
 /// The agent checks once per window: metrics for the port and hostname.
 #[test]
 fn the_agent_exports_the_tls_check() {

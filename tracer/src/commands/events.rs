@@ -38,7 +38,7 @@ impl Sink for Printer {
         };
         let line = match self.format {
             Format::Json => view.to_json(),
-            Format::Text => view.to_text(),
+            Format::Text => crate::output::text_wrap::printable(&view.to_text()).into_owned(),
         };
         if let Err(e) = writeln!(self.out, "{line}") {
             self.fail(e);

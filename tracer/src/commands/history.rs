@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::{
     cli::{DiagnoseArgs, Format},
-    output::text_wrap::{wrap, WIDTH},
+    output::text_wrap::{printable, wrap, WIDTH},
 };
 
 /// The agent's answer is a journal of at most 4096 changes: far below this.
@@ -117,7 +117,8 @@ pub async fn run(args: &DiagnoseArgs, span: Duration) -> Result<()> {
                     );
                 }
             }
-            print!("{s}");
+            // The agent's answer is anyone's text: escaped for the terminal.
+            print!("{}", printable(&s));
         }
     }
     Ok(())

@@ -10,23 +10,31 @@ use crate::{
     ranges::{fetch, RangeSet},
 };
 
+/// A line of output, control characters escaped (an etag, a path or a set's name is anyone's
+/// text).
+macro_rules! say {
+    ($($t:tt)*) => {
+        println!("{}", crate::output::text_wrap::printable(&format!($($t)*)))
+    };
+}
+
 pub async fn run(args: RangesArgs) -> Result<()> {
     let (set, note) = fetch::resolve(args.ranges.file.as_deref(), args.refresh).await?;
     if let Some(n) = note {
-        eprintln!("note: {n}");
+        eprintln!("note: {}", crate::output::text_wrap::printable(&n));
     }
     if args.audit {
         return audit(&set, args.format);
     }
     let info = RangesInfo::of(&set);
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&info)?),
+        Format::Json => say!("{}", serde_json::to_string_pretty(&info)?),
         Format::Text => {
             let age = info
                 .age_secs
                 .map(|s| humantime::format_duration(std::time::Duration::from_secs(s)).to_string())
                 .unwrap_or_else(|| "unknown".into());
-            println!(
+            say!(
                 "source: {}{}",
                 info.source,
                 info.path
@@ -34,18 +42,18 @@ pub async fn run(args: RangesArgs) -> Result<()> {
                     .map(|p| format!(" ({p})"))
                     .unwrap_or_default()
             );
-            println!(
+            say!(
                 "fetched: {} (age {age})",
                 info.fetched_at.as_deref().unwrap_or("unknown")
             );
-            println!("etag: {}", info.etag.as_deref().unwrap_or("-"));
-            println!("IPv4 ({}):", info.ipv4.len());
+            say!("etag: {}", info.etag.as_deref().unwrap_or("-"));
+            say!("IPv4 ({}):", info.ipv4.len());
             for r in &info.ipv4 {
-                println!("  {r}");
+                say!("  {r}");
             }
-            println!("IPv6 ({}):", info.ipv6.len());
+            say!("IPv6 ({}):", info.ipv6.len());
             for r in &info.ipv6 {
-                println!("  {r}");
+                say!("  {r}");
             }
         }
     }
@@ -60,26 +68,26 @@ fn audit(set: &RangeSet, format: Format) -> Result<()> {
     match format {
         Format::Json => {
             let doc = AuditJson::of(RangesInfo::of(set), &lists);
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            say!("{}", serde_json::to_string_pretty(&doc)?);
         }
         Format::Text => {
             if lists.is_empty() {
-                println!(
+                say!(
                     "No allowlist in this host's nftables/iptables-nft ruleset admits any of the {} ranges ({} source).",
                     set.v4.len() + set.v6.len(),
                     set.source
                 );
             }
             for a in &lists {
-                println!("{}", crate::verdict::allowlist_text(a));
+                say!("{}", crate::verdict::allowlist_text(a));
                 if a.complete() {
-                    println!("  complete");
+                    say!("  complete");
                 }
                 for r in &a.missing {
-                    println!("  missing: {r}");
+                    say!("  missing: {r}");
                 }
                 for r in &a.partly {
-                    println!("  partly covered: {r}");
+                    say!("  partly covered: {r}");
                 }
             }
         }

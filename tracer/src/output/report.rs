@@ -262,6 +262,6 @@ impl Report {
                 said.push(n);
             }
         }
-        s
+        text_wrap::printable(&s).into_owned()
     }
 }

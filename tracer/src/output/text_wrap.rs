@@ -2,6 +2,32 @@
 //! and shell commands set apart in their own block, broken only where the shell allows (a
 //! space outside quotes, continued with ` \`), so they still paste and run.
 
+use std::borrow::Cow;
+
+/// `text` safe to print on a terminal: control characters other than newline and tab (an ESC
+/// starting a terminal sequence, a carriage return overwriting a line, C1 controls) and the
+/// Unicode controls that reorder text (bidirectional overrides and isolates) are shown escaped
+/// (`\u{1b}`). Every text view passes through this: certificate subjects, process names, set
+/// names and `/history` answers are anyone's text.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    let hostile = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(hostile) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if hostile(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// The report's width: a 100-column terminal shows every line whole.
 pub const WIDTH: usize = 100;
 
@@ -135,6 +161,15 @@ pub fn step(n: usize, text: &str, indent: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert!(matches!(printable("plain\ntext\tok"), Cow::Borrowed(_)));
+        assert_eq!(
+            printable("CN=\u{1b}[2Jevil\r\u{9b}x\u{202e}gpj.exe"),
+            "CN=\\u{1b}[2Jevil\\u{d}\\u{9b}x\\u{202e}gpj.exe"
+        );
+    }
 
     #[test]
     fn prose_wraps_at_words_with_a_hanging_indent() {
