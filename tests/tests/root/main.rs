@@ -14,6 +14,7 @@ mod docker;
 mod events;
 mod field;
 mod hardening;
+mod hostile;
 mod journal;
 mod lost_replies;
 mod packages;

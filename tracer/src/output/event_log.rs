@@ -47,13 +47,15 @@ pub struct EventLog {
     /// Event lines held back, and write failures, since start.
     pub suppressed: u64,
     pub write_errors: u64,
+    /// Rotations that failed (the file was cut back to empty instead), since start.
+    pub rotation_failures: u64,
     last_warn: Option<Instant>,
 }
 
 fn open_log(path: &Path) -> Result<File> {
     crate::sys::safe_fs::open_append(path, 0o640).with_context(|| {
         format!(
-            "cannot open log file {} (a symlink there is refused)",
+            "cannot open log file {} (only a regular file is written to, never through a symlink)",
             path.display()
         )
     })
@@ -84,6 +86,7 @@ impl EventLog {
             keys: BTreeMap::new(),
             suppressed: 0,
             write_errors: 0,
+            rotation_failures: 0,
             last_warn: None,
         })
     }
@@ -106,8 +109,15 @@ impl EventLog {
         }
     }
 
-    /// A line that is always written (verdict records, summaries).
+    /// A line that is always written (verdict records, summaries) — unless the file is at its
+    /// cap and could be neither rotated nor cut back: then it is counted as not written.
     pub fn line(&mut self, text: &str) {
+        if self.max_bytes.is_some_and(|m| self.written >= m) {
+            self.failed(&std::io::Error::other(
+                "the log file is at its size cap and can be neither rotated nor truncated",
+            ));
+            return;
+        }
         if let Err(e) = writeln!(self.writer(), "{text}") {
             self.failed(&e);
             return;
@@ -203,9 +213,24 @@ impl EventLog {
                 );
             }
             Err(e) => {
-                self.failed(&std::io::Error::other(format!("{e:#}")));
-                // Nothing more is written to an unrotatable file than the cap allows.
-                self.max_bytes = None;
+                // The cap holds whatever squats `<path>.1` (a directory, a file of another
+                // owner): the file is cut back to empty, the lines it held lost, and said.
+                self.rotation_failures += 1;
+                let _ = out.flush();
+                match out.get_ref().set_len(0) {
+                    Ok(()) => {
+                        self.written = 0;
+                        tracing::warn!(
+                            failures = self.rotation_failures,
+                            "cannot rotate the log to {}: {e:#}; the log was truncated to keep its size cap (counted in tracer_log_rotation_failures_total)",
+                            Path::new(&old).display()
+                        );
+                    }
+                    // `line` writes nothing more while the file stays at its cap.
+                    Err(t) => self.failed(&std::io::Error::other(format!(
+                        "cannot rotate the log ({e:#}) nor truncate it ({t}): lines over its size cap are not written"
+                    ))),
+                }
             }
         }
     }
@@ -320,6 +345,28 @@ mod tests {
         let old = std::fs::metadata(d.join("log.1")).unwrap().len();
         assert!(cur < 1000 && (1000..1100).contains(&old), "{cur} {old}");
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_blocked_rotation_keeps_the_cap() {
+        let dir = scratch("blocked");
+        let path = dir.join("events.jsonl");
+        let mut old = path.as_os_str().to_owned();
+        old.push(".1");
+        std::fs::create_dir_all(&old).unwrap();
+        let mut log = EventLog::open(Some(&path), Some(1000)).unwrap();
+        for i in 0..500 {
+            log.line(&format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(40)));
+        }
+        log.flush();
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size <= 1000 + 60, "{size}");
+        assert!(log.rotation_failures > 0);
+        // The newest lines are the ones kept.
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("\"n\":499"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub struct Metrics {
     windows: IntCounter,
     log_suppressed: IntCounter,
     log_write_errors: IntCounter,
+    log_rotation_failures: IntCounter,
     syns_refused: IntCounter,
     attempts_evicted: IntCounter,
     tls_ok: IntGaugeVec,
@@ -200,6 +201,11 @@ impl Metrics {
             "Log lines that could not be written (full disk, closed output).",
         )?;
         r.register(Box::new(log_write_errors.clone()))?;
+        let log_rotation_failures = IntCounter::new(
+            "tracer_log_rotation_failures_total",
+            "Log rotations that failed (something squats `<log>.1`): the log was truncated to keep its size cap.",
+        )?;
+        r.register(Box::new(log_rotation_failures.clone()))?;
 
         // Every series exists from the start, so rate() and absent() work before the first event.
         let mut connection_series = FastMap::default();
@@ -245,6 +251,7 @@ impl Metrics {
             open_attempts,
             windows,
             log_suppressed,
+            log_rotation_failures,
             log_write_errors,
             syns_refused,
             attempts_evicted,
@@ -289,10 +296,11 @@ impl Metrics {
     }
 
     /// The event log's running totals, as counters.
-    pub fn set_log_counts(&self, suppressed: u64, write_errors: u64) {
+    pub fn set_log_counts(&self, suppressed: u64, write_errors: u64, rotation_failures: u64) {
         for (c, total) in [
             (&self.log_suppressed, suppressed),
             (&self.log_write_errors, write_errors),
+            (&self.log_rotation_failures, rotation_failures),
         ] {
             let now = c.get();
             if total > now {

@@ -117,19 +117,47 @@ fn check_dir(dir: &Path, meta: &std::fs::Metadata) -> Result<()> {
     Ok(())
 }
 
-/// Opens a log file for appending, created with `mode` if missing, never through a symlink.
+/// Opens a log file for appending, created with `mode` if missing, never through a symlink
+/// and only if it is a regular file: a FIFO planted there would block every write (and, opened
+/// without `O_NONBLOCK`, the open itself), a device would take the log anywhere.
 pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+        // O_NONBLOCK: opening a FIFO never waits for a reader. It changes nothing for a
+        // regular file, the only kind kept.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_opens_only_as_a_regular_file() {
+        let d = scratch("append");
+        let fifo = d.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Returns at once (no reader: ENXIO; with one it would be refused as not a file).
+        assert!(open_append(&fifo, 0o640).is_err());
+        std::fs::create_dir(d.join("dir")).unwrap();
+        assert!(open_append(&d.join("dir"), 0o640).is_err());
+        let mut f = open_append(&d.join("log"), 0o640).unwrap();
+        use std::io::Write as _;
+        writeln!(f, "ok").unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 
     fn scratch(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("safe-fs-{tag}-{}", std::process::id()));

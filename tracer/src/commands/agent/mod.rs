@@ -162,8 +162,11 @@ impl Sink for Agent {
 
     fn tick(&mut self, capture: &mut Capture) -> Result<Next> {
         self.sink.roll(Instant::now());
-        self.metrics
-            .set_log_counts(self.sink.suppressed, self.sink.write_errors);
+        self.metrics.set_log_counts(
+            self.sink.suppressed,
+            self.sink.write_errors,
+            self.sink.rotation_failures,
+        );
         if self.hup.swap(false, Ordering::Relaxed) {
             match self.sink.reopen() {
                 Ok(()) => tracing::info!("log file reopened"),
