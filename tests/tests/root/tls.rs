@@ -147,6 +147,12 @@ struct TlsServer(Child);
 
 impl TlsServer {
     fn start(lab: &Lab, cert: &str, key: &str, extra: &[&str]) -> TlsServer {
+        TlsServer::start_on(lab, 443, cert, key, extra)
+    }
+
+    /// The same on `port`.
+    fn start_on(lab: &Lab, port: u16, cert: &str, key: &str, extra: &[&str]) -> TlsServer {
+        let accept = port.to_string();
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -155,7 +161,7 @@ impl TlsServer {
                 "openssl",
                 "s_server",
                 "-accept",
-                "443",
+                &accept,
             ])
             .args(["-cert", cert, "-key", key, "-www", "-quiet"])
             .args(extra)
@@ -168,8 +174,8 @@ impl TlsServer {
         assert!(
             integration_tests::eventually(Duration::from_secs(5), || lab
                 .origin
-                .sh("ss -Htln 'sport = :443'")
-                .contains("443")),
+                .sh(&format!("ss -Htln 'sport = :{port}'"))
+                .contains(&accept)),
             "s_server did not listen"
         );
         server
@@ -413,6 +419,65 @@ fn a_certificate_subject_cannot_drive_the_terminal() {
         "a raw control character reached the terminal: {out:?}"
     );
     assert!(out.contains("\\u{1b}[2J"), "shown escaped: {out}");
+}
+
+/// With the default ports, a failing TLS listener the edge never reached (a self-signed
+/// control panel on 2096, as cPanel ships) is a note, not the verdict: the site the edge
+/// reaches on 443 is valid and the report is healthy. Named with --port, it is judged.
+#[test]
+fn a_stray_tls_listener_the_edge_never_reached_is_a_note() {
+    use integration_tests::{scenarios::SHORT, sockaddr, EDGE_V4, ORIGIN_V4};
+    let lab = Lab::new();
+    let tmp = TempDir::new("tls-stray");
+    let certs = Certs::make(&tmp.0);
+    let _site = TlsServer::start(&lab, &certs.path("good.pem"), &certs.path("good.key"), &[]);
+    let _panel = TlsServer::start_on(
+        &lab,
+        2096,
+        &certs.path("self.pem"),
+        &certs.path("self.key"),
+        &[],
+    );
+    let ca = certs.path("ca.pem");
+    let run = |ports: &[&str]| -> Value {
+        let mut args = vec![
+            "diagnose",
+            "--iface",
+            ORIGIN_IF,
+            "--duration",
+            "2",
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(ports);
+        args.extend(["--hostname", HOST, "--tls-ca", &ca]);
+        let tracer = Tracer::start_env(&lab.origin, &args, &[]);
+        for _ in 0..3 {
+            let _ = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT);
+        }
+        let stderr = tracer.stderr_text();
+        let (code, out) = tracer.wait(Duration::from_secs(30));
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let r = run(&[]);
+    assert_eq!(r["verdict"], "healthy", "{r:#}");
+    let panel = r["tls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["port"] == 2096)
+        .unwrap_or_else(|| panic!("2096 was checked: {r:#}"));
+    assert_eq!(panel["ok"], false, "{r:#}");
+    let notes = r["notes"].to_string();
+    assert!(
+        notes.contains("2096") && notes.contains("not judged"),
+        "{r:#}"
+    );
+    // Named, it is judged.
+    let r = run(&["--port", "443,2096"]);
+    assert_eq!(r["verdict"], "tls_failure", "{r:#}");
+    assert_eq!(tls_cause(&r)["cloudflare_error"], 526, "{r:#}");
 }
 
 /// The agent checks once per window: metrics for the port and hostname.

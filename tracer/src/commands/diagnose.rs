@@ -277,8 +277,9 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
             ports: &report.ports,
             listeners: &report.listeners,
         };
-        let checks = crate::tls::check_targets(tls, &view, &iface, !args.capture.ports.is_empty());
-        report.add_tls_checks(checks);
+        let named = !args.capture.ports.is_empty();
+        let checks = crate::tls::check_targets(tls, &view, &iface, named);
+        report.add_tls_checks(checks, named);
     }
     let mut out = std::io::stdout().lock();
     match args.format {

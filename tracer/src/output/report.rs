@@ -71,6 +71,8 @@ pub struct Report {
     /// When the current failure began and what changed just before; null when there is no
     /// failure of the edge's attempts.
     pub since: Option<crate::journal::since::Since>,
+    /// The ports edge attempts reached in the window (not in the JSON: the counts say it).
+    pub edge_ports: Vec<u16>,
 }
 
 /// "0.0.0.0:443 (accept queue 0/511, port reservation)", "127.0.0.1:80 in container
@@ -99,10 +101,22 @@ pub fn window_value(secs: f64) -> serde_json::Value {
 type Row = (&'static str, fn(&Counts) -> u64);
 
 impl Report {
-    /// The TLS checks of this window: shown as they are, and each failing one a cause
-    /// (`verdict::tls` decides how they change the verdict).
-    pub fn add_tls_checks(&mut self, checks: Vec<crate::tls::TlsCheck>) {
-        crate::verdict::tls::apply(&mut self.verdict, &mut self.causes, &checks);
+    /// The TLS checks of this window: shown as they are; each failing one on a port that is
+    /// judged — given with `--port` (`named_ports`), or reached by the edge in the window — a
+    /// cause, the others notes (`verdict::tls` decides how they change the verdict).
+    pub fn add_tls_checks(&mut self, checks: Vec<crate::tls::TlsCheck>, named_ports: bool) {
+        let judged = if named_ports {
+            self.ports.clone()
+        } else {
+            self.edge_ports.clone()
+        };
+        crate::verdict::tls::apply(
+            &mut self.verdict,
+            &mut self.causes,
+            &mut self.notes,
+            &checks,
+            &judged,
+        );
         self.tls = checks;
     }
 

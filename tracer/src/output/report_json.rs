@@ -528,6 +528,7 @@ mod tests {
             notes: vec!["a note".into()],
             tls: vec![tls_ok, tls_failed],
             since: Some(since),
+            edge_ports: vec![443],
         }
     }
 

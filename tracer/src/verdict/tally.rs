@@ -40,6 +40,9 @@ pub struct Tally {
     /// Edge handshakes the origin reset or closed within a second of the SYN, by port: the
     /// trace a failing TLS handshake leaves in the kernel.
     pub(super) quick_closes: BTreeMap<u16, u64>,
+    /// The ports edge attempts reached: a TLS check is judged on these (or on ports given by
+    /// name), a stray listener the edge never reached is not Cloudflare's problem.
+    pub(super) edge_ports: BTreeSet<u16>,
     /// (first packet, failed) of each edge attempt, for when a failure began. Bounded.
     pub timeline: Vec<(std::time::SystemTime, bool)>,
     /// Edge attempts whose answer a filter dropped on its way out, by where and why, with
@@ -85,6 +88,7 @@ impl Tally {
             return;
         }
         self.edge.add(a);
+        self.edge_ports.insert(a.flow.local_port);
         self.synack_retransmits += u64::from(a.synack_retransmits);
         let outcome = a.outcome();
         self.classes.add(a, outcome);

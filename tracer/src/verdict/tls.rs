@@ -6,13 +6,28 @@
 use super::{Cause, Verdict};
 use crate::tls::{ChainProblem, TlsCheck};
 
-/// Adds a cause for each failing check to the window's verdict and causes (the view carries
-/// the checks themselves).
-pub fn apply(verdict: &mut Verdict, causes_now: &mut Vec<Cause>, checks: &[TlsCheck]) {
-    let failing: Vec<&TlsCheck> = checks
+/// Adds a cause for each failing check on a `judged` port to the window's verdict and causes;
+/// a failing check on another port (a control panel on 2083 the edge never reached) is a note:
+/// it is not what Cloudflare's visitors meet, and must not page anyone. The view carries the
+/// checks themselves.
+pub fn apply(
+    verdict: &mut Verdict,
+    causes_now: &mut Vec<Cause>,
+    notes: &mut Vec<String>,
+    checks: &[TlsCheck],
+    judged: &[u16],
+) {
+    let (failing, elsewhere): (Vec<&TlsCheck>, Vec<&TlsCheck>) = checks
         .iter()
         .filter(|c| !c.ok && c.failure != Some("no_listener"))
-        .collect();
+        .partition(|c| judged.contains(&c.port));
+    for c in elsewhere {
+        notes.push(format!(
+            "{} — not judged: the edge reached no connection to port {} in this window (name the port with --port to judge it)",
+            c.line(),
+            c.port
+        ));
+    }
     let mut causes: Vec<Cause> = failing.iter().map(|c| cause_of(c)).collect();
     // 525 first: the handshake fails under both modes.
     causes.sort_by_key(|c| std::cmp::Reverse(c.cloudflare_error == Some(525)));
@@ -143,5 +158,58 @@ mod tests {
             quick_close_hint(&mut causes, &closes, handshakes);
             assert_eq!(causes[0].evidence.len(), 1, "{closes:?} of {handshakes}");
         }
+    }
+
+    fn self_signed(port: u16) -> TlsCheck {
+        TlsCheck {
+            port,
+            hostname: "example.test".into(),
+            address: Some(([192, 0, 2, 1], port).into()),
+            ok: false,
+            handshake_ok: true,
+            protocol: Some("TLSv1.3"),
+            cipher: None,
+            certificates: Vec::new(),
+            name_matches: Some(true),
+            trusted_by: None,
+            chain_problem: Some(ChainProblem::UntrustedIssuer),
+            days_to_expiry: Some(30),
+            expiry_secs: None,
+            failure: None,
+            detail: None,
+            cloudflare_error: Some(526),
+        }
+    }
+
+    /// A self-signed panel on 2096 the edge never reached is a note, not a `tls_failure`; the
+    /// same check on a port the edge reached (or named with --port) is the verdict.
+    #[test]
+    fn only_ports_the_edge_reached_are_judged() {
+        let healthy = || Cause::new(Verdict::Healthy, 5, Vec::new(), Vec::new());
+        let (mut verdict, mut causes, mut notes) = (Verdict::Healthy, vec![healthy()], Vec::new());
+        apply(
+            &mut verdict,
+            &mut causes,
+            &mut notes,
+            &[self_signed(2096)],
+            &[443],
+        );
+        assert_eq!(verdict, Verdict::Healthy);
+        assert_eq!(causes.len(), 1);
+        assert!(
+            notes[0].contains("not judged") && notes[0].contains("2096"),
+            "{notes:?}"
+        );
+        let (mut verdict, mut causes, mut notes) = (Verdict::Healthy, vec![healthy()], Vec::new());
+        apply(
+            &mut verdict,
+            &mut causes,
+            &mut notes,
+            &[self_signed(2096)],
+            &[443, 2096],
+        );
+        assert_eq!(verdict, Verdict::TlsFailure);
+        assert_eq!(causes[0].cloudflare_error, Some(526));
+        assert!(notes.is_empty());
     }
 }

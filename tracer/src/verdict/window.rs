@@ -215,6 +215,7 @@ pub fn report(
         notes,
         tls: Vec::new(),
         since: None,
+        edge_ports: tally.edge_ports.iter().copied().collect(),
     }
 }
 

@@ -96,7 +96,10 @@ impl Agent {
             ));
         }
         if let Some(tls) = &self.tls {
-            report.add_tls_checks(self.tls_results.clone());
+            report.add_tls_checks(
+                self.tls_results.clone(),
+                !self.args.capture.ports.is_empty(),
+            );
             // The next check, in the background: each handshake may take seconds.
             if !self.tls_running {
                 self.tls_running = true;
