@@ -29,6 +29,10 @@ pub struct Environment {
     pub classic_tracepoints: bool,
     pub empty_programs: bool,
     pub no_tcx: bool,
+    /// `TRACER_TEST_FAIL_IPV6_UPDATE` (tests only): a ranges update fails halfway through the
+    /// IPv6 table, as a full table or the kernel's memory would make it — what the all-or-
+    /// nothing swap across families is tested with.
+    pub fail_ipv6_update: bool,
 }
 
 impl Environment {
@@ -51,6 +55,7 @@ impl Environment {
                 "TRACER_CLASSIC_TRACEPOINTS" => e.classic_tracepoints = true,
                 "TRACER_EMPTY_PROGRAMS" => e.empty_programs = true,
                 "TRACER_NO_TCX" => e.no_tcx = true,
+                "TRACER_TEST_FAIL_IPV6_UPDATE" => e.fail_ipv6_update = true,
                 _ => {}
             }
         }

@@ -82,3 +82,47 @@ fn the_log_keeps_its_cap_and_never_reopens_a_fifo() {
     );
     agent.stop();
 }
+
+/// A refresh whose IPv6 part fails in the kernel (a full table, no memory: injected here by
+/// `TRACER_TEST_FAIL_IPV6_UPDATE` halfway through the IPv6 table) leaves both families on the
+/// old list: all or nothing. Before, IPv4 was committed alone and the edge's address, listed
+/// only in the old list, stopped counting as edge.
+#[test]
+fn a_refresh_failing_for_one_family_changes_neither() {
+    let lab = Lab::new();
+    let dir = TempDir::new(&format!("hostile-swap-{}", lab.origin.name));
+    let ranges = dir.path("ranges.txt");
+    // A host route for the edge: looked up in the trie (a whole /24 would be answered by the
+    // prefilter bitmap alone).
+    std::fs::write(&ranges, format!("{EDGE_V4}/32\n2400:cb00::/32\n")).unwrap();
+    let log = dir.path("agent.log");
+    let agent = Agent::on(&lab.origin, "443", "2", &log)
+        .args(&[
+            "--ranges",
+            ranges.to_str().unwrap(),
+            "--refresh-ranges-every",
+            "1s",
+        ])
+        .env("TRACER_TEST_FAIL_IPV6_UPDATE", "1")
+        .start();
+    std::fs::write(
+        &ranges,
+        "198.51.100.7/32\n2606:4700::/32\n2803:f800::/32\n2a06:98c0::/29\n",
+    )
+    .unwrap();
+    assert!(
+        integration_tests::eventually(Duration::from_secs(10), || agent
+            .tracer
+            .stderr_text()
+            .contains("keeping the current list")),
+        "the refresh did not fail: {}",
+        agent.tracer.stderr_text()
+    );
+    for _ in 0..3 {
+        let _ = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT);
+    }
+    agent.metrics_until(Duration::from_secs(10), |m| {
+        metric(m, &connections(443, "refused")) == Some(3.0)
+    });
+    agent.stop();
+}

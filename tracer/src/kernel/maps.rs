@@ -96,17 +96,31 @@ impl Probe {
         Ok(())
     }
 
+    /// Both tries to `ranges`, all or nothing across the families: every new entry of both is
+    /// added first; if one cannot be (a table full), the entries added to either are taken out
+    /// again and both keep the old list. Only then are stale entries removed.
     fn update_tries(&mut self, ranges: &RangeSet) -> Result<()> {
-        let v4 = ranges
+        let v4: Vec<Key<Ipv4Key>> = ranges
             .v4
             .iter()
-            .map(|n| Key::new(u32::from(n.prefix_len()), n.network().octets()));
-        sync_trie::<Ipv4Key>(&mut self.ebpf, "EDGE_V4", v4.collect())?;
-        let v6 = ranges
+            .map(|n| Key::new(u32::from(n.prefix_len()), n.network().octets()))
+            .collect();
+        let v6: Vec<Key<Ipv6Key>> = ranges
             .v6
             .iter()
-            .map(|n| Key::new(u32::from(n.prefix_len()), n.network().octets()));
-        sync_trie::<Ipv6Key>(&mut self.ebpf, "EDGE_V6", v6.collect())
+            .map(|n| Key::new(u32::from(n.prefix_len()), n.network().octets()))
+            .collect();
+        let added4 = add_new::<Ipv4Key>(&mut self.ebpf, "EDGE_V4", &v4, None)?;
+        // Tests only: the IPv6 update fails halfway, as a full table would make it.
+        let fail_at = crate::environment::get()
+            .fail_ipv6_update
+            .then_some(v6.len() / 2);
+        if let Err(e) = add_new::<Ipv6Key>(&mut self.ebpf, "EDGE_V6", &v6, fail_at) {
+            remove_keys::<Ipv4Key>(&mut self.ebpf, "EDGE_V4", &added4);
+            return Err(e);
+        }
+        remove_stale::<Ipv4Key>(&mut self.ebpf, "EDGE_V4", &v4)?;
+        remove_stale::<Ipv6Key>(&mut self.ebpf, "EDGE_V6", &v6)
     }
 
     /// The event ring buffer; call once.
@@ -144,34 +158,73 @@ impl Probe {
     }
 }
 
-/// Makes an LPM trie hold exactly `wanted`: new entries first, then stale ones removed, so a
-/// peer inside both the old and the new list never stops matching.
-fn sync_trie<K: aya::Pod + PartialEq>(
-    ebpf: &mut Ebpf,
+fn trie<'a, K: aya::Pod>(
+    ebpf: &'a mut Ebpf,
     name: &str,
-    wanted: Vec<Key<K>>,
-) -> Result<()> {
-    let mut trie: LpmTrie<&mut MapData, K, u8> = LpmTrie::try_from(
+) -> Result<LpmTrie<&'a mut MapData, K, u8>> {
+    Ok(LpmTrie::try_from(
         ebpf.map_mut(name)
             .ok_or_else(|| anyhow!("{name} map missing"))?,
-    )?;
-    let same = |a: &Key<K>, b: &Key<K>| a.prefix_len() == b.prefix_len() && a.data() == b.data();
+    )?)
+}
+
+fn same<K: aya::Pod + PartialEq>(a: &Key<K>, b: &Key<K>) -> bool {
+    a.prefix_len() == b.prefix_len() && a.data() == b.data()
+}
+
+/// Adds the entries of `wanted` an LPM trie lacks, returning them; if one cannot be added,
+/// the ones added are taken out again (the trie holds exactly what it held) and it fails.
+/// Adding before removing keeps a peer inside both the old and the new list matching.
+fn add_new<K: aya::Pod + PartialEq>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    wanted: &[Key<K>],
+    fail_at: Option<usize>,
+) -> Result<Vec<Key<K>>> {
+    let mut trie = trie::<K>(ebpf, name)?;
     let before: Vec<Key<K>> = trie.keys().filter_map(Result::ok).collect();
-    // New entries first; if one cannot be added, the ones added are taken out again, so the
-    // table holds exactly the old list: all or nothing.
-    let mut added: Vec<&Key<K>> = Vec::new();
-    for k in &wanted {
+    // An injected failure is for updates, not the first fill at start.
+    let fail_at = fail_at.filter(|_| !before.is_empty());
+    let mut added: Vec<Key<K>> = Vec::new();
+    for k in wanted {
         if before.iter().any(|b| same(b, k)) {
             continue;
         }
-        if let Err(e) = trie.insert(k, 1, 0) {
-            for a in added {
+        let inserted = if fail_at == Some(added.len()) {
+            Err(anyhow!(
+                "a failure injected by TRACER_TEST_FAIL_IPV6_UPDATE"
+            ))
+        } else {
+            trie.insert(k, 1, 0).map_err(anyhow::Error::from)
+        };
+        if let Err(e) = inserted {
+            for a in &added {
                 let _ = trie.remove(a);
             }
             return Err(e).with_context(|| format!("updating {name}"));
         }
-        added.push(k);
+        added.push(Key::new(k.prefix_len(), k.data()));
     }
+    Ok(added)
+}
+
+/// Takes `keys` out of a trie again (undoing [`add_new`]).
+fn remove_keys<K: aya::Pod + PartialEq>(ebpf: &mut Ebpf, name: &str, keys: &[Key<K>]) {
+    if let Ok(mut trie) = trie::<K>(ebpf, name) {
+        for k in keys {
+            let _ = trie.remove(k);
+        }
+    }
+}
+
+/// Removes the entries not in `wanted`.
+fn remove_stale<K: aya::Pod + PartialEq>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    wanted: &[Key<K>],
+) -> Result<()> {
+    let mut trie = trie::<K>(ebpf, name)?;
+    let before: Vec<Key<K>> = trie.keys().filter_map(Result::ok).collect();
     for k in before.iter().filter(|k| !wanted.iter().any(|w| same(w, k))) {
         trie.remove(k).with_context(|| format!("updating {name}"))?;
     }
