@@ -126,3 +126,141 @@ fn a_refresh_failing_for_one_family_changes_neither() {
     });
     agent.stop();
 }
+
+/// Serves `response` (a whole HTTP answer) to each of `n` requests on `listener`, in a thread
+/// that gives up after `limit`; returns how many it served.
+fn serve(
+    listener: std::net::TcpListener,
+    response: String,
+    n: usize,
+    limit: Duration,
+) -> std::thread::JoinHandle<usize> {
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        let deadline = std::time::Instant::now() + limit;
+        let mut served = 0;
+        while served < n && std::time::Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut c, _)) => {
+                    c.set_nonblocking(false).unwrap();
+                    let _ = c.read(&mut [0u8; 2048]);
+                    let _ = c.write_all(response.as_bytes());
+                    served += 1;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        served
+    })
+}
+
+/// Runs `tracer ARGS` in `ns` with `env`: (exit code, stdout, stderr).
+fn tracer_in(
+    ns: &integration_tests::Netns,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(integration_tests::tracer_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run tracer");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const LIST: &str = r#"{"result":{"ipv4_cidrs":["173.245.48.0/20"],"ipv6_cidrs":["2400:cb00::/32"],"etag":"swapped"},"success":true}"#;
+
+/// A mirror on this host (plain http allowed there) that redirects to plain http elsewhere:
+/// the redirect is refused, not followed — the list could be swapped on the way.
+#[test]
+fn a_redirect_to_plain_http_is_refused() {
+    let lab = Lab::new();
+    let state = TempDir::new(&format!("hostile-redirect-{}", lab.origin.name));
+    let mirror = lab.origin.listen("127.0.0.1", 8081, 16);
+    let elsewhere = lab.origin.listen(ORIGIN_V4, 8082, 16);
+    let redirect = format!(
+        "HTTP/1.1 302 Found\r\nLocation: http://{ORIGIN_V4}:8082/ips\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let list = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{LIST}",
+        LIST.len()
+    );
+    let mirror = serve(mirror, redirect, 1, Duration::from_secs(20));
+    // The tracer is done long before this one gives up.
+    let elsewhere = serve(elsewhere, list, 1, Duration::from_secs(1));
+    let (code, out, err) = tracer_in(
+        &lab.origin,
+        &["ranges", "--refresh", "--format", "json"],
+        &[
+            ("TRACER_STATE_DIR", state.0.to_str().unwrap()),
+            ("TRACER_RANGES_URL", "http://127.0.0.1:8081/ips"),
+        ],
+    );
+    assert_eq!(mirror.join().unwrap(), 1, "the mirror was asked");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("redirected to") && err.contains("refused"),
+        "{err}"
+    );
+    assert!(out.contains("\"source\": \"embedded\""), "{out}");
+    assert!(!out.contains("swapped"), "{out}");
+    // Nothing reached the plain-http target (its server gives up and served none).
+    drop(lab);
+    assert_eq!(elsewhere.join().unwrap(), 0);
+}
+
+/// The cache is the tracer's own file: in a state directory others can write, or planted as a
+/// FIFO, it is not read (and nothing waits on it); a valid one in a trusted directory is.
+#[test]
+fn the_cache_is_read_only_as_the_tracers_own_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let lab = Lab::new();
+    let cache = r#"{"fetched_at":"2026-12-01T00:00:00Z","etag":"planted","http_etag":null,"ipv4_cidrs":["173.245.48.0/20"],"ipv6_cidrs":["2400:cb00::/32"]}"#;
+    let ranges = |dir: &TempDir| {
+        tracer_in(
+            &lab.origin,
+            &["ranges", "--format", "json"],
+            &[("TRACER_STATE_DIR", dir.0.to_str().unwrap())],
+        )
+    };
+    // Trusted: used.
+    let good = TempDir::new("hostile-cache-good");
+    std::fs::set_permissions(&good.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(good.path("ranges.json"), cache).unwrap();
+    let (code, out, err) = ranges(&good);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\"source\": \"cache\"") && out.contains("planted"),
+        "{out}"
+    );
+    // Writable by others: refused, said once.
+    let open = TempDir::new("hostile-cache-open");
+    std::fs::write(open.path("ranges.json"), cache).unwrap();
+    std::fs::set_permissions(&open.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, out, err) = ranges(&open);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\"source\": \"embedded\"") && !out.contains("planted"),
+        "{out}"
+    );
+    assert!(err.contains("writable by group or others"), "{err}");
+    // A FIFO: refused at once, no reader waited for.
+    let fifo = TempDir::new("hostile-cache-fifo");
+    std::fs::set_permissions(&fifo.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let c = std::ffi::CString::new(fifo.path("ranges.json").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let started = std::time::Instant::now();
+    let (code, out, err) = ranges(&fifo);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"source\": \"embedded\""), "{out}");
+    assert!(err.contains("not a regular file"), "{err}");
+}

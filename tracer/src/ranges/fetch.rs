@@ -56,6 +56,19 @@ pub fn check_env() -> Result<()> {
     check_url(&api_url(), env.ranges_allow_http)
 }
 
+/// Redirects followed at most.
+const MAX_REDIRECTS: usize = 5;
+
+/// A redirect's target, held to the configured URL's rule.
+fn check_hop(url: &str, allow_http: bool) -> Result<()> {
+    check_url(url, allow_http).map_err(|_| {
+        anyhow!(
+            "redirected to {}: refused (plain http, where the list can be swapped on the way)",
+            super::validate::quote(url)
+        )
+    })
+}
+
 fn check_url(url: &str, allow_http: bool) -> Result<()> {
     let parsed = reqwest::Url::parse(url).map_err(|e| {
         anyhow!(
@@ -109,8 +122,15 @@ struct CacheFile {
     ipv6_cidrs: Vec<String>,
 }
 
+/// The cache, read as the tracer's own file: from a trusted state directory only, never
+/// through a symlink or from a FIFO, bounded.
 pub fn load_cache(path: &Path) -> Result<(RangeSet, Option<String>)> {
-    let text = super::validate::read_capped(path)?;
+    if let Some(dir) = path.parent() {
+        crate::sys::safe_fs::trusted_dir(dir)?;
+    }
+    let bytes = crate::sys::safe_fs::read_own(path, super::validate::MAX_FILE_BYTES)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|_| anyhow!("not UTF-8 text"))?;
     let c: CacheFile = serde_json::from_str(&text).context("cache is not valid JSON")?;
     // Re-validate as if it came from the API: a damaged cache must not be trusted.
     let body = serde_json::json!({
@@ -157,7 +177,20 @@ async fn fetch(
     url: &str,
     if_none_match: Option<&str>,
 ) -> Result<Option<(RangeSet, Option<String>)>> {
+    // Every hop of a redirect is held to the rule the configured URL is: https, or plain http
+    // only on this host or when TRACER_RANGES_ALLOW_HTTP=1 says so.
+    let allow_http = crate::environment::get().ranges_allow_http;
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else if let Err(e) = check_hop(attempt.url().as_str(), allow_http) {
+            attempt.error(e.to_string())
+        } else {
+            attempt.follow()
+        }
+    });
     let client = reqwest::Client::builder()
+        .redirect(policy)
         .timeout(timeout())
         .connect_timeout(timeout().min(Duration::from_secs(5)))
         .user_agent(concat!("cf521-tracer/", env!("CARGO_PKG_VERSION")))

@@ -106,6 +106,8 @@ pub fn implausible(net: &IpNet) -> Option<&'static str> {
                 || a.is_documentation()
                 || a.is_unspecified()
                 || a.is_broadcast()
+                || a.octets()[0] >= 240 // 240.0.0.0/4, reserved
+                || a.octets()[0] == 198 && (a.octets()[1] & 0xfe) == 18 // 198.18.0.0/15, benchmarking
         }
         IpAddr::V6(a) => {
             let s = a.segments();
@@ -115,13 +117,39 @@ pub fn implausible(net: &IpNet) -> Option<&'static str> {
                 || (s[0] & 0xfe00) == 0xfc00 // unique local
                 || (s[0] & 0xffc0) == 0xfe80 // link local
                 || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64 (64:ff9b::/96, 64:ff9b:1::/48)
+                || a.to_ipv4_mapped().is_some() // IPv4-mapped (::ffff:0:0/96)
         }
     };
-    private.then_some("private, loopback, link-local, multicast or documentation space")
+    private.then_some(
+        "private, loopback, link-local, multicast, documentation, benchmarking, reserved or translation space",
+    )
 }
+
+/// IPv4 addresses a list claiming to be Cloudflare's may cover in all: one /8 (Cloudflare's
+/// own add up to about a /11). A list of many /8s, each plausible alone, is not theirs.
+const MAX_V4_ADDRESSES: u64 = 1 << 24;
+/// IPv6: a /24's worth (Cloudflare's own add up to less than a /28).
+const MAX_V6_ADDRESSES: u128 = 1 << 104;
 
 /// Rejects a list that claims to be Cloudflare's but holds what cannot be.
 pub fn check_plausible(v4: &[Ipv4Net], v6: &[Ipv6Net]) -> Result<()> {
+    let v4_total: u64 = v4.iter().map(|n| 1u64 << (32 - n.prefix_len())).sum();
+    if v4_total > MAX_V4_ADDRESSES {
+        bail!(
+            "its IPv4 ranges cover {v4_total} addresses, more than a /8: not Cloudflare's ranges"
+        );
+    }
+    let v6_total = v6.iter().fold(0u128, |t, n| {
+        t.saturating_add(
+            1u128
+                .checked_shl(128 - u32::from(n.prefix_len()))
+                .unwrap_or(u128::MAX),
+        )
+    });
+    if v6_total > MAX_V6_ADDRESSES {
+        bail!("its IPv6 ranges cover more than a /24: not Cloudflare's ranges");
+    }
     let all = v4
         .iter()
         .map(|n| IpNet::V4(*n))
@@ -176,6 +204,13 @@ mod tests {
             "2001:db8::/32",
             "fd00::/8",
             "4.0.0.0/6",
+            "240.0.0.0/4",
+            "250.1.0.0/16",
+            "198.18.0.0/15",
+            "198.19.4.0/24",
+            "64:ff9b::/96",
+            "64:ff9b:1::/48",
+            "::ffff:0:0/96",
         ] {
             assert!(implausible(&bad.parse().unwrap()).is_some(), "{bad}");
         }
@@ -187,5 +222,17 @@ mod tests {
         ] {
             assert!(implausible(&good.parse().unwrap()).is_none(), "{good}");
         }
+        // The published lists pass; many /8s, each plausible alone, do not.
+        let set = crate::ranges::RangeSet::embedded();
+        check_plausible(&set.v4, &set.v6).unwrap();
+        let eights: Vec<Ipv4Net> = (11..14)
+            .map(|a| format!("{a}.0.0.0/8").parse().unwrap())
+            .collect();
+        let e = check_plausible(&eights, &set.v6).unwrap_err().to_string();
+        assert!(e.contains("more than a /8"), "{e}");
+        let wide: Vec<Ipv6Net> = (0..300u16)
+            .map(|i| format!("2{:03x}::/16", i).parse().unwrap())
+            .collect();
+        assert!(check_plausible(&set.v4, &wide).is_err());
     }
 }

@@ -85,6 +85,39 @@ pub fn private_dir(dir: &Path, mode: u32) -> Result<()> {
     }
 }
 
+/// An existing state directory the tracer may trust what it reads from: the same rules as
+/// [`private_dir`] (a cache in a directory others can write is theirs, not the tracer's).
+pub fn trusted_dir(dir: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("cannot inspect {}", dir.display()))?;
+    check_dir(dir, &meta)
+}
+
+/// Reads a file the tracer itself wrote, at most `cap` bytes: never through a symlink, never
+/// waiting on a FIFO, only a regular file.
+pub fn read_own(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(cap + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Err(io::Error::other(format!(
+            "{} is larger than {cap} bytes",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
 fn check_dir(dir: &Path, meta: &std::fs::Metadata) -> Result<()> {
     if meta.file_type().is_symlink() {
         bail!(
