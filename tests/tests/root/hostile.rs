@@ -264,3 +264,37 @@ fn the_cache_is_read_only_as_the_tracers_own_file() {
     assert!(out.contains("\"source\": \"embedded\""), "{out}");
     assert!(err.contains("not a regular file"), "{err}");
 }
+
+/// Route changes faster than the journal reads overrun its rtnetlink socket (ENOBUFS): the
+/// agent says changes were lost and states the interface as it is now, instead of silently
+/// missing them.
+#[test]
+fn lost_route_notifications_are_said() {
+    let lab = Lab::new();
+    let dir = TempDir::new(&format!("hostile-enobufs-{}", lab.origin.name));
+    let log = dir.path("agent.log");
+    let agent = Agent::on(&lab.origin, "443", "2", &log).start();
+    let batch = dir.path("routes.batch");
+    let lines: String = (0..40_000u32)
+        .map(|i| {
+            format!(
+                "route add 10.{}.{}.0/24 dev {}\n",
+                i / 256,
+                i % 256,
+                integration_tests::ORIGIN_IF
+            )
+        })
+        .collect();
+    std::fs::write(&batch, lines).unwrap();
+    lab.origin
+        .sh(&format!("ip -batch {}", batch.to_str().unwrap()));
+    assert!(
+        integration_tests::eventually(Duration::from_secs(10), || agent
+            .tracer
+            .stderr_text()
+            .contains("lost route/address/link notifications")),
+        "{}",
+        agent.tracer.stderr_text()
+    );
+    agent.stop();
+}

@@ -29,6 +29,8 @@ const LISTENERS_EVERY: Duration = Duration::from_millis(250);
 const SYSCTLS_EVERY: Duration = Duration::from_secs(1);
 /// An nftables batch with no closing generation is said after this.
 const BATCH_WAIT: Duration = Duration::from_millis(500);
+/// Lost notifications are warned about at most this often.
+const LOSS_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The watcher's thread; stopped when dropped.
 pub struct Watcher {
@@ -243,6 +245,7 @@ impl State {
             .ok();
         let mut buf = vec![0u8; 64 * 1024];
         let (mut last_listeners, mut last_sysctls) = (Instant::now(), Instant::now());
+        let mut last_loss_warned: Option<Instant> = None;
         let send = |c: Change| {
             let _ = tx.send(c);
         };
@@ -260,7 +263,7 @@ impl State {
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 250) };
             if let Some(s) = &route {
                 let mut changes = Vec::new();
-                s.drain(&mut buf, |kind, p| {
+                let lost = s.drain(&mut buf, |kind, p| {
                     if let Some(c) = netlink::decode_route(kind, p) {
                         changes.push(c);
                     }
@@ -269,6 +272,21 @@ impl State {
                     if let Some(change) = self.route_change(c) {
                         send(change);
                     }
+                }
+                if lost {
+                    // The kernel dropped notifications (ENOBUFS): what changed in between is
+                    // unknown, so say so and state the interface as it is now.
+                    if last_loss_warned.is_none_or(|t: Instant| t.elapsed() >= LOSS_WARN_EVERY) {
+                        tracing::warn!("the change journal lost route/address/link notifications (changes came faster than it reads); the interface is stated as it is now (said again in a minute at most)");
+                        last_loss_warned = Some(Instant::now());
+                    }
+                    send(Change::new(
+                        What::Route,
+                        format!(
+                            "routes, addresses or links changed faster than the journal could read (notifications lost); as it is now: {}",
+                            self.interface_now()
+                        ),
+                    ));
                 }
             }
             if let Some(s) = &nft {
@@ -403,6 +421,27 @@ impl State {
             What::Firewall,
             format!("nftables{generation}: {}", parts.join("; ")),
         ))
+    }
+
+    /// The watched interface now — its state and addresses — for a resync after lost
+    /// notifications.
+    fn interface_now(&self) -> String {
+        let state = std::fs::read_to_string(format!("/sys/class/net/{}/operstate", self.iface))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "gone".into());
+        let addrs: Vec<String> = crate::sys::netinfo::addresses(&self.iface)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        format!(
+            "{} {state}, addresses {}",
+            self.iface,
+            if addrs.is_empty() {
+                "none".to_string()
+            } else {
+                addrs.join(", ")
+            }
+        )
     }
 
     /// A route, address or link change, when it concerns the watched interface or the edge.
