@@ -531,7 +531,7 @@ fn a_fresh_install_refreshes_old_ranges_at_start() {
     let mirror = lab.origin.listen("127.0.0.1", 8099, 16);
     std::thread::spawn(move || {
         use std::io::{Read as _, Write as _};
-        let body = r#"{"result":{"ipv4_cidrs":["173.245.48.0/20","198.18.0.0/15"],"ipv6_cidrs":["2400:cb00::/32"],"etag":"fresh"},"success":true}"#;
+        let body = r#"{"result":{"ipv4_cidrs":["173.245.48.0/20","131.0.72.0/22"],"ipv6_cidrs":["2400:cb00::/32"],"etag":"fresh"},"success":true}"#;
         while let Ok((mut c, _)) = mirror.accept() {
             let _ = c.read(&mut [0u8; 2048]);
             let _ = c.write_all(

@@ -298,3 +298,67 @@ fn lost_route_notifications_are_said() {
     );
     agent.stop();
 }
+
+/// A firewall drops the edge's SYNs and the ruleset holds a set of 600,000 addresses (listing
+/// it whole takes seconds and more than the tracer reads): the windows keep closing on time
+/// — their reports are assembled off the capture thread, the ruleset read without set
+/// elements and the report says so — and the verdict still names the firewall.
+#[test]
+fn a_huge_ruleset_never_stalls_the_windows() {
+    let lab = Lab::new();
+    let dir = TempDir::new(&format!("hostile-bigset-{}", lab.origin.name));
+    let mut script = String::from(
+        "add table inet big\n\
+         add set inet big many { type ipv4_addr; size 1000000; }\n\
+         add chain inet big input { type filter hook input priority 0; }\n\
+         add rule inet big input tcp dport 8443 drop\n",
+    );
+    for chunk in 0..12u32 {
+        let elems: Vec<String> = (0..50_000u32)
+            .map(|i| {
+                let a = (10u32 << 24) + chunk * 50_000 + i;
+                std::net::Ipv4Addr::from(a).to_string()
+            })
+            .collect();
+        script += &format!("add element inet big many {{ {} }}\n", elems.join(", "));
+    }
+    let file = dir.path("big.nft");
+    std::fs::write(&file, script).unwrap();
+    lab.origin.sh(&format!("nft -f {}", file.to_str().unwrap()));
+    let log = dir.path("agent.log");
+    let agent = Agent::on(&lab.origin, "8443", "1", &log).start();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        let _ = lab.edge.connect(
+            EDGE_V4,
+            sockaddr(ORIGIN_V4, 8443),
+            Duration::from_millis(200),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    agent.stop();
+    let verdicts: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "verdict")
+        .collect();
+    // About one a second: a window waiting on the ruleset would hold the next ones back.
+    assert!(verdicts.len() >= 7, "{} verdicts in 12 s", verdicts.len());
+    let lost: u64 = verdicts
+        .iter()
+        .map(|v| v["lost_events"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(lost, 0);
+    let firewall: Vec<&serde_json::Value> = verdicts
+        .iter()
+        .filter(|v| v["verdict"] == "firewall_drop")
+        .collect();
+    assert!(!firewall.is_empty(), "{verdicts:#?}");
+    assert!(
+        firewall
+            .iter()
+            .any(|v| v["notes"].to_string().contains("read without set elements")),
+        "{firewall:#?}"
+    );
+}

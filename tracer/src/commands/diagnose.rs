@@ -245,26 +245,28 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
         _ => args.duration,
     };
     let ctx = window::WindowContext {
-        interface: &iface,
+        interface: iface.clone(),
         netns,
-        reasons: &reasons,
+        reasons: reasons.clone(),
         follows_forwarded,
-        ports: &ports,
+        ports: ports.clone(),
         window_secs,
         started_at,
-        ranges: &ranges,
-        notes: &notes,
+        ranges: ranges.clone(),
+        notes: notes.clone(),
         xdp_mode,
         arrival_hook,
         counted: at_start.until(&capture.running_counts(&iface)),
         tls_checked: tls.is_some(),
     };
-    let mut report = window::report(
-        &w.tally,
+    // The window is over: its report is assembled here (the agent does it on another thread).
+    let closed = window::close(
+        w.tally.clone(),
         &mut w.sampler,
-        &ctx,
+        ctx,
         &mut window::RefusalLedger::default(),
     );
+    let mut report = window::assemble(closed);
     let watcher = w.watcher.take();
     let changes = watcher.as_ref().map(|w| w.drain()).unwrap_or_default();
     drop(watcher);

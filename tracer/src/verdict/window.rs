@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
 
 use crate::{
     capture::WindowCounts,
-    correlate::{Backend, Outcome},
+    correlate::{Backend, Counts, Outcome},
     model::event::Flow,
     origin::{
         backends, conntrack, counters,
@@ -64,41 +64,88 @@ impl OriginSampler {
     }
 }
 
-pub struct WindowContext<'a> {
-    pub interface: &'a str,
+/// What a window's report says besides its attempts: owned, so the report can be assembled
+/// on another thread than the capture's.
+pub struct WindowContext {
+    pub interface: String,
     /// The tracer's namespace (its listeners are read directly).
     pub netns: u32,
     /// Names of the kernel's reasons.
-    pub reasons: &'a ReasonTable,
+    pub reasons: ReasonTable,
     /// The host forwards edge connections to other namespaces (and the tracer follows them).
     pub follows_forwarded: bool,
-    pub ports: &'a [u16],
+    pub ports: Vec<u16>,
     pub window_secs: f64,
     pub started_at: SystemTime,
-    pub ranges: &'a RangeSet,
-    pub notes: &'a [String],
-    pub xdp_mode: &'a str,
-    pub arrival_hook: &'a str,
+    pub ranges: RangeSet,
+    pub notes: Vec<String>,
+    pub xdp_mode: &'static str,
+    pub arrival_hook: &'static str,
     /// Lost events, refused edge SYNs and frames, as the kernel counted them in the window.
     pub counted: WindowCounts,
     /// A TLS check (--hostname) runs beside this window.
     pub tls_checked: bool,
 }
 
+/// A window closed on the capture thread — its tally, the kernel's refusals reconciled, the
+/// origin's listeners and counters sampled: cheap, and what must happen in order. The report
+/// is then [`assemble`]d from it, on another thread in the agent: that part reads the
+/// firewall ruleset, other namespaces and routes, and may take seconds.
+pub struct ClosedWindow {
+    tally: Tally,
+    edge: Counts,
+    notes: Vec<String>,
+    own_listeners: Vec<Listener>,
+    deltas: BTreeMap<String, u64>,
+    full: Vec<Listener>,
+    ctx: WindowContext,
+}
+
+/// Closes a window (see [`ClosedWindow`]).
+pub fn close(
+    tally: Tally,
+    sampler: &mut OriginSampler,
+    ctx: WindowContext,
+    ledger: &mut RefusalLedger,
+) -> ClosedWindow {
+    let mut notes = ctx.notes.clone();
+    let edge = reconcile_refusals(tally.edge, ctx.counted.kernel_refused, ledger, &mut notes);
+    let (own_listeners, deltas, full) = sampler.finish();
+    ClosedWindow {
+        tally,
+        edge,
+        notes,
+        own_listeners,
+        deltas,
+        full,
+        ctx,
+    }
+}
+
 /// Builds the report; reads the firewall ruleset only when edge packets were filtered or
 /// forwarded.
-pub fn report(
-    tally: &Tally,
-    sampler: &mut OriginSampler,
-    ctx: &WindowContext<'_>,
-    ledger: &mut RefusalLedger,
-) -> Report {
-    let mut notes = ctx.notes.to_vec();
-    let edge = reconcile_refusals(tally.edge, ctx.counted.kernel_refused, ledger, &mut notes);
-    let (own_listeners, deltas, mut full) = sampler.finish();
+pub fn assemble(w: ClosedWindow) -> Report {
+    let ClosedWindow {
+        tally,
+        edge,
+        mut notes,
+        own_listeners,
+        deltas,
+        mut full,
+        ctx,
+    } = w;
+    let tally = &tally;
+    let ctx = &ctx;
     let forwarded =
         !tally.backends.is_empty() || (ctx.follows_forwarded && !tally.silent.is_empty());
     let ruleset = (tally.edge.firewall_drops > 0 || forwarded).then(Ruleset::read);
+    if let Some(Ok(Ruleset {
+        sets_omitted: Some(why),
+        ..
+    })) = &ruleset
+    {
+        notes.push(why.clone());
+    }
     let firewall = match (&ruleset, tally.edge.firewall_drops > 0) {
         (Some(Ok(rs)), true) => {
             let mut findings = Vec::new();
@@ -146,10 +193,10 @@ pub fn report(
         out
     };
     let allowlists = match (&ruleset, tally.edge.firewall_drops > 0) {
-        (Some(Ok(rs)), true) => rs.allowlists(ctx.ranges),
+        (Some(Ok(rs)), true) => rs.allowlists(&ctx.ranges),
         _ => Vec::new(),
     };
-    let classes = tally.classes.named(ctx.reasons);
+    let classes = tally.classes.named(&ctx.reasons);
     let rp_dropped = classes
         .iter()
         .any(|c| matches!(c.reason.as_deref(), Some("IP_RPFILTER" | "IP_INPUT_ROUTE")));
@@ -164,11 +211,11 @@ pub fn report(
         Vec::new()
     };
     let rp_filter = (rp_dropped || lost_synacks)
-        .then(|| routes::rp_filter(ctx.interface))
+        .then(|| routes::rp_filter(&ctx.interface))
         .flatten();
     let inputs = Inputs {
-        interface: ctx.interface,
-        ports: ctx.ports,
+        interface: &ctx.interface,
+        ports: &ctx.ports,
         window_secs: ctx.window_secs,
         edge,
         non_edge: tally.non_edge,
@@ -184,7 +231,7 @@ pub fn report(
         ruleset: ruleset.as_ref().and_then(|r| r.as_ref().ok()),
         allowlists: &allowlists,
         packets_seen: ctx.counted.packets_seen,
-        ranges: ctx.ranges,
+        ranges: &ctx.ranges,
         backends: &backends,
         classes: &classes,
         routes: &routes,
@@ -199,15 +246,15 @@ pub fn report(
     Report {
         verdict,
         window_secs: window_value(ctx.window_secs),
-        interface: ctx.interface.to_string(),
-        ports: ctx.ports.to_vec(),
+        interface: ctx.interface.clone(),
+        ports: ctx.ports.clone(),
         edge,
         non_edge: tally.non_edge,
         causes,
         backends,
         listeners,
         counters: deltas,
-        ranges: RangesInfo::of(ctx.ranges),
+        ranges: RangesInfo::of(&ctx.ranges),
         lost_events: ctx.counted.lost_events,
         started_at: humantime::format_rfc3339_seconds(ctx.started_at).to_string(),
         xdp_mode: ctx.xdp_mode.to_string(),
@@ -224,7 +271,7 @@ pub fn report(
 /// (its forward path, read from inside it).
 fn reply_drops(
     tally: &Tally,
-    ctx: &WindowContext<'_>,
+    ctx: &WindowContext,
     own_ruleset: Option<&Result<Ruleset, String>>,
 ) -> Vec<ReplyDrops> {
     let mut out = Vec::new();

@@ -91,6 +91,8 @@ struct Agent {
     counts_at_start: RunningCounts,
     /// Refusals credited from the kernel's count, carried across windows.
     refusals: window::RefusalLedger,
+    /// Closed windows, assembled into reports off the capture thread.
+    assembler: window_close::Assembler,
     last_housekeeping: Instant,
     next_refresh: Option<Instant>,
     refresh_tx: mpsc::Sender<Refreshed>,
@@ -201,6 +203,9 @@ impl Sink for Agent {
         }
         if self.window_start.0.elapsed() >= Duration::from_secs_f64(self.args.window) {
             self.close_window(capture);
+        }
+        for (report, started) in self.assembler.done() {
+            self.finish_window(report, started);
         }
         if let Some(at) = self.next_refresh {
             if Instant::now() >= at {

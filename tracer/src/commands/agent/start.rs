@@ -132,6 +132,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         ),
         counts_at_start: capture.running_counts(&iface),
         refusals: window::RefusalLedger::default(),
+        assembler: super::window_close::Assembler::start(),
         args,
         iface,
         ports,

@@ -3,12 +3,14 @@
 
 use std::time::{Instant, SystemTime};
 
+use crate::{output::report::Report, verdict::window::ClosedWindow};
+
 use super::Agent;
 use crate::{
     capture::Capture,
     journal::since::{self},
     output::metrics::{self},
-    verdict::window::{self, Tally, WindowContext},
+    verdict::window::{self, WindowContext},
 };
 
 impl Agent {
@@ -48,6 +50,8 @@ impl Agent {
         }
     }
 
+    /// Closes the window on the capture thread (cheap, in order) and hands it to the
+    /// assembler; its report comes back through [`Agent::finish_window`].
     pub(super) fn close_window(&mut self, capture: &Capture) {
         let notes: Vec<String> = self
             .notes
@@ -61,22 +65,35 @@ impl Agent {
         self.count_decided();
         let counts_now = capture.running_counts(&self.iface);
         let ctx = WindowContext {
-            interface: &self.iface,
+            interface: self.iface.clone(),
             netns: self.netns,
-            reasons: &self.reasons,
+            reasons: self.reasons.clone(),
             follows_forwarded: self.follows_forwarded,
-            ports: &self.ports,
+            ports: self.ports.clone(),
             window_secs: self.args.window,
             started_at: self.window_start.1,
-            ranges: &self.ranges,
-            notes: &notes,
+            ranges: self.ranges.clone(),
+            notes,
             xdp_mode: self.arrival_hook.xdp_mode(),
             arrival_hook: self.arrival_hook.as_str(),
             counted: self.counts_at_start.until(&counts_now),
             tls_checked: self.tls.is_some(),
         };
-        let mut report = window::report(&self.tally, &mut self.sampler, &ctx, &mut self.refusals);
+        let closed = window::close(
+            std::mem::take(&mut self.tally),
+            &mut self.sampler,
+            ctx,
+            &mut self.refusals,
+        );
+        self.assembler.submit(closed, self.window_start.1);
         self.window_notes.clear();
+        self.window_start = (Instant::now(), SystemTime::now());
+        self.counts_at_start = counts_now;
+    }
+
+    /// A window's report, assembled: its `since`, the TLS results, the metrics and the
+    /// verdict record.
+    pub(super) fn finish_window(&mut self, mut report: Report, started: SystemTime) {
         if let (Some(noun), Some((began, from_start))) =
             (report.verdict.failure_noun(), self.failure_clock.began())
         {
@@ -117,7 +134,7 @@ impl Agent {
             }
         }
         self.metrics.set_verdict(report.verdict);
-        self.last_verdict = Some((report.verdict, self.window_start.1));
+        self.last_verdict = Some((report.verdict, started));
         self.history_dirty = true;
         tracing::info!(
             verdict = report.verdict.as_str(),
@@ -129,8 +146,56 @@ impl Agent {
                 &report,
                 &self.ranges,
             ));
-        self.tally = Tally::default();
-        self.window_start = (Instant::now(), SystemTime::now());
-        self.counts_at_start = counts_now;
+    }
+}
+
+/// Windows closed but not yet assembled, at most: a backlog this deep means every window's
+/// reads take several windows' time; later ones are skipped (and said) until it drains.
+const BACKLOG: usize = 8;
+
+/// Assembles closed windows into reports on a thread of its own, in the order they closed:
+/// reading a large ruleset, other namespaces or routes never stalls the capture thread (which
+/// must keep draining the kernel's buffers).
+pub(super) struct Assembler {
+    to: std::sync::mpsc::SyncSender<(ClosedWindow, SystemTime)>,
+    from: std::sync::mpsc::Receiver<(Report, SystemTime)>,
+    /// Windows skipped because the backlog was full.
+    pub skipped: u64,
+}
+
+impl Assembler {
+    pub(super) fn start() -> Self {
+        let (to, windows) = std::sync::mpsc::sync_channel::<(ClosedWindow, SystemTime)>(BACKLOG);
+        let (done, from) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("window-report".into())
+            .spawn(move || {
+                while let Ok((closed, started)) = windows.recv() {
+                    if done.send((window::assemble(closed), started)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("a thread for window reports");
+        Self {
+            to,
+            from,
+            skipped: 0,
+        }
+    }
+
+    fn submit(&mut self, closed: ClosedWindow, started: SystemTime) {
+        if self.to.try_send((closed, started)).is_err() {
+            self.skipped += 1;
+            tracing::warn!(
+                skipped = self.skipped,
+                "a window's report was skipped: the previous {BACKLOG} are still being assembled (the firewall ruleset, other namespaces or routes are slow to read)"
+            );
+        }
+    }
+
+    /// Reports assembled since the last call, in window order.
+    pub(super) fn done(&self) -> Vec<(Report, SystemTime)> {
+        self.from.try_iter().collect()
     }
 }

@@ -194,10 +194,14 @@ impl Ruleset {
             return (Tri::Unknown, None);
         };
         let elems: Vec<Value> = match &v["data"] {
-            Value::String(s) => s
+            Value::String(s) => match s
                 .strip_prefix('@')
                 .and_then(|n| self.set_elements(family, table, n))
-                .unwrap_or_default(),
+            {
+                Some(elems) => elems,
+                // A named map whose elements are unknown: any verdict may apply.
+                None => return (Tri::Unknown, None),
+            },
             d => d["set"].as_array().cloned().unwrap_or_default(),
         };
         let mut unsure = None;

@@ -138,6 +138,23 @@ pub struct Ruleset {
     /// (family, table, chain) -> `iptables-save` rule lines in order, for the details of xt
     /// matches nft only names (connlimit, hashlimit).
     xt_lines: HashMap<(String, String, String), Vec<String>>,
+    /// Read without set elements (the whole ruleset was too large or too slow to list): a
+    /// match on a named set is unknown, never "not in the set". Says why.
+    pub sets_omitted: Option<String>,
+}
+
+/// After a ruleset too large to list whole, reads leave set elements out for this long
+/// (listing them again would cost the same seconds every window).
+const TERSE_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Until when reads leave set elements out (seconds since the epoch; 0: read them).
+static TERSE_UNTIL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Where an evaluation is: the base chain it started from, its table, the chains walked.
@@ -151,11 +168,45 @@ struct Walk<'a> {
 use super::run_tool as run;
 
 impl Ruleset {
-    /// The ruleset of this namespace, or why it cannot be read.
+    /// The ruleset of this namespace, or why it cannot be read. Bounded in time and size
+    /// ([`super::TOOL_TIME`], [`super::TOOL_BYTES`]): a ruleset too large to list whole (a set
+    /// of a million addresses) is read again without set elements (`nft -t`), evaluated as far
+    /// as that goes, and says so in [`Ruleset::sets_omitted`].
     pub fn read() -> Result<Self, String> {
-        let json = run("nft", &["-j", "list", "ruleset"])?;
-        let text = run("nft", &["-a", "list", "ruleset"]).unwrap_or_default();
+        use super::ToolError;
+        use std::sync::atomic::Ordering;
+        let terse_until = TERSE_UNTIL.load(Ordering::Relaxed);
+        let whole = if unix_now() < terse_until {
+            Err(ToolError::TooLarge(super::TOOL_BYTES))
+        } else {
+            super::run_bounded(
+                "nft",
+                &["-j", "list", "ruleset"],
+                super::TOOL_TIME,
+                super::TOOL_BYTES,
+            )
+        };
+        let (json, text, omitted) = match whole {
+            Ok(json) => {
+                let text = run("nft", &["-a", "list", "ruleset"]).unwrap_or_default();
+                (json, text, None)
+            }
+            Err(e @ (ToolError::TooLarge(_) | ToolError::TimedOut(_))) => {
+                if terse_until == 0 || unix_now() >= terse_until {
+                    TERSE_UNTIL.store(unix_now() + TERSE_FOR.as_secs(), Ordering::Relaxed);
+                }
+                let json = run("nft", &["-j", "-t", "list", "ruleset"])?;
+                let text = run("nft", &["-a", "-t", "list", "ruleset"]).unwrap_or_default();
+                let why = format!(
+                    "the nftables ruleset is too large to read whole (nft {e}): read without set elements, so rules matching a set are not evaluated (tried again in {} min)",
+                    TERSE_FOR.as_secs() / 60
+                );
+                (json, text, Some(why))
+            }
+            Err(e) => return Err(format!("nft: {e}")),
+        };
         let mut rs = Self::parse(&json, &text)?;
+        rs.sets_omitted = omitted;
         for (save, family) in [("iptables-save", "ip"), ("ip6tables-save", "ip6")] {
             if let Ok(out) = run(save, &[]) {
                 text::parse_iptables_save(&out, family, &mut rs.xt_lines);
@@ -171,6 +222,7 @@ impl Ruleset {
             items,
             text: text::parse_text(text),
             xt_lines: HashMap::new(),
+            sets_omitted: None,
         })
     }
 
@@ -190,7 +242,11 @@ impl Ruleset {
             .filter(move |r| r["family"] == family && r["table"] == table && r["chain"] == chain)
     }
 
+    /// A named set's elements; `None` when unknown (no such set, or read without elements).
     fn set_elements(&self, family: &str, table: &str, name: &str) -> Option<Vec<Value>> {
+        if self.sets_omitted.is_some() {
+            return None;
+        }
         self.items.iter().find_map(|i| {
             let s = i.get("set").or_else(|| i.get("map"))?;
             (s["family"] == family && s["table"] == table && s["name"] == name)
