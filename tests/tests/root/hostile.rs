@@ -362,3 +362,76 @@ fn a_huge_ruleset_never_stalls_the_windows() {
         "{firewall:#?}"
     );
 }
+
+/// CPU seconds a process has used (user + system).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime), counted after the command name's ')'.
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Clients that hold connections to the metrics endpoint with headers that never end, more
+/// of them than the agent has descriptors left: the endpoint caps and backs off (no spinning
+/// on EMFILE), the capture keeps counting the edge's attempts, a header past the size bound is
+/// refused, and once the clients are gone `/healthz` answers ok.
+#[test]
+fn hostile_metrics_clients_cannot_stall_the_capture() {
+    use std::io::{Read as _, Write as _};
+    let lab = Lab::new();
+    let dir = TempDir::new(&format!("hostile-http-{}", lab.origin.name));
+    let log = dir.path("agent.log");
+    let agent = Agent::on(&lab.origin, "8080", "1", &log).start();
+    let pid = agent.tracer.pid();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    integration_tests::sh(&format!("prlimit --pid {pid} --nofile={0}:{0}", open + 8));
+    let addr = sockaddr("127.0.0.1", 9521);
+    let holders = lab.origin.enter(move || {
+        (0..60)
+            .filter_map(|_| {
+                let mut s = std::net::TcpStream::connect_timeout(&addr, SHORT).ok()?;
+                let _ = write!(s, "GET /metrics HTTP/1.1\r\nX-Pad: {}", "a".repeat(4000));
+                Some(s)
+            })
+            .collect::<Vec<_>>()
+    });
+    assert!(holders.len() > 20, "{} clients connected", holders.len());
+    let cpu_before = cpu_secs(pid);
+    refused_attempts(&lab, 5);
+    std::thread::sleep(Duration::from_secs(3));
+    let cpu = cpu_secs(pid) - cpu_before;
+    assert!(
+        cpu < 1.5,
+        "the agent used {cpu:.2} CPU seconds in 3 s: spinning on accept"
+    );
+    drop(holders);
+    let body = agent.metrics_until(Duration::from_secs(15), |m| {
+        metric(m, &connections(8080, "refused")).unwrap_or(0.0) >= 5.0
+    });
+    assert_eq!(metric(&body, &connections(8080, "refused")), Some(5.0));
+    // A header past the bound is refused, not buffered.
+    let answer = lab.origin.enter(move || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, SHORT).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(64 * 1024)
+        );
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    });
+    assert!(!answer.contains("200 OK"), "{answer}");
+    let (status, body) = lab.origin.http_get("127.0.0.1:9521", "/healthz").unwrap();
+    assert!(
+        status.contains("200") && body.trim() == "ok",
+        "{status} {body}"
+    );
+    agent.stop();
+}

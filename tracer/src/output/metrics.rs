@@ -1,12 +1,8 @@
-//! The agent's Prometheus metrics and the small HTTP server that exposes them
-//! (`GET /metrics`, `GET /healthz`).
+//! The agent's Prometheus metrics (served by `output::http`).
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::SystemTime};
+use std::time::SystemTime;
 
-use anyhow::{Context as _, Result};
-use http_body_util::Full;
-use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use anyhow::Result;
 use prometheus::{
     Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -395,81 +391,6 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
-}
-
-/// The agent's recent history as JSON (`GET /history`, read by `tracer diagnose --since`),
-/// rebuilt by the agent when it changes.
-pub type History = Arc<std::sync::Mutex<String>>;
-
-async fn handle(
-    metrics: Arc<Metrics>,
-    history: History,
-    req: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (status, ctype, body) = match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/history") => (
-            StatusCode::OK,
-            "application/json",
-            history.lock().map(|h| h.clone()).unwrap_or_default(),
-        ),
-        ("GET", "/metrics") => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
-        ),
-        ("GET", "/healthz") => (
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            "ok\n".to_string(),
-        ),
-        ("GET", _) => (
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "not found: try /metrics, /healthz or /history\n".to_string(),
-        ),
-        _ => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "GET only\n".to_string(),
-        ),
-    };
-    let resp = Response::builder()
-        .status(status)
-        .header("content-type", ctype)
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
-    Ok(resp)
-}
-
-/// Binds now (so a busy port is a start-up error) and serves in the background.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, history: History) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {addr} for metrics: pick another --metrics-addr")
-    })?;
-    // With port 0 the kernel picks one: say which, or nobody can scrape it.
-    let bound = listener.local_addr().unwrap_or(addr);
-    if addr.port() == 0 {
-        tracing::warn!(addr = %bound, "metrics at http://{bound}/metrics (port 0 asked for: the kernel picked this one)");
-    } else {
-        tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
-    }
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let (metrics, history) = (metrics.clone(), history.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |req| handle(metrics.clone(), history.clone(), req));
-                let conn = http1::Builder::new()
-                    .header_read_timeout(std::time::Duration::from_secs(10))
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .serve_connection(TokioIo::new(stream), service);
-                let _ = conn.await;
-            });
-        }
-    });
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod attempt_record;
 pub mod audit_json;
 pub mod event_log;
 pub mod events;
+pub mod http;
 pub mod metrics;
 pub mod report;
 pub mod report_json;

@@ -24,7 +24,7 @@ use crate::{
     output::attempt_record::AttemptRecord,
     output::event_log::{EventLog, LimitKey},
     output::events::EventRecord,
-    output::metrics::{self, Metrics},
+    output::metrics::Metrics,
     ranges::RangeSet,
     reasons::ReasonTable,
     tls::{TlsCheck, TlsSettings},
@@ -122,7 +122,9 @@ struct Agent {
     /// The last failed edge attempt's outcome: what the current failure is called.
     last_failure: Option<crate::correlate::Outcome>,
     /// `GET /history`, rebuilt when `history_dirty`.
-    history: metrics::History,
+    history: crate::output::http::History,
+    /// What `/healthz` reports: the capture draining, the arrival hook attached.
+    health: Arc<crate::output::http::Health>,
     history_dirty: bool,
     last_verdict: Option<(crate::verdict::Verdict, SystemTime)>,
 }
@@ -163,6 +165,8 @@ impl Sink for Agent {
     }
 
     fn tick(&mut self, capture: &mut Capture) -> Result<Next> {
+        // A tick follows each drain of the kernel's buffers (or the drain interval passing).
+        self.health.drained();
         self.sink.roll(Instant::now());
         self.metrics.set_log_counts(
             self.sink.suppressed,
@@ -301,12 +305,14 @@ impl Agent {
         match capture.probe.check_interface() {
             Ok(InterfaceChange::Same) => {}
             Ok(InterfaceChange::Gone) => {
+                self.health.set_hook_attached(false);
                 tracing::warn!("interface {iface} disappeared: nothing arrives through it; the agent attaches again when an interface of that name comes back");
                 self.window_notes.push(format!(
                     "interface {iface} disappeared at {now}: edge SYNs after that were not seen"
                 ));
             }
             Ok(InterfaceChange::Back) => {
+                self.health.set_hook_attached(true);
                 self.reattach_failed = false;
                 self.arrival_hook = capture.probe.arrival_hook;
                 let hook = self.arrival_hook.as_str();

@@ -23,7 +23,7 @@ use crate::{
     correlate::Correlator,
     journal::{since::FailureClock, watch::Watcher, Journal},
     output::event_log::EventLog,
-    output::metrics::{self, Metrics},
+    output::metrics::Metrics,
     ranges::fetch,
     tls::{TlsCheck, TlsSettings},
     verdict::window::{self, OriginSampler, Tally},
@@ -76,8 +76,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let ports = args.capture.ports();
     let metrics = Arc::new(Metrics::new(&ports)?);
     metrics.set_ranges(&ranges);
-    let history: metrics::History = Default::default();
-    metrics::serve(args.metrics_addr, metrics.clone(), history.clone()).await?;
+    let history: crate::output::http::History = Default::default();
+    let health = Arc::new(crate::output::http::Health::default());
+    crate::output::http::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        history.clone(),
+        health.clone(),
+    )?;
     let sink = EventLog::open(
         args.log_file.as_deref(),
         Some(args.log_max_mb.saturating_mul(1024 * 1024)),
@@ -166,6 +172,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         dated: Vec::new(),
         last_failure: None,
         history,
+        health,
         history_dirty: true,
         last_verdict: None,
     };
