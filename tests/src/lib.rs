@@ -487,6 +487,21 @@ impl Tracer {
         Tracer::launch(cmd, &ns.name, args, env)
     }
 
+    /// [`Tracer::start_env`] under a wrapper command (`unshare --pid --fork`: the tracer as
+    /// pid 1 of a pid namespace of its own, as in a container without `--pid host`).
+    pub fn start_under(
+        ns: &Netns,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Tracer {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name])
+            .args(wrapper)
+            .arg(tracer_bin());
+        Tracer::launch(cmd, &ns.name, args, env)
+    }
+
     /// Starts the tracer in the test's own (the host's) network namespace, as an admin runs
     /// it beside Docker.
     pub fn start_in_host(args: &[&str]) -> Tracer {

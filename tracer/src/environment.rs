@@ -36,6 +36,23 @@ pub struct Environment {
 }
 
 impl Environment {
+    /// Where the tracer keeps its state (the ranges cache, its clsact filters' claims):
+    /// TRACER_STATE_DIR, else /var/lib/cf521-tracer as root, else the XDG state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return PathBuf::from("/var/lib/cf521-tracer");
+        }
+        self.xdg_state_home
+            .clone()
+            .or_else(|| self.home.as_ref().map(|h| h.join(".local/state")))
+            .unwrap_or_else(|| PathBuf::from("/tmp"))
+            .join("cf521-tracer")
+    }
+
     /// Reads it from `vars` (the process's, or a test's).
     pub fn from_vars(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Self {
         let mut e = Environment::default();

@@ -435,3 +435,68 @@ fn hostile_metrics_clients_cannot_stall_the_capture() {
     );
     agent.stop();
 }
+
+/// On a kernel without tcx (forced here) an agent running as pid 1 of its own pid namespace
+/// (`docker run --network host` without `--pid host`) holds a clsact filter; a `diagnose`
+/// started and stopped beside it must not take it for a dead tracer's leftover. Before, the
+/// filter's handle was the agent's pid (1), which the host's /proc does not show as a tracer,
+/// and the diagnose deleted it: the agent counted nothing more.
+#[test]
+fn a_second_tracer_never_removes_a_running_agents_filter() {
+    use integration_tests::{Tracer, ORIGIN_IF};
+    const NO_TCX: (&str, &str) = ("TRACER_NO_TCX", "1");
+    let lab = Lab::new();
+    let dir = TempDir::new(&format!("hostile-clsact-{}", lab.origin.name));
+    let (log, state) = (dir.path("agent.log"), dir.path("container-state"));
+    let agent = Tracer::start_under(
+        &lab.origin,
+        &[
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child=SIGTERM",
+        ],
+        &[
+            "agent",
+            "--iface",
+            ORIGIN_IF,
+            "--port",
+            "443",
+            "--window",
+            "1",
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+        // A container has a state directory of its own.
+        &[NO_TCX, ("TRACER_STATE_DIR", state.to_str().unwrap())],
+    );
+    let syns = || {
+        lab.origin
+            .http_get("127.0.0.1:9521", "/metrics")
+            .map(|(_, m)| metric(&m, "tracer_edge_syn_total{port=\"443\"}").unwrap_or(0.0))
+            .unwrap_or(0.0)
+    };
+    let edge_syns = |n: usize| {
+        for _ in 0..n {
+            let _ = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT);
+        }
+    };
+    edge_syns(2);
+    assert!(integration_tests::eventually(
+        Duration::from_secs(5),
+        || syns() == 2.0
+    ));
+    let diagnose = Tracer::diagnose_with(&lab.origin, "443", "1", &[], &[NO_TCX]);
+    let (code, _) = diagnose.wait(Duration::from_secs(30));
+    assert_eq!(code, 0);
+    edge_syns(3);
+    assert!(
+        integration_tests::eventually(Duration::from_secs(5), || syns() == 5.0),
+        "the agent stopped counting: {} edge SYNs; filters now:\n{}",
+        syns(),
+        lab.origin
+            .sh(&format!("tc filter show dev {ORIGIN_IF} ingress"))
+    );
+    drop(agent);
+}

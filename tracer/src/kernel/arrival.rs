@@ -196,22 +196,23 @@ impl Probe {
             }
         };
         // Before tcx (6.6): a clsact qdisc (shared; EEXIST when present) and a filter. A
-        // filter outlives a SIGKILLed tracer: its handle is the process id, so a later start
-        // removes the tracer's own filters whose process is gone, and no one else's.
+        // filter outlives a SIGKILLed tracer: it is claimed in the state directory, so a later
+        // start removes the tracer's own leftovers and no one else's (`clsact`).
         clsact::remove_stale(iface);
         let _ = tc::qdisc_add_clsact(iface);
-        let pid = std::process::id();
+        let handle = clsact::new_handle();
         tc.attach_with_options(
             iface,
             TcAttachType::Ingress,
             TcAttachOptions::Netlink(NlOptions {
-                handle: TcHandle::new((pid >> 16) as u16, pid as u16),
+                handle: TcHandle::new((handle >> 16) as u16, handle as u16),
                 ..NlOptions::default()
             }),
         )
         .map_err(|e| {
             anyhow!("cannot attach TC ingress to {iface}: tcx: {tcx_error}; clsact: {e}")
         })?;
+        self.clsact_claim = Some(clsact::claim(iface, handle));
         self.arrival_hook = ArrivalHook::TcClsact;
         Ok(())
     }

@@ -99,6 +99,9 @@ pub struct Probe {
     syn_log: (u32, u32),
     /// The program that reads jiffies and the clock together.
     clock_program: &'static str,
+    /// The claim on the clsact filter this process attached (kernels without tcx): removed
+    /// at a clean exit, so only a SIGKILLed tracer's filter is ever stale.
+    clsact_claim: Option<clsact::Claimed>,
 }
 
 /// Before 5.11 maps and programs are charged to RLIMIT_MEMLOCK (64 KiB by default on Debian
@@ -280,6 +283,7 @@ impl Probe {
             bitmaps: empty_bitmaps(),
             syn_log,
             clock_program: CLOCK_PROGRAM,
+            clsact_claim: None,
         };
         probe.set_ports(opts.ports)?;
         probe.set_ranges(opts.ranges)?;
@@ -338,6 +342,7 @@ impl Probe {
             bitmaps: empty_bitmaps(),
             syn_log,
             clock_program: CLOCK_PROGRAM,
+            clsact_claim: None,
         };
         probe.set_ports(ports)?;
         probe.set_ranges(ranges)?;

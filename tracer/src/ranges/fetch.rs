@@ -94,22 +94,9 @@ fn check_url(url: &str, allow_http: bool) -> Result<()> {
     }
 }
 
-/// The cache file: TRACER_STATE_DIR, else /var/lib/cf521-tracer as root, else the XDG state dir.
+/// The cache file, in the state directory.
 pub fn cache_path() -> PathBuf {
-    let env = crate::environment::get();
-    if let Some(dir) = &env.state_dir {
-        return dir.join("ranges.json");
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return PathBuf::from("/var/lib/cf521-tracer/ranges.json");
-    }
-    let state = env
-        .xdg_state_home
-        .clone()
-        .or_else(|| env.home.as_ref().map(|h| h.join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    state.join("cf521-tracer/ranges.json")
+    crate::environment::get().state_dir().join("ranges.json")
 }
 
 #[derive(Serialize, Deserialize)]
