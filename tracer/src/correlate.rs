@@ -128,7 +128,7 @@ fn unindex(index: &mut Option<FastMap<PeerKey, Flow>>, key: &Flow) {
     }
 }
 
-/// Open attempts kept at most (about 20 MB): beyond, the table makes room (see `evict_one`).
+/// Open attempts kept at most (about 20 MB): beyond, the table makes room (see `make_room`).
 const MAX_OPEN: usize = 1 << 17;
 
 /// Tracks open attempts; hands back the ones that are over.
@@ -145,8 +145,14 @@ pub struct Correlator {
     pub closed_to_new: bool,
     /// Events the kernel reported lost.
     pub lost_events: u64,
-    /// Attempts ended early because the table was full.
+    /// Attempts ended early (or never tracked) because the table was full, and how many of
+    /// them were the edge's: non-edge attempts go first, an edge attempt only when the table
+    /// holds nothing else.
     pub evicted: u64,
+    pub evicted_edge: u64,
+    /// Non-edge attempts in the order they opened (keys may be stale: checked when used), the
+    /// ones a full table ends first.
+    non_edge_order: std::collections::VecDeque<Flow>,
     /// The tracer's namespace: an event elsewhere happened where the host forwarded it.
     own_netns: u32,
     /// Following forwarded connections: open attempts by peer address and port.
@@ -298,7 +304,18 @@ impl Correlator {
         // attempt early, as unknown unless something decided it: memory stays bounded and no
         // count turns into a false "unanswered". Checked only when full.
         if starts && self.open.len() >= MAX_OPEN && !self.open.contains_key(&key) {
-            displaced = self.evict_one();
+            match self.make_room(ev.edge) {
+                Some(d) => displaced = d,
+                // Full of the edge's attempts: a non-edge one is not tracked at all.
+                None => return None,
+            }
+        }
+        // Stale keys (attempts already over) are dropped from the eviction order once it holds
+        // twice what the table can: it stays bounded without a lookup per event.
+        if starts && self.non_edge_order.len() > 2 * MAX_OPEN {
+            let open = &self.open;
+            self.non_edge_order
+                .retain(|k| open.get(k).is_some_and(|a| !a.edge));
         }
         // One hash lookup for an event in the tracer's namespace: this runs for every event at
         // fleet rates. Fields are borrowed apart so the entry stays open.
@@ -333,6 +350,9 @@ impl Correlator {
                 if let Some(index) = &mut self.by_peer {
                     index.insert(peer_key(&key), key);
                 }
+                if !ev.edge {
+                    self.non_edge_order.push_back(key);
+                }
                 v.insert(Attempt::new(key, ev))
             }
         };
@@ -348,10 +368,29 @@ impl Correlator {
         displaced
     }
 
-    /// Ends one open attempt to make room (any: the table is a hash map); live mode decides
-    /// it at once, otherwise it is handed back like a displaced attempt.
-    fn evict_one(&mut self) -> Option<Attempt> {
+    /// Makes room for a new attempt (`edge`: the newcomer is the edge's): ends the oldest
+    /// non-edge attempt, else — for an edge newcomer only — any edge one. `None`: nothing may
+    /// make room (a non-edge newcomer and a table full of edge attempts), the newcomer is not
+    /// tracked and counted as evicted. A flood from outside the ranges never pushes the edge's
+    /// attempts out.
+    fn make_room(&mut self, edge: bool) -> Option<Option<Attempt>> {
+        while let Some(key) = self.non_edge_order.pop_front() {
+            if self.open.get(&key).is_some_and(|a| !a.edge) {
+                return Some(self.evict(key));
+            }
+        }
+        if !edge {
+            self.evicted += 1;
+            return None;
+        }
         let key = *self.open.keys().next()?;
+        self.evicted_edge += 1;
+        Some(self.evict(key))
+    }
+
+    /// Ends the open attempt `key` early; live mode decides it at once, otherwise it is
+    /// handed back like a displaced attempt.
+    fn evict(&mut self, key: Flow) -> Option<Attempt> {
         let mut a = self.open.remove(&key)?;
         unindex(&mut self.by_peer, &key);
         a.events_lost = true;
@@ -489,5 +528,48 @@ mod bound_tests {
         assert_eq!(c.evicted, 10);
         let decided: Vec<Decided> = c.drain_decided().collect();
         assert!(decided.len() >= 10, "{}", decided.len());
+    }
+
+    /// A table full of non-edge attempts (a random-source flood) makes room for the edge's
+    /// by ending non-edge ones; the edge's are never pushed out by non-edge newcomers.
+    #[test]
+    fn a_non_edge_flood_never_evicts_the_edge() {
+        let mut c = Correlator::live();
+        let mut edge = crate::model::event::sample(Kind::Syn, 0, 1000);
+        edge.edge = true;
+        for port in 0..5u16 {
+            edge.flow.peer_port = 40_000 + port;
+            c.observe(&edge);
+        }
+        let mut flood = crate::model::event::sample(Kind::Syn, 0, 1000);
+        flood.edge = false;
+        for i in 0..(2 * MAX_OPEN as u32) {
+            flood.flow.peer_port = (i % 60000) as u16;
+            flood.flow.peer =
+                std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + i / 60000));
+            c.observe(&flood);
+            if i == MAX_OPEN as u32 {
+                // An edge attempt in the middle of the flood gets a place too.
+                edge.flow.peer_port = 41_000;
+                c.observe(&edge);
+            }
+        }
+        assert_eq!(c.open_attempts(), MAX_OPEN);
+        assert_eq!(c.evicted_edge, 0);
+        assert!(c.evicted >= MAX_OPEN as u64, "{}", c.evicted);
+        let edge_open = c.open.values().filter(|a| a.edge).count();
+        assert_eq!(edge_open, 6);
+        // A table of nothing but edge attempts: a non-edge newcomer is not tracked.
+        let mut c = Correlator::live();
+        for i in 0..MAX_OPEN as u32 {
+            edge.flow.peer_port = (i % 60000) as u16;
+            edge.flow.peer =
+                std::net::IpAddr::V4(std::net::Ipv4Addr::from(0xadf5_3000 + i / 60000));
+            c.observe(&edge);
+        }
+        flood.flow.peer_port = 7;
+        c.observe(&flood);
+        assert_eq!(c.open.values().filter(|a| !a.edge).count(), 0);
+        assert_eq!((c.evicted, c.evicted_edge), (1, 0));
     }
 }

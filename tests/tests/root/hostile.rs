@@ -500,3 +500,91 @@ fn a_second_tracer_never_removes_a_running_agents_filter() {
     );
     drop(agent);
 }
+
+/// A random-source SYN flood from outside Cloudflare's ranges at a listening port fills the
+/// agent's table of open attempts (its SYN-ACKs go nowhere) while the edge tries port 8443,
+/// where nothing listens, five times: every edge refusal is counted — the table ends non-edge
+/// attempts first — and the evictions are counted by class.
+#[test]
+fn a_non_edge_flood_never_evicts_the_edge() {
+    use integration_tests::{flood, EDGE_IF, ORIGIN_IF};
+    const N: u32 = 220_000;
+    let lab = Lab::new();
+    lab.origin.sh(&format!(
+        "sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.{ORIGIN_IF}.rp_filter=0; \
+         ip route add 11.0.0.0/8 via {EDGE_V4} dev {ORIGIN_IF}"
+    ));
+    let _listener = lab.origin.listen("0.0.0.0", 443, 4096);
+    let dir = TempDir::new(&format!("hostile-evict-{}", lab.origin.name));
+    let log = dir.path("agent.log");
+    let agent = Agent::on(&lab.origin, "443,8443", "2", &log)
+        .args(&["--log-events", "none"])
+        .start();
+    let mac = |ns: &integration_tests::Netns, dev: &str| {
+        flood::mac_of(&ns.sh(&format!("cat /sys/class/net/{dev}/address"))).unwrap()
+    };
+    let (src_mac, dst_mac) = (mac(&lab.edge, EDGE_IF), mac(&lab.origin, ORIGIN_IF));
+    let ifindex: i32 = lab
+        .edge
+        .sh(&format!("cat /sys/class/net/{EDGE_IF}/ifindex"))
+        .trim()
+        .parse()
+        .unwrap();
+    let dst: std::net::Ipv4Addr = ORIGIN_V4.parse().unwrap();
+    let edge_ns = lab.edge.name.clone();
+    let flooder = std::thread::spawn(move || {
+        integration_tests::Netns { name: edge_ns }
+            .enter(move || {
+                flood::syn_flood(
+                    ifindex,
+                    |i| {
+                        // Distinct sources across 11.0.0.0/8, outside the ranges.
+                        let src = std::net::Ipv4Addr::from((11u32 << 24) | (i * 7919 % (1 << 24)));
+                        flood::syn_frame(
+                            src_mac,
+                            dst_mac,
+                            src,
+                            dst,
+                            1024 + (i % 60000) as u16,
+                            443,
+                            i,
+                        )
+                    },
+                    N,
+                    40_000,
+                )
+            })
+            .unwrap()
+    });
+    // Once the table is full (131,072 open attempts), the edge tries 8443.
+    std::thread::sleep(Duration::from_secs(4));
+    for _ in 0..5 {
+        let _ = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 8443), SHORT);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    flooder.join().unwrap();
+    let body = agent.metrics_until(Duration::from_secs(15), |m| {
+        metric(m, &connections(8443, "refused")).unwrap_or(0.0) >= 5.0
+            || metric(m, &connections(8443, "unknown")).unwrap_or(0.0) > 0.0
+    });
+    assert!(
+        metric(&body, "tracer_attempts_evicted_total").unwrap_or(0.0) > 0.0,
+        "the flood never filled the table: the test proves nothing\n{body}"
+    );
+    // Exactly the five, each once: none ended early as unknown (or counted again).
+    assert_eq!(
+        metric(&body, &connections(8443, "refused")),
+        Some(5.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, &connections(8443, "unknown")),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "tracer_edge_attempts_evicted_total"),
+        Some(0.0)
+    );
+    agent.stop();
+}

@@ -58,6 +58,7 @@ pub struct Metrics {
     log_rotation_failures: IntCounter,
     syns_refused: IntCounter,
     attempts_evicted: IntCounter,
+    edge_attempts_evicted: IntCounter,
     tls_ok: IntGaugeVec,
     tls_expiry: IntGaugeVec,
     changes: IntCounterVec,
@@ -187,6 +188,11 @@ impl Metrics {
             "Open attempts ended early (as unknown unless decided) because the attempt table was full.",
         )?;
         r.register(Box::new(attempts_evicted.clone()))?;
+        let edge_attempts_evicted = IntCounter::new(
+            "tracer_edge_attempts_evicted_total",
+            "Of those, the edge's: only when the table holds nothing but edge attempts (non-edge ones go first).",
+        )?;
+        r.register(Box::new(edge_attempts_evicted.clone()))?;
         let log_suppressed = IntCounter::new(
             "tracer_log_lines_suppressed_total",
             "Event log lines held back by the rate limit (summed up in `suppressed` lines).",
@@ -251,6 +257,7 @@ impl Metrics {
             log_write_errors,
             syns_refused,
             attempts_evicted,
+            edge_attempts_evicted,
             tls_ok,
             tls_expiry,
             changes,
@@ -276,10 +283,15 @@ impl Metrics {
     }
 
     /// The correlator's running count of attempts ended early for room.
-    pub fn set_evicted(&self, total: u64) {
-        let now = self.attempts_evicted.get();
-        if total > now {
-            self.attempts_evicted.inc_by(total - now);
+    pub fn set_evicted(&self, total: u64, edge: u64) {
+        for (c, total) in [
+            (&self.attempts_evicted, total),
+            (&self.edge_attempts_evicted, edge),
+        ] {
+            let now = c.get();
+            if total > now {
+                c.inc_by(total - now);
+            }
         }
     }
 

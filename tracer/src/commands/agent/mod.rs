@@ -198,7 +198,8 @@ impl Sink for Agent {
             self.metrics
                 .set_open_attempts(self.correlator.open_attempts());
             self.metrics.set_syns_refused(capture.edge_syns_refused());
-            self.metrics.set_evicted(self.correlator.evicted);
+            self.metrics
+                .set_evicted(self.correlator.evicted, self.correlator.evicted_edge);
             self.watch_interface(capture);
             if std::mem::take(&mut self.history_dirty) {
                 self.publish_history();
