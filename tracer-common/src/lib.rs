@@ -155,8 +155,30 @@ pub mod counter {
     /// (refused): counted before any ring space is asked for, so a flood that overflows the
     /// ring still has an exact refusal count.
     pub const EDGE_SYN_REFUSED: u32 = 2;
+    /// Listener changes on watched ports not sent: in a namespace an unprivileged user made
+    /// (owned by a user namespace other than the initial one, `unshare -rn`).
+    pub const LISTEN_UNPRIVILEGED: u32 = 3;
+    /// Listener changes on watched ports not sent: over a namespace's budget
+    /// ([`super::LISTEN_PER_SEC`] a second, except the tracer's own namespace).
+    pub const LISTEN_THROTTLED: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 5;
+}
+
+/// Listener changes a network namespace other than the tracer's may send per second: a
+/// container restarting its server sends a few; a loop of listen/close sends thousands.
+pub const LISTEN_PER_SEC: u32 = 20;
+
+/// Network namespaces whose listener budget is tracked at once (least recently used go).
+pub const LISTEN_BUDGETS: u32 = 1024;
+
+/// One namespace's listener budget: the second it is for, and changes sent in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenBudget {
+    pub second: u64,
+    pub sent: u32,
+    pub _pad: u32,
 }
 
 /// Sentinel for a tracepoint field or kernel struct member that does not exist on this kernel.
@@ -249,7 +271,11 @@ pub struct KernelOffsets {
     pub net_inum: u16,
     /// `sk_buff.protocol` (network order)
     pub skb_protocol: u16,
-    pub _pad: [u16; 3],
+    /// `net.user_ns`: the user namespace that owns a network namespace
+    pub net_user_ns: u16,
+    /// `user_namespace.level`: 0 for the initial user namespace
+    pub userns_level: u16,
+    pub _pad: [u16; 1],
 }
 
 impl KernelOffsets {
@@ -263,7 +289,9 @@ impl KernelOffsets {
         sk_net: FIELD_ABSENT,
         net_inum: FIELD_ABSENT,
         skb_protocol: FIELD_ABSENT,
-        _pad: [0; 3],
+        net_user_ns: FIELD_ABSENT,
+        userns_level: FIELD_ABSENT,
+        _pad: [0; 1],
     };
 }
 
@@ -446,4 +474,5 @@ mod pod {
     unsafe impl aya::Pod for SynRecord {}
     unsafe impl aya::Pod for SynCursor {}
     unsafe impl aya::Pod for ArrivalKey {}
+    unsafe impl aya::Pod for ListenBudget {}
 }

@@ -12,9 +12,10 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    counter, ArrivalKey, Config, Event, Ipv4Key, Ipv6Key, SynCursor, SynRecord, CONFIG_F_ALL_PEERS,
-    CONFIG_F_FOLLOW_FORWARDED, CONFIG_F_NETNS_FILTER, EVENT_F_EDGE, FIELD_ABSENT,
-    PORT_BITMAP_WORDS, PREFILTER_WORDS, SLASH24_WORDS,
+    counter, ArrivalKey, Config, Event, Ipv4Key, Ipv6Key, ListenBudget, SynCursor, SynRecord,
+    CONFIG_F_ALL_PEERS, CONFIG_F_FOLLOW_FORWARDED, CONFIG_F_NETNS_FILTER, EVENT_F_EDGE,
+    FIELD_ABSENT, LISTEN_BUDGETS, LISTEN_PER_SEC, PORT_BITMAP_WORDS, PREFILTER_WORDS,
+    SLASH24_WORDS,
 };
 
 /// Written by userspace at load time; read with `read_volatile` so the compiler cannot fold the
@@ -36,6 +37,11 @@ pub static SYN_CURSORS: Array<SynCursor> = Array::with_max_entries(1, BPF_F_MMAP
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Listener changes sent per network namespace this second (see [`listen_allowed`]).
+#[map]
+pub static LISTEN_BUDGET: LruHashMap<u32, ListenBudget> =
+    LruHashMap::with_max_entries(LISTEN_BUDGETS, 0);
 
 /// Watched local ports, one bit per port.
 #[map]
@@ -295,6 +301,59 @@ pub fn classify_netns(inum: Option<u32>) -> Netns {
 fn netns_of_sock(sk: u64) -> Option<u32> {
     let net: u64 = read_kernel(sk, config!(kernel.sk_net))?;
     read_kernel(net, config!(kernel.net_inum))
+}
+
+/// May a listener change in the namespace at `net` (a kernel `struct net *`, inode `inum`) be
+/// sent? Not from a namespace an unprivileged user made (its owning user namespace is not the
+/// initial one: `unshare -rn` and a listen/close loop must not fill the ring); and, but for
+/// the tracer's own namespace, at most [`LISTEN_PER_SEC`] a second per namespace. Refusals
+/// are counted. Without the offsets (no BTF), every change is sent, as before.
+#[inline(always)]
+pub fn listen_allowed(net: u64, inum: u32) -> bool {
+    if inum == config!(netns_inum) {
+        return true;
+    }
+    if let Some(user_ns) = read_kernel::<u64>(net, config!(kernel.net_user_ns)) {
+        if read_kernel::<i32>(user_ns, config!(kernel.userns_level)).is_some_and(|l| l != 0) {
+            count(counter::LISTEN_UNPRIVILEGED);
+            return false;
+        }
+    }
+    let second = unsafe { bpf_ktime_get_ns() } / 1_000_000_000;
+    let budget = match LISTEN_BUDGET.get_ptr_mut(inum) {
+        Some(b) => b,
+        None => {
+            let fresh = ListenBudget {
+                second,
+                sent: 0,
+                _pad: 0,
+            };
+            let _ = LISTEN_BUDGET.insert(inum, fresh, 0);
+            match LISTEN_BUDGET.get_ptr_mut(inum) {
+                Some(b) => b,
+                None => return true,
+            }
+        }
+    };
+    // Races between CPUs only blur the count by a few: a budget, not an exact limit.
+    unsafe {
+        if (*budget).second != second {
+            (*budget).second = second;
+            (*budget).sent = 0;
+        }
+        if (*budget).sent >= LISTEN_PER_SEC {
+            count(counter::LISTEN_THROTTLED);
+            return false;
+        }
+        (*budget).sent += 1;
+    }
+    true
+}
+
+/// The `struct net *` of a socket given as a plain address (classic tracepoints).
+#[inline(always)]
+pub fn net_of_sock(sk: u64) -> u64 {
+    read_kernel(sk, config!(kernel.sk_net)).unwrap_or(0)
 }
 
 /// The namespace of a packet: its socket's when it has one, else its device's.

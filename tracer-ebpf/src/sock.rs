@@ -18,8 +18,8 @@ use tracer_common::{
 
 use crate::common::{
     all_peers, attribution, classify_netns, config, emit, empty_event, field, follow_forwarded,
-    load, net_inum, netns_filter, netns_of, peer_flags, peer_is_edge_v4, peer_is_edge_v6,
-    port_watched, reserve_event,
+    listen_allowed, load, net_inum, net_of_sock, netns_filter, netns_of, peer_flags,
+    peer_is_edge_v4, peer_is_edge_v6, port_watched, reserve_event,
 };
 
 const AF_INET: u16 = 2;
@@ -238,12 +238,16 @@ fn emit_listen_event(sk: *mut c_void, old: i32, new: i32) -> Option<()> {
         }
         _ => return None,
     }
-    ev.netns = if netns_filter() {
+    if netns_filter() {
         let sk_net = config!(kernel.sk_net);
-        net_inum(unsafe { load::<*const u8>(tp, sk_net) }).unwrap_or(0)
+        let net = unsafe { load::<*const u8>(tp, sk_net) };
+        ev.netns = net_inum(net).unwrap_or(0);
+        if !listen_allowed(net as u64, ev.netns) {
+            return None;
+        }
     } else {
-        config!(netns_inum)
-    };
+        ev.netns = config!(netns_inum);
+    }
     listen_event_tail(ev, old, new)
 }
 
@@ -367,6 +371,9 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         ev.peer_addr = [0; 16];
         ev.peer_port = 0;
         ev.netns = netns_of(sk, 0).inum;
+        if netns_filter() && !listen_allowed(net_of_sock(sk), ev.netns) {
+            return None;
+        }
         return listen_event_tail(ev, old, new);
     }
     let mut ev = empty_event(kind as u16);

@@ -588,3 +588,89 @@ fn a_non_edge_flood_never_evicts_the_edge() {
     );
     agent.stop();
 }
+
+/// A loop of listen/close on a watched port, for `secs` seconds (perl: in every Debian).
+fn listen_loop(secs: u32) -> String {
+    format!(
+        "perl -MSocket -e 'my $t = time + {secs}; while (time < $t) {{ socket(S, PF_INET, SOCK_STREAM, 0); setsockopt(S, SOL_SOCKET, SO_REUSEADDR, 1); bind(S, sockaddr_in(8080, INADDR_ANY)); listen(S, 1); close(S) }}'"
+    )
+}
+
+/// Any local user can make a network namespace (`unshare -rn`) and listen/close on a watched
+/// port in a loop; a container's process can do the same in its own. Neither fills the ring
+/// nor the journal: the kernel never reports an unprivileged user's namespace and gives any
+/// other namespace 20 changes a second. The edge's attempts meanwhile are counted exactly, and
+/// a real listener change in the tracer's namespace is still journaled.
+#[test]
+fn listener_floods_cannot_fill_the_ring_or_the_journal() {
+    let lab = Lab::new();
+    let dir = TempDir::new(&format!("hostile-listen-{}", lab.origin.name));
+    let log = dir.path("agent.log");
+    let agent = Agent::on(&lab.origin, "443,8080", "1", &log).start();
+    let loop_cmd = listen_loop(3);
+    let unprivileged = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.origin.name])
+        .args([
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+        ])
+        .args(["unshare", "-rn", "sh", "-c", &loop_cmd])
+        .spawn()
+        .unwrap();
+    let container = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.container.name, "sh", "-c", &loop_cmd])
+        .spawn()
+        .unwrap();
+    refused_attempts(&lab, 5);
+    for mut p in [unprivileged, container] {
+        assert!(p.wait().unwrap().success());
+    }
+    // A real change in the tracer's own namespace, after the floods.
+    let listener = lab.origin.listen("0.0.0.0", 8080, 16);
+    let body = agent.metrics_until(Duration::from_secs(10), |m| {
+        metric(m, &connections(8080, "refused")).unwrap_or(0.0) >= 5.0
+            && metric(
+                m,
+                "tracer_listener_changes_dropped_total{reason=\"rate_limit\"}",
+            )
+            .unwrap_or(0.0)
+                > 0.0
+    });
+    let history = lab.origin.http_get("127.0.0.1:9521", "/history").unwrap().1;
+    drop(listener);
+    agent.stop();
+    let dropped = |r: &str| {
+        metric(
+            &body,
+            &format!("tracer_listener_changes_dropped_total{{reason=\"{r}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(dropped("unprivileged_namespace") > 1000.0, "{body}");
+    assert!(dropped("rate_limit") > 1000.0, "{body}");
+    assert_eq!(
+        metric(&body, &connections(8080, "refused")),
+        Some(5.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, &connections(8080, "unknown")),
+        Some(0.0),
+        "{body}"
+    );
+    // The container's 3 s at 20 a second, not its thousands.
+    let ups = metric(&body, "tracer_changes_total{what=\"listener_up\"}").unwrap_or(0.0);
+    assert!(ups <= 100.0, "{ups} listener_up changes journaled");
+    let doc: serde_json::Value = serde_json::from_str(&history).unwrap();
+    let own = doc["changes"].as_array().unwrap().iter().any(|c| {
+        c["what"] == "listener_up"
+            && c["detail"].as_str().is_some_and(|d| {
+                d.contains("listening on 0.0.0.0:8080") && !d.contains(" in namespace netns:[")
+            })
+    });
+    assert!(own, "the real listener is not in the journal: {history}");
+}

@@ -29,13 +29,17 @@ const LISTENERS_EVERY: Duration = Duration::from_millis(250);
 const SYSCTLS_EVERY: Duration = Duration::from_secs(1);
 /// An nftables batch with no closing generation is said after this.
 const BATCH_WAIT: Duration = Duration::from_millis(500);
+/// Listener events queued for the journal at most.
+const LISTENER_QUEUE: usize = 1024;
 /// Lost notifications are warned about at most this often.
 const LOSS_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The watcher's thread; stopped when dropped.
 pub struct Watcher {
     rx: mpsc::Receiver<Change>,
-    listeners_tx: mpsc::Sender<ListenerEvent>,
+    listeners_tx: mpsc::SyncSender<ListenerEvent>,
+    /// Listener events dropped because the journal's queue was full.
+    dropped: std::sync::atomic::AtomicU64,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -45,7 +49,9 @@ impl Watcher {
     /// events from others are journaled as they are).
     pub fn start(iface: &str, ports: &[u16], ranges: &RangeSet, own_netns: u32) -> Watcher {
         let (tx, rx) = mpsc::channel();
-        let (listeners_tx, listeners_rx) = mpsc::channel();
+        // Bounded: the kernel limits listener changes per namespace, and this bounds what the
+        // capture thread hands the journal whatever arrives.
+        let (listeners_tx, listeners_rx) = mpsc::sync_channel(LISTENER_QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let (iface, ports, ranges) = (iface.to_string(), ports.to_vec(), ranges.clone());
@@ -60,6 +66,7 @@ impl Watcher {
         Watcher {
             rx,
             listeners_tx,
+            dropped: std::sync::atomic::AtomicU64::new(0),
             stop,
             thread,
         }
@@ -70,9 +77,17 @@ impl Watcher {
         self.rx.try_iter().collect()
     }
 
-    /// A listener's LISTEN transition from the kernel.
+    /// A listener's LISTEN transition from the kernel; dropped (and counted) when the
+    /// journal is that far behind.
     pub fn listener(&self, ev: ListenerEvent) {
-        let _ = self.listeners_tx.send(ev);
+        if self.listeners_tx.try_send(ev).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Listener events dropped so far because the journal's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 

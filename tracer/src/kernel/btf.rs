@@ -269,7 +269,9 @@ impl KernelBtf {
             sk_net: get("sock", "__sk_common.skc_net.net"),
             net_inum: get("net", "ns.inum"),
             skb_protocol: get("sk_buff", "protocol"),
-            _pad: [0; 3],
+            net_user_ns: get("net", "user_ns"),
+            userns_level: get("user_namespace", "level"),
+            _pad: [0; 1],
         };
         (offsets, missing)
     }

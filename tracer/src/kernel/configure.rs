@@ -277,7 +277,9 @@ print fmt: \"x\"
                 sk_net: 48,
                 net_inum: 184,
                 skb_protocol: 180,
-                _pad: [0; 3],
+                net_user_ns: 120,
+                userns_level: 144,
+                _pad: [0; 1],
             },
             missing: Vec::new(),
             sock: SockOffsets {

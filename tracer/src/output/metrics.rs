@@ -59,6 +59,7 @@ pub struct Metrics {
     syns_refused: IntCounter,
     attempts_evicted: IntCounter,
     edge_attempts_evicted: IntCounter,
+    listener_changes_dropped: IntCounterVec,
     tls_ok: IntGaugeVec,
     tls_expiry: IntGaugeVec,
     changes: IntCounterVec,
@@ -188,6 +189,15 @@ impl Metrics {
             "Open attempts ended early (as unknown unless decided) because the attempt table was full.",
         )?;
         r.register(Box::new(attempts_evicted.clone()))?;
+        let listener_changes_dropped = counter_vec(
+            &r,
+            "tracer_listener_changes_dropped_total",
+            "Listener changes on watched ports not journaled: in a namespace an unprivileged user made (unprivileged_namespace), over a namespace's budget of 20 a second (rate_limit), or with the journal's queue full (journal_full).",
+            &["reason"],
+        )?;
+        for reason in ["unprivileged_namespace", "rate_limit", "journal_full"] {
+            listener_changes_dropped.with_label_values(&[reason]);
+        }
         let edge_attempts_evicted = IntCounter::new(
             "tracer_edge_attempts_evicted_total",
             "Of those, the edge's: only when the table holds nothing but edge attempts (non-edge ones go first).",
@@ -258,6 +268,7 @@ impl Metrics {
             syns_refused,
             attempts_evicted,
             edge_attempts_evicted,
+            listener_changes_dropped,
             tls_ok,
             tls_expiry,
             changes,
@@ -288,6 +299,21 @@ impl Metrics {
             (&self.attempts_evicted, total),
             (&self.edge_attempts_evicted, edge),
         ] {
+            let now = c.get();
+            if total > now {
+                c.inc_by(total - now);
+            }
+        }
+    }
+
+    /// Listener changes not journaled, by reason: running totals.
+    pub fn set_listener_changes_dropped(&self, unprivileged: u64, throttled: u64, queue: u64) {
+        for (reason, total) in [
+            ("unprivileged_namespace", unprivileged),
+            ("rate_limit", throttled),
+            ("journal_full", queue),
+        ] {
+            let c = self.listener_changes_dropped.with_label_values(&[reason]);
             let now = c.get();
             if total > now {
                 c.inc_by(total - now);

@@ -198,6 +198,13 @@ impl Sink for Agent {
             self.metrics
                 .set_open_attempts(self.correlator.open_attempts());
             self.metrics.set_syns_refused(capture.edge_syns_refused());
+            if let Ok(k) = capture.probe.counters() {
+                self.metrics.set_listener_changes_dropped(
+                    k[tracer_common::counter::LISTEN_UNPRIVILEGED as usize],
+                    k[tracer_common::counter::LISTEN_THROTTLED as usize],
+                    self.watcher.dropped(),
+                );
+            }
             self.metrics
                 .set_evicted(self.correlator.evicted, self.correlator.evicted_edge);
             self.watch_interface(capture);
