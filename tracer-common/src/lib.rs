@@ -165,6 +165,10 @@ pub mod counter {
     pub const COUNT: u32 = 5;
 }
 
+/// Watched ports whose refused edge SYNs are counted one by one (`EDGE_REFUSED_BY_PORT`);
+/// beyond, only the total ([`counter::EDGE_SYN_REFUSED`]) is.
+pub const REFUSED_PORTS: u32 = 256;
+
 /// Listener changes a network namespace other than the tracer's may send per second: a
 /// container restarting its server sends a few; a loop of listen/close sends thousands.
 pub const LISTEN_PER_SEC: u32 = 20;

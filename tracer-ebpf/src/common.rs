@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{
         lpm_trie::{Key, LpmTrie},
         ring_buf::RingBufEntry,
-        Array, LruHashMap, PerCpuArray, RingBuf,
+        Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
     },
     programs::TracePointContext,
 };
@@ -15,7 +15,7 @@ use tracer_common::{
     counter, ArrivalKey, Config, Event, Ipv4Key, Ipv6Key, ListenBudget, SynCursor, SynRecord,
     CONFIG_F_ALL_PEERS, CONFIG_F_FOLLOW_FORWARDED, CONFIG_F_NETNS_FILTER, EVENT_F_EDGE,
     FIELD_ABSENT, LISTEN_BUDGETS, LISTEN_PER_SEC, PORT_BITMAP_WORDS, PREFILTER_WORDS,
-    SLASH24_WORDS,
+    REFUSED_PORTS, SLASH24_WORDS,
 };
 
 /// Written by userspace at load time; read with `read_volatile` so the compiler cannot fold the
@@ -37,6 +37,24 @@ pub static SYN_CURSORS: Array<SynCursor> = Array::with_max_entries(1, BPF_F_MMAP
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Refused edge SYNs by watched port, per CPU: exact under any flood, like the total.
+#[map]
+pub static EDGE_REFUSED_BY_PORT: PerCpuHashMap<u16, u64> =
+    PerCpuHashMap::with_max_entries(REFUSED_PORTS, 0);
+
+/// Counts a refused edge SYN to `port`, in the total and by port.
+#[inline(always)]
+pub fn count_refused(port: u16) {
+    count(counter::EDGE_SYN_REFUSED);
+    match EDGE_REFUSED_BY_PORT.get_ptr_mut(port) {
+        // Per-CPU slot: no other writer runs on this CPU while we hold it.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = EDGE_REFUSED_BY_PORT.insert(port, 1u64, 0);
+        }
+    }
+}
 
 /// Listener changes sent per network namespace this second (see [`listen_allowed`]).
 #[map]

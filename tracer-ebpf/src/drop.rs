@@ -7,13 +7,13 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    counter, Event, EventKind, CONFIG_F_ATTEMPT_DROPS, DROP_REASON_WORDS, EVENT_F_EDGE,
-    EVENT_F_EGRESS, EVENT_F_HAS_REASON, EVENT_F_HAS_TCP,
+    Event, EventKind, CONFIG_F_ATTEMPT_DROPS, DROP_REASON_WORDS, EVENT_F_EDGE, EVENT_F_EGRESS,
+    EVENT_F_HAS_REASON, EVENT_F_HAS_TCP,
 };
 
 use crate::common::{
-    attribution, classify_netns, config, count, emit, empty_event, field, follow_forwarded, load,
-    net_inum, netns_filter, netns_of, peer_flags, port_watched, read_kernel, Netns,
+    attribution, classify_netns, config, count_refused, emit, empty_event, field, follow_forwarded,
+    load, net_inum, netns_filter, netns_of, peer_flags, port_watched, read_kernel, Netns,
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -221,7 +221,7 @@ fn drop_event(
         && event.flags & EVENT_F_EDGE != 0
         && reason.is_some_and(|r| r != 0 && r == config!(no_socket_reason))
     {
-        count(counter::EDGE_SYN_REFUSED);
+        count_refused(dport);
     }
     event.seq = seq;
     event.tcp_flags = u32::from(tcp[13]);

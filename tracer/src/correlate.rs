@@ -25,6 +25,7 @@ pub use crate::model::outcome::{Backend, Outcome};
 
 mod attempt;
 mod counts;
+pub mod kernel_account;
 
 pub use attempt::{Attempt, ReplyDrop};
 pub use counts::Counts;
@@ -145,6 +146,9 @@ pub struct Correlator {
     pub closed_to_new: bool,
     /// Events the kernel reported lost.
     pub lost_events: u64,
+    /// When the last loss was reported: an attempt that began before it and saw no answer may
+    /// have had its answer among the lost events — it ends `unknown`, never `unanswered`.
+    last_loss: Option<std::time::SystemTime>,
     /// Attempts ended early (or never tracked) because the table was full, and how many of
     /// them were the edge's: non-edge attempts go first, an edge attempt only when the table
     /// holds nothing else.
@@ -190,10 +194,18 @@ impl Correlator {
         self.decided.drain(..)
     }
 
+    /// An attempt that began before the last reported loss may have lost its answer there.
+    fn note_loss(last_loss: Option<std::time::SystemTime>, a: &mut Attempt) {
+        if last_loss.is_some_and(|t| t >= a.first) {
+            a.events_lost = true;
+        }
+    }
+
     /// Removes an attempt; in live mode it is decided first if it was not yet.
     fn remove(&mut self, key: &Flow) -> Option<Attempt> {
         let mut a = self.open.remove(key)?;
         unindex(&mut self.by_peer, key);
+        Self::note_loss(self.last_loss, &mut a);
         if self.live {
             decide(&mut a, true, &mut self.decided);
             report_end(self.report_ended, &a, &mut self.decided);
@@ -267,8 +279,9 @@ impl Correlator {
         match record {
             Record::Event(ev) => self.observe(ev),
             Record::Listener(_) => None,
-            Record::Loss { count, .. } => {
+            Record::Loss { count, ts } => {
                 self.lost_events += count;
+                self.last_loss = Some(self.last_loss.map_or(*ts, |t| t.max(*ts)));
                 // Any open attempt's answer may be among the lost events.
                 for a in self.open.values_mut() {
                     a.events_lost = true;
@@ -328,6 +341,7 @@ impl Correlator {
                     if !starts {
                         let mut old = o.remove();
                         unindex(&mut self.by_peer, &key);
+                        Self::note_loss(self.last_loss, &mut old);
                         if self.live {
                             decide(&mut old, true, &mut self.decided);
                             report_end(self.report_ended, &old, &mut self.decided);
@@ -335,6 +349,7 @@ impl Correlator {
                         return Some(old);
                     }
                     let mut old = std::mem::replace(o.get_mut(), Attempt::new(key, ev));
+                    Self::note_loss(self.last_loss, &mut old);
                     if self.live {
                         decide(&mut old, true, &mut self.decided);
                         report_end(self.report_ended, &old, &mut self.decided);
@@ -571,5 +586,36 @@ mod bound_tests {
         c.observe(&flood);
         assert_eq!(c.open.values().filter(|a| !a.edge).count(), 0);
         assert_eq!((c.evicted, c.evicted_edge), (1, 0));
+    }
+
+    /// A SYN read after a loss was reported, but sent before it (the SYN log and the ring are
+    /// merged by time): its reset may be among the lost events — unknown, never unanswered. A
+    /// SYN after the loss with no answer is unanswered.
+    #[test]
+    fn an_attempt_begun_before_a_loss_is_never_unanswered() {
+        use std::time::Duration;
+        let mut c = Correlator::live();
+        let syn = crate::model::event::sample(Kind::Syn, 40_000, 1_000);
+        let loss_at = syn.ts + Duration::from_millis(500);
+        c.observe_record(&Record::Loss {
+            ts: loss_at,
+            count: 7,
+        });
+        c.observe(&syn);
+        let mut later = crate::model::event::sample(Kind::Syn, 40_001, 1_000);
+        later.ts = loss_at + Duration::from_secs(1);
+        c.observe(&later);
+        let done = c.take_idle(
+            later.ts + Duration::from_secs(60),
+            Duration::from_secs(2),
+            Duration::from_secs(25),
+        );
+        let outcome = |port: u16| {
+            done.iter()
+                .find(|a| a.flow.peer_port == port)
+                .map(|a| a.decided.unwrap_or(a.outcome()))
+        };
+        assert_eq!(outcome(40_000), Some(Outcome::Unknown));
+        assert_eq!(outcome(40_001), Some(Outcome::Unanswered));
     }
 }

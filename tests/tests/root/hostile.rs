@@ -674,3 +674,93 @@ fn listener_floods_cannot_fill_the_ring_or_the_journal() {
     });
     assert!(own, "the real listener is not in the journal: {history}");
 }
+
+/// A flood of SYNs from one edge address at a port where nothing listens, its source ports
+/// wrapping (each four-tuple reused several times, with a new sequence number), fast enough
+/// that the kernel's buffers lose events: every SYN is counted as the refusal the kernel says
+/// it was — none unknown, none unanswered — and the SYN and refusal counters agree.
+#[test]
+fn a_flood_at_a_closed_port_is_counted_as_the_kernel_counted_it() {
+    use integration_tests::{flood, EDGE_IF, ORIGIN_IF};
+    const N: u32 = 400_000;
+    let lab = Lab::new();
+    let dir = TempDir::new(&format!("hostile-closed-{}", lab.origin.name));
+    let log = dir.path("agent.log");
+    let agent = Agent::on(&lab.origin, "443", "2", &log)
+        .args(&["--log-events", "none"])
+        .start();
+    let mac = |ns: &integration_tests::Netns, dev: &str| {
+        flood::mac_of(&ns.sh(&format!("cat /sys/class/net/{dev}/address"))).unwrap()
+    };
+    let (src_mac, dst_mac) = (mac(&lab.edge, EDGE_IF), mac(&lab.origin, ORIGIN_IF));
+    let ifindex: i32 = lab
+        .edge
+        .sh(&format!("cat /sys/class/net/{EDGE_IF}/ifindex"))
+        .trim()
+        .parse()
+        .unwrap();
+    let (src, dst): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
+        (EDGE_V4.parse().unwrap(), ORIGIN_V4.parse().unwrap());
+    lab.edge
+        .enter(move || {
+            flood::syn_flood(
+                ifindex,
+                |i| {
+                    // Source ports wrap: each four-tuple comes back every 64,512 SYNs.
+                    let port = 1024 + (i % 64_512) as u16;
+                    flood::syn_frame(
+                        src_mac,
+                        dst_mac,
+                        src,
+                        dst,
+                        port,
+                        443,
+                        i.wrapping_mul(2_654_435_761),
+                    )
+                },
+                N,
+                0,
+            )
+        })
+        .unwrap();
+    let n = f64::from(N);
+    // Attempts whose reset was lost end after 25 s without an answer.
+    let body = agent.metrics_until(Duration::from_secs(60), |m| {
+        metric(m, &connections(443, "refused")).unwrap_or(0.0)
+            + metric(m, &connections(443, "unknown")).unwrap_or(0.0)
+            + metric(m, &connections(443, "unanswered")).unwrap_or(0.0)
+            >= n
+            && metric(m, "tracer_open_attempts") == Some(0.0)
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let body = {
+        let later = agent.scrape();
+        if later.is_empty() {
+            body
+        } else {
+            later
+        }
+    };
+    agent.stop();
+    eprintln!(
+        "closed-port flood of {N}: refused {:?} unknown {:?} unanswered {:?} syn {:?} kernel {:?} lost {:?}",
+        metric(&body, &connections(443, "refused")),
+        metric(&body, &connections(443, "unknown")),
+        metric(&body, &connections(443, "unanswered")),
+        metric(&body, "tracer_edge_syn_total{port=\"443\"}"),
+        metric(&body, "tracer_edge_syns_refused_total"),
+        metric(&body, "tracer_events_lost_total"),
+    );
+    assert_eq!(metric(&body, "tracer_edge_syns_refused_total"), Some(n));
+    assert_eq!(
+        metric(&body, &connections(443, "refused")),
+        Some(n),
+        "{body}"
+    );
+    assert_eq!(metric(&body, &connections(443, "unknown")), Some(0.0));
+    assert_eq!(metric(&body, &connections(443, "unanswered")), Some(0.0));
+    assert_eq!(
+        metric(&body, "tracer_edge_syn_total{port=\"443\"}"),
+        Some(n)
+    );
+}

@@ -143,6 +143,20 @@ impl Probe {
         synlog::SynLog::new(records, cursors, self.syn_log.0, self.syn_log.1)
     }
 
+    /// Refused edge SYNs by port (summed over CPUs), counted in the kernel.
+    pub fn refused_by_port(&self) -> std::collections::BTreeMap<u16, u64> {
+        let Some(map) = self.ebpf.map("EDGE_REFUSED_BY_PORT") else {
+            return Default::default();
+        };
+        let Ok(map) = aya::maps::PerCpuHashMap::<&MapData, u16, u64>::try_from(map) else {
+            return Default::default();
+        };
+        map.iter()
+            .filter_map(Result::ok)
+            .map(|(port, per_cpu)| (port, per_cpu.iter().sum()))
+            .collect()
+    }
+
     /// Sums of the per-CPU counters, indexed by `tracer_common::counter`.
     pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(

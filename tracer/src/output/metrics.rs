@@ -344,8 +344,13 @@ impl Metrics {
     }
 
     pub fn connection(&self, edge: bool, port: u16, outcome: Outcome) {
+        self.connections(edge, port, outcome, 1);
+    }
+
+    /// `n` connections of one outcome at once (refusals credited from the kernel's count).
+    pub fn connections(&self, edge: bool, port: u16, outcome: Outcome, n: u64) {
         match self.connection_series.get(&(edge, port, outcome)) {
-            Some(c) => c.inc(),
+            Some(c) => c.inc_by(n),
             None => {
                 let family = if edge {
                     &self.edge_connections
@@ -354,7 +359,7 @@ impl Metrics {
                 };
                 family
                     .with_label_values(&[&port.to_string(), outcome.as_str()])
-                    .inc();
+                    .inc_by(n);
             }
         }
     }
@@ -378,6 +383,19 @@ impl Metrics {
         match self.syn_series.get(&port) {
             Some(c) => c.inc(),
             None => self.edge_syn.with_label_values(&[&port.to_string()]).inc(),
+        }
+    }
+
+    /// Edge SYNs at `port` are at least the `refused` the kernel counted there: a refused SYN
+    /// whose record was lost still arrived.
+    pub fn edge_syns_at_least(&self, port: u16, refused: u64) {
+        let c = match self.syn_series.get(&port) {
+            Some(c) => c.clone(),
+            None => self.edge_syn.with_label_values(&[&port.to_string()]),
+        };
+        let now = c.get();
+        if refused > now {
+            c.inc_by(refused - now);
         }
     }
 

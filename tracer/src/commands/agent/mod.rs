@@ -17,7 +17,7 @@ use crate::{
     capture::session::{Next, Sink},
     capture::{Capture, RunningCounts},
     cli::{AgentArgs, LogEvents},
-    correlate::{Correlator, Decided},
+    correlate::{kernel_account::KernelAccount, Correlator, Decided, Outcome},
     journal::{since::FailureClock, watch::Watcher, Change, Journal, What},
     kernel::InterfaceChange,
     model::event::{Kind, Record},
@@ -53,6 +53,24 @@ fn peer_group(ranges: &RangeSet, peer: IpAddr) -> String {
     ipnet::IpNet::new(peer, len)
         .map(|n| n.trunc().to_string())
         .unwrap_or_else(|_| peer.to_string())
+}
+
+/// An attempt's outcome (edge, port, outcome) into the metrics. The edge's are held to the
+/// kernel's exact count of refusals ([`KernelAccount`]): an unknown one waits for the next
+/// tick, where the kernel's count says whether it was a refusal.
+fn count_outcome(
+    metrics: &Metrics,
+    account: &mut KernelAccount,
+    unknown_edge: &mut Vec<u16>,
+    (edge, port, outcome): (bool, u16, Outcome),
+) {
+    if !edge {
+        metrics.connection(false, port, outcome);
+    } else if outcome == Outcome::Unknown {
+        unknown_edge.push(port);
+    } else if let Some(o) = account.decided(port, outcome, 0) {
+        metrics.connection(true, port, o);
+    }
 }
 
 /// Which kernel records are logged one per line: every one with `all`; with `failures` only
@@ -91,6 +109,10 @@ struct Agent {
     counts_at_start: RunningCounts,
     /// Refusals credited from the kernel's count, carried across windows.
     refusals: window::RefusalLedger,
+    /// The edge's outcomes held to the kernel's count of refusals, and the edge's unknown
+    /// outcomes waiting for it.
+    kernel_account: KernelAccount,
+    unknown_edge: Vec<u16>,
     /// Closed windows, assembled into reports off the capture thread.
     assembler: window_close::Assembler,
     last_housekeeping: Instant,
@@ -198,6 +220,8 @@ impl Sink for Agent {
             self.metrics
                 .set_open_attempts(self.correlator.open_attempts());
             self.metrics.set_syns_refused(capture.edge_syns_refused());
+            self.count_unknown_edge(capture);
+            self.settle_with_kernel(capture);
             if let Ok(k) = capture.probe.counters() {
                 self.metrics.set_listener_changes_dropped(
                     k[tracer_common::counter::LISTEN_UNPRIVILEGED as usize],
@@ -230,6 +254,7 @@ impl Sink for Agent {
                 });
             }
         }
+        self.count_unknown_edge(capture);
         self.sink.flush();
         Ok(Next::Continue)
     }
@@ -268,7 +293,12 @@ impl Agent {
             let (attempt, after_handshake) = match d {
                 Decided::Attempt(a) => {
                     let outcome = a.decided.unwrap_or(a.outcome());
-                    self.metrics.connection(a.edge, a.flow.local_port, outcome);
+                    count_outcome(
+                        &self.metrics,
+                        &mut self.kernel_account,
+                        &mut self.unknown_edge,
+                        (a.edge, a.flow.local_port, outcome),
+                    );
                     if a.edge && outcome != crate::correlate::Outcome::Unknown {
                         let failed = outcome != crate::correlate::Outcome::Handshake;
                         let before = self.failure_clock.began();
@@ -301,6 +331,32 @@ impl Agent {
                     AttemptRecord::of(&attempt, reasons, after_handshake).to_json()
                 });
             }
+        }
+    }
+
+    /// The edge's unknown outcomes since the last tick, against the kernel's count now.
+    fn count_unknown_edge(&mut self, capture: &Capture) {
+        if self.unknown_edge.is_empty() {
+            return;
+        }
+        let kernel = capture.probe.refused_by_port();
+        for port in std::mem::take(&mut self.unknown_edge) {
+            let refused = kernel.get(&port).copied().unwrap_or(0);
+            if let Some(o) = self.kernel_account.decided(port, Outcome::Unknown, refused) {
+                self.metrics.connection(true, port, o);
+            }
+        }
+    }
+
+    /// Once a second: refusals the kernel counted that no attempt accounted for (their events
+    /// all lost) are counted, and the edge's SYNs are at least its refusals.
+    fn settle_with_kernel(&mut self, capture: &Capture) {
+        let (credit, settled) = self.kernel_account.settle(capture.probe.refused_by_port());
+        for (port, n) in credit {
+            self.metrics.connections(true, port, Outcome::Refused, n);
+        }
+        for (port, refused) in settled.unwrap_or_default() {
+            self.metrics.edge_syns_at_least(port, refused);
         }
     }
 

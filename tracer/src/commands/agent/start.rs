@@ -139,6 +139,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         counts_at_start: capture.running_counts(&iface),
         refusals: window::RefusalLedger::default(),
         assembler: super::window_close::Assembler::start(),
+        kernel_account: Default::default(),
+        unknown_edge: Vec::new(),
         args,
         iface,
         ports,
