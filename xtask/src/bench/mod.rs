@@ -282,9 +282,161 @@ fn exactness() -> Result<Value> {
         .iter()
         .filter(|r| r["achieved_rate"].as_f64().unwrap_or(0.0) >= 100_000.0)
         .all(|r| r["exact"] == true);
+    let agent = vec![agent_closed_port_flood()?, agent_non_edge_flood()?];
     Ok(
-        json!({"syns_per_run": N, "runs": runs, "loss_begins_at_rate": loss_begins, "exact_at_100k_per_s": exact_at_100k}),
+        json!({"syns_per_run": N, "runs": runs, "loss_begins_at_rate": loss_begins, "exact_at_100k_per_s": exact_at_100k, "agent": agent}),
     )
+}
+
+/// The agent's metrics for one port: (refused, unknown, unanswered, edge SYNs).
+fn agent_counts(m: &str, port: u16) -> (f64, f64, f64, f64) {
+    let get = |s: String| integration_tests::metric(m, &s).unwrap_or(0.0);
+    let conn = |o: &str| get(integration_tests::agent::connections(port, o));
+    (
+        conn("refused"),
+        conn("unknown"),
+        conn("unanswered"),
+        get(format!("tracer_edge_syn_total{{port=\"{port}\"}}")),
+    )
+}
+
+/// Where frames go from the lab's edge: (source MAC, destination MAC, edge ifindex).
+fn edge_link(lab: &Lab) -> Result<([u8; 6], [u8; 6], i32)> {
+    let src = gen::mac_of(&read_ns(
+        &lab.edge,
+        &format!("/sys/class/net/{EDGE_IF}/address"),
+    )?)?;
+    let dst = gen::mac_of(&read_ns(
+        &lab.origin,
+        &format!("/sys/class/net/{ORIGIN_IF}/address"),
+    )?)?;
+    let ifindex: i32 = read_ns(&lab.edge, &format!("/sys/class/net/{EDGE_IF}/ifindex"))?.parse()?;
+    Ok((src, dst, ifindex))
+}
+
+/// The agent under 1,000,000 SYNs from one edge address at a closed port, at the fastest rate
+/// this machine sends, source ports wrapping (each four-tuple reused ~15 times): the counts
+/// against the kernel's.
+fn agent_closed_port_flood() -> Result<Value> {
+    const N: u32 = 1_000_000;
+    let lab = Lab::new();
+    let dir = integration_tests::TempDir::new("bench-agent-closed");
+    let log = dir.path("agent.log");
+    let agent = integration_tests::agent::Agent::on(&lab.origin, "443", "2", &log)
+        .args(&["--log-events", "none"])
+        .start();
+    let (src_mac, dst_mac, ifindex) = edge_link(&lab)?;
+    let (src, dst): (Ipv4Addr, Ipv4Addr) = (EDGE_V4.parse()?, ORIGIN_V4.parse()?);
+    let achieved = lab.edge.enter(move || {
+        gen::syn_flood(
+            ifindex,
+            |i| {
+                let port = 1024 + (i % 64_512) as u16;
+                gen::syn_frame(
+                    src_mac,
+                    dst_mac,
+                    src,
+                    dst,
+                    port,
+                    443,
+                    i.wrapping_mul(2_654_435_761),
+                )
+            },
+            N,
+            0,
+        )
+    })?;
+    let n = f64::from(N);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut m = agent.scrape();
+    while Instant::now() < deadline {
+        let (r, u, a, _) = agent_counts(&m, 443);
+        if r + u + a >= n && integration_tests::metric(&m, "tracer_open_attempts") == Some(0.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        m = agent.scrape();
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let m = agent.scrape();
+    agent.stop();
+    let (refused, unknown, unanswered, syn) = agent_counts(&m, 443);
+    let kernel = integration_tests::metric(&m, "tracer_edge_syns_refused_total").unwrap_or(0.0);
+    let lost = integration_tests::metric(&m, "tracer_events_lost_total").unwrap_or(0.0);
+    Ok(json!({
+        "run": "closed port, one source, ports wrapping",
+        "sent": N, "achieved_rate": achieved.round(), "kernel_refused": kernel,
+        "refused": refused, "unknown": unknown, "unanswered": unanswered, "syn": syn,
+        "lost_events": lost,
+        "exact": refused == n && unknown == 0.0 && unanswered == 0.0 && syn == n && kernel == n,
+    }))
+}
+
+/// The agent while 220,000 sources outside the ranges flood a listening port (the table of
+/// open attempts fills: their SYN-ACKs go nowhere) and the edge is refused five times at
+/// another port: the edge's refusals against the evictions.
+fn agent_non_edge_flood() -> Result<Value> {
+    const N: u32 = 220_000;
+    let lab = Lab::new();
+    lab.origin.sh(&format!(
+        "sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.{ORIGIN_IF}.rp_filter=0; \
+         ip route add 11.0.0.0/8 via {EDGE_V4} dev {ORIGIN_IF}"
+    ));
+    let _listener = lab.origin.listen("0.0.0.0", 443, 4096);
+    let dir = integration_tests::TempDir::new("bench-agent-evict");
+    let log = dir.path("agent.log");
+    let agent = integration_tests::agent::Agent::on(&lab.origin, "443,8443", "2", &log)
+        .args(&["--log-events", "none"])
+        .start();
+    let (src_mac, dst_mac, ifindex) = edge_link(&lab)?;
+    let dst: Ipv4Addr = ORIGIN_V4.parse()?;
+    let edge = lab.edge.name.clone();
+    let flooder = std::thread::spawn(move || {
+        Netns { name: edge }.enter(move || {
+            gen::syn_flood(
+                ifindex,
+                |i| {
+                    let src = Ipv4Addr::from((11u32 << 24) | (i * 7919 % (1 << 24)));
+                    gen::syn_frame(
+                        src_mac,
+                        dst_mac,
+                        src,
+                        dst,
+                        1024 + (i % 60000) as u16,
+                        443,
+                        i,
+                    )
+                },
+                N,
+                40_000,
+            )
+        })
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    for _ in 0..5 {
+        let _ = lab.edge.connect(
+            EDGE_V4,
+            SocketAddr::new(ORIGIN_V4.parse()?, 8443),
+            Duration::from_millis(500),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let achieved = flooder
+        .join()
+        .map_err(|_| anyhow::anyhow!("the flood thread panicked"))??;
+    std::thread::sleep(Duration::from_secs(6));
+    let m = agent.scrape();
+    agent.stop();
+    let (refused, unknown, _, _) = agent_counts(&m, 8443);
+    let evicted = integration_tests::metric(&m, "tracer_attempts_evicted_total").unwrap_or(0.0);
+    let edge_evicted =
+        integration_tests::metric(&m, "tracer_edge_attempts_evicted_total").unwrap_or(0.0);
+    Ok(json!({
+        "run": "non-edge flood, edge refused 5 times",
+        "sent": N, "achieved_rate": achieved.round(), "edge_refused": refused,
+        "edge_unknown": unknown, "evicted": evicted, "edge_evicted": edge_evicted,
+        "exact": refused == 5.0 && unknown == 0.0 && edge_evicted == 0.0 && evicted > 0.0,
+    }))
 }
 
 fn exact_run(mode: &str, n: u32, rate: u64) -> Result<Value> {
@@ -395,6 +547,27 @@ fn render_exactness(v: &Value) -> String {
             num(&r["outcome_count"]),
             num(&r["lost_events"]),
             if r["exact"] == true { "yes" } else { "NO" }
+        );
+    }
+    let yes = |r: &Value| {
+        if r["exact"] == true {
+            "exact"
+        } else {
+            "NOT EXACT"
+        }
+    };
+    if let Some(r) = v["agent"].get(0) {
+        s += &format!(
+            "   agent, closed port, {} SYNs from one address, ports wrapping, at {}/s: refused {} (kernel {}), unknown {}, unanswered {}, SYN {}, events lost {} — {}\n",
+            num(&r["sent"]), num(&r["achieved_rate"]), num(&r["refused"]), num(&r["kernel_refused"]),
+            num(&r["unknown"]), num(&r["unanswered"]), num(&r["syn"]), num(&r["lost_events"]), yes(r)
+        );
+    }
+    if let Some(r) = v["agent"].get(1) {
+        s += &format!(
+            "   agent, {} non-edge sources at {}/s filling the attempt table, the edge refused 5 times: refused {}, unknown {}; evicted {}, of them the edge's {} — {}\n",
+            num(&r["sent"]), num(&r["achieved_rate"]), num(&r["edge_refused"]), num(&r["edge_unknown"]),
+            num(&r["evicted"]), num(&r["edge_evicted"]), yes(r)
         );
     }
     s += &format!(
