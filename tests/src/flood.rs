@@ -135,3 +135,50 @@ pub fn syn_flood(
     }
     Ok(f64::from(count) / start.elapsed().as_secs_f64())
 }
+
+/// One SYN of a flood: its source address and port, destination port and sequence number.
+pub struct Syn {
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+}
+
+/// Floods the origin (`ORIGIN_V4` in namespace `origin`) from the edge namespace `edge` with
+/// `count` SYNs, the `i`-th being `syn(i)`, at `rate` a second (0: as fast as the machine
+/// sends); returns the rate achieved. Blocks until sent (run it on a thread to act meanwhile).
+pub fn flood_origin(
+    edge: &str,
+    origin: &str,
+    count: u32,
+    rate: u64,
+    syn: impl Fn(u32) -> Syn + Send + 'static,
+) -> Result<f64> {
+    let (edge, origin) = (
+        crate::Netns {
+            name: edge.to_string(),
+        },
+        crate::Netns {
+            name: origin.to_string(),
+        },
+    );
+    let read = |ns: &crate::Netns, what: &str| ns.sh(&format!("cat /sys/class/net/{what}"));
+    let src_mac = mac_of(&read(&edge, &format!("{}/address", crate::EDGE_IF)))?;
+    let dst_mac = mac_of(&read(&origin, &format!("{}/address", crate::ORIGIN_IF)))?;
+    let ifindex: i32 = read(&edge, &format!("{}/ifindex", crate::EDGE_IF))
+        .trim()
+        .parse()
+        .context("the edge's ifindex")?;
+    let dst: Ipv4Addr = crate::ORIGIN_V4.parse()?;
+    edge.enter(move || {
+        syn_flood(
+            ifindex,
+            |i| {
+                let s = syn(i);
+                syn_frame(src_mac, dst_mac, s.src, dst, s.sport, s.dport, s.seq)
+            },
+            count,
+            rate,
+        )
+    })
+}

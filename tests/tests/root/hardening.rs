@@ -452,7 +452,7 @@ fn a_non_root_user_with_the_capabilities_is_told_what_tracefs_lacks() {
 /// exact unless events were lost — then the loss is stated.
 #[test]
 fn a_syn_flood_cannot_fill_the_log_or_fake_unanswered() {
-    use integration_tests::{flood, metric, EDGE_IF, ORIGIN_V4};
+    use integration_tests::{flood, metric};
     const N: u32 = 200_000;
     let lab = Lab::new();
     lab.origin.sh(&format!(
@@ -464,41 +464,14 @@ fn a_syn_flood_cannot_fill_the_log_or_fake_unanswered() {
     let agent = Agent::on(&lab.origin, "443", "3", &log)
         .metrics_addr("127.0.0.1:9531")
         .start();
-    let mac = |ns: &integration_tests::Netns, dev: &str| {
-        flood::mac_of(&ns.sh(&format!("cat /sys/class/net/{dev}/address"))).unwrap()
-    };
-    let (src_mac, dst_mac) = (mac(&lab.edge, EDGE_IF), mac(&lab.origin, ORIGIN_IF));
-    let ifindex: i32 = lab
-        .edge
-        .sh(&format!("cat /sys/class/net/{EDGE_IF}/ifindex"))
-        .trim()
-        .parse()
-        .unwrap();
-    let dst: std::net::Ipv4Addr = ORIGIN_V4.parse().unwrap();
-    lab.edge
-        .enter(move || {
-            flood::syn_flood(
-                ifindex,
-                |i| {
-                    // Spoofed sources across 173.245.48.0/20, distinct ports and ISNs.
-                    let src =
-                        std::net::Ipv4Addr::new(173, 245, 48 + ((i >> 8) & 0x0f) as u8, i as u8);
-                    let port = 1024 + (i % 60000) as u16;
-                    flood::syn_frame(
-                        src_mac,
-                        dst_mac,
-                        src,
-                        dst,
-                        port,
-                        443,
-                        i.wrapping_mul(2_654_435_761),
-                    )
-                },
-                N,
-                0,
-            )
-        })
-        .unwrap();
+    flood::flood_origin(&lab.edge.name, &lab.origin.name, N, 0, |i| flood::Syn {
+        // Spoofed sources across 173.245.48.0/20, distinct ports and ISNs.
+        src: std::net::Ipv4Addr::new(173, 245, 48 + ((i >> 8) & 0x0f) as u8, i as u8),
+        sport: 1024 + (i % 60000) as u16,
+        dport: 443,
+        seq: i.wrapping_mul(2_654_435_761),
+    })
+    .unwrap();
     // Two windows after the flood: every attempt settles and is counted.
     std::thread::sleep(Duration::from_secs(8));
     let body = agent.scrape();

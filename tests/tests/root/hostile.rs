@@ -507,7 +507,7 @@ fn a_second_tracer_never_removes_a_running_agents_filter() {
 /// attempts first — and the evictions are counted by class.
 #[test]
 fn a_non_edge_flood_never_evicts_the_edge() {
-    use integration_tests::{flood, EDGE_IF, ORIGIN_IF};
+    use integration_tests::{flood, ORIGIN_IF};
     const N: u32 = 220_000;
     let lab = Lab::new();
     lab.origin.sh(&format!(
@@ -520,41 +520,16 @@ fn a_non_edge_flood_never_evicts_the_edge() {
     let agent = Agent::on(&lab.origin, "443,8443", "2", &log)
         .args(&["--log-events", "none"])
         .start();
-    let mac = |ns: &integration_tests::Netns, dev: &str| {
-        flood::mac_of(&ns.sh(&format!("cat /sys/class/net/{dev}/address"))).unwrap()
-    };
-    let (src_mac, dst_mac) = (mac(&lab.edge, EDGE_IF), mac(&lab.origin, ORIGIN_IF));
-    let ifindex: i32 = lab
-        .edge
-        .sh(&format!("cat /sys/class/net/{EDGE_IF}/ifindex"))
-        .trim()
-        .parse()
-        .unwrap();
-    let dst: std::net::Ipv4Addr = ORIGIN_V4.parse().unwrap();
-    let edge_ns = lab.edge.name.clone();
+    let (edge, origin) = (lab.edge.name.clone(), lab.origin.name.clone());
     let flooder = std::thread::spawn(move || {
-        integration_tests::Netns { name: edge_ns }
-            .enter(move || {
-                flood::syn_flood(
-                    ifindex,
-                    |i| {
-                        // Distinct sources across 11.0.0.0/8, outside the ranges.
-                        let src = std::net::Ipv4Addr::from((11u32 << 24) | (i * 7919 % (1 << 24)));
-                        flood::syn_frame(
-                            src_mac,
-                            dst_mac,
-                            src,
-                            dst,
-                            1024 + (i % 60000) as u16,
-                            443,
-                            i,
-                        )
-                    },
-                    N,
-                    40_000,
-                )
-            })
-            .unwrap()
+        flood::flood_origin(&edge, &origin, N, 40_000, |i| flood::Syn {
+            // Distinct sources across 11.0.0.0/8, outside the ranges.
+            src: std::net::Ipv4Addr::from((11u32 << 24) | (i * 7919 % (1 << 24))),
+            sport: 1024 + (i % 60000) as u16,
+            dport: 443,
+            seq: i,
+        })
+        .unwrap()
     });
     // Once the table is full (131,072 open attempts), the edge tries 8443.
     std::thread::sleep(Duration::from_secs(4));
@@ -681,7 +656,7 @@ fn listener_floods_cannot_fill_the_ring_or_the_journal() {
 /// it was — none unknown, none unanswered — and the SYN and refusal counters agree.
 #[test]
 fn a_flood_at_a_closed_port_is_counted_as_the_kernel_counted_it() {
-    use integration_tests::{flood, EDGE_IF, ORIGIN_IF};
+    use integration_tests::flood;
     const N: u32 = 400_000;
     let lab = Lab::new();
     let dir = TempDir::new(&format!("hostile-closed-{}", lab.origin.name));
@@ -689,40 +664,17 @@ fn a_flood_at_a_closed_port_is_counted_as_the_kernel_counted_it() {
     let agent = Agent::on(&lab.origin, "443", "2", &log)
         .args(&["--log-events", "none"])
         .start();
-    let mac = |ns: &integration_tests::Netns, dev: &str| {
-        flood::mac_of(&ns.sh(&format!("cat /sys/class/net/{dev}/address"))).unwrap()
-    };
-    let (src_mac, dst_mac) = (mac(&lab.edge, EDGE_IF), mac(&lab.origin, ORIGIN_IF));
-    let ifindex: i32 = lab
-        .edge
-        .sh(&format!("cat /sys/class/net/{EDGE_IF}/ifindex"))
-        .trim()
-        .parse()
-        .unwrap();
-    let (src, dst): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
-        (EDGE_V4.parse().unwrap(), ORIGIN_V4.parse().unwrap());
-    lab.edge
-        .enter(move || {
-            flood::syn_flood(
-                ifindex,
-                |i| {
-                    // Source ports wrap: each four-tuple comes back every 64,512 SYNs.
-                    let port = 1024 + (i % 64_512) as u16;
-                    flood::syn_frame(
-                        src_mac,
-                        dst_mac,
-                        src,
-                        dst,
-                        port,
-                        443,
-                        i.wrapping_mul(2_654_435_761),
-                    )
-                },
-                N,
-                0,
-            )
-        })
-        .unwrap();
+    let src: std::net::Ipv4Addr = EDGE_V4.parse().unwrap();
+    flood::flood_origin(&lab.edge.name, &lab.origin.name, N, 0, move |i| {
+        flood::Syn {
+            src,
+            // Source ports wrap: each four-tuple comes back every 64,512 SYNs.
+            sport: 1024 + (i % 64_512) as u16,
+            dport: 443,
+            seq: i.wrapping_mul(2_654_435_761),
+        }
+    })
+    .unwrap();
     let n = f64::from(N);
     // Attempts whose reset was lost end after 25 s without an answer.
     let body = agent.metrics_until(Duration::from_secs(60), |m| {

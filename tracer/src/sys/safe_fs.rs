@@ -97,16 +97,7 @@ pub fn trusted_dir(dir: &Path) -> Result<()> {
 /// waiting on a FIFO, only a regular file.
 pub fn read_own(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     use std::io::Read as _;
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.file_type().is_file() {
-        return Err(io::Error::other(format!(
-            "{} is not a regular file",
-            path.display()
-        )));
-    }
+    let file = open_regular(path, OpenOptions::new().read(true))?;
     let mut bytes = Vec::new();
     file.take(cap + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > cap {
@@ -154,12 +145,17 @@ fn check_dir(dir: &Path, meta: &std::fs::Metadata) -> Result<()> {
 /// and only if it is a regular file: a FIFO planted there would block every write (and, opened
 /// without `O_NONBLOCK`, the open itself), a device would take the log anywhere.
 pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(mode)
-        // O_NONBLOCK: opening a FIFO never waits for a reader. It changes nothing for a
-        // regular file, the only kind kept.
+    open_regular(
+        path,
+        OpenOptions::new().create(true).append(true).mode(mode),
+    )
+}
+
+/// Opens `path` with `options`, never through a symlink, never waiting (O_NONBLOCK: a FIFO
+/// does not block the open; it changes nothing for a regular file), and keeps it only if it
+/// is a regular file.
+fn open_regular(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    let file = options
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)?;
     if !file.metadata()?.file_type().is_file() {

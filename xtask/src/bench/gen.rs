@@ -13,7 +13,7 @@ use std::{
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-pub use integration_tests::flood::{mac_of, syn_flood, syn_frame};
+pub use integration_tests::flood::{flood_origin, Syn};
 
 /// Accepts and closes connections (server closes first) until stopped.
 pub struct AcceptServer {

@@ -16,9 +16,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use integration_tests::{
-    frames, Lab, Netns, Tracer, EDGE_IF, EDGE_V4, ORIGIN_IF, ORIGIN_V4, OTHER_V4,
-};
+use integration_tests::{frames, Lab, Netns, Tracer, EDGE_V4, ORIGIN_IF, ORIGIN_V4, OTHER_V4};
 use serde_json::{json, Value};
 
 const XDP_REPEAT: u32 = 1_000_000;
@@ -300,20 +298,6 @@ fn agent_counts(m: &str, port: u16) -> (f64, f64, f64, f64) {
     )
 }
 
-/// Where frames go from the lab's edge: (source MAC, destination MAC, edge ifindex).
-fn edge_link(lab: &Lab) -> Result<([u8; 6], [u8; 6], i32)> {
-    let src = gen::mac_of(&read_ns(
-        &lab.edge,
-        &format!("/sys/class/net/{EDGE_IF}/address"),
-    )?)?;
-    let dst = gen::mac_of(&read_ns(
-        &lab.origin,
-        &format!("/sys/class/net/{ORIGIN_IF}/address"),
-    )?)?;
-    let ifindex: i32 = read_ns(&lab.edge, &format!("/sys/class/net/{EDGE_IF}/ifindex"))?.parse()?;
-    Ok((src, dst, ifindex))
-}
-
 /// The agent under 1,000,000 SYNs from one edge address at a closed port, at the fastest rate
 /// this machine sends, source ports wrapping (each four-tuple reused ~15 times): the counts
 /// against the kernel's.
@@ -325,26 +309,12 @@ fn agent_closed_port_flood() -> Result<Value> {
     let agent = integration_tests::agent::Agent::on(&lab.origin, "443", "2", &log)
         .args(&["--log-events", "none"])
         .start();
-    let (src_mac, dst_mac, ifindex) = edge_link(&lab)?;
-    let (src, dst): (Ipv4Addr, Ipv4Addr) = (EDGE_V4.parse()?, ORIGIN_V4.parse()?);
-    let achieved = lab.edge.enter(move || {
-        gen::syn_flood(
-            ifindex,
-            |i| {
-                let port = 1024 + (i % 64_512) as u16;
-                gen::syn_frame(
-                    src_mac,
-                    dst_mac,
-                    src,
-                    dst,
-                    port,
-                    443,
-                    i.wrapping_mul(2_654_435_761),
-                )
-            },
-            N,
-            0,
-        )
+    let src: Ipv4Addr = EDGE_V4.parse()?;
+    let achieved = gen::flood_origin(&lab.edge.name, &lab.origin.name, N, 0, move |i| gen::Syn {
+        src,
+        sport: 1024 + (i % 64_512) as u16,
+        dport: 443,
+        seq: i.wrapping_mul(2_654_435_761),
     })?;
     let n = f64::from(N);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -388,28 +358,13 @@ fn agent_non_edge_flood() -> Result<Value> {
     let agent = integration_tests::agent::Agent::on(&lab.origin, "443,8443", "2", &log)
         .args(&["--log-events", "none"])
         .start();
-    let (src_mac, dst_mac, ifindex) = edge_link(&lab)?;
-    let dst: Ipv4Addr = ORIGIN_V4.parse()?;
-    let edge = lab.edge.name.clone();
+    let (edge, origin) = (lab.edge.name.clone(), lab.origin.name.clone());
     let flooder = std::thread::spawn(move || {
-        Netns { name: edge }.enter(move || {
-            gen::syn_flood(
-                ifindex,
-                |i| {
-                    let src = Ipv4Addr::from((11u32 << 24) | (i * 7919 % (1 << 24)));
-                    gen::syn_frame(
-                        src_mac,
-                        dst_mac,
-                        src,
-                        dst,
-                        1024 + (i % 60000) as u16,
-                        443,
-                        i,
-                    )
-                },
-                N,
-                40_000,
-            )
+        gen::flood_origin(&edge, &origin, N, 40_000, |i| gen::Syn {
+            src: Ipv4Addr::from((11u32 << 24) | (i * 7919 % (1 << 24))),
+            sport: 1024 + (i % 60000) as u16,
+            dport: 443,
+            seq: i,
         })
     });
     std::thread::sleep(Duration::from_secs(4));
@@ -448,15 +403,6 @@ fn exact_run(mode: &str, n: u32, rate: u64) -> Result<Value> {
              nft add rule inet b input tcp dport 443 drop",
         );
     }
-    let src_mac = gen::mac_of(&read_ns(
-        &lab.edge,
-        &format!("/sys/class/net/{EDGE_IF}/address"),
-    )?)?;
-    let dst_mac = gen::mac_of(&read_ns(
-        &lab.origin,
-        &format!("/sys/class/net/{ORIGIN_IF}/address"),
-    )?)?;
-    let ifindex: i32 = read_ns(&lab.edge, &format!("/sys/class/net/{EDGE_IF}/ifindex"))?.parse()?;
     let rx = |lab: &Lab| -> u64 {
         read_ns(
             &lab.origin,
@@ -474,24 +420,14 @@ fn exact_run(mode: &str, n: u32, rate: u64) -> Result<Value> {
     let window = (expected_secs + 3.0).ceil();
     let tracer = Tracer::diagnose(&lab.origin, &port.to_string(), &window.to_string());
     let rx0 = rx(&lab);
-    let (src, dst): (Ipv4Addr, Ipv4Addr) = (EDGE_V4.parse()?, ORIGIN_V4.parse()?);
-    let achieved = lab.edge.enter(move || {
-        gen::syn_flood(
-            ifindex,
-            |i| {
-                gen::syn_frame(
-                    src_mac,
-                    dst_mac,
-                    src,
-                    dst,
-                    1024 + i as u16,
-                    port,
-                    0x1000_0000 + i,
-                )
-            },
-            n,
-            rate,
-        )
+    let src: Ipv4Addr = EDGE_V4.parse()?;
+    let achieved = gen::flood_origin(&lab.edge.name, &lab.origin.name, n, rate, move |i| {
+        gen::Syn {
+            src,
+            sport: 1024 + i as u16,
+            dport: port,
+            seq: 0x1000_0000 + i,
+        }
     })?;
     std::thread::sleep(Duration::from_millis(300));
     let delivered = rx(&lab) - rx0;
