@@ -65,6 +65,44 @@ pub struct Metrics {
     changes: IntCounterVec,
 }
 
+/// The event log's counters: lines held back, lines not written, rotations failed.
+fn log_counters(r: &Registry) -> Result<(IntCounter, IntCounter, IntCounter)> {
+    let log_suppressed = counter(
+        r,
+        "tracer_log_lines_suppressed_total",
+        "Event log lines held back by the rate limit (summed up in `suppressed` lines).",
+    )?;
+    let log_write_errors = counter(
+        r,
+        "tracer_log_write_errors_total",
+        "Log lines that could not be written (full disk, closed output).",
+    )?;
+    let log_rotation_failures = counter(
+        r,
+        "tracer_log_rotation_failures_total",
+        "Log rotations that failed (something squats `<log>.1`): the log was truncated to keep its size cap.",
+    )?;
+    Ok((log_suppressed, log_write_errors, log_rotation_failures))
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter> {
+    let c = IntCounter::new(name, help)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(c.clone()))?;
@@ -98,97 +136,66 @@ impl Metrics {
             "Connections from peers outside the watched ranges the origin reset after their handshake completed.",
             &["port"],
         )?;
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "tracer_build_info",
-                "The tracer's version, the running kernel's release and the arrival hook attached (value 1).",
-            ),
-            &["version", "kernel", "arrival_hook"],
-        )?;
-        r.register(Box::new(build_info.clone()))?;
-        let tls_ok = IntGaugeVec::new(
-            Opts::new(
-                "tracer_tls_check_ok",
-                "1 when the last TLS check (--hostname) of the port worked under Full (Strict): handshake done, certificate valid for the hostname; 0 when not.",
-            ),
-            &["port", "hostname"],
-        )?;
-        r.register(Box::new(tls_ok.clone()))?;
-        let tls_expiry = IntGaugeVec::new(
-            Opts::new(
-                "tracer_tls_certificate_expiry_seconds",
-                "Seconds until the certificate the port served for the hostname expires (negative: expired), from the last TLS check.",
-            ),
-            &["port", "hostname"],
-        )?;
-        r.register(Box::new(tls_expiry.clone()))?;
+        let build_info = gauge_vec(&r, "tracer_build_info", "The tracer's version, the running kernel's release and the arrival hook attached (value 1).", &["version", "kernel", "arrival_hook"])?;
+        let tls_ok = gauge_vec(&r, "tracer_tls_check_ok", "1 when the last TLS check (--hostname) of the port worked under Full (Strict): handshake done, certificate valid for the hostname; 0 when not.", &["port", "hostname"])?;
+        let tls_expiry = gauge_vec(&r, "tracer_tls_certificate_expiry_seconds", "Seconds until the certificate the port served for the hostname expires (negative: expired), from the last TLS check.", &["port", "hostname"])?;
         let changes = counter_vec(
             &r,
             "tracer_changes_total",
             "Changes on the origin the journal recorded, by kind (listener_up, listener_down, firewall, route, address, link, sysctl, ranges, hook).",
             &["what"],
         )?;
-        for w in crate::journal::What::ALL {
-            changes.with_label_values(&[w.as_str()]);
-        }
-        // The standard process_* metrics: CPU seconds, resident memory, open files, start time.
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
         let edge_syn = counter_vec(
             &r,
             "tracer_edge_syn_total",
             "SYN packets from the watched ranges seen at the NIC (retransmissions included).",
             &["port"],
         )?;
-        let events_lost = IntCounter::new(
+        let events_lost = counter(
+            &r,
             "tracer_events_lost_total",
             "Kernel events lost because a kernel buffer was full: the event ring buffer or the arrival hook's SYN log (counts are lower bounds while it rises).",
         )?;
-        r.register(Box::new(events_lost.clone()))?;
-        let ranges_info = IntGaugeVec::new(
-            Opts::new("tracer_ranges_info", "The watched ranges in use (value 1)."),
+        let ranges_info = gauge_vec(
+            &r,
+            "tracer_ranges_info",
+            "The watched ranges in use (value 1).",
             &["source", "etag"],
         )?;
-        r.register(Box::new(ranges_info.clone()))?;
-        let arrival_hook = IntGaugeVec::new(
-            Opts::new(
-                "tracer_arrival_hook",
-                "Where arriving SYNs are seen (value 1): xdp_driver, xdp_generic, tcx or tc_clsact.",
-            ),
+        let arrival_hook = gauge_vec(
+            &r,
+            "tracer_arrival_hook",
+            "Where arriving SYNs are seen (value 1): xdp_driver, xdp_generic, tcx or tc_clsact.",
             &["hook"],
         )?;
-        r.register(Box::new(arrival_hook.clone()))?;
-        let ranges_age = IntGauge::new(
+        let ranges_age = gauge(
+            &r,
             "tracer_ranges_age_seconds",
             "Seconds since the ranges in use were fetched or recorded.",
         )?;
-        r.register(Box::new(ranges_age.clone()))?;
-        let verdict = IntGaugeVec::new(
-            Opts::new(
-                "tracer_verdict",
-                "1 for the verdict of the last completed window, 0 for the others.",
-            ),
+        let verdict = gauge_vec(
+            &r,
+            "tracer_verdict",
+            "1 for the verdict of the last completed window, 0 for the others.",
             &["verdict"],
         )?;
-        r.register(Box::new(verdict.clone()))?;
-        let open_attempts = IntGauge::new(
+        let open_attempts = gauge(
+            &r,
             "tracer_open_attempts",
             "Connection attempts awaiting an answer now.",
         )?;
-        r.register(Box::new(open_attempts.clone()))?;
         let windows = IntCounter::new("tracer_windows_total", "Verdict windows completed.")?;
         r.register(Box::new(windows.clone()))?;
-        let syns_refused = IntCounter::new(
+        let syns_refused = counter(
+            &r,
             "tracer_edge_syns_refused_total",
             "SYNs from the watched ranges to watched ports the kernel refused (no socket), counted in the kernel: exact even when events are lost.",
         )?;
-        r.register(Box::new(syns_refused.clone()))?;
-        let attempts_evicted = IntCounter::new(
+        let attempts_evicted = counter(
+            &r,
             "tracer_attempts_evicted_total",
             "Open attempts ended early (as unknown unless decided) because the attempt table was full.",
         )?;
-        r.register(Box::new(attempts_evicted.clone()))?;
         let listener_changes_dropped = counter_vec(
             &r,
             "tracer_listener_changes_dropped_total",
@@ -198,55 +205,18 @@ impl Metrics {
         for reason in ["unprivileged_namespace", "rate_limit", "journal_full"] {
             listener_changes_dropped.with_label_values(&[reason]);
         }
-        let edge_attempts_evicted = IntCounter::new(
+        let edge_attempts_evicted = counter(
+            &r,
             "tracer_edge_attempts_evicted_total",
             "Of those, the edge's: only when the table holds nothing but edge attempts (non-edge ones go first).",
         )?;
-        r.register(Box::new(edge_attempts_evicted.clone()))?;
-        let log_suppressed = IntCounter::new(
-            "tracer_log_lines_suppressed_total",
-            "Event log lines held back by the rate limit (summed up in `suppressed` lines).",
-        )?;
-        r.register(Box::new(log_suppressed.clone()))?;
-        let log_write_errors = IntCounter::new(
-            "tracer_log_write_errors_total",
-            "Log lines that could not be written (full disk, closed output).",
-        )?;
-        r.register(Box::new(log_write_errors.clone()))?;
-        let log_rotation_failures = IntCounter::new(
-            "tracer_log_rotation_failures_total",
-            "Log rotations that failed (something squats `<log>.1`): the log was truncated to keep its size cap.",
-        )?;
-        r.register(Box::new(log_rotation_failures.clone()))?;
+        let (log_suppressed, log_write_errors, log_rotation_failures) = log_counters(&r)?;
 
-        // Every series exists from the start, so rate() and absent() work before the first event.
-        let mut connection_series = FastMap::default();
-        let mut syn_series = FastMap::default();
-        let mut late_reset_series = FastMap::default();
-        for &port in ports {
-            let p = port.to_string();
-            syn_series.insert(port, edge_syn.with_label_values(&[&p]));
-            late_reset_series.insert((true, port), edge_late_resets.with_label_values(&[&p]));
-            late_reset_series.insert((false, port), non_edge_late_resets.with_label_values(&[&p]));
-            for o in Outcome::ALL {
-                connection_series.insert(
-                    (true, port, o),
-                    edge_connections.with_label_values(&[&p, o.as_str()]),
-                );
-                connection_series.insert(
-                    (false, port, o),
-                    non_edge_connections.with_label_values(&[&p, o.as_str()]),
-                );
-            }
-        }
-        for v in Verdict::ALL {
-            verdict.with_label_values(&[v.as_str()]).set(0);
-        }
-        Ok(Self {
+        let mut m = Self {
             registry: r,
-            connection_series,
-            syn_series,
-            late_reset_series,
+            connection_series: FastMap::default(),
+            syn_series: FastMap::default(),
+            late_reset_series: FastMap::default(),
             edge_late_resets,
             non_edge_late_resets,
             build_info,
@@ -272,7 +242,47 @@ impl Metrics {
             tls_ok,
             tls_expiry,
             changes,
-        })
+        };
+        m.every_series_from_the_start(ports);
+        // The standard process_* metrics: CPU seconds, resident memory, open files, start time.
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(m)
+    }
+
+    /// Every series exists from the start, so rate() and absent() work before the first
+    /// event; the counters per port and outcome are resolved once (no label lookup per
+    /// connection).
+    fn every_series_from_the_start(&mut self, ports: &[u16]) {
+        for &port in ports {
+            let p = port.to_string();
+            self.syn_series
+                .insert(port, self.edge_syn.with_label_values(&[&p]));
+            self.late_reset_series
+                .insert((true, port), self.edge_late_resets.with_label_values(&[&p]));
+            self.late_reset_series.insert(
+                (false, port),
+                self.non_edge_late_resets.with_label_values(&[&p]),
+            );
+            for o in Outcome::ALL {
+                self.connection_series.insert(
+                    (true, port, o),
+                    self.edge_connections.with_label_values(&[&p, o.as_str()]),
+                );
+                self.connection_series.insert(
+                    (false, port, o),
+                    self.non_edge_connections
+                        .with_label_values(&[&p, o.as_str()]),
+                );
+            }
+        }
+        for v in Verdict::ALL {
+            self.verdict.with_label_values(&[v.as_str()]).set(0);
+        }
+        for w in crate::journal::What::ALL {
+            self.changes.with_label_values(&[w.as_str()]);
+        }
     }
 
     pub fn change(&self, what: crate::journal::What) {

@@ -194,49 +194,7 @@ impl Report {
                 s += &text_wrap::step(n + 1, step, "  ");
             }
         }
-        let _ = writeln!(s);
-        let _ = writeln!(s, "Connection attempts (distinct)   edge  non-edge");
-        let rows: [Row; 9] = [
-            ("SYN", |c| c.syn),
-            ("handshakes", |c| c.handshakes),
-            ("refused", |c| c.refused),
-            ("firewall drops", |c| c.firewall_drops),
-            ("overload drops", |c| c.overload_drops),
-            ("origin resets", |c| c.origin_resets),
-            ("unanswered", |c| c.unanswered),
-            ("other drops", |c| c.other_drops),
-            ("unknown (events lost)", |c| c.unknown),
-        ];
-        for (name, get) in rows {
-            let _ = writeln!(
-                s,
-                "  {name:<30}{:>6}{:>10}",
-                get(&self.edge),
-                get(&self.non_edge)
-            );
-        }
-        for b in &self.backends {
-            let outcomes: Vec<String> = b
-                .outcomes
-                .iter()
-                .map(|(o, n)| format!("{} {n}", o.as_str()))
-                .collect();
-            s += &wrap(
-                &format!(
-                    "Forwarded: edge port {} -> {} in {}{} ({})",
-                    b.edge_port,
-                    b.endpoint(),
-                    b.place,
-                    b.dnat_chain()
-                        .map(|c| format!(" by {c}"))
-                        .unwrap_or_default(),
-                    outcomes.join(", ")
-                ),
-                "",
-                "  ",
-                WIDTH,
-            );
-        }
+        self.counts_text(&mut s);
         // "Label: a, b, c" wrapped, or "Label: none".
         let list = |label: &str, items: Vec<String>, none: &str| {
             let items = if items.is_empty() {
@@ -277,5 +235,52 @@ impl Report {
             }
         }
         text_wrap::printable(&s).into_owned()
+    }
+
+    /// The counts table and where forwarded attempts went.
+    fn counts_text(&self, s: &mut String) {
+        let _ = writeln!(*s);
+        let _ = writeln!(*s, "Connection attempts (distinct)   edge  non-edge");
+        let rows: [Row; 9] = [
+            ("SYN", |c| c.syn),
+            ("handshakes", |c| c.handshakes),
+            ("refused", |c| c.refused),
+            ("firewall drops", |c| c.firewall_drops),
+            ("overload drops", |c| c.overload_drops),
+            ("origin resets", |c| c.origin_resets),
+            ("unanswered", |c| c.unanswered),
+            ("other drops", |c| c.other_drops),
+            ("unknown (events lost)", |c| c.unknown),
+        ];
+        for (name, get) in rows {
+            let _ = writeln!(
+                s,
+                "  {name:<30}{:>6}{:>10}",
+                get(&self.edge),
+                get(&self.non_edge)
+            );
+        }
+        for b in &self.backends {
+            let outcomes: Vec<String> = b
+                .outcomes
+                .iter()
+                .map(|(o, n)| format!("{} {n}", o.as_str()))
+                .collect();
+            *s += &wrap(
+                &format!(
+                    "Forwarded: edge port {} -> {} in {}{} ({})",
+                    b.edge_port,
+                    b.endpoint(),
+                    b.place,
+                    b.dnat_chain()
+                        .map(|c| format!(" by {c}"))
+                        .unwrap_or_default(),
+                    outcomes.join(", ")
+                ),
+                "",
+                "  ",
+                WIDTH,
+            );
+        }
     }
 }
