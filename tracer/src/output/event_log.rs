@@ -55,18 +55,22 @@ pub struct EventLog {
 fn open_log(path: &Path) -> Result<File> {
     crate::sys::safe_fs::open_append(path, 0o640).with_context(|| {
         format!(
-            "cannot open log file {} (only a regular file is written to, never through a symlink)",
+            "cannot open log file {} (a symlink, a FIFO or a directory there is refused)",
             path.display()
         )
     })
 }
 
 impl EventLog {
-    pub fn open(path: Option<&Path>, max_bytes: Option<u64>) -> Result<Self> {
+    pub fn open(path: Option<&Path>, mut max_bytes: Option<u64>) -> Result<Self> {
         let (out, written) = match path {
             None => (Output::Stdout(BufWriter::new(std::io::stdout())), 0),
             Some(p) => {
                 let f = open_log(p)?;
+                // A device (`/dev/null`) has no size to cap and must never be renamed.
+                if !f.metadata().is_ok_and(|m| m.is_file()) {
+                    max_bytes = None;
+                }
                 let len = f.metadata().map(|m| m.len()).unwrap_or(0);
                 (
                     Output::File {
@@ -96,6 +100,9 @@ impl EventLog {
         if let Output::File { path, out } = &mut self.out {
             out.flush()?;
             let f = open_log(path)?;
+            if !f.metadata().is_ok_and(|m| m.is_file()) {
+                self.max_bytes = None;
+            }
             self.written = f.metadata().map(|m| m.len()).unwrap_or(0);
             *out = BufWriter::new(f);
         }
@@ -345,6 +352,22 @@ mod tests {
         let old = std::fs::metadata(d.join("log.1")).unwrap().len();
         assert!(cur < 1000 && (1000..1100).contains(&old), "{cur} {old}");
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// `--log-file /dev/null` discards the log: a device is never size-capped, so never
+    /// renamed (rotating it would move the system's /dev/null).
+    #[test]
+    fn a_device_is_never_rotated() {
+        use std::os::unix::fs::FileTypeExt as _;
+        let mut log = EventLog::open(Some(Path::new("/dev/null")), Some(10)).unwrap();
+        for i in 0..100 {
+            log.line(&format!("{{\"n\":{i}}}"));
+        }
+        log.flush();
+        assert_eq!((log.rotation_failures, log.write_errors), (0, 0));
+        let t = std::fs::symlink_metadata("/dev/null").unwrap().file_type();
+        assert!(t.is_char_device());
+        assert!(!Path::new("/dev/null.1").exists());
     }
 
     #[test]

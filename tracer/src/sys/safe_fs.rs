@@ -5,6 +5,7 @@
 //! directories are created with a private mode and refused when another user owns them or can
 //! write to them; logs are opened without following a symlink.
 
+use std::os::unix::fs::FileTypeExt as _;
 use std::{
     fs::{File, OpenOptions},
     io::{self, Write as _},
@@ -97,7 +98,12 @@ pub fn trusted_dir(dir: &Path) -> Result<()> {
 /// waiting on a FIFO, only a regular file.
 pub fn read_own(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     use std::io::Read as _;
-    let file = open_regular(path, OpenOptions::new().read(true))?;
+    let file = open_kept(
+        path,
+        OpenOptions::new().read(true),
+        std::fs::FileType::is_file,
+        "a regular file",
+    )?;
     let mut bytes = Vec::new();
     file.take(cap + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > cap {
@@ -141,26 +147,34 @@ fn check_dir(dir: &Path, meta: &std::fs::Metadata) -> Result<()> {
     Ok(())
 }
 
-/// Opens a log file for appending, created with `mode` if missing, never through a symlink
-/// and only if it is a regular file: a FIFO planted there would block every write (and, opened
-/// without `O_NONBLOCK`, the open itself), a device would take the log anywhere.
+/// Opens a log file for appending, created with `mode` if missing, never through a symlink,
+/// and only a regular file or a character device (`/dev/null`: only root can make one): a
+/// FIFO planted there would block every write (and, opened without `O_NONBLOCK`, the open
+/// itself).
 pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
-    open_regular(
+    open_kept(
         path,
         OpenOptions::new().create(true).append(true).mode(mode),
+        |t| t.is_file() || t.is_char_device(),
+        "a regular file or a character device",
     )
 }
 
 /// Opens `path` with `options`, never through a symlink, never waiting (O_NONBLOCK: a FIFO
-/// does not block the open; it changes nothing for a regular file), and keeps it only if it
-/// is a regular file.
-fn open_regular(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+/// does not block the open; it changes nothing for a regular file), and keeps it only if its
+/// type is one `keep` accepts (`kinds` says which, for the error).
+fn open_kept(
+    path: &Path,
+    options: &mut OpenOptions,
+    keep: fn(&std::fs::FileType) -> bool,
+    kinds: &str,
+) -> io::Result<File> {
     let file = options
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)?;
-    if !file.metadata()?.file_type().is_file() {
+    if !keep(&file.metadata()?.file_type()) {
         return Err(io::Error::other(format!(
-            "{} is not a regular file",
+            "{} is not {kinds}",
             path.display()
         )));
     }
@@ -172,7 +186,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_log_opens_only_as_a_regular_file() {
+    fn a_log_opens_only_as_a_file_or_a_device() {
         let d = scratch("append");
         let fifo = d.join("fifo");
         let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
@@ -182,6 +196,8 @@ mod tests {
         assert!(open_append(&fifo, 0o640).is_err());
         std::fs::create_dir(d.join("dir")).unwrap();
         assert!(open_append(&d.join("dir"), 0o640).is_err());
+        // /dev/null, to discard the log, is a character device: kept.
+        assert!(open_append(Path::new("/dev/null"), 0o640).is_ok());
         let mut f = open_append(&d.join("log"), 0o640).unwrap();
         use std::io::Write as _;
         writeln!(f, "ok").unwrap();
