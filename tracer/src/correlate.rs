@@ -26,6 +26,7 @@ pub use crate::model::outcome::{Backend, Outcome};
 mod attempt;
 mod counts;
 pub mod kernel_account;
+pub mod timing;
 
 pub use attempt::{Attempt, ReplyDrop};
 pub use counts::Counts;
@@ -433,6 +434,7 @@ impl Correlator {
         a.last = a.last.max(ev.ts);
         a.edge |= ev.edge;
         a.established = true;
+        a.established_at.get_or_insert(ev.ts);
         if backend.is_some() {
             a.backend = backend;
         }
@@ -617,5 +619,37 @@ mod bound_tests {
         };
         assert_eq!(outcome(40_000), Some(Outcome::Unknown));
         assert_eq!(outcome(40_001), Some(Outcome::Unanswered));
+    }
+
+    /// First SYN to the final ACK, recorded: the edge's SYN retransmitted after 1 s, the
+    /// handshake done 2 ms later — 1,002 ms, two SYNs.
+    #[test]
+    fn a_handshake_is_timed_from_the_first_syn() {
+        let mut c = Correlator::live();
+        c.observe(&crate::model::event::sample(Kind::Syn, 40_000, 10_000));
+        c.observe(&crate::model::event::sample(Kind::Syn, 40_000, 11_000));
+        c.observe(&crate::model::event::sample(
+            Kind::Established,
+            40_000,
+            11_002,
+        ));
+        let decided: Vec<Decided> = c.drain_decided().collect();
+        let Some(Decided::Attempt(a)) = decided.first() else {
+            panic!("{decided:?}");
+        };
+        assert_eq!(a.syn_packets, 2);
+        assert_eq!(a.handshake_time(), Some(Duration::from_millis(1002)));
+        // A connection whose SYN was not seen has no handshake time.
+        let mut c = Correlator::live();
+        c.observe(&crate::model::event::sample(
+            Kind::Established,
+            40_001,
+            11_002,
+        ));
+        let decided: Vec<Decided> = c.drain_decided().collect();
+        let Some(Decided::Attempt(a)) = decided.first() else {
+            panic!("{decided:?}");
+        };
+        assert_eq!(a.handshake_time(), None);
     }
 }

@@ -20,5 +20,6 @@ mod lost_replies;
 mod packages;
 mod ranges;
 mod service;
+mod timing;
 mod tls;
 mod xdp;

@@ -35,6 +35,8 @@ pub struct Attempt {
     /// request (the kernel resends its SYN-ACK and frees the SYN), a duplicate. Never a drop.
     pub syn_frees_pending: u32,
     pub established: bool,
+    /// When the handshake completed (the final ACK).
+    pub established_at: Option<SystemTime>,
     pub closed: bool,
     pub refused: bool,
     /// Drops seen, by class.
@@ -71,6 +73,7 @@ impl Attempt {
             syn_drops: 0,
             syn_frees_pending: 0,
             established: false,
+            established_at: None,
             closed: false,
             refused: false,
             filter_drop: None,
@@ -86,6 +89,14 @@ impl Attempt {
             decided: None,
             events_lost: false,
         }
+    }
+
+    /// First SYN seen to the final ACK, when both were seen.
+    pub fn handshake_time(&self) -> Option<std::time::Duration> {
+        if self.syn_packets == 0 {
+            return None;
+        }
+        self.established_at?.duration_since(self.first).ok()
     }
 
     /// The kernel's reason behind `outcome` for this attempt, when it gave one.
@@ -230,7 +241,10 @@ impl Attempt {
                 }
             }
             Kind::ResetReceived => self.peer_reset = true,
-            Kind::Established => self.established = true,
+            Kind::Established => {
+                self.established = true;
+                self.established_at.get_or_insert(ev.ts);
+            }
             Kind::Closed => {
                 self.closed = true;
                 // The state the socket closed from: FIN_WAIT1/2, TIME_WAIT or CLOSING mean

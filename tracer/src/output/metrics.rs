@@ -4,7 +4,8 @@ use std::time::SystemTime;
 
 use anyhow::Result;
 use prometheus::{
-    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::{correlate::Outcome, ranges::RangeSet, verdict::Verdict};
@@ -60,6 +61,7 @@ pub struct Metrics {
     attempts_evicted: IntCounter,
     edge_attempts_evicted: IntCounter,
     listener_changes_dropped: IntCounterVec,
+    handshake_seconds: HistogramVec,
     tls_ok: IntGaugeVec,
     tls_expiry: IntGaugeVec,
     changes: IntCounterVec,
@@ -211,6 +213,17 @@ impl Metrics {
             "Of those, the edge's: only when the table holds nothing but edge attempts (non-edge ones go first).",
         )?;
         let (log_suppressed, log_write_errors, log_rotation_failures) = log_counters(&r)?;
+        let handshake_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tracer_edge_handshake_seconds",
+                "Edge handshakes by port: first SYN seen to the final ACK (SYN retransmissions after 1, 2, 3 … s show as the steps).",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 4.0, 8.0, 19.0,
+            ]),
+            &["port"],
+        )?;
+        r.register(Box::new(handshake_seconds.clone()))?;
 
         let mut m = Self {
             registry: r,
@@ -239,6 +252,7 @@ impl Metrics {
             attempts_evicted,
             edge_attempts_evicted,
             listener_changes_dropped,
+            handshake_seconds,
             tls_ok,
             tls_expiry,
             changes,
@@ -394,6 +408,13 @@ impl Metrics {
             Some(c) => c.inc(),
             None => self.edge_syn.with_label_values(&[&port.to_string()]).inc(),
         }
+    }
+
+    /// A completed edge handshake at `port` and how long it took.
+    pub fn handshake(&self, port: u16, took: std::time::Duration) {
+        self.handshake_seconds
+            .with_label_values(&[&port.to_string()])
+            .observe(took.as_secs_f64());
     }
 
     /// Edge SYNs at `port` are at least the `refused` the kernel counted there: a refused SYN

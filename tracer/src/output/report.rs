@@ -73,6 +73,8 @@ pub struct Report {
     pub since: Option<crate::journal::since::Since>,
     /// The ports edge attempts reached in the window (not in the JSON: the counts say it).
     pub edge_ports: Vec<u16>,
+    /// How long the edge's handshakes took.
+    pub timing: crate::correlate::timing::Timing,
 }
 
 /// "0.0.0.0:443 (accept queue 0/511, port reservation)", "127.0.0.1:80 in container
@@ -195,6 +197,7 @@ impl Report {
             }
         }
         self.counts_text(&mut s);
+        self.timing_text(&mut s);
         // "Label: a, b, c" wrapped, or "Label: none".
         let list = |label: &str, items: Vec<String>, none: &str| {
             let items = if items.is_empty() {
@@ -235,6 +238,35 @@ impl Report {
             }
         }
         text_wrap::printable(&s).into_owned()
+    }
+
+    /// How long the edge's handshakes took, when there were any.
+    fn timing_text(&self, s: &mut String) {
+        let h = &self.timing.handshake;
+        if h.count == 0 {
+            return;
+        }
+        let ms = |v: f64| {
+            if v < 10.0 {
+                format!("{v:.1} ms")
+            } else {
+                format!("{v:.0} ms")
+            }
+        };
+        *s += &wrap(
+            &format!(
+                "Handshake time (edge, first SYN to final ACK): p50 {}, p99 {}, max {} over {} handshakes; {} needed the edge's SYN again, {} the origin's SYN-ACK again",
+                ms(h.p50_ms),
+                ms(h.p99_ms),
+                ms(h.max_ms),
+                h.count,
+                self.timing.after_syn_retransmits,
+                self.timing.after_synack_retransmits
+            ),
+            "",
+            "  ",
+            WIDTH,
+        );
     }
 
     /// The counts table and where forwarded attempts went.

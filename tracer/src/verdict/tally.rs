@@ -43,6 +43,8 @@ pub struct Tally {
     /// The ports edge attempts reached: a TLS check is judged on these (or on ports given by
     /// name), a stray listener the edge never reached is not Cloudflare's problem.
     pub(super) edge_ports: BTreeSet<u16>,
+    /// The edge's completed handshakes: how long each took.
+    pub(super) handshakes: crate::correlate::timing::Handshakes,
     /// (first packet, failed) of each edge attempt, for when a failure began. Bounded.
     pub timeline: Vec<(std::time::SystemTime, bool)>,
     /// Edge attempts whose answer a filter dropped on its way out, by where and why, with
@@ -91,6 +93,9 @@ impl Tally {
         self.edge_ports.insert(a.flow.local_port);
         self.synack_retransmits += u64::from(a.synack_retransmits);
         let outcome = a.outcome();
+        if let Some(t) = a.handshake_time() {
+            self.handshakes.add(t, a.syn_packets, a.synack_retransmits);
+        }
         self.classes.add(a, outcome);
         self.add_backend(a, outcome);
         if outcome != Outcome::Unknown && self.timeline.len() < TIMELINE {

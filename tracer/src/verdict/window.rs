@@ -263,6 +263,7 @@ pub fn assemble(w: ClosedWindow) -> Report {
         tls: Vec::new(),
         since: None,
         edge_ports: tally.edge_ports.iter().copied().collect(),
+        timing: tally.handshakes.timing(),
     }
 }
 

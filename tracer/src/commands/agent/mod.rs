@@ -293,6 +293,9 @@ impl Agent {
             let (attempt, after_handshake) = match d {
                 Decided::Attempt(a) => {
                     let outcome = a.decided.unwrap_or(a.outcome());
+                    if let (true, Some(t)) = (a.edge, a.handshake_time()) {
+                        self.metrics.handshake(a.flow.local_port, t);
+                    }
                     count_outcome(
                         &self.metrics,
                         &mut self.kernel_account,
