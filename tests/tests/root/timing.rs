@@ -44,6 +44,12 @@ fn lost_synacks_show_in_the_handshake_times() {
         + t["handshakes_after_synack_retransmits"].as_u64().unwrap();
     assert!(retransmitted >= 3, "{t:#}");
     assert_eq!(r["verdict"], "healthy", "{r:#}");
+    // The retransmissions are evidence of the verdict.
+    let evidence = r["causes"][0]["evidence"].to_string();
+    assert!(
+        evidence.contains("edge handshakes completed only after a retransmission"),
+        "{evidence}"
+    );
 }
 
 /// Healthy traffic: every handshake timed, none retransmitted, all well under a second; the

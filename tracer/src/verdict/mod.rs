@@ -11,6 +11,7 @@ mod names;
 mod refusals;
 mod return_path;
 mod tally;
+pub mod timing;
 pub mod tls;
 pub mod window;
 

@@ -240,6 +240,13 @@ pub fn assemble(w: ClosedWindow) -> Report {
         lost_events: ctx.counted.lost_events,
     };
     let (verdict, mut causes) = decide(&inputs);
+    let timing = tally.handshakes.timing();
+    if let (Some(line), Some(first)) = (
+        crate::verdict::timing::retransmitted_handshakes(&timing),
+        causes.first_mut(),
+    ) {
+        first.evidence.push(line);
+    }
     if !ctx.tls_checked {
         crate::verdict::tls::quick_close_hint(&mut causes, &tally.quick_closes, edge.handshakes);
     }
@@ -263,7 +270,7 @@ pub fn assemble(w: ClosedWindow) -> Report {
         tls: Vec::new(),
         since: None,
         edge_ports: tally.edge_ports.iter().copied().collect(),
-        timing: tally.handshakes.timing(),
+        timing,
     }
 }
 
