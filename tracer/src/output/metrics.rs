@@ -62,6 +62,8 @@ pub struct Metrics {
     edge_attempts_evicted: IntCounter,
     listener_changes_dropped: IntCounterVec,
     handshake_seconds: HistogramVec,
+    /// Port -> its handshake histogram, resolved once (no label lookup per connection).
+    handshake_series: FastMap<u16, prometheus::Histogram>,
     tls_ok: IntGaugeVec,
     tls_expiry: IntGaugeVec,
     changes: IntCounterVec,
@@ -253,6 +255,7 @@ impl Metrics {
             edge_attempts_evicted,
             listener_changes_dropped,
             handshake_seconds,
+            handshake_series: FastMap::default(),
             tls_ok,
             tls_expiry,
             changes,
@@ -273,6 +276,8 @@ impl Metrics {
             let p = port.to_string();
             self.syn_series
                 .insert(port, self.edge_syn.with_label_values(&[&p]));
+            self.handshake_series
+                .insert(port, self.handshake_seconds.with_label_values(&[&p]));
             self.late_reset_series
                 .insert((true, port), self.edge_late_resets.with_label_values(&[&p]));
             self.late_reset_series.insert(
@@ -412,9 +417,13 @@ impl Metrics {
 
     /// A completed edge handshake at `port` and how long it took.
     pub fn handshake(&self, port: u16, took: std::time::Duration) {
-        self.handshake_seconds
-            .with_label_values(&[&port.to_string()])
-            .observe(took.as_secs_f64());
+        match self.handshake_series.get(&port) {
+            Some(h) => h.observe(took.as_secs_f64()),
+            None => self
+                .handshake_seconds
+                .with_label_values(&[&port.to_string()])
+                .observe(took.as_secs_f64()),
+        }
     }
 
     /// Edge SYNs at `port` are at least the `refused` the kernel counted there: a refused SYN
