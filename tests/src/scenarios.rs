@@ -29,6 +29,8 @@ pub struct Scenario {
     pub ports: &'static str,
     /// Where the tracer runs.
     pub vantage: Vantage,
+    /// More arguments for the tracer (`--edge-read-timeout 3s`).
+    pub extra: &'static [&'static str],
     pub setup: fn(&Lab) -> Keep,
     pub traffic: fn(&Lab),
 }
@@ -164,6 +166,56 @@ fn requests_after_a_pause(lab: &Lab, n: usize) {
     }
 }
 
+/// A one-connection HTTP/1.1 server on `listener`: answers each request after `delay`, and
+/// closes the connection once it has been idle for `idle_close`. Runs on a thread named
+/// `slow-app`, which is what the kernel names as the reader.
+pub fn http_server(listener: TcpListener, delay: Duration, idle_close: Duration) -> JoinHandle<()> {
+    use std::io::{Read as _, Write as _};
+    std::thread::Builder::new()
+        .name("slow-app".into())
+        .spawn(move || {
+            let Ok((mut conn, _)) = listener.accept() else {
+                return;
+            };
+            conn.set_read_timeout(Some(idle_close))
+                .expect("read timeout");
+            let mut buf = [0u8; 4096];
+            // Each read is one request here (the client sends each in one write).
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                std::thread::sleep(delay);
+                if conn
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            // Idle past `idle_close` (the read timed out) or the peer closed: close.
+        })
+        .expect("server thread")
+}
+
+/// Sends a request on `conn` and reads the answer (or the error the connection gives).
+pub fn request(conn: &mut std::net::TcpStream) -> std::io::Result<usize> {
+    use std::io::{Read as _, Write as _};
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: origin\r\n\r\n")?;
+    let mut buf = [0u8; 256];
+    conn.read(&mut buf)
+}
+
+/// An HTTP server on the origin's 8080 (see [`http_server`]), kept for the scenario.
+fn http_8080(lab: &Lab, delay: Duration, idle_close: Duration) -> Keep {
+    vec![Box::new(http_server(
+        lab.origin.listen("0.0.0.0", 8080, 16),
+        delay,
+        idle_close,
+    ))]
+}
+
 /// Every Cloudflare IPv4 range but 104.16.0.0/13, as an old copy of the list.
 pub fn stale_cloudflare_v4() -> Vec<String> {
     let v: Value = serde_json::from_str(include_str!("../../tracer/data/cloudflare-ips.json"))
@@ -192,6 +244,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=5 handshakes=5",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| server(lab, "0.0.0.0", 443, ServerMode::Close),
             traffic: |lab| {
                 attempts(lab, EDGE_V4, ORIGIN_V4, 443, 5);
@@ -203,6 +256,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 refused=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: nothing,
             traffic: |lab| {
                 attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
@@ -214,6 +268,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 refused=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| vec![Box::new(lab.origin.listen("127.0.0.1", 443, 16))],
             traffic: |lab| {
                 attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
@@ -225,6 +280,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 firewall_drops=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 lab.origin.sh(
                     "nft add table inet filter; \
@@ -248,6 +304,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 firewall_drops=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 lab.origin.sh("iptables -A INPUT -p tcp --dport 443 -s 173.245.48.0/20 -j REJECT --reject-with tcp-reset");
                 server(lab, "0.0.0.0", 443, ServerMode::Close)
@@ -262,6 +319,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 handshakes=0 unanswered+overload_drops=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| full_queue(lab, &lab.origin, 443),
             traffic: |lab| {
                 attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
@@ -273,6 +331,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 handshakes=3 origin_resets=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| server(lab, "0.0.0.0", 443, ServerMode::Reset),
             traffic: |lab| {
                 for _ in 0..3 {
@@ -290,6 +349,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=0",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 lab.edge.sh("nft add table inet t; \
                      nft add chain inet t output '{ type filter hook output priority 0; }'; \
@@ -307,6 +367,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=6 refused=2 firewall_drops=4",
             ports: "443,8080",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 lab.origin.sh("nft add table inet filter; \
                      nft add chain inet filter input '{ type filter hook input priority 0; }'; \
@@ -324,6 +385,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 refused=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| vec![Box::new(lab.origin.listen("::1", 443, 16))],
             traffic: |lab| {
                 attempts(lab, EDGE_V6, ORIGIN_V6, 443, 3);
@@ -335,6 +397,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=5 handshakes=5",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 docker_443_to_80(lab);
                 container_server(lab, "0.0.0.0")
@@ -349,6 +412,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 refused=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 docker_443_to_80(lab);
                 Vec::new()
@@ -363,6 +427,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 refused=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 docker_443_to_80(lab);
                 container_server(lab, "127.0.0.1")
@@ -377,6 +442,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 firewall_drops=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 docker_443_to_80(lab);
                 lab.origin
@@ -393,6 +459,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 handshakes=0 unanswered+overload_drops=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 docker_443_to_80(lab);
                 full_queue(lab, &lab.container, 80)
@@ -407,6 +474,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 refused=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 lab.wire_container();
                 lab.nft_publish_v6(443, 80);
@@ -422,6 +490,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=4 handshakes=4",
             ports: "9443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| server(lab, "::", 9443, ServerMode::Close),
             traffic: |lab| {
                 attempts(lab, EDGE_V4, ORIGIN_V4, 9443, 2);
@@ -434,6 +503,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 handshakes=0 unanswered=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 lab.dead_end_interface();
                 lab.origin.sh(&format!(
@@ -453,6 +523,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 handshakes=0 unanswered=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 no_forwarding(lab);
                 // An upstream that drops the origin's outbound: here, the edge's own input.
@@ -471,6 +542,7 @@ pub fn all() -> Vec<Scenario> {
             // The tracer runs in the container (a VM-like namespace with a routed address);
             // its host, the lab's origin, drops the replies in its forward path.
             vantage: Vantage::Container,
+            extra: &[],
             setup: |lab| {
                 lab.route_edge_to_container();
                 lab.origin.sh(
@@ -491,6 +563,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=6 handshakes=0 unanswered=6",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 no_forwarding(lab);
                 lab.edge_by_default_route(&[EDGE2_V4, EDGE3_V4, EDGE2_V6, EDGE3_V6]);
@@ -514,6 +587,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 other_drops=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 lab.dead_end_interface();
                 lab.pin_origin_neighbour();
@@ -533,6 +607,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 firewall_drops=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 let f2b =
                     tools::Fail2ban::start(&lab.origin, "nginx-http-auth", "iptables-multiport");
@@ -552,6 +627,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 firewall_drops=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 let dir = TempDir::new(&format!("ufw-{}", lab.origin.name));
                 tools::ufw(
@@ -580,6 +656,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=5 handshakes=2 firewall_drops=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 lab.edge_alias(EDGE2_V4);
                 lab.origin.sh(&format!(
@@ -606,6 +683,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 handshakes=3 origin_resets=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| server(lab, "0.0.0.0", 443, ServerMode::Close),
             traffic: |lab| requests_after_a_pause(lab, 3),
         },
@@ -615,6 +693,7 @@ pub fn all() -> Vec<Scenario> {
             counts: "syn=3 firewall_drops=3",
             ports: "443",
             vantage: Vantage::Origin,
+            extra: &[],
             setup: |lab| {
                 lab.origin.sh("iptables -A INPUT -p tcp --syn --dport 443 -m connlimit --connlimit-above 1 --connlimit-mask 0 -j REJECT --reject-with tcp-reset");
                 let l = lab.origin.listen("0.0.0.0", 443, 16);
@@ -626,6 +705,59 @@ pub fn all() -> Vec<Scenario> {
             },
             traffic: |lab| {
                 attempts(lab, EDGE_V4, ORIGIN_V4, 443, 3);
+            },
+        },
+        Scenario {
+            name: "application answers after 4 s",
+            expected: "slow_response",
+            counts: "syn=1 handshakes=1",
+            ports: "8080",
+            vantage: Vantage::Origin,
+            extra: &["--edge-read-timeout", "3s"],
+            setup: |lab| http_8080(lab, Duration::from_secs(4), Duration::from_secs(30)),
+            traffic: |lab| {
+                if let Ok(mut c) = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), SHORT) {
+                    let _ = request(&mut c);
+                }
+            },
+        },
+        Scenario {
+            name: "keep-alive closed after 1 s, next request at 1.4 s",
+            expected: "keepalive_race",
+            counts: "syn=1",
+            ports: "8080",
+            vantage: Vantage::Origin,
+            extra: &[],
+            setup: |lab| http_8080(lab, Duration::ZERO, Duration::from_secs(1)),
+            traffic: |lab| {
+                if let Ok(mut c) = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), SHORT) {
+                    let _ = request(&mut c);
+                    std::thread::sleep(Duration::from_millis(1400));
+                    let _ = request(&mut c);
+                }
+            },
+        },
+        Scenario {
+            name: "half the SYN-ACKs lost",
+            expected: "healthy",
+            counts: "syn=4 handshakes=4",
+            ports: "443",
+            vantage: Vantage::Origin,
+            extra: &[],
+            setup: |lab| {
+                lab.origin.sh(
+                    "nft add table inet lossy; \
+                     nft add chain inet lossy out '{ type filter hook output priority 0; }'; \
+                     nft add rule inet lossy out tcp sport 443 'tcp flags & (syn | ack) == syn | ack' numgen inc mod 2 == 0 drop",
+                );
+                server(lab, "0.0.0.0", 443, ServerMode::Close)
+            },
+            traffic: |lab| {
+                for _ in 0..4 {
+                    let _ = lab
+                        .edge
+                        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), RETRYING);
+                }
             },
         },
     ]
@@ -717,7 +849,8 @@ pub fn run_exit(s: &Scenario, args: &[&str], env: &[(&str, &str)]) -> (i32, Valu
         Vantage::Origin => (&lab.origin, ORIGIN_IF),
         Vantage::Container => (&lab.container, CONTAINER_IF),
     };
-    let tracer = Tracer::diagnose_on(ns, iface, s.ports, &window, args, env);
+    let args: Vec<&str> = s.extra.iter().chain(args).copied().collect();
+    let tracer = Tracer::diagnose_on(ns, iface, s.ports, &window, &args, env);
     let t_ready = started.elapsed().as_secs_f64();
     (s.traffic)(&lab);
     let t_traffic = started.elapsed().as_secs_f64();

@@ -28,6 +28,25 @@ pub enum EventKind {
     /// to or from LISTEN), in any namespace: `state` is `old << 8 | new`, `aux` the current
     /// task's `pid_tgid`, `peer_addr` its comm (NUL-padded); the local side is the listener's.
     Listen = 8,
+    /// An edge request began: payload from the edge on a connection with none pending (the
+    /// first payload, or the first after the origin answered). Seen at the arrival hook.
+    RequestBegan = 9,
+    /// The application read the pending request (`tcp:tcp_rcv_space_adjust`, in the reading
+    /// task): `aux` is its `pid_tgid`, `local_addr` its comm (NUL-padded).
+    RequestRead = 10,
+    /// The origin sent its first payload byte after a request (TC egress); `EVENT_F_READ`
+    /// when the application had read the request by then.
+    ResponseBegan = 11,
+    /// The origin closed (FIN) an edge connection the edge had not closed (TC egress): `aux`
+    /// is the jiffies of the last payload either way; `EVENT_F_PENDING` when a request had
+    /// no response yet.
+    OriginClosed = 12,
+    /// Payload from the edge on a connection the origin had already closed: a request that
+    /// meets a reset. Sent once per connection.
+    RequestAfterClose = 13,
+    /// A followed edge connection was reset (`EVENT_F_EGRESS`: by the origin) while a request
+    /// was waiting for its response.
+    ExchangeReset = 14,
 }
 
 impl EventKind {
@@ -41,6 +60,12 @@ impl EventKind {
             6 => Self::Closed,
             7 => Self::SynackRetransmit,
             8 => Self::Listen,
+            9 => Self::RequestBegan,
+            10 => Self::RequestRead,
+            11 => Self::ResponseBegan,
+            12 => Self::OriginClosed,
+            13 => Self::RequestAfterClose,
+            14 => Self::ExchangeReset,
             _ => return None,
         })
     }
@@ -60,6 +85,45 @@ pub const EVENT_F_EGRESS: u32 = 1 << 4;
 /// and port match a SYN that arrived at the watched interface (`ARRIVALS`): the host handed
 /// the connection on (DNAT to a container, another namespace).
 pub const EVENT_F_FORWARDED: u32 = 1 << 5;
+/// [`Event::flags`] of `ResponseBegan`: the application had read the request.
+pub const EVENT_F_READ: u32 = 1 << 6;
+/// [`Event::flags`] of `OriginClosed`: a request was still waiting for its response.
+pub const EVENT_F_PENDING: u32 = 1 << 7;
+
+/// Edge connections whose exchanges are followed at once (`FLOWS`, least recently used go).
+pub const EXCHANGE_FLOWS: u32 = 65536;
+
+/// [`FlowState::phase`]: a request arrived and no response byte has left yet.
+pub const PHASE_REQUEST: u8 = 1;
+/// [`FlowState::phase`]: the origin is answering (or has answered) the last request.
+pub const PHASE_RESPONSE: u8 = 2;
+/// [`FlowState::flags`]: the application read the pending request.
+pub const FLOW_F_READ: u8 = 1 << 0;
+/// [`FlowState::flags`]: the origin sent its FIN first.
+pub const FLOW_F_ORIGIN_CLOSED: u8 = 1 << 1;
+/// [`FlowState::flags`]: the edge sent its FIN.
+pub const FLOW_F_EDGE_CLOSED: u8 = 1 << 2;
+/// [`FlowState::flags`]: a request after the origin's close was reported.
+pub const FLOW_F_AFTER_CLOSE: u8 = 1 << 3;
+
+/// One edge connection's exchange, kept by the arrival and departure hooks (`FLOWS`, keyed by
+/// the peer's address and port as [`ArrivalKey`], which DNAT leaves alone). Only transitions
+/// send events: per-packet work is a lookup and, once a tick, a store.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// `bpf_ktime_get_ns()` when the pending request began.
+    pub request_ns: u64,
+    /// `bpf_jiffies64()` of the last payload either way.
+    pub last_jiffies: u64,
+    /// `PHASE_*`.
+    pub phase: u8,
+    /// `FLOW_F_*`.
+    pub flags: u8,
+    pub _pad: [u8; 6],
+}
+
+const _: () = assert!(size_of::<FlowState>() == 24);
 
 /// One kernel observation, written to the ring buffer.
 ///
@@ -405,6 +469,8 @@ pub struct Config {
     pub syn_slots_per_cpu: u32,
     /// This kernel's number for the drop reason NO_SOCKET (0: none).
     pub no_socket_reason: u32,
+    /// `tcp:tcp_rcv_space_adjust` (the application read from a socket).
+    pub rcv_space_adjust: SockTpLayout,
 }
 
 impl Config {
@@ -437,6 +503,7 @@ impl Config {
         teardown_reasons: [0; DROP_REASON_WORDS],
         syn_slots_per_cpu: 1,
         no_socket_reason: 0,
+        rcv_space_adjust: SockTpLayout::ABSENT,
     };
 }
 
@@ -479,4 +546,5 @@ mod pod {
     unsafe impl aya::Pod for SynCursor {}
     unsafe impl aya::Pod for ArrivalKey {}
     unsafe impl aya::Pod for ListenBudget {}
+    unsafe impl aya::Pod for FlowState {}
 }

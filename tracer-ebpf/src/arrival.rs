@@ -67,13 +67,13 @@ pub fn bytes_at(ctx: &impl Frame, offset: usize, len: usize) -> Option<*const u8
 /// verifier allows misaligned packet loads where the CPU does (x86-64, arm64), and a
 /// `read_unaligned` would be split into single-byte loads by the BPF backend.
 #[inline(always)]
-fn be16(p: *const u8) -> u16 {
+pub fn be16(p: *const u8) -> u16 {
     #[allow(clippy::cast_ptr_alignment)]
     u16::from_be(unsafe { *(p as *const u16) })
 }
 
 #[inline(always)]
-fn load32(p: *const u8) -> u32 {
+pub fn load32(p: *const u8) -> u32 {
     #[allow(clippy::cast_ptr_alignment)]
     unsafe {
         *(p as *const u32)
@@ -91,7 +91,8 @@ pub fn try_arrival(ctx: &impl Frame) -> Option<()> {
             if !ipv4_whole_tcp(ip) {
                 return None;
             }
-            return syn(4, unsafe { ip.add(12) }, unsafe { ip.add(20) });
+            let tcp = unsafe { ip.add(20) };
+            return segment(4, unsafe { ip.add(12) }, tcp, payload_v4(ip, 20, tcp));
         }
     }
     try_any_frame(ctx)
@@ -121,8 +122,52 @@ fn try_any_frame(ctx: &impl Frame) -> Option<()> {
         l3 += 4;
     }
 
+    let (family, src, tcp, payload) = parse_l3(ctx, ether_type, l3)?;
+    segment(family, src, tcp, payload)
+}
+
+/// Payload bytes of an IPv4 segment: total length less the IP (`ihl` bytes) and TCP headers.
+/// A GRO or GSO packet of 64 KiB and more has no total length (BIG TCP): it counts as payload.
+#[inline(always)]
+fn payload_v4(ip: *const u8, ihl: usize, tcp: *const u8) -> u32 {
+    let total = u32::from(be16(unsafe { ip.add(2) }));
+    if total == 0 {
+        return 1;
+    }
+    let doff = u32::from(unsafe { *tcp.add(12) } >> 4) * 4;
+    total.saturating_sub(ihl as u32 + doff)
+}
+
+/// Payload bytes of an IPv6 segment (no extension headers).
+#[inline(always)]
+fn payload_v6(ip: *const u8, tcp: *const u8) -> u32 {
+    let len = u32::from(be16(unsafe { ip.add(4) }));
+    if len == 0 {
+        return 1;
+    }
+    let doff = u32::from(unsafe { *tcp.add(12) } >> 4) * 4;
+    len.saturating_sub(doff)
+}
+
+/// Any frame's TCP segment: (family, source address followed by the destination, TCP header
+/// with 20 readable bytes, flags, payload length). For the departure hook.
+#[inline(always)]
+pub fn parse_tcp(ctx: &impl Frame) -> Option<(u8, *const u8, *const u8, u8, u32)> {
+    let eth = bytes_at(ctx, 0, ETH_HLEN)?;
+    let ether_type = be16(unsafe { eth.add(12) });
+    let (family, src, tcp, payload) = parse_l3(ctx, ether_type, ETH_HLEN)?;
+    Some((family, src, tcp, unsafe { *tcp.add(13) }, payload))
+}
+
+/// The IP and TCP headers at `l3`: (family, source address, TCP header, payload length).
+#[inline(always)]
+fn parse_l3(
+    ctx: &impl Frame,
+    ether_type: u16,
+    l3: usize,
+) -> Option<(u8, *const u8, *const u8, u32)> {
     // (family, source address, TCP header)
-    let (family, src, l4) = match ether_type {
+    let (family, src, l4, ip, ihl) = match ether_type {
         ETH_P_IP => {
             let ip = bytes_at(ctx, l3, 20)?;
             let ver_ihl = unsafe { *ip };
@@ -130,7 +175,7 @@ fn try_any_frame(ctx: &impl Frame) -> Option<()> {
             if ver_ihl >> 4 != 4 || ihl < 20 || !ipv4_whole_tcp(ip) {
                 return None;
             }
-            (4u8, unsafe { ip.add(12) }, l3 + ihl)
+            (4u8, unsafe { ip.add(12) }, l3 + ihl, ip, ihl)
         }
         ETH_P_IPV6 => {
             let ip = bytes_at(ctx, l3, 40)?;
@@ -138,12 +183,28 @@ fn try_any_frame(ctx: &impl Frame) -> Option<()> {
             if unsafe { *ip } >> 4 != 6 || unsafe { *ip.add(6) } != IPPROTO_TCP {
                 return None;
             }
-            (6u8, unsafe { ip.add(8) }, l3 + 40)
+            (6u8, unsafe { ip.add(8) }, l3 + 40, ip, 40)
         }
         _ => return None,
     };
+    let tcp = bytes_at(ctx, l4, 20)?;
+    let payload = if family == 4 {
+        payload_v4(ip, ihl, tcp)
+    } else {
+        payload_v6(ip, tcp)
+    };
+    Some((family, src, tcp, payload))
+}
 
-    syn(family, src, bytes_at(ctx, l4, 20)?)
+/// A TCP segment arriving: a bare SYN goes to the SYN log, any other to the exchanges.
+#[inline(always)]
+fn segment(family: u8, src: *const u8, tcp: *const u8, payload: u32) -> Option<()> {
+    let flags = unsafe { *tcp.add(13) };
+    if flags & TCP_SYN == 0 {
+        crate::exchange::inbound(family, src, tcp, flags, payload);
+        return None;
+    }
+    syn(family, src, tcp)
 }
 
 /// The TCP header at `tcp` (20 readable bytes), the source address at `src` followed by the

@@ -7,6 +7,7 @@ mod arrival;
 mod common;
 mod drop;
 mod empty;
+mod exchange;
 mod sock;
 mod tc;
 mod xdp;

@@ -121,6 +121,28 @@ pub struct CaptureArgs {
     pub ring_bytes: Option<u32>,
 }
 
+/// Cloudflare's timeouts on the origin's side, for plans that differ and for tests.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct EdgeTimeouts {
+    /// Cloudflare's proxy read timeout: a response whose first byte comes later is a 524
+    /// (slow_response). 100 s on most plans; Enterprise can raise it to 6,000 s.
+    #[arg(long, value_name = "DURATION", default_value = "100s", value_parser = parse_edge_timeout)]
+    pub edge_read_timeout: std::time::Duration,
+    /// How long Cloudflare keeps an idle connection to the origin for reuse: the origin
+    /// closing idle connections sooner risks a 520 (keepalive_race).
+    #[arg(long, value_name = "DURATION", default_value = "900s", value_parser = parse_edge_timeout)]
+    pub edge_idle_timeout: std::time::Duration,
+}
+
+/// `--edge-read-timeout`, `--edge-idle-timeout`: 100 ms to 2 h.
+fn parse_edge_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(text)?;
+    if d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(7200) {
+        return Err("must be between 100ms and 2h (e.g. 100s, 15m)".into());
+    }
+    Ok(d)
+}
+
 /// The TLS check, shared by diagnose and agent.
 #[derive(Args, Debug, Default)]
 pub struct TlsArgs {
@@ -193,6 +215,8 @@ pub struct DiagnoseArgs {
     pub exit_code: bool,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub timeouts: EdgeTimeouts,
     /// Answer from the running agent's recent history instead of watching a new window: when
     /// the current failure began and what changed on the host in the last DURATION (e.g.
     /// 10m). Needs no privileges; the agent must run on this host.
@@ -266,6 +290,8 @@ pub struct AgentArgs {
     /// tracer_tls_check_ok, tracer_tls_certificate_expiry_seconds; the verdict record's tls).
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub timeouts: EdgeTimeouts,
     /// Scheduling niceness (-20..19). The agent needs about 1% of a core at 40k new
     /// connections/s and the kernel buffers seconds of events, so by default it yields to the
     /// server it watches; any shortfall shows as `loss` events and tracer_events_lost_total.

@@ -98,8 +98,8 @@ pub fn run_scenarios(tracer: &Path, filters: &[String], shard: Shard) -> Result<
     Ok(rows)
 }
 
-pub fn run(tracer: &Path) -> Result<()> {
-    let rows = run_scenarios(tracer, &[], Shard::ALL)?;
+pub fn run(tracer: &Path, filters: &[String]) -> Result<()> {
+    let rows = run_scenarios(tracer, filters, Shard::ALL)?;
     // The widest name sets the first column.
     let w = rows
         .iter()

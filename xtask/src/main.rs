@@ -44,7 +44,11 @@ enum Task {
         no_vm: bool,
     },
     /// Run every 521 scenario in namespaces and print scenario, expected, verdict, seconds (root).
-    Lab,
+    Lab {
+        /// Only scenarios whose name contains this (repeatable).
+        #[arg(long = "scenario")]
+        scenarios: Vec<String>,
+    },
     /// Boot Debian's kernels (5.10, 6.1, 6.12, the newest) in VMs and run the lab in each;
     /// print kernel × scenario; non-zero on any mismatch (root).
     VmTest {
@@ -125,10 +129,10 @@ fn run(cli: Cli) -> Result<()> {
             build(true)?;
             bench::run(&root.join("target/release/tracer"), json, &only)
         }
-        Task::Lab => {
+        Task::Lab { scenarios } => {
             setup::run()?;
             build(false)?;
-            lab::run(&root.join("target/debug/tracer"))
+            lab::run(&root.join("target/debug/tracer"), &scenarios)
         }
         Task::VmTest {
             kernels,

@@ -140,6 +140,7 @@ fn fail2bans_route_action_is_named_with_the_unban() {
         counts: "syn=3 handshakes=0 unanswered=3",
         ports: "443",
         vantage: Vantage::Origin,
+        extra: &[],
         setup: |lab: &Lab| {
             lab.origin
                 .sh("sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0");

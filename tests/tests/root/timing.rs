@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use integration_tests::{
-    scenarios::{Server, ServerMode},
+    scenarios::{http_server, request, Server, ServerMode},
     sockaddr, Lab, Tracer, EDGE_V4, ORIGIN_V4,
 };
 use serde_json::Value;
@@ -112,4 +112,129 @@ fn the_agent_exports_handshake_times() {
         "{body}"
     );
     agent.stop();
+}
+
+/// An application that answers after 4 s, with the edge's read timeout set to 3 s: the
+/// verdict is slow_response (524), the process that read the request is named, the response
+/// time's maximum is at least 4 s.
+#[test]
+fn a_slow_application_is_a_slow_response() {
+    let lab = Lab::new();
+    let app = http_server(
+        lab.origin.listen("0.0.0.0", 8080, 16),
+        Duration::from_secs(4),
+        Duration::from_secs(30),
+    );
+    let tracer = Tracer::diagnose_with(
+        &lab.origin,
+        "8080",
+        "7",
+        &["--edge-read-timeout", "3s"],
+        &[],
+    );
+    let mut conn = lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), Duration::from_secs(2))
+        .expect("8080 serves");
+    assert!(request(&mut conn).expect("an answer") > 0);
+    let (code, out) = tracer.wait(Duration::from_secs(40));
+    drop(conn);
+    let _ = app.join();
+    assert_eq!(code, 0, "{out}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["verdict"], "slow_response", "{r:#}");
+    let cause = &r["causes"][0];
+    assert_eq!(cause["cloudflare_error"], 524, "{r:#}");
+    let evidence = cause["evidence"].to_string();
+    let pid = std::process::id();
+    assert!(
+        // (and its container, when the test runs in one)
+        evidence.contains(&format!("read by slow-app (pid {pid}")),
+        "{evidence}"
+    );
+    let t = &r["timing"];
+    assert!(t["response_ms"]["max"].as_f64().unwrap() >= 4000.0, "{t:#}");
+    assert_eq!(t["slow_responses"], 1, "{t:#}");
+    assert_eq!(t["slow_responses_unread"], 0, "{t:#}");
+}
+
+/// A server that closes keep-alive connections after 1 s idle while the edge sends its next
+/// request at 1.4 s: the request meets a reset — keepalive_race (520), the idle close timed.
+#[test]
+fn an_early_keepalive_close_is_a_keepalive_race() {
+    let lab = Lab::new();
+    let app = http_server(
+        lab.origin.listen("0.0.0.0", 8080, 16),
+        Duration::ZERO,
+        Duration::from_secs(1),
+    );
+    let tracer = Tracer::diagnose_with(&lab.origin, "8080", "4", &[], &[]);
+    let mut conn = lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), Duration::from_secs(2))
+        .expect("8080 serves");
+    assert!(request(&mut conn).expect("an answer") > 0);
+    std::thread::sleep(Duration::from_millis(1400));
+    // The origin closed at 1 s: the request meets a reset (or the FIN's end of file).
+    let second = request(&mut conn);
+    assert!(!matches!(second, Ok(n) if n > 0), "{second:?}");
+    let (code, out) = tracer.wait(Duration::from_secs(40));
+    let _ = app.join();
+    assert_eq!(code, 0, "{out}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["verdict"], "keepalive_race", "{r:#}");
+    assert_eq!(r["causes"][0]["cloudflare_error"], 520, "{r:#}");
+    let t = &r["timing"];
+    assert_eq!(t["requests_after_close"], 1, "{t:#}");
+    assert_eq!(t["idle_close_ms"]["count"], 1, "{t:#}");
+    let idle = t["idle_close_ms"]["max"].as_f64().unwrap();
+    assert!((900.0..1300.0).contains(&idle), "{t:#}");
+}
+
+/// Healthy requests on a kept-alive connection: every response timed, none slow, no close
+/// raced; the verdict is healthy and the text report has the response line.
+#[test]
+fn healthy_requests_are_timed() {
+    let lab = Lab::new();
+    let app = http_server(
+        lab.origin.listen("0.0.0.0", 8080, 16),
+        Duration::ZERO,
+        Duration::from_secs(30),
+    );
+    let tracer = Tracer::start_env(
+        &lab.origin,
+        &[
+            "diagnose",
+            "--iface",
+            integration_tests::ORIGIN_IF,
+            "--port",
+            "8080",
+            "--duration",
+            "3",
+        ],
+        &[],
+    );
+    let mut conn = lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), Duration::from_secs(2))
+        .expect("8080 serves");
+    for _ in 0..5 {
+        assert!(request(&mut conn).expect("an answer") > 0);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, out) = tracer.wait(Duration::from_secs(30));
+    drop(conn);
+    let _ = app.join();
+    assert_eq!(code, 0, "{out}");
+    let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.starts_with("VERDICT: healthy"), "{out}");
+    assert!(
+        flat.contains("Response time (edge request to first response byte)")
+            && flat.contains("over 5 responses of 5 requests; 0 past the edge's read timeout"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("slow_response") && !out.contains("keepalive_race"),
+        "{out}"
+    );
 }

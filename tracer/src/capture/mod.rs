@@ -160,7 +160,7 @@ impl Capture {
         let netns = self.probe.netns;
         merge_by_ring_pos(&self.ring_batch, &held[..ready], |item| {
             let record = match item {
-                Merged::Ring(raw) => decode_record(raw, &clock, reasons),
+                Merged::Ring(raw) => decode_record(raw, &clock, &jiffies, reasons),
                 Merged::Syn(r) => decode_syn(r, &clock, &jiffies, netns).map(Record::Event),
             };
             if let Some(record) = record {

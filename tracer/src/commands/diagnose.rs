@@ -42,6 +42,8 @@ struct Window {
     iface: String,
     /// The change journal's watcher: the kernel's listener events go to it.
     watcher: Option<crate::journal::watch::Watcher>,
+    /// Requests, responses and closes on edge connections.
+    exchanges: crate::correlate::exchanges::Exchanges,
 }
 
 /// The progress line's pace: redrawn at most 4 times a second, however often the capture
@@ -101,6 +103,10 @@ impl Sink for Window {
             }
             return;
         }
+        if let Record::Exchange(x) = &record {
+            self.exchanges.observe(x);
+            return;
+        }
         if let Some(done) = self.correlator.observe_record(&record) {
             self.tally.add(&done);
         }
@@ -108,7 +114,9 @@ impl Sink for Window {
 
     fn tick(&mut self, capture: &mut Capture) -> Result<Next> {
         if let Some(end) = self.grace_end {
-            let done = self.correlator.pending() == 0 || Instant::now() >= end;
+            // Requests begun in the window get their answer too, within the grace.
+            let done = (self.correlator.pending() == 0 && self.exchanges.waiting() == 0)
+                || Instant::now() >= end;
             return Ok(if done { Next::Stop } else { Next::Continue });
         }
         if self.last_sample.elapsed() >= Duration::from_secs(1) {
@@ -235,6 +243,10 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
         notes: Vec::new(),
         iface: iface.clone(),
         watcher: Some(watcher),
+        exchanges: crate::correlate::exchanges::Exchanges::new(
+            args.timeouts.edge_read_timeout,
+            args.timeouts.edge_idle_timeout,
+        ),
     };
     session::run(&mut capture, &mut w, signals).await?;
 
@@ -260,6 +272,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
         tls_checked: tls.is_some(),
     };
     // The window is over: its report is assembled here (the agent does it on another thread).
+    w.tally.exchanges = w.exchanges.take_window(SystemTime::now());
     let closed = window::close(
         w.tally.clone(),
         &mut w.sampler,

@@ -36,6 +36,17 @@ pub struct Timing {
     pub handshake: Summary,
     pub after_syn_retransmits: u64,
     pub after_synack_retransmits: u64,
+    /// Edge request to the first response byte.
+    pub response: Summary,
+    /// Idle time before the origin closed an edge connection.
+    pub idle_close: Summary,
+    /// Edge requests seen (on new connections and ones already open).
+    pub requests: u64,
+    /// Requests past the edge's read timeout, and those of them the application had not read.
+    pub slow_responses: u64,
+    pub slow_unread: u64,
+    /// Requests that arrived on connections the origin had already closed.
+    pub requests_after_close: u64,
 }
 
 impl Handshakes {
@@ -47,11 +58,18 @@ impl Handshakes {
         self.after_synack_retransmits += u64::from(synacks_again > 0);
     }
 
-    pub fn timing(&self) -> Timing {
+    /// The window's timing, with its exchanges.
+    pub fn timing(&self, x: &super::exchanges::ExchangeWindow) -> Timing {
         Timing {
             handshake: self.times.summary(),
             after_syn_retransmits: self.after_syn_retransmits,
             after_synack_retransmits: self.after_synack_retransmits,
+            response: x.responses.summary(),
+            idle_close: x.idle_closes.summary(),
+            requests: x.requests,
+            slow_responses: x.slow,
+            slow_unread: x.slow_unread,
+            requests_after_close: x.after_close,
         }
     }
 }

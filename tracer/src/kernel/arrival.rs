@@ -128,8 +128,58 @@ impl Probe {
         }
     }
 
-    /// Attaches the arrival hook `target` asks for and says which and why in the notes.
+    /// Attaches the arrival hook `target` asks for and the departure hook beside it.
     pub(super) fn attach_arrival(&mut self, target: &ArrivalTarget) -> Result<()> {
+        self.attach_arrival_only(target)?;
+        let departure = hooks::TC_DEPARTURE.name(target.empty);
+        if let Err(e) = self.attach_departure(departure, &target.iface) {
+            self.notes.push(format!(
+                "{}: the departure hook (TC egress) could not attach ({}): response and idle-close times are not measured",
+                target.iface,
+                one_line(&e)
+            ));
+        }
+        Ok(())
+    }
+
+    /// TC egress, where the origin's answers leave: a tcx link, else a clsact filter (claimed
+    /// like the ingress one).
+    fn attach_departure(&mut self, name: &str, iface: &str) -> Result<()> {
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+        if tc.fd().is_err() {
+            tc.load().context("loading the TC egress program")?;
+        }
+        if !crate::environment::get().no_tcx
+            && tc
+                .attach_with_options(
+                    iface,
+                    TcAttachType::Egress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .is_ok()
+        {
+            return Ok(());
+        }
+        if self.clsact_claim.is_none() {
+            clsact::remove_stale(iface);
+        }
+        let _ = tc::qdisc_add_clsact(iface);
+        let handle = clsact::new_handle();
+        tc.attach_with_options(
+            iface,
+            TcAttachType::Egress,
+            TcAttachOptions::Netlink(NlOptions {
+                handle: TcHandle::new((handle >> 16) as u16, handle as u16),
+                ..NlOptions::default()
+            }),
+        )
+        .map_err(|e| anyhow!("cannot attach TC egress to {iface}: {e}"))?;
+        self.clsact_egress_claim = Some(clsact::claim(iface, "egress", handle));
+        Ok(())
+    }
+
+    /// Attaches the arrival hook `target` asks for and says which and why in the notes.
+    fn attach_arrival_only(&mut self, target: &ArrivalTarget) -> Result<()> {
         let empty = target.empty;
         let (xdp, tc) = (
             hooks::XDP_ARRIVAL.name(empty),
@@ -212,7 +262,7 @@ impl Probe {
         .map_err(|e| {
             anyhow!("cannot attach TC ingress to {iface}: tcx: {tcx_error}; clsact: {e}")
         })?;
-        self.clsact_claim = Some(clsact::claim(iface, handle));
+        self.clsact_claim = Some(clsact::claim(iface, "ingress", handle));
         self.arrival_hook = ArrivalHook::TcClsact;
         Ok(())
     }

@@ -14,7 +14,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 /// The tracer's TC programs, as `tc` shows a filter's `bpf_name`.
-const NAMES: [&str; 2] = ["tc_syn", "tc_pass"];
+const NAMES: [&str; 4] = ["tc_syn", "tc_pass", "tc_reply", "tc_reply_pass"];
 
 /// One ingress filter of ours: (preference, handle).
 #[derive(Debug, PartialEq, Eq)]
@@ -104,8 +104,13 @@ fn claims_dir() -> PathBuf {
     crate::environment::get().state_dir().join("clsact")
 }
 
-fn claim_path(dir: &Path, iface: &str, handle: u32) -> PathBuf {
-    dir.join(format!("{iface}-{handle:08x}.json"))
+/// The claim of a filter: `IF-HANDLE.json` for ingress (as before egress filters), with the
+/// direction in the name for egress.
+fn claim_path(dir: &Path, iface: &str, direction: &str, handle: u32) -> PathBuf {
+    match direction {
+        "ingress" => dir.join(format!("{iface}-{handle:08x}.json")),
+        _ => dir.join(format!("{iface}-{direction}-{handle:08x}.json")),
+    }
 }
 
 /// A handle no other tracer's filter has (random; neither half zero).
@@ -134,9 +139,9 @@ impl Drop for Claimed {
 
 /// Writes this process's claim on the filter `handle` on `iface`. Without a state directory
 /// it cannot: a SIGKILL would then leave the filter for removal by hand (said once).
-pub fn claim(iface: &str, handle: u32) -> Claimed {
+pub fn claim(iface: &str, direction: &str, handle: u32) -> Claimed {
     let dir = claims_dir();
-    let path = claim_path(&dir, iface, handle);
+    let path = claim_path(&dir, iface, direction, handle);
     let written = crate::sys::safe_fs::private_dir(&dir, 0o755).and_then(|()| {
         let text = serde_json::to_vec(&Claim::mine(iface, handle))?;
         Ok(crate::sys::safe_fs::write_atomic(&path, &text, 0o644)?)
@@ -144,17 +149,23 @@ pub fn claim(iface: &str, handle: u32) -> Claimed {
     match written {
         Ok(()) => Claimed(Some(path)),
         Err(e) => {
-            tracing::warn!("cannot record this tracer's clsact filter on {iface} in {} ({e:#}): if the tracer is killed, remove it with `tc filter del dev {iface} ingress handle {handle:#x} bpf`", dir.display());
+            tracing::warn!("cannot record this tracer's clsact filter on {iface} in {} ({e:#}): if the tracer is killed, remove it with `tc filter del dev {iface} {direction} handle {handle:#x} bpf`", dir.display());
             Claimed(None)
         }
     }
 }
 
-/// Removes the tracer's filters on `iface` whose claim proves the claimant gone. Best effort:
-/// `tc` may be missing.
+/// Removes the tracer's filters on `iface` (ingress and egress) whose claim proves the
+/// claimant gone. Best effort: `tc` may be missing.
 pub fn remove_stale(iface: &str) {
+    for direction in ["ingress", "egress"] {
+        remove_stale_at(iface, direction);
+    }
+}
+
+fn remove_stale_at(iface: &str, direction: &str) {
     let Ok(out) = Command::new("tc")
-        .args(["-json", "filter", "show", "dev", iface, "ingress"])
+        .args(["-json", "filter", "show", "dev", iface, direction])
         .output()
     else {
         return;
@@ -162,7 +173,7 @@ pub fn remove_stale(iface: &str) {
     let dir = claims_dir();
     let here = pid_ns();
     for f in ours(&String::from_utf8_lossy(&out.stdout)) {
-        let path = claim_path(&dir, iface, f.handle);
+        let path = claim_path(&dir, iface, direction, f.handle);
         let claim = crate::sys::safe_fs::read_own(&path, 4096)
             .ok()
             .and_then(|b| serde_json::from_slice::<Claim>(&b).ok());
@@ -177,7 +188,7 @@ pub fn remove_stale(iface: &str) {
             continue;
         }
         let removed = Command::new("tc")
-            .args(["filter", "del", "dev", iface, "ingress", "pref"])
+            .args(["filter", "del", "dev", iface, direction, "pref"])
             .arg(f.pref.to_string())
             .args(["handle", &format!("{:#x}", f.handle), "bpf"])
             .status()

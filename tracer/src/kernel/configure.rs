@@ -83,8 +83,8 @@ impl Facts {
                     formats.insert(hook.program, f);
                 }
                 Err(e) => format_notes.push(format!(
-                    "{} is not available ({e:#}): not traced",
-                    hook.name
+                    "{} is not available ({e:#}): not traced — {}",
+                    hook.name, hook.without
                 )),
             }
         }
@@ -227,15 +227,10 @@ pub fn configure(facts: Facts, wanted: &Wanted, kallsyms: impl FnOnce() -> Symbo
                 .into(),
         );
     }
-    if let Some(f) = formats.get("tp_recv_reset") {
-        config.receive_reset = sock_layout(f);
-    }
-    if let Some(f) = formats.get("tp_set_state") {
-        config.set_state = sock_layout(f);
-    }
-    if let Some(f) = formats.get("tp_synack_rtx") {
-        config.retransmit_synack = sock_layout(f);
-        config.synack_req = off(f, "req");
+    for hook in &hooks::TRACEPOINTS {
+        if let (Some(set), Some(f)) = (hook.layout, formats.get(hook.program)) {
+            set(&mut config, f);
+        }
     }
     Configured {
         config,

@@ -13,6 +13,11 @@ pub(super) struct TracepointHook {
     pub btf: Option<BtfVariant>,
     /// The program that does nothing on this hook (`TRACER_EMPTY_PROGRAMS`).
     pub empty: &'static str,
+    /// Where its fields go in the programs' `Config`, for a tracepoint read with the split
+    /// address layout (the others are configured with more care in `configure`).
+    pub layout: Option<fn(&mut Config, &tracefs::Format)>,
+    /// What is not known on a kernel without it.
+    pub without: &'static str,
 }
 
 /// A BTF-typed program and what it needs of this kernel.
@@ -24,7 +29,7 @@ pub(super) struct BtfVariant {
 }
 
 /// Every tracepoint, once. Adding a hook: its eBPF program, a row here, its decoder.
-pub(super) const TRACEPOINTS: [TracepointHook; 5] = [
+pub(super) const TRACEPOINTS: [TracepointHook; 6] = [
     TracepointHook {
         program: "tp_kfree_skb",
         category: "skb",
@@ -46,6 +51,8 @@ pub(super) const TRACEPOINTS: [TracepointHook; 5] = [
             },
         }),
         empty: "tp_empty",
+        layout: None,
+        without: "drops are not seen",
     },
     TracepointHook {
         program: "tp_send_reset",
@@ -53,6 +60,8 @@ pub(super) const TRACEPOINTS: [TracepointHook; 5] = [
         name: "tcp_send_reset",
         btf: None,
         empty: "tp_empty",
+        layout: None,
+        without: "resets the stack sends are not seen",
     },
     TracepointHook {
         program: "tp_recv_reset",
@@ -60,6 +69,8 @@ pub(super) const TRACEPOINTS: [TracepointHook; 5] = [
         name: "tcp_receive_reset",
         btf: None,
         empty: "tp_empty",
+        layout: Some(|c, f| c.receive_reset = sock_layout(f)),
+        without: "resets the edge sends are not seen",
     },
     TracepointHook {
         program: "tp_set_state",
@@ -71,6 +82,8 @@ pub(super) const TRACEPOINTS: [TracepointHook; 5] = [
             usable: |c, _| c.sock.complete(),
         }),
         empty: "tp_empty",
+        layout: Some(|c, f| c.set_state = sock_layout(f)),
+        without: "handshakes and closes are not seen",
     },
     TracepointHook {
         program: "tp_synack_rtx",
@@ -78,6 +91,22 @@ pub(super) const TRACEPOINTS: [TracepointHook; 5] = [
         name: "tcp_retransmit_synack",
         btf: None,
         empty: "tp_empty",
+        layout: Some(|c, f| {
+            c.retransmit_synack = sock_layout(f);
+            c.synack_req = off(f, "req");
+        }),
+        without: "retransmitted SYN-ACKs are not seen",
+    },
+    // The application reading a request: whether a slow response is a slow application or
+    // one that does not read (exchange.rs).
+    TracepointHook {
+        program: "tp_rcv_space",
+        category: "tcp",
+        name: "tcp_rcv_space_adjust",
+        btf: None,
+        empty: "tp_empty",
+        layout: Some(|c, f| c.rcv_space_adjust = sock_layout(f)),
+        without: "whether the application read a request before answering it is not known",
     },
 ];
 
@@ -94,6 +123,11 @@ pub(super) const XDP_ARRIVAL: ArrivalProgram = ArrivalProgram {
 pub(super) const TC_ARRIVAL: ArrivalProgram = ArrivalProgram {
     program: "tc_syn",
     empty: "tc_pass",
+};
+/// TC egress on the same interface: the origin's answers, for response and idle times.
+pub(super) const TC_DEPARTURE: ArrivalProgram = ArrivalProgram {
+    program: "tc_reply",
+    empty: "tc_reply_pass",
 };
 
 impl ArrivalProgram {

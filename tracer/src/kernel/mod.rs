@@ -102,6 +102,7 @@ pub struct Probe {
     /// The claim on the clsact filter this process attached (kernels without tcx): removed
     /// at a clean exit, so only a SIGKILLed tracer's filter is ever stale.
     clsact_claim: Option<clsact::Claimed>,
+    clsact_egress_claim: Option<clsact::Claimed>,
 }
 
 /// Before 5.11 maps and programs are charged to RLIMIT_MEMLOCK (64 KiB by default on Debian
@@ -284,6 +285,7 @@ impl Probe {
             syn_log,
             clock_program: CLOCK_PROGRAM,
             clsact_claim: None,
+            clsact_egress_claim: None,
         };
         probe.set_ports(opts.ports)?;
         probe.set_ranges(opts.ranges)?;
@@ -343,6 +345,7 @@ impl Probe {
             syn_log,
             clock_program: CLOCK_PROGRAM,
             clsact_claim: None,
+            clsact_egress_claim: None,
         };
         probe.set_ports(ports)?;
         probe.set_ranges(ranges)?;

@@ -4,15 +4,18 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use std::time::Duration;
+
 use tracer_common::{
     EventKind, SynRecord, EVENT_F_EDGE, EVENT_F_EGRESS, EVENT_F_FORWARDED, EVENT_F_HAS_REASON,
-    EVENT_F_HAS_SOCK, EVENT_F_HAS_TCP,
+    EVENT_F_HAS_SOCK, EVENT_F_HAS_TCP, EVENT_F_PENDING, EVENT_F_READ,
 };
 
 use crate::{
     model::{
         clock::{Clock, JiffiesClock},
         event::{Direction, Event, Flow, Kind, ListenerEvent, Record, State, TcpFlags, TcpState},
+        exchange::{ExchangeEvent, Step},
     },
     reasons::{Reason, ReasonTable},
 };
@@ -32,9 +35,20 @@ fn addr(family: u16, bytes: &[u8; 16]) -> Option<IpAddr> {
 pub fn decode_record(
     raw: &tracer_common::Event,
     clock: &Clock,
+    jiffies: &JiffiesClock,
     reasons: &ReasonTable,
 ) -> Option<Record> {
-    if EventKind::from_u32(u32::from(raw.kind))? != EventKind::Listen {
+    let kind = EventKind::from_u32(u32::from(raw.kind))?;
+    if let Some(step) = exchange_step(kind, raw, jiffies) {
+        return Some(Record::Exchange(ExchangeEvent {
+            ts: clock.wall(raw.ts_ns),
+            peer: addr(raw.family, &raw.peer_addr)?,
+            peer_port: raw.peer_port,
+            local_port: raw.local_port,
+            step,
+        }));
+    }
+    if kind != EventKind::Listen {
         return decode(raw, clock, reasons).map(Record::Event);
     }
     const TCP_LISTEN: u32 = 10;
@@ -48,6 +62,38 @@ pub fn decode_record(
         pid: (raw.aux >> 32) as u32,
         comm: raw.peer_addr,
     }))
+}
+
+/// The exchange step a ring record stands for, if it is one.
+fn exchange_step(
+    kind: EventKind,
+    raw: &tracer_common::Event,
+    jiffies: &JiffiesClock,
+) -> Option<Step> {
+    let has = |f: u32| raw.flags & f != 0;
+    Some(match kind {
+        EventKind::RequestBegan => Step::RequestBegan,
+        EventKind::RequestRead => Step::RequestRead {
+            pid: (raw.aux >> 32) as u32,
+            comm: raw.local_addr,
+        },
+        EventKind::ResponseBegan => Step::ResponseBegan {
+            read: has(EVENT_F_READ),
+        },
+        EventKind::OriginClosed => Step::OriginClosed {
+            // The last payload's tick: its start, so never later than the payload.
+            idle: raw
+                .ts_ns
+                .checked_sub(jiffies.mono_ns(raw.aux))
+                .map(Duration::from_nanos),
+            pending: has(EVENT_F_PENDING),
+        },
+        EventKind::RequestAfterClose => Step::RequestAfterClose,
+        EventKind::ExchangeReset => Step::Reset {
+            by_origin: has(EVENT_F_EGRESS),
+        },
+        _ => return None,
+    })
 }
 
 /// Decodes a ring event of a connection; `None` for a kind or family this build does not know.
@@ -152,6 +198,57 @@ mod tests {
         }
     }
 
+    fn jiffies() -> JiffiesClock {
+        JiffiesClock::new(JiffiesSample {
+            jiffies: 1000,
+            mono_ns: 1_000_000_000,
+        })
+    }
+
+    #[test]
+    fn exchange_steps_decode_with_their_times() {
+        let clock = Clock::now();
+        let mut r = raw(EventKind::OriginClosed);
+        // Closed at 5 s; the last payload in tick 1250, 250 ticks of 4 ms after tick 1000 at
+        // 1 s: at 2 s, so 3 s idle.
+        r.ts_ns = 5_000_000_000;
+        r.aux = 1250;
+        r.flags |= EVENT_F_PENDING;
+        let Some(Record::Exchange(e)) = decode_record(&r, &clock, &jiffies(), &table()) else {
+            panic!("not an exchange");
+        };
+        assert_eq!(
+            e.step,
+            Step::OriginClosed {
+                idle: Some(Duration::from_secs(3)),
+                pending: true
+            }
+        );
+        assert_eq!((e.peer_port, e.local_port), (40000, 443));
+        let mut r = raw(EventKind::RequestRead);
+        r.aux = (4321u64 << 32) | 4322;
+        r.local_addr = *b"nginx\0\0\0\0\0\0\0\0\0\0\0";
+        let Some(Record::Exchange(e)) = decode_record(&r, &clock, &jiffies(), &table()) else {
+            panic!("not an exchange");
+        };
+        let Step::RequestRead { pid, comm } = e.step else {
+            panic!("{e:?}");
+        };
+        assert_eq!(
+            (pid, crate::model::exchange::comm_text(&comm).as_str()),
+            (4321, "nginx")
+        );
+        let mut r = raw(EventKind::ResponseBegan);
+        r.flags |= EVENT_F_READ;
+        assert!(matches!(
+            decode_record(&r, &clock, &jiffies(), &table()),
+            Some(Record::Exchange(ExchangeEvent {
+                step: Step::ResponseBegan { read: true },
+                ..
+            }))
+        ));
+    }
+
     fn table() -> ReasonTable {
         ReasonTable::for_tests(&[(3, "NO_SOCKET"), (12, "NETFILTER_DROP")], &[])
     }
@@ -165,7 +262,8 @@ mod tests {
         r.aux = (812u64 << 32) | 815;
         // LISTEN -> CLOSE: stopped listening.
         r.state = (10 << 8) | 7;
-        let Some(Record::Listener(l)) = decode_record(&r, &Clock::now(), &table()) else {
+        let Some(Record::Listener(l)) = decode_record(&r, &Clock::now(), &jiffies(), &table())
+        else {
             panic!("not a listener change");
         };
         assert!(!l.up);
@@ -174,12 +272,17 @@ mod tests {
         // CLOSE -> LISTEN: started.
         r.state = (7 << 8) | 10;
         assert!(matches!(
-            decode_record(&r, &Clock::now(), &table()),
+            decode_record(&r, &Clock::now(), &jiffies(), &table()),
             Some(Record::Listener(ListenerEvent { up: true, .. }))
         ));
         // A connection's event still decodes as one.
         assert!(matches!(
-            decode_record(&raw(EventKind::Established), &Clock::now(), &table()),
+            decode_record(
+                &raw(EventKind::Established),
+                &Clock::now(),
+                &jiffies(),
+                &table()
+            ),
             Some(Record::Event(_))
         ));
     }

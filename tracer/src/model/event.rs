@@ -61,7 +61,13 @@ impl Kind {
             EventKind::Established => Self::Established,
             EventKind::Closed => Self::Closed,
             EventKind::SynackRetransmit => Self::SynackRetransmit,
-            EventKind::Listen => return None,
+            EventKind::Listen
+            | EventKind::RequestBegan
+            | EventKind::RequestRead
+            | EventKind::ResponseBegan
+            | EventKind::OriginClosed
+            | EventKind::RequestAfterClose
+            | EventKind::ExchangeReset => return None,
         })
     }
 }
@@ -291,6 +297,8 @@ pub enum Record {
     Event(Event),
     /// A listener on a watched port opened or closed.
     Listener(ListenerEvent),
+    /// A step of an edge connection's exchange (request, response, close).
+    Exchange(super::exchange::ExchangeEvent),
     /// Events the kernel could not queue since the previous loss record.
     Loss {
         ts: SystemTime,

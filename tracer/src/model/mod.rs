@@ -4,4 +4,5 @@
 pub mod clock;
 pub mod decode;
 pub mod event;
+pub mod exchange;
 pub mod outcome;

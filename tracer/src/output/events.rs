@@ -248,7 +248,8 @@ impl EventRecord {
         match record {
             Record::Event(ev) => Some(Self::of_event(ev, reasons)),
             Record::Loss { ts, count } => Some(Self::loss(*ts, *count)),
-            Record::Listener(_) => None,
+            // Exchanges are summed up in the report's timing, not logged one by one.
+            Record::Listener(_) | Record::Exchange(_) => None,
         }
     }
 

@@ -25,11 +25,49 @@ pub fn alert_for(verdict: Verdict) -> Option<&'static str> {
         Verdict::ReturnPath => Some("OriginRepliesLost"),
         Verdict::Unknown => Some("TracerLosingEvents"),
         Verdict::TlsFailure => Some("OriginTlsFailing"),
+        Verdict::SlowResponse => Some("OriginRespondsTooSlowly"),
+        Verdict::KeepaliveRace => Some("OriginClosesReusedConnections"),
         Verdict::Healthy => None,
     }
 }
 
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A histogram by port whose series are resolved once per watched port: a label lookup per
+/// observation would hash strings at connection rates.
+struct PortHistogram {
+    vec: HistogramVec,
+    series: FastMap<u16, prometheus::Histogram>,
+}
+
+impl PortHistogram {
+    fn new(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Result<Self> {
+        let vec = HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            &["port"],
+        )?;
+        r.register(Box::new(vec.clone()))?;
+        Ok(Self {
+            vec,
+            series: FastMap::default(),
+        })
+    }
+
+    fn resolve(&mut self, port: u16, label: &str) {
+        self.series
+            .insert(port, self.vec.with_label_values(&[label]));
+    }
+
+    fn observe(&self, port: u16, d: std::time::Duration) {
+        match self.series.get(&port) {
+            Some(h) => h.observe(d.as_secs_f64()),
+            None => self
+                .vec
+                .with_label_values(&[&port.to_string()])
+                .observe(d.as_secs_f64()),
+        }
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -61,9 +99,12 @@ pub struct Metrics {
     attempts_evicted: IntCounter,
     edge_attempts_evicted: IntCounter,
     listener_changes_dropped: IntCounterVec,
-    handshake_seconds: HistogramVec,
-    /// Port -> its handshake histogram, resolved once (no label lookup per connection).
-    handshake_series: FastMap<u16, prometheus::Histogram>,
+    /// Edge timing by port: handshakes, responses, idle closes.
+    handshake_seconds: PortHistogram,
+    response_seconds: PortHistogram,
+    idle_close_seconds: PortHistogram,
+    slow_responses: IntCounter,
+    requests_after_close: IntCounter,
     tls_ok: IntGaugeVec,
     tls_expiry: IntGaugeVec,
     changes: IntCounterVec,
@@ -215,17 +256,34 @@ impl Metrics {
             "Of those, the edge's: only when the table holds nothing but edge attempts (non-edge ones go first).",
         )?;
         let (log_suppressed, log_write_errors, log_rotation_failures) = log_counters(&r)?;
-        let handshake_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "tracer_edge_handshake_seconds",
-                "Edge handshakes by port: first SYN seen to the final ACK (SYN retransmissions after 1, 2, 3 … s show as the steps).",
-            )
-            .buckets(vec![
-                0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 4.0, 8.0, 19.0,
-            ]),
-            &["port"],
+        let handshake_seconds = PortHistogram::new(
+            &r,
+            "tracer_edge_handshake_seconds",
+            "Edge handshakes by port: first SYN seen to the final ACK (SYN retransmissions after 1, 2, 3 … s show as the steps).",
+            &[0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 4.0, 8.0, 19.0],
         )?;
-        r.register(Box::new(handshake_seconds.clone()))?;
+        let response_seconds = PortHistogram::new(
+            &r,
+            "tracer_edge_response_seconds",
+            "Edge requests by port: the request's arrival to the first response byte leaving (Cloudflare gives up at its proxy read timeout, 100 s by default: 524).",
+            &[0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 100.0, 300.0],
+        )?;
+        let idle_close_seconds = PortHistogram::new(
+            &r,
+            "tracer_edge_idle_close_seconds",
+            "Edge connections the origin closed while idle, by port: how long they had been idle (Cloudflare reuses idle connections up to 900 s; closing sooner risks 520).",
+            &[1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0],
+        )?;
+        let slow_responses = counter(
+            &r,
+            "tracer_edge_slow_responses_total",
+            "Edge requests whose first response byte came later than the edge's read timeout (--edge-read-timeout, 100 s by default), or had not come by then: 524 for the visitor.",
+        )?;
+        let requests_after_close = counter(
+            &r,
+            "tracer_edge_requests_after_close_total",
+            "Edge requests that arrived on a connection the origin had already closed (answered with a reset): 520 for the visitor.",
+        )?;
 
         let mut m = Self {
             registry: r,
@@ -255,7 +313,10 @@ impl Metrics {
             edge_attempts_evicted,
             listener_changes_dropped,
             handshake_seconds,
-            handshake_series: FastMap::default(),
+            response_seconds,
+            idle_close_seconds,
+            slow_responses,
+            requests_after_close,
             tls_ok,
             tls_expiry,
             changes,
@@ -276,8 +337,13 @@ impl Metrics {
             let p = port.to_string();
             self.syn_series
                 .insert(port, self.edge_syn.with_label_values(&[&p]));
-            self.handshake_series
-                .insert(port, self.handshake_seconds.with_label_values(&[&p]));
+            for h in [
+                &mut self.handshake_seconds,
+                &mut self.response_seconds,
+                &mut self.idle_close_seconds,
+            ] {
+                h.resolve(port, &p);
+            }
             self.late_reset_series
                 .insert((true, port), self.edge_late_resets.with_label_values(&[&p]));
             self.late_reset_series.insert(
@@ -417,13 +483,24 @@ impl Metrics {
 
     /// A completed edge handshake at `port` and how long it took.
     pub fn handshake(&self, port: u16, took: std::time::Duration) {
-        match self.handshake_series.get(&port) {
-            Some(h) => h.observe(took.as_secs_f64()),
-            None => self
-                .handshake_seconds
-                .with_label_values(&[&port.to_string()])
-                .observe(took.as_secs_f64()),
+        self.handshake_seconds.observe(port, took);
+    }
+
+    /// A step of an edge exchange that is timed or counted.
+    pub fn exchange(&self, o: crate::correlate::exchanges::Observed) {
+        use crate::correlate::exchanges::Observed;
+        match o {
+            Observed::Response { port, time } => self.response_seconds.observe(port, time),
+            Observed::IdleClose { port, idle } => self.idle_close_seconds.observe(port, idle),
+            Observed::AfterClose { .. } => {}
         }
+    }
+
+    /// A window's slow responses and requests after a close (counted when it closes: a
+    /// request still waiting is slow only once it has waited the read timeout).
+    pub fn exchange_window(&self, slow: u64, after_close: u64) {
+        self.slow_responses.inc_by(slow);
+        self.requests_after_close.inc_by(after_close);
     }
 
     /// Edge SYNs at `port` are at least the `refused` the kernel counted there: a refused SYN

@@ -240,19 +240,44 @@ impl Report {
         text_wrap::printable(&s).into_owned()
     }
 
-    /// How long the edge's handshakes took, when there were any.
+    /// How long the edge's handshakes, responses and idle connections took, when there were any.
     fn timing_text(&self, s: &mut String) {
+        let ms = |v: f64| {
+            if v < 10.0 {
+                format!("{v:.1} ms")
+            } else if v < 10_000.0 {
+                format!("{v:.0} ms")
+            } else {
+                format!("{:.0} s", v / 1000.0)
+            }
+        };
+        let t = &self.timing;
+        let mut line = |text: String| *s += &wrap(&text, "", "  ", WIDTH);
+        if t.response.count > 0 || t.slow_responses > 0 {
+            line(format!(
+                "Response time (edge request to first response byte): p50 {}, p99 {}, max {} over {} responses of {} requests; {} past the edge's read timeout ({} of them unread)",
+                ms(t.response.p50_ms),
+                ms(t.response.p99_ms),
+                ms(t.response.max_ms),
+                t.response.count,
+                t.requests,
+                t.slow_responses,
+                t.slow_unread
+            ));
+        }
+        if t.idle_close.count > 0 || t.requests_after_close > 0 {
+            line(format!(
+                "Idle close (origin closed an idle edge connection): p50 {}, max {} over {} closes; {} requests arrived after the close",
+                ms(t.idle_close.p50_ms),
+                ms(t.idle_close.max_ms),
+                t.idle_close.count,
+                t.requests_after_close
+            ));
+        }
         let h = &self.timing.handshake;
         if h.count == 0 {
             return;
         }
-        let ms = |v: f64| {
-            if v < 10.0 {
-                format!("{v:.1} ms")
-            } else {
-                format!("{v:.0} ms")
-            }
-        };
         *s += &wrap(
             &format!(
                 "Handshake time (edge, first SYN to final ACK): p50 {}, p99 {}, max {} over {} handshakes; {} needed the edge's SYN again, {} the origin's SYN-ACK again",

@@ -60,26 +60,49 @@ struct SummaryJson {
     max: f64,
 }
 
+impl SummaryJson {
+    fn of(s: &crate::correlate::timing::Summary) -> Self {
+        let round = |v: f64| (v * 1000.0).round() / 1000.0;
+        Self {
+            count: s.count,
+            p50: round(s.p50_ms),
+            p99: round(s.p99_ms),
+            max: round(s.max_ms),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct TimingJson {
     /// First SYN seen to the final ACK.
     handshake_ms: SummaryJson,
     handshakes_after_syn_retransmits: u64,
     handshakes_after_synack_retransmits: u64,
+    /// An edge request's arrival to the first response byte leaving.
+    response_ms: SummaryJson,
+    /// How long edge connections sat idle before the origin closed them.
+    idle_close_ms: SummaryJson,
+    requests: u64,
+    /// Requests past the edge's read timeout (answered late or still waiting), and those of
+    /// them the application had not read.
+    slow_responses: u64,
+    slow_responses_unread: u64,
+    /// Requests that arrived on connections the origin had already closed.
+    requests_after_close: u64,
 }
 
 impl TimingJson {
     fn of(t: &crate::correlate::timing::Timing) -> Self {
-        let round = |v: f64| (v * 1000.0).round() / 1000.0;
         Self {
-            handshake_ms: SummaryJson {
-                count: t.handshake.count,
-                p50: round(t.handshake.p50_ms),
-                p99: round(t.handshake.p99_ms),
-                max: round(t.handshake.max_ms),
-            },
+            handshake_ms: SummaryJson::of(&t.handshake),
             handshakes_after_syn_retransmits: t.after_syn_retransmits,
             handshakes_after_synack_retransmits: t.after_synack_retransmits,
+            response_ms: SummaryJson::of(&t.response),
+            idle_close_ms: SummaryJson::of(&t.idle_close),
+            requests: t.requests,
+            slow_responses: t.slow_responses,
+            slow_responses_unread: t.slow_unread,
+            requests_after_close: t.requests_after_close,
         }
     }
 }
@@ -574,6 +597,7 @@ mod tests {
                 },
                 after_syn_retransmits: 1,
                 after_synack_retransmits: 2,
+                ..Default::default()
             },
         }
     }

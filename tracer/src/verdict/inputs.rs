@@ -127,4 +127,6 @@ pub struct Inputs<'a> {
     pub reply_drops: &'a [ReplyDrops],
     /// Events the kernel lost during the window.
     pub lost_events: u64,
+    /// Requests, responses and closes on edge connections.
+    pub exchanges: &'a crate::correlate::exchanges::ExchangeWindow,
 }

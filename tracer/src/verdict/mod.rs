@@ -21,7 +21,7 @@ pub use names::{Verdict, EXIT_ERROR};
 #[cfg(test)]
 mod lost_answers_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -161,13 +161,27 @@ fn error_text(code: u16) -> String {
     let how = match code {
         521 => "the SYN is answered with a reset",
         520 => "the connection is reset after the handshake",
+        524 => "the response does not begin within the proxy read timeout",
         _ => "the SYN or its answer is lost, and the edge times out",
     };
     format!("Cloudflare shows error {code} for this cause ({how}); if visitors see another error, look at other origins or load balancers behind the same hostname")
 }
 
 fn rank(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
+    let exchange_causes: Vec<Cause> = [timing::slow_response(i), timing::keepalive_race(i)]
+        .into_iter()
+        .flatten()
+        .collect();
     if i.edge.syn == 0 {
+        // No new connection, but requests on connections already open: the edge arrives.
+        if i.exchanges.requests > 0 {
+            let mut causes = exchange_causes;
+            causes.sort_by_key(|c| std::cmp::Reverse(c.attempts));
+            let Some(first) = causes.first() else {
+                return (Verdict::Healthy, vec![timing::healthy_reused(i)]);
+            };
+            return (first.verdict, causes);
+        }
         let cause = causes::never_arriving(i);
         return (cause.verdict, vec![cause]);
     }
@@ -191,7 +205,9 @@ fn rank(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
     if overloaded > 0 {
         causes.push(causes::overload(i, overloaded, overload_evidence.clone()));
     }
-    if i.edge.origin_resets > 0 {
+    // Resets of requests that met a closed connection are the keep-alive race's, not a
+    // cause of their own.
+    if i.edge.origin_resets > i.exchanges.after_close {
         causes.push(causes::reset_by_origin(i));
     }
     if lost.total() > 0 {
@@ -213,10 +229,16 @@ fn rank(i: &Inputs<'_>) -> (Verdict, Vec<Cause>) {
         .iter()
         .all(|c| c.verdict == Verdict::Unknown || (c.attempts as f64) < threshold);
     if i.edge.handshakes > 0 && all_minor {
-        let mut all = vec![causes::healthy(i)];
+        // Connections are accepted: what the application does with the requests decides.
+        let mut all = exchange_causes;
+        all.sort_by_key(|c| std::cmp::Reverse(c.attempts));
+        let verdict = all.first().map_or(Verdict::Healthy, |c| c.verdict);
+        all.push(causes::healthy(i));
         all.extend(causes);
-        return (Verdict::Healthy, all);
+        return (verdict, all);
     }
+    // A failing connection verdict first; the application's causes after it.
+    causes.extend(exchange_causes);
     // Attempts of unknown outcome never outrank a cause the tracer saw.
     causes.sort_by_key(|c| c.verdict == Verdict::Unknown);
     let verdict = causes.first().map_or(Verdict::Healthy, |c| c.verdict);

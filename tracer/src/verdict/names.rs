@@ -22,10 +22,15 @@ pub enum Verdict {
     /// The TLS handshake Cloudflare makes under Full / Full (Strict) fails, or the certificate
     /// is not valid for Strict (`--hostname`): 525 or 526.
     TlsFailure,
+    /// Responses begin later than Cloudflare's proxy read timeout: 524.
+    SlowResponse,
+    /// The origin closes idle edge connections sooner than the edge reuses them, and requests
+    /// meet the closed connections: 520.
+    KeepaliveRace,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 11] = [
+    pub const ALL: [Verdict; 13] = [
         Verdict::NeverArriving,
         Verdict::Refused,
         Verdict::FirewallDrop,
@@ -37,6 +42,8 @@ impl Verdict {
         Verdict::ReturnPath,
         Verdict::Unknown,
         Verdict::TlsFailure,
+        Verdict::SlowResponse,
+        Verdict::KeepaliveRace,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +59,8 @@ impl Verdict {
             Self::ReturnPath => "return_path",
             Self::Unknown => "unknown",
             Self::TlsFailure => "tls_failure",
+            Self::SlowResponse => "slow_response",
+            Self::KeepaliveRace => "keepalive_race",
         }
     }
 
@@ -69,6 +78,8 @@ impl Verdict {
             Self::ReturnPath => "Cloudflare's SYNs arrive, but the replies do not get back the way they came",
             Self::Unknown => "Cloudflare's SYNs arrive, but the kernel lost the events that would say what became of them",
             Self::TlsFailure => "connections are accepted, but the TLS handshake Cloudflare makes fails or the certificate is not valid for Full (Strict)",
+            Self::SlowResponse => "connections are accepted, but the application answers later than Cloudflare waits for a response",
+            Self::KeepaliveRace => "the origin closes idle connections Cloudflare still reuses: requests meet a closed connection and are reset",
         }
     }
 
@@ -86,7 +97,7 @@ impl Verdict {
             Self::OtherDrop => &[Outcome::OtherDrop],
             Self::ReturnPath => &[Outcome::Unanswered],
             Self::Unknown => &[Outcome::Unknown],
-            Self::TlsFailure => &[],
+            Self::TlsFailure | Self::SlowResponse | Self::KeepaliveRace => &[],
         }
     }
 
@@ -101,6 +112,8 @@ impl Verdict {
             Self::Unanswered => Some("unanswered SYNs"),
             Self::OtherDrop => Some("kernel drops"),
             Self::ReturnPath => Some("lost replies"),
+            Self::SlowResponse => Some("slow responses"),
+            Self::KeepaliveRace => Some("requests on closed connections"),
             Self::NeverArriving | Self::Healthy | Self::Unknown | Self::TlsFailure => None,
         }
     }
@@ -116,6 +129,8 @@ impl Verdict {
                 | Self::ResetByOrigin
                 | Self::OtherDrop
                 | Self::TlsFailure
+                | Self::SlowResponse
+                | Self::KeepaliveRace
         )
     }
 
@@ -134,7 +149,9 @@ impl Verdict {
             | Self::Unanswered
             | Self::OtherDrop
             | Self::ReturnPath
-            | Self::TlsFailure => EXIT_FAILING,
+            | Self::TlsFailure
+            | Self::SlowResponse
+            | Self::KeepaliveRace => EXIT_FAILING,
         }
     }
 
@@ -150,7 +167,8 @@ impl Verdict {
             | Self::Unanswered
             | Self::OtherDrop
             | Self::ReturnPath => Some(522),
-            Self::ResetByOrigin => Some(520),
+            Self::ResetByOrigin | Self::KeepaliveRace => Some(520),
+            Self::SlowResponse => Some(524),
             // 526 for a certificate Strict refuses ([`Cause`] says which).
             Self::TlsFailure => Some(525),
             Self::Healthy | Self::Unknown => None,

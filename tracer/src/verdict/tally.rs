@@ -45,6 +45,8 @@ pub struct Tally {
     pub(super) edge_ports: BTreeSet<u16>,
     /// The edge's completed handshakes: how long each took.
     pub(super) handshakes: crate::correlate::timing::Handshakes,
+    /// The window's exchanges on edge connections (set by the caller at the window's end).
+    pub exchanges: crate::correlate::exchanges::ExchangeWindow,
     /// (first packet, failed) of each edge attempt, for when a failure began. Bounded.
     pub timeline: Vec<(std::time::SystemTime, bool)>,
     /// Edge attempts whose answer a filter dropped on its way out, by where and why, with

@@ -11,6 +11,8 @@ fn lab_scenario(v: Verdict) -> Option<&'static str> {
         Verdict::ResetByOrigin => Some("application resets after accept"),
         Verdict::NeverArriving => Some("edge drops its own SYNs"),
         Verdict::ReturnPath => Some("replies routed out another interface"),
+        Verdict::SlowResponse => Some("application answers after 4 s"),
+        Verdict::KeepaliveRace => Some("keep-alive closed after 1 s, next request at 1.4 s"),
         // No lab cause yields these: an unanswered SYN with no SYN-ACK needs something that
         // swallows SYNs before TCP without a drop reason, and the other drop reasons need
         // broken hardware or checksums; unit tests drive them.
@@ -51,6 +53,7 @@ pub(super) struct Fixture {
     full: Vec<Listener>,
     pub deltas: BTreeMap<String, u64>,
     ranges: RangeSet,
+    pub exchanges: crate::correlate::exchanges::ExchangeWindow,
 }
 
 pub(super) fn fixture() -> Fixture {
@@ -59,6 +62,7 @@ pub(super) fn fixture() -> Fixture {
         full: vec![],
         deltas: BTreeMap::new(),
         ranges: RangeSet::embedded(),
+        exchanges: Default::default(),
     }
 }
 
@@ -88,6 +92,7 @@ pub(super) fn inputs<'a>(f: &'a Fixture, edge: Counts) -> Inputs<'a> {
         rp_filter: None,
         reply_drops: &[],
         lost_events: 0,
+        exchanges: &f.exchanges,
     }
 }
 

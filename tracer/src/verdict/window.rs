@@ -126,7 +126,7 @@ pub fn close(
 /// forwarded.
 pub fn assemble(w: ClosedWindow) -> Report {
     let ClosedWindow {
-        tally,
+        mut tally,
         edge,
         mut notes,
         own_listeners,
@@ -134,6 +134,7 @@ pub fn assemble(w: ClosedWindow) -> Report {
         mut full,
         ctx,
     } = w;
+    tally.exchanges.name_containers();
     let tally = &tally;
     let ctx = &ctx;
     let forwarded =
@@ -238,14 +239,16 @@ pub fn assemble(w: ClosedWindow) -> Report {
         rp_filter,
         reply_drops: &reply_drops(tally, ctx, ruleset.as_ref()),
         lost_events: ctx.counted.lost_events,
+        exchanges: &tally.exchanges,
     };
     let (verdict, mut causes) = decide(&inputs);
-    let timing = tally.handshakes.timing();
-    if let (Some(line), Some(first)) = (
+    let timing = tally.handshakes.timing(&tally.exchanges);
+    let lines = [
         crate::verdict::timing::retransmitted_handshakes(&timing),
-        causes.first_mut(),
-    ) {
-        first.evidence.push(line);
+        crate::verdict::timing::idle_close_risk(&tally.exchanges),
+    ];
+    if let Some(first) = causes.first_mut() {
+        first.evidence.extend(lines.into_iter().flatten());
     }
     if !ctx.tls_checked {
         crate::verdict::tls::quick_close_hint(&mut causes, &tally.quick_closes, edge.handshakes);

@@ -83,6 +83,8 @@ fn wanted(record: &Record, level: LogEvents) -> bool {
         (LogEvents::None, _) => false,
         (LogEvents::Failures, Record::Loss { .. }) => true,
         (LogEvents::Failures, Record::Event(_)) => false,
+        // Exchanges are timed in the metrics and the verdict record, not logged one by one.
+        (_, Record::Exchange(_)) => false,
     }
 }
 
@@ -103,6 +105,8 @@ struct Agent {
     sink: EventLog,
     correlator: Correlator,
     tally: Tally,
+    /// Requests, responses and closes on edge connections.
+    exchanges: crate::correlate::exchanges::Exchanges,
     sampler: OriginSampler,
     window_start: (Instant, SystemTime),
     /// The kernel's and the interface's counts when the window started.
@@ -179,8 +183,14 @@ impl Sink for Agent {
                 Record::Loss { ts, count } => {
                     self.sink.line(&EventRecord::loss(*ts, *count).to_json())
                 }
-                Record::Listener(_) => {}
+                Record::Listener(_) | Record::Exchange(_) => {}
             }
+        }
+        if let Record::Exchange(x) = &record {
+            if let Some(o) = self.exchanges.observe(x) {
+                self.metrics.exchange(o);
+            }
+            return;
         }
         self.correlator.observe_record(&record);
         self.count_decided();

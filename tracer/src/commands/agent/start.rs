@@ -54,6 +54,7 @@ fn yield_to_workload(nice: i32) {
 }
 
 pub async fn run(args: AgentArgs) -> Result<()> {
+    let timeouts = args.timeouts;
     crate::commands::check_seconds("--window", args.window)?;
     let tls = TlsSettings::from_args(&args.tls.hostnames, args.tls.tls_ca.as_deref())?;
     if let Some(every) = args.refresh_ranges_every {
@@ -154,6 +155,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         sink,
         correlator,
         tally: Tally::default(),
+        exchanges: crate::correlate::exchanges::Exchanges::new(
+            timeouts.edge_read_timeout,
+            timeouts.edge_idle_timeout,
+        ),
         sampler: OriginSampler::start(),
         window_start: (Instant::now(), SystemTime::now()),
         last_housekeeping: Instant::now(),

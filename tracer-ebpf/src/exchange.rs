@@ -1,0 +1,357 @@
+//! Edge exchanges, timed without reading a byte of payload: when a request arrives (edge
+//! payload on a connection with none pending), when the application reads it, when the first
+//! response byte leaves, when the origin closes the connection and whether the edge then
+//! sends on it anyway. Only these transitions send events; per packet the work is a port and
+//! range test and, on edge connections, one map lookup. What the transitions mean (slow,
+//! idle, a keep-alive race) is decided in userspace.
+
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns},
+    macros::{classifier, map, tracepoint},
+    maps::LruHashMap,
+    programs::{TcContext, TracePointContext},
+};
+use tracer_common::{
+    ArrivalKey, Event, EventKind, FlowState, EVENT_F_EDGE, EVENT_F_EGRESS, EVENT_F_PENDING,
+    EVENT_F_READ, EXCHANGE_FLOWS, FLOW_F_AFTER_CLOSE, FLOW_F_EDGE_CLOSED, FLOW_F_ORIGIN_CLOSED,
+    FLOW_F_READ, PHASE_REQUEST, PHASE_RESPONSE,
+};
+
+use crate::{
+    arrival::{be16, load32, parse_tcp},
+    common::{
+        config, empty_event, field, peer_is_edge_v4, peer_is_edge_v6, port_watched, reserve_event,
+    },
+};
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
+
+/// Edge connections being followed, by the peer's address and port.
+#[map]
+pub static FLOWS: LruHashMap<ArrivalKey, FlowState> =
+    LruHashMap::with_max_entries(EXCHANGE_FLOWS, 0);
+
+// Every function that reads addresses from the packet is instantiated per family (`V6`):
+// the verifier then checks each address read against that family's bounds, which a family
+// held in a register would not tell it.
+
+/// An address at `addr` (4 or 16 readable bytes), as the 16-byte form events carry.
+#[inline(always)]
+fn addr_of<const V6: bool>(addr: *const u8) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let words = out.as_mut_ptr() as *mut u32;
+    unsafe {
+        *words = load32(addr);
+        if V6 {
+            for i in 1..4 {
+                *words.add(i) = load32(addr.add(4 * i));
+            }
+        }
+    }
+    out
+}
+
+#[inline(always)]
+fn is_edge<const V6: bool>(addr: *const u8) -> bool {
+    if V6 {
+        peer_is_edge_v6(addr)
+    } else {
+        peer_is_edge_v4(u32::from_be(load32(addr)))
+    }
+}
+
+/// Sends a transition of the flow `key` at `ts`, the local side at `local` (4 or 16 bytes).
+#[inline(always)]
+fn send<const V6: bool>(
+    kind: EventKind,
+    key: &ArrivalKey,
+    local: *const u8,
+    local_port: u16,
+    ts: u64,
+    flags: u32,
+    aux: u64,
+) {
+    let Some(mut entry) = reserve_event() else {
+        return;
+    };
+    let mut ev: Event = empty_event(kind as u16);
+    ev.ts_ns = ts;
+    ev.family = key.family;
+    ev.peer_addr = key.addr;
+    ev.local_addr = addr_of::<V6>(local);
+    ev.peer_port = key.port;
+    ev.local_port = local_port;
+    ev.flags = EVENT_F_EDGE | flags;
+    ev.aux = aux;
+    entry.write(ev);
+    entry.submit(0);
+}
+
+/// A segment arriving (not a SYN): `src` is the source address followed by the destination,
+/// `tcp` the TCP header (20 readable bytes), `payload` its payload length.
+#[inline(always)]
+pub fn inbound(family: u8, src: *const u8, tcp: *const u8, flags: u8, payload: u32) {
+    // Pure ACKs, most frames of a download, leave first.
+    if payload == 0 && flags & (TCP_FIN | TCP_RST) == 0 {
+        return;
+    }
+    if family == 4 {
+        inbound_at::<false>(src, tcp, flags, payload);
+    } else {
+        inbound_at::<true>(src, tcp, flags, payload);
+    }
+}
+
+#[inline(always)]
+fn key_of<const V6: bool>(addr: *const u8, port: u16) -> ArrivalKey {
+    ArrivalKey {
+        addr: addr_of::<V6>(addr),
+        port,
+        family: if V6 { 6 } else { 4 },
+    }
+}
+
+#[inline(always)]
+fn inbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payload: u32) {
+    let local_port = be16(unsafe { tcp.add(2) });
+    if !port_watched(local_port) || !is_edge::<V6>(src) {
+        return;
+    }
+    let key = key_of::<V6>(src, be16(tcp));
+    let local = unsafe { src.add(if V6 { 16 } else { 4 }) };
+    let Some(s) = FLOWS.get_ptr_mut(key) else {
+        // A connection not followed yet (new, or older than the tracer): its first payload is
+        // a request.
+        if payload == 0 || flags & (TCP_FIN | TCP_RST) != 0 {
+            return;
+        }
+        let now = unsafe { bpf_ktime_get_ns() };
+        let state = FlowState {
+            request_ns: now,
+            last_jiffies: unsafe { bpf_jiffies64() },
+            phase: PHASE_REQUEST,
+            flags: 0,
+            _pad: [0; 6],
+        };
+        if FLOWS.insert(key, state, 0).is_ok() {
+            send::<V6>(EventKind::RequestBegan, &key, local, local_port, now, 0, 0);
+        }
+        return;
+    };
+    if flags & TCP_RST != 0 {
+        if unsafe { (*s).phase } == PHASE_REQUEST {
+            let now = unsafe { bpf_ktime_get_ns() };
+            send::<V6>(EventKind::ExchangeReset, &key, local, local_port, now, 0, 0);
+        }
+        let _ = FLOWS.remove(key);
+        return;
+    }
+    // Races between CPUs (a flow's two directions on two CPUs) can only blur a transition's
+    // time by a packet: the state is an observation, not a lock.
+    unsafe {
+        if payload > 0 {
+            let f = (*s).flags;
+            if f & FLOW_F_ORIGIN_CLOSED != 0 {
+                if f & FLOW_F_AFTER_CLOSE == 0 {
+                    (*s).flags = f | FLOW_F_AFTER_CLOSE;
+                    let now = bpf_ktime_get_ns();
+                    send::<V6>(
+                        EventKind::RequestAfterClose,
+                        &key,
+                        local,
+                        local_port,
+                        now,
+                        0,
+                        (*s).last_jiffies,
+                    );
+                }
+            } else if (*s).phase != PHASE_REQUEST {
+                let now = bpf_ktime_get_ns();
+                (*s).phase = PHASE_REQUEST;
+                (*s).request_ns = now;
+                (*s).flags = f & !FLOW_F_READ;
+                send::<V6>(EventKind::RequestBegan, &key, local, local_port, now, 0, 0);
+            }
+            touch(s);
+        }
+        if flags & TCP_FIN != 0 {
+            if (*s).flags & FLOW_F_ORIGIN_CLOSED != 0 {
+                let _ = FLOWS.remove(key);
+            } else {
+                (*s).flags |= FLOW_F_EDGE_CLOSED;
+            }
+        }
+    }
+}
+
+/// The last payload's tick, stored only when it changed (one store a tick, not a packet).
+#[inline(always)]
+unsafe fn touch(s: *mut FlowState) {
+    let now = unsafe { bpf_jiffies64() };
+    unsafe {
+        if (*s).last_jiffies != now {
+            (*s).last_jiffies = now;
+        }
+    }
+}
+
+/// A segment leaving: `src` is the (local) source address followed by the destination.
+#[inline(always)]
+fn outbound(family: u8, src: *const u8, tcp: *const u8, flags: u8, payload: u32) {
+    if payload == 0 && flags & (TCP_FIN | TCP_RST) == 0 {
+        return;
+    }
+    if family == 4 {
+        outbound_at::<false>(src, tcp, flags, payload);
+    } else {
+        outbound_at::<true>(src, tcp, flags, payload);
+    }
+}
+
+#[inline(always)]
+fn outbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payload: u32) {
+    let local_port = be16(tcp);
+    let peer = unsafe { src.add(if V6 { 16 } else { 4 }) };
+    if !port_watched(local_port) || !is_edge::<V6>(peer) {
+        return;
+    }
+    let key = key_of::<V6>(peer, be16(unsafe { tcp.add(2) }));
+    let Some(s) = FLOWS.get_ptr_mut(key) else {
+        return;
+    };
+    if flags & TCP_RST != 0 {
+        if unsafe { (*s).phase } == PHASE_REQUEST {
+            let now = unsafe { bpf_ktime_get_ns() };
+            send::<V6>(
+                EventKind::ExchangeReset,
+                &key,
+                src,
+                local_port,
+                now,
+                EVENT_F_EGRESS,
+                0,
+            );
+        }
+        let _ = FLOWS.remove(key);
+        return;
+    }
+    unsafe {
+        if payload > 0 {
+            if (*s).phase == PHASE_REQUEST {
+                (*s).phase = PHASE_RESPONSE;
+                let read = if (*s).flags & FLOW_F_READ != 0 {
+                    EVENT_F_READ
+                } else {
+                    0
+                };
+                let now = bpf_ktime_get_ns();
+                send::<V6>(
+                    EventKind::ResponseBegan,
+                    &key,
+                    src,
+                    local_port,
+                    now,
+                    read,
+                    (*s).request_ns,
+                );
+            }
+            touch(s);
+        }
+        if flags & TCP_FIN != 0 {
+            let f = (*s).flags;
+            if f & FLOW_F_EDGE_CLOSED != 0 {
+                let _ = FLOWS.remove(key);
+            } else if f & FLOW_F_ORIGIN_CLOSED == 0 {
+                (*s).flags = f | FLOW_F_ORIGIN_CLOSED;
+                let pending = if (*s).phase == PHASE_REQUEST {
+                    EVENT_F_PENDING
+                } else {
+                    0
+                };
+                let now = bpf_ktime_get_ns();
+                send::<V6>(
+                    EventKind::OriginClosed,
+                    &key,
+                    src,
+                    local_port,
+                    now,
+                    pending,
+                    (*s).last_jiffies,
+                );
+            }
+        }
+    }
+}
+
+/// TC egress on the watched interface: the origin's answers to the edge.
+#[classifier]
+pub fn tc_reply(ctx: TcContext) -> i32 {
+    if let Some((family, src, tcp, flags, payload)) = parse_tcp(&ctx) {
+        outbound(family, src, tcp, flags, payload);
+    }
+    TC_ACT_UNSPEC
+}
+
+/// An empty program on the same hook, for `cargo xtask bench` and `TRACER_EMPTY_PROGRAMS`.
+#[classifier]
+pub fn tc_reply_pass(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// `tcp:tcp_rcv_space_adjust`: a task read from a TCP socket. Only a followed edge connection
+/// with an unread request pending sends anything (once per request): who read it.
+#[tracepoint]
+pub fn tp_rcv_space(ctx: TracePointContext) -> u32 {
+    let _ = try_rcv_space(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_rcv_space(ctx: &TracePointContext) -> Option<()> {
+    let l = config!(rcv_space_adjust);
+    let family: u16 = field(ctx, l.family)?;
+    let peer_port: u16 = field(ctx, l.dport)?;
+    let mut key = ArrivalKey {
+        addr: [0; 16],
+        port: peer_port,
+        family: 4,
+    };
+    match family {
+        AF_INET => {
+            let d: [u8; 4] = field(ctx, l.daddr)?;
+            key.addr[..4].copy_from_slice(&d);
+        }
+        AF_INET6 => {
+            key.addr = field(ctx, l.daddr_v6)?;
+            key.family = 6;
+        }
+        _ => return None,
+    }
+    let s = FLOWS.get_ptr_mut(key)?;
+    unsafe {
+        if (*s).phase != PHASE_REQUEST || (*s).flags & FLOW_F_READ != 0 {
+            return None;
+        }
+        (*s).flags |= FLOW_F_READ;
+    }
+    let mut entry = reserve_event()?;
+    let mut ev: Event = empty_event(EventKind::RequestRead as u16);
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.family = key.family;
+    ev.peer_addr = key.addr;
+    ev.peer_port = peer_port;
+    ev.local_port = field(ctx, l.sport).unwrap_or(0);
+    ev.flags = EVENT_F_EDGE;
+    ev.aux = bpf_get_current_pid_tgid();
+    if let Ok(comm) = bpf_get_current_comm() {
+        ev.local_addr = comm;
+    }
+    entry.write(ev);
+    entry.submit(0);
+    Some(())
+}
