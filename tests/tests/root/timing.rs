@@ -238,3 +238,64 @@ fn healthy_requests_are_timed() {
         "{out}"
     );
 }
+
+/// The agent exports responses and idle closes by port, and counts the request that met a
+/// closed connection; its window's verdict is the keep-alive race.
+#[test]
+fn the_agent_exports_response_and_idle_close_times() {
+    use integration_tests::{agent::Agent, metric, TempDir};
+    let lab = Lab::new();
+    let app = http_server(
+        lab.origin.listen("0.0.0.0", 8080, 16),
+        Duration::from_millis(200),
+        Duration::from_secs(1),
+    );
+    let dir = TempDir::new(&format!("timing-agent-x-{}", lab.origin.name));
+    let agent = Agent::on(&lab.origin, "8080", "1", &dir.path("agent.log")).start();
+    let mut conn = lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), Duration::from_secs(2))
+        .expect("8080 serves");
+    assert!(request(&mut conn).expect("an answer") > 0);
+    std::thread::sleep(Duration::from_millis(1400));
+    let _ = request(&mut conn);
+    let body = agent.metrics_until(Duration::from_secs(10), |m| {
+        metric(m, "tracer_edge_requests_after_close_total") == Some(1.0)
+    });
+    let _ = app.join();
+    assert_eq!(
+        metric(&body, "tracer_edge_response_seconds_count{port=\"8080\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    // The 200 ms answer: above the 0.1 s bucket, within the 0.25 s one.
+    assert_eq!(
+        metric(
+            &body,
+            "tracer_edge_response_seconds_bucket{port=\"8080\",le=\"0.1\"}"
+        ),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "tracer_edge_response_seconds_bucket{port=\"8080\",le=\"0.25\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "tracer_edge_idle_close_seconds_count{port=\"8080\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    agent.stop();
+    let log = std::fs::read_to_string(dir.path("agent.log")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|r| r["kind"] == "verdict" && r["verdict"] == "keepalive_race"),
+        "{log}"
+    );
+}

@@ -57,6 +57,7 @@ pub struct Slow {
 pub struct ExchangeWindow {
     pub read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Edge requests seen, those that met a closed connection included.
     pub requests: u64,
     /// Request to first response byte.
     pub responses: Durations,
@@ -188,6 +189,8 @@ impl Exchanges {
                 None
             }
             Step::RequestAfterClose => {
+                // A request all the same: the edge did arrive.
+                w.requests += 1;
                 w.after_close += 1;
                 if let Some(at) = self.closed.remove(&key) {
                     let gap = ev.ts.duration_since(at).unwrap_or_default();
