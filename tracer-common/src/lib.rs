@@ -28,14 +28,10 @@ pub enum EventKind {
     /// to or from LISTEN), in any namespace: `state` is `old << 8 | new`, `aux` the current
     /// task's `pid_tgid`, `peer_addr` its comm (NUL-padded); the local side is the listener's.
     Listen = 8,
-    /// An edge request began: payload from the edge on a connection with none pending (the
-    /// first payload, or the first after the origin answered). Seen at the arrival hook.
-    RequestBegan = 9,
-    /// The application read the pending request (`tcp:tcp_rcv_space_adjust`, in the reading
-    /// task): `aux` is its `pid_tgid`, `local_addr` its comm (NUL-padded).
-    RequestRead = 10,
-    /// The origin sent its first payload byte after a request (TC egress); `EVENT_F_READ`
-    /// when the application had read the request by then.
+    /// The origin sent its first payload byte after a request (TC egress): `aux` is when the
+    /// request began (`bpf_ktime_get_ns`); with `EVENT_F_READ` the application had read it by
+    /// then, and `reason` is the reading task's pid, `local_addr` its comm (NUL-padded).
+    /// Requests still waiting are read from `FLOWS` itself.
     ResponseBegan = 11,
     /// The origin closed (FIN) an edge connection the edge had not closed (TC egress): `aux`
     /// is the jiffies of the last payload either way; `EVENT_F_PENDING` when a request had
@@ -60,8 +56,6 @@ impl EventKind {
             6 => Self::Closed,
             7 => Self::SynackRetransmit,
             8 => Self::Listen,
-            9 => Self::RequestBegan,
-            10 => Self::RequestRead,
             11 => Self::ResponseBegan,
             12 => Self::OriginClosed,
             13 => Self::RequestAfterClose,
@@ -107,8 +101,9 @@ pub const FLOW_F_EDGE_CLOSED: u8 = 1 << 2;
 pub const FLOW_F_AFTER_CLOSE: u8 = 1 << 3;
 
 /// One edge connection's exchange, kept by the arrival and departure hooks (`FLOWS`, keyed by
-/// the peer's address and port as [`ArrivalKey`], which DNAT leaves alone). Only transitions
-/// send events: per-packet work is a lookup and, once a tick, a store.
+/// the peer's address and port as [`ArrivalKey`], which DNAT leaves alone). Only the response
+/// and the rare transitions send events; a request still waiting is read from the map by
+/// userspace. Per-packet work is a lookup and, once a tick, a store.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
@@ -116,14 +111,18 @@ pub struct FlowState {
     pub request_ns: u64,
     /// `bpf_jiffies64()` of the last payload either way.
     pub last_jiffies: u64,
+    /// The task that read the pending request (`FLOW_F_READ`): pid and comm.
+    pub pid: u32,
+    /// The local port the edge connected to (as it arrived).
+    pub local_port: u16,
     /// `PHASE_*`.
     pub phase: u8,
     /// `FLOW_F_*`.
     pub flags: u8,
-    pub _pad: [u8; 6],
+    pub comm: [u8; 16],
 }
 
-const _: () = assert!(size_of::<FlowState>() == 24);
+const _: () = assert!(size_of::<FlowState>() == 40);
 
 /// One kernel observation, written to the ring buffer.
 ///

@@ -1,16 +1,24 @@
 //! Edge exchanges, timed without reading a byte of payload: when a request arrives (edge
 //! payload on a connection with none pending), when the application reads it, when the first
 //! response byte leaves, when the origin closes the connection and whether the edge then
-//! sends on it anyway. Only these transitions send events; per packet the work is a port and
-//! range test and, on edge connections, one map lookup. What the transitions mean (slow,
-//! idle, a keep-alive race) is decided in userspace.
+//! sends on it anyway. The request and its read are kept in the flow's map entry; the response
+//! sends one event carrying both, and only rare transitions (a close after idle, a request
+//! after the close, a reset with a request waiting) send their own. Userspace reads requests
+//! still waiting from the map. Per packet the work is a port and range test and, on edge
+//! connections, one map lookup. What it all means (slow, idle, a keep-alive race) is decided
+//! in userspace.
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns},
-    macros::{classifier, map, tracepoint},
+    bindings::{BPF_F_NO_COMMON_LRU, TC_ACT_UNSPEC},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns,
+        generated::bpf_skc_to_tcp_sock,
+    },
+    macros::{btf_tracepoint, classifier, map, tracepoint},
     maps::LruHashMap,
-    programs::{TcContext, TracePointContext},
+    programs::{BtfTracePointContext, TcContext, TracePointContext},
 };
 use tracer_common::{
     ArrivalKey, Event, EventKind, FlowState, EVENT_F_EDGE, EVENT_F_EGRESS, EVENT_F_PENDING,
@@ -21,17 +29,20 @@ use tracer_common::{
 use crate::{
     arrival::{be16, load32, parse_tcp},
     common::{
-        config, empty_event, field, peer_is_edge_v4, peer_is_edge_v6, port_watched, reserve_event,
+        config, empty_event, field, load, peer_is_edge_v4, peer_is_edge_v6, port_watched,
+        reserve_event,
     },
 };
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_RST: u8 = 0x04;
 
-/// Edge connections being followed, by the peer's address and port.
+/// Edge connections being followed, by the peer's address and port. Each CPU keeps its own
+/// LRU lists (`BPF_F_NO_COMMON_LRU`): a list shared by the CPUs is a lock every new
+/// connection's first request would take.
 #[map]
 pub static FLOWS: LruHashMap<ArrivalKey, FlowState> =
-    LruHashMap::with_max_entries(EXCHANGE_FLOWS, 0);
+    LruHashMap::with_max_entries(EXCHANGE_FLOWS, BPF_F_NO_COMMON_LRU);
 
 // Every function that reads addresses from the packet is instantiated per family (`V6`):
 // the verifier then checks each address read against that family's bounds, which a family
@@ -127,17 +138,16 @@ fn inbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payload
         if payload == 0 || flags & (TCP_FIN | TCP_RST) != 0 {
             return;
         }
-        let now = unsafe { bpf_ktime_get_ns() };
         let state = FlowState {
-            request_ns: now,
+            request_ns: unsafe { bpf_ktime_get_ns() },
             last_jiffies: unsafe { bpf_jiffies64() },
+            pid: 0,
+            local_port,
             phase: PHASE_REQUEST,
             flags: 0,
-            _pad: [0; 6],
+            comm: [0; 16],
         };
-        if FLOWS.insert(key, state, 0).is_ok() {
-            send::<V6>(EventKind::RequestBegan, &key, local, local_port, now, 0, 0);
-        }
+        let _ = FLOWS.insert(key, state, 0);
         return;
     };
     if flags & TCP_RST != 0 {
@@ -168,11 +178,9 @@ fn inbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payload
                     );
                 }
             } else if (*s).phase != PHASE_REQUEST {
-                let now = bpf_ktime_get_ns();
                 (*s).phase = PHASE_REQUEST;
-                (*s).request_ns = now;
+                (*s).request_ns = bpf_ktime_get_ns();
                 (*s).flags = f & !FLOW_F_READ;
-                send::<V6>(EventKind::RequestBegan, &key, local, local_port, now, 0, 0);
             }
             touch(s);
         }
@@ -241,21 +249,7 @@ fn outbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payloa
         if payload > 0 {
             if (*s).phase == PHASE_REQUEST {
                 (*s).phase = PHASE_RESPONSE;
-                let read = if (*s).flags & FLOW_F_READ != 0 {
-                    EVENT_F_READ
-                } else {
-                    0
-                };
-                let now = bpf_ktime_get_ns();
-                send::<V6>(
-                    EventKind::ResponseBegan,
-                    &key,
-                    src,
-                    local_port,
-                    now,
-                    read,
-                    (*s).request_ns,
-                );
+                send_response::<V6>(&key, local_port, &*s);
             }
             touch(s);
         }
@@ -285,6 +279,29 @@ fn outbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payloa
     }
 }
 
+/// The first response byte left: one event with when the request began and who read it.
+#[inline(always)]
+fn send_response<const V6: bool>(key: &ArrivalKey, local_port: u16, s: &FlowState) {
+    let Some(mut entry) = reserve_event() else {
+        return;
+    };
+    let mut ev: Event = empty_event(EventKind::ResponseBegan as u16);
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.family = key.family;
+    ev.peer_addr = key.addr;
+    ev.peer_port = key.port;
+    ev.local_port = local_port;
+    ev.flags = EVENT_F_EDGE;
+    ev.aux = s.request_ns;
+    if s.flags & FLOW_F_READ != 0 {
+        ev.flags |= EVENT_F_READ;
+        ev.reason = s.pid;
+        ev.local_addr = s.comm;
+    }
+    entry.write(ev);
+    entry.submit(0);
+}
+
 /// TC egress on the watched interface: the origin's answers to the edge.
 #[classifier]
 pub fn tc_reply(ctx: TcContext) -> i32 {
@@ -303,8 +320,61 @@ pub fn tc_reply_pass(_ctx: TcContext) -> i32 {
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
-/// `tcp:tcp_rcv_space_adjust`: a task read from a TCP socket. Only a followed edge connection
-/// with an unread request pending sends anything (once per request): who read it.
+/// The application read from the followed edge connection of `key`: the first read of a
+/// pending request marks it read, with the reading task.
+#[inline(always)]
+fn mark_read(key: &ArrivalKey) -> Option<()> {
+    let s = FLOWS.get_ptr_mut(key)?;
+    unsafe {
+        if (*s).phase != PHASE_REQUEST || (*s).flags & FLOW_F_READ != 0 {
+            return None;
+        }
+        (*s).flags |= FLOW_F_READ;
+        (*s).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if let Ok(comm) = bpf_get_current_comm() {
+            (*s).comm = comm;
+        }
+    }
+    Some(())
+}
+
+/// `tcp:tcp_rcv_space_adjust` as a BTF tracepoint: a task read from a TCP socket. It fires for
+/// every read of every TCP socket, so the socket's peer is read with plain loads (no trace
+/// record is filled) and looked up once.
+#[btf_tracepoint(function = "tcp_rcv_space_adjust")]
+pub fn btf_rcv_space(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_btf_rcv_space(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_btf_rcv_space(ctx: &BtfTracePointContext) -> Option<()> {
+    let sk: *mut c_void = ctx.arg(0);
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk) }.cast::<u8>().cast_const();
+    if tp.is_null() {
+        return None;
+    }
+    let o = config!(sock);
+    let mut key = ArrivalKey {
+        addr: [0; 16],
+        port: u16::from_be(unsafe { load::<u16>(tp, o.dport) }),
+        family: 4,
+    };
+    match unsafe { load::<u16>(tp, o.family) } {
+        AF_INET => {
+            let a: u32 = unsafe { load(tp, o.daddr) };
+            key.addr[..4].copy_from_slice(&a.to_ne_bytes());
+        }
+        AF_INET6 => {
+            key.addr = unsafe { load(tp, o.v6_daddr) };
+            key.family = 6;
+        }
+        _ => return None,
+    }
+    mark_read(&key)
+}
+
+/// The classic tracepoint, where the BTF one does not load.
 #[tracepoint]
 pub fn tp_rcv_space(ctx: TracePointContext) -> u32 {
     let _ = try_rcv_space(&ctx);
@@ -315,10 +385,9 @@ pub fn tp_rcv_space(ctx: TracePointContext) -> u32 {
 fn try_rcv_space(ctx: &TracePointContext) -> Option<()> {
     let l = config!(rcv_space_adjust);
     let family: u16 = field(ctx, l.family)?;
-    let peer_port: u16 = field(ctx, l.dport)?;
     let mut key = ArrivalKey {
         addr: [0; 16],
-        port: peer_port,
+        port: field(ctx, l.dport)?,
         family: 4,
     };
     match family {
@@ -332,26 +401,5 @@ fn try_rcv_space(ctx: &TracePointContext) -> Option<()> {
         }
         _ => return None,
     }
-    let s = FLOWS.get_ptr_mut(key)?;
-    unsafe {
-        if (*s).phase != PHASE_REQUEST || (*s).flags & FLOW_F_READ != 0 {
-            return None;
-        }
-        (*s).flags |= FLOW_F_READ;
-    }
-    let mut entry = reserve_event()?;
-    let mut ev: Event = empty_event(EventKind::RequestRead as u16);
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.family = key.family;
-    ev.peer_addr = key.addr;
-    ev.peer_port = peer_port;
-    ev.local_port = field(ctx, l.sport).unwrap_or(0);
-    ev.flags = EVENT_F_EDGE;
-    ev.aux = bpf_get_current_pid_tgid();
-    if let Ok(comm) = bpf_get_current_comm() {
-        ev.local_addr = comm;
-    }
-    entry.write(ev);
-    entry.submit(0);
-    Some(())
+    mark_read(&key)
 }

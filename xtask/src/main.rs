@@ -81,7 +81,8 @@ enum Task {
     Bench {
         #[arg(long)]
         json: bool,
-        /// Only these parts: xdp, rate, exactness, agent, startup (comma-separated).
+        /// Only these parts: xdp, tc, rate, rate-container, exactness, agent, startup,
+        /// hooks, bulk, bulk-download (comma-separated).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

@@ -299,3 +299,47 @@ fn the_agent_exports_response_and_idle_close_times() {
         "{log}"
     );
 }
+
+/// An application that accepts but does not read (every worker busy): the request is still
+/// unread when the window closes past the read timeout — slow_response, counted unread, the
+/// process holding the listener named.
+#[test]
+fn an_unread_request_is_a_slow_response_naming_the_listener() {
+    let lab = Lab::new();
+    let listener = lab.origin.listen("0.0.0.0", 8080, 16);
+    let stuck = std::thread::spawn(move || {
+        let conn = listener.accept().map(|(c, _)| c);
+        std::thread::sleep(Duration::from_secs(8));
+        drop(conn);
+        drop(listener);
+    });
+    let tracer = Tracer::diagnose_with(
+        &lab.origin,
+        "8080",
+        "4",
+        &["--edge-read-timeout", "2s"],
+        &[],
+    );
+    let mut conn = lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), Duration::from_secs(2))
+        .expect("8080 accepts");
+    use std::io::Write as _;
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: origin\r\n\r\n")
+        .expect("request sent");
+    let (code, out) = tracer.wait(Duration::from_secs(40));
+    drop(conn);
+    let _ = stuck.join();
+    assert_eq!(code, 0, "{out}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["verdict"], "slow_response", "{r:#}");
+    assert_eq!(r["timing"]["slow_responses_unread"], 1, "{r:#}");
+    let evidence = r["causes"][0]["evidence"].to_string();
+    let pid = std::process::id();
+    assert!(
+        evidence.contains("was still unread after")
+            && evidence.contains(&format!("(pid {pid}"))
+            && evidence.contains("which holds the listener"),
+        "{evidence}"
+    );
+}

@@ -100,6 +100,15 @@ impl Capture {
     }
 
     /// The running counts a window starts from (`iface`: the watched interface).
+    /// Edge requests still waiting for their first response byte, from the kernel's table.
+    pub fn waiting_requests(&self) -> Vec<crate::model::exchange::WaitingRequest> {
+        self.probe
+            .waiting_requests()
+            .iter()
+            .filter_map(|(k, s)| crate::model::decode::decode_waiting(k, s, &self.clock))
+            .collect()
+    }
+
     pub fn running_counts(&self, iface: &str) -> RunningCounts {
         RunningCounts {
             lost: self.lost_total(),

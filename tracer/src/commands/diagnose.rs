@@ -115,7 +115,7 @@ impl Sink for Window {
     fn tick(&mut self, capture: &mut Capture) -> Result<Next> {
         if let Some(end) = self.grace_end {
             // Requests begun in the window get their answer too, within the grace.
-            let done = (self.correlator.pending() == 0 && self.exchanges.waiting() == 0)
+            let done = (self.correlator.pending() == 0 && capture.waiting_requests().is_empty())
                 || Instant::now() >= end;
             return Ok(if done { Next::Stop } else { Next::Continue });
         }
@@ -272,7 +272,9 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
         tls_checked: tls.is_some(),
     };
     // The window is over: its report is assembled here (the agent does it on another thread).
-    w.tally.exchanges = w.exchanges.take_window(SystemTime::now());
+    w.tally.exchanges = w
+        .exchanges
+        .take_window(SystemTime::now(), &capture.waiting_requests());
     let closed = window::close(
         w.tally.clone(),
         &mut w.sampler,

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::model::exchange::{comm_text, ExchangeEvent, Step};
+use crate::model::exchange::{comm_text, ExchangeEvent, Step, Task, WaitingRequest};
 
 use super::timing::Durations;
 
@@ -25,7 +25,7 @@ pub const EDGE_IDLE_TIMEOUT: Duration = Duration::from_secs(900);
 /// `keepalive_timeout 0`): the edge does not reuse such a connection, so it is no idle close.
 const CLOSE_WITH_RESPONSE: Duration = Duration::from_millis(50);
 
-/// Requests and closed connections followed at once: the kernel follows 65,536 connections.
+/// Requests and closed connections remembered at once: the kernel follows 65,536 connections.
 const FOLLOWED: usize = 65_536;
 
 /// Slow exchanges named in a report, the slowest first.
@@ -50,6 +50,8 @@ pub struct Slow {
     /// The application had read the request (by the response, or by the window's end).
     pub read: bool,
     pub reader: Option<Reader>,
+    /// For a request nobody read: the process holding the listening socket it came through.
+    pub holder: Option<Reader>,
 }
 
 /// A window's exchanges.
@@ -84,28 +86,35 @@ pub enum Observed {
     AfterClose { port: u16 },
 }
 
-#[derive(Clone, Debug)]
-struct Pending {
-    at: SystemTime,
-    reader: Option<Reader>,
-    read: bool,
-    /// Counted slow at an earlier window's end: not again when it is answered.
-    counted: bool,
+/// A request found waiting at an earlier window's end: when it began, and whether it was
+/// counted slow then (a request is counted once, slow once).
+#[derive(Clone, Copy, Debug)]
+struct Carried {
+    since: SystemTime,
+    slow: bool,
 }
 
 /// Follows the exchanges as the steps come, and sums them up by window.
 #[derive(Debug)]
 pub struct Exchanges {
-    pending: HashMap<(IpAddr, u16), Pending>,
+    carried: HashMap<(IpAddr, u16), Carried>,
     /// Connections the origin closed idle: when.
     closed: HashMap<(IpAddr, u16), SystemTime>,
     window: ExchangeWindow,
 }
 
+fn reader(task: Option<Task>) -> Option<Reader> {
+    task.map(|(pid, comm)| Reader {
+        pid,
+        comm: comm_text(&comm),
+        container: None,
+    })
+}
+
 impl Exchanges {
     pub fn new(read_timeout: Duration, idle_timeout: Duration) -> Self {
         Self {
-            pending: HashMap::new(),
+            carried: HashMap::new(),
             closed: HashMap::new(),
             window: ExchangeWindow {
                 read_timeout,
@@ -115,47 +124,36 @@ impl Exchanges {
         }
     }
 
+    /// A request that ended (answered, closed, reset) counts in this window unless an earlier
+    /// window's end already found it waiting; returns that earlier finding.
+    fn ended(&mut self, key: (IpAddr, u16), since: Option<SystemTime>) -> Option<Carried> {
+        let carried = self
+            .carried
+            .remove(&key)
+            .filter(|c| since.is_none_or(|s| s == c.since));
+        if carried.is_none() {
+            self.window.requests += 1;
+        }
+        carried
+    }
+
     pub fn observe(&mut self, ev: &ExchangeEvent) -> Option<Observed> {
         let key = (ev.peer, ev.peer_port);
-        let w = &mut self.window;
         match ev.step {
-            Step::RequestBegan => {
-                w.requests += 1;
-                self.closed.remove(&key);
-                if self.pending.len() < FOLLOWED || self.pending.contains_key(&key) {
-                    let p = Pending {
-                        at: ev.ts,
-                        reader: None,
-                        read: false,
-                        counted: false,
-                    };
-                    self.pending.insert(key, p);
-                }
-                None
-            }
-            Step::RequestRead { pid, comm } => {
-                let p = self.pending.get_mut(&key)?;
-                p.read = true;
-                p.reader = Some(Reader {
-                    pid,
-                    comm: comm_text(&comm),
-                    container: None,
-                });
-                None
-            }
-            Step::ResponseBegan { read } => {
-                let p = self.pending.remove(&key)?;
-                let time = ev.ts.duration_since(p.at).unwrap_or_default();
+            Step::ResponseBegan { request_at, reader: task } => {
+                let carried = self.ended(key, Some(request_at));
+                let w = &mut self.window;
+                let time = ev.ts.duration_since(request_at).unwrap_or_default();
                 w.responses.add(time);
-                if time > w.read_timeout && !p.counted {
-                    let read = read || p.read;
+                if time > w.read_timeout && !carried.is_some_and(|c| c.slow) {
                     w.add_slow(Slow {
                         peer: ev.peer,
                         local_port: ev.local_port,
                         time,
                         answered: true,
-                        read,
-                        reader: p.reader,
+                        read: task.is_some(),
+                        reader: reader(task),
+                        holder: None,
                     });
                 }
                 Some(Observed::Response {
@@ -165,15 +163,15 @@ impl Exchanges {
             }
             Step::OriginClosed { idle, pending } => {
                 if pending {
-                    self.pending.remove(&key);
-                    w.closed_pending += 1;
+                    self.ended(key, None);
+                    self.window.closed_pending += 1;
                     return None;
                 }
                 let idle = idle?;
                 if idle < CLOSE_WITH_RESPONSE {
                     return None;
                 }
-                w.idle_closes.add(idle);
+                self.window.idle_closes.add(idle);
                 if self.closed.len() < FOLLOWED {
                     self.closed.insert(key, ev.ts);
                 }
@@ -183,13 +181,15 @@ impl Exchanges {
                 })
             }
             Step::Reset { by_origin } => {
-                if self.pending.remove(&key).is_some() && by_origin {
-                    w.reset_pending += 1;
+                self.ended(key, None);
+                if by_origin {
+                    self.window.reset_pending += 1;
                 }
                 None
             }
             Step::RequestAfterClose => {
                 // A request all the same: the edge did arrive.
+                let w = &mut self.window;
                 w.requests += 1;
                 w.after_close += 1;
                 if let Some(at) = self.closed.remove(&key) {
@@ -203,35 +203,43 @@ impl Exchanges {
         }
     }
 
-    /// Requests waiting for their first response byte.
-    pub fn waiting(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// The window ending at `now`: requests still waiting past the read timeout count as
-    /// slow (once); the sums start again.
-    pub fn take_window(&mut self, now: SystemTime) -> ExchangeWindow {
+    /// The window ending at `now`, with the requests still `waiting` then (read from the
+    /// kernel's table): each counts as a request once, and as slow once it has waited past
+    /// the read timeout; the sums start again.
+    pub fn take_window(&mut self, now: SystemTime, waiting: &[WaitingRequest]) -> ExchangeWindow {
         let w = &mut self.window;
-        for ((peer, _), p) in self.pending.iter_mut().filter(|(_, p)| !p.counted) {
-            let waited = now.duration_since(p.at).unwrap_or_default();
-            if waited > w.read_timeout {
-                p.counted = true;
+        let mut carried = HashMap::new();
+        for r in waiting.iter().take(FOLLOWED) {
+            let key = (r.peer, r.peer_port);
+            let before = self.carried.get(&key).filter(|c| c.since == r.since);
+            if before.is_none() {
+                w.requests += 1;
+            }
+            let mut slow = before.is_some_and(|c| c.slow);
+            let waited = now.duration_since(r.since).unwrap_or_default();
+            if !slow && waited > w.read_timeout {
+                slow = true;
                 w.add_slow(Slow {
-                    peer: *peer,
-                    local_port: 0,
+                    peer: r.peer,
+                    local_port: r.local_port,
                     time: waited,
                     answered: false,
-                    read: p.read,
-                    reader: p.reader.clone(),
+                    read: r.reader.is_some(),
+                    reader: reader(r.reader),
+                    holder: None,
                 });
             }
+            carried.insert(
+                key,
+                Carried {
+                    since: r.since,
+                    slow,
+                },
+            );
         }
-        // A request the kernel stopped following (its connection evicted from the kernel's
-        // table, or gone without a reset seen) is forgotten once it has been counted slow and
-        // waited as long again as the edge keeps a connection.
-        let stale = w.read_timeout + w.idle_timeout;
-        self.pending
-            .retain(|_, p| !p.counted || now.duration_since(p.at).unwrap_or_default() <= stale);
+        // Requests no longer waiting and not seen ending (their connection left the kernel's
+        // table) are forgotten with the rest.
+        self.carried = carried;
         // A close older than the edge keeps an idle connection can no longer be raced.
         let horizon = w.idle_timeout + Duration::from_secs(60);
         self.closed
@@ -246,9 +254,22 @@ impl Exchanges {
 }
 
 impl ExchangeWindow {
-    /// Names the containers of the tasks that read the slow requests.
-    pub fn name_containers(&mut self) {
-        for r in self.slowest.iter_mut().filter_map(|s| s.reader.as_mut()) {
+    /// Names who holds the slow requests: the tasks that read them, and for those nobody
+    /// read the process whose listener (`owner_of(port)`) they came through; their containers.
+    pub fn name_holders(&mut self, owner_of: impl Fn(u16) -> Option<(u32, String)>) {
+        for s in self.slowest.iter_mut().filter(|s| s.reader.is_none()) {
+            s.holder = owner_of(s.local_port).map(|(pid, comm)| Reader {
+                pid,
+                comm,
+                container: None,
+            });
+        }
+        let tasks = self
+            .slowest
+            .iter_mut()
+            .flat_map(|s| [s.reader.as_mut(), s.holder.as_mut()])
+            .flatten();
+        for r in tasks {
             use std::io::Read;
             let mut text = String::new();
             let read = std::fs::File::open(format!("/proc/{}/cgroup", r.pid))
@@ -290,31 +311,36 @@ mod tests {
         c
     }
 
-    /// A recorded slow application (answers after 4 s, read at once), a fast request, and a
-    /// request nothing read, still waiting when the window closes.
+    fn answered(t0: SystemTime, began_ms: u64, reader: Option<Task>) -> Step {
+        Step::ResponseBegan {
+            request_at: t0 + Duration::from_millis(began_ms),
+            reader,
+        }
+    }
+
+    fn waiting(t0: SystemTime, began_ms: u64, port: u16) -> WaitingRequest {
+        WaitingRequest {
+            peer: EDGE,
+            peer_port: port,
+            local_port: 8080,
+            since: t0 + Duration::from_millis(began_ms),
+            reader: None,
+        }
+    }
+
+    /// Recorded: a slow application (answers after 4 s, python3 read it), a fast request,
+    /// and a request nothing read, still waiting when the window closes.
     #[test]
     fn slow_responses_are_timed_and_named() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let mut x = Exchanges::new(Duration::from_secs(3), EDGE_IDLE_TIMEOUT);
         for ev in [
-            at(t0, 0, 1, Step::RequestBegan),
-            at(
-                t0,
-                1,
-                1,
-                Step::RequestRead {
-                    pid: 77,
-                    comm: comm("python3"),
-                },
-            ),
-            at(t0, 10, 2, Step::RequestBegan),
-            at(t0, 12, 2, Step::ResponseBegan { read: false }),
-            at(t0, 4003, 1, Step::ResponseBegan { read: true }),
-            at(t0, 5000, 3, Step::RequestBegan),
+            at(t0, 12, 2, answered(t0, 10, None)),
+            at(t0, 4003, 1, answered(t0, 0, Some((77, comm("python3"))))),
         ] {
             x.observe(&ev);
         }
-        let w = x.take_window(t0 + Duration::from_millis(9000));
+        let w = x.take_window(t0 + Duration::from_millis(9000), &[waiting(t0, 5000, 3)]);
         assert_eq!(w.requests, 3);
         assert_eq!(w.responses.summary().count, 2);
         assert_eq!(w.responses.summary().max_ms, 4003.0);
@@ -322,6 +348,7 @@ mod tests {
         // The slowest first: answered after 4.003 s, then the one still waiting after 4 s.
         assert_eq!(w.slowest[1].time, Duration::from_millis(4000));
         assert!(!w.slowest[1].answered && !w.slowest[1].read);
+        assert_eq!(w.slowest[1].local_port, 8080);
         assert_eq!(
             w.slowest[0].reader,
             Some(Reader {
@@ -330,12 +357,16 @@ mod tests {
                 container: None,
             })
         );
-        // The waiting request is not counted again, nor when it is answered at last.
-        let w = x.take_window(t0 + Duration::from_millis(12_000));
-        assert_eq!(w.slow, 0);
-        x.observe(&at(t0, 13_000, 3, Step::ResponseBegan { read: true }));
-        let w = x.take_window(t0 + Duration::from_millis(14_000));
-        assert_eq!((w.slow, w.responses.summary().count), (0, 1));
+        // The waiting request is neither a new request nor slow again, nor when it is
+        // answered at last.
+        let w = x.take_window(t0 + Duration::from_millis(12_000), &[waiting(t0, 5000, 3)]);
+        assert_eq!((w.requests, w.slow), (0, 0));
+        x.observe(&at(t0, 13_000, 3, answered(t0, 5000, None)));
+        let w = x.take_window(t0 + Duration::from_millis(14_000), &[]);
+        assert_eq!((w.requests, w.slow, w.responses.summary().count), (0, 0, 1));
+        // A new request on the same connection is one.
+        x.observe(&at(t0, 15_000, 3, answered(t0, 14_500, None)));
+        assert_eq!(x.take_window(t0 + Duration::from_millis(16_000), &[]).requests, 1);
     }
 
     /// A recorded keep-alive race: the origin closes after 1 s idle, the edge sends its next
@@ -349,12 +380,10 @@ mod tests {
             pending: false,
         };
         let observed: Vec<_> = [
-            at(t0, 0, 1, Step::RequestBegan),
-            at(t0, 2, 1, Step::ResponseBegan { read: true }),
+            at(t0, 2, 1, answered(t0, 0, Some((1, comm("srv"))))),
             at(t0, 1002, 1, closed),
             at(t0, 1402, 1, Step::RequestAfterClose),
-            at(t0, 2000, 2, Step::RequestBegan),
-            at(t0, 2001, 2, Step::ResponseBegan { read: true }),
+            at(t0, 2001, 2, answered(t0, 2000, None)),
             at(
                 t0,
                 2002,
@@ -376,8 +405,8 @@ mod tests {
             }
         );
         assert_eq!(observed[2], Observed::AfterClose { port: 8080 });
-        let w = x.take_window(t0 + Duration::from_secs(3));
-        assert_eq!(w.after_close, 1);
+        let w = x.take_window(t0 + Duration::from_secs(3), &[]);
+        assert_eq!((w.requests, w.after_close), (3, 1));
         assert_eq!(w.after_close_gap_max, Duration::from_millis(400));
         assert_eq!(w.idle_closes.summary().count, 1);
         assert_eq!(w.slow, 0);

@@ -103,7 +103,11 @@ pub(super) const TRACEPOINTS: [TracepointHook; 6] = [
         program: "tp_rcv_space",
         category: "tcp",
         name: "tcp_rcv_space_adjust",
-        btf: None,
+        btf: Some(BtfVariant {
+            program: "btf_rcv_space",
+            empty: "btf_empty_rcv_space",
+            usable: |c, _| c.sock.complete(),
+        }),
         empty: "tp_empty",
         layout: Some(|c, f| c.rcv_space_adjust = sock_layout(f)),
         without: "whether the application read a request before answering it is not known",

@@ -157,6 +157,26 @@ impl Probe {
             .collect()
     }
 
+    /// Followed edge connections whose request is still waiting for its first response
+    /// byte (`FLOWS`, phase request): one pass over the map, bounded by its size.
+    pub fn waiting_requests(&self) -> Vec<(tracer_common::ArrivalKey, tracer_common::FlowState)> {
+        let Some(map) = self.ebpf.map("FLOWS") else {
+            return Vec::new();
+        };
+        let Ok(map) = aya::maps::HashMap::<
+            &MapData,
+            tracer_common::ArrivalKey,
+            tracer_common::FlowState,
+        >::try_from(map) else {
+            return Vec::new();
+        };
+        map.iter()
+            .filter_map(Result::ok)
+            .filter(|(_, s)| s.phase == tracer_common::PHASE_REQUEST)
+            .take(tracer_common::EXCHANGE_FLOWS as usize)
+            .collect()
+    }
+
     /// Sums of the per-CPU counters, indexed by `tracer_common::counter`.
     pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(

@@ -15,7 +15,7 @@ use crate::{
     model::{
         clock::{Clock, JiffiesClock},
         event::{Direction, Event, Flow, Kind, ListenerEvent, Record, State, TcpFlags, TcpState},
-        exchange::{ExchangeEvent, Step},
+        exchange::{ExchangeEvent, Step, WaitingRequest},
     },
     reasons::{Reason, ReasonTable},
 };
@@ -39,7 +39,7 @@ pub fn decode_record(
     reasons: &ReasonTable,
 ) -> Option<Record> {
     let kind = EventKind::from_u32(u32::from(raw.kind))?;
-    if let Some(step) = exchange_step(kind, raw, jiffies) {
+    if let Some(step) = exchange_step(kind, raw, clock, jiffies) {
         return Some(Record::Exchange(ExchangeEvent {
             ts: clock.wall(raw.ts_ns),
             peer: addr(raw.family, &raw.peer_addr)?,
@@ -68,17 +68,14 @@ pub fn decode_record(
 fn exchange_step(
     kind: EventKind,
     raw: &tracer_common::Event,
+    clock: &Clock,
     jiffies: &JiffiesClock,
 ) -> Option<Step> {
     let has = |f: u32| raw.flags & f != 0;
     Some(match kind {
-        EventKind::RequestBegan => Step::RequestBegan,
-        EventKind::RequestRead => Step::RequestRead {
-            pid: (raw.aux >> 32) as u32,
-            comm: raw.local_addr,
-        },
         EventKind::ResponseBegan => Step::ResponseBegan {
-            read: has(EVENT_F_READ),
+            request_at: clock.wall(raw.aux),
+            reader: has(EVENT_F_READ).then_some((raw.reason, raw.local_addr)),
         },
         EventKind::OriginClosed => Step::OriginClosed {
             // The last payload's tick: its start, so never later than the payload.
@@ -93,6 +90,21 @@ fn exchange_step(
             by_origin: has(EVENT_F_EGRESS),
         },
         _ => return None,
+    })
+}
+
+/// Decodes a followed edge connection's entry whose request is still waiting.
+pub fn decode_waiting(
+    key: &tracer_common::ArrivalKey,
+    s: &tracer_common::FlowState,
+    clock: &Clock,
+) -> Option<WaitingRequest> {
+    Some(WaitingRequest {
+        peer: addr(key.family, &key.addr)?,
+        peer_port: key.port,
+        local_port: s.local_port,
+        since: clock.wall(s.request_ns),
+        reader: (s.flags & tracer_common::FLOW_F_READ != 0).then_some((s.pid, s.comm)),
     })
 }
 
@@ -225,28 +237,20 @@ mod tests {
             }
         );
         assert_eq!((e.peer_port, e.local_port), (40000, 443));
-        let mut r = raw(EventKind::RequestRead);
-        r.aux = (4321u64 << 32) | 4322;
+        let mut r = raw(EventKind::ResponseBegan);
+        r.flags |= EVENT_F_READ;
+        r.aux = 1_000_000_000;
+        r.reason = 4321;
         r.local_addr = *b"nginx\0\0\0\0\0\0\0\0\0\0\0";
         let Some(Record::Exchange(e)) = decode_record(&r, &clock, &jiffies(), &table()) else {
             panic!("not an exchange");
         };
-        let Step::RequestRead { pid, comm } = e.step else {
+        let Step::ResponseBegan { request_at, reader } = e.step else {
             panic!("{e:?}");
         };
-        assert_eq!(
-            (pid, crate::model::exchange::comm_text(&comm).as_str()),
-            (4321, "nginx")
-        );
-        let mut r = raw(EventKind::ResponseBegan);
-        r.flags |= EVENT_F_READ;
-        assert!(matches!(
-            decode_record(&r, &clock, &jiffies(), &table()),
-            Some(Record::Exchange(ExchangeEvent {
-                step: Step::ResponseBegan { read: true },
-                ..
-            }))
-        ));
+        assert_eq!(request_at, clock.wall(1_000_000_000));
+        let (pid, comm) = reader.expect("read");
+        assert_eq!((pid, crate::model::exchange::comm_text(&comm).as_str()), (4321, "nginx"));
     }
 
     fn table() -> ReasonTable {

@@ -62,8 +62,6 @@ impl Kind {
             EventKind::Closed => Self::Closed,
             EventKind::SynackRetransmit => Self::SynackRetransmit,
             EventKind::Listen
-            | EventKind::RequestBegan
-            | EventKind::RequestRead
             | EventKind::ResponseBegan
             | EventKind::OriginClosed
             | EventKind::RequestAfterClose

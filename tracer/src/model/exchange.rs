@@ -3,15 +3,18 @@
 
 use std::{net::IpAddr, time::Duration, time::SystemTime};
 
+/// The task that read a request: pid and comm (NUL-padded).
+pub type Task = (u32, [u8; 16]);
+
 /// What happened on an edge connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// The edge sent a request (payload with none pending).
-    RequestBegan,
-    /// The application read the pending request: the reading task.
-    RequestRead { pid: u32, comm: [u8; 16] },
-    /// The first response byte left; `read`: the application had read the request by then.
-    ResponseBegan { read: bool },
+    /// The first response byte left, for the request that began at `request_at` (the edge's
+    /// payload on a connection with none pending); `reader`: the task that had read it.
+    ResponseBegan {
+        request_at: SystemTime,
+        reader: Option<Task>,
+    },
     /// The origin closed the connection first, `idle` after the last payload either way
     /// (`None` when the kernel's tick could not be converted); `pending`: a request was
     /// still waiting for its response.
@@ -26,8 +29,7 @@ pub enum Step {
 }
 
 /// A step of the exchange on the edge connection from `peer`:`peer_port` to `local_port`
-/// (the port as it arrived: before DNAT for a forwarded connection, except for `RequestRead`,
-/// which the application's socket reports after it).
+/// (the port as it arrived: before DNAT for a forwarded connection).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExchangeEvent {
     pub ts: SystemTime,
@@ -35,6 +37,16 @@ pub struct ExchangeEvent {
     pub peer_port: u16,
     pub local_port: u16,
     pub step: Step,
+}
+
+/// A request still waiting for its first response byte, read from the kernel's table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitingRequest {
+    pub peer: IpAddr,
+    pub peer_port: u16,
+    pub local_port: u16,
+    pub since: SystemTime,
+    pub reader: Option<Task>,
 }
 
 /// A task's comm, as text.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{Cause, Inputs, Verdict};
 use crate::correlate::{
-    exchanges::{ExchangeWindow, Slow},
+    exchanges::{ExchangeWindow, Reader, Slow},
     timing::{Summary, Timing},
 };
 
@@ -26,17 +26,15 @@ fn ms_as_secs(ms: f64) -> String {
 }
 
 /// "python3 (pid 77, container 3f2a9c4b1d2e)"
-fn who(s: &Slow) -> Option<String> {
-    let r = s.reader.as_ref()?;
-    Some(match &r.container {
-        Some(c) => format!(
-            "{} (pid {}, container {})",
-            r.comm,
-            r.pid,
-            &c[..c.len().min(12)]
-        ),
+fn task_text(r: &Reader) -> String {
+    match &r.container {
+        Some(c) => format!("{} (pid {}, container {})", r.comm, r.pid, &c[..c.len().min(12)]),
         None => format!("{} (pid {})", r.comm, r.pid),
-    })
+    }
+}
+
+fn who(s: &Slow) -> Option<String> {
+    s.reader.as_ref().map(task_text)
 }
 
 fn slow_line(s: &Slow) -> String {
@@ -65,9 +63,13 @@ fn slow_line(s: &Slow) -> String {
             secs(s.time)
         ),
         (false, false) => format!(
-            "a request from {}{port} was still unread after {}: the application is not reading — a stuck worker or a full pool",
+            "a request from {}{port} was still unread after {}{}: the application is not reading — a stuck worker or a full pool",
             s.peer,
-            secs(s.time)
+            secs(s.time),
+            s.holder
+                .as_ref()
+                .map(|h| format!(" by {}, which holds the listener", task_text(h)))
+                .unwrap_or_default()
         ),
     }
 }
@@ -233,15 +235,17 @@ mod tests {
         let mut x = Exchanges::new(Duration::from_secs(3), EDGE_IDLE_TIMEOUT);
         let mut comm = [0u8; 16];
         comm[..7].copy_from_slice(b"python3");
-        for e in [
-            step(t0, 0, 1, Step::RequestBegan),
-            step(t0, 1, 1, Step::RequestRead { pid: 4242, comm }),
-            step(t0, 4001, 1, Step::ResponseBegan { read: true }),
-        ] {
-            x.observe(&e);
-        }
+        x.observe(&step(
+            t0,
+            4001,
+            1,
+            Step::ResponseBegan {
+                request_at: t0,
+                reader: Some((4242, comm)),
+            },
+        ));
         let mut f = fixture();
-        f.exchanges = x.take_window(t0 + Duration::from_secs(10));
+        f.exchanges = x.take_window(t0 + Duration::from_secs(10), &[]);
         let edge = crate::correlate::Counts {
             syn: 1,
             handshakes: 1,
@@ -266,9 +270,12 @@ mod tests {
     fn a_request_after_an_idle_close_is_a_keepalive_race() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let mut x = Exchanges::new(Duration::from_secs(100), EDGE_IDLE_TIMEOUT);
+        let answered = Step::ResponseBegan {
+            request_at: t0,
+            reader: None,
+        };
         for e in [
-            step(t0, 0, 1, Step::RequestBegan),
-            step(t0, 2, 1, Step::ResponseBegan { read: true }),
+            step(t0, 2, 1, answered),
             step(
                 t0,
                 1002,
@@ -283,7 +290,7 @@ mod tests {
             x.observe(&e);
         }
         let mut f = fixture();
-        f.exchanges = x.take_window(t0 + Duration::from_secs(10));
+        f.exchanges = x.take_window(t0 + Duration::from_secs(10), &[]);
         let (verdict, causes) =
             crate::verdict::decide(&inputs(&f, crate::correlate::Counts::default()));
         assert_eq!(verdict, Verdict::KeepaliveRace);
@@ -296,12 +303,7 @@ mod tests {
         assert!(causes[0].next_steps[0].contains("keepalive_timeout 905s"));
         // Without the late request: healthy, with the risk said.
         let mut x = Exchanges::new(Duration::from_secs(100), EDGE_IDLE_TIMEOUT);
-        for e in [
-            step(t0, 0, 1, Step::RequestBegan),
-            step(t0, 2, 1, Step::ResponseBegan { read: true }),
-        ] {
-            x.observe(&e);
-        }
+        x.observe(&step(t0, 2, 1, answered));
         x.observe(&step(
             t0,
             1002,
@@ -311,7 +313,7 @@ mod tests {
                 pending: false,
             },
         ));
-        f.exchanges = x.take_window(t0 + Duration::from_secs(10));
+        f.exchanges = x.take_window(t0 + Duration::from_secs(10), &[]);
         let (verdict, _) = crate::verdict::decide(&inputs(&f, crate::correlate::Counts::default()));
         assert_eq!(verdict, Verdict::Healthy);
         assert!(idle_close_risk(&f.exchanges).unwrap().contains("none did"));

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
 
 use crate::{
     capture::WindowCounts,
-    correlate::{Backend, Counts, Outcome},
+    correlate::{exchanges::ExchangeWindow, Backend, Counts, Outcome},
     model::event::Flow,
     origin::{
         backends, conntrack, counters,
@@ -134,7 +134,7 @@ pub fn assemble(w: ClosedWindow) -> Report {
         mut full,
         ctx,
     } = w;
-    tally.exchanges.name_containers();
+    let mut exchanges = std::mem::take(&mut tally.exchanges);
     let tally = &tally;
     let ctx = &ctx;
     let forwarded =
@@ -185,6 +185,9 @@ pub fn assemble(w: ClosedWindow) -> Report {
                 .filter(|l| l.netns.is_some() && l.queue_full())
                 .cloned(),
         );
+    }
+    if exchanges.slow > 0 {
+        name_slow_holders(&mut exchanges, &mut listeners);
     }
     let names = |m: &BTreeMap<Reason, u64>| -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
@@ -239,13 +242,13 @@ pub fn assemble(w: ClosedWindow) -> Report {
         rp_filter,
         reply_drops: &reply_drops(tally, ctx, ruleset.as_ref()),
         lost_events: ctx.counted.lost_events,
-        exchanges: &tally.exchanges,
+        exchanges: &exchanges,
     };
     let (verdict, mut causes) = decide(&inputs);
-    let timing = tally.handshakes.timing(&tally.exchanges);
+    let timing = tally.handshakes.timing(&exchanges);
     let lines = [
         crate::verdict::timing::retransmitted_handshakes(&timing),
-        crate::verdict::timing::idle_close_risk(&tally.exchanges),
+        crate::verdict::timing::idle_close_risk(&exchanges),
     ];
     if let Some(first) = causes.first_mut() {
         first.evidence.extend(lines.into_iter().flatten());
@@ -275,6 +278,30 @@ pub fn assemble(w: ClosedWindow) -> Report {
         edge_ports: tally.edge_ports.iter().copied().collect(),
         timing,
     }
+}
+
+/// Names who holds the slow requests: the readers, and for a request nobody read the process
+/// holding the listener on its port (found through /proc's descriptors, only when a request
+/// was slow).
+fn name_slow_holders(x: &mut ExchangeWindow, listeners: &mut [Listener]) {
+    let unnamed: Vec<u64> = listeners
+        .iter()
+        .filter(|l| l.pid.is_none())
+        .filter_map(|l| l.inode)
+        .collect();
+    if x.slow_unread > 0 && !unnamed.is_empty() {
+        let owners = crate::origin::namespaces::socket_owners(&unnamed);
+        for l in listeners.iter_mut() {
+            if let Some((pid, comm)) = l.inode.and_then(|i| owners.get(&i)) {
+                l.pid = Some(*pid);
+                l.comm = Some(comm.clone());
+            }
+        }
+    }
+    x.name_holders(|port| {
+        let l = listeners.iter().find(|l| l.port == port && l.pid.is_some())?;
+        Some((l.pid?, l.comm.clone().unwrap_or_default()))
+    });
 }
 
 /// Where the answers to edge attempts were dropped on their way out, and the rules there that

@@ -1,4 +1,5 @@
-//! Bulk ingress throughput: iperf3 uploading edge -> origin over the lab's veth, with nothing
+//! Bulk throughput: iperf3 uploading edge -> origin (what the arrival hook sees) and
+//! downloading origin -> edge (what the departure hook sees) over the lab's veth, with nothing
 //! attached, with the agent on each arrival hook, with empty programs on the same hooks (what
 //! attaching costs before any work), and with tcpdump's SYN filter — what an admin runs today
 //! instead. Rounds rotate the arms' order and measure each arm between two runs without anything
@@ -16,6 +17,32 @@ use serde_json::{json, Value};
 use super::{agent_args, median};
 
 const ROUNDS: usize = 11;
+
+/// Which way the bytes flow.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Direction {
+    /// Edge -> origin: every frame crosses the arrival hook with payload.
+    Upload,
+    /// Origin -> edge (`iperf3 -R`): every frame crosses the departure hook with payload, the
+    /// edge's ACKs the arrival hook.
+    Download,
+}
+
+impl Direction {
+    fn flag(self) -> &'static str {
+        match self {
+            Direction::Upload => "",
+            Direction::Download => " -R",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Direction::Upload => "upload, edge -> origin",
+            Direction::Download => "download, origin -> edge",
+        }
+    }
+}
 const SECS: u32 = 3;
 const TARGET: f64 = 0.98;
 
@@ -70,15 +97,17 @@ pub fn tcpdump(lab: &Lab, port: u16) -> Result<Child> {
     Ok(child)
 }
 
-fn iperf3(lab: &Lab) -> Result<f64> {
-    let out = lab.edge.sh(&format!("iperf3 -c {ORIGIN_V4} -t {SECS} -J"));
+fn iperf3(lab: &Lab, dir: Direction) -> Result<f64> {
+    let out = lab
+        .edge
+        .sh(&format!("iperf3 -c {ORIGIN_V4} -t {SECS} -J{}", dir.flag()));
     let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .ok_or_else(|| anyhow!("no received rate in iperf3's output"))
 }
 
-fn measure(lab: &Lab, arm: Arm) -> Result<f64> {
+fn measure(lab: &Lab, dir: Direction, arm: Arm) -> Result<f64> {
     let agent = |hook: &'static str| agent_args("127.0.0.1:9596", &["--hook", hook]);
     let _running: Option<Tracer> = match arm {
         Arm::Without | Arm::Tcpdump => None,
@@ -94,7 +123,7 @@ fn measure(lab: &Lab, arm: Arm) -> Result<f64> {
     } else {
         None
     };
-    let rate = iperf3(lab);
+    let rate = iperf3(lab, dir);
     if let Some(d) = &mut dump {
         let _ = d.kill();
         let _ = d.wait();
@@ -102,7 +131,7 @@ fn measure(lab: &Lab, arm: Arm) -> Result<f64> {
     rate
 }
 
-pub fn bulk() -> Result<Value> {
+pub fn bulk(dir: Direction) -> Result<Value> {
     let lab = Lab::new();
     let mut server = Command::new("ip")
         .args(["netns", "exec", &lab.origin.name, "iperf3", "-s", "-A", "1"])
@@ -112,7 +141,7 @@ pub fn bulk() -> Result<Value> {
         .context("starting iperf3 (cargo xtask setup installs it)")?;
     std::thread::sleep(Duration::from_millis(500));
     let result = (|| -> Result<Value> {
-        iperf3(&lab)?; // warm-up
+        iperf3(&lab, dir)?; // warm-up
                        // Paired design: every arm's measurement sits between two measurements without
                        // anything attached, and its ratio is to their mean. The unwatched rate drifts by
                        // several Gbit/s over a minute on a VM; a neighbour 4 s away drifts far less.
@@ -121,12 +150,12 @@ pub fn bulk() -> Result<Value> {
         for i in 0..ROUNDS {
             let mut order: Vec<usize> = (1..ARMS.len()).collect();
             order.rotate_left(i % (ARMS.len() - 1));
-            let mut before = measure(&lab, Arm::Without)?;
+            let mut before = measure(&lab, dir, Arm::Without)?;
             let mut baselines = vec![before];
             let mut round = Vec::new();
             for &a in &order {
-                let rate = measure(&lab, ARMS[a])?;
-                let after = measure(&lab, Arm::Without)?;
+                let rate = measure(&lab, dir, ARMS[a])?;
+                let after = measure(&lab, dir, Arm::Without)?;
                 baselines.push(after);
                 let ratio = rate / ((before + after) / 2.0);
                 ratios[a].push(ratio);
@@ -149,7 +178,7 @@ pub fn bulk() -> Result<Value> {
             .map(|(arm, r)| json!({"arm": arm.name(), "median_ratio": (median(r) * 1000.0).round() / 1000.0}))
             .collect();
         Ok(json!({
-            "tool": format!("iperf3 -c -t {SECS} (one TCP upload, edge -> origin), {ROUNDS} rounds, order rotated, each arm between two runs without (ratio to their mean)"),
+            "tool": format!("iperf3 -c{} -t {SECS} (one TCP {}), {ROUNDS} rounds, order rotated, each arm between two runs without (ratio to their mean)", dir.flag(), dir.what()),
             "rounds": rounds,
             "medians": medians,
             "target": TARGET,
@@ -162,7 +191,7 @@ pub fn bulk() -> Result<Value> {
 
 pub fn render(v: &Value) -> String {
     let mut s = format!(
-        "\n7. Bulk ingress throughput: {}\n",
+        "\n7. Bulk throughput: {}\n",
         v["tool"].as_str().unwrap_or("")
     );
     for (i, r) in v["rounds"].as_array().into_iter().flatten().enumerate() {

@@ -14,8 +14,11 @@ use super::{
 };
 
 /// The tracer's attached programs, as the kernel names them (15 characters at most).
-const PROGRAMS: [&str; 6] = [
+const PROGRAMS: [&str; 9] = [
     "xdp_syn",
+    "tc_syn",
+    "tc_reply",
+    "tp_rcv_space",
     "btf_set_state",
     "btf_kfree_skb",
     "tp_send_reset",

@@ -45,7 +45,7 @@ pub fn run(tracer: &Path, as_json: bool, only: &[String]) -> Result<()> {
         Box<dyn Fn() -> Result<Value> + 'a>,
         fn(&Value) -> String,
     );
-    let parts: [Part; 9] = [
+    let parts: [Part; 10] = [
         (
             "xdp",
             "xdp",
@@ -79,7 +79,18 @@ pub fn run(tracer: &Path, as_json: bool, only: &[String]) -> Result<()> {
             render_startup,
         ),
         ("hooks", "hooks", Box::new(hooks::hook_cost), hooks::render),
-        ("bulk", "bulk", Box::new(bulk::bulk), bulk::render),
+        (
+            "bulk",
+            "bulk",
+            Box::new(|| bulk::bulk(bulk::Direction::Upload)),
+            bulk::render,
+        ),
+        (
+            "bulk-download",
+            "bulk_download",
+            Box::new(|| bulk::bulk(bulk::Direction::Download)),
+            bulk::render,
+        ),
     ];
     for (part, key, measure, render) in &parts {
         if want(part) {

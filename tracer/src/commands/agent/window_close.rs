@@ -79,7 +79,9 @@ impl Agent {
             counted: self.counts_at_start.until(&counts_now),
             tls_checked: self.tls.is_some(),
         };
-        self.tally.exchanges = self.exchanges.take_window(SystemTime::now());
+        self.tally.exchanges = self
+            .exchanges
+            .take_window(SystemTime::now(), &capture.waiting_requests());
         let x = &self.tally.exchanges;
         self.metrics.exchange_window(x.slow, x.after_close);
         let closed = window::close(
