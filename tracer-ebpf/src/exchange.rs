@@ -27,7 +27,7 @@ use tracer_common::{
 };
 
 use crate::{
-    arrival::{be16, load32, parse_tcp},
+    arrival::{be16, bytes_at, load32, parse_tcp},
     common::{
         config, empty_event, field, load, peer_is_edge_v4, peer_is_edge_v6, port_watched,
         reserve_event,
@@ -35,6 +35,7 @@ use crate::{
 };
 
 pub const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 
 /// Edge connections being followed, by the peer's address and port. Each CPU keeps its own
@@ -163,7 +164,13 @@ fn inbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payload
     unsafe {
         if payload > 0 {
             let f = (*s).flags;
-            if f & FLOW_F_ORIGIN_CLOSED != 0 {
+            if f & FLOW_F_EDGE_CLOSED != 0 {
+                // The edge had closed that connection: this is a new one from the same port
+                // (entries are left for the LRU to take, not deleted per connection).
+                (*s).phase = PHASE_REQUEST;
+                (*s).request_ns = bpf_ktime_get_ns();
+                (*s).flags = 0;
+            } else if f & FLOW_F_ORIGIN_CLOSED != 0 {
                 if f & FLOW_F_AFTER_CLOSE == 0 {
                     (*s).flags = f | FLOW_F_AFTER_CLOSE;
                     let now = bpf_ktime_get_ns();
@@ -185,11 +192,7 @@ fn inbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payload
             touch(s);
         }
         if flags & TCP_FIN != 0 {
-            if (*s).flags & FLOW_F_ORIGIN_CLOSED != 0 {
-                let _ = FLOWS.remove(key);
-            } else {
-                (*s).flags |= FLOW_F_EDGE_CLOSED;
-            }
+            (*s).flags |= FLOW_F_EDGE_CLOSED;
         }
     }
 }
@@ -255,9 +258,7 @@ fn outbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payloa
         }
         if flags & TCP_FIN != 0 {
             let f = (*s).flags;
-            if f & FLOW_F_EDGE_CLOSED != 0 {
-                let _ = FLOWS.remove(key);
-            } else if f & FLOW_F_ORIGIN_CLOSED == 0 {
+            if f & (FLOW_F_EDGE_CLOSED | FLOW_F_ORIGIN_CLOSED) == 0 {
                 (*s).flags = f | FLOW_F_ORIGIN_CLOSED;
                 let pending = if (*s).phase == PHASE_REQUEST {
                     EVENT_F_PENDING
@@ -305,8 +306,34 @@ fn send_response<const V6: bool>(key: &ArrivalKey, local_port: u16, s: &FlowStat
 /// TC egress on the watched interface: the origin's answers to the edge.
 #[classifier]
 pub fn tc_reply(ctx: TcContext) -> i32 {
+    // Untagged IPv4 without options, nearly every frame: one bounds check, and a frame with
+    // no payload, FIN or RST (an ACK, a SYN-ACK) leaves after a handful of loads.
+    if let Some(eth) = bytes_at(&ctx, 0, 14 + 40) {
+        let ip = unsafe { eth.add(14) };
+        if be16(unsafe { eth.add(12) }) == 0x0800 && unsafe { *ip } == 0x45 {
+            let tcp = unsafe { ip.add(20) };
+            if unsafe { *ip.add(9) } != 6 || be16(unsafe { ip.add(6) }) & 0x3fff != 0 {
+                return TC_ACT_UNSPEC;
+            }
+            let flags = unsafe { *tcp.add(13) };
+            let total = u32::from(be16(unsafe { ip.add(2) }));
+            let header = 20 + u32::from(unsafe { *tcp.add(12) } >> 4) * 4;
+            // No total length: a GSO packet of 64 KiB and more (BIG TCP), payload.
+            let payload = if total == 0 {
+                1
+            } else {
+                total.saturating_sub(header)
+            };
+            if flags & TCP_SYN == 0 {
+                outbound(4, unsafe { ip.add(12) }, tcp, flags, payload);
+            }
+            return TC_ACT_UNSPEC;
+        }
+    }
     if let Some((family, src, tcp, flags, payload)) = parse_tcp(&ctx) {
-        outbound(family, src, tcp, flags, payload);
+        if flags & TCP_SYN == 0 {
+            outbound(family, src, tcp, flags, payload);
+        }
     }
     TC_ACT_UNSPEC
 }
@@ -360,13 +387,21 @@ fn try_btf_rcv_space(ctx: &BtfTracePointContext) -> Option<()> {
         port: u16::from_be(unsafe { load::<u16>(tp, o.dport) }),
         family: 4,
     };
+    // Only a socket whose peer is in the watched ranges can be followed: the others leave
+    // before the map lookup.
     match unsafe { load::<u16>(tp, o.family) } {
         AF_INET => {
             let a: u32 = unsafe { load(tp, o.daddr) };
+            if !peer_is_edge_v4(u32::from_be(a)) {
+                return None;
+            }
             key.addr[..4].copy_from_slice(&a.to_ne_bytes());
         }
         AF_INET6 => {
             key.addr = unsafe { load(tp, o.v6_daddr) };
+            if !peer_is_edge_v6(key.addr.as_ptr()) {
+                return None;
+            }
             key.family = 6;
         }
         _ => return None,

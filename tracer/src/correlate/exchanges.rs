@@ -140,7 +140,10 @@ impl Exchanges {
     pub fn observe(&mut self, ev: &ExchangeEvent) -> Option<Observed> {
         let key = (ev.peer, ev.peer_port);
         match ev.step {
-            Step::ResponseBegan { request_at, reader: task } => {
+            Step::ResponseBegan {
+                request_at,
+                reader: task,
+            } => {
                 let carried = self.ended(key, Some(request_at));
                 let w = &mut self.window;
                 let time = ev.ts.duration_since(request_at).unwrap_or_default();
@@ -366,7 +369,11 @@ mod tests {
         assert_eq!((w.requests, w.slow, w.responses.summary().count), (0, 0, 1));
         // A new request on the same connection is one.
         x.observe(&at(t0, 15_000, 3, answered(t0, 14_500, None)));
-        assert_eq!(x.take_window(t0 + Duration::from_millis(16_000), &[]).requests, 1);
+        assert_eq!(
+            x.take_window(t0 + Duration::from_millis(16_000), &[])
+                .requests,
+            1
+        );
     }
 
     /// A recorded keep-alive race: the origin closes after 1 s idle, the edge sends its next

@@ -250,7 +250,10 @@ mod tests {
         };
         assert_eq!(request_at, clock.wall(1_000_000_000));
         let (pid, comm) = reader.expect("read");
-        assert_eq!((pid, crate::model::exchange::comm_text(&comm).as_str()), (4321, "nginx"));
+        assert_eq!(
+            (pid, crate::model::exchange::comm_text(&comm).as_str()),
+            (4321, "nginx")
+        );
     }
 
     fn table() -> ReasonTable {

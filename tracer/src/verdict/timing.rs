@@ -28,7 +28,12 @@ fn ms_as_secs(ms: f64) -> String {
 /// "python3 (pid 77, container 3f2a9c4b1d2e)"
 fn task_text(r: &Reader) -> String {
     match &r.container {
-        Some(c) => format!("{} (pid {}, container {})", r.comm, r.pid, &c[..c.len().min(12)]),
+        Some(c) => format!(
+            "{} (pid {}, container {})",
+            r.comm,
+            r.pid,
+            &c[..c.len().min(12)]
+        ),
         None => format!("{} (pid {})", r.comm, r.pid),
     }
 }

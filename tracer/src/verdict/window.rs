@@ -299,7 +299,9 @@ fn name_slow_holders(x: &mut ExchangeWindow, listeners: &mut [Listener]) {
         }
     }
     x.name_holders(|port| {
-        let l = listeners.iter().find(|l| l.port == port && l.pid.is_some())?;
+        let l = listeners
+            .iter()
+            .find(|l| l.port == port && l.pid.is_some())?;
         Some((l.pid?, l.comm.clone().unwrap_or_default()))
     });
 }

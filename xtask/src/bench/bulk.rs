@@ -142,9 +142,9 @@ pub fn bulk(dir: Direction) -> Result<Value> {
     std::thread::sleep(Duration::from_millis(500));
     let result = (|| -> Result<Value> {
         iperf3(&lab, dir)?; // warm-up
-                       // Paired design: every arm's measurement sits between two measurements without
-                       // anything attached, and its ratio is to their mean. The unwatched rate drifts by
-                       // several Gbit/s over a minute on a VM; a neighbour 4 s away drifts far less.
+                            // Paired design: every arm's measurement sits between two measurements without
+                            // anything attached, and its ratio is to their mean. The unwatched rate drifts by
+                            // several Gbit/s over a minute on a VM; a neighbour 4 s away drifts far less.
         let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); ARMS.len()];
         let mut rounds = Vec::new();
         for i in 0..ROUNDS {
