@@ -177,14 +177,18 @@ fn the_clsact_path_of_kernels_without_tcx() {
         assert_eq!(r["arrival_hook"], "tc_clsact", "{who}");
         assert_eq!(r["verdict"], "refused", "{who}");
     }
-    let filters = || {
+    let filters_at = |direction: &str, program: &str| {
         lab.origin
-            .sh(&format!("tc filter show dev {ORIGIN_IF} ingress"))
+            .sh(&format!("tc filter show dev {ORIGIN_IF} {direction}"))
             .lines()
-            .filter(|l| l.contains("tc_syn"))
+            .filter(|l| l.contains(program))
             .count()
     };
+    let filters = || filters_at("ingress", "tc_syn");
+    // The departure hook (TC egress) is a claimed filter too, removed alike.
+    let egress = || filters_at("egress", "tc_reply");
     assert_eq!(filters(), 0, "a clean exit removes its filter");
+    assert_eq!(egress(), 0, "a clean exit removes its egress filter");
 
     let killed = Tracer::start_env(
         &lab.origin,
@@ -194,6 +198,7 @@ fn the_clsact_path_of_kernels_without_tcx() {
     killed.signal(libc::SIGKILL);
     let _ = killed.wait(Duration::from_secs(5));
     assert_eq!(filters(), 1, "SIGKILL leaves the filter behind");
+    assert_eq!(egress(), 1, "and its egress filter");
     let again = Tracer::start_env(
         &lab.origin,
         &[
@@ -202,6 +207,11 @@ fn the_clsact_path_of_kernels_without_tcx() {
         &[NO_TCX],
     );
     assert_eq!(filters(), 1, "the stale filter replaced, not added to");
+    assert_eq!(
+        egress(),
+        1,
+        "the stale egress filter replaced, not added to"
+    );
     // The old program goes once the kernel frees it (after RCU): wait a moment.
     assert!(eventually(
         Duration::from_secs(3),
@@ -213,6 +223,7 @@ fn the_clsact_path_of_kernels_without_tcx() {
     let ev = again.stop();
     assert_eq!(ev.iter().filter(|e| e["kind"] == "syn").count(), 1);
     assert_eq!(filters(), 0);
+    assert_eq!(egress(), 0);
 }
 
 /// `--hook auto` on an interface whose driver has no native XDP (a bridge, as on many cloud

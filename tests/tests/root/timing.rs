@@ -114,6 +114,13 @@ fn the_agent_exports_handshake_times() {
     agent.stop();
 }
 
+/// A connection from the edge to the origin's 8080.
+fn edge_to_8080(lab: &Lab) -> std::net::TcpStream {
+    lab.edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), Duration::from_secs(2))
+        .expect("8080 accepts")
+}
+
 /// An application that answers after 4 s, with the edge's read timeout set to 3 s: the
 /// verdict is slow_response (524), the process that read the request is named, the response
 /// time's maximum is at least 4 s.
@@ -132,10 +139,7 @@ fn a_slow_application_is_a_slow_response() {
         &["--edge-read-timeout", "3s"],
         &[],
     );
-    let mut conn = lab
-        .edge
-        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), Duration::from_secs(2))
-        .expect("8080 serves");
+    let mut conn = edge_to_8080(&lab);
     assert!(request(&mut conn).expect("an answer") > 0);
     let (code, out) = tracer.wait(Duration::from_secs(40));
     drop(conn);
@@ -169,10 +173,7 @@ fn an_early_keepalive_close_is_a_keepalive_race() {
         Duration::from_secs(1),
     );
     let tracer = Tracer::diagnose_with(&lab.origin, "8080", "4", &[], &[]);
-    let mut conn = lab
-        .edge
-        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), Duration::from_secs(2))
-        .expect("8080 serves");
+    let mut conn = edge_to_8080(&lab);
     assert!(request(&mut conn).expect("an answer") > 0);
     std::thread::sleep(Duration::from_millis(1400));
     // The origin closed at 1 s: the request meets a reset (or the FIN's end of file).
@@ -214,10 +215,7 @@ fn healthy_requests_are_timed() {
         ],
         &[],
     );
-    let mut conn = lab
-        .edge
-        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), Duration::from_secs(2))
-        .expect("8080 serves");
+    let mut conn = edge_to_8080(&lab);
     for _ in 0..5 {
         assert!(request(&mut conn).expect("an answer") > 0);
         std::thread::sleep(Duration::from_millis(100));
@@ -252,10 +250,7 @@ fn the_agent_exports_response_and_idle_close_times() {
     );
     let dir = TempDir::new(&format!("timing-agent-x-{}", lab.origin.name));
     let agent = Agent::on(&lab.origin, "8080", "1", &dir.path("agent.log")).start();
-    let mut conn = lab
-        .edge
-        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), Duration::from_secs(2))
-        .expect("8080 serves");
+    let mut conn = edge_to_8080(&lab);
     assert!(request(&mut conn).expect("an answer") > 0);
     std::thread::sleep(Duration::from_millis(1400));
     let _ = request(&mut conn);
@@ -320,10 +315,7 @@ fn an_unread_request_is_a_slow_response_naming_the_listener() {
         &["--edge-read-timeout", "2s"],
         &[],
     );
-    let mut conn = lab
-        .edge
-        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), Duration::from_secs(2))
-        .expect("8080 accepts");
+    let mut conn = edge_to_8080(&lab);
     use std::io::Write as _;
     conn.write_all(b"GET / HTTP/1.1\r\nHost: origin\r\n\r\n")
         .expect("request sent");

@@ -163,18 +163,9 @@ impl Probe {
         if self.clsact_claim.is_none() {
             clsact::remove_stale(iface);
         }
-        let _ = tc::qdisc_add_clsact(iface);
-        let handle = clsact::new_handle();
-        tc.attach_with_options(
-            iface,
-            TcAttachType::Egress,
-            TcAttachOptions::Netlink(NlOptions {
-                handle: TcHandle::new((handle >> 16) as u16, handle as u16),
-                ..NlOptions::default()
-            }),
-        )
-        .map_err(|e| anyhow!("cannot attach TC egress to {iface}: {e}"))?;
-        self.clsact_egress_claim = Some(clsact::claim(iface, "egress", handle));
+        let claim = clsact_filter(tc, iface, TcAttachType::Egress)
+            .map_err(|e| anyhow!("cannot attach TC egress to {iface}: {e}"))?;
+        self.clsact_egress_claim = Some(claim);
         Ok(())
     }
 
@@ -249,20 +240,10 @@ impl Probe {
         // filter outlives a SIGKILLed tracer: it is claimed in the state directory, so a later
         // start removes the tracer's own leftovers and no one else's (`clsact`).
         clsact::remove_stale(iface);
-        let _ = tc::qdisc_add_clsact(iface);
-        let handle = clsact::new_handle();
-        tc.attach_with_options(
-            iface,
-            TcAttachType::Ingress,
-            TcAttachOptions::Netlink(NlOptions {
-                handle: TcHandle::new((handle >> 16) as u16, handle as u16),
-                ..NlOptions::default()
-            }),
-        )
-        .map_err(|e| {
+        let claim = clsact_filter(tc, iface, TcAttachType::Ingress).map_err(|e| {
             anyhow!("cannot attach TC ingress to {iface}: tcx: {tcx_error}; clsact: {e}")
         })?;
-        self.clsact_claim = Some(clsact::claim(iface, "ingress", handle));
+        self.clsact_claim = Some(claim);
         self.arrival_hook = ArrivalHook::TcClsact;
         Ok(())
     }
@@ -308,6 +289,31 @@ impl Probe {
         }
         Ok(())
     }
+}
+
+/// A clsact filter for `tc` on `iface` (the qdisc added where missing), with a random handle
+/// claimed in the state directory.
+fn clsact_filter(
+    tc: &mut SchedClassifier,
+    iface: &str,
+    attach: TcAttachType,
+) -> std::result::Result<clsact::Claimed, ProgramError> {
+    let _ = tc::qdisc_add_clsact(iface);
+    let handle = clsact::new_handle();
+    tc.attach_with_options(
+        iface,
+        attach,
+        TcAttachOptions::Netlink(NlOptions {
+            handle: TcHandle::new((handle >> 16) as u16, handle as u16),
+            ..NlOptions::default()
+        }),
+    )?;
+    let direction = if attach == TcAttachType::Ingress {
+        "ingress"
+    } else {
+        "egress"
+    };
+    Ok(clsact::claim(iface, direction, handle))
 }
 
 /// Why XDP could not attach, on one line: the errno, the program holding the slot when the
