@@ -206,9 +206,16 @@ fn host_tests(
 const CONFINED_SUITES: &[(&str, &[&str])] = &[
     (
         "unit",
-        &["containers", "docker", "journal", "tls", "lost_replies"],
+        &[
+            "containers",
+            "docker",
+            "journal",
+            "tls",
+            "lost_replies",
+            "timing",
+        ],
     ),
-    ("daemonset", &["containers", "docker"]),
+    ("daemonset", &["containers", "docker", "timing"]),
 ];
 
 /// A test suite silent this long is hung: it is killed, so CI fails with the test's name
