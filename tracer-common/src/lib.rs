@@ -84,7 +84,8 @@ pub const EVENT_F_READ: u32 = 1 << 6;
 /// [`Event::flags`] of `OriginClosed`: a request was still waiting for its response.
 pub const EVENT_F_PENDING: u32 = 1 << 7;
 
-/// Edge connections whose exchanges are followed at once (`FLOWS`, least recently used go).
+/// Slots of the exchange table (`FLOWS`): a power of two, in buckets of two. A new connection
+/// takes a free or closed slot of its bucket before it displaces a live one (the older).
 pub const EXCHANGE_FLOWS: u32 = 65536;
 
 /// [`FlowState::phase`]: a request arrived and no response byte has left yet.
@@ -123,6 +124,52 @@ pub struct FlowState {
 }
 
 const _: () = assert!(size_of::<FlowState>() == 40);
+
+/// One slot of the exchange table `FLOWS`: a direct-mapped array (no lock, no allocation per
+/// connection, which an LRU hash costs every new connection), indexed by a hash of the key.
+/// `key.family == 0`: free.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowSlot {
+    pub key: ArrivalKey,
+    pub _pad: u32,
+    pub state: FlowState,
+}
+
+const _: () = assert!(size_of::<FlowSlot>() == 64);
+
+/// The first slot of a key's bucket in a direct-mapped table of `slots` slots (a power of
+/// two) in buckets of two (`FLOWS`, `ARRIVALS`): a multiplicative hash of the key's address
+/// words and port (`words`: the key as five words), its top bits the bucket.
+#[inline(always)]
+pub fn slot_bucket(words: &[u32; 5], slots: u32) -> u32 {
+    let bucket_bits = (slots / 2).trailing_zeros();
+    let port = words[4] & 0xffff;
+    let h =
+        (words[0] ^ words[1] ^ words[2] ^ words[3] ^ (port << 16) ^ port).wrapping_mul(0x9E37_79B1);
+    (h >> (32 - bucket_bits)) * 2
+}
+
+/// Slots of `ARRIVALS`, when forwarded connections are followed (a power of two): SYNs of
+/// several seconds at a hundred thousand a second, well over the 25 s an attempt may stay open
+/// at thousands of connections per second.
+pub const ARRIVAL_SLOTS: u32 = 1 << 17;
+
+/// One slot of `ARRIVALS`: a SYN logged at the watched interface, by the peer's address and
+/// port (which DNAT leaves alone). Direct-mapped like `FLOWS`: a new SYN takes its key's slot
+/// (a retransmission, a reused port) or the older of its bucket. `key.family == 0`: free.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArrivalSlot {
+    pub key: ArrivalKey,
+    /// The SYN's sequence number.
+    pub seq: u32,
+    /// The low bits of `bpf_jiffies64()` when it arrived: which of a bucket's two is older.
+    pub tick: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<ArrivalSlot>() == 32);
 
 /// One kernel observation, written to the ring buffer.
 ///
@@ -519,8 +566,9 @@ pub const PREFILTER_WORDS: u32 = 65536 / 64;
 pub const SLASH24_WORDS: u32 = (1 << 24) / 64;
 
 /// Key of `ARRIVALS`: a peer's address and port as the SYN arrived at the watched interface,
-/// which DNAT leaves alone. IPv4 addresses use the first 4 bytes, zeros after.
-#[repr(C)]
+/// which DNAT leaves alone. IPv4 addresses use the first 4 bytes, zeros after. Aligned to
+/// words so the kernel compares keys five words at a time.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ArrivalKey {
     pub addr: [u8; 16],
@@ -546,4 +594,43 @@ mod pod {
     unsafe impl aya::Pod for ArrivalKey {}
     unsafe impl aya::Pod for ListenBudget {}
     unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for FlowSlot {}
+    unsafe impl aya::Pod for ArrivalSlot {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(addr: [u8; 4], port: u16) -> [u32; 5] {
+        let key = ArrivalKey {
+            addr: [addr[0], addr[1], addr[2], addr[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            port,
+            family: 4,
+        };
+        // SAFETY: 20 bytes aligned to 4, as the kernel reads it.
+        unsafe { *(&key as *const ArrivalKey).cast::<[u32; 5]>() }
+    }
+
+    #[test]
+    fn buckets_stay_in_the_table_and_spread_one_address_s_ports() {
+        // The edge connects from few addresses and many ports: 20,000 ports of one address
+        // into 32,768 buckets must not pile up (an even spread leaves ~54% of them used, so
+        // few connections share a bucket of two).
+        let mut used = [0u8; (EXCHANGE_FLOWS / 2) as usize];
+        for port in 1024..21024u16 {
+            let b = slot_bucket(&words([173, 245, 48, 10], port), EXCHANGE_FLOWS);
+            assert!(b % 2 == 0 && b + 1 < EXCHANGE_FLOWS);
+            used[(b / 2) as usize] = used[(b / 2) as usize].saturating_add(1);
+        }
+        let over_two = used.iter().filter(|&&n| n > 2).count();
+        assert!(over_two < 600, "{over_two} buckets hold more than two connections");
+        let b = slot_bucket(&words([173, 245, 48, 10], 80), ARRIVAL_SLOTS);
+        assert!(b % 2 == 0 && b + 1 < ARRIVAL_SLOTS);
+        // Addresses differ in the bucket as ports do.
+        assert_ne!(
+            slot_bucket(&words([173, 245, 48, 10], 5000), EXCHANGE_FLOWS),
+            slot_bucket(&words([173, 245, 48, 11], 5000), EXCHANGE_FLOWS)
+        );
+    }
 }

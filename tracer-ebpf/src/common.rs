@@ -1,8 +1,8 @@
 //! Maps, load-time configuration and helpers shared by every program.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    bindings::BPF_F_MMAPABLE,
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::map,
     maps::{
         lpm_trie::{Key, LpmTrie},
@@ -12,10 +12,10 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    counter, ArrivalKey, Config, Event, Ipv4Key, Ipv6Key, ListenBudget, SynCursor, SynRecord,
-    CONFIG_F_ALL_PEERS, CONFIG_F_FOLLOW_FORWARDED, CONFIG_F_NETNS_FILTER, EVENT_F_EDGE,
-    FIELD_ABSENT, LISTEN_BUDGETS, LISTEN_PER_SEC, PORT_BITMAP_WORDS, PREFILTER_WORDS,
-    REFUSED_PORTS, SLASH24_WORDS,
+    counter, slot_bucket, ArrivalKey, ArrivalSlot, Config, Event, Ipv4Key, Ipv6Key, ListenBudget,
+    SynCursor, SynRecord, ARRIVAL_SLOTS, CONFIG_F_ALL_PEERS, CONFIG_F_FOLLOW_FORWARDED,
+    CONFIG_F_NETNS_FILTER, EVENT_F_EDGE, FIELD_ABSENT, LISTEN_BUDGETS, LISTEN_PER_SEC,
+    PORT_BITMAP_WORDS, PREFILTER_WORDS, REFUSED_PORTS, SLASH24_WORDS,
 };
 
 /// Written by userspace at load time; read with `read_volatile` so the compiler cannot fold the
@@ -82,15 +82,13 @@ pub static EDGE_V4_PART24: Array<u64> = Array::with_max_entries(SLASH24_WORDS, 0
 #[map]
 pub static EDGE_V6_PREFILTER: Array<u64> = Array::with_max_entries(PREFILTER_WORDS, 0);
 
-/// SYNs logged at the watched interface, by the peer's address and port (which DNAT leaves
-/// alone) -> the SYN's sequence number. Written by XDP only with `CONFIG_F_FOLLOW_FORWARDED`;
-/// the tracepoints look events of other namespaces up here. LRU: old attempts make room.
-/// Each CPU keeps its own LRU lists (`BPF_F_NO_COMMON_LRU`): once the map is full every insert
-/// evicts, and a list shared by the CPUs is a lock every SYN would take. Userspace sizes it
-/// at load time.
+/// SYNs logged at the watched interface ([`ArrivalSlot`]), written by the arrival hook only
+/// with `CONFIG_F_FOLLOW_FORWARDED`; the tracepoints look events of other namespaces up here.
+/// A direct-mapped table: an LRU hash cost every SYN an allocation from a list, the largest
+/// single cost of a connection. Userspace sizes it at load time: `ARRIVAL_SLOTS`, or a
+/// bucket's worth when nothing is followed (lookups past the end find nothing).
 #[map]
-pub static ARRIVALS: LruHashMap<ArrivalKey, u32> =
-    LruHashMap::with_max_entries(1, BPF_F_NO_COMMON_LRU);
+pub static ARRIVALS: Array<ArrivalSlot> = Array::with_max_entries(2, 0);
 
 /// Reads one configuration field without letting the compiler assume its initial value.
 macro_rules! config {
@@ -259,7 +257,28 @@ pub fn netns_filter() -> bool {
 /// Records a SYN that arrived at the watched interface (`follow_forwarded` only).
 #[inline(always)]
 pub fn record_arrival(key: &ArrivalKey, seq: u32) {
-    let _ = ARRIVALS.insert(key, seq, 0);
+    let w = key_words(key);
+    let first = slot_bucket(w, ARRIVAL_SLOTS);
+    let (Some(a), Some(b)) = (ARRIVALS.get_ptr_mut(first), ARRIVALS.get_ptr_mut(first + 1)) else {
+        return;
+    };
+    let slot = unsafe {
+        if same_key(w, &raw const (*a).key) || (*a).key.family == 0 {
+            a
+        } else if same_key(w, &raw const (*b).key) || (*b).key.family == 0 {
+            b
+        } else if ((*a).tick.wrapping_sub((*b).tick) as i32) > 0 {
+            // `a` is the newer.
+            b
+        } else {
+            a
+        }
+    };
+    unsafe {
+        (*slot).key = *key;
+        (*slot).seq = seq;
+        (*slot).tick = bpf_jiffies64() as u32;
+    }
 }
 
 /// Did a SYN from this peer address and port arrive at the watched interface? With `seq` (the
@@ -271,10 +290,31 @@ pub fn arrival_matches(family: u16, peer: &[u8; 16], peer_port: u16, seq: Option
         port: peer_port,
         family,
     };
-    match unsafe { ARRIVALS.get(key) } {
-        Some(isn) => seq.is_none_or(|s| s == *isn),
-        None => false,
+    let w = key_words(&key);
+    let first = slot_bucket(w, ARRIVAL_SLOTS);
+    for i in 0..2 {
+        let Some(slot) = ARRIVALS.get_ptr(first + i) else {
+            return false;
+        };
+        if same_key(w, unsafe { &raw const (*slot).key }) {
+            return seq.is_none_or(|s| s == unsafe { (*slot).seq });
+        }
     }
+    false
+}
+
+/// A key as five words, for hashing and comparing.
+#[inline(always)]
+pub fn key_words(key: &ArrivalKey) -> &[u32; 5] {
+    // SAFETY: `ArrivalKey` is 20 bytes aligned to 4.
+    unsafe { &*(key as *const ArrivalKey).cast::<[u32; 5]>() }
+}
+
+/// Is the key at `other` (in a table slot) the key of `words`?
+#[inline(always)]
+pub fn same_key(words: &[u32; 5], other: *const ArrivalKey) -> bool {
+    let o = unsafe { &*other.cast::<[u32; 5]>() };
+    words[0] == o[0] && words[1] == o[1] && words[2] == o[2] && words[3] == o[3] && words[4] == o[4]
 }
 
 /// `net.ns.inum` of a BTF-typed `struct net *` (NULL when unknown).

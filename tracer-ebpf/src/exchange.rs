@@ -11,26 +11,26 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, TC_ACT_UNSPEC},
+    bindings::{BPF_F_MMAPABLE, TC_ACT_UNSPEC},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns,
         generated::bpf_skc_to_tcp_sock,
     },
     macros::{btf_tracepoint, classifier, map, tracepoint},
-    maps::LruHashMap,
+    maps::Array,
     programs::{BtfTracePointContext, TcContext, TracePointContext},
 };
 use tracer_common::{
-    ArrivalKey, Event, EventKind, FlowState, EVENT_F_EDGE, EVENT_F_EGRESS, EVENT_F_PENDING,
-    EVENT_F_READ, EXCHANGE_FLOWS, FLOW_F_AFTER_CLOSE, FLOW_F_EDGE_CLOSED, FLOW_F_ORIGIN_CLOSED,
-    FLOW_F_READ, PHASE_REQUEST, PHASE_RESPONSE,
+    slot_bucket, ArrivalKey, Event, EventKind, FlowSlot, FlowState, EVENT_F_EDGE, EVENT_F_EGRESS,
+    EVENT_F_PENDING, EVENT_F_READ, EXCHANGE_FLOWS, FLOW_F_AFTER_CLOSE, FLOW_F_EDGE_CLOSED,
+    FLOW_F_ORIGIN_CLOSED, FLOW_F_READ, PHASE_REQUEST, PHASE_RESPONSE,
 };
 
 use crate::{
     arrival::{be16, bytes_at, load32, parse_tcp},
     common::{
-        config, empty_event, field, load, peer_is_edge_v4, peer_is_edge_v6, port_watched,
-        reserve_event,
+        config, empty_event, field, key_words, load, peer_is_edge_v4, peer_is_edge_v6,
+        port_watched, reserve_event, same_key,
     },
 };
 
@@ -38,12 +38,68 @@ pub const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 
-/// Edge connections being followed, by the peer's address and port. Each CPU keeps its own
-/// LRU lists (`BPF_F_NO_COMMON_LRU`): a list shared by the CPUs is a lock every new
-/// connection's first request would take.
+/// Edge connections being followed, by the peer's address and port: a direct-mapped table
+/// in buckets of two slots. An LRU hash cost every new connection an allocation and its
+/// list's lock; here a connection costs a hash and five stores. A new connection displaces
+/// a closed or free slot of its bucket first, else the older: under more live edge
+/// connections than slots some go unfollowed, as the LRU's evictions did. Userspace reads
+/// waiting requests through mmap. Two CPUs writing one slot at once (two new connections in
+/// one bucket within nanoseconds) can blur one exchange; nothing depends on it.
 #[map]
-pub static FLOWS: LruHashMap<ArrivalKey, FlowState> =
-    LruHashMap::with_max_entries(EXCHANGE_FLOWS, BPF_F_NO_COMMON_LRU);
+pub static FLOWS: Array<FlowSlot> = Array::with_max_entries(EXCHANGE_FLOWS, BPF_F_MMAPABLE);
+
+/// The slot of the followed connection `key`, if its bucket holds it.
+#[inline(always)]
+fn find(key: &ArrivalKey) -> Option<*mut FlowSlot> {
+    let w = key_words(key);
+    let first = slot_bucket(w, EXCHANGE_FLOWS);
+    let a = FLOWS.get_ptr_mut(first)?;
+    if same_key(w, unsafe { &raw const (*a).key }) {
+        return Some(a);
+    }
+    let b = FLOWS.get_ptr_mut(first + 1)?;
+    if same_key(w, unsafe { &raw const (*b).key }) {
+        return Some(b);
+    }
+    None
+}
+
+/// Does the slot follow a connection the edge may still use? (Free and edge-closed slots
+/// are taken first.)
+#[inline(always)]
+fn live(slot: *const FlowSlot) -> bool {
+    unsafe { (*slot).key.family != 0 && (*slot).state.flags & FLOW_F_EDGE_CLOSED == 0 }
+}
+
+/// Starts following `key` with `state` in its bucket.
+#[inline(always)]
+fn follow(key: &ArrivalKey, state: FlowState) {
+    let first = slot_bucket(key_words(key), EXCHANGE_FLOWS);
+    let (Some(a), Some(b)) = (FLOWS.get_ptr_mut(first), FLOWS.get_ptr_mut(first + 1)) else {
+        return;
+    };
+    let slot = match (live(a), live(b)) {
+        (true, false) => b,
+        (false, _) => a,
+        (true, true) => {
+            if unsafe { (*b).state.last_jiffies < (*a).state.last_jiffies } {
+                b
+            } else {
+                a
+            }
+        }
+    };
+    unsafe {
+        (*slot).key = *key;
+        (*slot).state = state;
+    }
+}
+
+/// Stops following the connection in `slot` (it becomes free).
+#[inline(always)]
+fn forget(slot: *mut FlowSlot) {
+    unsafe { (*slot).key.family = 0 };
+}
 
 // Every function that reads addresses from the packet is instantiated per family (`V6`):
 // the verifier then checks each address read against that family's bounds, which a family
@@ -133,7 +189,7 @@ fn inbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payload
     }
     let key = key_of::<V6>(src, be16(tcp));
     let local = unsafe { src.add(if V6 { 16 } else { 4 }) };
-    let Some(s) = FLOWS.get_ptr_mut(key) else {
+    let Some(slot) = find(&key) else {
         // A connection not followed yet (new, or older than the tracer): its first payload is
         // a request.
         if payload == 0 || flags & (TCP_FIN | TCP_RST) != 0 {
@@ -148,15 +204,16 @@ fn inbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payload
             flags: 0,
             comm: [0; 16],
         };
-        let _ = FLOWS.insert(key, state, 0);
+        follow(&key, state);
         return;
     };
+    let s = unsafe { &raw mut (*slot).state };
     if flags & TCP_RST != 0 {
         if unsafe { (*s).phase } == PHASE_REQUEST {
             let now = unsafe { bpf_ktime_get_ns() };
             send::<V6>(EventKind::ExchangeReset, &key, local, local_port, now, 0, 0);
         }
-        let _ = FLOWS.remove(key);
+        forget(slot);
         return;
     }
     // Races between CPUs (a flow's two directions on two CPUs) can only blur a transition's
@@ -229,9 +286,10 @@ fn outbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payloa
         return;
     }
     let key = key_of::<V6>(peer, be16(unsafe { tcp.add(2) }));
-    let Some(s) = FLOWS.get_ptr_mut(key) else {
+    let Some(slot) = find(&key) else {
         return;
     };
+    let s = unsafe { &raw mut (*slot).state };
     if flags & TCP_RST != 0 {
         if unsafe { (*s).phase } == PHASE_REQUEST {
             let now = unsafe { bpf_ktime_get_ns() };
@@ -245,7 +303,7 @@ fn outbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payloa
                 0,
             );
         }
-        let _ = FLOWS.remove(key);
+        forget(slot);
         return;
     }
     unsafe {
@@ -265,6 +323,12 @@ fn outbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payloa
                 } else {
                     0
                 };
+                // A close within a tick of the last payload ends the response itself
+                // (`Connection: close`): no idle close, and no event for every such
+                // connection. Userspace's bar for an idle close is far above two ticks.
+                if pending == 0 && bpf_jiffies64().wrapping_sub((*s).last_jiffies) <= 1 {
+                    return;
+                }
                 let now = bpf_ktime_get_ns();
                 send::<V6>(
                     EventKind::OriginClosed,
@@ -351,7 +415,7 @@ const AF_INET6: u16 = 10;
 /// pending request marks it read, with the reading task.
 #[inline(always)]
 fn mark_read(key: &ArrivalKey) -> Option<()> {
-    let s = FLOWS.get_ptr_mut(key)?;
+    let s = unsafe { &raw mut (*find(key)?).state };
     unsafe {
         if (*s).phase != PHASE_REQUEST || (*s).flags & FLOW_F_READ != 0 {
             return None;

@@ -158,22 +158,25 @@ impl Probe {
     }
 
     /// Followed edge connections whose request is still waiting for its first response
-    /// byte (`FLOWS`, phase request): one pass over the map, bounded by its size.
+    /// byte (`FLOWS`, phase request): one pass over the table through a mapping of it.
     pub fn waiting_requests(&self) -> Vec<(tracer_common::ArrivalKey, tracer_common::FlowState)> {
-        let Some(map) = self.ebpf.map("FLOWS") else {
+        use tracer_common::{FlowSlot, EXCHANGE_FLOWS, PHASE_REQUEST};
+        let Some(aya::maps::Map::Array(data)) = self.ebpf.map("FLOWS") else {
             return Vec::new();
         };
-        let Ok(map) = aya::maps::HashMap::<
-            &MapData,
-            tracer_common::ArrivalKey,
-            tracer_common::FlowState,
-        >::try_from(map) else {
+        let slots = EXCHANGE_FLOWS as usize;
+        let Ok(mapping) = synlog::Mapping::of(data, slots * size_of::<FlowSlot>(), false) else {
             return Vec::new();
         };
-        map.iter()
-            .filter_map(Result::ok)
-            .filter(|(_, s)| s.phase == tracer_common::PHASE_REQUEST)
-            .take(tracer_common::EXCHANGE_FLOWS as usize)
+        let table = mapping.ptr.as_ptr().cast::<FlowSlot>().cast_const();
+        (0..slots)
+            .filter_map(|i| {
+                // SAFETY: `i` < the slots mapped; the kernel may be writing the slot, so it is
+                // copied whole before any field is looked at (a torn copy is one odd entry).
+                let slot = unsafe { std::ptr::read_volatile(table.add(i)) };
+                (slot.key.family != 0 && slot.state.phase == PHASE_REQUEST)
+                    .then_some((slot.key, slot.state))
+            })
             .collect()
     }
 

@@ -49,9 +49,6 @@ pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 /// holds ~45k events, over a second of a 10k connections/s load.
 pub const AGENT_RING_BYTES: u32 = 4 << 20;
 
-/// SYNs remembered for following forwarded connections (`ARRIVALS`, LRU): well over the SYNs
-/// of the 25 s an attempt may stay open at thousands of connections per second.
-const ARRIVAL_ENTRIES: u32 = 1 << 16;
 /// Watched ranges per family (the range tries hold twice this: old and new during a swap).
 const RANGES_PER_FAMILY: u32 = crate::ranges::validate::MAX_PER_FAMILY as u32;
 
@@ -128,11 +125,10 @@ fn load(config: &mut Config, ring_bytes: u32) -> Result<(Ebpf, (u32, u32))> {
     raise_memlock();
     let cpus = synlog::possible_cpus()?;
     let arrivals = if config.flags & CONFIG_F_FOLLOW_FORWARDED != 0 {
-        // Split between the CPUs' own LRU lists: each keeps a share worth seconds of SYNs.
-        ARRIVAL_ENTRIES.max(cpus * 2048)
+        tracer_common::ARRIVAL_SLOTS
     } else {
-        // Unused: small, and a whole number per CPU as a per-CPU LRU wants.
-        cpus * 4
+        // Unused: one bucket (lookups past it find nothing).
+        2
     };
     let slots = synlog::slots_per_cpu(ring_bytes, cpus);
     config.syn_slots_per_cpu = slots;

@@ -43,12 +43,11 @@ fn parse_possible(text: &str) -> Option<u32> {
     max.map(|m| m + 1)
 }
 
-/// A shared mapping of an mmapable array map.
-struct Mapping {
-    ptr: NonNull<u8>,
+/// A shared mapping of an mmapable array map's values. The mapping holds the map itself (the
+/// kernel counts it), so it outlives the file descriptor it was made from.
+pub(super) struct Mapping {
+    pub(super) ptr: NonNull<u8>,
     len: usize,
-    /// Keeps the map's file descriptor open as long as the mapping.
-    _map: MapData,
 }
 
 impl Mapping {
@@ -56,10 +55,15 @@ impl Mapping {
         let Map::Array(data) = map else {
             return Err(anyhow!("SYN log map is not an array"));
         };
+        Self::of(&data, bytes, writable)
+    }
+
+    /// Maps the first `bytes` of the array map `data`'s values.
+    pub(super) fn of(data: &MapData, bytes: usize, writable: bool) -> Result<Self> {
         let page = 4096usize.max(unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize);
         let len = bytes.div_ceil(page) * page;
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
-        // SAFETY: a fresh shared mapping of the map's whole value area; unmapped on drop.
+        // SAFETY: a fresh shared mapping of the map's value area; unmapped on drop.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -72,21 +76,20 @@ impl Mapping {
         };
         if ptr == libc::MAP_FAILED {
             return Err(anyhow!(
-                "cannot map the SYN log: {}",
+                "cannot map an event table: {}",
                 std::io::Error::last_os_error()
             ));
         }
         Ok(Self {
             ptr: NonNull::new(ptr.cast()).ok_or_else(|| anyhow!("mmap returned null"))?,
             len,
-            _map: data,
         })
     }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: mapped in `new` with this length.
+        // SAFETY: mapped in `of` with this length.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
