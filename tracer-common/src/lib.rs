@@ -604,7 +604,9 @@ mod tests {
 
     fn words(addr: [u8; 4], port: u16) -> [u32; 5] {
         let key = ArrivalKey {
-            addr: [addr[0], addr[1], addr[2], addr[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            addr: [
+                addr[0], addr[1], addr[2], addr[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
             port,
             family: 4,
         };
@@ -624,7 +626,10 @@ mod tests {
             used[(b / 2) as usize] = used[(b / 2) as usize].saturating_add(1);
         }
         let over_two = used.iter().filter(|&&n| n > 2).count();
-        assert!(over_two < 600, "{over_two} buckets hold more than two connections");
+        assert!(
+            over_two < 600,
+            "{over_two} buckets hold more than two connections"
+        );
         let b = slot_bucket(&words([173, 245, 48, 10], 80), ARRIVAL_SLOTS);
         assert!(b % 2 == 0 && b + 1 < ARRIVAL_SLOTS);
         // Addresses differ in the bucket as ports do.

@@ -287,7 +287,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "MIB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub log_max_mb: u64,
     /// With --hostname: the TLS check runs once per window (metrics
-    /// tracer_tls_check_ok, tracer_tls_certificate_expiry_seconds; the verdict record's tls).
+    /// tracer_tls_check_ok, tracer_tls_certificate_not_after_timestamp_seconds; the verdict record's tls).
     #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]

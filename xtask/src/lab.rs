@@ -40,6 +40,26 @@ impl std::str::FromStr for Shard {
     }
 }
 
+/// Does scenario `name` pass the `--scenario` filters (any of them in its name, in any case;
+/// no filter: every scenario)?
+fn selected(name: &str, filters: &[String]) -> bool {
+    let name = name.to_lowercase();
+    filters.is_empty() || filters.iter().any(|f| name.contains(&f.to_lowercase()))
+}
+
+/// A filter that selects no scenario is a mistake, never an empty run that passes.
+pub fn check_filters(filters: &[String]) -> Result<()> {
+    if scenarios::all().iter().any(|s| selected(s.name, filters)) {
+        return Ok(());
+    }
+    let names: Vec<&str> = scenarios::all().iter().map(|s| s.name).collect();
+    bail!(
+        "no scenario's name contains {}: the scenarios are {}",
+        filters.join(" or "),
+        names.join("; ")
+    )
+}
+
 /// Runs the scenarios (those whose name contains one of `filters`, or all; of those, the
 /// shard's part): one JSON row each with scenario, its position in the list, expected,
 /// verdict, the edge counts and the seconds it took.
@@ -50,12 +70,13 @@ pub fn run_scenarios(tracer: &Path, filters: &[String], shard: Shard) -> Result<
     if unsafe { libc::geteuid() } != 0 {
         bail!("the lab creates network namespaces and loads eBPF: run `sudo cargo xtask lab`");
     }
+    check_filters(filters)?;
     let mut rows = Vec::new();
     let kernel = scenarios::kernel_version();
     for (order, s) in scenarios::all()
         .iter()
         .enumerate()
-        .filter(|(_, s)| filters.is_empty() || filters.iter().any(|f| s.name.contains(f.as_str())))
+        .filter(|(_, s)| selected(s.name, filters))
         .enumerate()
         .filter(|(position, _)| shard.holds(*position))
         .map(|(_, s)| s)

@@ -189,7 +189,13 @@ fn metrics_and_logs_follow_the_traffic() {
         ),
         "{text}"
     );
-    assert!(metric(&text, "tracer_ranges_age_seconds").unwrap() > 0.0);
+    // The embedded ranges were recorded before this run began.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let fetched = metric(&text, "tracer_ranges_fetched_timestamp_seconds").unwrap();
+    assert!(fetched > 1.6e9 && fetched < now, "{fetched}");
     promtool_check_metrics(&text);
 
     let events = tracer.stop();
@@ -572,7 +578,13 @@ fn a_fresh_install_refreshes_old_ranges_at_start() {
         tracer.stderr_text()
     );
     assert!(
-        metric(&text, "tracer_ranges_age_seconds").is_some_and(|a| a < 60.0),
+        metric(&text, "tracer_ranges_fetched_timestamp_seconds").is_some_and(|at| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            now - at < 60.0
+        }),
         "{text}"
     );
     tracer.stop();

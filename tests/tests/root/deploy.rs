@@ -125,7 +125,7 @@ fn the_dashboard_queries_only_what_the_agent_exports() {
         "tracer_edge_connections_total",
         "tracer_verdict",
         "tracer_events_lost_total",
-        "tracer_ranges_age_seconds",
+        "tracer_ranges_fetched_timestamp_seconds",
     ] {
         assert!(names.contains(needed), "the dashboard shows {needed}");
     }

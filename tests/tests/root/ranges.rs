@@ -234,3 +234,87 @@ fn malformed_ranges_file_names_file_and_line() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("mine.txt") && err.contains("line 3"), "{err}");
 }
+
+/// The refresh trusts the system's certificate store (`SSL_CERT_FILE` names it, as a
+/// TLS-inspecting proxy's root installed on the origin would be): an API answering with a
+/// certificate from a private CA is used when that CA is in the store, and refused when it is
+/// not — the bundle compiled into the binary does not decide.
+#[test]
+fn the_refresh_trusts_the_system_store() {
+    let dir = TempDir::new("ranges-tls");
+    let d = dir.0.display().to_string();
+    let sh = |cmd: &str| {
+        let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh(&format!(
+        "cd {d} && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 \
+         -subj /CN=t521-test-ca -addext basicConstraints=critical,CA:TRUE \
+         -addext keyUsage=critical,keyCertSign 2>/dev/null && \
+         openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null && \
+         printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext && \
+         openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile ext 2>/dev/null"
+    ));
+    std::fs::write(dir.path("body"), GOOD).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let script = format!(
+        "import http.server, ssl\n\
+         body = open('{d}/body', 'rb').read()\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       self.send_response(200)\n\
+         \x20       self.send_header('Content-Length', str(len(body)))\n\
+         \x20       self.end_headers()\n\
+         \x20       self.wfile.write(body)\n\
+         \x20   def log_message(self, *a):\n\
+         \x20       pass\n\
+         s = http.server.HTTPServer(('127.0.0.1', {port}), H)\n\
+         c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+         c.load_cert_chain('{d}/srv.pem', '{d}/srv.key')\n\
+         s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+         s.serve_forever()\n"
+    );
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(
+        Command::new("python3")
+            .args(["-c", &script])
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("https://127.0.0.1:{port}/ips");
+    assert!(integration_tests::eventually(
+        Duration::from_secs(5),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    ));
+    let run = |cert_file: &str| {
+        let out = Command::new(tracer_bin())
+            .args(["ranges", "--refresh", "--format", "json"])
+            .env("TRACER_STATE_DIR", dir.path("state"))
+            .env("TRACER_RANGES_URL", &url)
+            .env("TRACER_RANGES_TIMEOUT_SECS", "3")
+            .env("SSL_CERT_FILE", cert_file)
+            .output()
+            .unwrap();
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (json, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    std::fs::create_dir_all(dir.path("state")).unwrap();
+    let (j, err) = run(&format!("{d}/ca.pem"));
+    assert_eq!(j["source"], "api", "{j} {err}");
+    // The system's usual store lacks the private CA: refused, said, and not used.
+    let (j, err) = run("/etc/ssl/certs/ca-certificates.crt");
+    assert_ne!(j["source"], "api", "{j} {err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}

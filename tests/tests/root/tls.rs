@@ -498,12 +498,18 @@ fn the_agent_exports_the_tls_check() {
             &format!("tracer_tls_check_ok{{hostname=\"{HOST}\",port=\"443\"}}"),
         ) == Some(1.0)
     });
-    let expiry = integration_tests::metric(
+    let not_after = integration_tests::metric(
         &text,
-        &format!("tracer_tls_certificate_expiry_seconds{{hostname=\"{HOST}\",port=\"443\"}}"),
+        &format!(
+            "tracer_tls_certificate_not_after_timestamp_seconds{{hostname=\"{HOST}\",port=\"443\"}}"
+        ),
     )
     .unwrap();
-    assert!(expiry > 3000.0 * 86400.0, "{expiry}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(not_after - now > 3000.0 * 86400.0, "{not_after}");
     // A later window's verdict record carries the results.
     assert!(integration_tests::eventually(
         Duration::from_secs(5),

@@ -87,6 +87,7 @@ impl Change {
         serde_json::json!({
             "ts": humantime::format_rfc3339_micros(self.ts).to_string(),
             "kind": "change",
+            "schema": crate::output::LOG_SCHEMA,
             "what": self.what.as_str(),
             "detail": self.detail,
         })

@@ -21,6 +21,8 @@ pub struct AttemptRecord {
     pub ts: String,
     /// Always "attempt".
     pub kind: &'static str,
+    /// [`super::LOG_SCHEMA`].
+    pub schema: u32,
     pub outcome: &'static str,
     /// The origin reset the connection after its handshake completed (counted as a handshake
     /// in the metrics, and in `tracer_edge_resets_after_handshake_total`).
@@ -64,6 +66,7 @@ impl AttemptRecord {
         Self {
             ts: rfc3339(a.last),
             kind: "attempt",
+            schema: super::LOG_SCHEMA,
             outcome: outcome.as_str(),
             after_handshake,
             peer_addr: a.flow.peer,

@@ -250,6 +250,7 @@ fn summary_line(ts: &str, key: &LimitKey, n: u64, secs: f64) -> String {
     serde_json::json!({
         "ts": ts,
         "kind": "suppressed",
+        "schema": super::LOG_SCHEMA,
         "event": key.kind,
         "peers": key.peers,
         "count": n,

@@ -52,6 +52,9 @@ pub struct EventRecord {
     #[serde(with = "rfc3339")]
     pub ts: SystemTime,
     pub kind: Kind,
+    /// [`super::LOG_SCHEMA`].
+    #[serde(default)]
+    pub schema: u32,
     pub peer_addr: Option<IpAddr>,
     pub peer_port: Option<u16>,
     pub local_addr: Option<IpAddr>,
@@ -92,6 +95,7 @@ impl EventRecord {
         Self {
             ts,
             kind: Kind::Loss,
+            schema: super::LOG_SCHEMA,
             peer_addr: None,
             peer_port: None,
             local_addr: None,
@@ -257,6 +261,7 @@ impl EventRecord {
         Self {
             ts: ev.ts,
             kind: Kind::Event(ev.kind),
+            schema: super::LOG_SCHEMA,
             peer_addr: Some(ev.flow.peer),
             peer_port: Some(ev.flow.peer_port),
             local_addr: Some(ev.flow.local),

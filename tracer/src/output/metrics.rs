@@ -88,7 +88,7 @@ pub struct Metrics {
     ranges_info: IntGaugeVec,
     arrival_hook: IntGaugeVec,
     ranges_fetched_at: std::sync::Mutex<Option<SystemTime>>,
-    ranges_age: IntGauge,
+    ranges_fetched: IntGauge,
     verdict: IntGaugeVec,
     open_attempts: IntGauge,
     windows: IntCounter,
@@ -106,7 +106,7 @@ pub struct Metrics {
     slow_responses: IntCounter,
     requests_after_close: IntCounter,
     tls_ok: IntGaugeVec,
-    tls_expiry: IntGaugeVec,
+    tls_not_after: IntGaugeVec,
     changes: IntCounterVec,
 }
 
@@ -183,7 +183,7 @@ impl Metrics {
         )?;
         let build_info = gauge_vec(&r, "tracer_build_info", "The tracer's version, the running kernel's release and the arrival hook attached (value 1).", &["version", "kernel", "arrival_hook"])?;
         let tls_ok = gauge_vec(&r, "tracer_tls_check_ok", "1 when the last TLS check (--hostname) of the port worked under Full (Strict): handshake done, certificate valid for the hostname; 0 when not.", &["port", "hostname"])?;
-        let tls_expiry = gauge_vec(&r, "tracer_tls_certificate_expiry_seconds", "Seconds until the certificate the port served for the hostname expires (negative: expired), from the last TLS check.", &["port", "hostname"])?;
+        let tls_not_after = gauge_vec(&r, "tracer_tls_certificate_not_after_timestamp_seconds", "When the certificate the port served for the hostname expires (its notAfter, Unix seconds), from the last TLS check.", &["port", "hostname"])?;
         let changes = counter_vec(
             &r,
             "tracer_changes_total",
@@ -213,10 +213,10 @@ impl Metrics {
             "Where arriving SYNs are seen (value 1): xdp_driver, xdp_generic, tcx or tc_clsact.",
             &["hook"],
         )?;
-        let ranges_age = gauge(
+        let ranges_fetched = gauge(
             &r,
-            "tracer_ranges_age_seconds",
-            "Seconds since the ranges in use were fetched or recorded.",
+            "tracer_ranges_fetched_timestamp_seconds",
+            "When the ranges in use were fetched or recorded (Unix seconds).",
         )?;
         let verdict = gauge_vec(
             &r,
@@ -301,7 +301,7 @@ impl Metrics {
             ranges_info,
             arrival_hook,
             ranges_fetched_at: std::sync::Mutex::new(None),
-            ranges_age,
+            ranges_fetched,
             verdict,
             open_attempts,
             windows,
@@ -318,7 +318,7 @@ impl Metrics {
             slow_responses,
             requests_after_close,
             tls_ok,
-            tls_expiry,
+            tls_not_after,
             changes,
         };
         m.every_series_from_the_start(ports);
@@ -377,13 +377,15 @@ impl Metrics {
     /// The latest TLS check results (the series of checks no longer made go away).
     pub fn set_tls(&self, checks: &[crate::tls::TlsCheck]) {
         self.tls_ok.reset();
-        self.tls_expiry.reset();
+        self.tls_not_after.reset();
         for c in checks {
             let labels = [c.port.to_string(), c.hostname.clone()];
             let labels = [labels[0].as_str(), labels[1].as_str()];
             self.tls_ok.with_label_values(&labels).set(i64::from(c.ok));
-            if let Some(secs) = c.expiry_secs {
-                self.tls_expiry.with_label_values(&labels).set(secs);
+            if let Some(leaf) = c.certificates.first() {
+                self.tls_not_after
+                    .with_label_values(&labels)
+                    .set(leaf.not_after_unix);
             }
         }
     }
@@ -555,10 +557,10 @@ impl Metrics {
     /// The text exposition (Prometheus text format 0.0.4).
     pub fn render(&self) -> String {
         if let Ok(t) = self.ranges_fetched_at.lock() {
-            let age = t
-                .and_then(|t| SystemTime::now().duration_since(t).ok())
+            let at = t
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs());
-            self.ranges_age.set(age as i64);
+            self.ranges_fetched.set(at as i64);
         }
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
@@ -640,7 +642,7 @@ mod tests {
         assert!(text.contains(
             "tracer_ranges_info{etag=\"38f79d050aa027e3be3865e495dcc9bc\",source=\"embedded\"} 1"
         ));
-        assert!(text.contains("tracer_ranges_age_seconds "));
+        assert!(text.contains("tracer_ranges_fetched_timestamp_seconds "));
         assert!(text.contains("tracer_verdict{verdict=\"refused\"} 1"));
         assert!(text.contains("tracer_verdict{verdict=\"healthy\"} 0"));
     }

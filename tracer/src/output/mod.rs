@@ -2,6 +2,11 @@
 //! JSON), the `events` stream, the agent's JSON-lines log and its records, the Prometheus
 //! metrics. The model's types never serialize themselves into a contract.
 
+/// The version of the log records' schema (`deploy/schema/log-record.schema.json`), carried
+/// by every record as `schema`: it changes only when a field is removed or changes meaning
+/// (fields are added without it).
+pub const LOG_SCHEMA: u32 = 1;
+
 pub mod attempt_record;
 pub mod audit_json;
 pub mod event_log;

@@ -23,6 +23,7 @@ pub fn verdict_record(report: &Report, ranges: &RangeSet) -> String {
                 .into(),
         );
         obj.insert("kind".into(), "verdict".into());
+        obj.insert("schema".into(), crate::output::LOG_SCHEMA.into());
     }
     v.to_string()
 }

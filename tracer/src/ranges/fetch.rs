@@ -177,6 +177,7 @@ async fn fetch(
         }
     });
     let client = reqwest::Client::builder()
+        .use_preconfigured_tls(super::trust::client_config()?)
         .redirect(policy)
         .timeout(timeout())
         .connect_timeout(timeout().min(Duration::from_secs(5)))

@@ -1,6 +1,7 @@
 //! The watched peer ranges (Cloudflare's by default): parsing, validation and matching.
 
 pub mod fetch;
+pub mod trust;
 pub mod validate;
 
 use std::{fmt, net::IpAddr, path::Path, time::SystemTime};

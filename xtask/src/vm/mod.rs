@@ -47,6 +47,7 @@ struct Job<'a> {
 
 /// Host side: fetch, boot, collect, print.
 pub fn run(lines: &[String], scenarios: &[String], plan: Plan) -> Result<()> {
+    crate::lab::check_filters(scenarios)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("vm-test boots VMs whose guests create namespaces and load eBPF: run it as root");
