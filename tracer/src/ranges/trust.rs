@@ -49,7 +49,7 @@ mod tests {
         let (store, source) = roots();
         if system > 0 {
             assert_eq!(source, "system");
-            assert!(store.len() <= system && store.len() > 0);
+            assert!(store.len() <= system && !store.is_empty());
         } else {
             assert_eq!(source, "built-in");
             assert_eq!(store.len(), webpki_roots::TLS_SERVER_ROOTS.len());
