@@ -622,7 +622,7 @@ mod tests {
         let mut used = [0u8; (EXCHANGE_FLOWS / 2) as usize];
         for port in 1024..21024u16 {
             let b = slot_bucket(&words([173, 245, 48, 10], port), EXCHANGE_FLOWS);
-            assert!(b % 2 == 0 && b + 1 < EXCHANGE_FLOWS);
+            assert!(b.is_multiple_of(2) && b + 1 < EXCHANGE_FLOWS);
             used[(b / 2) as usize] = used[(b / 2) as usize].saturating_add(1);
         }
         let over_two = used.iter().filter(|&&n| n > 2).count();
@@ -631,7 +631,7 @@ mod tests {
             "{over_two} buckets hold more than two connections"
         );
         let b = slot_bucket(&words([173, 245, 48, 10], 80), ARRIVAL_SLOTS);
-        assert!(b % 2 == 0 && b + 1 < ARRIVAL_SLOTS);
+        assert!(b.is_multiple_of(2) && b + 1 < ARRIVAL_SLOTS);
         // Addresses differ in the bucket as ports do.
         assert_ne!(
             slot_bucket(&words([173, 245, 48, 10], 5000), EXCHANGE_FLOWS),
