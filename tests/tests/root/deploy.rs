@@ -39,6 +39,26 @@ fn alert_rules_check_and_pass_their_unit_tests() {
     let tests = deploy("alerts.test.yml");
     let (ok, msg) = promtool(&["test", "rules", tests.to_str().unwrap()]);
     assert!(ok && msg.contains("SUCCESS"), "promtool test rules: {msg}");
+    // Every alert has a test in which it fires (its labels and annotations checked), not only
+    // one in which it stays quiet.
+    let rules = std::fs::read_to_string(&rules).unwrap();
+    let tests = std::fs::read_to_string(&tests).unwrap();
+    let fires: Vec<&str> = tests
+        .lines()
+        .zip(tests.lines().skip(1))
+        .filter(|(_, next)| next.trim() == "exp_alerts:")
+        .filter_map(|(line, _)| line.trim().strip_prefix("alertname: "))
+        .collect();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(alerts.len() >= 19, "{alerts:?}");
+    let untested: Vec<&&str> = alerts.iter().filter(|a| !fires.contains(a)).collect();
+    assert!(
+        untested.is_empty(),
+        "alerts without a promtool test that fires them: {untested:?}"
+    );
 }
 
 /// The agent in the lab with traffic of every kind: each metric and each label value the
