@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::{eventually, metric, Netns, Tracer, ORIGIN_IF};
 
 /// Where the agent serves `/metrics` unless a test moves it.
-pub const METRICS: &str = "127.0.0.1:9521";
+pub const METRICS: &str = "127.0.0.1:10521";
 
 /// `tracer agent` on the lab's origin interface, being configured.
 pub struct AgentRun<'a> {

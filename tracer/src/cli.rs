@@ -39,6 +39,9 @@ pub enum Command {
     Ranges(RangesArgs),
     /// Run continuously: JSON logs, a verdict per window, Prometheus metrics.
     Agent(AgentArgs),
+    /// Print the fleet's alert rules (with its runbook base and job), as a rule file or a
+    /// PrometheusRule, or the Grafana dashboard as a ConfigMap.
+    Monitoring(MonitoringArgs),
     /// Print shell completions to stdout (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -53,6 +56,31 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct MonitoringArgs {
+    /// Which file: the Prometheus rule file, the same rules as a Prometheus Operator
+    /// PrometheusRule, or the dashboard as a ConfigMap for Grafana's sidecar.
+    #[arg(long, value_enum, default_value_t = MonitoringOutput::Rules)]
+    pub output: MonitoringOutput,
+    /// Where on-call people read the runbook: each alert's runbook_url is this plus the
+    /// alert's #anchor.
+    #[arg(long, value_name = "URL", default_value = crate::commands::RUNBOOK_BASE)]
+    pub runbook_base: String,
+    /// The scrape job of the agents (the rules' `up{job=...}`).
+    #[arg(long, default_value = crate::commands::JOB)]
+    pub job: String,
+    /// The namespace of the Kubernetes objects.
+    #[arg(long, default_value = crate::commands::NAMESPACE)]
+    pub namespace: String,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MonitoringOutput {
+    Rules,
+    PrometheusRule,
+    GrafanaConfigmap,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,7 +254,7 @@ pub struct DiagnoseArgs {
     #[arg(
         long,
         value_name = "ADDR",
-        default_value = "127.0.0.1:9521",
+        default_value = "127.0.0.1:10521",
         requires = "since"
     )]
     pub agent: std::net::SocketAddr,
@@ -263,9 +291,19 @@ pub enum LogEvents {
 pub struct AgentArgs {
     #[command(flatten)]
     pub capture: CaptureArgs,
-    /// Where to serve GET /metrics and GET /healthz.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9521")]
+    /// Where to serve GET /metrics, /healthz and /history. Port 10521 is outside the
+    /// 9100-9999 range Prometheus' default port allocations give exporters (all taken).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10521")]
     pub metrics_addr: std::net::SocketAddr,
+    /// TLS and basic authentication for the endpoint, in the Prometheus exporter-toolkit
+    /// format node_exporter reads (tls_server_config: cert_file, key_file, client_ca_file,
+    /// client_auth_type, min_version; basic_auth_users: bcrypt hashes). /healthz stays open.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+    /// Serve /history (processes, containers, firewall chains, routes of recent changes) to
+    /// clients beyond this host too; without it, it answers loopback only.
+    #[arg(long = "web.enable-history")]
+    pub web_enable_history: bool,
     /// JSON-lines log file (reopened on SIGHUP) [default: stdout].
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,

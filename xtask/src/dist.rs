@@ -265,6 +265,18 @@ fn stage_tree(root: &Path, bin: &Path, stage: &Path) -> Result<()> {
             "deploy/kubernetes/cf521-tracer.yaml",
             "kubernetes/cf521-tracer.yaml",
         ),
+        (
+            "deploy/kubernetes/pod-monitor.yaml",
+            "kubernetes/pod-monitor.yaml",
+        ),
+        (
+            "deploy/kubernetes/prometheus-rule.yaml",
+            "kubernetes/prometheus-rule.yaml",
+        ),
+        (
+            "deploy/kubernetes/grafana-dashboard.yaml",
+            "kubernetes/grafana-dashboard.yaml",
+        ),
     ] {
         put(
             stage,

@@ -12,7 +12,7 @@ use integration_tests::{
 };
 use serde_json::Value;
 
-const METRICS: &str = "127.0.0.1:9521";
+const METRICS: &str = "127.0.0.1:10521";
 
 fn agent(lab: &Lab, log: &std::path::Path, extra: &[&str]) -> Tracer {
     integration_tests::agent::Agent::on(&lab.origin, "443,2053,8080", "2", log)

@@ -54,6 +54,33 @@ fn alert_rules_check_and_pass_their_unit_tests() {
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
     assert!(alerts.len() >= 19, "{alerts:?}");
+    // A fleet's own runbook base and job: the generated file passes promtool as the shipped
+    // one does, and so do the PrometheusRule's groups.
+    let dir = TempDir::new("deploy-rules");
+    let generated = dir.path("fleet.yml");
+    let out = std::process::Command::new(tracer_bin())
+        .args([
+            "monitoring",
+            "--runbook-base",
+            "https://wiki.example/ops/cf521",
+            "--job",
+            "origins",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(&generated, &out.stdout).unwrap();
+    let (ok, msg) = promtool(&["check", "rules", generated.to_str().unwrap()]);
+    assert!(ok, "promtool check rules (generated): {msg}");
+    let object = std::fs::read_to_string(deploy("kubernetes/prometheus-rule.yaml")).unwrap();
+    let object: serde_norway::Value = serde_norway::from_str(&object).unwrap();
+    let groups = dir.path("object.yml");
+    std::fs::write(&groups, serde_norway::to_string(&object["spec"]).unwrap()).unwrap();
+    let (ok, msg) = promtool(&["check", "rules", groups.to_str().unwrap()]);
+    assert!(
+        ok,
+        "promtool check rules (the PrometheusRule's spec): {msg}"
+    );
     let untested: Vec<&&str> = alerts.iter().filter(|a| !fires.contains(a)).collect();
     assert!(
         untested.is_empty(),
@@ -76,7 +103,7 @@ fn the_dashboard_queries_only_what_the_agent_exports() {
     assert!(eventually(Duration::from_secs(8), || {
         text = lab
             .origin
-            .http_get("127.0.0.1:9521", "/metrics")
+            .http_get("127.0.0.1:10521", "/metrics")
             .map(|(_, b)| b)
             .unwrap_or_default();
         metric(&text, "tracer_windows_total").is_some_and(|w| w >= 1.0)
@@ -98,6 +125,43 @@ fn the_dashboard_queries_only_what_the_agent_exports() {
             exprs.push(t["expr"].as_str().unwrap().to_string());
         }
     }
+    // Changes the agents journaled mark every panel.
+    let marks: Vec<&str> = dash["annotations"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["expr"].as_str())
+        .collect();
+    assert!(
+        marks.iter().any(|e| e.contains("tracer_changes_total")),
+        "{marks:?}"
+    );
+    exprs.extend(marks.iter().map(|e| e.to_string()));
+    // Every query follows the job and cluster chosen: none hard-codes a job.
+    let variables: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for needed in ["datasource", "job", "cluster", "instance", "port"] {
+        assert!(
+            variables.contains(&needed),
+            "no ${needed} variable: {variables:?}"
+        );
+    }
+    for e in &exprs {
+        assert!(
+            e.contains("job=~\"$job\"") && e.contains("cluster=~\"$cluster\""),
+            "a query ignores the job or cluster chosen: {e}"
+        );
+    }
+    // No import input the dashboard does not use.
+    let raw = std::fs::read_to_string(deploy("grafana/cf521-tracer.json")).unwrap();
+    for input in dash["__inputs"].as_array().into_iter().flatten() {
+        let name = input["name"].as_str().unwrap();
+        assert!(raw.contains(&format!("${{{name}}}")), "unused input {name}");
+    }
     for v in dash["templating"]["list"].as_array().unwrap() {
         if let Some(q) = v["query"]["query"].as_str() {
             // label_values(METRIC{...}, LABEL)
@@ -108,10 +172,11 @@ fn the_dashboard_queries_only_what_the_agent_exports() {
             let (metric_part, label) = inner.rsplit_once(',').unwrap();
             exprs.push(metric_part.trim().to_string());
             let name = metric_part.split('{').next().unwrap().trim();
-            // `instance` and `job` are the labels Prometheus adds to every scraped series.
+            // `instance` and `job` are the labels Prometheus adds to every scraped series;
+            // `cluster` the one a multi-cluster setup adds (external or target labels).
             let label = label.trim();
             assert!(
-                ["instance", "job"].contains(&label)
+                ["instance", "job", "cluster"].contains(&label)
                     || text
                         .lines()
                         .any(|l| l.starts_with(name) && l.contains(&format!("{label}=\""))),
@@ -155,7 +220,9 @@ fn the_dashboard_queries_only_what_the_agent_exports() {
         let e = e
             .replace("$__rate_interval", "5m")
             .replace("$instance", ".*")
-            .replace("$port", ".*");
+            .replace("$port", ".*")
+            .replace("$job", ".*")
+            .replace("$cluster", ".*");
         rules += &format!(
             "      - record: dashboard:query{i}\n        expr: {}\n",
             serde_json::to_string(&e).unwrap()

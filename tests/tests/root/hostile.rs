@@ -390,7 +390,7 @@ fn hostile_metrics_clients_cannot_stall_the_capture() {
         .unwrap()
         .count();
     integration_tests::sh(&format!("prlimit --pid {pid} --nofile={0}:{0}", open + 8));
-    let addr = sockaddr("127.0.0.1", 9521);
+    let addr = sockaddr("127.0.0.1", 10521);
     let holders = lab.origin.enter(move || {
         (0..60)
             .filter_map(|_| {
@@ -428,7 +428,7 @@ fn hostile_metrics_clients_cannot_stall_the_capture() {
         out
     });
     assert!(!answer.contains("200 OK"), "{answer}");
-    let (status, body) = lab.origin.http_get("127.0.0.1:9521", "/healthz").unwrap();
+    let (status, body) = lab.origin.http_get("127.0.0.1:10521", "/healthz").unwrap();
     assert!(
         status.contains("200") && body.trim() == "ok",
         "{status} {body}"
@@ -473,7 +473,7 @@ fn a_second_tracer_never_removes_a_running_agents_filter() {
     );
     let syns = || {
         lab.origin
-            .http_get("127.0.0.1:9521", "/metrics")
+            .http_get("127.0.0.1:10521", "/metrics")
             .map(|(_, m)| metric(&m, "tracer_edge_syn_total{port=\"443\"}").unwrap_or(0.0))
             .unwrap_or(0.0)
     };
@@ -615,7 +615,11 @@ fn listener_floods_cannot_fill_the_ring_or_the_journal() {
             .unwrap_or(0.0)
                 > 0.0
     });
-    let history = lab.origin.http_get("127.0.0.1:9521", "/history").unwrap().1;
+    let history = lab
+        .origin
+        .http_get("127.0.0.1:10521", "/history")
+        .unwrap()
+        .1;
     drop(listener);
     agent.stop();
     let dropped = |r: &str| {

@@ -245,7 +245,7 @@ fn diagnose_since_answers_from_the_agent() {
     assert_ne!(code, 0);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
-        err.contains("no agent answers at 127.0.0.1:9521: start `tracer agent`"),
+        err.contains("no agent answers at 127.0.0.1:10521: start `tracer agent`"),
         "{err}"
     );
 

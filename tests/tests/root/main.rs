@@ -22,4 +22,5 @@ mod ranges;
 mod service;
 mod timing;
 mod tls;
+mod web;
 mod xdp;

@@ -490,6 +490,98 @@ fn the_daemonset_passes_an_offline_schema_check() {
     );
 }
 
+/// The Prometheus Operator objects, offline: the PodMonitor and the PrometheusRule against
+/// their subset schemas (exact field names, no others), the PodMonitor selecting the
+/// DaemonSet's pods by its port name, the namespace's Pod Security level the DaemonSet needs,
+/// and a priority class the manifest itself defines.
+#[test]
+fn the_operator_objects_pass_offline_schema_checks() {
+    let check = |file: &str, schema: &str| -> (Value, jsonschema::Validator) {
+        let doc = yaml_documents(&repo(file)).remove(0);
+        let schema: Value =
+            serde_json::from_str(&std::fs::read_to_string(repo(schema)).unwrap()).unwrap();
+        let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+        let errors: Vec<String> = validator
+            .iter_errors(&doc)
+            .map(|e| format!("{e} at {}", e.instance_path))
+            .collect();
+        assert!(errors.is_empty(), "{file}: {errors:#?}");
+        (doc, validator)
+    };
+    let (pm, pm_schema) = check(
+        "deploy/kubernetes/pod-monitor.yaml",
+        "tests/data/podmonitor-monitoring-v1.subset.schema.json",
+    );
+    let (pr, pr_schema) = check(
+        "deploy/kubernetes/prometheus-rule.yaml",
+        "tests/data/prometheusrule-monitoring-v1.subset.schema.json",
+    );
+    // Not vacuous: a misspelt field and a rule with neither alert nor record fail.
+    let mut bad = pm.clone();
+    bad["spec"]["podMetricsEndpoints"][0]["intervall"] = "15s".into();
+    assert!(!pm_schema.is_valid(&bad));
+    let mut bad = pr.clone();
+    bad["spec"]["groups"][0]["rules"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("record");
+    assert!(!pr_schema.is_valid(&bad));
+    // Every alert of deploy/alerts.yml is in the object.
+    let alerts = std::fs::read_to_string(repo("deploy/alerts.yml")).unwrap();
+    let in_object = pr["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r.get("alert").is_some())
+        .count();
+    assert_eq!(in_object, alerts.matches("- alert: ").count());
+
+    let docs = yaml_documents(&repo("deploy/kubernetes/cf521-tracer.yaml"));
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let pod = &ds["spec"]["template"];
+    for (k, v) in pm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(
+            &pod["metadata"]["labels"][k], v,
+            "the PodMonitor selects the pods"
+        );
+    }
+    let port = pm["spec"]["podMetricsEndpoints"][0]["port"]
+        .as_str()
+        .unwrap();
+    assert!(
+        pod["spec"]["containers"][0]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == port),
+        "the PodMonitor scrapes a port the pod names"
+    );
+    assert_eq!(pm["metadata"]["namespace"], ds["metadata"]["namespace"]);
+    let ns = docs.iter().find(|d| d["kind"] == "Namespace").unwrap();
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "privileged",
+        "hostNetwork, hostPID and added capabilities need the privileged level"
+    );
+    let class = pod["spec"]["priorityClassName"].as_str().unwrap();
+    let defined = docs
+        .iter()
+        .find(|d| d["kind"] == "PriorityClass" && d["metadata"]["name"] == class)
+        .unwrap_or_else(|| panic!("priority class {class} is not defined by the manifest"));
+    assert!(
+        defined["value"].as_i64().unwrap() <= 1_000_000_000,
+        "user classes stop at 1e9"
+    );
+    // The state directory is one the tracer accepts: not an emptyDir (0777).
+    let state = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "state")
+        .unwrap();
+    assert!(state.get("emptyDir").is_none(), "{state}");
+    assert_eq!(state["hostPath"]["type"], "DirectoryOrCreate");
+}
+
 #[test]
 fn the_containerfile_copies_what_dist_builds() {
     let text = std::fs::read_to_string(repo("deploy/Containerfile")).unwrap();

@@ -111,7 +111,7 @@ fn extra_sections(page: &str) -> String {
             out += &section("EXAMPLES", &[
                 ("systemctl enable --now cf521-tracer", "Run the packaged agent."),
                 ("echo 'TRACER_OPTS=\"--port 443,8443 --window 30\"' > /etc/default/cf521-tracer", "Change its options without editing the unit (then systemctl restart cf521-tracer)."),
-                ("curl \\-s 127.0.0.1:9521/metrics", "Read its metrics."),
+                ("curl \\-s 127.0.0.1:10521/metrics", "Read its metrics."),
             ]);
         }
         "tracer-events" | "tracer-ranges" | "tracer" => {

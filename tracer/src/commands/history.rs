@@ -21,9 +21,16 @@ async fn fetch(addr: std::net::SocketAddr) -> Result<Value> {
         .timeout(Duration::from_secs(5))
         .no_proxy()
         .build()?;
-    let mut resp = client.get(&url).send().await.map_err(|_| {
-        anyhow!("no agent answers at {addr}: start `tracer agent` (or give its address with --agent), or run diagnose without --since to watch a new window")
+    let mut resp = client.get(&url).send().await.map_err(|e| {
+        if e.is_connect() || e.is_timeout() {
+            anyhow!("no agent answers at {addr}: start `tracer agent` (or give its address with --agent), or run diagnose without --since to watch a new window")
+        } else {
+            anyhow!("the agent at {addr} does not answer plain HTTP: if it serves TLS (--web.config.file), read its history with `curl --cacert CERT -u USER https://{addr}/history`, or run diagnose without --since")
+        }
     })?;
+    if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+        bail!("the agent at {addr} asks for a password (basic_auth_users in its --web.config.file): read its history with `curl -u USER http://{addr}/history`, or run diagnose without --since");
+    }
     if !resp.status().is_success() {
         bail!(
             "the agent at {addr} answered {} for /history: it is older than this tracer, update it",

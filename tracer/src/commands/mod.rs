@@ -5,10 +5,13 @@ mod diagnose;
 mod docs;
 mod events;
 mod history;
+mod monitoring;
 mod ranges;
 mod xdp_test_run;
 
 use anyhow::Result;
+
+pub use monitoring::{JOB, NAMESPACE, RUNBOOK_BASE};
 
 use crate::{
     cli::{CaptureArgs, Command},
@@ -74,6 +77,7 @@ pub async fn run(command: Command) -> Result<u8> {
         Command::Ranges(args) => ranges::run(args).await,
         Command::Agent(args) => agent::run(args).await,
         Command::XdpTestRun(args) => xdp_test_run::run(args),
+        Command::Monitoring(args) => monitoring::run(args),
         Command::Completions { shell } => docs::completions(shell),
         Command::Man { dir } => docs::man_pages(&dir).map(|pages| {
             for page in pages {

@@ -19,7 +19,7 @@ use http_body_util::Full;
 use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use super::metrics::Metrics;
+use super::{metrics::Metrics, web_config::WebConfig};
 
 /// The agent's recent history as JSON (`GET /history`, read by `tracer diagnose --since`),
 /// rebuilt by the agent when it changes.
@@ -93,25 +93,66 @@ impl Health {
     }
 }
 
+/// What the endpoint serves and to whom.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub metrics: Arc<Metrics>,
+    pub history: History,
+    pub health: Arc<Health>,
+    /// TLS and users (`--web.config.file`).
+    pub web: Arc<WebConfig>,
+    /// `/history` to clients beyond loopback (`--web.enable-history`): it names processes,
+    /// containers, firewall chains and routes.
+    pub history_beyond_loopback: bool,
+}
+
 async fn handle(
-    metrics: Arc<Metrics>,
-    history: History,
-    health: Arc<Health>,
+    e: Endpoint,
+    peer: SocketAddr,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let text = "text/plain; charset=utf-8";
-    let (status, ctype, body) = match (req.method().as_str(), req.uri().path()) {
+    let path = req.uri().path();
+    let guarded = matches!(path, "/metrics" | "/history");
+    if guarded && req.method() == hyper::Method::GET && e.web.asks_password() {
+        let header = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec());
+        let web = e.web.clone();
+        // bcrypt takes tens of milliseconds: off this thread, which serves the others.
+        let ok = tokio::task::spawn_blocking(move || web.authorized(header.as_deref()))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            let resp = Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .header("content-type", text)
+                .header("www-authenticate", "Basic realm=\"cf521-tracer\"")
+                .body(Full::new(Bytes::from(
+                    "a user and password are required (basic_auth_users in --web.config.file)\n",
+                )))
+                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+            return Ok(resp);
+        }
+    }
+    let (status, ctype, body) = match (req.method().as_str(), path) {
+        ("GET", "/history") if !e.history_beyond_loopback && !peer.ip().to_canonical().is_loopback() => (
+            StatusCode::FORBIDDEN,
+            text,
+            "/history answers this host only: start the agent with --web.enable-history to serve it to others\n".to_string(),
+        ),
         ("GET", "/history") => (
             StatusCode::OK,
             "application/json",
-            history.lock().map(|h| h.clone()).unwrap_or_default(),
+            e.history.lock().map(|h| h.clone()).unwrap_or_default(),
         ),
         ("GET", "/metrics") => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
+            e.metrics.render(),
         ),
-        ("GET", "/healthz") => match health.check(now_ms()) {
+        ("GET", "/healthz") => match e.health.check(now_ms()) {
             Ok(()) => (StatusCode::OK, text, "ok\n".to_string()),
             Err(why) => (StatusCode::SERVICE_UNAVAILABLE, text, format!("{why}\n")),
         },
@@ -135,22 +176,25 @@ async fn handle(
 }
 
 /// Binds now (so a busy port is a start-up error) and serves on a thread of its own.
-pub fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    history: History,
-    health: Arc<Health>,
-) -> Result<()> {
+pub fn serve(addr: SocketAddr, endpoint: Endpoint) -> Result<()> {
     let listener = std::net::TcpListener::bind(addr).with_context(|| {
         format!("cannot listen on {addr} for metrics: pick another --metrics-addr")
     })?;
     listener.set_nonblocking(true)?;
     // With port 0 the kernel picks one: say which, or nobody can scrape it.
     let bound = listener.local_addr().unwrap_or(addr);
-    if addr.port() == 0 {
-        tracing::warn!(addr = %bound, "metrics at http://{bound}/metrics (port 0 asked for: the kernel picked this one)");
+    let scheme = if endpoint.web.tls.is_some() {
+        "https"
     } else {
-        tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
+        "http"
+    };
+    if addr.port() == 0 {
+        tracing::warn!(addr = %bound, "metrics at {scheme}://{bound}/metrics (port 0 asked for: the kernel picked this one)");
+    } else {
+        tracing::info!(addr = %bound, "metrics at {scheme}://{bound}/metrics");
+    }
+    if !bound.ip().is_loopback() && endpoint.web.tls.is_none() && !endpoint.web.asks_password() {
+        tracing::warn!(addr = %bound, "the metrics endpoint listens beyond this host without TLS or a password: anyone who reaches {bound} reads it (--web.config.file sets both)");
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -158,30 +202,30 @@ pub fn serve(
         .context("a runtime for the metrics endpoint")?;
     std::thread::Builder::new()
         .name("http".into())
-        .spawn(move || runtime.block_on(accept_loop(listener, metrics, history, health)))
+        .spawn(move || runtime.block_on(accept_loop(listener, endpoint)))
         .context("a thread for the metrics endpoint")?;
     Ok(())
 }
 
-async fn accept_loop(
-    listener: std::net::TcpListener,
-    metrics: Arc<Metrics>,
-    history: History,
-    health: Arc<Health>,
-) {
+async fn accept_loop(listener: std::net::TcpListener, endpoint: Endpoint) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         tracing::warn!("the metrics endpoint cannot run");
         return;
     };
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let tls = endpoint
+        .web
+        .tls
+        .clone()
+        .map(tokio_rustls::TlsAcceptor::from);
     let mut warned = false;
     loop {
         // At the cap, stop accepting: further clients wait in the kernel's backlog.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // EMFILE/ENFILE/ENOMEM: retrying at once would spin.
                 if !warned {
@@ -195,20 +239,39 @@ async fn accept_loop(
             }
         };
         warned = false;
-        let (metrics, history, health) = (metrics.clone(), history.clone(), health.clone());
+        let (endpoint, tls) = (endpoint.clone(), tls.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                handle(metrics.clone(), history.clone(), health.clone(), req)
-            });
-            let conn = http1::Builder::new()
-                .header_read_timeout(HEADER_TIME)
-                .max_buf_size(HEADER_BYTES)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIME, conn).await;
+            let served = async {
+                match tls {
+                    // The handshake within the time headers get: a client that opens and
+                    // says nothing holds a slot no longer than one that sends no headers.
+                    Some(acceptor) => {
+                        if let Ok(Ok(stream)) =
+                            tokio::time::timeout(HEADER_TIME, acceptor.accept(stream)).await
+                        {
+                            serve_connection(stream, peer, endpoint).await;
+                        }
+                    }
+                    None => serve_connection(stream, peer, endpoint).await,
+                }
+            };
+            let _ = tokio::time::timeout(CONNECTION_TIME, served).await;
             drop(slot);
         });
     }
+}
+
+async fn serve_connection<I>(io: I, peer: SocketAddr, endpoint: Endpoint)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| handle(endpoint.clone(), peer, req));
+    let _ = http1::Builder::new()
+        .header_read_timeout(HEADER_TIME)
+        .max_buf_size(HEADER_BYTES)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 #[cfg(test)]

@@ -607,8 +607,11 @@ mod tests {
             assert!(block.contains("description:"), "{name} has no description");
             let anchor = name.to_lowercase();
             assert!(
-                block.contains(&format!("README.md{{{{ end }}}}#{anchor}\"")),
-                "{name}: runbook_url must point at #{anchor}"
+                block.contains(&format!(
+                    "runbook_url: \"{}#{anchor}\"",
+                    crate::commands::RUNBOOK_BASE
+                )),
+                "{name}: runbook_url must point at #{anchor} of the public README"
             );
             assert!(
                 README.contains(&format!("\n### {name}\n")),

@@ -17,3 +17,4 @@ pub mod report;
 pub mod report_json;
 pub mod text_wrap;
 pub mod verdict_record;
+pub mod web_config;

@@ -4,6 +4,7 @@
 mod bulk;
 mod gen;
 mod hooks;
+mod scrape;
 mod web;
 
 use web::{wrk, Topology, WebLab};
@@ -45,7 +46,7 @@ pub fn run(tracer: &Path, as_json: bool, only: &[String]) -> Result<()> {
         Box<dyn Fn() -> Result<Value> + 'a>,
         fn(&Value) -> String,
     );
-    let parts: [Part; 10] = [
+    let parts: [Part; 11] = [
         (
             "xdp",
             "xdp",
@@ -90,6 +91,12 @@ pub fn run(tracer: &Path, as_json: bool, only: &[String]) -> Result<()> {
             "bulk_download",
             Box::new(|| bulk::bulk(bulk::Direction::Download)),
             bulk::render,
+        ),
+        (
+            "scrape",
+            "scrape",
+            Box::new(scrape::scrape_cost),
+            scrape::render,
         ),
     ];
     for (part, key, measure, render) in &parts {

@@ -57,6 +57,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let timeouts = args.timeouts;
     crate::commands::check_seconds("--window", args.window)?;
     let tls = TlsSettings::from_args(&args.tls.hostnames, args.tls.tls_ca.as_deref())?;
+    let web = Arc::new(match &args.web_config_file {
+        Some(path) => crate::output::web_config::WebConfig::load(path)
+            .map_err(|e| anyhow::anyhow!("--web.config.file {e:#}"))?,
+        None => crate::output::web_config::WebConfig::open(),
+    });
     if let Some(every) = args.refresh_ranges_every {
         // Re-reading a local file is cheap; the API is asked at most once a minute.
         if args.ranges.file.is_none() && every < Duration::from_secs(60) {
@@ -81,9 +86,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let health = Arc::new(crate::output::http::Health::default());
     crate::output::http::serve(
         args.metrics_addr,
-        metrics.clone(),
-        history.clone(),
-        health.clone(),
+        crate::output::http::Endpoint {
+            metrics: metrics.clone(),
+            history: history.clone(),
+            health: health.clone(),
+            web,
+            history_beyond_loopback: args.web_enable_history,
+        },
     )?;
     let sink = EventLog::open(
         args.log_file.as_deref(),
