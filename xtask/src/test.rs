@@ -213,9 +213,10 @@ const CONFINED_SUITES: &[(&str, &[&str])] = &[
             "tls",
             "lost_replies",
             "timing",
+            "web",
         ],
     ),
-    ("daemonset", &["containers", "docker", "timing"]),
+    ("daemonset", &["containers", "docker", "timing", "web"]),
 ];
 
 /// A test suite silent this long is hung: it is killed, so CI fails with the test's name

@@ -99,7 +99,7 @@ fn tracer_runs_in(root: &Path) {
 }
 
 /// The files a package must install.
-const EXPECTED: [&str; 11] = [
+const EXPECTED: [&str; 14] = [
     "usr/bin/tracer",
     "usr/lib/systemd/system/cf521-tracer.service",
     "usr/share/man/man1/tracer.1.gz",
@@ -111,6 +111,9 @@ const EXPECTED: [&str; 11] = [
     "usr/share/cf521-tracer/alerts.yml",
     "usr/share/cf521-tracer/schema/log-record.schema.json",
     "usr/share/cf521-tracer/schema/report.schema.json",
+    "usr/share/cf521-tracer/kubernetes/pod-monitor.yaml",
+    "usr/share/cf521-tracer/kubernetes/prometheus-rule.yaml",
+    "usr/share/cf521-tracer/kubernetes/grafana-dashboard.yaml",
 ];
 
 #[test]
