@@ -98,16 +98,33 @@ fn the_dashboard_queries_only_what_the_agent_exports() {
         integration_tests::agent::Agent::on(&lab.origin, "443,8080", "2", &tmp.path("log"))
             .start()
             .tracer;
-    let _ = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), SHORT);
+    // A refusal on 443, and on 8080 an exchange the server closes after 300 ms idle: every
+    // series family the dashboard draws exists (histograms appear with their port's first
+    // observation).
+    let _ = lab.edge.connect(EDGE_V4, sockaddr(ORIGIN_V4, 443), SHORT);
+    let app = scenarios::http_server(
+        lab.origin.listen("0.0.0.0", 8080, 16),
+        Duration::from_millis(10),
+        Duration::from_millis(300),
+    );
+    let mut conn = lab
+        .edge
+        .connect(EDGE_V4, sockaddr(ORIGIN_V4, 8080), SHORT)
+        .expect("8080 accepts");
+    assert!(scenarios::request(&mut conn).expect("an answer") > 0);
+    let _ = app.join();
     let mut text = String::new();
-    assert!(eventually(Duration::from_secs(8), || {
-        text = lab
-            .origin
-            .http_get("127.0.0.1:10521", "/metrics")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        metric(&text, "tracer_windows_total").is_some_and(|w| w >= 1.0)
-    }));
+    assert!(
+        eventually(Duration::from_secs(8), || {
+            text = lab
+                .origin
+                .http_get("127.0.0.1:10521", "/metrics")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            metric(&text, "tracer_edge_idle_close_seconds_count{port=\"8080\"}") == Some(1.0)
+        }),
+        "{text}"
+    );
     tracer.stop();
     let exported: Vec<&str> = text
         .lines()

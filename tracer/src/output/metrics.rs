@@ -37,7 +37,9 @@ type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 /// observation would hash strings at connection rates.
 struct PortHistogram {
     vec: HistogramVec,
-    series: FastMap<u16, prometheus::Histogram>,
+    /// Each port's histogram once it has a first observation: a port no edge connection
+    /// used has no series (13 ports of buckets would be most of an agent's series).
+    series: std::sync::RwLock<FastMap<u16, prometheus::Histogram>>,
 }
 
 impl PortHistogram {
@@ -49,22 +51,19 @@ impl PortHistogram {
         r.register(Box::new(vec.clone()))?;
         Ok(Self {
             vec,
-            series: FastMap::default(),
+            series: Default::default(),
         })
     }
 
-    fn resolve(&mut self, port: u16, label: &str) {
-        self.series
-            .insert(port, self.vec.with_label_values(&[label]));
-    }
-
     fn observe(&self, port: u16, d: std::time::Duration) {
-        match self.series.get(&port) {
-            Some(h) => h.observe(d.as_secs_f64()),
-            None => self
-                .vec
-                .with_label_values(&[&port.to_string()])
-                .observe(d.as_secs_f64()),
+        let secs = d.as_secs_f64();
+        if let Some(h) = self.series.read().ok().and_then(|m| m.get(&port).cloned()) {
+            return h.observe(secs);
+        }
+        let h = self.vec.with_label_values(&[&port.to_string()]);
+        h.observe(secs);
+        if let Ok(mut m) = self.series.write() {
+            m.insert(port, h);
         }
     }
 }
@@ -337,13 +336,6 @@ impl Metrics {
             let p = port.to_string();
             self.syn_series
                 .insert(port, self.edge_syn.with_label_values(&[&p]));
-            for h in [
-                &mut self.handshake_seconds,
-                &mut self.response_seconds,
-                &mut self.idle_close_seconds,
-            ] {
-                h.resolve(port, &p);
-            }
             self.late_reset_series
                 .insert((true, port), self.edge_late_resets.with_label_values(&[&p]));
             self.late_reset_series.insert(
@@ -354,11 +346,6 @@ impl Metrics {
                 self.connection_series.insert(
                     (true, port, o),
                     self.edge_connections.with_label_values(&[&p, o.as_str()]),
-                );
-                self.connection_series.insert(
-                    (false, port, o),
-                    self.non_edge_connections
-                        .with_label_values(&[&p, o.as_str()]),
                 );
             }
         }
