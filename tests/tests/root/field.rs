@@ -273,3 +273,74 @@ fn ranges_audit_names_exactly_the_missing_ranges() {
         "{v:#}"
     );
 }
+
+/// #31's routes that swallow the edge, on the real kernel without traffic: a VPN-style
+/// `172.0.0.0/8` via a second interface takes Cloudflare's `172.64.0.0/13`, and an unreachable
+/// route takes `173.245.48.0/20`; the audit lists exactly those two, each with its route and
+/// fix, and nothing once they are gone. The default route is the reference.
+#[test]
+fn ranges_audit_names_exactly_the_swallowed_ranges() {
+    let lab = integration_tests::Lab::new();
+    lab.edge_by_default_route(&[]);
+    let audit = |lab: &integration_tests::Lab| -> Value {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.origin.name])
+            .arg(integration_tests::tracer_bin())
+            .args(["ranges", "--audit", "--format", "json"])
+            .output()
+            .expect("tracer ranges --audit");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("one JSON document")
+    };
+    let v = audit(&lab);
+    assert_eq!(v["routes"], serde_json::json!([]), "{v:#}");
+    lab.origin.sh(
+        "ip link add vpn0 type veth peer name vpn1 && ip addr add 10.8.0.2/24 dev vpn0 && \
+         ip link set vpn0 up && ip link set vpn1 up && \
+         ip route add 172.0.0.0/8 via 10.8.0.1 dev vpn0 && \
+         ip route add unreachable 173.245.48.0/20",
+    );
+    let v = audit(&lab);
+    let routes = v["routes"].as_array().unwrap();
+    let ranges: Vec<&str> = routes
+        .iter()
+        .map(|r| r["range"].as_str().unwrap())
+        .collect();
+    assert_eq!(ranges, ["173.245.48.0/20", "172.64.0.0/13"], "{v:#}");
+    assert_eq!(routes[0]["type"], "unreachable");
+    assert_eq!(routes[0]["route"], "unreachable 173.245.48.0/20");
+    assert!(routes[0]["fix"]
+        .as_str()
+        .unwrap()
+        .contains("ip route del unreachable 173.245.48.0/20"));
+    assert_eq!(routes[1]["type"], "unicast");
+    assert_eq!(routes[1]["prefix"], "172.0.0.0/8");
+    assert_eq!(routes[1]["dev"], "vpn0");
+    assert_eq!(routes[1]["via"], "10.8.0.1");
+    assert!(
+        routes[1]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("ip route add 172.64.0.0/13 dev o521"),
+        "{v:#}"
+    );
+    // The text names them too.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.origin.name])
+        .arg(integration_tests::tracer_bin())
+        .args(["ranges", "--audit"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Replies to 172.64.0.0/13 go by 172.0.0.0/8 via 10.8.0.1 dev vpn0"),
+        "{text}"
+    );
+    lab.origin
+        .sh("ip route del 172.0.0.0/8; ip route del unreachable 173.245.48.0/20");
+    assert_eq!(audit(&lab)["routes"], serde_json::json!([]));
+}

@@ -65,9 +65,12 @@ fn audit(set: &RangeSet, format: Format) -> Result<()> {
         anyhow!("cannot read the firewall ruleset: {e} (run as root, with nft installed)")
     })?;
     let lists = ruleset.allowlists(set);
+    let v4: Vec<ipnet::IpNet> = set.v4.iter().map(|n| (*n).into()).collect();
+    let v6: Vec<ipnet::IpNet> = set.v6.iter().map(|n| (*n).into()).collect();
+    let routes = crate::origin::range_routes::audit(&v4, &v6);
     match format {
         Format::Json => {
-            let doc = AuditJson::of(RangesInfo::of(set), &lists);
+            let doc = AuditJson::of(RangesInfo::of(set), &lists, &routes);
             say!("{}", serde_json::to_string_pretty(&doc)?);
         }
         Format::Text => {
@@ -89,6 +92,13 @@ fn audit(set: &RangeSet, format: Format) -> Result<()> {
                 for r in &a.partly {
                     say!("  partly covered: {r}");
                 }
+            }
+            if routes.is_empty() {
+                say!("Every watched range is routed the way this host's default route goes.");
+            }
+            for m in &routes {
+                say!("Replies to {} go by {}", m.range, m.route_text());
+                say!("  fix: {}", m.fix());
             }
         }
     }

@@ -3,7 +3,10 @@
 use serde::Serialize;
 
 use crate::{
-    origin::firewall::{Allowlist, Owner},
+    origin::{
+        firewall::{Allowlist, Owner},
+        range_routes::{Hop, Misrouted},
+    },
     output::report::RangesInfo,
 };
 
@@ -13,14 +16,64 @@ pub struct AuditJson<'a> {
     /// Every allowlist admits every range.
     complete: bool,
     allowlists: Vec<AllowlistJson<'a>>,
+    /// Watched ranges (or parts of them) whose replies do not leave the way the default route
+    /// goes: empty when all is well.
+    routes: Vec<RouteJson>,
 }
 
 impl<'a> AuditJson<'a> {
-    pub fn of(ranges: RangesInfo, lists: &'a [Allowlist]) -> Self {
+    pub fn of(ranges: RangesInfo, lists: &'a [Allowlist], routes: &[Misrouted]) -> Self {
         Self {
             ranges,
             complete: lists.iter().all(Allowlist::complete),
             allowlists: lists.iter().map(AllowlistJson::of).collect(),
+            routes: routes.iter().map(RouteJson::of).collect(),
+        }
+    }
+}
+
+/// One misrouted range: `{"range": "172.64.0.0/13", "type": "unicast", "prefix":
+/// "172.0.0.0/8", "dev": "tun0", "via": "10.8.0.1", "table": null, "route": "…", "fix": "…"}`.
+#[derive(Serialize)]
+struct RouteJson {
+    range: String,
+    /// unicast, unreachable, blackhole, prohibit, or none (no route at all).
+    #[serde(rename = "type")]
+    kind: &'static str,
+    prefix: Option<String>,
+    dev: Option<String>,
+    via: Option<String>,
+    table: Option<String>,
+    /// The route as `ip route` writes it.
+    route: String,
+    fix: String,
+}
+
+impl RouteJson {
+    fn of(m: &Misrouted) -> Self {
+        let (kind, dev, via, table) = match &m.hop {
+            Hop::Via {
+                dev,
+                gateway,
+                table,
+            } => (
+                "unicast",
+                Some(dev.clone()),
+                gateway.map(|g| g.to_string()),
+                table.clone(),
+            ),
+            Hop::Null(n) => (n.kind.as_str(), None, None, n.table.clone()),
+            Hop::None => ("none", None, None, None),
+        };
+        Self {
+            range: m.range.to_string(),
+            kind,
+            prefix: m.prefix.map(|p| p.to_string()),
+            dev,
+            via,
+            table,
+            route: m.route_text(),
+            fix: m.fix(),
         }
     }
 }
@@ -103,7 +156,8 @@ mod tests {
             }),
         }];
         let ranges = RangesInfo::of(&crate::ranges::RangeSet::embedded());
-        let v = serde_json::to_value(AuditJson::of(ranges, &lists)).unwrap();
+        let v = serde_json::to_value(AuditJson::of(ranges, &lists, &[])).unwrap();
+        assert_eq!(v["routes"], serde_json::json!([]));
         assert_eq!(v["complete"], false);
         assert_eq!(
             v["allowlists"][0],

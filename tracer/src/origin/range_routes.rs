@@ -1,0 +1,480 @@
+//! Routes that swallow the edge: for every watched range, the way this host would send a reply
+//! there, against the way its default route goes. A VPC route `172.0.0.0/8` via a peering
+//! connection takes Cloudflare's `172.64.0.0/13` with it; a null route or a VPN client's routes
+//! do the same to others. Knowable before any traffic (Cloudflare shows 523, or 522).
+//!
+//! The kernel decides (`ip route get`, policy rules included): nothing here re-implements
+//! routing. Each range is asked about at its first address and at the first address of every
+//! listed route lying inside it (a more specific route may take only part of a range); the
+//! listing only names the route the kernel picked.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_json::Value;
+
+use super::routes::{null_route_for, NullRoute, NullRouteEntry};
+
+/// Where the kernel sends a reply to an address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hop {
+    /// Out of an interface, maybe through a gateway, from a table (None: main).
+    Via {
+        dev: String,
+        gateway: Option<IpAddr>,
+        table: Option<String>,
+    },
+    /// Nowhere: a route of type unreachable, blackhole or prohibit.
+    Null(NullRouteEntry),
+    /// No route at all (the kernel said "Network is unreachable").
+    None,
+}
+
+/// A watched range (or part of one) whose replies do not leave the way the default route goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Misrouted {
+    pub range: IpNet,
+    /// The address the kernel was asked about.
+    pub probe: IpAddr,
+    /// The route that took it, as listed (`172.0.0.0/8`), when one is.
+    pub prefix: Option<IpNet>,
+    pub hop: Hop,
+    /// The default route's way for this family, when there is one.
+    pub default: Option<Hop>,
+}
+
+impl Misrouted {
+    /// The route as `ip route` writes it: "172.0.0.0/8 via 10.8.0.1 dev tun0 table 100",
+    /// "unreachable 173.245.48.0/20".
+    pub fn route_text(&self) -> String {
+        match &self.hop {
+            Hop::Null(n) => n.describe(),
+            Hop::None => "no route".into(),
+            Hop::Via {
+                dev,
+                gateway,
+                table,
+            } => {
+                let mut s = self
+                    .prefix
+                    .map_or_else(|| self.probe.to_string(), |p| p.to_string());
+                if let Some(g) = gateway {
+                    s += &format!(" via {g}");
+                }
+                s += &format!(" dev {dev}");
+                if let Some(t) = table {
+                    s += &format!(" table {t}");
+                }
+                s
+            }
+        }
+    }
+
+    /// What to do, in `ip` terms.
+    pub fn fix(&self) -> String {
+        let v6 = if self.range.addr().is_ipv6() {
+            "-6 "
+        } else {
+            ""
+        };
+        let back = match &self.default {
+            Some(Hop::Via { dev, gateway, .. }) => {
+                let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+                format!("ip {v6}route add {}{via} dev {dev}", self.range)
+            }
+            _ => format!(
+                "ip {v6}route add {} via <your upstream gateway>",
+                self.range
+            ),
+        };
+        match &self.hop {
+            Hop::Null(n) => format!(
+                "replies to {} are dropped by `{}`: remove it (`{}`) unless it is meant to block Cloudflare",
+                self.range,
+                n.describe(),
+                n.delete_command()
+            ),
+            Hop::None => format!(
+                "this host has no route to {}: add one the way the internet is reached (`{back}`)",
+                self.range
+            ),
+            Hop::Via { .. } => format!(
+                "replies to {} leave by `{}`, not the default route: narrow that route so it no longer covers Cloudflare's range (in a cloud VPC, its route table's peering/VPN entry), or add the range back the default way, more specific than it (`{back}`)",
+                self.range,
+                self.route_text()
+            ),
+        }
+    }
+}
+
+/// A parsed `ip -j -d route get` answer.
+pub fn parse_get(json: &str) -> Option<Hop> {
+    let v: Value = serde_json::from_str(json).ok()?;
+    let r = v.as_array()?.first()?;
+    let kind = r["type"].as_str().unwrap_or("unicast");
+    let null = match kind {
+        "unreachable" => Some(NullRoute::Unreachable),
+        "blackhole" => Some(NullRoute::Blackhole),
+        "prohibit" => Some(NullRoute::Prohibit),
+        _ => None,
+    };
+    if let Some(k) = null {
+        return Some(Hop::Null(NullRouteEntry {
+            kind: k,
+            prefix: None,
+            table: table_of(&r["table"]),
+        }));
+    }
+    Some(Hop::Via {
+        dev: r["dev"].as_str()?.to_string(),
+        gateway: r["gateway"].as_str().and_then(|g| g.parse().ok()),
+        table: table_of(&r["table"]),
+    })
+}
+
+fn table_of(v: &Value) -> Option<String> {
+    match v {
+        Value::String(t) if t != "main" => Some(t.clone()),
+        Value::Number(n) if n.as_u64() != Some(254) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The routes `ip -j route show table all` lists: (prefix, table), default routes included.
+pub fn parse_listing(json: &str, v6: bool) -> Vec<(IpNet, Option<String>, Value)> {
+    let routes: Vec<Value> = serde_json::from_str(json).unwrap_or_default();
+    routes
+        .into_iter()
+        .filter_map(|r| {
+            let dst = r["dst"].as_str()?;
+            let net: IpNet = match dst {
+                "default" if v6 => "::/0".parse().ok()?,
+                "default" => "0.0.0.0/0".parse().ok()?,
+                d => d
+                    .parse()
+                    .ok()
+                    .or_else(|| d.parse::<IpAddr>().ok().map(IpNet::from))?,
+            };
+            Some((net, table_of(&r["table"]), r))
+        })
+        .collect()
+}
+
+/// The addresses to ask about for `range`: its first address, and the first address of each
+/// listed route strictly inside it (where part of it may go another way).
+pub fn probes(range: IpNet, listed: &[(IpNet, Option<String>, Value)]) -> Vec<IpAddr> {
+    let mut out = vec![range.network()];
+    for (net, _, _) in listed {
+        if range.contains(net) && net.prefix_len() > range.prefix_len() {
+            out.push(net.network());
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Does `hop` leave the way `default` does? (The same interface and gateway; the table may
+/// differ: a policy rule sending the edge through a copy of main is fine.)
+pub fn same_way(hop: &Hop, default: &Hop) -> bool {
+    match (hop, default) {
+        (
+            Hop::Via {
+                dev: a,
+                gateway: ga,
+                ..
+            },
+            Hop::Via {
+                dev: b,
+                gateway: gb,
+                ..
+            },
+        ) => a == b && ga == gb,
+        _ => false,
+    }
+}
+
+/// The most specific listed route of the hop's table that covers `probe`: the one the kernel
+/// used, named.
+fn prefix_for(
+    probe: IpAddr,
+    hop: &Hop,
+    listed: &[(IpNet, Option<String>, Value)],
+) -> Option<IpNet> {
+    let Hop::Via { dev, table, .. } = hop else {
+        return None;
+    };
+    listed
+        .iter()
+        .filter(|(net, t, r)| {
+            net.contains(&probe) && t == table && r["dev"].as_str().is_none_or(|d| d == dev)
+        })
+        .map(|(net, _, _)| *net)
+        .max_by_key(IpNet::prefix_len)
+}
+
+/// Every watched range (or part of one) this host routes another way than its default route:
+/// `get` asks the kernel for one address (`ip -j -d route get`; Err: its error text), `listed`
+/// is `ip -j route show table all` for the family, `null_listing` lists the routes of a null
+/// type. Pure given those, so tests drive it with recorded answers.
+pub fn misrouted(
+    ranges: &[IpNet],
+    default: Option<Hop>,
+    listed: &[(IpNet, Option<String>, Value)],
+    get: impl Fn(IpAddr) -> Result<Hop, String>,
+    null_listing: impl Fn(NullRoute) -> String,
+) -> Vec<Misrouted> {
+    let mut out = Vec::new();
+    for &range in ranges {
+        for probe in probes(range, listed) {
+            let hop = match get(probe) {
+                Ok(Hop::Null(n)) if n.prefix.is_none() => {
+                    Hop::Null(null_route_for(&null_listing(n.kind), n.kind, probe))
+                }
+                Ok(h) => h,
+                Err(e) => match null_of_error(&e) {
+                    Some(kind) => Hop::Null(null_route_for(&null_listing(kind), kind, probe)),
+                    None => Hop::None,
+                },
+            };
+            let fine = match &default {
+                Some(d) => same_way(&hop, d),
+                // No default route: only a null route or no route at all is wrong.
+                None => matches!(hop, Hop::Via { .. }),
+            };
+            if fine {
+                continue;
+            }
+            let prefix = match &hop {
+                Hop::Null(n) => n.prefix,
+                _ => prefix_for(probe, &hop, listed),
+            };
+            // The part of the range the route takes: all of it when the route is as wide or
+            // wider, else the route's own prefix.
+            let part = match prefix {
+                Some(p) if p.prefix_len() > range.prefix_len() => p,
+                _ => range,
+            };
+            if out.iter().any(|m: &Misrouted| m.range == part) {
+                continue;
+            }
+            out.push(Misrouted {
+                range: part,
+                probe,
+                prefix,
+                hop,
+                default: default.clone(),
+            });
+        }
+    }
+    out
+}
+
+fn null_of_error(e: &str) -> Option<NullRoute> {
+    if e.contains("No route to host") {
+        Some(NullRoute::Unreachable)
+    } else if e.contains("Invalid argument") {
+        Some(NullRoute::Blackhole)
+    } else if e.contains("Permission denied") {
+        Some(NullRoute::Prohibit)
+    } else {
+        None
+    }
+}
+
+/// The audit on this host, in this network namespace: both families.
+pub fn audit(v4: &[IpNet], v6: &[IpNet]) -> Vec<Misrouted> {
+    let mut out = Vec::new();
+    for (ranges, family, is_v6) in [(v4, "-4", false), (v6, "-6", true)] {
+        if ranges.is_empty() {
+            continue;
+        }
+        let listed = parse_listing(
+            &super::run_tool("ip", &[family, "-j", "route", "show", "table", "all"])
+                .unwrap_or_default(),
+            is_v6,
+        );
+        let default = super::run_tool(
+            "ip",
+            &[
+                family,
+                "-j",
+                "-d",
+                "route",
+                "get",
+                if is_v6 {
+                    "2001:4860:4860::8888"
+                } else {
+                    "8.8.8.8"
+                },
+            ],
+        )
+        .ok()
+        .and_then(|j| parse_get(&j))
+        .filter(|h| matches!(h, Hop::Via { .. }))
+        // A default route that is itself one of the swallowing kinds is no reference.
+        .filter(|_| listed.iter().any(|(n, _, _)| n.prefix_len() == 0));
+        let get = |a: IpAddr| {
+            super::run_tool("ip", &["-j", "-d", "route", "get", &a.to_string()])
+                .and_then(|j| parse_get(&j).ok_or_else(|| "unreadable answer".to_string()))
+        };
+        let null_listing = |k: NullRoute| {
+            super::run_tool(
+                "ip",
+                &[
+                    family,
+                    "-j",
+                    "route",
+                    "show",
+                    "table",
+                    "all",
+                    "type",
+                    k.as_str(),
+                ],
+            )
+            .unwrap_or_default()
+        };
+        out.extend(misrouted(ranges, default, &listed, get, null_listing));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn via(dev: &str, gw: &str) -> Hop {
+        Hop::Via {
+            dev: dev.into(),
+            gateway: Some(gw.parse().unwrap()),
+            table: None,
+        }
+    }
+
+    /// The issue's case, recorded: `172.0.0.0/8 via 10.8.0.1 dev tun0` and `unreachable
+    /// 173.245.48.0/20`, the default route via 192.0.2.254 dev eth0.
+    #[test]
+    fn the_swallowed_ranges_and_only_they_are_listed() {
+        let listing = r#"[{"dst":"default","gateway":"192.0.2.254","dev":"eth0","flags":[]},
+            {"dst":"172.0.0.0/8","gateway":"10.8.0.1","dev":"tun0","flags":[]},
+            {"type":"unreachable","dst":"173.245.48.0/20","flags":[]},
+            {"dst":"192.0.2.0/24","dev":"eth0","protocol":"kernel","scope":"link","flags":[]}]"#;
+        let listed = parse_listing(listing, false);
+        let ranges: Vec<IpNet> = [
+            "173.245.48.0/20",
+            "103.21.244.0/22",
+            "172.64.0.0/13",
+            "104.16.0.0/13",
+        ]
+        .iter()
+        .map(|r| r.parse().unwrap())
+        .collect();
+        let get = |a: IpAddr| -> Result<Hop, String> {
+            let s = a.to_string();
+            if s.starts_with("172.") {
+                Ok(via("tun0", "10.8.0.1"))
+            } else if s.starts_with("173.245.") {
+                Err("ip: RTNETLINK answers: No route to host".into())
+            } else {
+                Ok(via("eth0", "192.0.2.254"))
+            }
+        };
+        let nulls = |_k: NullRoute| {
+            r#"[{"type":"unreachable","dst":"173.245.48.0/20","flags":[]}]"#.to_string()
+        };
+        let m = misrouted(
+            &ranges,
+            Some(via("eth0", "192.0.2.254")),
+            &listed,
+            get,
+            nulls,
+        );
+        let names: Vec<String> = m.iter().map(|m| m.range.to_string()).collect();
+        assert_eq!(names, ["173.245.48.0/20", "172.64.0.0/13"]);
+        assert_eq!(m[0].route_text(), "unreachable 173.245.48.0/20");
+        assert!(
+            m[0].fix()
+                .contains("ip route del unreachable 173.245.48.0/20"),
+            "{}",
+            m[0].fix()
+        );
+        assert_eq!(m[1].route_text(), "172.0.0.0/8 via 10.8.0.1 dev tun0");
+        assert!(
+            m[1].fix()
+                .contains("ip route add 172.64.0.0/13 via 192.0.2.254 dev eth0"),
+            "{}",
+            m[1].fix()
+        );
+        // All well: nothing listed.
+        let ok = misrouted(
+            &ranges,
+            Some(via("eth0", "192.0.2.254")),
+            &[],
+            |_| Ok(via("eth0", "192.0.2.254")),
+            |_| String::new(),
+        );
+        assert!(ok.is_empty());
+    }
+
+    /// A route more specific than a range takes only its part: that part is listed, found by
+    /// asking about the route's own first address.
+    #[test]
+    fn a_route_inside_a_range_names_its_part() {
+        let listed = parse_listing(
+            r#"[{"dst":"default","gateway":"192.0.2.254","dev":"eth0"},
+                {"dst":"104.18.0.0/16","gateway":"10.9.0.1","dev":"wg0","table":"100"}]"#,
+            false,
+        );
+        let range: IpNet = "104.16.0.0/13".parse().unwrap();
+        assert_eq!(
+            probes(range, &listed),
+            [
+                "104.16.0.0".parse::<IpAddr>().unwrap(),
+                "104.18.0.0".parse().unwrap()
+            ]
+        );
+        let get = |a: IpAddr| -> Result<Hop, String> {
+            Ok(if a.to_string().starts_with("104.18.") {
+                Hop::Via {
+                    dev: "wg0".into(),
+                    gateway: Some("10.9.0.1".parse().unwrap()),
+                    table: Some("100".into()),
+                }
+            } else {
+                via("eth0", "192.0.2.254")
+            })
+        };
+        let m = misrouted(
+            &[range],
+            Some(via("eth0", "192.0.2.254")),
+            &listed,
+            get,
+            |_| String::new(),
+        );
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].range.to_string(), "104.18.0.0/16");
+        assert_eq!(
+            m[0].route_text(),
+            "104.18.0.0/16 via 10.9.0.1 dev wg0 table 100"
+        );
+    }
+
+    #[test]
+    fn route_get_answers_parse() {
+        assert_eq!(
+            parse_get(
+                r#"[{"type":"unicast","dst":"8.8.8.8","gateway":"192.0.2.1","dev":"eth0","table":"main","prefsrc":"192.0.2.2"}]"#
+            ),
+            Some(via("eth0", "192.0.2.1"))
+        );
+        assert!(matches!(
+            parse_get(r#"[{"type":"blackhole","dst":"1.2.3.4","table":"main"}]"#),
+            Some(Hop::Null(NullRouteEntry {
+                kind: NullRoute::Blackhole,
+                ..
+            }))
+        ));
+        assert_eq!(parse_get("[]"), None);
+        assert_eq!(parse_get("nope"), None);
+    }
+}
