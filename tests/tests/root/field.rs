@@ -344,3 +344,39 @@ fn ranges_audit_names_exactly_the_swallowed_ranges() {
         .sh("ip route del 172.0.0.0/8; ip route del unreachable 173.245.48.0/20");
     assert_eq!(audit(&lab)["routes"], serde_json::json!([]));
 }
+
+/// The agent's gauge of swallowed ranges follows the routes: 0, then 2 once a route takes
+/// 172.64.0.0/13 and a null route 173.245.48.0/20 (the route changes trigger an audit), 0
+/// again once they are gone.
+#[test]
+fn the_agent_counts_misrouted_ranges() {
+    use integration_tests::{agent::Agent, metric, TempDir};
+    use std::time::Duration;
+    let lab = integration_tests::Lab::new();
+    lab.edge_by_default_route(&[]);
+    let dir = TempDir::new(&format!("misrouted-{}", lab.origin.name));
+    let agent = Agent::on(&lab.origin, "443", "1", &dir.path("agent.log")).start();
+    agent.metrics_until(Duration::from_secs(10), |m| {
+        metric(m, "tracer_ranges_misrouted") == Some(0.0)
+    });
+    lab.origin.sh(
+        "ip link add vpn0 type veth peer name vpn1 && ip addr add 10.8.0.2/24 dev vpn0 && \
+         ip link set vpn0 up && ip link set vpn1 up && \
+         ip route add 172.0.0.0/8 via 10.8.0.1 dev vpn0 && \
+         ip route add unreachable 173.245.48.0/20",
+    );
+    agent.metrics_until(Duration::from_secs(15), |m| {
+        metric(m, "tracer_ranges_misrouted") == Some(2.0)
+    });
+    lab.origin
+        .sh("ip route del 172.0.0.0/8; ip route del unreachable 173.245.48.0/20");
+    agent.metrics_until(Duration::from_secs(15), |m| {
+        metric(m, "tracer_ranges_misrouted") == Some(0.0)
+    });
+    let stderr = agent.tracer.stderr_text();
+    assert!(
+        stderr.contains("172.64.0.0/13") && stderr.contains("do not leave by the default route"),
+        "{stderr}"
+    );
+    agent.stop();
+}

@@ -106,6 +106,7 @@ pub struct Metrics {
     requests_after_close: IntCounter,
     tls_ok: IntGaugeVec,
     tls_not_after: IntGaugeVec,
+    misrouted: IntGauge,
     changes: IntCounterVec,
 }
 
@@ -211,6 +212,11 @@ impl Metrics {
             "tracer_arrival_hook",
             "Where arriving SYNs are seen (value 1): xdp_driver, xdp_generic, tcx or tc_clsact.",
             &["hook"],
+        )?;
+        let misrouted = gauge(
+            &r,
+            "tracer_ranges_misrouted",
+            "Watched ranges (or parts of them) this host routes another way than its default route — another interface or gateway, or a null route — so replies to them do not get back (523/522); `tracer ranges --audit` lists them.",
         )?;
         let ranges_fetched = gauge(
             &r,
@@ -318,6 +324,7 @@ impl Metrics {
             requests_after_close,
             tls_ok,
             tls_not_after,
+            misrouted,
             changes,
         };
         m.every_series_from_the_start(ports);
@@ -530,6 +537,10 @@ impl Metrics {
         self.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), &self.kernel_release, hook])
             .set(1);
+    }
+
+    pub fn set_misrouted(&self, n: usize) {
+        self.misrouted.set(n as i64);
     }
 
     pub fn set_verdict(&self, verdict: Verdict) {

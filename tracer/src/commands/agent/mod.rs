@@ -32,6 +32,7 @@ use crate::{
 };
 
 mod ranges;
+mod route_audit;
 mod start;
 mod window_close;
 
@@ -153,6 +154,9 @@ struct Agent {
     health: Arc<crate::output::http::Health>,
     history_dirty: bool,
     last_verdict: Option<(crate::verdict::Verdict, SystemTime)>,
+    /// Watched ranges this host routes another way than its default route.
+    route_audit: route_audit::RouteAudit,
+    misrouted: Vec<crate::origin::range_routes::Misrouted>,
 }
 
 impl Sink for Agent {
@@ -242,6 +246,9 @@ impl Sink for Agent {
             self.metrics
                 .set_evicted(self.correlator.evicted, self.correlator.evicted_edge);
             self.watch_interface(capture);
+            if let Some(found) = self.route_audit.poll(&self.ranges) {
+                self.routes_audited(found);
+            }
             if std::mem::take(&mut self.history_dirty) {
                 self.publish_history();
             }
@@ -291,8 +298,25 @@ impl Agent {
             self.sink.event(key, Instant::now(), || line);
         }
         self.metrics.change(c.what);
+        if matches!(c.what, What::Route | What::Ranges) {
+            self.route_audit.mark();
+        }
         self.journal.push(c);
         self.history_dirty = true;
+    }
+
+    /// A route audit finished: the gauge, and a warning when what it found changed.
+    fn routes_audited(&mut self, found: Vec<crate::origin::range_routes::Misrouted>) {
+        self.metrics.set_misrouted(found.len());
+        let names = |v: &[crate::origin::range_routes::Misrouted]| {
+            v.iter().map(|m| m.range).collect::<Vec<_>>()
+        };
+        if names(&found) != names(&self.misrouted) {
+            for m in &found {
+                tracing::warn!(range = %m.range, route = %m.route_text(), "replies to a watched range do not leave by the default route: {}", m.fix());
+            }
+        }
+        self.misrouted = found;
     }
 
     /// Outcomes the correlator decided: into the metrics and the window's tally; attempts

@@ -186,6 +186,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         journal: Journal::default(),
         failure_clock: FailureClock::default(),
         dated: Vec::new(),
+        route_audit: super::route_audit::RouteAudit::new(),
+        misrouted: Vec::new(),
         last_failure: None,
         history,
         health,
