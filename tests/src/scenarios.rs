@@ -19,6 +19,9 @@ use crate::*;
 /// What a scenario keeps alive while the tracer watches (listeners, servers).
 pub type Keep = Vec<Box<dyn Any>>;
 
+/// An edge address in Cloudflare's 172.64.0.0/13 (the range a `172.0.0.0/8` route swallows).
+pub const SWALLOWED_EDGE_V4: &str = "172.64.1.10";
+
 pub struct Scenario {
     pub name: &'static str,
     pub expected: &'static str,
@@ -516,6 +519,25 @@ pub fn all() -> Vec<Scenario> {
             // The edge retransmits its SYN, as Cloudflare does: each retransmission meets the
             // pending request, which resends its SYN-ACK and frees the SYN (not a drop).
             traffic: |lab| retrying(lab, &[EDGE_V4; 3], ORIGIN_V4, 443),
+        },
+        Scenario {
+            // #31: a VPN or VPC peering route `172.0.0.0/8` takes Cloudflare's 172.64.0.0/13;
+            // the origin's default route is the right way.
+            name: "a 172.0.0.0/8 route swallows 172.64.0.0/13",
+            expected: "return_path",
+            counts: "syn=3 handshakes=0 unanswered=3",
+            ports: "443",
+            vantage: Vantage::Origin,
+            extra: &[],
+            setup: |lab| {
+                lab.edge_by_default_route(&[SWALLOWED_EDGE_V4]);
+                lab.dead_end_interface();
+                lab.origin.sh(&format!(
+                    "ip route add 172.0.0.0/8 via 10.99.0.2 dev {ROUTE_IF}"
+                ));
+                server(lab, "0.0.0.0", 443, ServerMode::Close)
+            },
+            traffic: |lab| retrying(lab, &[SWALLOWED_EDGE_V4; 3], ORIGIN_V4, 443),
         },
         Scenario {
             name: "SYN-ACKs lost beyond this host while the edge retransmits",

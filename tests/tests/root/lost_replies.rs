@@ -202,3 +202,21 @@ fn a_failure_older_than_the_tracer_is_said_honestly() {
         "{r:#}"
     );
 }
+
+/// #31's acceptance: edge traffic from a range a `172.0.0.0/8` route swallows is the return
+/// path, and the report names the swallowing route and the range first.
+#[test]
+fn a_route_swallowing_an_edge_range_is_named_first() {
+    let r = scenarios::verdict_of("a 172.0.0.0/8 route swallows 172.64.0.0/13");
+    let cause = &r["causes"][0];
+    let first = cause["evidence"][0].as_str().unwrap_or_default();
+    assert!(
+        first.contains("172.64.0.0/13") && first.contains("172.0.0.0/8 via 10.99.0.2"),
+        "{r:#}"
+    );
+    let steps = cause["next_steps"].to_string();
+    assert!(
+        steps.contains("ip route add 172.64.0.0/13 dev o521"),
+        "{r:#}"
+    );
+}

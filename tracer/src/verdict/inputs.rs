@@ -121,6 +121,9 @@ pub struct Inputs<'a> {
     pub classes: &'a [AttemptClass],
     /// The routes back to the peers of unanswered or reverse-path-filtered attempts.
     pub routes: &'a [Result<Route, String>],
+    /// Watched ranges this host routes another way than its default route (asked with the
+    /// routes back).
+    pub misrouted: &'a [crate::origin::range_routes::Misrouted],
     /// Reverse-path filtering in effect on the interface (0 off, 1 strict, 2 loose).
     pub rp_filter: Option<u8>,
     /// Answers to edge attempts dropped on their way out, by namespace and reason.

@@ -210,3 +210,62 @@ fn answers_dropped_outrank_queue_counters_for_their_attempts() {
     let by: Vec<(Verdict, u64)> = causes.iter().map(|c| (c.verdict, c.attempts)).collect();
     assert_eq!(by, [(Verdict::ReturnPath, 3), (Verdict::Overloaded, 2)]);
 }
+
+/// #31: SYN-ACKs to an edge peer in 172.64.0.0/13 lost while a VPN route `172.0.0.0/8` takes
+/// the range: the swallowing route is said first, with its fix, before the per-peer route.
+#[test]
+fn a_range_swallowed_by_a_route_is_named_first() {
+    use crate::origin::range_routes::{Hop, Misrouted};
+    let f = fixture();
+    let classes = [class(Outcome::Unanswered, None, &[("172.64.1.10", 3)])];
+    let routes = [Ok(Route {
+        peer: "172.64.1.10".parse().unwrap(),
+        local: "192.0.2.1".parse().unwrap(),
+        dev: "vpn0".into(),
+        gateway: Some("10.8.0.1".parse().unwrap()),
+        prefsrc: None,
+        table: None,
+        null: None,
+    })];
+    let via = |dev: &str, gw: &str| Hop::Via {
+        dev: dev.into(),
+        gateway: Some(gw.parse().unwrap()),
+        table: None,
+    };
+    let misrouted = [
+        Misrouted {
+            range: "172.64.0.0/13".parse().unwrap(),
+            probe: "172.64.0.0".parse().unwrap(),
+            prefix: Some("172.0.0.0/8".parse().unwrap()),
+            hop: via("vpn0", "10.8.0.1"),
+            default: Some(via("eth0", "192.0.2.254")),
+        },
+        // A swallowed range no peer of this window came from is left to the audit.
+        Misrouted {
+            range: "104.16.0.0/13".parse().unwrap(),
+            probe: "104.16.0.0".parse().unwrap(),
+            prefix: Some("104.0.0.0/8".parse().unwrap()),
+            hop: via("wg0", "10.9.0.1"),
+            default: Some(via("eth0", "192.0.2.254")),
+        },
+    ];
+    let mut i = inputs(&f, unanswered(3));
+    i.classes = &classes;
+    i.routes = &routes;
+    i.misrouted = &misrouted;
+    i.synack_retransmits = 3;
+    let (v, causes) = decide(&i);
+    assert_eq!(v, Verdict::ReturnPath, "{causes:#?}");
+    let c = &causes[0];
+    assert!(
+        c.evidence[0].contains("Cloudflare's 172.64.0.0/13 by `172.0.0.0/8 via 10.8.0.1 dev vpn0`"),
+        "{:#?}",
+        c.evidence
+    );
+    assert!(!c.evidence.join("\n").contains("104.16.0.0/13"));
+    assert!(
+        c.next_steps[0].contains("ip route add 172.64.0.0/13 via 192.0.2.254 dev eth0"),
+        "{:#?}",
+        c.next_steps
+    );
+}

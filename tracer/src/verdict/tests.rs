@@ -89,6 +89,7 @@ pub(super) fn inputs<'a>(f: &'a Fixture, edge: Counts) -> Inputs<'a> {
         backends: &[],
         classes: &[],
         routes: &[],
+        misrouted: &[],
         rp_filter: None,
         reply_drops: &[],
         lost_events: 0,

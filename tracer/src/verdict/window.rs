@@ -214,6 +214,15 @@ pub fn assemble(w: ClosedWindow) -> Report {
     } else {
         Vec::new()
     };
+    // Which of the watched ranges this host routes away from its default route: asked with
+    // the routes back, so a swallowed range is named as such first.
+    let misrouted = if routes.is_empty() {
+        Vec::new()
+    } else {
+        let v4: Vec<ipnet::IpNet> = ctx.ranges.v4.iter().map(|n| (*n).into()).collect();
+        let v6: Vec<ipnet::IpNet> = ctx.ranges.v6.iter().map(|n| (*n).into()).collect();
+        crate::origin::range_routes::audit(&v4, &v6)
+    };
     let rp_filter = (rp_dropped || lost_synacks)
         .then(|| routes::rp_filter(&ctx.interface))
         .flatten();
@@ -239,6 +248,7 @@ pub fn assemble(w: ClosedWindow) -> Report {
         backends: &backends,
         classes: &classes,
         routes: &routes,
+        misrouted: &misrouted,
         rp_filter,
         reply_drops: &reply_drops(tally, ctx, ruleset.as_ref()),
         lost_events: ctx.counted.lost_events,
