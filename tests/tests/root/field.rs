@@ -219,25 +219,27 @@ fn connlimit_is_reported_as_a_rate_limit() {
     assert!(ev.contains("INPUT rule 1"), "{ev}");
 }
 
+/// `tracer ranges --audit --format json` in the lab's origin namespace.
+fn audit(lab: &integration_tests::Lab) -> Value {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.origin.name])
+        .arg(integration_tests::tracer_bin())
+        .args(["ranges", "--audit", "--format", "json"])
+        .output()
+        .expect("tracer ranges --audit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON document")
+}
+
 /// `tracer ranges --audit` without traffic: the stale set lacks exactly 104.16.0.0/13, a
 /// complete one lacks nothing; exit 0 both ways.
 #[test]
 fn ranges_audit_names_exactly_the_missing_ranges() {
     let lab = integration_tests::Lab::new();
-    let audit = |lab: &integration_tests::Lab| -> Value {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &lab.origin.name])
-            .arg(integration_tests::tracer_bin())
-            .args(["ranges", "--audit", "--format", "json"])
-            .output()
-            .expect("tracer ranges --audit");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("one JSON document")
-    };
     let v = audit(&lab);
     assert_eq!(v["complete"], true, "{v:#}");
     assert_eq!(v["allowlists"].as_array().unwrap().len(), 0, "{v:#}");
@@ -282,20 +284,6 @@ fn ranges_audit_names_exactly_the_missing_ranges() {
 fn ranges_audit_names_exactly_the_swallowed_ranges() {
     let lab = integration_tests::Lab::new();
     lab.edge_by_default_route(&[]);
-    let audit = |lab: &integration_tests::Lab| -> Value {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &lab.origin.name])
-            .arg(integration_tests::tracer_bin())
-            .args(["ranges", "--audit", "--format", "json"])
-            .output()
-            .expect("tracer ranges --audit");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("one JSON document")
-    };
     let v = audit(&lab);
     assert_eq!(v["routes"], serde_json::json!([]), "{v:#}");
     lab.origin.sh(

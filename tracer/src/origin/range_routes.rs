@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::Value;
 
-use super::routes::{null_route_for, NullRoute, NullRouteEntry};
+use super::routes::{null_route_for, table_of, NullRoute, NullRouteEntry};
 
 /// Where the kernel sends a reply to an address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,14 +132,6 @@ pub fn parse_get(json: &str) -> Option<Hop> {
     })
 }
 
-fn table_of(v: &Value) -> Option<String> {
-    match v {
-        Value::String(t) if t != "main" => Some(t.clone()),
-        Value::Number(n) if n.as_u64() != Some(254) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 /// The routes `ip -j route show table all` lists: (prefix, table), default routes included.
 pub fn parse_listing(json: &str, v6: bool) -> Vec<(IpNet, Option<String>, Value)> {
     let routes: Vec<Value> = serde_json::from_str(json).unwrap_or_default();
@@ -232,7 +224,7 @@ pub fn misrouted(
                     Hop::Null(null_route_for(&null_listing(n.kind), n.kind, probe))
                 }
                 Ok(h) => h,
-                Err(e) => match null_of_error(&e) {
+                Err(e) => match NullRoute::of_error(&e) {
                     Some(kind) => Hop::Null(null_route_for(&null_listing(kind), kind, probe)),
                     None => Hop::None,
                 },
@@ -268,18 +260,6 @@ pub fn misrouted(
         }
     }
     out
-}
-
-fn null_of_error(e: &str) -> Option<NullRoute> {
-    if e.contains("No route to host") {
-        Some(NullRoute::Unreachable)
-    } else if e.contains("Invalid argument") {
-        Some(NullRoute::Blackhole)
-    } else if e.contains("Permission denied") {
-        Some(NullRoute::Prohibit)
-    } else {
-        None
-    }
 }
 
 /// The audit on this host, in this network namespace: both families.
@@ -318,22 +298,7 @@ pub fn audit(v4: &[IpNet], v6: &[IpNet]) -> Vec<Misrouted> {
             super::run_tool("ip", &["-j", "-d", "route", "get", &a.to_string()])
                 .and_then(|j| parse_get(&j).ok_or_else(|| "unreadable answer".to_string()))
         };
-        let null_listing = |k: NullRoute| {
-            super::run_tool(
-                "ip",
-                &[
-                    family,
-                    "-j",
-                    "route",
-                    "show",
-                    "table",
-                    "all",
-                    "type",
-                    k.as_str(),
-                ],
-            )
-            .unwrap_or_default()
-        };
+        let null_listing = |k: NullRoute| super::routes::null_routes_listed(is_v6, k);
         out.extend(misrouted(ranges, default, &listed, get, null_listing));
     }
     out

@@ -31,7 +31,7 @@ impl NullRoute {
     }
 
     /// The type a failed `ip route get` names by its error (the kernel's errno for the type).
-    fn of_error(message: &str) -> Option<Self> {
+    pub fn of_error(message: &str) -> Option<Self> {
         if message.contains("No route to host") {
             Some(Self::Unreachable)
         } else if message.contains("Invalid argument") {
@@ -146,21 +146,7 @@ pub fn route_back(peer: IpAddr, local: IpAddr) -> Result<Route, String> {
             let Some(kind) = NullRoute::of_error(&e) else {
                 return Err(format!("no route back to {peer} from {local}: {e}"));
             };
-            let family = if peer.is_ipv6() { "-6" } else { "-4" };
-            let listed = super::run_tool(
-                "ip",
-                &[
-                    family,
-                    "-j",
-                    "route",
-                    "show",
-                    "table",
-                    "all",
-                    "type",
-                    kind.as_str(),
-                ],
-            )
-            .unwrap_or_default();
+            let listed = null_routes_listed(peer.is_ipv6(), kind);
             Ok(Route {
                 peer,
                 local,
@@ -172,6 +158,25 @@ pub fn route_back(peer: IpAddr, local: IpAddr) -> Result<Route, String> {
             })
         }
     }
+}
+
+/// `ip -j route show table all type KIND` for a family (empty when `ip` fails).
+pub fn null_routes_listed(v6: bool, kind: NullRoute) -> String {
+    let family = if v6 { "-6" } else { "-4" };
+    super::run_tool(
+        "ip",
+        &[
+            family,
+            "-j",
+            "route",
+            "show",
+            "table",
+            "all",
+            "type",
+            kind.as_str(),
+        ],
+    )
+    .unwrap_or_default()
 }
 
 /// The most specific route of `kind` in `ip -j route show table all type KIND` that covers
@@ -201,7 +206,7 @@ pub fn null_route_for(json: &str, kind: NullRoute, peer: IpAddr) -> NullRouteEnt
 }
 
 /// A table name unless it is main (`ip -j` omits it there, or says "main" or 254).
-fn table_of(v: &Value) -> Option<String> {
+pub fn table_of(v: &Value) -> Option<String> {
     match v {
         Value::String(t) if t != "main" => Some(t.clone()),
         Value::Number(n) if n.as_u64() != Some(254) => Some(n.to_string()),
