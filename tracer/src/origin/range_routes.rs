@@ -231,8 +231,8 @@ pub fn misrouted(
             };
             let fine = match &default {
                 Some(d) => same_way(&hop, d),
-                // No default route: only a null route or no route at all is wrong.
-                None => matches!(hop, Hop::Via { .. }),
+                // No default route, no reference way: only a null route is surely wrong.
+                None => !matches!(hop, Hop::Null(_)),
             };
             if fine {
                 continue;

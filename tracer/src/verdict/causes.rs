@@ -21,6 +21,21 @@ pub(super) fn never_arriving(i: &Inputs<'_>) -> Cause {
         ports_text(i.ports),
         i.window_secs
     )];
+    let mut next_steps = Vec::new();
+    // Routes that swallow ranges first: known without traffic, and what an edge that gave up
+    // on this origin would leave behind.
+    if !i.misrouted.is_empty() {
+        evidence.push(format!(
+            "this host routes replies to {} of Cloudflare's ranges another way than its default route: {}",
+            i.misrouted.len(),
+            i.misrouted
+                .iter()
+                .map(|m| format!("{} by `{}`", m.range, m.route_text()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+        next_steps.extend(i.misrouted.iter().map(|m| super::sentence(&m.fix())));
+    }
     if i.non_edge.syn > 0 {
         evidence.push(format!(
             "{} connection attempts from other peers did arrive ({} completed): the interface works, the edge's SYNs are stopped before this host or sent elsewhere",
@@ -37,17 +52,13 @@ pub(super) fn never_arriving(i: &Inputs<'_>) -> Cause {
             i.interface
         ));
     }
-    Cause::new(
-        Verdict::NeverArriving,
-        0,
-        evidence,
-        vec![
+    next_steps.extend([
             "Check the DNS record in Cloudflare: the A/AAAA record must point at this origin's current public address (after a migration the old IP no longer answers); remove an AAAA record if the origin has no IPv6.".into(),
             "Check firewalls before this host (cloud security group, network ACL, provider firewall): they must allow Cloudflare's ranges to the ports above.".into(),
             format!("Check that {} is the interface the public address arrives on (--iface), and that traffic was expected in the window (Cloudflare connects only when requests come in).", i.interface),
             "Pause Cloudflare (DNS only, grey cloud) briefly to test whether the origin is reachable directly; check Cloudflare's status page for edge incidents.".into(),
-        ],
-    )
+        ]);
+    Cause::new(Verdict::NeverArriving, 0, evidence, next_steps)
 }
 
 pub(super) fn refused(i: &Inputs<'_>) -> Cause {

@@ -365,3 +365,13 @@ fn overload_evidence(i: &Inputs<'_>) -> Vec<String> {
     }
     ev
 }
+
+/// A clause as a next step: capitalised, with its full stop.
+pub(super) fn sentence(clause: &str) -> String {
+    let mut c = clause.chars();
+    let first: String = c
+        .next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default();
+    format!("{first}.")
+}

@@ -19,17 +19,18 @@ pub(super) fn return_path(i: &Inputs<'_>, lost: &LostAnswers) -> Cause {
     let mut evidence = Vec::new();
     let mut next_steps = Vec::new();
     // First: a route that swallows the ranges these peers came from (known without traffic).
-    for m in i
-        .misrouted
-        .iter()
-        .filter(|m| i.routes.iter().flatten().any(|r| m.range.contains(&r.peer)))
-    {
+    // Null routes are told below with the peer's own route (and unbanned the way they were
+    // banned).
+    for m in i.misrouted.iter().filter(|m| {
+        !matches!(m.hop, crate::origin::range_routes::Hop::Null(_))
+            && i.routes.iter().flatten().any(|r| m.range.contains(&r.peer))
+    }) {
         evidence.push(format!(
             "this host routes replies to Cloudflare's {} by `{}`, not the way its default route goes (`tracer ranges --audit` lists every such range)",
             m.range,
             m.route_text()
         ));
-        next_steps.push(format!("{}.", upper_first(&m.fix())));
+        next_steps.push(super::sentence(&m.fix()));
     }
     for r in i.reply_drops {
         reply_drops(i, r, &mut evidence, &mut next_steps);
@@ -261,11 +262,4 @@ fn reply_drops(
             ));
         }
     }
-}
-
-fn upper_first(s: &str) -> String {
-    let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_uppercase().chain(c).collect())
-        .unwrap_or_default()
 }

@@ -117,6 +117,42 @@ fn nothing_from_the_edge_is_never_arriving() {
     assert!(causes[0].evidence[1].contains("12 connection attempts from other peers"));
 }
 
+/// #31: nothing arrived while a null route swallows a range: the route is said right after
+/// the silence, and its removal is the first step.
+#[test]
+fn never_arriving_names_a_swallowed_range_first() {
+    use crate::origin::{
+        range_routes::{Hop, Misrouted},
+        routes::{NullRoute, NullRouteEntry},
+    };
+    let f = fixture();
+    let misrouted = [Misrouted {
+        range: "173.245.48.0/20".parse().unwrap(),
+        probe: "173.245.48.0".parse().unwrap(),
+        prefix: Some("173.245.48.0/20".parse().unwrap()),
+        hop: Hop::Null(NullRouteEntry {
+            kind: NullRoute::Blackhole,
+            prefix: Some("173.245.48.0/20".parse().unwrap()),
+            table: None,
+        }),
+        default: None,
+    }];
+    let mut i = inputs(&f, Counts::default());
+    i.misrouted = &misrouted;
+    let (v, causes) = decide(&i);
+    assert_eq!(v, Verdict::NeverArriving);
+    assert!(
+        causes[0].evidence[1].contains("173.245.48.0/20 by `blackhole 173.245.48.0/20`"),
+        "{:#?}",
+        causes[0].evidence
+    );
+    assert!(
+        causes[0].next_steps[0].contains("ip route del blackhole 173.245.48.0/20"),
+        "{:#?}",
+        causes[0].next_steps
+    );
+}
+
 #[test]
 fn refused_names_a_loopback_only_listener() {
     let mut f = fixture();

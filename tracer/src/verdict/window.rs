@@ -215,8 +215,8 @@ pub fn assemble(w: ClosedWindow) -> Report {
         Vec::new()
     };
     // Which of the watched ranges this host routes away from its default route: asked with
-    // the routes back, so a swallowed range is named as such first.
-    let misrouted = if routes.is_empty() {
+    // the routes back, or when nothing arrived, so a swallowed range is named first.
+    let misrouted = if routes.is_empty() && tally.edge.syn > 0 {
         Vec::new()
     } else {
         let v4: Vec<ipnet::IpNet> = ctx.ranges.v4.iter().map(|n| (*n).into()).collect();
