@@ -50,6 +50,10 @@ const TEST_PACKAGES: &[&str] = &[
     // verify the installed unit (systemd-analyze).
     "openssl",
     "systemd",
+    // The endpoint tests scrape over TLS with a password (curl); the range-refresh test serves
+    // the API over HTTPS from a private CA (python3's http.server).
+    "curl",
+    "python3",
     // The unit's system call filter is checked against the calls the agent makes (strace).
     "strace",
 ];
