@@ -53,6 +53,7 @@ pub mod flood;
 pub mod frames;
 pub mod scenarios;
 pub mod tools;
+pub mod tunnel;
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 

@@ -60,6 +60,8 @@ pub enum ServerMode {
     Close,
     /// Accept, then abort with RST (SO_LINGER 0).
     Reset,
+    /// Accept and hold the connection open (an edge's tunnel connection).
+    Hold,
 }
 
 /// An accept loop on a listener inside the origin namespace, stopped on drop.
@@ -74,13 +76,16 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
                         if mode == ServerMode::Reset {
                             let _ = socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO));
                         }
-                        drop(conn);
+                        if mode == ServerMode::Hold {
+                            held.push(conn);
+                        }
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -123,6 +128,30 @@ fn retrying(lab: &Lab, from: &[&str], to: &str, port: u16) {
 fn no_forwarding(lab: &Lab) {
     lab.origin
         .sh("sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0");
+}
+
+/// A Cloudflare Tunnel origin (#31): the stand-in `cloudflared` in the origin namespace
+/// dialling `service` for each request, the service listening on `listen` (none: down), and
+/// the edge answering its tunnel connection on 7844 when `edge_up`.
+fn tunnel(lab: &Lab, service: &str, listen: Option<&str>, edge_up: bool) -> Keep {
+    no_forwarding(lab);
+    let mut keep: Keep = Vec::new();
+    if let Some(addr) = listen {
+        keep.extend(server(lab, addr, 8080, ServerMode::Close));
+    }
+    if edge_up {
+        keep.push(Box::new(Server::start(
+            lab.edge.listen(EDGE_V4, 7844, 16),
+            ServerMode::Hold,
+        )));
+    }
+    let edge = sockaddr(EDGE_V4, 7844);
+    keep.push(Box::new(crate::tunnel::StandIn::start(
+        &lab.origin,
+        &[service.parse().expect("service address")],
+        Some(edge),
+    )));
+    keep
 }
 
 fn nothing(_: &Lab) -> Keep {
@@ -538,6 +567,47 @@ pub fn all() -> Vec<Scenario> {
                 server(lab, "0.0.0.0", 443, ServerMode::Close)
             },
             traffic: |lab| retrying(lab, &[SWALLOWED_EDGE_V4; 3], ORIGIN_V4, 443),
+        },
+        // #31: Cloudflare Tunnel origins. No edge SYN arrives; cloudflared's own dials say.
+        Scenario {
+            name: "tunnel: cloudflared dials [::1]:8080, the service listens on 127.0.0.1:8080",
+            expected: "tunnel_origin_unreachable",
+            counts: "syn=0",
+            ports: "443",
+            vantage: Vantage::Origin,
+            extra: &[],
+            setup: |lab| tunnel(lab, "[::1]:8080", Some("127.0.0.1"), true),
+            traffic: |_| {},
+        },
+        Scenario {
+            name: "tunnel: the service behind cloudflared is down",
+            expected: "tunnel_origin_unreachable",
+            counts: "syn=0",
+            ports: "443",
+            vantage: Vantage::Origin,
+            extra: &[],
+            setup: |lab| tunnel(lab, "127.0.0.1:8080", None, true),
+            traffic: |_| {},
+        },
+        Scenario {
+            name: "tunnel: cloudflared cannot connect to the edge",
+            expected: "tunnel_down",
+            counts: "syn=0",
+            ports: "443",
+            vantage: Vantage::Origin,
+            extra: &[],
+            setup: |lab| tunnel(lab, "127.0.0.1:8080", Some("127.0.0.1"), false),
+            traffic: |_| {},
+        },
+        Scenario {
+            name: "tunnel: a healthy tunnel origin",
+            expected: "healthy",
+            counts: "syn=0",
+            ports: "443",
+            vantage: Vantage::Origin,
+            extra: &[],
+            setup: |lab| tunnel(lab, "127.0.0.1:8080", Some("127.0.0.1"), true),
+            traffic: |_| {},
         },
         Scenario {
             name: "SYN-ACKs lost beyond this host while the edge retransmits",

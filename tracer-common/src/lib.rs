@@ -43,6 +43,13 @@ pub enum EventKind {
     /// A followed edge connection was reset (`EVENT_F_EGRESS`: by the origin) while a request
     /// was waiting for its response.
     ExchangeReset = 14,
+    /// A process userspace named in `DIALERS` (a tunnel's `cloudflared`) connecting out
+    /// (`sock:inet_sock_set_state`): the connect (-> SYN_SENT), its answer (SYN_SENT ->
+    /// ESTABLISHED or CLOSE), or the connection ending with an error. `state` is
+    /// `old << 8 | new`, `aux` the connecting task's `pid_tgid`, the peer the address dialled;
+    /// with `EVENT_F_HAS_REASON`, `reason` is the socket's error (`sk_err`, an errno) as it
+    /// closed. The local port is 0 at the connect (the kernel picks it just after).
+    Dial = 15,
 }
 
 impl EventKind {
@@ -60,6 +67,7 @@ impl EventKind {
             12 => Self::OriginClosed,
             13 => Self::RequestAfterClose,
             14 => Self::ExchangeReset,
+            15 => Self::Dial,
             _ => return None,
         })
     }
@@ -461,6 +469,11 @@ impl SockOffsets {
     }
 }
 
+/// Processes whose connections are followed (`DIALERS`), at most.
+pub const DIALERS_MAX: u32 = 64;
+/// Their connections being followed (`DIALS`), at most.
+pub const DIALS_MAX: u32 = 4096;
+
 /// [`Config::flags`]: emit events for peers outside the watched ranges too.
 pub const CONFIG_F_ALL_PEERS: u32 = 1 << 0;
 /// [`Config::flags`]: drop tracepoint events whose network namespace is not `netns_inum`.
@@ -502,7 +515,8 @@ pub struct Config {
     pub retransmit_synack: SockTpLayout,
     /// `req` field of `tcp_retransmit_synack` (unused today, kept for layout checks).
     pub synack_req: u16,
-    pub _pad: u16,
+    /// `sock.sk_err`: the error a dialling socket closed with (BTF kernels).
+    pub sk_err: u16,
     pub sock: SockOffsets,
     /// With [`CONFIG_F_ATTEMPT_DROPS`]: the drop reasons reported for packets other than SYNs.
     pub drop_reasons: [u64; DROP_REASON_WORDS],
@@ -543,7 +557,7 @@ impl Config {
         set_state: SockTpLayout::ABSENT,
         retransmit_synack: SockTpLayout::ABSENT,
         synack_req: FIELD_ABSENT,
-        _pad: 0,
+        sk_err: FIELD_ABSENT,
         sock: SockOffsets::ABSENT,
         drop_reasons: [0; DROP_REASON_WORDS],
         teardown_reasons: [0; DROP_REASON_WORDS],

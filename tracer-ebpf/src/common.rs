@@ -7,15 +7,15 @@ use aya_ebpf::{
     maps::{
         lpm_trie::{Key, LpmTrie},
         ring_buf::RingBufEntry,
-        Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
+        Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
     },
     programs::TracePointContext,
 };
 use tracer_common::{
     counter, slot_bucket, ArrivalKey, ArrivalSlot, Config, Event, Ipv4Key, Ipv6Key, ListenBudget,
     SynCursor, SynRecord, ARRIVAL_SLOTS, CONFIG_F_ALL_PEERS, CONFIG_F_FOLLOW_FORWARDED,
-    CONFIG_F_NETNS_FILTER, EVENT_F_EDGE, FIELD_ABSENT, LISTEN_BUDGETS, LISTEN_PER_SEC,
-    PORT_BITMAP_WORDS, PREFILTER_WORDS, REFUSED_PORTS, SLASH24_WORDS,
+    CONFIG_F_NETNS_FILTER, DIALERS_MAX, DIALS_MAX, EVENT_F_EDGE, FIELD_ABSENT, LISTEN_BUDGETS,
+    LISTEN_PER_SEC, PORT_BITMAP_WORDS, PREFILTER_WORDS, REFUSED_PORTS, SLASH24_WORDS,
 };
 
 /// Written by userspace at load time; read with `read_volatile` so the compiler cannot fold the
@@ -89,6 +89,18 @@ pub static EDGE_V6_PREFILTER: Array<u64> = Array::with_max_entries(PREFILTER_WOR
 /// bucket's worth when nothing is followed (lookups past the end find nothing).
 #[map]
 pub static ARRIVALS: Array<ArrivalSlot> = Array::with_max_entries(2, 0);
+
+/// Processes whose outgoing connections are followed (a tunnel's `cloudflared`), by thread
+/// group id. Userspace finds them by name and keeps this current.
+#[map]
+pub static DIALERS: HashMap<u32, u8> = HashMap::with_max_entries(DIALERS_MAX, 0);
+/// `[0]`: how many `DIALERS` there are. While 0, a state change looks no further than this
+/// one array load (it runs for every connection the host makes or accepts).
+#[map]
+pub static DIALERS_ON: Array<u32> = Array::with_max_entries(1, 0);
+/// Their connections being followed: socket address -> the connecting task's `pid_tgid`.
+#[map]
+pub static DIALS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(DIALS_MAX, 0);
 
 /// Reads one configuration field without letting the compiler assume its initial value.
 macro_rules! config {

@@ -5,6 +5,7 @@
 
 mod arrival;
 mod common;
+mod dial;
 mod drop;
 mod empty;
 mod exchange;

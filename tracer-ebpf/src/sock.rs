@@ -22,17 +22,18 @@ use crate::common::{
     peer_is_edge_v4, peer_is_edge_v6, port_watched, reserve_event,
 };
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+pub(crate) const AF_INET: u16 = 2;
+pub(crate) const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
+pub(crate) const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
-const TCP_CLOSE: i32 = 7;
+pub(crate) const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
 
 /// Reads the split address fields: the `s*` side is the local socket, `d*` the peer.
 #[inline(always)]
-fn read_split(ctx: &TracePointContext, l: &SockTpLayout, ev: &mut Event) -> Option<()> {
+pub(crate) fn read_split(ctx: &TracePointContext, l: &SockTpLayout, ev: &mut Event) -> Option<()> {
     // Older kernels' tcp_event_sk_skb has no family: its IPv6 fields always hold the
     // addresses, IPv4 ones v4-mapped (TP_STORE_ADDRS), which unmap_v4 turns back.
     let family: u16 = if l.family == FIELD_ABSENT {
@@ -83,7 +84,7 @@ fn read_sockaddr(ctx: &TracePointContext, offset: u16) -> Option<(u16, u16, [u8;
 /// A dual-stack (`[::]`) socket reports IPv4 peers as v4-mapped IPv6 (::ffff:a.b.c.d); the
 /// packets themselves are IPv4, so the event must be too.
 #[inline(always)]
-fn unmap_v4(ev: &mut Event) {
+pub(crate) fn unmap_v4(ev: &mut Event) {
     let mapped = |a: &[u8; 16]| a[..10] == [0u8; 10] && a[10] == 0xff && a[11] == 0xff;
     if ev.family == 6 && mapped(&ev.peer_addr) && mapped(&ev.local_addr) {
         ev.family = 4;
@@ -197,6 +198,7 @@ pub fn btf_set_state(ctx: BtfTracePointContext) -> u32 {
 fn try_btf_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
+    let _ = crate::dial::btf_dial(ctx.arg(0), old, new);
     if listener_change(old, new) {
         return emit_listen_event(ctx.arg(0), old, new);
     }
@@ -351,6 +353,11 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     let l = config!(set_state);
     let old: i32 = field(ctx, l.oldstate)?;
     let new: i32 = field(ctx, l.newstate)?;
+    if field::<u16>(ctx, l.protocol).unwrap_or(IPPROTO_TCP) == IPPROTO_TCP {
+        if let Some(sk) = field::<u64>(ctx, l.skaddr) {
+            let _ = crate::dial::classic_dial(ctx, &l, sk, old, new);
+        }
+    }
     let listen = listener_change(old, new);
     let kind = if listen {
         EventKind::Listen

@@ -196,6 +196,30 @@ impl CaptureArgs {
     }
 }
 
+/// The Cloudflare Tunnel on this host, shared by diagnose and agent.
+#[derive(Args, Debug, Clone)]
+pub struct TunnelArgs {
+    /// The name of the Cloudflare Tunnel process to watch (a renamed cloudflared binary): its
+    /// connections to the services it forwards to and to the edge are followed, in any
+    /// namespace. Names longer than 15 bytes match on their first 15, as the kernel keeps them.
+    #[arg(long = "tunnel-process", value_name = "NAME", default_value = crate::origin::tunnel::DEFAULT_NAME, value_parser = parse_process_name)]
+    pub tunnel_process: String,
+}
+
+/// `--tunnel-process`: a process name as /proc/PID/comm shows it.
+fn parse_process_name(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.contains('/') || text.chars().any(char::is_control) {
+        return Err(
+            "must be a process name as `ps -o comm` shows it (no '/', not empty), e.g. cloudflared"
+                .into(),
+        );
+    }
+    if text.len() > 255 {
+        return Err("must be at most 255 bytes (the kernel keeps 15)".into());
+    }
+    Ok(text.to_string())
+}
+
 /// Where the watched ranges come from — the same for every command, so a peer is an edge
 /// peer for `events` exactly when it is for `diagnose` and `agent`.
 #[derive(Args, Debug, Clone, Default)]
@@ -245,6 +269,8 @@ pub struct DiagnoseArgs {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub timeouts: EdgeTimeouts,
+    #[command(flatten)]
+    pub tunnel: TunnelArgs,
     /// Answer from the running agent's recent history instead of watching a new window: when
     /// the current failure began and what changed on the host in the last DURATION (e.g.
     /// 10m). Needs no privileges; the agent must run on this host.
@@ -330,6 +356,8 @@ pub struct AgentArgs {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub timeouts: EdgeTimeouts,
+    #[command(flatten)]
+    pub tunnel: TunnelArgs,
     /// Scheduling niceness (-20..19). The agent needs about 1% of a core at 40k new
     /// connections/s and the kernel buffers seconds of events, so by default it yields to the
     /// server it watches; any shortfall shows as `loss` events and tracer_events_lost_total.

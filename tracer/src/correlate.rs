@@ -25,9 +25,11 @@ pub use crate::model::outcome::{Backend, Outcome};
 
 mod attempt;
 mod counts;
+pub mod dials;
 pub mod exchanges;
 pub mod kernel_account;
 pub mod timing;
+pub mod tunnel;
 
 pub use attempt::{Attempt, ReplyDrop};
 pub use counts::Counts;
@@ -280,7 +282,7 @@ impl Correlator {
     pub fn observe_record(&mut self, record: &Record) -> Option<Attempt> {
         match record {
             Record::Event(ev) => self.observe(ev),
-            Record::Listener(_) | Record::Exchange(_) => None,
+            Record::Listener(_) | Record::Exchange(_) | Record::Dial(_) => None,
             Record::Loss { count, ts } => {
                 self.lost_events += count;
                 self.last_loss = Some(self.last_loss.map_or(*ts, |t| t.max(*ts)));

@@ -213,10 +213,14 @@ const CONFINED_SUITES: &[(&str, &[&str])] = &[
             "tls",
             "lost_replies",
             "timing",
+            "tunnel",
             "web",
         ],
     ),
-    ("daemonset", &["containers", "docker", "timing", "web"]),
+    (
+        "daemonset",
+        &["containers", "docker", "timing", "tunnel", "web"],
+    ),
 ];
 
 /// A test suite silent this long is hung: it is killed, so CI fails with the test's name

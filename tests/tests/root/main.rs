@@ -22,5 +22,6 @@ mod ranges;
 mod service;
 mod timing;
 mod tls;
+mod tunnel;
 mod web;
 mod xdp;

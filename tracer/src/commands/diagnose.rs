@@ -44,6 +44,8 @@ struct Window {
     watcher: Option<crate::journal::watch::Watcher>,
     /// Requests, responses and closes on edge connections.
     exchanges: crate::correlate::exchanges::Exchanges,
+    /// The Cloudflare Tunnel's processes and their dials.
+    tunnel: crate::correlate::tunnel::TunnelWatch,
 }
 
 /// The progress line's pace: redrawn at most 4 times a second, however often the capture
@@ -107,6 +109,10 @@ impl Sink for Window {
             self.exchanges.observe(x);
             return;
         }
+        if let Record::Dial(d) = &record {
+            self.tunnel.observe(d);
+            return;
+        }
         if let Some(done) = self.correlator.observe_record(&record) {
             self.tally.add(&done);
         }
@@ -123,6 +129,9 @@ impl Sink for Window {
             self.sampler.sample();
             self.last_sample = Instant::now();
             self.watch_interface(capture);
+            if let Some(pids) = self.tunnel.refresh() {
+                follow_tunnel(capture, &pids, &mut self.notes);
+            }
         }
         if let Some(p) = &mut self.progress {
             if p.due(Instant::now()) {
@@ -175,6 +184,16 @@ impl Sink for Window {
             eprint!("\r\x1b[2K");
         }
         Ok(())
+    }
+}
+
+/// Hands the tunnel's processes to the kernel; a failure is said once in the report.
+fn follow_tunnel(capture: &mut Capture, pids: &[u32], notes: &mut Vec<String>) {
+    if let Err(e) = capture.probe.set_dialers(pids) {
+        let note = format!("the tunnel's connections cannot be followed: {e:#}");
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
     }
 }
 
@@ -247,7 +266,12 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
             args.timeouts.edge_read_timeout,
             args.timeouts.edge_idle_timeout,
         ),
+        tunnel: crate::correlate::tunnel::TunnelWatch::new(&args.tunnel.tunnel_process),
     };
+    let pids = w.tunnel.pids();
+    if !pids.is_empty() {
+        follow_tunnel(&mut capture, &pids, &mut w.notes);
+    }
     session::run(&mut capture, &mut w, signals).await?;
 
     let interrupted = w.elapsed.is_some_and(|e| e < w.length);
@@ -270,6 +294,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
         arrival_hook,
         counted: at_start.until(&capture.running_counts(&iface)),
         tls_checked: tls.is_some(),
+        tunnel: w.tunnel.close_window(&ranges, netns),
     };
     // The window is over: its report is assembled here (the agent does it on another thread).
     w.tally.exchanges = w

@@ -34,6 +34,8 @@ pub struct BtfFacts {
     /// Offsets BTF did not give, named.
     pub missing: Vec<String>,
     pub sock: SockOffsets,
+    /// `sock.sk_err`: why a dialling socket closed.
+    pub sk_err: u16,
     pub drop_reasons: HashMap<u32, String>,
     pub reset_reasons: HashMap<u32, String>,
 }
@@ -62,6 +64,7 @@ impl BtfFacts {
             offsets,
             missing,
             sock: b.sock_offsets(),
+            sk_err: b.offset_of("sock", "sk_err").unwrap_or(FIELD_ABSENT),
             drop_reasons: b.enum_names("skb_drop_reason", "SKB_DROP_REASON_"),
             reset_reasons: b.enum_names("sk_rst_reason", "SK_RST_REASON_"),
         }
@@ -130,6 +133,7 @@ pub fn configure(facts: Facts, wanted: &Wanted, kallsyms: impl FnOnce() -> Symbo
         let (offsets, missing) = (b.offsets, &b.missing);
         config.kernel = offsets;
         config.sock = b.sock;
+        config.sk_err = b.sk_err;
         if offsets.sk_net != FIELD_ABSENT
             && offsets.net_inum != FIELD_ABSENT
             && offsets.skb_sk != FIELD_ABSENT
@@ -287,6 +291,7 @@ print fmt: \"x\"
                 v6_rcv_saddr: 72,
                 v6_daddr: 56,
             },
+            sk_err: 372,
             drop_reasons: HashMap::new(),
             reset_reasons: HashMap::new(),
         }

@@ -22,6 +22,37 @@ impl Probe {
         Ok(())
     }
 
+    /// The processes whose outgoing connections the kernel follows (a tunnel's `cloudflared`,
+    /// by thread group id): added ones first, then gone ones removed, then the count the
+    /// state-change program checks first.
+    pub fn set_dialers(&mut self, tgids: &[u32]) -> Result<()> {
+        let wanted: std::collections::BTreeSet<u32> = tgids
+            .iter()
+            .copied()
+            .take(tracer_common::DIALERS_MAX as usize)
+            .collect();
+        let mut map: aya::maps::HashMap<&mut MapData, u32, u8> = aya::maps::HashMap::try_from(
+            self.ebpf
+                .map_mut("DIALERS")
+                .ok_or_else(|| anyhow!("DIALERS map missing"))?,
+        )?;
+        let present: Vec<u32> = map.keys().filter_map(|k| k.ok()).collect();
+        for t in &wanted {
+            map.insert(t, 1, 0).context("updating DIALERS")?;
+        }
+        for t in present.iter().filter(|t| !wanted.contains(t)) {
+            let _ = map.remove(t);
+        }
+        let mut on: Array<&mut MapData, u32> = Array::try_from(
+            self.ebpf
+                .map_mut("DIALERS_ON")
+                .ok_or_else(|| anyhow!("DIALERS_ON map missing"))?,
+        )?;
+        on.set(0, wanted.len() as u32, 0)
+            .context("updating DIALERS_ON")?;
+        Ok(())
+    }
+
     /// Replaces the watched ranges in place: new entries first, then stale ones removed, so a
     /// peer inside both lists never stops matching and nothing is detached.
     pub fn set_ranges(&mut self, ranges: &RangeSet) -> Result<()> {

@@ -14,6 +14,7 @@ use tracer_common::{
 use crate::{
     model::{
         clock::{Clock, JiffiesClock},
+        dial::{self, DialEvent},
         event::{Direction, Event, Flow, Kind, ListenerEvent, Record, State, TcpFlags, TcpState},
         exchange::{ExchangeEvent, Step, WaitingRequest},
     },
@@ -46,6 +47,19 @@ pub fn decode_record(
             peer_port: raw.peer_port,
             local_port: raw.local_port,
             step,
+        }));
+    }
+    if kind == EventKind::Dial {
+        let ip = addr(raw.family, &raw.peer_addr)?;
+        return Some(Record::Dial(DialEvent {
+            ts: clock.wall(raw.ts_ns),
+            pid: (raw.aux >> 32) as u32,
+            netns: raw.netns,
+            target: std::net::SocketAddr::new(ip, raw.peer_port),
+            step: dial::step_of(
+                raw.state,
+                (raw.flags & EVENT_F_HAS_REASON != 0).then_some(raw.reason),
+            )?,
         }));
     }
     if kind != EventKind::Listen {

@@ -65,7 +65,8 @@ impl Kind {
             | EventKind::ResponseBegan
             | EventKind::OriginClosed
             | EventKind::RequestAfterClose
-            | EventKind::ExchangeReset => return None,
+            | EventKind::ExchangeReset
+            | EventKind::Dial => return None,
         })
     }
 }
@@ -297,6 +298,8 @@ pub enum Record {
     Listener(ListenerEvent),
     /// A step of an edge connection's exchange (request, response, close).
     Exchange(super::exchange::ExchangeEvent),
+    /// A step of a tunnel process's connection out (to its service or to the edge).
+    Dial(super::dial::DialEvent),
     /// Events the kernel could not queue since the previous loss record.
     Loss {
         ts: SystemTime,

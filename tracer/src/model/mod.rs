@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod decode;
+pub mod dial;
 pub mod event;
 pub mod exchange;
 pub mod outcome;

@@ -105,13 +105,13 @@ impl Listener {
     }
 }
 
-fn parse_v4(hex: &str) -> Option<IpAddr> {
+pub(crate) fn parse_v4(hex: &str) -> Option<IpAddr> {
     // Stored as a host-order u32 of the network-order bytes.
     let raw = u32::from_str_radix(hex, 16).ok()?;
     Some(IpAddr::V4(Ipv4Addr::from(raw.to_ne_bytes())))
 }
 
-fn parse_v6(hex: &str) -> Option<IpAddr> {
+pub(crate) fn parse_v6(hex: &str) -> Option<IpAddr> {
     if hex.len() != 32 {
         return None;
     }

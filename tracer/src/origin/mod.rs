@@ -10,6 +10,7 @@ pub mod namespaces;
 pub mod proc_net;
 pub mod range_routes;
 pub mod routes;
+pub mod tunnel;
 
 use std::{
     io::Read as _,

@@ -253,7 +253,7 @@ impl EventRecord {
             Record::Event(ev) => Some(Self::of_event(ev, reasons)),
             Record::Loss { ts, count } => Some(Self::loss(*ts, *count)),
             // Exchanges are summed up in the report's timing, not logged one by one.
-            Record::Listener(_) | Record::Exchange(_) => None,
+            Record::Listener(_) | Record::Exchange(_) | Record::Dial(_) => None,
         }
     }
 

@@ -27,6 +27,8 @@ pub fn alert_for(verdict: Verdict) -> Option<&'static str> {
         Verdict::TlsFailure => Some("OriginTlsFailing"),
         Verdict::SlowResponse => Some("OriginRespondsTooSlowly"),
         Verdict::KeepaliveRace => Some("OriginClosesReusedConnections"),
+        Verdict::TunnelOriginUnreachable => Some("CloudflareTunnelOriginUnreachable"),
+        Verdict::TunnelDown => Some("CloudflareTunnelDown"),
         Verdict::Healthy => None,
     }
 }
@@ -108,6 +110,7 @@ pub struct Metrics {
     tls_not_after: IntGaugeVec,
     misrouted: IntGauge,
     changes: IntCounterVec,
+    pub tunnel: super::tunnel_metrics::TunnelMetrics,
 }
 
 /// The event log's counters: lines held back, lines not written, rotations failed.
@@ -136,19 +139,29 @@ fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter> {
     Ok(c)
 }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge> {
+pub(super) fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge> {
     let g = IntGauge::new(name, help)?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
 }
 
-fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec> {
+pub(super) fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec> {
     let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
+pub(super) fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec> {
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
@@ -213,6 +226,7 @@ impl Metrics {
             "Where arriving SYNs are seen (value 1): xdp_driver, xdp_generic, tcx or tc_clsact.",
             &["hook"],
         )?;
+        let tunnel = super::tunnel_metrics::TunnelMetrics::new(&r)?;
         let misrouted = gauge(
             &r,
             "tracer_ranges_misrouted",
@@ -326,6 +340,7 @@ impl Metrics {
             tls_not_after,
             misrouted,
             changes,
+            tunnel,
         };
         m.every_series_from_the_start(ports);
         // The standard process_* metrics: CPU seconds, resident memory, open files, start time.

@@ -16,5 +16,7 @@ pub mod metrics;
 pub mod report;
 pub mod report_json;
 pub mod text_wrap;
+pub mod tunnel_json;
+pub mod tunnel_metrics;
 pub mod verdict_record;
 pub mod web_config;

@@ -75,6 +75,8 @@ pub struct Report {
     pub edge_ports: Vec<u16>,
     /// How long the edge's handshakes took.
     pub timing: crate::correlate::timing::Timing,
+    /// The Cloudflare Tunnel on this host, when one ran or dialled in the window.
+    pub tunnel: Option<crate::correlate::tunnel::TunnelSeen>,
 }
 
 /// "0.0.0.0:443 (accept queue 0/511, port reservation)", "127.0.0.1:80 in container
@@ -89,6 +91,48 @@ fn listener_text(l: &Listener) -> String {
         Some(role) => format!("{text} ({queue}, {})", role.replace('_', " ")),
         None => format!("{text} ({queue})"),
     }
+}
+
+/// "cloudflared (pid 812) — dials: [::1]:8080 12 (0 connected; 12 refused (ECONNREFUSED));
+/// edge: 1 TCP connection to 7844, 0 UDP sockets"
+fn tunnel_text(t: &crate::correlate::tunnel::TunnelSeen) -> String {
+    let procs: Vec<String> = t.processes.iter().map(|p| p.describe()).collect();
+    let procs = if procs.is_empty() {
+        format!("{} (not running)", t.name)
+    } else {
+        procs.join(", ")
+    };
+    let services: Vec<String> = t
+        .services
+        .iter()
+        .map(|s| {
+            let failures = s.counts.failures_text();
+            format!(
+                "{} {} ({} connected{})",
+                s.target,
+                s.counts.dials,
+                s.counts.connected,
+                if failures.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {failures}")
+                }
+            )
+        })
+        .collect();
+    let e = &t.edge_sockets;
+    format!(
+        "{procs} — dials to services: {}; to the edge: {} ({} connected); held toward the edge: {} TCP connections to 7844, {} UDP sockets",
+        if services.is_empty() {
+            "none".to_string()
+        } else {
+            services.join(", ")
+        },
+        t.edge.dials,
+        t.edge.connected,
+        e.tcp_established,
+        e.udp
+    )
 }
 
 pub fn window_value(secs: f64) -> serde_json::Value {
@@ -214,6 +258,9 @@ impl Report {
         );
         for c in &self.tls {
             s += &wrap(&c.line(), "TLS ", "      ", WIDTH);
+        }
+        if let Some(t) = &self.tunnel {
+            s += &wrap(&tunnel_text(t), "Tunnel: ", "  ", WIDTH);
         }
         let counters: Vec<String> = self
             .counters

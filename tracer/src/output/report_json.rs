@@ -49,6 +49,8 @@ pub struct ReportJson<'a> {
     since: Option<SinceJson<'a>>,
     /// How long the edge's handshakes took.
     timing: TimingJson,
+    /// The Cloudflare Tunnel processes found and what was watched of them; null when none.
+    tunnel: Option<super::tunnel_json::TunnelJson<'a>>,
 }
 
 /// `{count, p50, p99, max}` in milliseconds (zeros when there were none).
@@ -129,6 +131,7 @@ impl<'a> ReportJson<'a> {
             tls: r.tls.iter().map(TlsJson::of).collect(),
             since: r.since.as_ref().map(SinceJson::of),
             timing: TimingJson::of(&r.timing),
+            tunnel: r.tunnel.as_ref().map(super::tunnel_json::TunnelJson::of),
         }
     }
 }
@@ -599,6 +602,7 @@ mod tests {
                 after_synack_retransmits: 2,
                 ..Default::default()
             },
+            tunnel: Some(crate::correlate::tunnel::TunnelSeen::sample()),
         }
     }
 
@@ -621,6 +625,7 @@ mod tests {
         r.tls.clear();
         r.since = None;
         r.timing = Default::default();
+        r.tunnel = None;
         r
     }
 

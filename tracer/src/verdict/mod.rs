@@ -13,6 +13,7 @@ mod return_path;
 mod tally;
 pub mod timing;
 pub mod tls;
+pub mod tunnel;
 pub mod window;
 
 pub use firewall::allowlist_text;
@@ -162,6 +163,8 @@ fn error_text(code: u16) -> String {
         521 => "the SYN is answered with a reset",
         520 => "the connection is reset after the handshake",
         524 => "the response does not begin within the proxy read timeout",
+        502 => "cloudflared answers the edge's request with Bad Gateway",
+        1033 => "the edge finds no connected cloudflared for the tunnel (HTTP 530)",
         _ => "the SYN or its answer is lost, and the edge times out",
     };
     format!("Cloudflare shows error {code} for this cause ({how}); if visitors see another error, look at other origins or load balancers behind the same hostname")

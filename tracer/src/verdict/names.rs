@@ -27,10 +27,14 @@ pub enum Verdict {
     /// The origin closes idle edge connections sooner than the edge reuses them, and requests
     /// meet the closed connections: 520.
     KeepaliveRace,
+    /// A Cloudflare Tunnel's `cloudflared` cannot reach the service it forwards to: 502.
+    TunnelOriginUnreachable,
+    /// A Cloudflare Tunnel's `cloudflared` has no working connection to the edge: 1033/530.
+    TunnelDown,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 13] = [
+    pub const ALL: [Verdict; 15] = [
         Verdict::NeverArriving,
         Verdict::Refused,
         Verdict::FirewallDrop,
@@ -44,6 +48,8 @@ impl Verdict {
         Verdict::TlsFailure,
         Verdict::SlowResponse,
         Verdict::KeepaliveRace,
+        Verdict::TunnelOriginUnreachable,
+        Verdict::TunnelDown,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +67,8 @@ impl Verdict {
             Self::TlsFailure => "tls_failure",
             Self::SlowResponse => "slow_response",
             Self::KeepaliveRace => "keepalive_race",
+            Self::TunnelOriginUnreachable => "tunnel_origin_unreachable",
+            Self::TunnelDown => "tunnel_down",
         }
     }
 
@@ -80,6 +88,8 @@ impl Verdict {
             Self::TlsFailure => "connections are accepted, but the TLS handshake Cloudflare makes fails or the certificate is not valid for Full (Strict)",
             Self::SlowResponse => "connections are accepted, but the application answers later than Cloudflare waits for a response",
             Self::KeepaliveRace => "the origin closes idle connections Cloudflare still reuses: requests meet a closed connection and are reset",
+            Self::TunnelOriginUnreachable => "the Cloudflare Tunnel on this host cannot reach the service it forwards to",
+            Self::TunnelDown => "the Cloudflare Tunnel on this host has no working connection to Cloudflare's edge",
         }
     }
 
@@ -97,7 +107,11 @@ impl Verdict {
             Self::OtherDrop => &[Outcome::OtherDrop],
             Self::ReturnPath => &[Outcome::Unanswered],
             Self::Unknown => &[Outcome::Unknown],
-            Self::TlsFailure | Self::SlowResponse | Self::KeepaliveRace => &[],
+            Self::TlsFailure
+            | Self::SlowResponse
+            | Self::KeepaliveRace
+            | Self::TunnelOriginUnreachable
+            | Self::TunnelDown => &[],
         }
     }
 
@@ -114,6 +128,8 @@ impl Verdict {
             Self::ReturnPath => Some("lost replies"),
             Self::SlowResponse => Some("slow responses"),
             Self::KeepaliveRace => Some("requests on closed connections"),
+            Self::TunnelOriginUnreachable => Some("failed dials to the tunnel's service"),
+            Self::TunnelDown => Some("tunnel outages"),
             Self::NeverArriving | Self::Healthy | Self::Unknown | Self::TlsFailure => None,
         }
     }
@@ -131,6 +147,7 @@ impl Verdict {
                 | Self::TlsFailure
                 | Self::SlowResponse
                 | Self::KeepaliveRace
+                | Self::TunnelOriginUnreachable
         )
     }
 
@@ -151,7 +168,9 @@ impl Verdict {
             | Self::ReturnPath
             | Self::TlsFailure
             | Self::SlowResponse
-            | Self::KeepaliveRace => EXIT_FAILING,
+            | Self::KeepaliveRace
+            | Self::TunnelOriginUnreachable
+            | Self::TunnelDown => EXIT_FAILING,
         }
     }
 
@@ -171,6 +190,9 @@ impl Verdict {
             Self::SlowResponse => Some(524),
             // 526 for a certificate Strict refuses ([`Cause`] says which).
             Self::TlsFailure => Some(525),
+            Self::TunnelOriginUnreachable => Some(502),
+            // 530 with error 1033 on the page.
+            Self::TunnelDown => Some(1033),
             Self::Healthy | Self::Unknown => None,
         }
     }

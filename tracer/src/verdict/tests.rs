@@ -13,6 +13,10 @@ fn lab_scenario(v: Verdict) -> Option<&'static str> {
         Verdict::ReturnPath => Some("replies routed out another interface"),
         Verdict::SlowResponse => Some("application answers after 4 s"),
         Verdict::KeepaliveRace => Some("keep-alive closed after 1 s, next request at 1.4 s"),
+        Verdict::TunnelOriginUnreachable => {
+            Some("tunnel: cloudflared dials [::1]:8080, the service listens on 127.0.0.1:8080")
+        }
+        Verdict::TunnelDown => Some("tunnel: cloudflared cannot connect to the edge"),
         // No lab cause yields these: an unanswered SYN with no SYN-ACK needs something that
         // swallows SYNs before TCP without a drop reason, and the other drop reasons need
         // broken hardware or checksums; unit tests drive them.

@@ -85,6 +85,8 @@ pub struct WindowContext {
     pub counted: WindowCounts,
     /// A TLS check (--hostname) runs beside this window.
     pub tls_checked: bool,
+    /// The Cloudflare Tunnel on this host, as watched in the window.
+    pub tunnel: Option<crate::correlate::tunnel::TunnelSeen>,
 }
 
 /// A window closed on the capture thread — its tally, the kernel's refusals reconciled, the
@@ -254,7 +256,7 @@ pub fn assemble(w: ClosedWindow) -> Report {
         lost_events: ctx.counted.lost_events,
         exchanges: &exchanges,
     };
-    let (verdict, mut causes) = decide(&inputs);
+    let (mut verdict, mut causes) = decide(&inputs);
     let timing = tally.handshakes.timing(&exchanges);
     let lines = [
         crate::verdict::timing::retransmitted_handshakes(&timing),
@@ -266,6 +268,7 @@ pub fn assemble(w: ClosedWindow) -> Report {
     if !ctx.tls_checked {
         crate::verdict::tls::quick_close_hint(&mut causes, &tally.quick_closes, edge.handshakes);
     }
+    crate::verdict::tunnel::apply(&mut verdict, &mut causes, &mut notes, ctx.tunnel.as_ref());
     Report {
         verdict,
         window_secs: window_value(ctx.window_secs),
@@ -287,6 +290,7 @@ pub fn assemble(w: ClosedWindow) -> Report {
         since: None,
         edge_ports: tally.edge_ports.iter().copied().collect(),
         timing,
+        tunnel: ctx.tunnel.clone(),
     }
 }
 

@@ -45,6 +45,10 @@ const SETTLED_AFTER: Duration = Duration::from_secs(2);
 /// ...others after this: a dropped SYN is retransmitted for about 20 s and must count once.
 const IDLE_AFTER: Duration = Duration::from_secs(25);
 
+/// How often /proc is searched for the tunnel's processes (a restarted cloudflared is
+/// followed within this).
+const TUNNEL_LOOK_EVERY: Duration = Duration::from_secs(5);
+
 /// What log lines are limited by: the watched range a peer is in, else its /24 or /48.
 fn peer_group(ranges: &RangeSet, peer: IpAddr) -> String {
     if let Some(r) = ranges.range_of(peer) {
@@ -85,7 +89,7 @@ fn wanted(record: &Record, level: LogEvents) -> bool {
         (LogEvents::Failures, Record::Loss { .. }) => true,
         (LogEvents::Failures, Record::Event(_)) => false,
         // Exchanges are timed in the metrics and the verdict record, not logged one by one.
-        (_, Record::Exchange(_)) => false,
+        (_, Record::Exchange(_) | Record::Dial(_)) => false,
     }
 }
 
@@ -157,6 +161,9 @@ struct Agent {
     /// Watched ranges this host routes another way than its default route.
     route_audit: route_audit::RouteAudit,
     misrouted: Vec<crate::origin::range_routes::Misrouted>,
+    /// The Cloudflare Tunnel's processes and their dials.
+    tunnel: crate::correlate::tunnel::TunnelWatch,
+    last_tunnel_look: Instant,
 }
 
 impl Sink for Agent {
@@ -187,13 +194,19 @@ impl Sink for Agent {
                 Record::Loss { ts, count } => {
                     self.sink.line(&EventRecord::loss(*ts, *count).to_json())
                 }
-                Record::Listener(_) | Record::Exchange(_) => {}
+                Record::Listener(_) | Record::Exchange(_) | Record::Dial(_) => {}
             }
         }
         if let Record::Exchange(x) = &record {
             if let Some(o) = self.exchanges.observe(x) {
                 self.metrics.exchange(o);
             }
+            return;
+        }
+        if let Record::Dial(d) = &record {
+            let edge = crate::correlate::tunnel::is_edge(&d.target, &self.ranges);
+            self.metrics.tunnel.dial(edge, d.step);
+            self.tunnel.observe(d);
             return;
         }
         self.correlator.observe_record(&record);
@@ -249,6 +262,12 @@ impl Sink for Agent {
             if let Some(found) = self.route_audit.poll(&self.ranges) {
                 self.routes_audited(found);
             }
+            if self.last_tunnel_look.elapsed() >= TUNNEL_LOOK_EVERY {
+                self.last_tunnel_look = Instant::now();
+                if let Some(pids) = self.tunnel.refresh() {
+                    self.follow_tunnel(capture, &pids);
+                }
+            }
             if std::mem::take(&mut self.history_dirty) {
                 self.publish_history();
             }
@@ -286,6 +305,13 @@ impl Sink for Agent {
 }
 
 impl Agent {
+    /// Hands the tunnel's processes to the kernel; a failure is warned about.
+    pub(super) fn follow_tunnel(&mut self, capture: &mut Capture, pids: &[u32]) {
+        if let Err(e) = capture.probe.set_dialers(pids) {
+            tracing::warn!("the tunnel's connections cannot be followed: {e:#}");
+        }
+    }
+
     /// A change on the host: logged (`kind: change`, rate-limited like events), counted, and
     /// kept for `since`.
     fn record_change(&mut self, c: Change) {

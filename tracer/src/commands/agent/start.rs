@@ -55,6 +55,7 @@ fn yield_to_workload(nice: i32) {
 
 pub async fn run(args: AgentArgs) -> Result<()> {
     let timeouts = args.timeouts;
+    let tunnel_process = args.tunnel.tunnel_process.clone();
     crate::commands::check_seconds("--window", args.window)?;
     let tls = TlsSettings::from_args(&args.tls.hostnames, args.tls.tls_ca.as_deref())?;
     let web = Arc::new(match &args.web_config_file {
@@ -188,12 +189,18 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         dated: Vec::new(),
         route_audit: super::route_audit::RouteAudit::new(),
         misrouted: Vec::new(),
+        tunnel: crate::correlate::tunnel::TunnelWatch::new(&tunnel_process),
+        last_tunnel_look: Instant::now(),
         last_failure: None,
         history,
         health,
         history_dirty: true,
         last_verdict: None,
     };
+    let pids = agent.tunnel.pids();
+    if !pids.is_empty() {
+        agent.follow_tunnel(&mut capture, &pids);
+    }
     session::run(&mut capture, &mut agent, signals).await?;
     tracing::info!("stopping: detaching programs");
     drop(capture);

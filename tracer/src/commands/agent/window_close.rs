@@ -78,7 +78,11 @@ impl Agent {
             arrival_hook: self.arrival_hook.as_str(),
             counted: self.counts_at_start.until(&counts_now),
             tls_checked: self.tls.is_some(),
+            tunnel: self.tunnel.close_window(&self.ranges, self.netns),
         };
+        self.metrics
+            .tunnel
+            .window(self.tunnel.pids().len(), ctx.tunnel.as_ref());
         self.tally.exchanges = self
             .exchanges
             .take_window(SystemTime::now(), &capture.waiting_requests());
