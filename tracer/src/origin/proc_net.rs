@@ -15,7 +15,7 @@ use super::listeners::{self, Listener};
 /// in `tcp`, local addresses early in `fib_trie`.
 const MAX_PROC_BYTES: u64 = 16 << 20;
 
-fn read_bounded(path: &str) -> std::io::Result<String> {
+pub(crate) fn read_bounded(path: &str) -> std::io::Result<String> {
     let mut text = String::new();
     std::fs::File::open(path)?
         .take(MAX_PROC_BYTES)

@@ -5,11 +5,13 @@
 
 use std::{
     collections::BTreeSet,
-    io::Read as _,
     net::{IpAddr, SocketAddr},
 };
 
-use super::listeners::{self, parse_v4, parse_v6, Listener};
+use super::{
+    listeners::{self, parse_v4, parse_v6, Listener},
+    proc_net::read_bounded,
+};
 
 /// The process name looked for unless `--tunnel-process` says otherwise.
 pub const DEFAULT_NAME: &str = "cloudflared";
@@ -21,8 +23,6 @@ pub const EDGE_PORT: u16 = 7844;
 const MAX_PROCESSES: usize = 100_000;
 /// Descriptors of one process looked at, at most.
 const MAX_FDS: usize = 65_536;
-/// Read at most from one /proc file.
-const MAX_PROC_BYTES: u64 = 16 << 20;
 
 /// A tunnel process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,14 +105,6 @@ pub fn find(name: &str) -> Vec<TunnelProcess> {
 /// `net:[4026531840]` -> 4026531840
 fn ns_inode(link: &str) -> Option<u32> {
     link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
-}
-
-fn read_bounded(path: &str) -> std::io::Result<String> {
-    let mut text = String::new();
-    std::fs::File::open(path)?
-        .take(MAX_PROC_BYTES)
-        .read_to_string(&mut text)?;
-    Ok(text)
 }
 
 /// What a tunnel process holds toward the edge, read from its sockets.
