@@ -295,6 +295,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
         counted: at_start.until(&capture.running_counts(&iface)),
         tls_checked: tls.is_some(),
         tunnel: w.tunnel.close_window(&ranges, netns),
+        misrouted: None,
     };
     // The window is over: its report is assembled here (the agent does it on another thread).
     w.tally.exchanges = w

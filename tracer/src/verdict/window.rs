@@ -87,6 +87,9 @@ pub struct WindowContext {
     pub tls_checked: bool,
     /// The Cloudflare Tunnel on this host, as watched in the window.
     pub tunnel: Option<crate::correlate::tunnel::TunnelSeen>,
+    /// The latest audit of routes that swallow watched ranges, when the caller keeps one (the
+    /// agent audits on its own schedule); `None`: the window audits when it needs to.
+    pub misrouted: Option<Vec<crate::origin::range_routes::Misrouted>>,
 }
 
 /// A window closed on the capture thread — its tally, the kernel's refusals reconciled, the
@@ -220,6 +223,8 @@ pub fn assemble(w: ClosedWindow) -> Report {
     // the routes back, or when nothing arrived, so a swallowed range is named first.
     let misrouted = if routes.is_empty() && tally.edge.syn > 0 {
         Vec::new()
+    } else if let Some(known) = &ctx.misrouted {
+        known.clone()
     } else {
         let v4: Vec<ipnet::IpNet> = ctx.ranges.v4.iter().map(|n| (*n).into()).collect();
         let v6: Vec<ipnet::IpNet> = ctx.ranges.v6.iter().map(|n| (*n).into()).collect();

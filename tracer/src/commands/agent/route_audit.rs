@@ -17,6 +17,8 @@ const MIN_GAP: Duration = Duration::from_secs(2);
 const EVERY: Duration = Duration::from_secs(300);
 
 pub struct RouteAudit {
+    /// An audit has finished since the start: its result stands for the windows.
+    audited: bool,
     dirty: bool,
     running: bool,
     last: Instant,
@@ -28,12 +30,18 @@ impl RouteAudit {
     pub fn new() -> Self {
         let (tx, rx) = mpsc::channel();
         Self {
+            audited: false,
             dirty: true,
             running: false,
             last: Instant::now() - MIN_GAP,
             tx,
             rx,
         }
+    }
+
+    /// Has an audit finished since the start?
+    pub fn audited(&self) -> bool {
+        self.audited
     }
 
     /// Routes or ranges changed: audit again soon.
@@ -46,6 +54,7 @@ impl RouteAudit {
         let done = self.rx.try_recv().ok();
         if done.is_some() {
             self.running = false;
+            self.audited = true;
         }
         let due = self.dirty || self.last.elapsed() >= EVERY;
         if due && !self.running && self.last.elapsed() >= MIN_GAP {

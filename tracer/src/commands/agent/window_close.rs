@@ -79,6 +79,9 @@ impl Agent {
             counted: self.counts_at_start.until(&counts_now),
             tls_checked: self.tls.is_some(),
             tunnel: self.tunnel.close_window(&self.ranges, self.netns),
+            // Audited on the agent's own schedule (start, route changes, every 5 minutes).
+            // (Until the first has finished, the window audits itself.)
+            misrouted: self.route_audit.audited().then(|| self.misrouted.clone()),
         };
         self.metrics
             .tunnel
