@@ -947,7 +947,14 @@ pub fn run_exit(s: &Scenario, args: &[&str], env: &[(&str, &str)]) -> (i32, Valu
     (s.traffic)(&lab);
     let t_traffic = started.elapsed().as_secs_f64();
     let stderr = tracer.stderr_text();
-    let (code, out) = tracer.wait(Duration::from_secs(WINDOW_SECS + 20));
+    // The window, then the report: 20 s, or in a slow guest (TCG under load, where the
+    // tracer's start may take TRACER_READY_SECS too) as long as a start may.
+    let slack = std::env::var("TRACER_READY_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(20)
+        .max(20);
+    let (code, out) = tracer.wait(Duration::from_secs(WINDOW_SECS + slack));
     let t_report = started.elapsed().as_secs_f64();
     drop(keep);
     drop(lab);

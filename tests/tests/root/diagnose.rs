@@ -384,11 +384,13 @@ fn reused_port_sample() -> Result<serde_json::Value, String> {
 }
 
 /// Every verdict scenario again with XDP as the arrival hook (the lab's veth gets TC by
-/// default): the same verdicts from either hook, each report valid against the schema.
+/// default): the same verdicts from either hook, each report valid against the schema. Not
+/// those where no edge SYN arrives (a tunnel origin, an edge dropping its own SYNs): the
+/// arrival hook has nothing to say there.
 #[test]
 fn every_scenario_gives_its_verdict_with_the_xdp_hook_too() {
     let schema = report_schema();
-    for s in scenarios::all() {
+    for s in scenarios::all().into_iter().filter(|s| s.counts != "syn=0") {
         let (r, _) = scenarios::run_with(&s, &["--hook", "xdp"], &[]);
         assert_matches_schema(&schema, &r, s.name);
         assert_eq!(r["verdict"], s.expected, "{} with XDP: {r:#}", s.name);
