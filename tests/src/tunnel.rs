@@ -103,8 +103,24 @@ impl StandIn {
         services: &[SocketAddr],
         edge: Option<SocketAddr>,
     ) -> StandIn {
+        Self::spawn(name, ns, services, edge.map(|e| (e, false)))
+    }
+
+    /// [`StandIn::start`] with QUIC to the edge, cloudflared's default transport: one UDP
+    /// socket, not connected (as quic-go's), sending a datagram to `edge` each round.
+    pub fn quic(ns: &Netns, services: &[SocketAddr], edge: SocketAddr) -> StandIn {
+        Self::spawn(c"cloudflared", ns, services, Some((edge, true)))
+    }
+
+    fn spawn(
+        name: &'static std::ffi::CStr,
+        ns: &Netns,
+        services: &[SocketAddr],
+        edge: Option<(SocketAddr, bool)>,
+    ) -> StandIn {
         let services: Vec<_> = services.iter().map(|a| sockaddr(*a)).collect();
-        let edge = edge.map(sockaddr);
+        let quic = edge.is_some_and(|(_, quic)| quic);
+        let edge = edge.map(|(e, _)| sockaddr(e));
         let pid = ns.enter(move || {
             // SAFETY: the child only makes system calls on data prepared before the fork
             // (no allocation, no lock another thread may hold), then _exits.
@@ -122,7 +138,20 @@ impl StandIn {
                     tv_nsec: EVERY.as_nanos() as libc::c_long,
                 };
                 for _ in 0..rounds {
-                    if let Some(e) = &edge {
+                    if let (Some(e), true) = (&edge, quic) {
+                        if edge_fd < 0 {
+                            edge_fd =
+                                libc::socket(libc::c_int::from(e.0.ss_family), libc::SOCK_DGRAM, 0);
+                        }
+                        libc::sendto(
+                            edge_fd,
+                            b"q".as_ptr() as *const libc::c_void,
+                            1,
+                            0,
+                            &e.0 as *const _ as *const libc::sockaddr,
+                            e.1,
+                        );
+                    } else if let Some(e) = &edge {
                         if edge_fd < 0 && edge_wait == 0 {
                             edge_fd = dial(e);
                             edge_wait = 5;

@@ -12,6 +12,21 @@ use integration_tests::{
 };
 use serde_json::Value;
 
+/// A two-second diagnosis in the lab's origin namespace.
+fn diagnose(lab: &Lab, args: &[&str]) -> Value {
+    let tracer = Tracer::diagnose_on(
+        &lab.origin,
+        integration_tests::ORIGIN_IF,
+        "443",
+        "2",
+        args,
+        &[],
+    );
+    let (code, out) = tracer.wait(Duration::from_secs(20));
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str(&out).expect("one JSON report")
+}
+
 fn texts(v: &Value) -> String {
     v.as_array()
         .map(|a| {
@@ -121,19 +136,7 @@ fn a_renamed_tunnel_binary_is_watched_by_its_name() {
         &["127.0.0.1:8080".parse().unwrap()],
         Some(sockaddr(EDGE_V4, 7844)),
     );
-    let report = |args: &[&str]| -> Value {
-        let tracer = Tracer::diagnose_on(
-            &lab.origin,
-            integration_tests::ORIGIN_IF,
-            "443",
-            "2",
-            args,
-            &[],
-        );
-        let (code, out) = tracer.wait(Duration::from_secs(20));
-        assert_eq!(code, 0, "{out}");
-        serde_json::from_str(&out).expect("one JSON report")
-    };
+    let report = |args: &[&str]| diagnose(&lab, args);
     let r = report(&[]);
     assert_eq!(r["verdict"], "never_arriving", "{r:#}");
     assert_eq!(r["tunnel"], Value::Null, "{r:#}");
@@ -174,4 +177,58 @@ fn the_agent_counts_the_tunnels_dials() {
         "{body}"
     );
     agent.stop();
+}
+
+/// A firewall rule dropping loopback traffic to the service (real nftables in the origin's
+/// output path): cloudflared's dials go unanswered while a listener takes the address, and the
+/// rule between them is what is named.
+#[test]
+fn a_firewall_between_cloudflared_and_the_service_is_named() {
+    let lab = Lab::new();
+    let _service = Server::start(lab.origin.listen("127.0.0.1", 8080, 16), ServerMode::Close);
+    let _edge = Server::start(lab.edge.listen(EDGE_V4, 7844, 16), ServerMode::Hold);
+    lab.origin.sh("nft add table inet t; \
+         nft add chain inet t output '{ type filter hook output priority 0; }'; \
+         nft add rule inet t output oif lo tcp dport 8080 drop");
+    let _tunnel = StandIn::start(
+        &lab.origin,
+        &["127.0.0.1:8080".parse().unwrap()],
+        Some(sockaddr(EDGE_V4, 7844)),
+    );
+    let r = diagnose(&lab, &[]);
+    assert_eq!(r["verdict"], "tunnel_origin_unreachable", "{r:#}");
+    let evidence = texts(&r["causes"][0]["evidence"]);
+    assert!(
+        evidence.contains("a listener takes 127.0.0.1:8080 (127.0.0.1:8080), yet the dials failed"),
+        "{r:#}"
+    );
+    assert!(
+        evidence.contains("given up by the process before an answer"),
+        "{r:#}"
+    );
+    assert!(
+        texts(&r["causes"][0]["next_steps"]).contains("nft list ruleset"),
+        "{r:#}"
+    );
+    assert_eq!(r["tunnel"]["services"][0]["connected"], 0, "{r:#}");
+}
+
+/// QUIC, cloudflared's default transport: one unconnected UDP socket toward the edge. It
+/// counts as a way to the edge (whether the edge answers on it is not in the socket tables):
+/// a working service behind it is healthy, never tunnel_down.
+#[test]
+fn a_quic_tunnel_is_not_taken_for_down() {
+    let lab = Lab::new();
+    let _service = Server::start(lab.origin.listen("127.0.0.1", 8080, 16), ServerMode::Close);
+    let _tunnel = StandIn::quic(
+        &lab.origin,
+        &["127.0.0.1:8080".parse().unwrap()],
+        sockaddr(EDGE_V4, 7844),
+    );
+    let r = diagnose(&lab, &[]);
+    assert_eq!(r["verdict"], "healthy", "{r:#}");
+    let edge = &r["tunnel"]["edge"];
+    assert_eq!(edge["udp_sockets"], 1, "{r:#}");
+    assert_eq!(edge["tcp_established"], 0, "{r:#}");
+    assert!(edge["udp_rcvbuf_errors"].is_u64(), "{r:#}");
 }

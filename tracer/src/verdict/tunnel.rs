@@ -273,7 +273,7 @@ fn healthy(seen: &TunnelSeen) -> Cause {
     let s = &seen.edge_sockets;
     let mut evidence = vec![if targets.is_empty() {
         format!(
-            "{} dialled no service in the window (no request came through the tunnel)",
+            "{} dialled no service in the window: no request came through the tunnel, or its ingress rule names a host that does not resolve (a name is looked up before any connection, so a failed lookup leaves nothing to see here; cloudflared's log says `no such host`)",
             processes_text(seen)
         )
     } else {
