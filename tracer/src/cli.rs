@@ -446,6 +446,27 @@ mod tests {
 
     /// `--ranges` is one option with one meaning in every command that watches peers.
     #[test]
+    fn tunnel_process_names_are_checked() {
+        let name = |args: &[&str]| {
+            let mut all = vec!["tracer", "diagnose"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).map(|c| match c.command {
+                Command::Diagnose(d) => d.tunnel.tunnel_process,
+                _ => unreachable!(),
+            })
+        };
+        assert_eq!(name(&[]).unwrap(), "cloudflared");
+        assert_eq!(
+            name(&["--tunnel-process", "edge-tunnel"]).unwrap(),
+            "edge-tunnel"
+        );
+        for bad in ["", "/usr/bin/cloudflared", "a\nb"] {
+            let e = name(&["--tunnel-process", bad]).unwrap_err().to_string();
+            assert!(e.contains("must be a process name"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
     fn every_command_takes_the_same_ranges_option() {
         for cmd in ["events", "diagnose", "agent", "ranges"] {
             assert_eq!(
