@@ -654,5 +654,18 @@ mod bound_tests {
             panic!("{decided:?}");
         };
         assert_eq!(a.handshake_time(), None);
+        // The SYN dated (to its tick) after the handshake's end: timed as zero, still counted.
+        let mut c = Correlator::live();
+        c.observe(&crate::model::event::sample(Kind::Syn, 40_002, 11_003));
+        c.observe(&crate::model::event::sample(
+            Kind::Established,
+            40_002,
+            11_002,
+        ));
+        let decided: Vec<Decided> = c.drain_decided().collect();
+        let Some(Decided::Attempt(a)) = decided.first() else {
+            panic!("{decided:?}");
+        };
+        assert_eq!(a.handshake_time(), Some(Duration::ZERO));
     }
 }

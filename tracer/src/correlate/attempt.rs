@@ -91,12 +91,19 @@ impl Attempt {
         }
     }
 
-    /// First SYN seen to the final ACK, when both were seen.
+    /// First SYN seen to the final ACK, when both were seen. A SYN is dated to its clock tick
+    /// (the SYN log's jiffies), the handshake to the nanosecond: a handshake done within the
+    /// SYN's tick can appear to end before it began, and took less than the tick — zero here,
+    /// never left out of the count.
     pub fn handshake_time(&self) -> Option<std::time::Duration> {
         if self.syn_packets == 0 {
             return None;
         }
-        self.established_at?.duration_since(self.first).ok()
+        Some(
+            self.established_at?
+                .duration_since(self.first)
+                .unwrap_or_default(),
+        )
     }
 
     /// The kernel's reason behind `outcome` for this attempt, when it gave one.
