@@ -54,6 +54,9 @@ const TEST_PACKAGES: &[&str] = &[
     // the API over HTTPS from a private CA (python3's http.server).
     "curl",
     "python3",
+    // The Kubernetes manifests are checked against the API's own object models (the official
+    // client, generated from the Kubernetes OpenAPI specification).
+    "python3-kubernetes",
     // The unit's system call filter is checked against the calls the agent makes (strace).
     "strace",
 ];

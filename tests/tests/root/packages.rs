@@ -493,6 +493,59 @@ fn the_daemonset_passes_an_offline_schema_check() {
     );
 }
 
+/// Every built-in object of `deploy/kubernetes/` (the Namespace, the PriorityClass, the
+/// DaemonSet, the dashboard's ConfigMap) against the Kubernetes API's own object models: those
+/// of the official client (Debian's python3-kubernetes), generated from Kubernetes' OpenAPI
+/// specification. Every field must be its model's with a value of its type; nothing vendored.
+#[test]
+fn the_manifests_match_the_kubernetes_api_models() {
+    let checker = repo("tests/data/kubernetes-models-check.py");
+    let check = |files: &[PathBuf]| {
+        // Debian's interpreter: the client is installed for it, not for one on PATH.
+        let out = Command::new("/usr/bin/python3")
+            .arg(&checker)
+            .args(files)
+            .output()
+            .expect("/usr/bin/python3 (cargo xtask setup installs python3-kubernetes)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let files: Vec<PathBuf> = std::fs::read_dir(repo("deploy/kubernetes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    let (code, text) = check(&files);
+    assert_eq!(code, Some(0), "{text}");
+    for kind in ["Namespace", "PriorityClass", "DaemonSet", "ConfigMap"] {
+        assert!(text.contains(&format!("{kind}: valid")), "{kind} not checked: {text}");
+    }
+    // Not vacuous: a misspelt field and a port written as a string fail it.
+    let dir = TempDir::new("k8s-models");
+    let bad = dir.path("bad.yaml");
+    let manifest = std::fs::read_to_string(repo("deploy/kubernetes/cf521-tracer.yaml")).unwrap();
+    std::fs::write(&bad, manifest.replace("hostNetwork:", "hostNetwrok:")).unwrap();
+    let (code, text) = check(std::slice::from_ref(&bad));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("hostNetwrok: not a field of V1PodSpec"), "{text}");
+    let port = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("containerPort: "))
+        .expect("a containerPort");
+    std::fs::write(
+        &bad,
+        manifest.replace(
+            &format!("containerPort: {port}"),
+            &format!("containerPort: \"{port}\""),
+        ),
+    )
+    .unwrap();
+    let (code, text) = check(std::slice::from_ref(&bad));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("containerPort: int expected"), "{text}");
+}
+
 /// The Prometheus Operator objects, offline: the PodMonitor and the PrometheusRule against
 /// their subset schemas (exact field names, no others), the PodMonitor selecting the
 /// DaemonSet's pods by its port name, the namespace's Pod Security level the DaemonSet needs,
