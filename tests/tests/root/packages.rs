@@ -519,7 +519,10 @@ fn the_manifests_match_the_kubernetes_api_models() {
     let (code, text) = check(&files);
     assert_eq!(code, Some(0), "{text}");
     for kind in ["Namespace", "PriorityClass", "DaemonSet", "ConfigMap"] {
-        assert!(text.contains(&format!("{kind}: valid")), "{kind} not checked: {text}");
+        assert!(
+            text.contains(&format!("{kind}: valid")),
+            "{kind} not checked: {text}"
+        );
     }
     // Not vacuous: a misspelt field and a port written as a string fail it.
     let dir = TempDir::new("k8s-models");
@@ -528,7 +531,10 @@ fn the_manifests_match_the_kubernetes_api_models() {
     std::fs::write(&bad, manifest.replace("hostNetwork:", "hostNetwrok:")).unwrap();
     let (code, text) = check(std::slice::from_ref(&bad));
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("hostNetwrok: not a field of V1PodSpec"), "{text}");
+    assert!(
+        text.contains("hostNetwrok: not a field of V1PodSpec"),
+        "{text}"
+    );
     let port = manifest
         .lines()
         .find_map(|l| l.trim().strip_prefix("containerPort: "))

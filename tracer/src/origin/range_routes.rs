@@ -3,17 +3,17 @@
 //! connection takes Cloudflare's `172.64.0.0/13` with it; a null route or a VPN client's routes
 //! do the same to others. Knowable before any traffic (Cloudflare shows 523, or 522).
 //!
-//! The kernel decides (`ip route get`, policy rules included): nothing here re-implements
+//! The kernel decides (`ip route get`, asked over netlink, policy rules included): nothing here re-implements
 //! routing. Each range is asked about at its first address and at the first address of every
 //! listed route lying inside it (a more specific route may take only part of a range); the
 //! listing only names the route the kernel picked.
 
-use std::net::IpAddr;
+use std::{io, net::IpAddr};
 
 use ipnet::IpNet;
-use serde_json::Value;
 
-use super::routes::{null_route_for, table_of, NullRoute, NullRouteEntry};
+use super::routes::{null_route_for, table_name, NullRoute, NullRouteEntry};
+use crate::sys::netlink::{self, ListedRoute, RouteAnswer};
 
 /// Where the kernel sends a reply to an address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,58 +107,29 @@ impl Misrouted {
     }
 }
 
-/// A parsed `ip -j -d route get` answer.
-pub fn parse_get(json: &str) -> Option<Hop> {
-    let v: Value = serde_json::from_str(json).ok()?;
-    let r = v.as_array()?.first()?;
-    let kind = r["type"].as_str().unwrap_or("unicast");
-    let null = match kind {
-        "unreachable" => Some(NullRoute::Unreachable),
-        "blackhole" => Some(NullRoute::Blackhole),
-        "prohibit" => Some(NullRoute::Prohibit),
-        _ => None,
-    };
-    if let Some(k) = null {
+/// Where the kernel's answer for one address sends it (None: an answer with no interface).
+pub fn hop_of(a: &RouteAnswer) -> Option<Hop> {
+    if let Some(kind) = NullRoute::of_kind(a.kind) {
         return Some(Hop::Null(NullRouteEntry {
-            kind: k,
+            kind,
             prefix: None,
-            table: table_of(&r["table"]),
+            table: table_name(a.table),
         }));
     }
     Some(Hop::Via {
-        dev: r["dev"].as_str()?.to_string(),
-        gateway: r["gateway"].as_str().and_then(|g| g.parse().ok()),
-        table: table_of(&r["table"]),
+        dev: a.dev.clone()?,
+        gateway: a.gateway,
+        table: table_name(a.table),
     })
-}
-
-/// The routes `ip -j route show table all` lists: (prefix, table), default routes included.
-pub fn parse_listing(json: &str, v6: bool) -> Vec<(IpNet, Option<String>, Value)> {
-    let routes: Vec<Value> = serde_json::from_str(json).unwrap_or_default();
-    routes
-        .into_iter()
-        .filter_map(|r| {
-            let dst = r["dst"].as_str()?;
-            let net: IpNet = match dst {
-                "default" if v6 => "::/0".parse().ok()?,
-                "default" => "0.0.0.0/0".parse().ok()?,
-                d => d
-                    .parse()
-                    .ok()
-                    .or_else(|| d.parse::<IpAddr>().ok().map(IpNet::from))?,
-            };
-            Some((net, table_of(&r["table"]), r))
-        })
-        .collect()
 }
 
 /// The addresses to ask about for `range`: its first address, and the first address of each
 /// listed route strictly inside it (where part of it may go another way).
-pub fn probes(range: IpNet, listed: &[(IpNet, Option<String>, Value)]) -> Vec<IpAddr> {
+pub fn probes(range: IpNet, listed: &[ListedRoute]) -> Vec<IpAddr> {
     let mut out = vec![range.network()];
-    for (net, _, _) in listed {
-        if range.contains(net) && net.prefix_len() > range.prefix_len() {
-            out.push(net.network());
+    for r in listed {
+        if range.contains(&r.dst) && r.dst.prefix_len() > range.prefix_len() {
+            out.push(r.dst.network());
         }
     }
     out.sort();
@@ -188,44 +159,41 @@ pub fn same_way(hop: &Hop, default: &Hop) -> bool {
 
 /// The most specific listed route of the hop's table that covers `probe`: the one the kernel
 /// used, named.
-fn prefix_for(
-    probe: IpAddr,
-    hop: &Hop,
-    listed: &[(IpNet, Option<String>, Value)],
-) -> Option<IpNet> {
+fn prefix_for(probe: IpAddr, hop: &Hop, listed: &[ListedRoute]) -> Option<IpNet> {
     let Hop::Via { dev, table, .. } = hop else {
         return None;
     };
     listed
         .iter()
-        .filter(|(net, t, r)| {
-            net.contains(&probe) && t == table && r["dev"].as_str().is_none_or(|d| d == dev)
+        .filter(|r| {
+            r.dst.contains(&probe)
+                && table_name(r.table) == *table
+                && r.dev.as_ref().is_none_or(|d| d == dev)
         })
-        .map(|(net, _, _)| *net)
+        .map(|r| r.dst)
         .max_by_key(IpNet::prefix_len)
 }
 
 /// Every watched range (or part of one) this host routes another way than its default route:
-/// `get` asks the kernel for one address (`ip -j -d route get`; Err: its error text), `listed`
-/// is `ip -j route show table all` for the family, `null_listing` lists the routes of a null
-/// type. Pure given those, so tests drive it with recorded answers.
+/// `get` asks the kernel for one address (`ip route get`; Err: the kernel's refusal), `listed`
+/// is every route of every table of the family (`ip route show table all`). Pure given those,
+/// so tests drive it with recorded answers.
 pub fn misrouted(
     ranges: &[IpNet],
     default: Option<Hop>,
-    listed: &[(IpNet, Option<String>, Value)],
-    get: impl Fn(IpAddr) -> Result<Hop, String>,
-    null_listing: impl Fn(NullRoute) -> String,
+    listed: &[ListedRoute],
+    get: impl Fn(IpAddr) -> io::Result<Hop>,
 ) -> Vec<Misrouted> {
     let mut out = Vec::new();
     for &range in ranges {
         for probe in probes(range, listed) {
             let hop = match get(probe) {
                 Ok(Hop::Null(n)) if n.prefix.is_none() => {
-                    Hop::Null(null_route_for(&null_listing(n.kind), n.kind, probe))
+                    Hop::Null(null_route_for(listed, n.kind, probe))
                 }
                 Ok(h) => h,
-                Err(e) => match NullRoute::of_error(&e) {
-                    Some(kind) => Hop::Null(null_route_for(&null_listing(kind), kind, probe)),
+                Err(e) => match e.raw_os_error().and_then(NullRoute::of_errno) {
+                    Some(kind) => Hop::Null(null_route_for(listed, kind, probe)),
                     None => Hop::None,
                 },
             };
@@ -262,44 +230,39 @@ pub fn misrouted(
     out
 }
 
-/// The audit on this host, in this network namespace: both families.
+/// The audit on this host, in this network namespace: both families. A family whose routes
+/// cannot be listed is left out (and said at debug level): nothing is claimed about it.
 pub fn audit(v4: &[IpNet], v6: &[IpNet]) -> Vec<Misrouted> {
     let mut out = Vec::new();
-    for (ranges, family, is_v6) in [(v4, "-4", false), (v6, "-6", true)] {
+    for (ranges, is_v6) in [(v4, false), (v6, true)] {
         if ranges.is_empty() {
             continue;
         }
-        let listed = parse_listing(
-            &super::run_tool("ip", &[family, "-j", "route", "show", "table", "all"])
-                .unwrap_or_default(),
-            is_v6,
-        );
-        let default = super::run_tool(
-            "ip",
-            &[
-                family,
-                "-j",
-                "-d",
-                "route",
-                "get",
-                if is_v6 {
-                    "2001:4860:4860::8888"
-                } else {
-                    "8.8.8.8"
-                },
-            ],
-        )
-        .ok()
-        .and_then(|j| parse_get(&j))
-        .filter(|h| matches!(h, Hop::Via { .. }))
-        // A default route that is itself one of the swallowing kinds is no reference.
-        .filter(|_| listed.iter().any(|(n, _, _)| n.prefix_len() == 0));
-        let get = |a: IpAddr| {
-            super::run_tool("ip", &["-j", "-d", "route", "get", &a.to_string()])
-                .and_then(|j| parse_get(&j).ok_or_else(|| "unreadable answer".to_string()))
+        let listed = match netlink::routes_listed(is_v6) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!("routes not listed ({e}): the range audit skips this family");
+                continue;
+            }
         };
-        let null_listing = |k: NullRoute| super::routes::null_routes_listed(is_v6, k);
-        out.extend(misrouted(ranges, default, &listed, get, null_listing));
+        // The default route's way: where a public address (not in any watched range) goes.
+        let public: IpAddr = if is_v6 {
+            "2001:4860:4860::8888".parse().expect("an address")
+        } else {
+            "8.8.8.8".parse().expect("an address")
+        };
+        let default = netlink::route_get(public, None)
+            .ok()
+            .and_then(|a| hop_of(&a))
+            .filter(|h| matches!(h, Hop::Via { .. }))
+            // A default route that is itself one of the swallowing kinds is no reference.
+            .filter(|_| listed.iter().any(|r| r.dst.prefix_len() == 0));
+        let get = |a: IpAddr| {
+            netlink::route_get(a, None).and_then(|answer| {
+                hop_of(&answer).ok_or_else(|| io::Error::other("an answer with no interface"))
+            })
+        };
+        out.extend(misrouted(ranges, default, &listed, get));
     }
     out
 }
@@ -320,11 +283,14 @@ mod tests {
     /// 173.245.48.0/20`, the default route via 192.0.2.254 dev eth0.
     #[test]
     fn the_swallowed_ranges_and_only_they_are_listed() {
-        let listing = r#"[{"dst":"default","gateway":"192.0.2.254","dev":"eth0","flags":[]},
-            {"dst":"172.0.0.0/8","gateway":"10.8.0.1","dev":"tun0","flags":[]},
-            {"type":"unreachable","dst":"173.245.48.0/20","flags":[]},
-            {"dst":"192.0.2.0/24","dev":"eth0","protocol":"kernel","scope":"link","flags":[]}]"#;
-        let listed = parse_listing(listing, false);
+        let listed: Vec<ListedRoute> = [
+            "default via 192.0.2.254 dev eth0",
+            "172.0.0.0/8 via 10.8.0.1 dev tun0",
+            "unreachable 173.245.48.0/20",
+            "192.0.2.0/24 dev eth0",
+        ]
+        .map(netlink::listed)
+        .into();
         let ranges: Vec<IpNet> = [
             "173.245.48.0/20",
             "103.21.244.0/22",
@@ -334,26 +300,17 @@ mod tests {
         .iter()
         .map(|r| r.parse().unwrap())
         .collect();
-        let get = |a: IpAddr| -> Result<Hop, String> {
+        let get = |a: IpAddr| -> io::Result<Hop> {
             let s = a.to_string();
             if s.starts_with("172.") {
                 Ok(via("tun0", "10.8.0.1"))
             } else if s.starts_with("173.245.") {
-                Err("ip: RTNETLINK answers: No route to host".into())
+                Err(io::Error::from_raw_os_error(libc::EHOSTUNREACH))
             } else {
                 Ok(via("eth0", "192.0.2.254"))
             }
         };
-        let nulls = |_k: NullRoute| {
-            r#"[{"type":"unreachable","dst":"173.245.48.0/20","flags":[]}]"#.to_string()
-        };
-        let m = misrouted(
-            &ranges,
-            Some(via("eth0", "192.0.2.254")),
-            &listed,
-            get,
-            nulls,
-        );
+        let m = misrouted(&ranges, Some(via("eth0", "192.0.2.254")), &listed, get);
         let names: Vec<String> = m.iter().map(|m| m.range.to_string()).collect();
         assert_eq!(names, ["173.245.48.0/20", "172.64.0.0/13"]);
         assert_eq!(m[0].route_text(), "unreachable 173.245.48.0/20");
@@ -371,13 +328,9 @@ mod tests {
             m[1].fix()
         );
         // All well: nothing listed.
-        let ok = misrouted(
-            &ranges,
-            Some(via("eth0", "192.0.2.254")),
-            &[],
-            |_| Ok(via("eth0", "192.0.2.254")),
-            |_| String::new(),
-        );
+        let ok = misrouted(&ranges, Some(via("eth0", "192.0.2.254")), &[], |_| {
+            Ok(via("eth0", "192.0.2.254"))
+        });
         assert!(ok.is_empty());
     }
 
@@ -385,11 +338,12 @@ mod tests {
     /// asking about the route's own first address.
     #[test]
     fn a_route_inside_a_range_names_its_part() {
-        let listed = parse_listing(
-            r#"[{"dst":"default","gateway":"192.0.2.254","dev":"eth0"},
-                {"dst":"104.18.0.0/16","gateway":"10.9.0.1","dev":"wg0","table":"100"}]"#,
-            false,
-        );
+        let listed: Vec<ListedRoute> = [
+            "default via 192.0.2.254 dev eth0",
+            "104.18.0.0/16 via 10.9.0.1 dev wg0 table 100",
+        ]
+        .map(netlink::listed)
+        .into();
         let range: IpNet = "104.16.0.0/13".parse().unwrap();
         assert_eq!(
             probes(range, &listed),
@@ -398,7 +352,7 @@ mod tests {
                 "104.18.0.0".parse().unwrap()
             ]
         );
-        let get = |a: IpAddr| -> Result<Hop, String> {
+        let get = |a: IpAddr| -> io::Result<Hop> {
             Ok(if a.to_string().starts_with("104.18.") {
                 Hop::Via {
                     dev: "wg0".into(),
@@ -409,13 +363,7 @@ mod tests {
                 via("eth0", "192.0.2.254")
             })
         };
-        let m = misrouted(
-            &[range],
-            Some(via("eth0", "192.0.2.254")),
-            &listed,
-            get,
-            |_| String::new(),
-        );
+        let m = misrouted(&[range], Some(via("eth0", "192.0.2.254")), &listed, get);
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].range.to_string(), "104.18.0.0/16");
         assert_eq!(
@@ -425,21 +373,27 @@ mod tests {
     }
 
     #[test]
-    fn route_get_answers_parse() {
+    fn route_answers_become_hops() {
+        let answer = |kind, dev: Option<&str>| RouteAnswer {
+            kind,
+            table: netlink::MAIN_TABLE,
+            dev: dev.map(String::from),
+            gateway: Some("192.0.2.1".parse().unwrap()),
+            prefsrc: None,
+        };
+        use netlink::RouteKind;
         assert_eq!(
-            parse_get(
-                r#"[{"type":"unicast","dst":"8.8.8.8","gateway":"192.0.2.1","dev":"eth0","table":"main","prefsrc":"192.0.2.2"}]"#
-            ),
+            hop_of(&answer(RouteKind::Unicast, Some("eth0"))),
             Some(via("eth0", "192.0.2.1"))
         );
         assert!(matches!(
-            parse_get(r#"[{"type":"blackhole","dst":"1.2.3.4","table":"main"}]"#),
+            hop_of(&answer(RouteKind::Blackhole, None)),
             Some(Hop::Null(NullRouteEntry {
                 kind: NullRoute::Blackhole,
+                prefix: None,
                 ..
             }))
         ));
-        assert_eq!(parse_get("[]"), None);
-        assert_eq!(parse_get("nope"), None);
+        assert_eq!(hop_of(&answer(RouteKind::Unicast, None)), None);
     }
 }

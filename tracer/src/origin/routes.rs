@@ -7,7 +7,8 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde_json::Value;
+
+use crate::sys::netlink::{self, ListedRoute, RouteAnswer, RouteKind};
 
 /// A route that answers no packet: the kernel refuses to send to it (`ip route add TYPE PREFIX`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,16 +31,23 @@ impl NullRoute {
         }
     }
 
-    /// The type a failed `ip route get` names by its error (the kernel's errno for the type).
-    pub fn of_error(message: &str) -> Option<Self> {
-        if message.contains("No route to host") {
-            Some(Self::Unreachable)
-        } else if message.contains("Invalid argument") {
-            Some(Self::Blackhole)
-        } else if message.contains("Permission denied") {
-            Some(Self::Prohibit)
-        } else {
-            None
+    /// The type a refused route lookup names by its errno (the kernel's error for the type).
+    pub fn of_errno(errno: i32) -> Option<Self> {
+        match errno {
+            libc::EHOSTUNREACH => Some(Self::Unreachable),
+            libc::EINVAL => Some(Self::Blackhole),
+            libc::EACCES => Some(Self::Prohibit),
+            _ => None,
+        }
+    }
+
+    /// The null type of a route, if it is one.
+    pub fn of_kind(kind: RouteKind) -> Option<Self> {
+        match kind {
+            RouteKind::Unreachable => Some(Self::Unreachable),
+            RouteKind::Blackhole => Some(Self::Blackhole),
+            RouteKind::Prohibit => Some(Self::Prohibit),
+            _ => None,
         }
     }
 }
@@ -136,105 +144,77 @@ impl Route {
     }
 }
 
-/// `ip -j route get PEER from LOCAL` in this namespace; when the kernel refuses to route it,
-/// the null route (from `ip route show table all type TYPE`) that catches the peer.
+/// The route back to `peer` from `local` in this namespace (`ip route get PEER from LOCAL`,
+/// asked over netlink); when the kernel refuses to route it, the null route that catches the
+/// peer.
 pub fn route_back(peer: IpAddr, local: IpAddr) -> Result<Route, String> {
-    let (p, l) = (peer.to_string(), local.to_string());
-    match super::run_tool("ip", &["-j", "-d", "route", "get", &p, "from", &l]) {
-        Ok(out) => parse(&out, peer, local),
-        Err(e) => {
-            let Some(kind) = NullRoute::of_error(&e) else {
-                return Err(format!("no route back to {peer} from {local}: {e}"));
-            };
-            let listed = null_routes_listed(peer.is_ipv6(), kind);
-            Ok(Route {
-                peer,
-                local,
-                dev: String::new(),
-                gateway: None,
-                prefsrc: None,
-                table: None,
-                null: Some(null_route_for(&listed, kind, peer)),
-            })
+    let null = |kind: NullRoute, table: Option<String>| {
+        let listed = netlink::routes_listed(peer.is_ipv6()).unwrap_or_default();
+        let mut entry = null_route_for(&listed, kind, peer);
+        entry.table = entry.table.or(table);
+        Route {
+            peer,
+            local,
+            dev: String::new(),
+            gateway: None,
+            prefsrc: None,
+            table: None,
+            null: Some(entry),
         }
+    };
+    match netlink::route_get(peer, Some(local)) {
+        Ok(a) => match NullRoute::of_kind(a.kind) {
+            Some(kind) => Ok(null(kind, table_name(a.table))),
+            None => Route::from_answer(&a, peer, local),
+        },
+        Err(e) => match e.raw_os_error().and_then(NullRoute::of_errno) {
+            Some(kind) => Ok(null(kind, None)),
+            None => Err(format!("no route back to {peer} from {local}: {e}")),
+        },
     }
 }
 
-/// `ip -j route show table all type KIND` for a family (empty when `ip` fails).
-pub fn null_routes_listed(v6: bool, kind: NullRoute) -> String {
-    let family = if v6 { "-6" } else { "-4" };
-    super::run_tool(
-        "ip",
-        &[
-            family,
-            "-j",
-            "route",
-            "show",
-            "table",
-            "all",
-            "type",
-            kind.as_str(),
-        ],
-    )
-    .unwrap_or_default()
-}
-
-/// The most specific route of `kind` in `ip -j route show table all type KIND` that covers
+/// The most specific route of `kind` among `listed` (`ip route show table all`) that covers
 /// `peer` (a policy rule of that type when none does).
-pub fn null_route_for(json: &str, kind: NullRoute, peer: IpAddr) -> NullRouteEntry {
-    let routes: Vec<Value> = serde_json::from_str(json).unwrap_or_default();
-    let best = routes
+pub fn null_route_for(listed: &[ListedRoute], kind: NullRoute, peer: IpAddr) -> NullRouteEntry {
+    let best = listed
         .iter()
-        .filter_map(|r| {
-            let dst = r["dst"].as_str()?;
-            let net: IpNet = match dst {
-                "default" if peer.is_ipv4() => "0.0.0.0/0".parse().ok()?,
-                "default" => "::/0".parse().ok()?,
-                d => d
-                    .parse()
-                    .ok()
-                    .or_else(|| d.parse::<IpAddr>().ok().map(IpNet::from))?,
-            };
-            net.contains(&peer).then_some((net, table_of(&r["table"])))
-        })
-        .max_by_key(|(net, _)| net.prefix_len());
+        .filter(|r| NullRoute::of_kind(r.kind) == Some(kind) && r.dst.contains(&peer))
+        .max_by_key(|r| r.dst.prefix_len());
     NullRouteEntry {
         kind,
-        prefix: best.as_ref().map(|(n, _)| *n),
-        table: best.and_then(|(_, t)| t),
+        prefix: best.map(|r| r.dst),
+        table: best.and_then(|r| table_name(r.table)),
     }
 }
 
-/// A table name unless it is main (`ip -j` omits it there, or says "main" or 254).
-pub fn table_of(v: &Value) -> Option<String> {
-    match v {
-        Value::String(t) if t != "main" => Some(t.clone()),
-        Value::Number(n) if n.as_u64() != Some(254) => Some(n.to_string()),
-        _ => None,
+/// A table's name as `ip route` prints it, unless it is main (which `ip` omits).
+pub fn table_name(table: u32) -> Option<String> {
+    match table {
+        netlink::MAIN_TABLE => None,
+        255 => Some("local".into()),
+        253 => Some("default".into()),
+        n => Some(n.to_string()),
     }
 }
 
-/// Parses `ip -j route get` output.
-pub fn parse(json: &str, peer: IpAddr, local: IpAddr) -> Result<Route, String> {
-    let v: Value = serde_json::from_str(json).map_err(|e| format!("ip -j route get: {e}"))?;
-    let r = v
-        .as_array()
-        .and_then(|a| a.first())
-        .ok_or("ip -j route get: no route in the answer")?;
-    let addr = |k: &str| r[k].as_str().and_then(|s| s.parse::<IpAddr>().ok());
-    let dev = r["dev"]
-        .as_str()
-        .ok_or("ip -j route get: no output interface")?;
-    let table = table_of(&r["table"]);
-    Ok(Route {
-        peer,
-        local,
-        dev: dev.to_string(),
-        gateway: addr("gateway"),
-        prefsrc: addr("prefsrc"),
-        table,
-        null: None,
-    })
+impl Route {
+    /// The kernel's answer for a reply's way out.
+    pub fn from_answer(a: &RouteAnswer, peer: IpAddr, local: IpAddr) -> Result<Route, String> {
+        let dev = a
+            .dev
+            .clone()
+            .ok_or_else(|| format!("the route back to {peer} has no output interface"))?;
+        Ok(Route {
+            peer,
+            local,
+            dev,
+            gateway: a.gateway,
+            prefsrc: a.prefsrc,
+            table: table_name(a.table),
+            null: None,
+        })
+    }
 }
 
 /// Reverse-path filtering in effect on `iface` for IPv4: the larger of `all` and the
@@ -264,44 +244,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_a_policy_route_and_a_plain_one() {
+    fn a_policy_route_and_a_plain_one_are_described() {
         let peer = "173.245.48.10".parse().unwrap();
         let local = "192.0.2.1".parse().unwrap();
-        let r = parse(
-            r#"[{"dst":"173.245.48.10","gateway":"10.9.0.1","dev":"eth1","table":"100","prefsrc":"192.0.2.1","flags":[],"uid":0,"cache":[]}]"#,
-            peer,
-            local,
-        )
-        .unwrap();
+        let answer = |gateway: Option<&str>, dev: Option<&str>, table| RouteAnswer {
+            kind: RouteKind::Unicast,
+            table,
+            dev: dev.map(String::from),
+            gateway: gateway.map(|g| g.parse().unwrap()),
+            prefsrc: Some(local),
+        };
+        let r =
+            Route::from_answer(&answer(Some("10.9.0.1"), Some("eth1"), 100), peer, local).unwrap();
         assert_eq!(r.dev, "eth1");
         assert_eq!(
             r.describe(),
             "via 10.9.0.1 dev eth1 src 192.0.2.1 (table 100)"
         );
-        let r = parse(
-            r#"[{"dst":"173.245.48.10","dev":"eth0","table":"main","prefsrc":"192.0.2.1","flags":[]}]"#,
-            peer,
-            local,
-        )
-        .unwrap();
+        let r = Route::from_answer(&answer(None, Some("eth0"), 254), peer, local).unwrap();
         assert_eq!(r.describe(), "dev eth0 src 192.0.2.1");
-        assert!(parse("[]", peer, local).is_err());
-        assert!(parse("not json", peer, local).is_err());
+        // An interface gone between the answer and its name.
+        assert!(Route::from_answer(&answer(None, None, 254), peer, local).is_err());
     }
 
     #[test]
     fn the_most_specific_null_route_covering_the_peer_is_named() {
         let peer: IpAddr = "173.245.48.10".parse().unwrap();
-        let listed = r#"[{"type":"unreachable","dst":"173.245.48.10","flags":[]},
-            {"type":"unreachable","dst":"173.245.48.0/20","table":"100","flags":[]},
-            {"type":"unreachable","dst":"198.51.100.7","flags":[]}]"#;
-        let n = null_route_for(listed, NullRoute::Unreachable, peer);
+        let listed: Vec<ListedRoute> = [
+            "unreachable 173.245.48.10",
+            "unreachable 173.245.48.0/20 table 100",
+            "unreachable 198.51.100.7",
+            "173.245.48.0/24 via 10.9.0.1 dev eth1",
+        ]
+        .map(netlink::listed)
+        .into();
+        let n = null_route_for(&listed, NullRoute::Unreachable, peer);
         assert_eq!(n.describe(), "unreachable 173.245.48.10");
         assert!(n.looks_like_a_ban());
         assert_eq!(n.delete_command(), "ip route del unreachable 173.245.48.10");
         // A range in another table is not a ban's shape.
         let n = null_route_for(
-            r#"[{"type":"blackhole","dst":"173.245.48.0/20","table":"100","flags":[]}]"#,
+            &[netlink::listed("blackhole 173.245.48.0/20 table 100")],
             NullRoute::Blackhole,
             peer,
         );
@@ -310,28 +293,27 @@ mod tests {
         // IPv6, default, and none covering the peer (a policy rule).
         let v6: IpAddr = "2606:4700::10".parse().unwrap();
         let n = null_route_for(
-            r#"[{"type":"prohibit","dst":"default","dev":"lo","flags":[]}]"#,
+            &[netlink::listed("prohibit ::/0 dev lo")],
             NullRoute::Prohibit,
             v6,
         );
         assert_eq!(n.delete_command(), "ip -6 route del prohibit ::/0");
-        let n = null_route_for("[]", NullRoute::Prohibit, v6);
+        let n = null_route_for(&[], NullRoute::Prohibit, v6);
         assert_eq!(n.prefix, None);
         assert_eq!(
-            NullRoute::of_error("ip failed: RTNETLINK answers: No route to host"),
+            NullRoute::of_errno(libc::EHOSTUNREACH),
             Some(NullRoute::Unreachable)
         );
         assert_eq!(
-            NullRoute::of_error("RTNETLINK answers: Invalid argument"),
+            NullRoute::of_errno(libc::EINVAL),
             Some(NullRoute::Blackhole)
         );
+        assert_eq!(NullRoute::of_errno(libc::EACCES), Some(NullRoute::Prohibit));
+        assert_eq!(NullRoute::of_errno(libc::ENETUNREACH), None);
         assert_eq!(
-            NullRoute::of_error("RTNETLINK answers: Permission denied"),
-            Some(NullRoute::Prohibit)
+            NullRoute::of_kind(RouteKind::Blackhole),
+            Some(NullRoute::Blackhole)
         );
-        assert_eq!(
-            NullRoute::of_error("RTNETLINK answers: Network is unreachable"),
-            None
-        );
+        assert_eq!(NullRoute::of_kind(RouteKind::Unicast), None);
     }
 }

@@ -1,7 +1,9 @@
-//! Host utilities any stage may use: interfaces and their counters (`netinfo`), files written
+//! Host utilities any stage may use: interfaces and their counters (`netinfo`), the kernel asked
+//! over netlink (`netlink`: routes, sockets), files written
 //! as root without following planted links (`safe_fs`), systemd's notify and journal
 //! (`service`).
 
 pub mod netinfo;
+pub mod netlink;
 pub mod safe_fs;
 pub mod service;
