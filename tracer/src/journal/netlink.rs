@@ -1,13 +1,25 @@
 //! The kernel's own change notifications: rtnetlink (links, addresses, routes) and the
 //! nftables monitor group (NFNLGRP_NFTABLES: tables, chains, rules, sets, elements, each
 //! batch closed by a new generation). Decoded into words here; what is relevant is decided
-//! by [`super::watch`].
+//! by [`super::watch`]. Rtnetlink bodies are read by netlink-packet-route; nf_tables
+//! notifications, which no maintained crate reads, by the few lines below (the table, chain
+//! or set names and the generation are all the journal needs of them).
 
 use std::{
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
 };
+
+use netlink_packet_core::ParseableParametrized as _;
+use netlink_packet_route::{
+    address::AddressAttribute,
+    link::{LinkAttribute, LinkFlags, LinkInfo},
+    route::RouteAttribute,
+    RouteNetlinkMessage,
+};
+
+use crate::sys::netlink::{ip_of, RouteKind};
 
 const NLMSG_HDRLEN: usize = 16;
 const NETLINK_NETFILTER: i32 = 12;
@@ -144,16 +156,6 @@ fn string(v: &[u8]) -> String {
     String::from_utf8_lossy(v.split(|&c| c == 0).next().unwrap_or_default()).into_owned()
 }
 
-fn addr(family: u8, v: &[u8]) -> Option<IpAddr> {
-    match (family as i32, v.len()) {
-        (libc::AF_INET, 4) => Some(IpAddr::V4(Ipv4Addr::new(v[0], v[1], v[2], v[3]))),
-        (libc::AF_INET6, 16) => <[u8; 16]>::try_from(v)
-            .ok()
-            .map(|a| IpAddr::V6(Ipv6Addr::from(a))),
-        _ => None,
-    }
-}
-
 /// An rtnetlink notification, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RtChange {
@@ -179,85 +181,96 @@ pub enum RtChange {
         gateway: Option<IpAddr>,
         oif: Option<u32>,
         table: u32,
-        /// RTN_UNICAST 1, RTN_LOCAL 2, RTN_BLACKHOLE 6, RTN_UNREACHABLE 7, RTN_PROHIBIT 8...
-        rtype: u8,
+        kind: RouteKind,
         removed: bool,
     },
 }
 
-const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
-const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
-const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
+#[cfg(test)]
+const RTM_NEWROUTE: u16 = 24;
 
+/// One rtnetlink notification's body (`kind` is its message type), read by
+/// netlink-packet-route. Anything it cannot read, or that is not a link, address or route,
+/// is None.
 pub fn decode_route(kind: u16, p: &[u8]) -> Option<RtChange> {
-    match kind {
-        RTM_NEWLINK | RTM_DELLINK if p.len() >= 16 => {
-            let index = u32::from_ne_bytes(p[4..8].try_into().ok()?);
-            let flags = u32::from_ne_bytes(p[8..12].try_into().ok()?);
-            let change = u32::from_ne_bytes(p[12..16].try_into().ok()?);
-            let a = attrs(p, 16);
-            let name = a
-                .iter()
-                .find(|(t, _)| *t == libc::IFLA_IFNAME)
-                .map(|(_, v)| string(v))
-                .unwrap_or_default();
-            // IFLA_LINKINFO (18) nests IFLA_INFO_KIND (1).
-            let link_kind = a
-                .iter()
-                .find(|(t, _)| *t == 18)
-                .and_then(|(_, v)| attrs(v, 0).into_iter().find(|(t, _)| *t == 1))
-                .map(|(_, v)| string(v))
-                .unwrap_or_default();
+    match RouteNetlinkMessage::parse_with_param(p, kind).ok()? {
+        RouteNetlinkMessage::NewLink(m) | RouteNetlinkMessage::DelLink(m) => {
+            let mut name = String::new();
+            let mut link_kind = String::new();
+            for a in &m.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => name = n.clone(),
+                    LinkAttribute::LinkInfo(infos) => {
+                        for i in infos {
+                            if let LinkInfo::Kind(k) = i {
+                                link_kind = k.to_string();
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
             Some(RtChange::Link {
-                index,
+                index: m.header.index,
                 name,
                 kind: link_kind,
-                up: flags & (libc::IFF_UP as u32) != 0,
-                flags_changed: change & (libc::IFF_UP | libc::IFF_RUNNING) as u32 != 0,
+                up: m.header.flags.contains(LinkFlags::Up),
+                flags_changed: m
+                    .header
+                    .change_mask
+                    .intersects(LinkFlags::Up | LinkFlags::Running),
                 removed: kind == RTM_DELLINK,
             })
         }
-        RTM_NEWADDR | RTM_DELADDR if p.len() >= 8 => {
-            let (family, prefix) = (p[0], p[1]);
-            let index = u32::from_ne_bytes(p[4..8].try_into().ok()?);
-            let a = attrs(p, 8);
-            let pick = |t: u16| {
-                a.iter()
-                    .find(|(k, _)| *k == t)
-                    .and_then(|(_, v)| addr(family, v))
+        RouteNetlinkMessage::NewAddress(m) | RouteNetlinkMessage::DelAddress(m) => {
+            let pick = |want_local: bool| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(ip) if want_local => Some(*ip),
+                    AddressAttribute::Address(ip) if !want_local => Some(*ip),
+                    _ => None,
+                })
             };
             // IFA_LOCAL is the address itself on point-to-point links; IFA_ADDRESS otherwise.
-            let address = pick(libc::IFA_LOCAL).or_else(|| pick(libc::IFA_ADDRESS))?;
+            let address = pick(true).or_else(|| pick(false))?;
             Some(RtChange::Address {
-                index,
+                index: m.header.index,
                 addr: address,
-                prefix,
+                prefix: m.header.prefix_len,
                 removed: kind == RTM_DELADDR,
             })
         }
-        RTM_NEWROUTE | RTM_DELROUTE if p.len() >= 12 => {
-            let (family, dst_len, table_byte) = (p[0], p[1], p[4]);
-            let a = attrs(p, 12);
-            let get = |t: u16| a.iter().find(|(k, _)| *k == t).map(|(_, v)| *v);
-            let u32_of = |v: &[u8]| {
-                v.get(..4)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u32::from_ne_bytes)
-            };
-            Some(RtChange::Route {
-                dst: get(libc::RTA_DST).and_then(|v| addr(family, v)),
-                dst_len,
-                gateway: get(libc::RTA_GATEWAY).and_then(|v| addr(family, v)),
-                oif: get(libc::RTA_OIF).and_then(u32_of),
-                table: get(libc::RTA_TABLE)
-                    .and_then(u32_of)
-                    .unwrap_or(u32::from(table_byte)),
-                rtype: p[7],
+        RouteNetlinkMessage::NewRoute(m) | RouteNetlinkMessage::DelRoute(m) => {
+            let mut change = RtChange::Route {
+                dst: None,
+                dst_len: m.header.destination_prefix_length,
+                gateway: None,
+                oif: None,
+                table: u32::from(m.header.table),
+                kind: m.header.kind.into(),
                 removed: kind == RTM_DELROUTE,
-            })
+            };
+            if let RtChange::Route {
+                dst,
+                gateway,
+                oif,
+                table,
+                ..
+            } = &mut change
+            {
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Destination(d) => *dst = ip_of(d),
+                        RouteAttribute::Gateway(g) => *gateway = ip_of(g),
+                        RouteAttribute::Oif(i) => *oif = Some(*i),
+                        RouteAttribute::Table(t) => *table = *t,
+                        _ => {}
+                    }
+                }
+            }
+            Some(change)
         }
         _ => None,
     }
@@ -392,7 +405,7 @@ mod tests {
                 gateway: Some("10.99.0.2".parse().unwrap()),
                 oif: Some(7),
                 table: 254,
-                rtype: 1,
+                kind: RouteKind::Unicast,
                 removed: false
             }
         );

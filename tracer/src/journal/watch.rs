@@ -23,6 +23,7 @@ use crate::{
     model::event::ListenerEvent,
     origin::{listeners, namespaces},
     ranges::RangeSet,
+    sys::netlink::RouteKind,
 };
 
 const LISTENERS_EVERY: Duration = Duration::from_millis(250);
@@ -524,12 +525,20 @@ impl State {
                 gateway,
                 oif,
                 table,
-                rtype,
+                kind,
                 removed,
             } => {
                 // The local table lists the host's own addresses; broadcast/multicast/local
                 // routes are not how replies leave.
-                if table == 255 || !matches!(rtype, 1 | 6 | 7 | 8) {
+                if table == 255
+                    || !matches!(
+                        kind,
+                        RouteKind::Unicast
+                            | RouteKind::Blackhole
+                            | RouteKind::Unreachable
+                            | RouteKind::Prohibit
+                    )
+                {
                     return None;
                 }
                 let net = dst.and_then(|d| ipnet::IpNet::new(d, dst_len).ok());
@@ -551,10 +560,10 @@ impl State {
                     Some(n) if n.prefix_len() > 0 => n.trunc().to_string(),
                     _ => "default".into(),
                 };
-                let kind = match rtype {
-                    6 => " blackhole",
-                    7 => " unreachable",
-                    8 => " prohibit",
+                let kind = match kind {
+                    RouteKind::Blackhole => " blackhole",
+                    RouteKind::Unreachable => " unreachable",
+                    RouteKind::Prohibit => " prohibit",
                     _ => "",
                 };
                 let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();

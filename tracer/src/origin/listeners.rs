@@ -183,134 +183,84 @@ pub fn read() -> Vec<Listener> {
 }
 
 mod sock_diag {
-    //! A TCP LISTEN dump over NETLINK_SOCK_DIAG (inet_diag_req_v2 / inet_diag_msg).
+    //! A TCP LISTEN dump over NETLINK_SOCK_DIAG (netlink-packet-sock-diag builds the
+    //! inet_diag request and reads the answers).
 
-    use std::{
-        io,
-        net::{IpAddr, Ipv4Addr, Ipv6Addr},
-        os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    use std::io;
+
+    use netlink_packet_sock_diag::{
+        inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
+        SockDiagMessage,
     };
 
     use super::Listener;
+    use crate::sys::netlink;
 
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
-    const NLMSG_ERROR: u16 = 2;
-    const NLMSG_DONE: u16 = 3;
-    const TCP_LISTEN: u32 = 10;
-    const NLMSG_HDRLEN: usize = 16;
-    const REQ_LEN: usize = NLMSG_HDRLEN + 56;
-    /// inet_diag_msg: family, state, timer, retrans, sockid (48), expires, rqueue, wqueue, uid,
-    /// inode.
-    const MSG_LEN: usize = 72;
-
-    fn request(family: u8, seq: u32) -> [u8; REQ_LEN] {
-        let mut b = [0u8; REQ_LEN];
-        b[0..4].copy_from_slice(&(REQ_LEN as u32).to_ne_bytes());
-        b[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-        b[6..8].copy_from_slice(&flags.to_ne_bytes());
-        b[8..12].copy_from_slice(&seq.to_ne_bytes());
-        b[16] = family;
-        b[17] = libc::IPPROTO_TCP as u8;
-        b[20..24].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
-        b
-    }
-
-    fn parse_msg(m: &[u8]) -> Option<Listener> {
-        if m.len() < MSG_LEN {
-            return None;
-        }
-        let family = m[0];
-        let port = u16::from_be_bytes([m[4], m[5]]);
-        let src = &m[8..24];
-        let addr = if family == libc::AF_INET as u8 {
-            IpAddr::V4(Ipv4Addr::new(src[0], src[1], src[2], src[3]))
-        } else {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(src);
-            IpAddr::V6(Ipv6Addr::from(a))
-        };
-        let u32_at = |o: usize| u32::from_ne_bytes([m[o], m[o + 1], m[o + 2], m[o + 3]]);
-        Some(Listener {
-            addr,
-            port,
-            accept_queue: u32_at(56),
-            backlog: Some(u32_at(60)),
-            inode: Some(u64::from(u32_at(68))).filter(|i| *i != 0),
+    /// A listening socket's answer: for listeners the kernel reports the accept queue in
+    /// `recv_queue` and the backlog in force in `send_queue`.
+    fn listener_of(r: &InetResponse) -> Listener {
+        Listener {
+            addr: r.header.socket_id.source_address,
+            port: r.header.socket_id.source_port,
+            accept_queue: r.header.recv_queue,
+            backlog: Some(r.header.send_queue),
+            inode: Some(u64::from(r.header.inode)).filter(|i| *i != 0),
             ..Listener::default()
-        })
+        }
     }
 
     pub fn listeners() -> io::Result<Vec<Listener>> {
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                libc::NETLINK_SOCK_DIAG,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh, valid descriptor we own.
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut out = Vec::new();
-        for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-            let req = request(family, seq);
-            // SAFETY: sending a fully initialised buffer (kernel address is the default).
-            let sent = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-            if sent < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut buf = vec![0u8; 64 * 1024];
-            'recv: loop {
-                // SAFETY: buf is writable for its length.
-                let n =
-                    unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if n < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let mut data = &buf[..n as usize];
-                while data.len() >= NLMSG_HDRLEN {
-                    let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-                    let kind = u16::from_ne_bytes([data[4], data[5]]);
-                    if len < NLMSG_HDRLEN || len > data.len() {
-                        break;
-                    }
-                    match kind {
-                        NLMSG_DONE => break 'recv,
-                        NLMSG_ERROR => {
-                            let errno =
-                                i32::from_ne_bytes([data[16], data[17], data[18], data[19]]);
-                            return Err(io::Error::from_raw_os_error(-errno));
-                        }
-                        SOCK_DIAG_BY_FAMILY => out.extend(parse_msg(&data[NLMSG_HDRLEN..len])),
-                        _ => {}
-                    }
-                    let aligned = (len + 3) & !3;
-                    data = &data[aligned.min(data.len())..];
-                }
-            }
+        for v6 in [false, true] {
+            let request = InetRequest {
+                family: if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8,
+                protocol: libc::IPPROTO_TCP as u8,
+                extensions: ExtensionFlags::empty(),
+                states: StateFlags::LISTEN,
+                socket_id: if v6 {
+                    SocketId::new_v6()
+                } else {
+                    SocketId::new_v4()
+                },
+            };
+            let answers = netlink::ask(
+                netlink_sys::protocols::NETLINK_SOCK_DIAG,
+                SockDiagMessage::InetRequest(request),
+                true,
+            )?;
+            out.extend(answers.iter().filter_map(|m| match m {
+                SockDiagMessage::InetResponse(r) => Some(listener_of(r)),
+                _ => None,
+            }));
         }
         Ok(out)
     }
 
     #[cfg(test)]
     mod tests {
+        use std::net::IpAddr;
+
         use super::*;
 
         #[test]
-        fn parses_a_listen_message() {
-            let mut m = [0u8; MSG_LEN];
-            m[0] = libc::AF_INET as u8;
-            m[1] = 10;
-            m[4..6].copy_from_slice(&443u16.to_be_bytes());
-            m[8..12].copy_from_slice(&[127, 0, 0, 1]);
-            m[56..60].copy_from_slice(&3u32.to_ne_bytes());
-            m[60..64].copy_from_slice(&2u32.to_ne_bytes());
-            m[68..72].copy_from_slice(&4242u32.to_ne_bytes());
-            let l = parse_msg(&m).unwrap();
+        fn a_listeners_queue_and_backlog_are_read() {
+            let mut id = SocketId::new_v4();
+            id.source_port = 443;
+            id.source_address = "127.0.0.1".parse().unwrap();
+            let r = InetResponse {
+                header: netlink_packet_sock_diag::inet::InetResponseHeader {
+                    family: libc::AF_INET as u8,
+                    state: 10,
+                    timer: None,
+                    socket_id: id,
+                    recv_queue: 3,
+                    send_queue: 2,
+                    uid: 0,
+                    inode: 4242,
+                },
+                nlas: Default::default(),
+            };
+            let l = listener_of(&r);
             assert_eq!(l.inode, Some(4242));
             assert_eq!(l.endpoint(), "127.0.0.1:443");
             assert_eq!((l.accept_queue, l.backlog), (3, Some(2)));

@@ -158,7 +158,8 @@ fn family_of(v6: bool) -> AddressFamily {
     }
 }
 
-fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+/// A route attribute's address, when it is an IP one.
+pub fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
