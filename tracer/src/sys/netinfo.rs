@@ -17,24 +17,22 @@ pub fn interface_names() -> Vec<String> {
 }
 
 /// The XDP program attached to the interface now, as the kernel names it: "id 6584
-/// (xdp_syn)". From `ip -details -json link show`; `None` when there is none or `ip` cannot
-/// say.
+/// (xdp_syn)". Asked over netlink (the link's IFLA_XDP) and the bpf syscall (its name); `None`
+/// when there is none or the kernel cannot say.
 pub fn xdp_holder(iface: &str) -> Option<String> {
-    let out = std::process::Command::new("ip")
-        .args(["-details", "-json", "link", "show", "dev", iface])
-        .output()
-        .ok()?;
-    xdp_holder_of(&String::from_utf8_lossy(&out.stdout))
+    let id = super::netlink::xdp_program_id(iface).ok()??;
+    let name = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(String::from));
+    Some(holder_text(id, name.as_deref()))
 }
 
-fn xdp_holder_of(ip_json: &str) -> Option<String> {
-    let links: serde_json::Value = serde_json::from_str(ip_json).ok()?;
-    let prog = &links.get(0)?.get("xdp")?["prog"];
-    let id = prog["id"].as_u64()?;
-    Some(match prog["name"].as_str() {
-        Some(name) => format!("id {id} ({name})"),
-        None => format!("id {id}"),
-    })
+fn holder_text(id: u32, name: Option<&str>) -> String {
+    match name {
+        Some(name) if !name.is_empty() => format!("id {id} ({name})"),
+        _ => format!("id {id}"),
+    }
 }
 
 /// The interface's driver name (ethtool ETHTOOL_GDRVINFO), e.g. "veth", "virtio_net".
@@ -188,15 +186,16 @@ pub fn addresses(iface: &str) -> Vec<std::net::IpAddr> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn names_the_xdp_holder() {
-        let held = r#"[{"ifname":"a1","xdp":{"mode":1,"prog":{"id":6584,"name":"xdp_syn","tag":"78bb"}}}]"#;
-        assert_eq!(xdp_holder_of(held).as_deref(), Some("id 6584 (xdp_syn)"));
-        assert_eq!(xdp_holder_of(r#"[{"ifname":"a1"}]"#), None);
-        assert_eq!(xdp_holder_of("not json"), None);
+        assert_eq!(holder_text(6584, Some("xdp_syn")), "id 6584 (xdp_syn)");
+        assert_eq!(holder_text(6584, None), "id 6584");
+        // lo never has one, and a missing interface is no holder.
+        assert_eq!(xdp_holder("lo"), None);
+        assert_eq!(xdp_holder("no-such-if0"), None);
     }
-
-    use super::*;
 
     #[test]
     fn finds_default_routes() {

@@ -12,6 +12,7 @@ use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_route::{
+    link::{LinkAttribute, LinkMessage, LinkXdp},
     route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteType},
     AddressFamily, RouteNetlinkMessage,
 };
@@ -281,6 +282,35 @@ pub fn routes_listed(v6: bool) -> io::Result<Vec<ListedRoute>> {
             })
         })
         .collect())
+}
+
+/// The id of the XDP program attached to `iface` now (RTM_GETLINK's IFLA_XDP, what `ip -d
+/// link` shows), if any.
+pub fn xdp_program_id(iface: &str) -> io::Result<Option<u32>> {
+    let name = std::ffi::CString::new(iface)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in an interface name"))?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    let answer = ask(
+        netlink_sys::protocols::NETLINK_ROUTE,
+        RouteNetlinkMessage::GetLink(m),
+        false,
+    )?;
+    let Some(RouteNetlinkMessage::NewLink(link)) = answer.into_iter().next() else {
+        return Err(io::Error::other("the kernel's answer held no link"));
+    };
+    Ok(link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Xdp(xdp) => xdp.iter().find_map(|x| match x {
+            LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+            _ => None,
+        }),
+        _ => None,
+    }))
 }
 
 /// A listed route from a line as `ip route show` writes it ("unreachable 173.245.48.0/20",
