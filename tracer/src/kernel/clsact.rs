@@ -6,43 +6,20 @@
 //! id and start time. A filter without a claim (another tracer's in a container, with a state
 //! directory of its own; anyone else's) is never touched.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::sys::netlink::{self, BpfFilter};
 
 /// The tracer's TC programs, as `tc` shows a filter's `bpf_name`.
 const NAMES: [&str; 4] = ["tc_syn", "tc_pass", "tc_reply", "tc_reply_pass"];
 
-/// One ingress filter of ours: (preference, handle).
-#[derive(Debug, PartialEq, Eq)]
-struct Filter {
-    pref: u64,
-    handle: u32,
-}
-
-/// Our filters in `tc -json filter show dev IF ingress` output.
-fn ours(json: &str) -> Vec<Filter> {
-    let Ok(serde_json::Value::Array(filters)) = serde_json::from_str(json) else {
-        return Vec::new();
-    };
+/// Our filters among an interface's BPF filters.
+fn ours(filters: Vec<BpfFilter>) -> Vec<BpfFilter> {
     filters
-        .iter()
-        .filter(|f| f["kind"] == "bpf")
-        .filter(|f| {
-            f["options"]["bpf_name"]
-                .as_str()
-                .is_some_and(|n| NAMES.iter().any(|ours| n.starts_with(ours)))
-        })
-        .filter_map(|f| {
-            let handle = f["options"]["handle"].as_str()?;
-            Some(Filter {
-                pref: f["pref"].as_u64()?,
-                handle: u32::from_str_radix(handle.trim_start_matches("0x"), 16).ok()?,
-            })
-        })
+        .into_iter()
+        .filter(|f| NAMES.iter().any(|ours| f.name.starts_with(ours)))
         .collect()
 }
 
@@ -156,23 +133,26 @@ pub fn claim(iface: &str, direction: &str, handle: u32) -> Claimed {
 }
 
 /// Removes the tracer's filters on `iface` (ingress and egress) whose claim proves the
-/// claimant gone. Best effort: `tc` may be missing.
+/// claimant gone. Best effort: asked and removed over netlink, as `tc` would.
 pub fn remove_stale(iface: &str) {
-    for direction in ["ingress", "egress"] {
-        remove_stale_at(iface, direction);
+    for egress in [false, true] {
+        remove_stale_at(iface, egress);
     }
 }
 
-fn remove_stale_at(iface: &str, direction: &str) {
-    let Ok(out) = Command::new("tc")
-        .args(["-json", "filter", "show", "dev", iface, direction])
-        .output()
-    else {
-        return;
+fn remove_stale_at(iface: &str, egress: bool) {
+    let direction = if egress { "egress" } else { "ingress" };
+    let filters = match netlink::clsact_bpf_filters(iface, egress) {
+        Ok(f) => f,
+        Err(e) => {
+            // No clsact qdisc (EINVAL), no interface: nothing of ours can be there.
+            tracing::debug!("{iface} {direction}: filters not listed ({e})");
+            return;
+        }
     };
     let dir = claims_dir();
     let here = pid_ns();
-    for f in ours(&String::from_utf8_lossy(&out.stdout)) {
+    for f in ours(filters) {
         let path = claim_path(&dir, iface, direction, f.handle);
         let claim = crate::sys::safe_fs::read_own(&path, 4096)
             .ok()
@@ -187,20 +167,21 @@ fn remove_stale_at(iface: &str, direction: &str) {
         if claim.iface != iface || claim.handle != f.handle || !claim.claimant_gone(here) {
             continue;
         }
-        let removed = Command::new("tc")
-            .args(["filter", "del", "dev", iface, direction, "pref"])
-            .arg(f.pref.to_string())
-            .args(["handle", &format!("{:#x}", f.handle), "bpf"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if removed {
-            let _ = std::fs::remove_file(&path);
-            tracing::info!(
-                "removed a stale tracer filter from {iface} (pref {}, handle {:#x}): its tracer (pid {}) is gone",
+        match netlink::delete_clsact_filter(iface, egress, &f) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&path);
+                tracing::info!(
+                    "removed a stale tracer filter from {iface} (pref {}, handle {:#x}): its tracer (pid {}) is gone",
+                    f.pref,
+                    f.handle,
+                    claim.pid
+                );
+            }
+            Err(e) => tracing::warn!(
+                "cannot remove a stale tracer filter from {iface} {direction} (pref {}, handle {:#x}): {e}",
                 f.pref,
-                f.handle,
-                claim.pid
-            );
+                f.handle
+            ),
         }
     }
 }
@@ -211,19 +192,24 @@ mod tests {
 
     #[test]
     fn finds_only_our_bpf_filters() {
-        let json = r#"[{"protocol":"all","pref":49152,"kind":"bpf","chain":0},
-            {"protocol":"all","pref":49152,"kind":"bpf","chain":0,"options":{"handle":"0x3e8","bpf_name":"tc_syn","direct-action":true,"not_in_hw":true,"prog":{"id":12}}},
-            {"protocol":"all","pref":49153,"kind":"bpf","chain":0,"options":{"handle":"0x1","bpf_name":"cilium_ingress","direct-action":true}},
-            {"protocol":"all","pref":1,"kind":"u32","chain":0,"options":{"handle":"0x1"}}]"#;
+        let filter = |pref, handle, name: &str| BpfFilter {
+            pref,
+            handle,
+            name: name.into(),
+        };
+        let listed = vec![
+            filter(49152, 1000, "tc_syn"),
+            filter(49153, 1, "cilium_ingress"),
+            filter(49154, 7, "tc_reply_pass"),
+        ];
         assert_eq!(
-            ours(json),
-            [Filter {
-                pref: 49152,
-                handle: 1000
-            }]
+            ours(listed),
+            [
+                filter(49152, 1000, "tc_syn"),
+                filter(49154, 7, "tc_reply_pass")
+            ]
         );
-        assert!(ours("").is_empty());
-        assert!(ours("{}").is_empty());
+        assert!(ours(Vec::new()).is_empty());
     }
 
     #[test]

@@ -226,7 +226,7 @@ mod sock_diag {
             let answers = netlink::ask(
                 netlink_sys::protocols::NETLINK_SOCK_DIAG,
                 SockDiagMessage::InetRequest(request),
-                true,
+                netlink::Answer::Dump,
             )?;
             out.extend(answers.iter().filter_map(|m| match m {
                 SockDiagMessage::InetResponse(r) => Some(listener_of(r)),

@@ -1,105 +1,14 @@
-//! Asking the kernel over netlink, in this thread's network namespace: one request and its
-//! answer (or a dump's parts), with the messages built and read by the rust-netlink crates
-//! (netlink-packet-route, netlink-packet-sock-diag) rather than by hand. Routes are asked
-//! here as `ip route get` and `ip route show table all` ask them — the kernel decides, policy
-//! rules included — without depending on `ip` being installed.
+//! Routes, asked as `ip route get` and `ip route show table all` ask them.
 
-use std::{fmt::Debug, io, net::IpAddr, os::fd::AsRawFd as _, time::Duration};
+use std::{io, net::IpAddr};
 
 use ipnet::IpNet;
-use netlink_packet_core::{
-    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
-    NLM_F_DUMP, NLM_F_REQUEST,
-};
 use netlink_packet_route::{
-    link::{LinkAttribute, LinkMessage, LinkXdp},
     route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteType},
     AddressFamily, RouteNetlinkMessage,
 };
-use netlink_sys::{Socket, SocketAddr};
 
-/// How long the kernel may take to answer (it answers at once; this only bounds a wait that
-/// should never happen).
-const ANSWER_TIME: Duration = Duration::from_secs(2);
-/// A dump larger than this is refused rather than held: a host carrying a full BGP table is
-/// not one whose routes this tool lists.
-pub const MAX_PARTS: usize = 200_000;
-
-/// One request; every inner message of the answer. A dump ends at its Done; a plain request at
-/// its first answer. The kernel's error is returned as the errno it carries.
-pub fn ask<M>(protocol: isize, message: M, dump: bool) -> io::Result<Vec<M>>
-where
-    M: NetlinkSerializable + NetlinkDeserializable + Debug,
-    NetlinkPayload<M>: From<M>,
-{
-    let mut socket = Socket::new(protocol)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    set_receive_timeout(&socket, ANSWER_TIME)?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
-    header.sequence_number = 1;
-    let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
-    packet.finalize();
-    let mut buf = vec![0; packet.buffer_len()];
-    packet.serialize(&mut buf);
-    socket.send(&buf, 0)?;
-
-    let mut out = Vec::new();
-    let mut datagram = vec![0u8; 64 * 1024];
-    loop {
-        let n = socket.recv(&mut &mut datagram[..], 0)?;
-        let mut rest = &datagram[..n];
-        while !rest.is_empty() {
-            let m = NetlinkMessage::<M>::deserialize(rest)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let len = (m.header.length as usize).next_multiple_of(4);
-            match m.payload {
-                NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
-                NetlinkPayload::InnerMessage(inner) => {
-                    if out.len() >= MAX_PARTS {
-                        return Err(io::Error::other(format!(
-                            "the kernel's answer has more than {MAX_PARTS} parts"
-                        )));
-                    }
-                    out.push(inner);
-                    if !dump {
-                        return Ok(out);
-                    }
-                }
-                // An acknowledgement (error 0), a no-op or an overrun notice.
-                _ if !dump => return Ok(out),
-                _ => {}
-            }
-            if len == 0 || len >= rest.len() {
-                break;
-            }
-            rest = &rest[len..];
-        }
-    }
-}
-
-fn set_receive_timeout(socket: &Socket, t: Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: t.as_secs() as libc::time_t,
-        tv_usec: libc::suseconds_t::from(t.subsec_micros() as i32),
-    };
-    // SAFETY: setsockopt with a timeval of the size given, on a socket we own.
-    let r = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
+use super::{ask, interface_name, Answer};
 
 /// A route's type, as `ip route` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,19 +77,6 @@ pub fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-/// An interface's name by index, in this namespace (None once it is gone).
-pub fn interface_name(index: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes, NUL included, into buf.
-    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: on success buf holds a NUL-terminated name.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
-}
-
 /// The parts of a route message both listings and answers use.
 struct Parsed {
     dst: Option<IpAddr>,
@@ -235,7 +131,7 @@ pub fn route_get(dst: IpAddr, from: Option<IpAddr>) -> io::Result<RouteAnswer> {
     let answer = ask(
         netlink_sys::protocols::NETLINK_ROUTE,
         RouteNetlinkMessage::GetRoute(m),
-        false,
+        Answer::One,
     )?;
     let Some(RouteNetlinkMessage::NewRoute(r)) = answer.into_iter().next() else {
         return Err(io::Error::other("the kernel's answer held no route"));
@@ -257,7 +153,7 @@ pub fn routes_listed(v6: bool) -> io::Result<Vec<ListedRoute>> {
     let parts = ask(
         netlink_sys::protocols::NETLINK_ROUTE,
         RouteNetlinkMessage::GetRoute(m),
-        true,
+        Answer::Dump,
     )?;
     Ok(parts
         .iter()
@@ -282,35 +178,6 @@ pub fn routes_listed(v6: bool) -> io::Result<Vec<ListedRoute>> {
             })
         })
         .collect())
-}
-
-/// The id of the XDP program attached to `iface` now (RTM_GETLINK's IFLA_XDP, what `ip -d
-/// link` shows), if any.
-pub fn xdp_program_id(iface: &str) -> io::Result<Option<u32>> {
-    let name = std::ffi::CString::new(iface)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in an interface name"))?;
-    // SAFETY: if_nametoindex reads a NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut m = LinkMessage::default();
-    m.header.index = index;
-    let answer = ask(
-        netlink_sys::protocols::NETLINK_ROUTE,
-        RouteNetlinkMessage::GetLink(m),
-        false,
-    )?;
-    let Some(RouteNetlinkMessage::NewLink(link)) = answer.into_iter().next() else {
-        return Err(io::Error::other("the kernel's answer held no link"));
-    };
-    Ok(link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Xdp(xdp) => xdp.iter().find_map(|x| match x {
-            LinkXdp::ProgId(id) if *id != 0 => Some(*id),
-            _ => None,
-        }),
-        _ => None,
-    }))
 }
 
 /// A listed route from a line as `ip route show` writes it ("unreachable 173.245.48.0/20",
