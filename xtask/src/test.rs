@@ -287,6 +287,11 @@ fn run_tests(cmd: &mut Command, totals: &mut (u64, u64)) -> Result<()> {
         let line = line?;
         last_line.store(started.elapsed().as_secs(), Ordering::Relaxed);
         println!("{line}");
+        // libtest's "running N tests" starts a test binary: what came before (building it,
+        // the previous binary's summary) is no test's time.
+        if line.starts_with("running ") {
+            previous = std::time::Instant::now();
+        }
         if let Some(name) = line
             .strip_prefix("test ")
             .and_then(|l| l.split_once(" ... "))
