@@ -1,6 +1,6 @@
 //! Files the tracer writes as root, written so a planted symlink or a directory another user
 //! controls cannot turn them into writes elsewhere: temporary files are created new
-//! (O_CREAT | O_EXCL | O_NOFOLLOW) under an unpredictable name in the target's own directory,
+//! (tempfile: O_CREAT | O_EXCL, which never follows a link) under a random name in the target's own directory,
 //! then renamed over the target (rename replaces a symlink, it never follows one); state
 //! directories are created with a private mode and refused when another user owns them or can
 //! write to them; logs are opened without following a symlink.
@@ -9,63 +9,34 @@ use std::os::unix::fs::FileTypeExt as _;
 use std::{
     fs::{File, OpenOptions},
     io::{self, Write as _},
-    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
-    path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
-    time::{SystemTime, UNIX_EPOCH},
+    os::unix::fs::{
+        DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+    },
+    path::Path,
 };
 
 use anyhow::{bail, Context as _, Result};
 
-static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
-
-/// An unpredictable temporary name beside `path`: `.<name>.<pid>.<nanos>.<n>.tmp`.
-fn temp_beside(path: &Path) -> PathBuf {
+/// Writes `bytes` to `path` whole or not at all: a new temporary file in the same directory
+/// (tempfile: created O_EXCL under a random name, removed if anything fails), synced, then
+/// renamed over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.{}.{nanos}.{n}.tmp", std::process::id()))
-}
-
-/// Creates a new file that did not exist, never through a symlink.
-fn create_new(path: &Path, mode: u32) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-}
-
-/// Writes `bytes` to `path` whole or not at all: a new temporary file in the same directory,
-/// synced, then renamed over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let mut last = None;
-    for _ in 0..8 {
-        let tmp = temp_beside(path);
-        match create_new(&tmp, mode) {
-            Ok(mut f) => {
-                let done = f
-                    .write_all(bytes)
-                    .and_then(|()| f.sync_all())
-                    .and_then(|()| std::fs::rename(&tmp, path));
-                if done.is_err() {
-                    let _ = std::fs::remove_file(&tmp);
-                }
-                return done;
-            }
-            // Someone raced us to the name (or planted it): take another.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map(drop).map_err(|e| e.error)
 }
 
 /// A directory for the tracer's state: created with `mode` (and its parents) when missing;
@@ -204,7 +175,7 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 
-    fn scratch(tag: &str) -> PathBuf {
+    fn scratch(tag: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("safe-fs-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
@@ -225,9 +196,12 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
-        // No temporary file is left behind.
+        // No temporary file is left behind, and the mode asked for is the file's.
         let left: Vec<_> = std::fs::read_dir(&d).unwrap().collect();
         assert_eq!(left.len(), 2);
+        write_atomic(&target, b"private", 0o600).unwrap();
+        let mode = std::fs::metadata(&target).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
