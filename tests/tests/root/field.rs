@@ -221,8 +221,15 @@ fn connlimit_is_reported_as_a_rate_limit() {
 
 /// `tracer ranges --audit --format json` in the lab's origin namespace.
 fn audit(lab: &integration_tests::Lab) -> Value {
+    audit_with_path(lab, &std::env::var("PATH").unwrap_or_default())
+}
+
+/// The same with `PATH` set (a directory without `ip` leaves the tracer none).
+fn audit_with_path(lab: &integration_tests::Lab, path: &str) -> Value {
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &lab.origin.name])
+        .arg("env")
+        .arg(format!("PATH={path}"))
         .arg(integration_tests::tracer_bin())
         .args(["ranges", "--audit", "--format", "json"])
         .output()
@@ -299,6 +306,17 @@ fn ranges_audit_names_exactly_the_swallowed_ranges() {
         .map(|r| r["range"].as_str().unwrap())
         .collect();
     assert_eq!(ranges, ["173.245.48.0/20", "172.64.0.0/13"], "{v:#}");
+    // The kernel is asked over netlink: a host without iproute2 gets the same answer (only
+    // nft on the PATH, which the allowlist half of the audit reads).
+    let bare = integration_tests::TempDir::new("no-tools");
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin"] {
+        if std::path::Path::new(dir).join("nft").exists() {
+            std::os::unix::fs::symlink(format!("{dir}/nft"), bare.path("nft")).unwrap();
+            break;
+        }
+    }
+    let without_ip = audit_with_path(&lab, bare.0.to_str().unwrap());
+    assert_eq!(without_ip["routes"], v["routes"], "{without_ip:#}");
     assert_eq!(routes[0]["type"], "unreachable");
     assert_eq!(routes[0]["route"], "unreachable 173.245.48.0/20");
     assert!(routes[0]["fix"]
