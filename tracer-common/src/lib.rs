@@ -48,7 +48,9 @@ pub enum EventKind {
     /// ESTABLISHED or CLOSE), or the connection ending with an error. `state` is
     /// `old << 8 | new`, `aux` the connecting task's `pid_tgid`, the peer the address dialled;
     /// with `EVENT_F_HAS_REASON`, `reason` is the socket's error (`sk_err`, an errno) as it
-    /// closed. The local port is 0 at the connect (the kernel picks it just after).
+    /// closed. The local port is 0 at the connect (the kernel picks it just after). A SYN of
+    /// such a connection the kernel dropped (`skb:kfree_skb`) is one too, with `state`
+    /// `TCP_SYN_SENT << 8 | DIAL_SYN_DROPPED` and the drop reason in `reason`.
     Dial = 15,
 }
 
@@ -473,6 +475,29 @@ impl SockOffsets {
 pub const DIALERS_MAX: u32 = 64;
 /// Their connections being followed (`DIALS`), at most.
 pub const DIALS_MAX: u32 = 4096;
+/// A `Dial` record's new "state" for a SYN the kernel dropped (no TCP state has this number).
+pub const DIAL_SYN_DROPPED: u32 = 0xff;
+
+/// Where a followed process connected to, as `DIAL_TARGETS` keys it: a SYN dropped after its
+/// socket let go of it (on loopback, at the receiving side) is matched by it. IPv4: the
+/// address and port exactly; IPv6: the address folded to 48 bits beside the port (a
+/// collision can only credit a dropped SYN to the wrong dialling process, never invent one).
+/// One word: the drop hook's stack has no room for a wider key.
+pub const fn dial_target(family: u16, addr: &[u8; 16], port: u16) -> u64 {
+    let mut folded: u64 = 0;
+    if family == 4 {
+        folded = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]) as u64;
+    } else {
+        let mut i = 0;
+        while i < 16 {
+            let word = u32::from_be_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]) as u64;
+            folded ^= word.rotate_left((i as u32) * 3);
+            i += 4;
+        }
+        folded &= 0xffff_ffff_ffff;
+    }
+    (folded << 16) | port as u64
+}
 
 /// [`Config::flags`]: emit events for peers outside the watched ranges too.
 pub const CONFIG_F_ALL_PEERS: u32 = 1 << 0;

@@ -101,6 +101,10 @@ pub static DIALERS_ON: Array<u32> = Array::with_max_entries(1, 0);
 /// Their connections being followed: socket address -> the connecting task's `pid_tgid`.
 #[map]
 pub static DIALS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(DIALS_MAX, 0);
+/// Where they connected to -> the connecting task's `pid_tgid`: for dropped SYNs that no
+/// longer carry their socket.
+#[map]
+pub static DIAL_TARGETS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(DIALS_MAX, 0);
 
 /// Reads one configuration field without letting the compiler assume its initial value.
 macro_rules! config {
@@ -199,6 +203,28 @@ pub fn reserve_event() -> Option<RingBufEntry<Event>> {
         count(counter::LOST);
     }
     entry
+}
+
+/// An event built in place of the stack, one per CPU: for a program whose stack is full (the
+/// drop hook). Programs of one kind do not nest on a CPU, so one slot serves.
+#[map]
+pub static SCRATCH_EVENT: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch event, set to `empty_event(kind)`.
+#[inline(always)]
+pub fn scratch_event(kind: u16) -> Option<&'static mut Event> {
+    let event = unsafe { &mut *SCRATCH_EVENT.get_ptr_mut(0)? };
+    *event = empty_event(kind);
+    Some(event)
+}
+
+/// Sends an event built in place (copied into the ring), or counts it as lost.
+#[inline(always)]
+pub fn emit_from(event: &mut Event) {
+    event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    if EVENTS.output::<Event>(&*event, 0).is_err() {
+        count(counter::LOST);
+    }
 }
 
 /// Sends the event, or counts it as lost when the ring buffer is full.

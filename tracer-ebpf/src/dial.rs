@@ -9,12 +9,15 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_skc_to_tcp_sock},
     programs::TracePointContext,
 };
-use tracer_common::{EventKind, SockTpLayout, EVENT_F_HAS_REASON, EVENT_F_HAS_SOCK, FIELD_ABSENT};
+use tracer_common::{
+    dial_target, Event, EventKind, SockTpLayout, DIAL_SYN_DROPPED, EVENT_F_HAS_REASON,
+    EVENT_F_HAS_SOCK, FIELD_ABSENT,
+};
 
 use crate::{
     common::{
         config, emit, empty_event, load, net_inum, netns_of, read_kernel, DIALERS, DIALERS_ON,
-        DIALS,
+        DIALS, DIAL_TARGETS,
     },
     sock::{read_split, unmap_v4, AF_INET, AF_INET6, TCP_CLOSE, TCP_SYN_SENT},
 };
@@ -63,7 +66,12 @@ fn socket_error(sk: u64, new: i32) -> Option<u32> {
 /// Sends the step unless it is an uneventful close: a connection that was answered and then
 /// ended without an error is the normal case and says nothing.
 #[inline(always)]
-fn send(mut ev: tracer_common::Event, sk: u64, old: i32, new: i32, pid_tgid: u64) -> Option<()> {
+fn send(mut ev: Event, sk: u64, old: i32, new: i32, pid_tgid: u64) -> Option<()> {
+    if new == TCP_SYN_SENT {
+        // Remembered by where it goes: a SYN dropped after leaving its socket is matched so.
+        let key = dial_target(ev.family, &ev.peer_addr, ev.peer_port);
+        let _ = DIAL_TARGETS.insert(key, pid_tgid, 0);
+    }
     let err = socket_error(sk, new);
     if new == TCP_CLOSE && old != TCP_SYN_SENT && err.unwrap_or(0) == 0 {
         return None;
@@ -127,4 +135,46 @@ pub fn classic_dial(
     unmap_v4(&mut ev);
     ev.netns = netns_of(sk, 0).inum;
     send(ev, sk, old, new, pid_tgid)
+}
+
+/// A bare SYN the kernel dropped (`skb:kfree_skb`), read from the packet: `dropped` holds its
+/// family and addresses as read (the source in `peer_addr`, the destination in `local_addr`),
+/// `sport`/`dport` its ports. When a followed process connected to that address and port, the
+/// SYN is taken for one of its dials — matched by where it goes, not by its socket: on the
+/// output path the packet holds one, past loopback (the receiving side's input path) none,
+/// and one lookup serves both in the little stack the drop hook has left. `dropped` becomes
+/// the `Dial` record, for the caller to send (one event on the stack); otherwise it is left
+/// as it was and the answer is `None`. One array load while no dialler is named.
+#[inline(always)]
+pub fn dropped_syn(
+    dropped: &mut Event,
+    sport: u16,
+    dport: u16,
+    reason: Option<u32>,
+    netns: impl Fn() -> u32,
+) -> Option<()> {
+    if *DIALERS_ON.get(0)? == 0 {
+        return None;
+    }
+    let key = dial_target(dropped.family, &dropped.local_addr, dport);
+    let pid_tgid = *unsafe { DIAL_TARGETS.get(key) }?;
+    // Swapped eight bytes at a time through registers: a 16-byte temporary would not fit the
+    // stack left.
+    for half in [0, 8] {
+        let p = u64::from_ne_bytes(dropped.peer_addr[half..half + 8].try_into().ok()?);
+        let l = u64::from_ne_bytes(dropped.local_addr[half..half + 8].try_into().ok()?);
+        dropped.peer_addr[half..half + 8].copy_from_slice(&l.to_ne_bytes());
+        dropped.local_addr[half..half + 8].copy_from_slice(&p.to_ne_bytes());
+    }
+    dropped.kind = EventKind::Dial as u16;
+    dropped.peer_port = dport;
+    dropped.local_port = sport;
+    if let Some(r) = reason {
+        dropped.reason = r;
+        dropped.flags |= EVENT_F_HAS_REASON;
+    }
+    dropped.state = ((TCP_SYN_SENT as u32) << 8) | DIAL_SYN_DROPPED;
+    dropped.aux = pid_tgid;
+    dropped.netns = netns();
+    Some(())
 }

@@ -12,8 +12,8 @@ use tracer_common::{
 };
 
 use crate::common::{
-    attribution, classify_netns, config, count_refused, emit, empty_event, field, follow_forwarded,
-    load, net_inum, netns_filter, netns_of, peer_flags, port_watched, read_kernel, Netns,
+    attribution, classify_netns, config, count_refused, emit_from, field, follow_forwarded, load,
+    net_inum, netns_filter, netns_of, peer_flags, port_watched, read_kernel, scratch_event, Netns,
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -138,7 +138,9 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
     drop_event(&view, reason, location, || netns_of(0, skb))
 }
 
-/// Reads the dropped packet's headers and sends the drop if it is a watched flow's.
+/// Reads the dropped packet's headers and sends the drop if it is a watched flow's, or as its
+/// `Dial` record a followed process's SYN (see [`crate::dial::dropped_syn`]). The event is
+/// built in this CPU's scratch slot: the stack has no room for it beside the packet's headers.
 #[inline(always)]
 fn drop_event(
     view: &SkbView,
@@ -154,7 +156,7 @@ fn drop_event(
         return None;
     }
 
-    let mut event = empty_event(EventKind::Drop as u16);
+    let event = scratch_event(EventKind::Drop as u16)?;
     let ip = head + u64::from(network);
     let first: u8 = read_kernel(ip, 0)?;
     let tcp_offset = match first >> 4 {
@@ -191,6 +193,12 @@ fn drop_event(
     }
     let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let bare_syn = tcp[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if bare_syn && crate::dial::dropped_syn(event, sport, dport, reason, || netns().inum).is_some()
+    {
+        emit_from(event);
+        return Some(());
+    }
 
     let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
     // Incoming packets are addressed to a watched port; outgoing ones come from it. A packet
@@ -200,10 +208,9 @@ fn drop_event(
     if !in_watched && !out_watched && !follow_forwarded() {
         return None;
     }
-    let bare_syn = tcp[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let incoming = if in_watched || !out_watched {
-        orient(&mut event, sport, dport, false);
-        event_attribution(&mut event, in_watched, bare_syn.then_some(seq), &netns)
+        orient(event, sport, dport, false);
+        event_attribution(event, in_watched, bare_syn.then_some(seq), &netns)
     } else {
         None
     };
@@ -211,8 +218,8 @@ fn drop_event(
         if in_watched && !follow_forwarded() {
             return None;
         }
-        orient(&mut event, sport, dport, true);
-        event_attribution(&mut event, out_watched, None, &netns)?;
+        orient(event, sport, dport, true);
+        event_attribution(event, out_watched, None, &netns)?;
     }
     // Counted before the ring is asked for space: under a flood that fills it, the number of
     // refused edge SYNs stays exact.
@@ -231,7 +238,7 @@ fn drop_event(
         event.flags |= EVENT_F_HAS_REASON;
     }
     event.aux = location;
-    emit(event);
+    emit_from(event);
     Some(())
 }
 

@@ -184,33 +184,59 @@ fn the_agent_counts_the_tunnels_dials() {
 /// rule between them is what is named.
 #[test]
 fn a_firewall_between_cloudflared_and_the_service_is_named() {
-    let lab = Lab::new();
-    let _service = Server::start(lab.origin.listen("127.0.0.1", 8080, 16), ServerMode::Close);
-    let _edge = Server::start(lab.edge.listen(EDGE_V4, 7844, 16), ServerMode::Hold);
-    lab.origin.sh("nft add table inet t; \
-         nft add chain inet t output '{ type filter hook output priority 0; }'; \
-         nft add rule inet t output oif lo tcp dport 8080 drop");
-    let _tunnel = StandIn::start(
-        &lab.origin,
-        &["127.0.0.1:8080".parse().unwrap()],
-        Some(sockaddr(EDGE_V4, 7844)),
-    );
-    let r = diagnose(&lab, &[]);
-    assert_eq!(r["verdict"], "tunnel_origin_unreachable", "{r:#}");
-    let evidence = texts(&r["causes"][0]["evidence"]);
-    assert!(
-        evidence.contains("a listener takes 127.0.0.1:8080 (127.0.0.1:8080), yet the dials failed"),
-        "{r:#}"
-    );
-    assert!(
-        evidence.contains("given up by the process before an answer"),
-        "{r:#}"
-    );
-    assert!(
-        texts(&r["causes"][0]["next_steps"]).contains("nft list ruleset"),
-        "{r:#}"
-    );
-    assert_eq!(r["tunnel"]["services"][0]["connected"], 0, "{r:#}");
+    // On the output path the dropped SYN still holds cloudflared's socket; on the input path
+    // (after loopback) it holds none and is matched by where it went.
+    for chain in ["output", "input"] {
+        let lab = Lab::new();
+        let _service = Server::start(lab.origin.listen("127.0.0.1", 8080, 16), ServerMode::Close);
+        let _edge = Server::start(lab.edge.listen(EDGE_V4, 7844, 16), ServerMode::Hold);
+        let iface = if chain == "output" { "oif" } else { "iif" };
+        lab.origin.sh(&format!(
+            "nft add table inet t; \
+             nft add chain inet t {chain} '{{ type filter hook {chain} priority 0; }}'; \
+             nft add rule inet t {chain} {iface} lo tcp dport 8080 drop"
+        ));
+        let _tunnel = StandIn::start(
+            &lab.origin,
+            &["127.0.0.1:8080".parse().unwrap()],
+            Some(sockaddr(EDGE_V4, 7844)),
+        );
+        let r = diagnose(&lab, &[]);
+        assert_eq!(r["verdict"], "tunnel_origin_unreachable", "{chain}: {r:#}");
+        let evidence = texts(&r["causes"][0]["evidence"]);
+        assert!(
+            evidence.contains(
+                "a listener takes 127.0.0.1:8080 (127.0.0.1:8080): the SYNs never reached it"
+            ),
+            "{chain}: {r:#}"
+        );
+        assert!(
+            evidence.contains("of cloudflared's SYNs to 127.0.0.1:8080 (NETFILTER_DROP"),
+            "{chain}: {r:#}"
+        );
+        assert!(
+            evidence.contains("given up by the process before an answer"),
+            "{chain}: {r:#}"
+        );
+        assert!(
+            texts(&r["causes"][0]["next_steps"]).contains("nft list ruleset"),
+            "{chain}: {r:#}"
+        );
+        let service = &r["tunnel"]["services"][0];
+        assert_eq!(service["connected"], 0, "{chain}: {r:#}");
+        let drops = service["syn_drops"]["NETFILTER_DROP"].as_u64().unwrap_or(0);
+        // Each dial's first SYN at least (a retransmission after 1 s may be dropped too).
+        assert!(
+            drops >= service["dials"].as_u64().unwrap() && drops > 0,
+            "{chain}: {r:#}"
+        );
+        // The edge's connection is untouched: no SYN of it dropped.
+        assert_eq!(
+            r["tunnel"]["edge"]["syn_drops"],
+            serde_json::json!({}),
+            "{chain}: {r:#}"
+        );
+    }
 }
 
 /// QUIC, cloudflared's default transport: one unconnected UDP socket toward the edge. It

@@ -8,7 +8,10 @@ use std::{
     time::SystemTime,
 };
 
-use crate::model::dial::{DialEvent, DialStep, SocketError};
+use crate::{
+    model::dial::{DialEvent, DialStep, SocketError},
+    reasons::Reason,
+};
 
 /// Targets counted, at most: a process dialling thousands of addresses must not grow the
 /// window without bound (the rest are counted together under the last target kept).
@@ -25,6 +28,9 @@ pub struct DialCounts {
     pub failed: BTreeMap<Option<SocketError>, u64>,
     /// Established connections that ended with an error (a reset), by the error.
     pub ended: BTreeMap<Option<SocketError>, u64>,
+    /// SYNs of these dials the kernel dropped, by its reason (`None`: a kernel without
+    /// reasons). A dial whose SYNs are dropped retransmits them: several per dial.
+    pub syn_drops: BTreeMap<Option<Reason>, u64>,
     /// The processes that dialled.
     pub pids: BTreeSet<u32>,
     pub first_failure: Option<SystemTime>,
@@ -99,6 +105,9 @@ impl DialCounts {
         for (e, n) in &other.ended {
             *self.ended.entry(*e).or_default() += n;
         }
+        for (r, n) in &other.syn_drops {
+            *self.syn_drops.entry(*r).or_default() += n;
+        }
         self.pids.extend(&other.pids);
         self.first_failure = match (self.first_failure, other.first_failure) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -146,6 +155,10 @@ impl Dials {
                 *c.ended.entry(err).or_default() += 1;
                 c.first_failure.get_or_insert(e.ts);
             }
+            DialStep::SynDropped(reason) => {
+                *c.syn_drops.entry(reason).or_default() += 1;
+                c.first_failure.get_or_insert(e.ts);
+            }
         }
     }
 
@@ -190,6 +203,14 @@ mod tests {
             DialStep::Failed(Some(SocketError(0))),
         ));
         d.observe(&ev("127.0.0.1:9000", DialStep::Connecting));
+        // Its SYN dropped twice (the first and a retransmission): still one dial, unanswered.
+        let table = crate::reasons::ReasonTable::for_tests(&[(6, "NETFILTER_DROP")], &[]);
+        for _ in 0..2 {
+            d.observe(&ev(
+                "127.0.0.1:9000",
+                DialStep::SynDropped(Some(table.drop_reason(6))),
+            ));
+        }
         let v6 = &d.by_target[&"[::1]:8080".parse().unwrap()];
         assert_eq!((v6.dials, v6.failures(), v6.unanswered()), (3, 3, 0));
         assert_eq!(v6.failures_text(), "3 refused (ECONNREFUSED)");
@@ -198,6 +219,8 @@ mod tests {
         assert_eq!(v4.unanswered(), 0);
         let silent = &d.by_target[&"127.0.0.1:9000".parse().unwrap()];
         assert_eq!(silent.failures_text(), "1 unanswered");
+        assert_eq!(silent.syn_drops[&Some(table.drop_reason(6))], 2);
+        assert!(silent.first_failure.is_some());
         let all = d.total(|_| true);
         assert_eq!((all.dials, all.connected, all.failures()), (6, 1, 3));
     }

@@ -3,7 +3,7 @@
 //! dials counted; at a window's end, what they hold toward the edge and what listens where
 //! they dialled.
 
-use std::net::SocketAddr;
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use crate::{
     correlate::dials::{DialCounts, Dials},
@@ -13,6 +13,7 @@ use crate::{
         tunnel::{self, EdgeSockets, TunnelProcess},
     },
     ranges::RangeSet,
+    reasons::Reason,
 };
 
 /// A window's view of the tunnel: what the verdict decides from and the report shows.
@@ -33,6 +34,31 @@ pub struct TunnelSeen {
     pub edge_sockets: EdgeSockets,
     /// `UdpRcvbufErrors` over the window, in the processes' namespaces.
     pub udp_rcvbuf_errors: Option<u64>,
+    /// The kernel's names of the drop reasons its dropped SYNs carry (given by the window's
+    /// report, which knows this kernel's names).
+    pub drop_names: BTreeMap<Reason, String>,
+}
+
+impl TunnelSeen {
+    /// Names every drop reason the dials' dropped SYNs carry.
+    pub fn name_drops(&mut self, name: impl Fn(Reason) -> String) {
+        let reasons: Vec<Reason> = self
+            .services
+            .iter()
+            .map(|s| &s.counts)
+            .chain([&self.edge])
+            .flat_map(|c| c.syn_drops.keys().flatten().copied())
+            .collect();
+        for r in reasons {
+            self.drop_names.entry(r).or_insert_with(|| name(r));
+        }
+    }
+
+    /// A dropped SYN's reason as the kernel names it ("unknown" on a kernel without reasons).
+    pub fn drop_name(&self, r: Option<Reason>) -> &str {
+        r.and_then(|r| self.drop_names.get(&r))
+            .map_or("unknown", String::as_str)
+    }
 }
 
 /// Dials to one service address.
@@ -186,6 +212,7 @@ impl TunnelWatch {
             edge: dials.total(|t| is_edge(t, ranges)),
             edge_sockets,
             udp_rcvbuf_errors,
+            drop_names: BTreeMap::new(),
         })
     }
 }
@@ -234,6 +261,7 @@ impl TunnelSeen {
                 udp_rcvbuf_errors: Some(0),
             },
             udp_rcvbuf_errors: Some(0),
+            drop_names: BTreeMap::new(),
         }
     }
 }

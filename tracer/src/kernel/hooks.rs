@@ -220,10 +220,14 @@ impl Probe {
             })();
             match result {
                 Ok(()) => attached.push(tracepoint),
-                Err(e) => self.notes.push(format!(
-                    "BTF tracepoint {tracepoint} unavailable ({}): using the classic one",
-                    one_line(&e)
-                )),
+                Err(e) => {
+                    // The whole verifier log, for whoever changes the program (-vv).
+                    tracing::debug!("BTF tracepoint {tracepoint}: {e:#}");
+                    self.notes.push(format!(
+                        "BTF tracepoint {tracepoint} unavailable ({}): using the classic one",
+                        one_line(&e)
+                    ))
+                }
             }
         }
         attached

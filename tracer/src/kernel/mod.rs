@@ -213,6 +213,7 @@ fn one_line(e: &anyhow::Error) -> String {
         .map(str::trim)
         .rfind(|l| {
             !l.is_empty()
+                && !l.starts_with(':')
                 && !l.starts_with("verification time")
                 && !l.starts_with("stack depth")
                 && !l.starts_with("processed ")

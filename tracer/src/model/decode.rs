@@ -59,6 +59,7 @@ pub fn decode_record(
             step: dial::step_of(
                 raw.state,
                 (raw.flags & EVENT_F_HAS_REASON != 0).then_some(raw.reason),
+                |code| reasons.drop_reason(code),
             )?,
         }));
     }

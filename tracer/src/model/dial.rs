@@ -3,6 +3,8 @@
 
 use std::{net::SocketAddr, time::SystemTime};
 
+use crate::reasons::Reason;
+
 /// One step of a followed process's connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DialEvent {
@@ -27,6 +29,9 @@ pub enum DialStep {
     Failed(Option<SocketError>),
     /// An established connection ended with an error (a reset).
     Ended(Option<SocketError>),
+    /// The kernel dropped one of its SYNs (a firewall rule, a null route...), for the reason
+    /// it gave (`None`: a kernel without drop reasons). Retransmissions are dropped again.
+    SynDropped(Option<Reason>),
 }
 
 /// The error a socket closed with (`sk_err`), as an errno.
@@ -64,9 +69,17 @@ const TCP_ESTABLISHED: u32 = 1;
 const TCP_SYN_SENT: u32 = 2;
 const TCP_CLOSE: u32 = 7;
 
-/// The step a `Dial` record's `old << 8 | new` state and error stand for.
-pub fn step_of(state: u32, error: Option<u32>) -> Option<DialStep> {
+/// The step a `Dial` record's `old << 8 | new` state and error stand for; for a dropped SYN
+/// (`DIAL_SYN_DROPPED`), `drop_reason` names its reason.
+pub fn step_of(
+    state: u32,
+    error: Option<u32>,
+    drop_reason: impl Fn(u32) -> Reason,
+) -> Option<DialStep> {
     let (old, new) = (state >> 8, state & 0xff);
+    if new == tracer_common::DIAL_SYN_DROPPED {
+        return Some(DialStep::SynDropped(error.map(drop_reason)));
+    }
     let error = error.map(SocketError);
     Some(match (old, new) {
         (_, TCP_SYN_SENT) => DialStep::Connecting,
@@ -83,6 +96,8 @@ mod tests {
 
     #[test]
     fn states_and_errors_are_steps() {
+        let table = crate::reasons::ReasonTable::for_tests(&[(6, "NETFILTER_DROP")], &[]);
+        let step_of = |state, error| step_of(state, error, |c| table.drop_reason(c));
         assert_eq!(step_of(7 << 8 | 2, None), Some(DialStep::Connecting));
         assert_eq!(step_of(2 << 8 | 1, None), Some(DialStep::Connected));
         assert_eq!(
@@ -94,6 +109,14 @@ mod tests {
             Some(DialStep::Ended(Some(SocketError(104))))
         );
         assert_eq!(step_of(1 << 8 | 4, None), None);
+        assert_eq!(
+            step_of(2 << 8 | tracer_common::DIAL_SYN_DROPPED, Some(6)),
+            Some(DialStep::SynDropped(Some(table.drop_reason(6))))
+        );
+        assert_eq!(
+            step_of(2 << 8 | tracer_common::DIAL_SYN_DROPPED, None),
+            Some(DialStep::SynDropped(None))
+        );
         assert_eq!(SocketError(111).name(), "ECONNREFUSED");
         assert_eq!(SocketError(0).name(), "closed by the process");
         assert_eq!(SocketError(99).name(), "errno 99");

@@ -50,10 +50,13 @@ struct DialsJson {
     /// Failures and resets by the socket's error (`ECONNREFUSED`, `ETIMEDOUT`, …;
     /// `unknown` on a kernel without BTF).
     errors: BTreeMap<String, u64>,
+    /// SYNs of these dials the kernel dropped, by its drop reason (`NETFILTER_DROP`, …;
+    /// `unknown` on a kernel without drop reasons).
+    syn_drops: BTreeMap<String, u64>,
 }
 
 impl DialsJson {
-    fn of(c: &DialCounts) -> Self {
+    fn of(c: &DialCounts, t: &TunnelSeen) -> Self {
         let mut errors = BTreeMap::new();
         let name = |e: &Option<SocketError>| e.map_or("unknown".to_string(), |e| e.name());
         for (e, n) in c.failed.iter().chain(&c.ended) {
@@ -69,6 +72,14 @@ impl DialsJson {
             resets: c.resets(),
             abandoned: c.abandoned(),
             errors,
+            syn_drops: c
+                .syn_drops
+                .iter()
+                .map(|(r, n)| (t.drop_name(*r).to_string(), *n))
+                .fold(BTreeMap::new(), |mut m, (name, n)| {
+                    *m.entry(name).or_default() += n;
+                    m
+                }),
         }
     }
 }
@@ -86,10 +97,10 @@ struct ServiceJson {
 }
 
 impl ServiceJson {
-    fn of(s: &ServiceDials) -> Self {
+    fn of(s: &ServiceDials, t: &TunnelSeen) -> Self {
         Self {
             target: s.target.to_string(),
-            dials: DialsJson::of(&s.counts),
+            dials: DialsJson::of(&s.counts, t),
             listeners: s.listeners.iter().map(|l| l.endpoint()).collect(),
             on_this_host: s.on_this_host,
         }
@@ -124,9 +135,9 @@ impl<'a> TunnelJson<'a> {
                 })
                 .collect(),
             running: !t.running.is_empty(),
-            services: t.services.iter().map(ServiceJson::of).collect(),
+            services: t.services.iter().map(|s| ServiceJson::of(s, t)).collect(),
             edge: EdgeJson {
-                dials: DialsJson::of(&t.edge),
+                dials: DialsJson::of(&t.edge, t),
                 tcp_established: t.edge_sockets.tcp_established,
                 tcp_connecting: t.edge_sockets.tcp_connecting,
                 udp_sockets: t.edge_sockets.udp,

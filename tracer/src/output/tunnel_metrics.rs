@@ -20,8 +20,9 @@ const OUTCOMES: [&str; 6] = [
     "reset",
 ];
 
-/// The outcome label of a dial's step; `None` for a connect (counted when it ends) and for a
-/// dial its process gave up.
+/// The outcome label of a dial's step; `None` for a connect (counted when it ends), for a
+/// dial its process gave up, and for a dropped SYN (its dial ends later, timed out or given
+/// up, and is counted then).
 fn outcome(step: DialStep) -> Option<&'static str> {
     let failed = |e: Option<SocketError>| match e.map(|e| e.0) {
         Some(SocketError::NONE) => None,
@@ -35,6 +36,7 @@ fn outcome(step: DialStep) -> Option<&'static str> {
         DialStep::Connected => Some("connected"),
         DialStep::Failed(e) => failed(e),
         DialStep::Ended(_) => Some("reset"),
+        DialStep::SynDropped(_) => None,
     }
 }
 

@@ -46,6 +46,38 @@ pub fn apply(
     }
 }
 
+/// "the kernel dropped 6 of cloudflared's SYNs to 127.0.0.1:8080 (NETFILTER_DROP ×6: an
+/// nftables/iptables rule dropped or rejected it)" — what the drop hook saw of these dials,
+/// by the kernel's reason.
+fn syn_drops_text(
+    seen: &TunnelSeen,
+    c: &crate::correlate::dials::DialCounts,
+    to: &str,
+) -> Option<String> {
+    let total: u64 = c.syn_drops.values().sum();
+    if total == 0 {
+        return None;
+    }
+    let parts: Vec<String> = c
+        .syn_drops
+        .iter()
+        .map(|(r, n)| {
+            let name = seen.drop_name(*r);
+            let meaning = crate::reasons::meaning::drop_meaning(name);
+            if meaning.known {
+                format!("{name} ×{n}: {}", meaning.what)
+            } else {
+                format!("{name} ×{n}")
+            }
+        })
+        .collect();
+    Some(format!(
+        "the kernel dropped {total} of {}'s SYNs to {to} ({})",
+        seen.name,
+        parts.join("; ")
+    ))
+}
+
 fn processes_text(seen: &TunnelSeen) -> String {
     if seen.processes.is_empty() {
         return format!("{} dialled, and is gone", seen.name);
@@ -128,6 +160,10 @@ fn origin_unreachable(seen: &TunnelSeen, s: &ServiceDials) -> Cause {
             String::new()
         }
     )];
+    let dropped = syn_drops_text(seen, c, &target.to_string());
+    if let Some(d) = &dropped {
+        evidence.push(d.clone());
+    }
     let mut next = Vec::new();
     let accepting: Vec<&Listener> = s
         .listeners
@@ -179,6 +215,14 @@ fn origin_unreachable(seen: &TunnelSeen, s: &ServiceDials) -> Cause {
                 queue.join(", ")
             ));
             next.push("The service is not accepting fast enough: raise its worker count and listen backlog, or find what blocks it.".into());
+        } else if dropped.is_some() {
+            evidence.push(format!(
+                "a listener takes {target} ({}): the SYNs never reached it",
+                listening.join(", ")
+            ));
+            next.push(format!(
+                "Check the firewall for rules on the loopback interface and the output path that match port {port}: `nft list ruleset | grep -n -e 'lo' -e {port}` or `iptables -S | grep -e lo -e {port}`; loopback traffic must be accepted."
+            ));
         } else {
             evidence.push(format!(
                 "a listener takes {target} ({}), yet the dials failed: a firewall rule between {} and the service rejects or drops them, or the service restarted in the window",
@@ -249,6 +293,9 @@ fn tunnel_down(seen: &TunnelSeen) -> Option<Cause> {
         ));
     } else if !stopped {
         evidence.push("it dialled nothing toward the edge in the window".into());
+    }
+    if let Some(d) = syn_drops_text(seen, e, "the edge") {
+        evidence.push(d);
     }
     evidence.push(super::error_text(1033));
     let next = vec![
@@ -378,6 +425,49 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("loopback traffic must be accepted"), "{text}");
+    }
+
+    /// The drop hook's SYNs of the dials: a listener there and SYNs dropped by netfilter is
+    /// said as the kernel's fact, not guessed; the same drops toward the edge join tunnel_down.
+    #[test]
+    fn syns_the_kernel_dropped_are_named_with_their_reason() {
+        let table = crate::reasons::ReasonTable::for_tests(&[(6, "NETFILTER_DROP")], &[]);
+        let netfilter = table.drop_reason(6);
+        let mut seen = TunnelSeen::sample();
+        let s = &mut seen.services[0];
+        s.target = "127.0.0.1:8080".parse().unwrap();
+        s.counts = DialCounts {
+            dials: 2,
+            failed: [(Some(SocketError(SocketError::NONE)), 2)].into(),
+            syn_drops: [(Some(netfilter), 4)].into(),
+            ..DialCounts::default()
+        };
+        seen.edge.syn_drops = [(None, 1)].into();
+        seen.edge_sockets.tcp_established = 0;
+        seen.name_drops(|r| table.name(r).into_owned());
+        let (causes, _) = causes_of(&seen);
+        let text = all_text(&causes[0]);
+        assert!(
+            text.contains("the kernel dropped 4 of cloudflared's SYNs to 127.0.0.1:8080 (NETFILTER_DROP ×4: an nftables/iptables rule dropped or rejected it)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "a listener takes 127.0.0.1:8080 (127.0.0.1:8080): the SYNs never reached it"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("or the service restarted"), "{text}");
+        let down = causes
+            .iter()
+            .find(|c| c.verdict == Verdict::TunnelDown)
+            .expect("tunnel_down");
+        assert!(
+            all_text(down)
+                .contains("the kernel dropped 1 of cloudflared's SYNs to the edge (unknown ×1)"),
+            "{}",
+            all_text(down)
+        );
     }
 
     #[test]

@@ -273,7 +273,11 @@ pub fn assemble(w: ClosedWindow) -> Report {
     if !ctx.tls_checked {
         crate::verdict::tls::quick_close_hint(&mut causes, &tally.quick_closes, edge.handshakes);
     }
-    crate::verdict::tunnel::apply(&mut verdict, &mut causes, &mut notes, ctx.tunnel.as_ref());
+    let tunnel = ctx.tunnel.clone().map(|mut t| {
+        t.name_drops(|r| ctx.reasons.name(r).into_owned());
+        t
+    });
+    crate::verdict::tunnel::apply(&mut verdict, &mut causes, &mut notes, tunnel.as_ref());
     Report {
         verdict,
         window_secs: window_value(ctx.window_secs),
@@ -295,7 +299,7 @@ pub fn assemble(w: ClosedWindow) -> Report {
         since: None,
         edge_ports: tally.edge_ports.iter().copied().collect(),
         timing,
-        tunnel: ctx.tunnel.clone(),
+        tunnel,
     }
 }
 
