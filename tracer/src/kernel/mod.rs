@@ -461,4 +461,17 @@ mod tests {
         assert_eq!(teardown[1], 1 << (71 - 64), "QUEUE_PURGE only");
         assert_eq!(teardown.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
     }
+
+    /// The note carries the verifier's own verdict, not the error aya appends after the log.
+    #[test]
+    fn a_verifier_log_is_cut_to_its_verdict() {
+        let e = anyhow::anyhow!(
+            "the BPF_PROG_LOAD syscall returned Permission denied (os error 13). Verifier output: 0: (bf) r6 = r1\ncombined stack size of 2 calls is 528. Too large\nverification time 156199 usec\nstack depth 504+8\nprocessed 10496 insns (limit 1000000) max_states_per_insn 13\n: Permission denied (os error 13)"
+        );
+        assert_eq!(
+            one_line(&e),
+            "the BPF_PROG_LOAD syscall returned Permission denied (os error 13). verifier: combined stack size of 2 calls is 528. Too large"
+        );
+        assert_eq!(one_line(&anyhow::anyhow!("plain\nsecond")), "plain");
+    }
 }
