@@ -152,19 +152,31 @@ fn the_agent_counts_the_tunnels_dials() {
     let lab = Lab::new();
     let _edge = Server::start(lab.edge.listen(EDGE_V4, 7844, 16), ServerMode::Hold);
     let dir = TempDir::new(&format!("tunnel-agent-{}", lab.origin.name));
+    // 8080: nothing listens (refused); 8081: a firewall rule drops the SYNs.
+    lab.origin.sh("nft add table inet t; \
+         nft add chain inet t output '{ type filter hook output priority 0; }'; \
+         nft add rule inet t output oif lo tcp dport 8081 drop");
     let _tunnel = StandIn::start(
         &lab.origin,
-        &["127.0.0.1:8080".parse().unwrap()],
+        &[
+            "127.0.0.1:8080".parse().unwrap(),
+            "127.0.0.1:8081".parse().unwrap(),
+        ],
         Some(sockaddr(EDGE_V4, 7844)),
     );
     let agent = Agent::on(&lab.origin, "443", "1", &dir.path("agent.log")).start();
-    let body = agent.metrics_until(Duration::from_secs(10), |m| {
+    let body = agent.metrics_until(Duration::from_secs(12), |m| {
         metric(m, "tracer_verdict{verdict=\"tunnel_origin_unreachable\"}") == Some(1.0)
             && metric(
                 m,
                 "tracer_tunnel_dials_total{outcome=\"refused\",to=\"service\"}",
             )
             .is_some_and(|n| n >= 3.0)
+            && metric(
+                m,
+                "tracer_tunnel_syn_drops_total{reason=\"NETFILTER_DROP\",to=\"service\"}",
+            )
+            .is_some_and(|n| n >= 2.0)
     });
     assert_eq!(
         metric(&body, "tracer_tunnel_processes"),

@@ -8,6 +8,7 @@ use super::metrics::{counter_vec, gauge, gauge_vec};
 use crate::{
     correlate::tunnel::TunnelSeen,
     model::dial::{DialStep, SocketError},
+    reasons::Reason,
 };
 
 /// The outcomes a dial is counted under.
@@ -43,6 +44,7 @@ fn outcome(step: DialStep) -> Option<&'static str> {
 pub struct TunnelMetrics {
     processes: IntGauge,
     dials: IntCounterVec,
+    syn_drops: IntCounterVec,
     edge_connections: IntGaugeVec,
 }
 
@@ -59,6 +61,13 @@ impl TunnelMetrics {
                 "tracer_tunnel_dials_total",
                 "Connections the tunnel's processes opened, by where to (`service`: what it forwards to; `edge`: Cloudflare) and outcome (connected, refused, timed_out, unreachable, failed, reset after connecting).",
                 &["to", "outcome"],
+            )?,
+            // No series until a SYN is dropped: the reasons are the kernel's, found as they come.
+            syn_drops: counter_vec(
+                r,
+                "tracer_tunnel_syn_drops_total",
+                "SYNs of the tunnel processes' dials the kernel dropped, by where to (`service`, `edge`) and the kernel's drop reason (`NETFILTER_DROP`: a firewall rule; `unknown` on kernels without drop reasons).",
+                &["to", "reason"],
             )?,
             edge_connections: gauge_vec(
                 r,
@@ -78,12 +87,15 @@ impl TunnelMetrics {
         Ok(m)
     }
 
-    /// One dial's step; `edge` says where it went.
-    pub fn dial(&self, edge: bool, step: DialStep) {
+    /// One dial's step; `edge` says where it went; `drop_name` names a dropped SYN's reason.
+    pub fn dial(&self, edge: bool, step: DialStep, drop_name: impl Fn(Reason) -> String) {
+        let to = if edge { "edge" } else { "service" };
         if let Some(o) = outcome(step) {
-            self.dials
-                .with_label_values(&[if edge { "edge" } else { "service" }, o])
-                .inc();
+            self.dials.with_label_values(&[to, o]).inc();
+        }
+        if let DialStep::SynDropped(r) = step {
+            let reason = r.map_or_else(|| "unknown".to_string(), drop_name);
+            self.syn_drops.with_label_values(&[to, &reason]).inc();
         }
     }
 
@@ -115,5 +127,32 @@ mod tests {
         assert_eq!(outcome(DialStep::Failed(e(0))), None);
         assert_eq!(outcome(DialStep::Failed(None)), Some("failed"));
         assert_eq!(outcome(DialStep::Ended(e(104))), Some("reset"));
+        assert_eq!(outcome(DialStep::SynDropped(None)), None);
+    }
+
+    #[test]
+    fn dropped_syns_are_counted_by_reason() {
+        let r = Registry::new();
+        let m = TunnelMetrics::new(&r).unwrap();
+        let table = crate::reasons::ReasonTable::for_tests(&[(6, "NETFILTER_DROP")], &[]);
+        let name = |x| table.name(x).into_owned();
+        m.dial(
+            false,
+            DialStep::SynDropped(Some(table.drop_reason(6))),
+            name,
+        );
+        m.dial(
+            false,
+            DialStep::SynDropped(Some(table.drop_reason(6))),
+            name,
+        );
+        m.dial(true, DialStep::SynDropped(None), name);
+        assert_eq!(
+            m.syn_drops
+                .with_label_values(&["service", "NETFILTER_DROP"])
+                .get(),
+            2
+        );
+        assert_eq!(m.syn_drops.with_label_values(&["edge", "unknown"]).get(), 1);
     }
 }

@@ -205,7 +205,10 @@ impl Sink for Agent {
         }
         if let Record::Dial(d) = &record {
             let edge = crate::correlate::tunnel::is_edge(&d.target, &self.ranges);
-            self.metrics.tunnel.dial(edge, d.step);
+            let reasons = &self.reasons;
+            self.metrics
+                .tunnel
+                .dial(edge, d.step, |r| reasons.name(r).into_owned());
             self.tunnel.observe(d);
             return;
         }
