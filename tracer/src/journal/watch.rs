@@ -147,24 +147,11 @@ fn sysctl_paths(iface: &str) -> Vec<(String, String)> {
 }
 
 fn ifname(index: u32) -> String {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes into buf.
-    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return format!("ifindex {index}");
-    }
-    // SAFETY: on success buf holds a NUL-terminated name.
-    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
+    crate::sys::netlink::interface_name(index).unwrap_or_else(|| format!("ifindex {index}"))
 }
 
 fn ifindex(iface: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/sys/class/net/{iface}/ifindex"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    crate::sys::netlink::interface_index(iface).ok()
 }
 
 fn endpoint(addr: IpAddr, port: u16) -> String {

@@ -101,9 +101,7 @@ impl Probe {
         let Some(target) = &mut self.arrival else {
             return Ok(InterfaceChange::Same);
         };
-        let name = std::ffi::CString::new(target.iface.as_str())?;
-        // SAFETY: NUL-terminated name.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        let index = crate::sys::netlink::interface_index(&target.iface).unwrap_or(0);
         if index == 0 {
             if target.gone {
                 return Ok(InterfaceChange::Same);

@@ -190,16 +190,10 @@ pub fn own_netns_inode() -> Result<u32> {
 }
 
 pub fn ifindex(iface: &str) -> Result<u32> {
-    let name = std::ffi::CString::new(iface).map_err(|_| anyhow!("bad interface name"))?;
-    // SAFETY: NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
+    crate::sys::netlink::interface_index(iface).map_err(|_| {
         let known = crate::sys::netinfo::interface_names().join(", ");
-        return Err(anyhow!(
-            "unknown interface {iface}: pass --iface with one of: {known}"
-        ));
-    }
-    Ok(index)
+        anyhow!("unknown interface {iface}: pass --iface with one of: {known}")
+    })
 }
 
 /// An error on one line: a verifier log is cut to the verdict it ends with.

@@ -64,6 +64,11 @@ impl DialsJson {
                 *errors.entry(name(e)).or_default() += n;
             }
         }
+        // Two numbers the kernel does not name are both "unknown": summed.
+        let mut syn_drops = BTreeMap::new();
+        for (r, n) in &c.syn_drops {
+            *syn_drops.entry(t.drop_name(*r).to_string()).or_default() += n;
+        }
         Self {
             dials: c.dials,
             connected: c.connected,
@@ -72,14 +77,7 @@ impl DialsJson {
             resets: c.resets(),
             abandoned: c.abandoned(),
             errors,
-            syn_drops: c
-                .syn_drops
-                .iter()
-                .map(|(r, n)| (t.drop_name(*r).to_string(), *n))
-                .fold(BTreeMap::new(), |mut m, (name, n)| {
-                    *m.entry(name).or_default() += n;
-                    m
-                }),
+            syn_drops,
         }
     }
 }

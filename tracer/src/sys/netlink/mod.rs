@@ -134,7 +134,8 @@ pub fn interface_name(index: u32) -> Option<String> {
     let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
     Some(name.to_string_lossy().into_owned())
 }
-pub(crate) fn interface_index(iface: &str) -> io::Result<u32> {
+/// An interface's index by name, in this namespace (ENODEV once it is gone).
+pub fn interface_index(iface: &str) -> io::Result<u32> {
     let name = std::ffi::CString::new(iface)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in an interface name"))?;
     // SAFETY: if_nametoindex reads a NUL-terminated string.
