@@ -645,19 +645,21 @@ fn render_agent(v: &Value) -> String {
 // ---------------------------------------------------------------- 2. connection-rate overhead
 
 fn connection_rate(topology: Topology) -> Result<Value> {
-    // Run-to-run spread is ±2-3% on this kind of machine, as large as what is measured: nine
-    // short rounds rather than five long ones (drifts cancel within a round, and the median
-    // of nine moves less), the order rotated every round so a drift over the run favours no
-    // arm. The third arm runs the agent with empty programs on the same hooks
-    // (`TRACER_EMPTY_PROGRAMS`): what attaching costs before the tracer does any work, so
-    // the figure separates the hooks' price (tracepoint dispatch, generic XDP's copy of every
-    // packet on a veth) from the tracer's own.
-    const ROUNDS: usize = 9;
-    const SECS: u32 = 4;
+    // Single runs scatter by ±5 % on this kind of machine and the unwatched rate drifts by as
+    // much over a minute, more than the 1–2 % being measured. So each arm runs between two
+    // runs with nothing attached and is compared with their mean (the paired design of the
+    // bulk arms: a neighbour seconds away drifts far less than the run a minute away), the
+    // arms' order rotates every round, and the median of many short rounds is reported.
+    // Every run starts its watcher, lets it settle under one second of load (start-up work
+    // is not what a connection costs), then measures. The third arm runs the agent with
+    // empty programs on the same hooks (`TRACER_EMPTY_PROGRAMS`): what attaching costs before
+    // the tracer does any work.
+    const ROUNDS: usize = 12;
+    const SECS: u32 = 3;
     let web = WebLab::new(topology)?;
     let lab = &web.lab;
     let result = (|| -> Result<Value> {
-        wrk(lab, 1)?; // warm-up
+        wrk(lab, 2)?; // warm-up
         let run = |arm: Arm| -> Result<(f64, f64)> {
             let _tracer = match arm {
                 Arm::Without | Arm::Tcpdump => None,
@@ -672,6 +674,7 @@ fn connection_rate(topology: Topology) -> Result<Value> {
                 Arm::Tcpdump => Some(bulk::tcpdump(lab, 80)?),
                 _ => None,
             };
+            wrk(lab, 1)?; // settle
             let busy = busy_ticks();
             let rate = wrk(lab, SECS)?;
             // Machine CPU per connection (every process and the kernel): what watching costs
@@ -685,28 +688,38 @@ fn connection_rate(topology: Topology) -> Result<Value> {
         };
         let mut rounds = Vec::new();
         for i in 0..ROUNDS {
-            let mut order = [Arm::Without, Arm::Agent, Arm::EmptyPrograms, Arm::Tcpdump];
-            order.rotate_left(i % 4);
+            let mut order = [Arm::Agent, Arm::EmptyPrograms, Arm::Tcpdump];
+            order.rotate_left(i % 3);
+            // without, arm, without, arm, without, arm, without
+            let mut before = run(Arm::Without)?;
+            let mut without = vec![before.0];
             let mut rate = [0.0f64; 4];
             let mut cpu = [0.0f64; 4];
+            let mut paired_rate = [0.0f64; 4];
+            let mut paired_cpu = [0.0f64; 4];
             for arm in order {
-                (rate[arm as usize], cpu[arm as usize]) = run(arm)?;
+                let (r, c) = run(arm)?;
+                let after = run(Arm::Without)?;
+                without.push(after.0);
+                rate[arm as usize] = r;
+                cpu[arm as usize] = c;
+                paired_rate[arm as usize] = r / ((before.0 + after.0) / 2.0);
+                paired_cpu[arm as usize] = c / ((before.1 + after.1) / 2.0);
+                before = after;
             }
-            let [without, with, empty, dump] = rate;
-            let ratio = |x: f64| ((x / without) * 1000.0).round() / 1000.0;
-            let cpu_ratio = |x: f64| ((x / cpu[0]) * 1000.0).round() / 1000.0;
+            let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
             rounds.push(json!({
                 "order": order.iter().map(|a| a.name()).collect::<Vec<_>>().join(", "),
-                "without": without.round(),
-                "with": with.round(),
-                "empty_programs": empty.round(),
-                "tcpdump": dump.round(),
-                "ratio": ratio(with),
-                "empty_programs_ratio": ratio(empty),
-                "tcpdump_ratio": ratio(dump),
-                "cpu_per_connection_ratio": cpu_ratio(cpu[1]),
-                "empty_programs_cpu_per_connection_ratio": cpu_ratio(cpu[2]),
-                "tcpdump_cpu_per_connection_ratio": cpu_ratio(cpu[3]),
+                "without": without.iter().map(|w| w.round()).collect::<Vec<_>>(),
+                "with": rate[Arm::Agent as usize].round(),
+                "empty_programs": rate[Arm::EmptyPrograms as usize].round(),
+                "tcpdump": rate[Arm::Tcpdump as usize].round(),
+                "ratio": round3(paired_rate[Arm::Agent as usize]),
+                "empty_programs_ratio": round3(paired_rate[Arm::EmptyPrograms as usize]),
+                "tcpdump_ratio": round3(paired_rate[Arm::Tcpdump as usize]),
+                "cpu_per_connection_ratio": round3(paired_cpu[Arm::Agent as usize]),
+                "empty_programs_cpu_per_connection_ratio": round3(paired_cpu[Arm::EmptyPrograms as usize]),
+                "tcpdump_cpu_per_connection_ratio": round3(paired_cpu[Arm::Tcpdump as usize]),
             }));
         }
         let median_of = |key: &str| median(rounds.iter().filter_map(|p| p[key].as_f64()).collect());
@@ -715,10 +728,10 @@ fn connection_rate(topology: Topology) -> Result<Value> {
         let tcpdump = median_of("tcpdump_ratio");
         Ok(json!({
             "topology": match topology {
-                Topology::Direct => "nginx in the origin's namespace",
+                Topology::Direct => "nginx in the origin's namespace (a plain origin: no forwarding)",
                 Topology::Container => "nginx in a container namespace behind Docker-style DNAT (port 80 published), followed there",
             },
-            "tool": format!("wrk -t2 -c32 -d{SECS}s -H 'Connection: close' (nginx, 1 worker)"),
+            "tool": format!("wrk -t2 -c32 -d{SECS}s -H 'Connection: close' (nginx, 1 worker), each arm between two runs without"),
             "rounds": rounds,
             "median_ratio": ratio,
             "empty_programs_median_ratio": floor,
@@ -780,7 +793,13 @@ fn render_rate(v: &Value) -> String {
             "   round {} ({}): without {} conn/s, agent {} ({}), empty programs {} ({}), tcpdump {} ({})\n",
             i + 1,
             p["order"].as_str().unwrap_or(""),
-            num(&p["without"]),
+            p["without"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(num)
+                .collect::<Vec<_>>()
+                .join("/"),
             num(&p["with"]),
             p["ratio"],
             num(&p["empty_programs"]),

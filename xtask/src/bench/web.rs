@@ -66,6 +66,13 @@ impl WebLab {
              sysctl -qw net.ipv4.ip_local_port_range='1024 65535' net.ipv4.tcp_tw_reuse=1"
         ));
         lab.origin.sh("sysctl -qw net.ipv4.tcp_max_tw_buckets=0");
+        if topology == Topology::Direct {
+            // A plain origin does not forward (Linux's default). A namespace made here may
+            // inherit the host's ip_forward=1, and the tracer then also follows forwarded
+            // connections, the Docker host's work, which the container topology measures.
+            lab.origin
+                .sh("sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0");
+        }
         if topology == Topology::Container {
             lab.wire_container();
             lab.docker_publish(80, 80);
