@@ -200,7 +200,7 @@ fn requests_after_a_pause(lab: &Lab, n: usize) {
 
 /// A one-connection HTTP/1.1 server on `listener`: answers each request after `delay`, and
 /// closes the connection once it has been idle for `idle_close`. Runs on a thread named
-/// `slow-app`, which is what the kernel names as the reader.
+/// `slow-app` (the process holding its sockets is the test's).
 pub fn http_server(listener: TcpListener, delay: Duration, idle_close: Duration) -> JoinHandle<()> {
     use std::io::{Read as _, Write as _};
     std::thread::Builder::new()

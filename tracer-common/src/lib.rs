@@ -29,9 +29,8 @@ pub enum EventKind {
     /// task's `pid_tgid`, `peer_addr` its comm (NUL-padded); the local side is the listener's.
     Listen = 8,
     /// The origin sent its first payload byte after a request (TC egress): `aux` is when the
-    /// request began (`bpf_ktime_get_ns`); with `EVENT_F_READ` the application had read it by
-    /// then, and `reason` is the reading task's pid, `local_addr` its comm (NUL-padded).
-    /// Requests still waiting are read from `FLOWS` itself.
+    /// request began (`bpf_ktime_get_ns`). Requests still waiting are read from `FLOWS`
+    /// itself; whether the application read one, userspace asks the socket tables.
     ResponseBegan = 11,
     /// The origin closed (FIN) an edge connection the edge had not closed (TC egress): `aux`
     /// is the jiffies of the last payload either way; `EVENT_F_PENDING` when a request had
@@ -89,8 +88,6 @@ pub const EVENT_F_EGRESS: u32 = 1 << 4;
 /// and port match a SYN that arrived at the watched interface (`ARRIVALS`): the host handed
 /// the connection on (DNAT to a container, another namespace).
 pub const EVENT_F_FORWARDED: u32 = 1 << 5;
-/// [`Event::flags`] of `ResponseBegan`: the application had read the request.
-pub const EVENT_F_READ: u32 = 1 << 6;
 /// [`Event::flags`] of `OriginClosed`: a request was still waiting for its response.
 pub const EVENT_F_PENDING: u32 = 1 << 7;
 
@@ -102,8 +99,6 @@ pub const EXCHANGE_FLOWS: u32 = 65536;
 pub const PHASE_REQUEST: u8 = 1;
 /// [`FlowState::phase`]: the origin is answering (or has answered) the last request.
 pub const PHASE_RESPONSE: u8 = 2;
-/// [`FlowState::flags`]: the application read the pending request.
-pub const FLOW_F_READ: u8 = 1 << 0;
 /// [`FlowState::flags`]: the origin sent its FIN first.
 pub const FLOW_F_ORIGIN_CLOSED: u8 = 1 << 1;
 /// [`FlowState::flags`]: the edge sent its FIN.
@@ -122,18 +117,15 @@ pub struct FlowState {
     pub request_ns: u64,
     /// `bpf_jiffies64()` of the last payload either way.
     pub last_jiffies: u64,
-    /// The task that read the pending request (`FLOW_F_READ`): pid and comm.
-    pub pid: u32,
     /// The local port the edge connected to (as it arrived).
     pub local_port: u16,
     /// `PHASE_*`.
     pub phase: u8,
     /// `FLOW_F_*`.
     pub flags: u8,
-    pub comm: [u8; 16],
 }
 
-const _: () = assert!(size_of::<FlowState>() == 40);
+const _: () = assert!(size_of::<FlowState>() == 24);
 
 /// One slot of the exchange table `FLOWS`: a direct-mapped array (no lock, no allocation per
 /// connection, which an LRU hash costs every new connection), indexed by a hash of the key.
@@ -146,7 +138,7 @@ pub struct FlowSlot {
     pub state: FlowState,
 }
 
-const _: () = assert!(size_of::<FlowSlot>() == 64);
+const _: () = assert!(size_of::<FlowSlot>() == 48);
 
 /// The first slot of a key's bucket in a direct-mapped table of `slots` slots (a power of
 /// two) in buckets of two (`FLOWS`, `ARRIVALS`): a multiplicative hash of the key's address
@@ -554,8 +546,6 @@ pub struct Config {
     pub syn_slots_per_cpu: u32,
     /// This kernel's number for the drop reason NO_SOCKET (0: none).
     pub no_socket_reason: u32,
-    /// `tcp:tcp_rcv_space_adjust` (the application read from a socket).
-    pub rcv_space_adjust: SockTpLayout,
 }
 
 impl Config {
@@ -588,7 +578,6 @@ impl Config {
         teardown_reasons: [0; DROP_REASON_WORDS],
         syn_slots_per_cpu: 1,
         no_socket_reason: 0,
-        rcv_space_adjust: SockTpLayout::ABSENT,
     };
 }
 

@@ -23,8 +23,3 @@ pub fn btf_empty_kfree_skb(_ctx: BtfTracePointContext) -> u32 {
 pub fn tp_empty(_ctx: TracePointContext) -> u32 {
     0
 }
-
-#[btf_tracepoint(function = "tcp_rcv_space_adjust")]
-pub fn btf_empty_rcv_space(_ctx: BtfTracePointContext) -> u32 {
-    0
-}

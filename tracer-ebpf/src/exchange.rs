@@ -1,36 +1,30 @@
 //! Edge exchanges, timed without reading a byte of payload: when a request arrives (edge
-//! payload on a connection with none pending), when the application reads it, when the first
-//! response byte leaves, when the origin closes the connection and whether the edge then
+//! payload on a connection with none pending), when the first response byte leaves, when the origin closes the connection and whether the edge then
 //! sends on it anyway. The request and its read are kept in the flow's map entry; the response
-//! sends one event carrying both, and only rare transitions (a close after idle, a request
+//! sends one event carrying when the request began, and only rare transitions (a close after idle, a request
 //! after the close, a reset with a request waiting) send their own. Userspace reads requests
 //! still waiting from the map. Per packet the work is a port and range test and, on edge
 //! connections, one map lookup. What it all means (slow, idle, a keep-alive race) is decided
 //! in userspace.
 
-use core::ffi::c_void;
-
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, TC_ACT_UNSPEC},
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns,
-        generated::bpf_skc_to_tcp_sock,
-    },
-    macros::{btf_tracepoint, classifier, map, tracepoint},
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
+    macros::{classifier, map},
     maps::Array,
-    programs::{BtfTracePointContext, TcContext, TracePointContext},
+    programs::TcContext,
 };
 use tracer_common::{
     slot_bucket, ArrivalKey, Event, EventKind, FlowSlot, FlowState, EVENT_F_EDGE, EVENT_F_EGRESS,
-    EVENT_F_PENDING, EVENT_F_READ, EXCHANGE_FLOWS, FLOW_F_AFTER_CLOSE, FLOW_F_EDGE_CLOSED,
-    FLOW_F_ORIGIN_CLOSED, FLOW_F_READ, PHASE_REQUEST, PHASE_RESPONSE,
+    EVENT_F_PENDING, EXCHANGE_FLOWS, FLOW_F_AFTER_CLOSE, FLOW_F_EDGE_CLOSED, FLOW_F_ORIGIN_CLOSED,
+    PHASE_REQUEST, PHASE_RESPONSE,
 };
 
 use crate::{
     arrival::{be16, bytes_at, load32, parse_tcp},
     common::{
-        config, empty_event, field, key_words, load, peer_is_edge_v4, peer_is_edge_v6,
-        port_watched, reserve_event, same_key,
+        empty_event, key_words, peer_is_edge_v4, peer_is_edge_v6, port_watched, reserve_event,
+        same_key,
     },
 };
 
@@ -198,11 +192,9 @@ fn inbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payload
         let state = FlowState {
             request_ns: unsafe { bpf_ktime_get_ns() },
             last_jiffies: unsafe { bpf_jiffies64() },
-            pid: 0,
             local_port,
             phase: PHASE_REQUEST,
             flags: 0,
-            comm: [0; 16],
         };
         follow(&key, state);
         return;
@@ -244,7 +236,6 @@ fn inbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payload
             } else if (*s).phase != PHASE_REQUEST {
                 (*s).phase = PHASE_REQUEST;
                 (*s).request_ns = bpf_ktime_get_ns();
-                (*s).flags = f & !FLOW_F_READ;
             }
             touch(s);
         }
@@ -344,7 +335,7 @@ fn outbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payloa
     }
 }
 
-/// The first response byte left: one event with when the request began and who read it.
+/// The first response byte left: one event with when the request began.
 #[inline(always)]
 fn send_response<const V6: bool>(key: &ArrivalKey, local_port: u16, s: &FlowState) {
     let Some(mut entry) = reserve_event() else {
@@ -358,11 +349,6 @@ fn send_response<const V6: bool>(key: &ArrivalKey, local_port: u16, s: &FlowStat
     ev.local_port = local_port;
     ev.flags = EVENT_F_EDGE;
     ev.aux = s.request_ns;
-    if s.flags & FLOW_F_READ != 0 {
-        ev.flags |= EVENT_F_READ;
-        ev.reason = s.pid;
-        ev.local_addr = s.comm;
-    }
     entry.write(ev);
     entry.submit(0);
 }
@@ -406,99 +392,4 @@ pub fn tc_reply(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn tc_reply_pass(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
-}
-
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-
-/// The application read from the followed edge connection of `key`: the first read of a
-/// pending request marks it read, with the reading task.
-#[inline(always)]
-fn mark_read(key: &ArrivalKey) -> Option<()> {
-    let s = unsafe { &raw mut (*find(key)?).state };
-    unsafe {
-        if (*s).phase != PHASE_REQUEST || (*s).flags & FLOW_F_READ != 0 {
-            return None;
-        }
-        (*s).flags |= FLOW_F_READ;
-        (*s).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        if let Ok(comm) = bpf_get_current_comm() {
-            (*s).comm = comm;
-        }
-    }
-    Some(())
-}
-
-/// `tcp:tcp_rcv_space_adjust` as a BTF tracepoint: a task read from a TCP socket. It fires for
-/// every read of every TCP socket, so the socket's peer is read with plain loads (no trace
-/// record is filled) and looked up once.
-#[btf_tracepoint(function = "tcp_rcv_space_adjust")]
-pub fn btf_rcv_space(ctx: BtfTracePointContext) -> u32 {
-    let _ = try_btf_rcv_space(&ctx);
-    0
-}
-
-#[inline(always)]
-fn try_btf_rcv_space(ctx: &BtfTracePointContext) -> Option<()> {
-    let sk: *mut c_void = ctx.arg(0);
-    let tp = unsafe { bpf_skc_to_tcp_sock(sk) }.cast::<u8>().cast_const();
-    if tp.is_null() {
-        return None;
-    }
-    let o = config!(sock);
-    let mut key = ArrivalKey {
-        addr: [0; 16],
-        port: u16::from_be(unsafe { load::<u16>(tp, o.dport) }),
-        family: 4,
-    };
-    // Only a socket whose peer is in the watched ranges can be followed: the others leave
-    // before the map lookup.
-    match unsafe { load::<u16>(tp, o.family) } {
-        AF_INET => {
-            let a: u32 = unsafe { load(tp, o.daddr) };
-            if !peer_is_edge_v4(u32::from_be(a)) {
-                return None;
-            }
-            key.addr[..4].copy_from_slice(&a.to_ne_bytes());
-        }
-        AF_INET6 => {
-            key.addr = unsafe { load(tp, o.v6_daddr) };
-            if !peer_is_edge_v6(key.addr.as_ptr()) {
-                return None;
-            }
-            key.family = 6;
-        }
-        _ => return None,
-    }
-    mark_read(&key)
-}
-
-/// The classic tracepoint, where the BTF one does not load.
-#[tracepoint]
-pub fn tp_rcv_space(ctx: TracePointContext) -> u32 {
-    let _ = try_rcv_space(&ctx);
-    0
-}
-
-#[inline(always)]
-fn try_rcv_space(ctx: &TracePointContext) -> Option<()> {
-    let l = config!(rcv_space_adjust);
-    let family: u16 = field(ctx, l.family)?;
-    let mut key = ArrivalKey {
-        addr: [0; 16],
-        port: field(ctx, l.dport)?,
-        family: 4,
-    };
-    match family {
-        AF_INET => {
-            let d: [u8; 4] = field(ctx, l.daddr)?;
-            key.addr[..4].copy_from_slice(&d);
-        }
-        AF_INET6 => {
-            key.addr = field(ctx, l.daddr_v6)?;
-            key.family = 6;
-        }
-        _ => return None,
-    }
-    mark_read(&key)
 }

@@ -8,6 +8,7 @@
 //! reached yet waits for the next drain: the ring events reserved before it are still being
 //! written.
 
+pub mod looks;
 pub mod session;
 
 use std::time::{Duration, Instant, SystemTime};
@@ -18,7 +19,10 @@ use tokio::io::{unix::AsyncFd, Interest};
 use tracer_common::{counter, Event as RawEvent, SynRecord};
 
 use crate::{
-    kernel::{synlog::SynLog, Probe},
+    kernel::{
+        synlog::{FlowTable, SynLog},
+        Probe,
+    },
     model::clock::{Clock, JiffiesClock},
     model::{
         decode::{decode_record, decode_syn},
@@ -30,6 +34,10 @@ pub struct Capture {
     pub probe: Probe,
     ring: AsyncFd<RingBuf<MapData>>,
     syn_log: SynLog,
+    /// The exchange table, for the requests still waiting (`None`: not mapped, none seen).
+    flows: Option<FlowTable>,
+    /// When to look at waiting requests' sockets (read or not, and by whom).
+    looks: looks::Looks,
     /// Ring position of the next record to read (the ring starts empty at 0).
     ring_pos: u64,
     /// Ring records of the current drain, with their positions: kept raw (80 bytes) and
@@ -47,6 +55,8 @@ pub struct Capture {
     last_loss_check: Instant,
 }
 
+/// Cloudflare's proxy read timeout, until the command sets its own.
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(100);
 /// How often the kernel's loss counter is read (a syscall per CPU).
 const LOSS_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// The SYN log does not signal: it is read at least this often, even when the ring is quiet
@@ -58,6 +68,10 @@ impl Capture {
     pub fn new(mut probe: Probe) -> Result<Self> {
         let ring = probe.take_ring()?;
         let syn_log = probe.take_syn_log()?;
+        let flows = probe
+            .take_flow_table()
+            .inspect_err(|e| tracing::warn!("requests still waiting are not seen: {e:#}"))
+            .ok();
         let jiffies = JiffiesClock::new(probe.jiffies_now()?);
         // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd, so the fd stays open for
         // as long as it is registered.
@@ -68,6 +82,8 @@ impl Capture {
             probe,
             ring,
             syn_log,
+            flows,
+            looks: looks::Looks::new(DEFAULT_READ_TIMEOUT),
             ring_pos: 0,
             ring_batch: Vec::new(),
             held_syns: Vec::new(),
@@ -78,6 +94,12 @@ impl Capture {
             last_drain: Instant::now(),
             last_loss_check: Instant::now(),
         })
+    }
+
+    /// Waiting requests are looked at in time to tell a request slower than `read_timeout`
+    /// read or not.
+    pub fn set_read_timeout(&mut self, read_timeout: Duration) {
+        self.looks = looks::Looks::new(read_timeout);
     }
 
     /// Coalesce wake-ups: drain at most once per `interval` (the ring must hold that long).
@@ -102,8 +124,11 @@ impl Capture {
     /// The running counts a window starts from (`iface`: the watched interface).
     /// Edge requests still waiting for their first response byte, from the kernel's table.
     pub fn waiting_requests(&self) -> Vec<crate::model::exchange::WaitingRequest> {
-        self.probe
-            .waiting_requests()
+        let Some(flows) = &self.flows else {
+            return Vec::new();
+        };
+        flows
+            .waiting()
             .iter()
             .filter_map(|(k, s)| crate::model::decode::decode_waiting(k, s, &self.clock))
             .collect()
@@ -178,11 +203,32 @@ impl Capture {
         });
         self.ring_batch.clear();
         held.drain(..ready);
+        self.look_at_waiting(&mut each);
         if !flush && self.last_loss_check.elapsed() < LOSS_CHECK_EVERY {
             return;
         }
         self.last_loss_check = Instant::now();
         self.check_loss(each);
+    }
+
+    /// Looks at the sockets of requests that have waited a while, when a pass is due: what it
+    /// finds comes out as exchange steps.
+    fn look_at_waiting(&mut self, mut each: impl FnMut(Record)) {
+        let now = Instant::now();
+        if !self.looks.due(now) {
+            return;
+        }
+        let wall = SystemTime::now();
+        let waiting = self.waiting_requests();
+        let picked = self.looks.pick(wall, now, &waiting);
+        if picked.is_empty() {
+            return;
+        }
+        let peers = picked.iter().map(|r| (r.peer, r.peer_port)).collect();
+        let found = crate::origin::request_sockets::look(&peers);
+        for step in self.looks.steps(wall, now, &picked, &found) {
+            each(Record::Exchange(step));
+        }
     }
 
     /// Reads the kernel's loss counter now; hands out a loss event if it rose.

@@ -237,6 +237,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
         correlator = correlator.following_forwarded(netns);
     }
     let mut capture = Capture::new(probe)?;
+    capture.set_read_timeout(args.timeouts.edge_read_timeout);
     // What changes on the host during the window, for when a failure began.
     let watcher = crate::journal::watch::Watcher::start(&iface, &ports, &ranges, netns);
     let at_start = capture.running_counts(&iface);

@@ -1,6 +1,6 @@
 //! Edge exchanges over a window, from the kernel's steps (`model::exchange`): how long the
-//! origin took to begin each response and whether the application had read the request by
-//! then, how long connections sat idle before the origin closed them, and the requests that
+//! origin took to begin each response and whether the application had read a slow request
+//! (the looks at its socket while it waited), how long connections sat idle before the origin closed them, and the requests that
 //! met a connection the origin had already closed. Pure: unit tests drive it with recorded
 //! steps.
 
@@ -31,9 +31,9 @@ const FOLLOWED: usize = 65_536;
 /// Slow exchanges named in a report, the slowest first.
 const SLOWEST_SHOWN: usize = 5;
 
-/// The task that read a request.
+/// A process holding a socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reader {
+pub struct Holder {
     pub pid: u32,
     pub comm: String,
     /// Its container, named when the window's report is assembled (`/proc/PID/cgroup`).
@@ -47,11 +47,14 @@ pub struct Slow {
     pub local_port: u16,
     pub time: Duration,
     pub answered: bool,
-    /// The application had read the request (by the response, or by the window's end).
-    pub read: bool,
-    pub reader: Option<Reader>,
-    /// For a request nobody read: the process holding the listening socket it came through.
-    pub holder: Option<Reader>,
+    /// What the last look at its socket found: read (`Some(true)`: nothing left in its
+    /// receive queue), still unread, or no look (`None`).
+    pub read: Option<bool>,
+    /// The process holding the request's socket when it was looked at.
+    pub holder: Option<Holder>,
+    /// For an unread request no process holds yet (still waiting to be accepted): the
+    /// process holding the listening socket it came through.
+    pub listener_holder: Option<Holder>,
 }
 
 /// A window's exchanges.
@@ -94,17 +97,27 @@ struct Carried {
     slow: bool,
 }
 
+/// The last look at a waiting request's socket.
+#[derive(Clone, Copy, Debug)]
+struct Look {
+    since: SystemTime,
+    read: bool,
+    holder: Option<Task>,
+}
+
 /// Follows the exchanges as the steps come, and sums them up by window.
 #[derive(Debug)]
 pub struct Exchanges {
     carried: HashMap<(IpAddr, u16), Carried>,
+    /// Waiting requests' sockets, as last looked at.
+    looks: HashMap<(IpAddr, u16), Look>,
     /// Connections the origin closed idle: when.
     closed: HashMap<(IpAddr, u16), SystemTime>,
     window: ExchangeWindow,
 }
 
-fn reader(task: Option<Task>) -> Option<Reader> {
-    task.map(|(pid, comm)| Reader {
+fn holder(task: Option<Task>) -> Option<Holder> {
+    task.map(|(pid, comm)| Holder {
         pid,
         comm: comm_text(&comm),
         container: None,
@@ -115,6 +128,7 @@ impl Exchanges {
     pub fn new(read_timeout: Duration, idle_timeout: Duration) -> Self {
         Self {
             carried: HashMap::new(),
+            looks: HashMap::new(),
             closed: HashMap::new(),
             window: ExchangeWindow {
                 read_timeout,
@@ -137,13 +151,36 @@ impl Exchanges {
         carried
     }
 
+    /// The last look at the socket of the request `key` waiting since `since`, if any.
+    fn look(&self, key: (IpAddr, u16), since: SystemTime) -> Option<Look> {
+        self.looks.get(&key).filter(|l| l.since == since).copied()
+    }
+
     pub fn observe(&mut self, ev: &ExchangeEvent) -> Option<Observed> {
         let key = (ev.peer, ev.peer_port);
         match ev.step {
-            Step::ResponseBegan {
+            Step::Looked {
                 request_at,
-                reader: task,
+                read,
+                holder,
             } => {
+                // Read stays read: a later look may find the next bytes of the same request.
+                let before = self.look(key, request_at);
+                if before.is_some() || self.looks.len() < FOLLOWED {
+                    self.looks.insert(
+                        key,
+                        Look {
+                            since: request_at,
+                            read: read || before.is_some_and(|l| l.read),
+                            holder: holder.or(before.and_then(|l| l.holder)),
+                        },
+                    );
+                }
+                None
+            }
+            Step::ResponseBegan { request_at } => {
+                let look = self.look(key, request_at);
+                self.looks.remove(&key);
                 let carried = self.ended(key, Some(request_at));
                 let w = &mut self.window;
                 let time = ev.ts.duration_since(request_at).unwrap_or_default();
@@ -154,9 +191,9 @@ impl Exchanges {
                         local_port: ev.local_port,
                         time,
                         answered: true,
-                        read: task.is_some(),
-                        reader: reader(task),
-                        holder: None,
+                        read: look.map(|l| l.read),
+                        holder: holder(look.and_then(|l| l.holder)),
+                        listener_holder: None,
                     });
                 }
                 Some(Observed::Response {
@@ -166,6 +203,7 @@ impl Exchanges {
             }
             Step::OriginClosed { idle, pending } => {
                 if pending {
+                    self.looks.remove(&key);
                     self.ended(key, None);
                     self.window.closed_pending += 1;
                     return None;
@@ -184,6 +222,7 @@ impl Exchanges {
                 })
             }
             Step::Reset { by_origin } => {
+                self.looks.remove(&key);
                 self.ended(key, None);
                 if by_origin {
                     self.window.reset_pending += 1;
@@ -222,14 +261,15 @@ impl Exchanges {
             let waited = now.duration_since(r.since).unwrap_or_default();
             if !slow && waited > w.read_timeout {
                 slow = true;
+                let look = self.looks.get(&key).filter(|l| l.since == r.since).copied();
                 w.add_slow(Slow {
                     peer: r.peer,
                     local_port: r.local_port,
                     time: waited,
                     answered: false,
-                    read: r.reader.is_some(),
-                    reader: reader(r.reader),
-                    holder: None,
+                    read: look.map(|l| l.read),
+                    holder: holder(look.and_then(|l| l.holder)),
+                    listener_holder: None,
                 });
             }
             carried.insert(
@@ -242,6 +282,8 @@ impl Exchanges {
         }
         // Requests no longer waiting and not seen ending (their connection left the kernel's
         // table) are forgotten with the rest.
+        self.looks
+            .retain(|k, l| carried.get(k).is_some_and(|c| c.since == l.since));
         self.carried = carried;
         // A close older than the edge keeps an idle connection can no longer be raced.
         let horizon = w.idle_timeout + Duration::from_secs(60);
@@ -257,11 +299,16 @@ impl Exchanges {
 }
 
 impl ExchangeWindow {
-    /// Names who holds the slow requests: the tasks that read them, and for those nobody
-    /// read the process whose listener (`owner_of(port)`) they came through; their containers.
+    /// Names who holds the slow requests: the processes holding their sockets, and for an
+    /// unread one no process holds yet the process whose listener (`owner_of(port)`) it
+    /// came through; their containers.
     pub fn name_holders(&mut self, owner_of: impl Fn(u16) -> Option<(u32, String)>) {
-        for s in self.slowest.iter_mut().filter(|s| s.reader.is_none()) {
-            s.holder = owner_of(s.local_port).map(|(pid, comm)| Reader {
+        for s in self
+            .slowest
+            .iter_mut()
+            .filter(|s| s.holder.is_none() && s.read != Some(true))
+        {
+            s.listener_holder = owner_of(s.local_port).map(|(pid, comm)| Holder {
                 pid,
                 comm,
                 container: None,
@@ -270,7 +317,7 @@ impl ExchangeWindow {
         let tasks = self
             .slowest
             .iter_mut()
-            .flat_map(|s| [s.reader.as_mut(), s.holder.as_mut()])
+            .flat_map(|s| [s.holder.as_mut(), s.listener_holder.as_mut()])
             .flatten();
         for r in tasks {
             use std::io::Read;
@@ -285,7 +332,7 @@ impl ExchangeWindow {
 
     fn add_slow(&mut self, s: Slow) {
         self.slow += 1;
-        self.slow_unread += u64::from(!s.read);
+        self.slow_unread += u64::from(s.read == Some(false));
         self.slowest.push(s);
         self.slowest.sort_by_key(|s| std::cmp::Reverse(s.time));
         self.slowest.truncate(SLOWEST_SHOWN);
@@ -314,10 +361,17 @@ mod tests {
         c
     }
 
-    fn answered(t0: SystemTime, began_ms: u64, reader: Option<Task>) -> Step {
+    fn answered(t0: SystemTime, began_ms: u64) -> Step {
         Step::ResponseBegan {
             request_at: t0 + Duration::from_millis(began_ms),
-            reader,
+        }
+    }
+
+    fn looked(t0: SystemTime, began_ms: u64, read: bool, holder: Option<Task>) -> Step {
+        Step::Looked {
+            request_at: t0 + Duration::from_millis(began_ms),
+            read,
+            holder,
         }
     }
 
@@ -327,19 +381,33 @@ mod tests {
             peer_port: port,
             local_port: 8080,
             since: t0 + Duration::from_millis(began_ms),
-            reader: None,
         }
     }
 
-    /// Recorded: a slow application (answers after 4 s, python3 read it), a fast request,
-    /// and a request nothing read, still waiting when the window closes.
+    /// Recorded: a slow application (answers after 4 s; python3 held its socket, read when
+    /// looked at), a fast request, and a request nothing read, still waiting when the window
+    /// closes (looked at twice: unread).
     #[test]
     fn slow_responses_are_timed_and_named() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let mut x = Exchanges::new(Duration::from_secs(3), EDGE_IDLE_TIMEOUT);
         for ev in [
-            at(t0, 12, 2, answered(t0, 10, None)),
-            at(t0, 4003, 1, answered(t0, 0, Some((77, comm("python3"))))),
+            at(t0, 12, 2, answered(t0, 10)),
+            at(
+                t0,
+                1500,
+                1,
+                looked(t0, 0, true, Some((77, comm("python3")))),
+            ),
+            at(t0, 3500, 1, looked(t0, 0, false, None)),
+            at(t0, 4003, 1, answered(t0, 0)),
+            at(t0, 6500, 3, looked(t0, 5000, false, None)),
+            at(
+                t0,
+                8500,
+                3,
+                looked(t0, 5000, false, Some((78, comm("php-fpm")))),
+            ),
         ] {
             x.observe(&ev);
         }
@@ -350,11 +418,14 @@ mod tests {
         assert_eq!((w.slow, w.slow_unread), (2, 1));
         // The slowest first: answered after 4.003 s, then the one still waiting after 4 s.
         assert_eq!(w.slowest[1].time, Duration::from_millis(4000));
-        assert!(!w.slowest[1].answered && !w.slowest[1].read);
+        assert!(!w.slowest[1].answered && w.slowest[1].read == Some(false));
         assert_eq!(w.slowest[1].local_port, 8080);
+        assert_eq!(w.slowest[1].holder.as_ref().map(|h| h.pid), Some(78));
+        // Read once is read: the later look found the queue filled again.
+        assert_eq!(w.slowest[0].read, Some(true));
         assert_eq!(
-            w.slowest[0].reader,
-            Some(Reader {
+            w.slowest[0].holder,
+            Some(Holder {
                 pid: 77,
                 comm: "python3".into(),
                 container: None,
@@ -364,11 +435,11 @@ mod tests {
         // answered at last.
         let w = x.take_window(t0 + Duration::from_millis(12_000), &[waiting(t0, 5000, 3)]);
         assert_eq!((w.requests, w.slow), (0, 0));
-        x.observe(&at(t0, 13_000, 3, answered(t0, 5000, None)));
+        x.observe(&at(t0, 13_000, 3, answered(t0, 5000)));
         let w = x.take_window(t0 + Duration::from_millis(14_000), &[]);
         assert_eq!((w.requests, w.slow, w.responses.summary().count), (0, 0, 1));
         // A new request on the same connection is one.
-        x.observe(&at(t0, 15_000, 3, answered(t0, 14_500, None)));
+        x.observe(&at(t0, 15_000, 3, answered(t0, 14_500)));
         assert_eq!(
             x.take_window(t0 + Duration::from_millis(16_000), &[])
                 .requests,
@@ -387,10 +458,10 @@ mod tests {
             pending: false,
         };
         let observed: Vec<_> = [
-            at(t0, 2, 1, answered(t0, 0, Some((1, comm("srv"))))),
+            at(t0, 2, 1, answered(t0, 0)),
             at(t0, 1002, 1, closed),
             at(t0, 1402, 1, Step::RequestAfterClose),
-            at(t0, 2001, 2, answered(t0, 2000, None)),
+            at(t0, 2001, 2, answered(t0, 2000)),
             at(
                 t0,
                 2002,

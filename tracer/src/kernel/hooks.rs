@@ -29,7 +29,7 @@ pub(super) struct BtfVariant {
 }
 
 /// Every tracepoint, once. Adding a hook: its eBPF program, a row here, its decoder.
-pub(super) const TRACEPOINTS: [TracepointHook; 6] = [
+pub(super) const TRACEPOINTS: [TracepointHook; 5] = [
     TracepointHook {
         program: "tp_kfree_skb",
         category: "skb",
@@ -96,21 +96,6 @@ pub(super) const TRACEPOINTS: [TracepointHook; 6] = [
             c.synack_req = off(f, "req");
         }),
         without: "retransmitted SYN-ACKs are not seen",
-    },
-    // The application reading a request: whether a slow response is a slow application or
-    // one that does not read (exchange.rs).
-    TracepointHook {
-        program: "tp_rcv_space",
-        category: "tcp",
-        name: "tcp_rcv_space_adjust",
-        btf: Some(BtfVariant {
-            program: "btf_rcv_space",
-            empty: "btf_empty_rcv_space",
-            usable: |c, _| c.sock.complete(),
-        }),
-        empty: "tp_empty",
-        layout: Some(|c, f| c.rcv_space_adjust = sock_layout(f)),
-        without: "whether the application read a request before answering it is not known",
     },
 ];
 

@@ -188,27 +188,15 @@ impl Probe {
             .collect()
     }
 
-    /// Followed edge connections whose request is still waiting for its first response
-    /// byte (`FLOWS`, phase request): one pass over the table through a mapping of it.
-    pub fn waiting_requests(&self) -> Vec<(tracer_common::ArrivalKey, tracer_common::FlowState)> {
-        use tracer_common::{FlowSlot, EXCHANGE_FLOWS, PHASE_REQUEST};
+    /// The exchange table (`FLOWS`), mapped once for the capture's reads.
+    pub fn take_flow_table(&mut self) -> Result<synlog::FlowTable> {
+        use tracer_common::{FlowSlot, EXCHANGE_FLOWS};
         let Some(aya::maps::Map::Array(data)) = self.ebpf.map("FLOWS") else {
-            return Vec::new();
+            return Err(anyhow!("FLOWS map missing"));
         };
         let slots = EXCHANGE_FLOWS as usize;
-        let Ok(mapping) = synlog::Mapping::of(data, slots * size_of::<FlowSlot>(), false) else {
-            return Vec::new();
-        };
-        let table = mapping.ptr.as_ptr().cast::<FlowSlot>().cast_const();
-        (0..slots)
-            .filter_map(|i| {
-                // SAFETY: `i` < the slots mapped; the kernel may be writing the slot, so it is
-                // copied whole before any field is looked at (a torn copy is one odd entry).
-                let slot = unsafe { std::ptr::read_volatile(table.add(i)) };
-                (slot.key.family != 0 && slot.state.phase == PHASE_REQUEST)
-                    .then_some((slot.key, slot.state))
-            })
-            .collect()
+        synlog::FlowTable::new(data, slots)
+            .with_context(|| format!("mapping FLOWS ({} bytes)", slots * size_of::<FlowSlot>()))
     }
 
     /// Sums of the per-CPU counters, indexed by `tracer_common::counter`.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tracer_common::{
     EventKind, SynRecord, EVENT_F_EDGE, EVENT_F_EGRESS, EVENT_F_FORWARDED, EVENT_F_HAS_REASON,
-    EVENT_F_HAS_SOCK, EVENT_F_HAS_TCP, EVENT_F_PENDING, EVENT_F_READ,
+    EVENT_F_HAS_SOCK, EVENT_F_HAS_TCP, EVENT_F_PENDING,
 };
 
 use crate::{
@@ -90,7 +90,6 @@ fn exchange_step(
     Some(match kind {
         EventKind::ResponseBegan => Step::ResponseBegan {
             request_at: clock.wall(raw.aux),
-            reader: has(EVENT_F_READ).then_some((raw.reason, raw.local_addr)),
         },
         EventKind::OriginClosed => Step::OriginClosed {
             // The last payload's tick: its start, so never later than the payload.
@@ -119,7 +118,6 @@ pub fn decode_waiting(
         peer_port: key.port,
         local_port: s.local_port,
         since: clock.wall(s.request_ns),
-        reader: (s.flags & tracer_common::FLOW_F_READ != 0).then_some((s.pid, s.comm)),
     })
 }
 
@@ -253,22 +251,14 @@ mod tests {
         );
         assert_eq!((e.peer_port, e.local_port), (40000, 443));
         let mut r = raw(EventKind::ResponseBegan);
-        r.flags |= EVENT_F_READ;
         r.aux = 1_000_000_000;
-        r.reason = 4321;
-        r.local_addr = *b"nginx\0\0\0\0\0\0\0\0\0\0\0";
         let Some(Record::Exchange(e)) = decode_record(&r, &clock, &jiffies(), &table()) else {
             panic!("not an exchange");
         };
-        let Step::ResponseBegan { request_at, reader } = e.step else {
+        let Step::ResponseBegan { request_at } = e.step else {
             panic!("{e:?}");
         };
         assert_eq!(request_at, clock.wall(1_000_000_000));
-        let (pid, comm) = reader.expect("read");
-        assert_eq!(
-            (pid, crate::model::exchange::comm_text(&comm).as_str()),
-            (4321, "nginx")
-        );
     }
 
     fn table() -> ReasonTable {

@@ -1,19 +1,25 @@
 //! One step of an edge exchange, as the kernel saw it (`tracer-ebpf/src/exchange.rs`):
-//! requests arriving, read, answered, and connections the origin closed.
+//! requests arriving, answered, and connections the origin closed; and what a look at a
+//! waiting request's socket found (`origin::request_sockets`): read or not, and by whom.
 
 use std::{net::IpAddr, time::Duration, time::SystemTime};
 
-/// The task that read a request: pid and comm (NUL-padded).
+/// A process: pid and comm (NUL-padded).
 pub type Task = (u32, [u8; 16]);
 
 /// What happened on an edge connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
     /// The first response byte left, for the request that began at `request_at` (the edge's
-    /// payload on a connection with none pending); `reader`: the task that had read it.
-    ResponseBegan {
+    /// payload on a connection with none pending).
+    ResponseBegan { request_at: SystemTime },
+    /// The socket of the request waiting since `request_at`, looked at in the kernel's socket
+    /// tables: `read` when nothing waits in its receive queue (the application took the
+    /// request), and the process holding it (none while it waits to be accepted).
+    Looked {
         request_at: SystemTime,
-        reader: Option<Task>,
+        read: bool,
+        holder: Option<Task>,
     },
     /// The origin closed the connection first, `idle` after the last payload either way
     /// (`None` when the kernel's tick could not be converted); `pending`: a request was
@@ -46,7 +52,14 @@ pub struct WaitingRequest {
     pub peer_port: u16,
     pub local_port: u16,
     pub since: SystemTime,
-    pub reader: Option<Task>,
+}
+
+/// A comm as the kernel keeps it (16 bytes, NUL-padded, cut at 15).
+pub fn comm_bytes(comm: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let n = comm.len().min(15);
+    out[..n].copy_from_slice(&comm.as_bytes()[..n]);
+    out
 }
 
 /// A task's comm, as text.

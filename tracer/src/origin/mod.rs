@@ -9,6 +9,7 @@ pub mod listeners;
 pub mod namespaces;
 pub mod proc_net;
 pub mod range_routes;
+pub mod request_sockets;
 pub mod routes;
 pub mod tunnel;
 

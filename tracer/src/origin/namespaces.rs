@@ -333,6 +333,34 @@ fn inode_of(path: &Path) -> Option<u32> {
         .and_then(|m| u32::try_from(m.ino()).ok())
 }
 
+/// One task in each network namespace other than the tracer's own, as its /proc directory
+/// (`/proc/PID/task/TID`, whose `net/` shows that namespace's tables): threads count, since a
+/// namespace may have no process of its own, only a thread that joined it. Bounded.
+pub fn other_namespace_tasks() -> Vec<PathBuf> {
+    let own = inode_of(Path::new("/proc/self/ns/net"));
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let mut looked = 0;
+    for (_, dir) in processes() {
+        let Ok(tasks) = std::fs::read_dir(dir.join("task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            looked += 1;
+            if looked > MAX_TASKS {
+                return out;
+            }
+            let dir = task.path();
+            if let Some(inode) = inode_of(&dir.join("ns/net")) {
+                if Some(inode) != own && seen.insert(inode) {
+                    out.push(dir);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// One `(pid, ns/net path)` per process (its main thread's), bounded.
 fn task_namespaces() -> Vec<(u32, PathBuf)> {
     let Ok(procs) = std::fs::read_dir("/proc") else {

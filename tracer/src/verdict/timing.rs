@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{Cause, Inputs, Verdict};
 use crate::correlate::{
-    exchanges::{ExchangeWindow, Reader, Slow},
+    exchanges::{ExchangeWindow, Holder, Slow},
     timing::{Summary, Timing},
 };
 
@@ -26,7 +26,7 @@ fn ms_as_secs(ms: f64) -> String {
 }
 
 /// "python3 (pid 77, container 3f2a9c4b1d2e)"
-fn task_text(r: &Reader) -> String {
+fn task_text(r: &Holder) -> String {
     match &r.container {
         Some(c) => format!(
             "{} (pid {}, container {})",
@@ -38,43 +38,51 @@ fn task_text(r: &Reader) -> String {
     }
 }
 
-fn who(s: &Slow) -> Option<String> {
-    s.reader.as_ref().map(task_text)
-}
-
 fn slow_line(s: &Slow) -> String {
     let port = if s.local_port == 0 {
         String::new()
     } else {
         format!(" to port {}", s.local_port)
     };
-    let by = who(s);
+    let by = s
+        .holder
+        .as_ref()
+        .map(task_text)
+        .unwrap_or_else(|| "the application".into());
+    // Who could have read it: the process holding the connection, else (not accepted yet)
+    // the one holding the listener.
+    let unread_by = match (&s.holder, &s.listener_holder) {
+        (Some(h), _) => format!(" by {}, which holds the connection", task_text(h)),
+        (None, Some(h)) => format!(
+            " (not yet accepted) by {}, which holds the listener",
+            task_text(h)
+        ),
+        (None, None) => String::new(),
+    };
+    let served_by = s
+        .listener_holder
+        .as_ref()
+        .map(|h| format!(" (the port is served by {})", task_text(h)))
+        .unwrap_or_default();
+    let (peer, time) = (s.peer, secs(s.time));
     match (s.answered, s.read) {
-        (true, true) => format!(
-            "a request from {}{port} was read by {} and answered only after {}: the application is slow",
-            s.peer,
-            by.as_deref().unwrap_or("the application"),
-            secs(s.time)
+        (true, Some(true)) => format!(
+            "a request from {peer}{port} was read by {by} and answered only after {time}: the application is slow"
         ),
-        (true, false) => format!(
-            "a request from {}{port} was answered after {} without being read first (the answer came from in front of the application)",
-            s.peer,
-            secs(s.time)
+        (true, Some(false)) => format!(
+            "a request from {peer}{port} waited unread{unread_by} and was answered only after {time}: every worker was busy"
         ),
-        (false, true) => format!(
-            "a request from {}{port} was read by {} and still had no answer after {}: the application is slow or stuck on it",
-            s.peer,
-            by.as_deref().unwrap_or("the application"),
-            secs(s.time)
+        (true, None) => format!(
+            "a request from {peer}{port} was answered only after {time}{served_by}"
         ),
-        (false, false) => format!(
-            "a request from {}{port} was still unread after {}{}: the application is not reading — a stuck worker or a full pool",
-            s.peer,
-            secs(s.time),
-            s.holder
-                .as_ref()
-                .map(|h| format!(" by {}, which holds the listener", task_text(h)))
-                .unwrap_or_default()
+        (false, Some(true)) => format!(
+            "a request from {peer}{port} was read by {by} and still had no answer after {time}: the application is slow or stuck on it"
+        ),
+        (false, Some(false)) => format!(
+            "a request from {peer}{port} was still unread after {time}{unread_by}: the application is not reading — a stuck worker or a full pool"
+        ),
+        (false, None) => format!(
+            "a request from {peer}{port} still had no answer after {time}{served_by}"
         ),
     }
 }
@@ -238,17 +246,18 @@ mod tests {
     fn a_late_answer_is_a_slow_response() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let mut x = Exchanges::new(Duration::from_secs(3), EDGE_IDLE_TIMEOUT);
-        let mut comm = [0u8; 16];
-        comm[..7].copy_from_slice(b"python3");
+        let comm = crate::model::exchange::comm_bytes("python3");
         x.observe(&step(
             t0,
-            4001,
+            1500,
             1,
-            Step::ResponseBegan {
+            Step::Looked {
                 request_at: t0,
-                reader: Some((4242, comm)),
+                read: true,
+                holder: Some((4242, comm)),
             },
         ));
+        x.observe(&step(t0, 4001, 1, Step::ResponseBegan { request_at: t0 }));
         let mut f = fixture();
         f.exchanges = x.take_window(t0 + Duration::from_secs(10), &[]);
         let edge = crate::correlate::Counts {
@@ -275,10 +284,7 @@ mod tests {
     fn a_request_after_an_idle_close_is_a_keepalive_race() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let mut x = Exchanges::new(Duration::from_secs(100), EDGE_IDLE_TIMEOUT);
-        let answered = Step::ResponseBegan {
-            request_at: t0,
-            reader: None,
-        };
+        let answered = Step::ResponseBegan { request_at: t0 };
         for e in [
             step(t0, 2, 1, answered),
             step(

@@ -303,16 +303,20 @@ pub fn assemble(w: ClosedWindow) -> Report {
     }
 }
 
-/// Names who holds the slow requests: the readers, and for a request nobody read the process
-/// holding the listener on its port (found through /proc's descriptors, only when a request
-/// was slow).
+/// Names who holds the slow requests: the processes holding their sockets, and for a request
+/// no process holds yet the process holding the listener on its port (found through /proc's
+/// descriptors, only when a request was slow).
 fn name_slow_holders(x: &mut ExchangeWindow, listeners: &mut [Listener]) {
     let unnamed: Vec<u64> = listeners
         .iter()
         .filter(|l| l.pid.is_none())
         .filter_map(|l| l.inode)
         .collect();
-    if x.slow_unread > 0 && !unnamed.is_empty() {
+    let want_listener = x
+        .slowest
+        .iter()
+        .any(|s| s.holder.is_none() && s.read != Some(true));
+    if want_listener && !unnamed.is_empty() {
         let owners = crate::origin::namespaces::socket_owners(&unnamed);
         for l in listeners.iter_mut() {
             if let Some((pid, comm)) = l.inode.and_then(|i| owners.get(&i)) {

@@ -14,12 +14,10 @@ use super::{
 };
 
 /// The tracer's attached programs, as the kernel names them (15 characters at most).
-const PROGRAMS: [&str; 10] = [
+const PROGRAMS: [&str; 8] = [
     "xdp_syn",
     "tc_syn",
     "tc_reply",
-    "tp_rcv_space",
-    "btf_rcv_space",
     "btf_set_state",
     "btf_kfree_skb",
     "tp_send_reset",

@@ -123,6 +123,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     metrics.set_arrival_hook(arrival_hook.as_str());
     let reasons = probe.reasons.clone();
     let mut capture = Capture::new(probe)?;
+    capture.set_read_timeout(timeouts.edge_read_timeout);
     // A few drains per second, not one per event: the ring holds well over this interval.
     capture.set_min_interval(Duration::from_millis(100));
     let hup = Arc::new(AtomicBool::new(false));
