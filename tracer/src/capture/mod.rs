@@ -36,8 +36,9 @@ pub struct Capture {
     syn_log: SynLog,
     /// The exchange table, for the requests still waiting (`None`: not mapped, none seen).
     flows: Option<FlowTable>,
-    /// When to look at waiting requests' sockets (read or not, and by whom).
-    looks: looks::Looks,
+    /// When to look at waiting requests' sockets (read or not, and by whom); `None`: never
+    /// (`events` reports no exchanges).
+    looks: Option<looks::Looks>,
     /// Ring position of the next record to read (the ring starts empty at 0).
     ring_pos: u64,
     /// Ring records of the current drain, with their positions: kept raw (80 bytes) and
@@ -55,8 +56,6 @@ pub struct Capture {
     last_loss_check: Instant,
 }
 
-/// Cloudflare's proxy read timeout, until the command sets its own.
-const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(100);
 /// How often the kernel's loss counter is read (a syscall per CPU).
 const LOSS_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// The SYN log does not signal: it is read at least this often, even when the ring is quiet
@@ -83,7 +82,7 @@ impl Capture {
             ring,
             syn_log,
             flows,
-            looks: looks::Looks::new(DEFAULT_READ_TIMEOUT),
+            looks: None,
             ring_pos: 0,
             ring_batch: Vec::new(),
             held_syns: Vec::new(),
@@ -96,10 +95,10 @@ impl Capture {
         })
     }
 
-    /// Waiting requests are looked at in time to tell a request slower than `read_timeout`
-    /// read or not.
+    /// Looks at waiting requests in time to tell a request slower than `read_timeout` read
+    /// or not.
     pub fn set_read_timeout(&mut self, read_timeout: Duration) {
-        self.looks = looks::Looks::new(read_timeout);
+        self.looks = Some(looks::Looks::new(read_timeout));
     }
 
     /// Coalesce wake-ups: drain at most once per `interval` (the ring must hold that long).
@@ -215,18 +214,21 @@ impl Capture {
     /// finds comes out as exchange steps.
     fn look_at_waiting(&mut self, mut each: impl FnMut(Record)) {
         let now = Instant::now();
-        if !self.looks.due(now) {
+        if !self.looks.as_ref().is_some_and(|l| l.due(now)) {
             return;
         }
         let wall = SystemTime::now();
         let waiting = self.waiting_requests();
-        let picked = self.looks.pick(wall, now, &waiting);
+        let Some(looks) = &mut self.looks else {
+            return;
+        };
+        let picked = looks.pick(wall, now, &waiting);
         if picked.is_empty() {
             return;
         }
         let peers = picked.iter().map(|r| (r.peer, r.peer_port)).collect();
         let found = crate::origin::request_sockets::look(&peers);
-        for step in self.looks.steps(wall, now, &picked, &found) {
+        for step in looks.steps(wall, now, &picked, &found) {
             each(Record::Exchange(step));
         }
     }

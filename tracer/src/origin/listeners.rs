@@ -183,15 +183,11 @@ pub fn read() -> Vec<Listener> {
 }
 
 mod sock_diag {
-    //! A TCP LISTEN dump over NETLINK_SOCK_DIAG (netlink-packet-sock-diag builds the
-    //! inet_diag request and reads the answers).
+    //! The listeners of a TCP LISTEN dump over NETLINK_SOCK_DIAG.
 
     use std::io;
 
-    use netlink_packet_sock_diag::{
-        inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
-        SockDiagMessage,
-    };
+    use netlink_packet_sock_diag::inet::{InetResponse, StateFlags};
 
     use super::Listener;
     use crate::sys::netlink;
@@ -210,35 +206,15 @@ mod sock_diag {
     }
 
     pub fn listeners() -> io::Result<Vec<Listener>> {
-        let mut out = Vec::new();
-        for v6 in [false, true] {
-            let request = InetRequest {
-                family: if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8,
-                protocol: libc::IPPROTO_TCP as u8,
-                extensions: ExtensionFlags::empty(),
-                states: StateFlags::LISTEN,
-                socket_id: if v6 {
-                    SocketId::new_v6()
-                } else {
-                    SocketId::new_v4()
-                },
-            };
-            let answers = netlink::ask(
-                netlink_sys::protocols::NETLINK_SOCK_DIAG,
-                SockDiagMessage::InetRequest(request),
-                netlink::Answer::Dump,
-            )?;
-            out.extend(answers.iter().filter_map(|m| match m {
-                SockDiagMessage::InetResponse(r) => Some(listener_of(r)),
-                _ => None,
-            }));
-        }
-        Ok(out)
+        let all = netlink::tcp_sockets(StateFlags::LISTEN)?;
+        Ok(all.iter().map(listener_of).collect())
     }
 
     #[cfg(test)]
     mod tests {
         use std::net::IpAddr;
+
+        use netlink_packet_sock_diag::inet::SocketId;
 
         use super::*;
 

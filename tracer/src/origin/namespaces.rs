@@ -333,32 +333,31 @@ fn inode_of(path: &Path) -> Option<u32> {
         .and_then(|m| u32::try_from(m.ino()).ok())
 }
 
+/// Every task (thread) of every process: (pid, `/proc/PID/task/TID`), at most `MAX_TASKS`.
+fn tasks() -> impl Iterator<Item = (u32, PathBuf)> {
+    processes()
+        .flat_map(|(pid, dir)| {
+            std::fs::read_dir(dir.join("task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(move |task| (pid, task.path()))
+        })
+        .take(MAX_TASKS)
+}
+
 /// One task in each network namespace other than the tracer's own, as its /proc directory
 /// (`/proc/PID/task/TID`, whose `net/` shows that namespace's tables): threads count, since a
-/// namespace may have no process of its own, only a thread that joined it. Bounded.
+/// namespace may have no process of its own, only a thread that joined it.
 pub fn other_namespace_tasks() -> Vec<PathBuf> {
     let own = inode_of(Path::new("/proc/self/ns/net"));
     let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    let mut looked = 0;
-    for (_, dir) in processes() {
-        let Ok(tasks) = std::fs::read_dir(dir.join("task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            looked += 1;
-            if looked > MAX_TASKS {
-                return out;
-            }
-            let dir = task.path();
-            if let Some(inode) = inode_of(&dir.join("ns/net")) {
-                if Some(inode) != own && seen.insert(inode) {
-                    out.push(dir);
-                }
-            }
-        }
-    }
-    out
+    tasks()
+        .filter_map(|(_, dir)| {
+            let inode = inode_of(&dir.join("ns/net"))?;
+            (Some(inode) != own && seen.insert(inode)).then_some(dir)
+        })
+        .collect()
 }
 
 /// One `(pid, ns/net path)` per process (its main thread's), bounded.
@@ -377,26 +376,16 @@ fn task_namespaces() -> Vec<(u32, PathBuf)> {
 /// A task (thread) in the namespace: its process id and its `ns/net` path; and how many
 /// tasks' namespaces the tracer was not allowed to look at.
 fn find_task(inode: u32) -> (Option<(u32, PathBuf)>, usize) {
-    let mut seen = 0;
     let mut hidden = 0;
-    for (pid, dir) in processes() {
-        let Ok(tasks) = std::fs::read_dir(dir.join("task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            seen += 1;
-            if seen > MAX_TASKS {
-                return (None, hidden);
+    for (pid, task) in tasks() {
+        let ns = task.join("ns/net");
+        match std::fs::metadata(&ns) {
+            Ok(m) if u32::try_from(m.ino()).ok() == Some(inode) => {
+                return (Some((pid, ns)), hidden)
             }
-            let ns = task.path().join("ns/net");
-            match std::fs::metadata(&ns) {
-                Ok(m) if u32::try_from(m.ino()).ok() == Some(inode) => {
-                    return (Some((pid, ns)), hidden)
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => hidden += 1,
-                Err(_) => {}
-            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => hidden += 1,
+            Err(_) => {}
         }
     }
     (None, hidden)

@@ -14,10 +14,7 @@ use std::{
     net::IpAddr,
 };
 
-use netlink_packet_sock_diag::{
-    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
-    SockDiagMessage,
-};
+use netlink_packet_sock_diag::inet::{InetResponse, StateFlags};
 
 use super::{listeners, namespaces, proc_net};
 use crate::sys::netlink;
@@ -89,33 +86,12 @@ fn plain(addr: IpAddr) -> IpAddr {
 /// The connections of `peers` in this namespace, over sock_diag: established (or closed by
 /// the edge since) sockets of both families.
 fn own_namespace(peers: &HashSet<Peer>) -> io::Result<HashMap<Peer, SocketSeen>> {
-    let mut out = HashMap::new();
-    for v6 in [false, true] {
-        let request = InetRequest {
-            family: if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8,
-            protocol: libc::IPPROTO_TCP as u8,
-            extensions: ExtensionFlags::empty(),
-            states: StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT,
-            socket_id: if v6 {
-                SocketId::new_v6()
-            } else {
-                SocketId::new_v4()
-            },
-        };
-        let answers = netlink::ask(
-            netlink_sys::protocols::NETLINK_SOCK_DIAG,
-            SockDiagMessage::InetRequest(request),
-            netlink::Answer::Dump,
-        )?;
-        for m in &answers {
-            if let SockDiagMessage::InetResponse(r) = m {
-                if let Some((peer, seen)) = socket_of(r).filter(|(p, _)| peers.contains(p)) {
-                    out.insert(peer, seen);
-                }
-            }
-        }
-    }
-    Ok(out)
+    let all = netlink::tcp_sockets(StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT)?;
+    Ok(all
+        .iter()
+        .filter_map(socket_of)
+        .filter(|(p, _)| peers.contains(p))
+        .collect())
 }
 
 fn socket_of(r: &InetResponse) -> Option<(Peer, SocketSeen)> {

@@ -4,15 +4,18 @@
 //! here as `ip route get` and `ip route show table all` ask them — the kernel decides, policy
 //! rules included — without depending on `ip` being installed.
 //!
-//! `route` asks for routes, `link` for what is attached to an interface (XDP, clsact filters).
+//! `route` asks for routes, `link` for what is attached to an interface (XDP, clsact filters),
+//! `sock_diag` for TCP sockets.
 
 mod link;
 mod route;
+mod sock_diag;
 
 pub use link::{clsact_bpf_filters, delete_clsact_filter, xdp_program_id, BpfFilter};
 #[cfg(test)]
 pub use route::listed;
 pub use route::{ip_of, route_get, routes_listed, ListedRoute, RouteAnswer, RouteKind, MAIN_TABLE};
+pub use sock_diag::tcp_sockets;
 
 use std::{fmt::Debug, io, os::fd::AsRawFd as _, time::Duration};
 
