@@ -120,7 +120,6 @@ impl Capture {
             .unwrap_or(0)
     }
 
-    /// The running counts a window starts from (`iface`: the watched interface).
     /// Edge requests still waiting for their first response byte, from the kernel's table.
     pub fn waiting_requests(&self) -> Vec<crate::model::exchange::WaitingRequest> {
         let Some(flows) = &self.flows else {
@@ -133,6 +132,7 @@ impl Capture {
             .collect()
     }
 
+    /// The running counts a window starts from (`iface`: the watched interface).
     pub fn running_counts(&self, iface: &str) -> RunningCounts {
         RunningCounts {
             lost: self.lost_total(),

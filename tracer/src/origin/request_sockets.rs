@@ -5,8 +5,9 @@
 //! connection of the host; a look costs only while requests are slow.
 //!
 //! The tracer's own namespace answers over sock_diag; a socket the host handed to another
-//! namespace (DNAT to a container) is found in that namespace's `/proc/PID/net/tcp`, which
-//! needs no CAP_SYS_ADMIN (the packaged service and the DaemonSet have none).
+//! namespace (DNAT to a container) is found in that namespace's tables as a task there sees
+//! them (`/proc/PID/task/TID/net/tcp`: a namespace may hold only a thread that joined it),
+//! which needs no CAP_SYS_ADMIN (the packaged service and the DaemonSet have none).
 
 use std::{
     collections::{HashMap, HashSet},
