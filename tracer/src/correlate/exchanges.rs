@@ -326,7 +326,7 @@ impl ExchangeWindow {
                 .and_then(|f| f.take(64 * 1024).read_to_string(&mut text));
             r.container = read
                 .ok()
-                .and_then(|_| crate::origin::namespaces::container_id(&text));
+                .and_then(|_| crate::origin::processes::container_id(&text));
         }
     }
 

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     model::event::ListenerEvent,
-    origin::{listeners, namespaces},
+    origin::{listeners, namespaces, processes},
     ranges::RangeSet,
     sys::netlink::RouteKind,
 };
@@ -218,7 +218,7 @@ impl State {
         let owners = if new_inodes.is_empty() {
             Default::default()
         } else {
-            namespaces::socket_owners(&new_inodes)
+            processes::socket_owners(&new_inodes)
         };
         let owned = now
             .into_iter()

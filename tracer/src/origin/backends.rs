@@ -126,7 +126,7 @@ pub fn resolve(
 /// descriptors: done only when edge attempts were forwarded.
 pub fn name_owners(listeners: &mut [Listener], backends: &mut [BackendReport]) {
     let inodes: Vec<u64> = listeners.iter().filter_map(|l| l.inode).collect();
-    let owners = super::namespaces::socket_owners(&inodes);
+    let owners = super::processes::socket_owners(&inodes);
     for l in listeners.iter_mut() {
         if let Some((pid, comm)) = l.inode.and_then(|i| owners.get(&i)) {
             l.pid = Some(*pid);

@@ -91,7 +91,7 @@ impl Listener {
     /// 3f2a9c4b1d2e" or " in netns:[4026532999]" in a backend's.
     pub fn place(&self) -> String {
         match (&self.container, self.netns) {
-            (Some(c), _) => format!(" in container {}", super::namespaces::short_id(c)),
+            (Some(c), _) => format!(" in container {}", super::processes::short_id(c)),
             (None, Some(ns)) => format!(" in netns:[{ns}]"),
             (None, None) => String::new(),
         }

@@ -8,6 +8,7 @@ pub mod firewall;
 pub mod listeners;
 pub mod namespaces;
 pub mod proc_net;
+pub mod processes;
 pub mod range_routes;
 pub mod request_sockets;
 pub mod routes;

@@ -17,7 +17,7 @@ use std::{
 
 use netlink_packet_sock_diag::inet::{InetResponse, StateFlags};
 
-use super::{listeners, namespaces, proc_net};
+use super::{listeners, proc_net, processes};
 use crate::sys::netlink;
 
 /// A waiting request's connection, by the edge's address and port (which DNAT leaves alone).
@@ -55,7 +55,7 @@ pub fn look(peers: &HashSet<Peer>) -> HashMap<Peer, Found> {
             .difference(&seen.keys().copied().collect())
             .copied()
             .collect();
-        for task in namespaces::other_namespace_tasks() {
+        for task in processes::other_namespace_tasks() {
             seen.extend(from_proc(&missing, &format!("{}/net", task.display())));
             if seen.len() == peers.len() {
                 break;
@@ -63,7 +63,7 @@ pub fn look(peers: &HashSet<Peer>) -> HashMap<Peer, Found> {
         }
     }
     let inodes: Vec<u64> = seen.values().map(|s| s.inode).filter(|i| *i != 0).collect();
-    let owners = namespaces::socket_owners(&inodes);
+    let owners = processes::socket_owners(&inodes);
     seen.into_iter()
         .map(|(peer, s)| {
             let found = Found {

@@ -43,7 +43,7 @@ impl TunnelProcess {
                 "{} (pid {}, container {})",
                 self.name,
                 self.pid,
-                super::namespaces::short_id(c)
+                super::processes::short_id(c)
             ),
             None => format!("{} (pid {})", self.name, self.pid),
         }
@@ -91,7 +91,7 @@ pub fn find(name: &str) -> Vec<TunnelProcess> {
             .and_then(|l| ns_inode(l.to_str()?));
         let container = read_bounded(&format!("/proc/{pid}/cgroup"))
             .ok()
-            .and_then(|c| super::namespaces::container_id(&c));
+            .and_then(|c| super::processes::container_id(&c));
         found.push(TunnelProcess {
             pid,
             name: comm.trim_end_matches('\n').to_string(),

@@ -317,7 +317,7 @@ fn name_slow_holders(x: &mut ExchangeWindow, listeners: &mut [Listener]) {
         .iter()
         .any(|s| s.holder.is_none() && s.read != Some(true));
     if want_listener && !unnamed.is_empty() {
-        let owners = crate::origin::namespaces::socket_owners(&unnamed);
+        let owners = crate::origin::processes::socket_owners(&unnamed);
         for l in listeners.iter_mut() {
             if let Some((pid, comm)) = l.inode.and_then(|i| owners.get(&i)) {
                 l.pid = Some(*pid);
