@@ -50,11 +50,8 @@ pub struct Capture {
     /// rather than one per event.
     min_interval: Duration,
     last_drain: Instant,
-    last_loss_check: Instant,
 }
 
-/// How often the kernel's loss counter is read (a syscall per CPU).
-const LOSS_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// The SYN log does not signal: it is read at least this often, even when the ring is quiet
 /// (SYNs nobody answers). Its smallest part per CPU holds 1024 SYNs... at 20k SYN/s per CPU
 /// for this long; the default sizes hold well over 300k SYN/s per CPU.
@@ -88,7 +85,6 @@ impl Capture {
             lost_reported: 0,
             min_interval: Duration::ZERO,
             last_drain: Instant::now(),
-            last_loss_check: Instant::now(),
         })
     }
 
@@ -174,6 +170,12 @@ impl Capture {
         // (or it waits).
         let held = &mut self.held_syns;
         self.syn_log.drain(|r| held.push(*r));
+        // The loss counter after the log, before any record goes out: an event lost before a
+        // SYN handed out now is in this count. An attempt whose reset was lost is then known
+        // to have lost it before the same flow's next SYN displaces it (a flood that reuses
+        // ports): it ends unknown, which the kernel's count can settle, never unanswered.
+        self.check_loss(&mut each);
+        let held = &mut self.held_syns;
         let ready = if flush {
             sort_by_ring_pos(held);
             held.len()
@@ -200,11 +202,6 @@ impl Capture {
         self.ring_batch.clear();
         held.drain(..ready);
         self.look_at_waiting(&mut each);
-        if !flush && self.last_loss_check.elapsed() < LOSS_CHECK_EVERY {
-            return;
-        }
-        self.last_loss_check = Instant::now();
-        self.check_loss(each);
     }
 
     /// Looks at the sockets of requests that have waited a while, when a pass is due: what it
@@ -230,10 +227,10 @@ impl Capture {
         }
     }
 
-    /// Reads the kernel's loss counter now; hands out a loss event if it rose.
+    /// Reads the kernel's loss counter now (one syscall a drain); hands out a loss event if it
+    /// rose.
     fn check_loss(&mut self, mut each: impl FnMut(Record)) {
-        if let Ok(counters) = self.probe.counters() {
-            let lost = counters[counter::LOST as usize];
+        if let Ok(lost) = self.probe.counter(counter::LOST) {
             if lost > self.lost_reported {
                 each(Record::Loss {
                     ts: SystemTime::now(),

@@ -200,6 +200,16 @@ impl Probe {
     }
 
     /// Sums of the per-CPU counters, indexed by `tracer_common::counter`.
+    /// One of the kernel's counters, summed over CPUs (one syscall).
+    pub fn counter(&self, index: u32) -> Result<u64> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map("COUNTERS")
+                .ok_or_else(|| anyhow!("COUNTERS map missing"))?,
+        )?;
+        Ok(map.get(&index, 0)?.iter().sum())
+    }
+
     pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
             self.ebpf
