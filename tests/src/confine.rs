@@ -25,6 +25,20 @@ fn repo(path: &str) -> PathBuf {
         .join(path)
 }
 
+/// Mounts tracefs on the host where the machine has not (systemd's sys-kernel-tracing.mount
+/// does at boot on every host the unit runs on; the DaemonSet mounts the node's). A confined
+/// tracer has no CAP_SYS_ADMIN to mount it, and a fresh CI machine boots without it.
+pub fn ensure_host_tracefs() {
+    if std::path::Path::new("/sys/kernel/tracing/events").exists() {
+        return;
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status()
+        .expect("running mount");
+    assert!(status.success(), "mounting tracefs on the host failed");
+}
+
 impl Confinement {
     /// The unit's `CapabilityBoundingSet=` (which must equal its `AmbientCapabilities=`) and
     /// `SecureBits=`.

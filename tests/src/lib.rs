@@ -453,6 +453,7 @@ impl Tracer {
             // tracefs, which only a tracer with CAP_SYS_ADMIN can mount again — as a service
             // on the host, the tracer finds tracefs mounted.
             Some(c) => {
+                confine::ensure_host_tracefs();
                 let mut cmd = if c.protect_proc {
                     // ProtectProc=invisible: a /proc of its own, hidepid=invisible, in a
                     // private mount namespace.
