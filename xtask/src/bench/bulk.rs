@@ -2,8 +2,11 @@
 //! downloading origin -> edge (what the departure hook sees) over the lab's veth, with nothing
 //! attached, with the agent on each arrival hook, with empty programs on the same hooks (what
 //! attaching costs before any work), and with tcpdump's SYN filter — what an admin runs today
-//! instead. Rounds rotate the arms' order and measure each arm between two runs without anything
-//! attached; the medians of the ratios to those neighbours are reported.
+//! instead. The flow is an edge flow on a port the agent watches (80), so every frame takes the
+//! per-packet path of edge flows. Rounds shuffle the arms' order (so no arm always follows the
+//! same one) and measure each arm between two runs without anything attached, each run a second
+//! after the last watcher stopped; the medians of the ratios to those neighbours are reported,
+//! with what each arm leaves behind: the runs without that follow it.
 
 use std::{
     process::{Child, Command, Stdio},
@@ -44,6 +47,10 @@ impl Direction {
     }
 }
 const SECS: u32 = 3;
+/// The port the flow uses: one the agent watches (`agent_args`).
+const PORT: u16 = 80;
+/// Between a watcher stopping and the next run.
+const SETTLE: Duration = Duration::from_secs(1);
 const TARGET: f64 = 0.98;
 
 /// What runs on the origin during a measurement.
@@ -100,7 +107,12 @@ pub fn tcpdump(lab: &Lab, port: u16) -> Result<Child> {
 fn iperf3(lab: &Lab, dir: Direction) -> Result<f64> {
     let out = lab
         .edge
-        .sh(&format!("iperf3 -c {ORIGIN_V4} -t {SECS} -J{}", dir.flag()));
+        // -O 1: the first second (slow start, a watcher's first moments under load) is not
+        // counted; -A 0: the client on one CPU, the server on the other.
+        .sh(&format!(
+            "iperf3 -c {ORIGIN_V4} -p {PORT} -t {SECS} -O 1 -A 0 -J{}",
+            dir.flag()
+        ));
     let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
@@ -119,7 +131,7 @@ fn measure(lab: &Lab, dir: Direction, arm: Arm) -> Result<f64> {
         )),
     };
     let mut dump = if arm == Arm::Tcpdump {
-        Some(tcpdump(lab, 443)?)
+        Some(tcpdump(lab, PORT)?)
     } else {
         None
     };
@@ -128,13 +140,40 @@ fn measure(lab: &Lab, dir: Direction, arm: Arm) -> Result<f64> {
         let _ = d.kill();
         let _ = d.wait();
     }
+    drop(_running);
+    std::thread::sleep(SETTLE);
     rate
+}
+
+/// The order of the arms (indices 1..) in round `round`: a shuffle seeded by the round, so
+/// that over the rounds every arm follows every other and a watcher's after-effects do not
+/// always land on the same arm's baseline.
+fn order(round: usize, arms: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (1..arms).collect();
+    let mut x = (round as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for i in (1..order.len()).rev() {
+        x ^= x >> 31;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^= x >> 27;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
 }
 
 pub fn bulk(dir: Direction) -> Result<Value> {
     let lab = Lab::new();
     let mut server = Command::new("ip")
-        .args(["netns", "exec", &lab.origin.name, "iperf3", "-s", "-A", "1"])
+        .args([
+            "netns",
+            "exec",
+            &lab.origin.name,
+            "iperf3",
+            "-s",
+            "-A",
+            "1",
+            "-p",
+        ])
+        .arg(PORT.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -146,16 +185,17 @@ pub fn bulk(dir: Direction) -> Result<Value> {
                             // anything attached, and its ratio is to their mean. The unwatched rate drifts by
                             // several Gbit/s over a minute on a VM; a neighbour 4 s away drifts far less.
         let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); ARMS.len()];
+        // Each run without, and the arm it followed.
+        let mut withouts: Vec<(usize, f64)> = Vec::new();
         let mut rounds = Vec::new();
         for i in 0..ROUNDS {
-            let mut order: Vec<usize> = (1..ARMS.len()).collect();
-            order.rotate_left(i % (ARMS.len() - 1));
             let mut before = measure(&lab, dir, Arm::Without)?;
             let mut baselines = vec![before];
             let mut round = Vec::new();
-            for &a in &order {
+            for a in order(i, ARMS.len()) {
                 let rate = measure(&lab, dir, ARMS[a])?;
                 let after = measure(&lab, dir, Arm::Without)?;
+                withouts.push((a, after));
                 baselines.push(after);
                 let ratio = rate / ((before + after) / 2.0);
                 ratios[a].push(ratio);
@@ -188,8 +228,24 @@ pub fn bulk(dir: Direction) -> Result<Value> {
                 })
             })
             .collect();
+        // What an arm leaves behind: the runs without that follow it, against all of them.
+        let all = median(withouts.iter().map(|(_, r)| *r).collect());
+        let after: Vec<Value> = ARMS
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(a, arm)| {
+                let rs: Vec<f64> = withouts
+                    .iter()
+                    .filter(|(b, _)| *b == a)
+                    .map(|(_, r)| r / all)
+                    .collect();
+                json!({"arm": arm.name(), "median_ratio": (median(rs) * 1000.0).round() / 1000.0})
+            })
+            .collect();
         Ok(json!({
-            "tool": format!("iperf3 -c{} -t {SECS} (one TCP {}), {ROUNDS} rounds, order rotated, each arm between two runs without (ratio to their mean)", dir.flag(), dir.what()),
+            "tool": format!("iperf3 -c{} -p {PORT} -t {SECS} -O 1 (one TCP {}, an edge flow on a watched port), {ROUNDS} rounds, order shuffled, each arm between two runs without (ratio to their mean), each run {} s after the last watcher stopped", dir.flag(), dir.what(), SETTLE.as_secs()),
+            "without_after": after,
             "rounds": rounds,
             "medians": medians,
             "target": TARGET,
@@ -219,6 +275,18 @@ pub fn render(v: &Value) -> String {
             parts.join("; ")
         );
     }
+    let after: Vec<String> = v["without_after"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| format!("{} {}", x["arm"].as_str().unwrap_or(""), x["median_ratio"]))
+        .collect();
+    if !after.is_empty() {
+        s += &format!(
+            "   runs without, right after each arm, against all runs without: {}\n",
+            after.join("; ")
+        );
+    }
     for m in v["medians"].as_array().into_iter().flatten() {
         let r = m["median_ratio"].as_f64().unwrap_or(0.0);
         let below = &m["below_tcpdump"];
@@ -241,4 +309,30 @@ pub fn render(v: &Value) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::order;
+
+    #[test]
+    fn every_round_runs_every_arm_once_and_no_arm_always_follows_the_same() {
+        let rounds: Vec<Vec<usize>> = (0..11).map(|r| order(r, 6)).collect();
+        for o in &rounds {
+            let mut sorted = o.clone();
+            sorted.sort();
+            assert_eq!(sorted, [1, 2, 3, 4, 5]);
+        }
+        // The arm each arm follows varies (a rotation kept it the same in four rounds of five).
+        for arm in 1..6 {
+            let before: std::collections::BTreeSet<Option<usize>> = rounds
+                .iter()
+                .map(|o| {
+                    let at = o.iter().position(|a| *a == arm).unwrap();
+                    at.checked_sub(1).map(|p| o[p])
+                })
+                .collect();
+            assert!(before.len() >= 3, "arm {arm} follows only {before:?}");
+        }
+    }
 }
