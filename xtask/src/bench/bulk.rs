@@ -1,8 +1,9 @@
 //! Bulk throughput: iperf3 uploading edge -> origin (what the arrival hook sees) and
 //! downloading origin -> edge (what the departure hook sees) over the lab's veth, with nothing
 //! attached, with the agent on the TC hook, with empty programs on the same hooks (what
-//! attaching costs before any work), and with tcpdump's SYN filter — what an admin runs today
-//! instead. The flow is an edge flow on a port the agent watches (80), so every frame takes the
+//! attaching costs before any work), with tcpdump's SYN filter — what an admin runs today
+//! instead — and with a one-instruction classifier on the same hook and no tracer (what the
+//! hook itself costs). The flow is an edge flow on a port the agent watches (80), so every frame takes the
 //! per-packet path of edge flows. Rounds shuffle the arms' order (so no arm always follows the
 //! same one) and measure each arm between two runs without anything attached, each run a second
 //! after the last watcher stopped; the medians of the ratios to those neighbours are reported,
@@ -60,6 +61,9 @@ enum Arm {
     Agent(&'static str),
     Empty(&'static str),
     Tcpdump,
+    /// No tracer: a one-instruction classic-BPF classifier on a clsact qdisc, ingress and
+    /// egress — the floor any program on the TC hook pays.
+    Classifier,
 }
 
 impl Arm {
@@ -69,6 +73,7 @@ impl Arm {
             Arm::Agent(hook) => format!("agent, --hook {hook}"),
             Arm::Empty(hook) => format!("empty programs, --hook {hook}"),
             Arm::Tcpdump => "tcpdump (SYN filter)".into(),
+            Arm::Classifier => "bare TC classifier (no tracer)".into(),
         }
     }
 }
@@ -76,12 +81,48 @@ impl Arm {
 /// The TC hook only: generic XDP on a veth copies every frame before any program runs
 /// (`--only xdp` measures the hook per frame; BENCHMARKS.md has its bulk figures, 0.82–0.89),
 /// and `--hook auto` never picks it.
-const ARMS: [Arm; 4] = [
+const ARMS: [Arm; 5] = [
     Arm::Without,
     Arm::Agent("tc"),
     Arm::Empty("tc"),
     Arm::Tcpdump,
+    Arm::Classifier,
 ];
+
+/// [`Arm::Classifier`] while it lives.
+struct Classifier<'a>(&'a Lab);
+
+impl<'a> Classifier<'a> {
+    fn attach(lab: &'a Lab) -> Self {
+        // `ret #0`: no match, the packet goes on as if nothing were attached.
+        let filter =
+            |dir: &str| format!("tc filter add dev {ORIGIN_IF} {dir} bpf bytecode \"1,6 0 0 0,\"");
+        lab.origin.sh(&format!(
+            "tc qdisc add dev {ORIGIN_IF} clsact && {} && {}",
+            filter("ingress"),
+            filter("egress")
+        ));
+        Classifier(lab)
+    }
+}
+
+impl Drop for Classifier<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.0.origin.name,
+                "tc",
+                "qdisc",
+                "del",
+                "dev",
+                ORIGIN_IF,
+                "clsact",
+            ])
+            .status();
+    }
+}
 
 /// tcpdump in the origin's namespace with the filter an admin would use for SYNs to `port`.
 pub fn tcpdump(lab: &Lab, port: u16) -> Result<Child> {
@@ -123,7 +164,7 @@ fn iperf3(lab: &Lab, dir: Direction) -> Result<f64> {
 fn measure(lab: &Lab, dir: Direction, arm: Arm) -> Result<f64> {
     let agent = |hook: &'static str| agent_args("127.0.0.1:9596", &["--hook", hook]);
     let _running: Option<Tracer> = match arm {
-        Arm::Without | Arm::Tcpdump => None,
+        Arm::Without | Arm::Tcpdump | Arm::Classifier => None,
         Arm::Agent(hook) => Some(Tracer::start(&lab.origin, &agent(hook))),
         Arm::Empty(hook) => Some(Tracer::start_env(
             &lab.origin,
@@ -131,6 +172,7 @@ fn measure(lab: &Lab, dir: Direction, arm: Arm) -> Result<f64> {
             &[("TRACER_EMPTY_PROGRAMS", "1")],
         )),
     };
+    let classifier = (arm == Arm::Classifier).then(|| Classifier::attach(lab));
     let mut dump = if arm == Arm::Tcpdump {
         Some(tcpdump(lab, PORT)?)
     } else {
@@ -142,6 +184,7 @@ fn measure(lab: &Lab, dir: Direction, arm: Arm) -> Result<f64> {
         let _ = d.wait();
     }
     drop(_running);
+    drop(classifier);
     std::thread::sleep(SETTLE);
     rate
 }
