@@ -300,36 +300,32 @@ pub fn bulk(dir: Direction) -> Result<Value> {
     result
 }
 
+/// `arm figure; arm figure; …` from a list of `{arm, <key>}`.
+fn arm_figures(list: &Value, key: &str) -> String {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| format!("{} {}", x["arm"].as_str().unwrap_or(""), x[key]))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 pub fn render(v: &Value) -> String {
     let mut s = format!(
         "\n7. Bulk throughput: {}\n",
         v["tool"].as_str().unwrap_or("")
     );
     for (i, r) in v["rounds"].as_array().into_iter().flatten().enumerate() {
-        let parts: Vec<String> = r["ratios"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|x| format!("{} {}", x["arm"].as_str().unwrap_or(""), x["ratio"]))
-            .collect();
         s += &format!(
             "   round {}: without {} Gbit/s; {}\n",
             i + 1,
             r["without_gbit_s"],
-            parts.join("; ")
+            arm_figures(&r["ratios"], "ratio")
         );
     }
-    let after: Vec<String> = v["without_after"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|x| format!("{} {}", x["arm"].as_str().unwrap_or(""), x["median_ratio"]))
-        .collect();
+    let after = arm_figures(&v["without_after"], "median_ratio");
     if !after.is_empty() {
-        s += &format!(
-            "   runs without, right after each arm, against all runs without: {}\n",
-            after.join("; ")
-        );
+        s += &format!("   runs without, right after each arm, against all runs without: {after}\n");
     }
     for m in v["medians"].as_array().into_iter().flatten() {
         let r = m["median_ratio"].as_f64().unwrap_or(0.0);
@@ -357,7 +353,28 @@ pub fn render(v: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::order;
+    use super::{order, render};
+
+    #[test]
+    fn the_table_names_each_arm_with_its_figure() {
+        let v = serde_json::json!({
+            "tool": "iperf3",
+            "rounds": [{"without_gbit_s": 20.5, "ratios": [{"arm": "agent, --hook tc", "ratio": 0.95}, {"arm": "tcpdump (SYN filter)", "ratio": 0.98}]}],
+            "without_after": [{"arm": "agent, --hook tc", "median_ratio": 1.001}],
+            "medians": [],
+        });
+        let t = render(&v);
+        assert!(
+            t.contains(
+                "round 1: without 20.5 Gbit/s; agent, --hook tc 0.95; tcpdump (SYN filter) 0.98\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("against all runs without: agent, --hook tc 1.001\n"),
+            "{t}"
+        );
+    }
 
     #[test]
     fn every_round_runs_every_arm_once_and_no_arm_always_follows_the_same() {
