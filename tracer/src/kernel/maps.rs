@@ -202,25 +202,25 @@ impl Probe {
     /// Sums of the per-CPU counters, indexed by `tracer_common::counter`.
     /// One of the kernel's counters, summed over CPUs (one syscall).
     pub fn counter(&self, index: u32) -> Result<u64> {
-        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map("COUNTERS")
-                .ok_or_else(|| anyhow!("COUNTERS map missing"))?,
-        )?;
-        Ok(map.get(&index, 0)?.iter().sum())
+        Ok(self.counters_map()?.get(&index, 0)?.iter().sum())
     }
 
+    /// Every counter, summed over CPUs (one syscall each).
     pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
-        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map("COUNTERS")
-                .ok_or_else(|| anyhow!("COUNTERS map missing"))?,
-        )?;
+        let map = self.counters_map()?;
         let mut out = [0u64; counter::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
             *slot = map.get(&(i as u32), 0)?.iter().sum();
         }
         Ok(out)
+    }
+
+    fn counters_map(&self) -> Result<PerCpuArray<&MapData, u64>> {
+        Ok(PerCpuArray::try_from(
+            self.ebpf
+                .map("COUNTERS")
+                .ok_or_else(|| anyhow!("COUNTERS map missing"))?,
+        )?)
     }
 }
 
