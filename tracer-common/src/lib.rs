@@ -273,8 +273,12 @@ pub mod counter {
     /// Listener changes on watched ports not sent: over a namespace's budget
     /// ([`super::LISTEN_PER_SEC`] a second, except the tracer's own namespace).
     pub const LISTEN_THROTTLED: u32 = 4;
+    /// Edge requests begun (a followed connection's phase set to request), counted after the
+    /// slot says so: while this count stands, no slot of `FLOWS` has begun waiting, and
+    /// userspace re-reads only the slots it found waiting instead of the whole table.
+    pub const REQUESTS_BEGUN: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Watched ports whose refused edge SYNs are counted one by one (`EDGE_REFUSED_BY_PORT`);

@@ -3,7 +3,7 @@
 //! sends on it anyway. The request and its read are kept in the flow's map entry; the response
 //! sends one event carrying when the request began, and only rare transitions (a close after idle, a request
 //! after the close, a reset with a request waiting) send their own. Userspace reads requests
-//! still waiting from the map. Per packet the work is a port and range test and, on edge
+//! still waiting from the map (the count of requests begun tells it when to read it all). Per packet the work is a port and range test and, on edge
 //! connections, one map lookup. What it all means (slow, idle, a keep-alive race) is decided
 //! in userspace.
 
@@ -15,16 +15,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tracer_common::{
-    slot_bucket, ArrivalKey, Event, EventKind, FlowSlot, FlowState, EVENT_F_EDGE, EVENT_F_EGRESS,
-    EVENT_F_PENDING, EXCHANGE_FLOWS, FLOW_F_AFTER_CLOSE, FLOW_F_EDGE_CLOSED, FLOW_F_ORIGIN_CLOSED,
-    PHASE_REQUEST, PHASE_RESPONSE,
+    counter, slot_bucket, ArrivalKey, Event, EventKind, FlowSlot, FlowState, EVENT_F_EDGE,
+    EVENT_F_EGRESS, EVENT_F_PENDING, EXCHANGE_FLOWS, FLOW_F_AFTER_CLOSE, FLOW_F_EDGE_CLOSED,
+    FLOW_F_ORIGIN_CLOSED, PHASE_REQUEST, PHASE_RESPONSE,
 };
 
 use crate::{
     arrival::{be16, bytes_at, load32, parse_tcp},
     common::{
-        empty_event, key_words, peer_is_edge_v4, peer_is_edge_v6, port_watched, reserve_event,
-        same_key,
+        count, empty_event, key_words, peer_is_edge_v4, peer_is_edge_v6, port_watched,
+        reserve_event, same_key,
     },
 };
 
@@ -197,6 +197,7 @@ fn inbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payload
             flags: 0,
         };
         follow(&key, state);
+        count(counter::REQUESTS_BEGUN);
         return;
     };
     let s = unsafe { &raw mut (*slot).state };
@@ -219,6 +220,7 @@ fn inbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payload
                 (*s).phase = PHASE_REQUEST;
                 (*s).request_ns = bpf_ktime_get_ns();
                 (*s).flags = 0;
+                count(counter::REQUESTS_BEGUN);
             } else if f & FLOW_F_ORIGIN_CLOSED != 0 {
                 if f & FLOW_F_AFTER_CLOSE == 0 {
                     (*s).flags = f | FLOW_F_AFTER_CLOSE;
@@ -236,6 +238,7 @@ fn inbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payload
             } else if (*s).phase != PHASE_REQUEST {
                 (*s).phase = PHASE_REQUEST;
                 (*s).request_ns = bpf_ktime_get_ns();
+                count(counter::REQUESTS_BEGUN);
             }
             touch(s);
         }

@@ -16,10 +16,7 @@ use tracer_common::{counter, Event as RawEvent, SynRecord};
 
 use self::order::{merge_by_ring_pos, ready_syns, ring_record_bytes, sort_by_ring_pos, Merged};
 use crate::{
-    kernel::{
-        synlog::{FlowTable, SynLog},
-        Probe,
-    },
+    kernel::{flow_table::FlowTable, synlog::SynLog, Probe},
     model::clock::{Clock, JiffiesClock},
     model::{
         decode::{decode_record, decode_syn},
@@ -118,8 +115,9 @@ impl Capture {
         let Some(flows) = &self.flows else {
             return Vec::new();
         };
+        let begun = self.probe.counter(counter::REQUESTS_BEGUN).ok();
         flows
-            .waiting()
+            .waiting(begun)
             .iter()
             .filter_map(|(k, s)| crate::model::decode::decode_waiting(k, s, &self.clock))
             .collect()
@@ -135,9 +133,16 @@ impl Capture {
     }
 
     /// Waits until events are ready, at most `tick` (and at least the minimum interval since
-    /// the last drain).
+    /// the last drain; exactly that interval when it is as long as the SYN log's poll).
     pub async fn wait(&mut self, tick: Duration) -> Result<()> {
         let since = self.last_drain.elapsed();
+        if self.min_interval >= SYN_LOG_POLL {
+            // Draining at this interval reads the SYN log often enough whatever the ring
+            // says: one timer, not a sleep and then a wait for the ring (two wake-ups a drain,
+            // each a preemption of the server on a busy host and an exit in a VM).
+            tokio::time::sleep(self.min_interval.saturating_sub(since)).await;
+            return Ok(());
+        }
         if since < self.min_interval {
             tokio::time::sleep(self.min_interval - since).await;
         }

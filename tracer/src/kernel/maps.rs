@@ -189,13 +189,13 @@ impl Probe {
     }
 
     /// The exchange table (`FLOWS`), mapped once for the capture's reads.
-    pub fn take_flow_table(&mut self) -> Result<synlog::FlowTable> {
+    pub fn take_flow_table(&mut self) -> Result<flow_table::FlowTable> {
         use tracer_common::{FlowSlot, EXCHANGE_FLOWS};
         let Some(aya::maps::Map::Array(data)) = self.ebpf.map("FLOWS") else {
             return Err(anyhow!("FLOWS map missing"));
         };
         let slots = EXCHANGE_FLOWS as usize;
-        synlog::FlowTable::new(data, slots)
+        flow_table::FlowTable::new(data, slots)
             .with_context(|| format!("mapping FLOWS ({} bytes)", slots * size_of::<FlowSlot>()))
     }
 

@@ -5,6 +5,7 @@ pub mod btf;
 mod clsact;
 mod configure;
 mod features;
+pub mod flow_table;
 mod hooks;
 mod maps;
 pub use features::release;

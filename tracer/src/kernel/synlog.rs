@@ -94,45 +94,6 @@ impl Drop for Mapping {
     }
 }
 
-/// The exchange table (`FLOWS`), mapped read-only once: userspace reads the requests still
-/// waiting from it without a system call.
-pub struct FlowTable {
-    slots: Mapping,
-    len: usize,
-}
-
-// SAFETY: a read-only mapping, owned, only read through `&self` with volatile copies.
-unsafe impl Send for FlowTable {}
-
-impl FlowTable {
-    pub(super) fn new(data: &MapData, len: usize) -> Result<Self> {
-        Ok(Self {
-            slots: Mapping::of(data, len * size_of::<tracer_common::FlowSlot>(), false)?,
-            len,
-        })
-    }
-
-    /// Followed edge connections whose request is still waiting for its first response
-    /// byte (phase request): one pass over the table.
-    pub fn waiting(&self) -> Vec<(tracer_common::ArrivalKey, tracer_common::FlowState)> {
-        let table = self
-            .slots
-            .ptr
-            .as_ptr()
-            .cast::<tracer_common::FlowSlot>()
-            .cast_const();
-        (0..self.len)
-            .filter_map(|i| {
-                // SAFETY: `i` < the slots mapped; the kernel may be writing the slot, so it is
-                // copied whole before any field is looked at (a torn copy is one odd entry).
-                let slot = unsafe { std::ptr::read_volatile(table.add(i)) };
-                (slot.key.family != 0 && slot.state.phase == tracer_common::PHASE_REQUEST)
-                    .then_some((slot.key, slot.state))
-            })
-            .collect()
-    }
-}
-
 pub struct SynLog {
     records: Mapping,
     cursors: Mapping,
