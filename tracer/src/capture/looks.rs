@@ -1,7 +1,9 @@
 //! When the capture looks at waiting requests' sockets, and the exchange steps the looks
 //! become (`Step::Looked`): a request that has waited `after` is looked at, one still unread
-//! again every `AGAIN`, one found read no more. While no request waits that long nothing is
-//! asked of the kernel: a host whose application answers in time pays for none of it.
+//! again every `AGAIN` once its bytes have stopped arriving, one found read no more. While no
+//! request waits that long nothing is asked of the kernel: a host whose application answers
+//! in time pays for none of it, and an upload still streaming in is not looked at again and
+//! again (its receive queue fills as its bytes come, which says nothing of the reader).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -24,8 +26,20 @@ pub struct Looks {
     after: Duration,
     every: Duration,
     last: Option<Instant>,
-    /// Requests looked at: the request (when it began), when it was looked at, found read.
-    looked: HashMap<Peer, (SystemTime, Instant, bool)>,
+    /// Requests looked at, by connection.
+    looked: HashMap<Peer, Seen>,
+}
+
+/// What the last look at a connection's request saw.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// When the request began (a new request on the connection is looked at anew).
+    since: SystemTime,
+    /// When it was looked at, or last seen still arriving.
+    at: Instant,
+    read: bool,
+    /// The kernel's tick of its last payload then.
+    tick: u64,
 }
 
 impl Looks {
@@ -61,17 +75,29 @@ impl Looks {
             .map(|r| ((r.peer, r.peer_port), r.since))
             .collect();
         self.looked
-            .retain(|peer, (since, _, _)| current.contains(&(*peer, *since)));
-        waiting
-            .iter()
-            .filter(|r| wall.duration_since(r.since).unwrap_or_default() >= self.after)
-            .filter(|r| match self.looked.get(&(r.peer, r.peer_port)) {
-                None => true,
-                Some((_, _, true)) => false,
-                Some((_, at, false)) => now.duration_since(*at) >= AGAIN,
-            })
-            .copied()
-            .collect()
+            .retain(|peer, seen| current.contains(&(*peer, seen.since)));
+        let mut picked = Vec::new();
+        for r in waiting {
+            if wall.duration_since(r.since).unwrap_or_default() < self.after {
+                continue;
+            }
+            match self.looked.get_mut(&(r.peer, r.peer_port)) {
+                None => picked.push(*r),
+                Some(seen) if seen.read => {}
+                Some(seen) if seen.tick != r.last_tick => {
+                    // More of it arrived since: the edge is still sending it. Looked at
+                    // again `AGAIN` after its bytes stop.
+                    seen.tick = r.last_tick;
+                    seen.at = now;
+                }
+                Some(seen) => {
+                    if now.duration_since(seen.at) >= AGAIN {
+                        picked.push(*r);
+                    }
+                }
+            }
+        }
+        picked
     }
 
     /// The steps of what the look at `picked` found (`found`, by peer); remembers it.
@@ -88,10 +114,10 @@ impl Looks {
             let Some(f) = found.get(&peer) else {
                 // Not in any table: it just ended, or is out of sight. Not looked at again
                 // before AGAIN either way.
-                self.looked.insert(peer, (r.since, now, false));
+                self.looked.insert(peer, seen(r, now, false));
                 continue;
             };
-            self.looked.insert(peer, (r.since, now, f.read));
+            self.looked.insert(peer, seen(r, now, f.read));
             out.push(ExchangeEvent {
                 ts: wall,
                 peer: r.peer,
@@ -111,6 +137,15 @@ impl Looks {
     }
 }
 
+fn seen(r: &WaitingRequest, at: Instant, read: bool) -> Seen {
+    Seen {
+        since: r.since,
+        at,
+        read,
+        tick: r.last_tick,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +156,7 @@ mod tests {
             peer_port: port,
             local_port: 443,
             since: t0 + Duration::from_millis(began_ms),
+            last_tick: 0,
         }
     }
 
@@ -185,6 +221,46 @@ mod tests {
         let w2 = [waiting(t0, 5000, 1)];
         let (wall, now) = at(6000);
         assert_eq!(l.pick(wall, now, &w2).len(), 1);
+    }
+
+    /// Recorded: an upload still streaming in (its last payload's tick moves between passes)
+    /// is looked at once, found unread (its queue fills as its bytes come), and not again
+    /// while its bytes keep arriving; `AGAIN` after they stop it is looked at again.
+    #[test]
+    fn a_request_still_arriving_is_not_looked_at_again() {
+        let mut l = Looks::new(Duration::from_secs(100));
+        let (t0, i0) = (
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000),
+            Instant::now(),
+        );
+        let at = |ms: u64| {
+            (
+                t0 + Duration::from_millis(ms),
+                i0 + Duration::from_millis(ms),
+            )
+        };
+        let upload = |tick: u64| WaitingRequest {
+            last_tick: tick,
+            ..waiting(t0, 0, 1)
+        };
+        let (wall, now) = at(1000);
+        let picked = l.pick(wall, now, &[upload(250)]);
+        assert_eq!(picked.len(), 1, "the first look");
+        let mut f = HashMap::new();
+        f.insert((picked[0].peer, 1), found(false));
+        assert_eq!(l.steps(wall, now, &picked, &f).len(), 1);
+        // Bytes keep arriving for ten seconds: no look.
+        for (i, ms) in (1500..11_000).step_by(500).enumerate() {
+            let (wall, now) = at(ms);
+            let tick = 250 + 125 * (i as u64 + 1);
+            assert!(l.pick(wall, now, &[upload(tick)]).is_empty(), "at {ms} ms");
+        }
+        let last = 250 + 125 * 19;
+        // They stopped at 10.5 s: looked at again two seconds later, not before.
+        let (wall, now) = at(12_000);
+        assert!(l.pick(wall, now, &[upload(last)]).is_empty());
+        let (wall, now) = at(12_500);
+        assert_eq!(l.pick(wall, now, &[upload(last)]).len(), 1);
     }
 
     /// A short read timeout brings the first look earlier.

@@ -381,6 +381,7 @@ mod tests {
             peer_port: port,
             local_port: 8080,
             since: t0 + Duration::from_millis(began_ms),
+            last_tick: 0,
         }
     }
 

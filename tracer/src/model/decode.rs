@@ -118,6 +118,7 @@ pub fn decode_waiting(
         peer_port: key.port,
         local_port: s.local_port,
         since: clock.wall(s.request_ns),
+        last_tick: s.last_jiffies,
     })
 }
 

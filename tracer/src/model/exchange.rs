@@ -52,6 +52,9 @@ pub struct WaitingRequest {
     pub peer_port: u16,
     pub local_port: u16,
     pub since: SystemTime,
+    /// The kernel's tick of the connection's last payload, compared between looks only (has
+    /// more of the request arrived since?).
+    pub last_tick: u64,
 }
 
 /// A comm as the kernel keeps it (16 bytes, NUL-padded, cut at 15).
