@@ -160,6 +160,21 @@ mod tests {
         }
     }
 
+    /// The wall clock's start of a recording, and the (wall, monotonic) pair `ms` into it.
+    fn recorded_clock() -> (SystemTime, impl Fn(u64) -> (SystemTime, Instant)) {
+        let (t0, i0) = (
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000),
+            Instant::now(),
+        );
+        let at = move |ms: u64| {
+            (
+                t0 + Duration::from_millis(ms),
+                i0 + Duration::from_millis(ms),
+            )
+        };
+        (t0, at)
+    }
+
     fn found(read: bool) -> Found {
         Found {
             read,
@@ -173,18 +188,9 @@ mod tests {
     fn slow_requests_are_looked_at_until_read() {
         let mut l = Looks::new(Duration::from_secs(100));
         assert_eq!(l.after, Duration::from_secs(1));
-        let (t0, i0) = (
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000),
-            Instant::now(),
-        );
-        let at = |ms: u64| {
-            (
-                t0 + Duration::from_millis(ms),
-                i0 + Duration::from_millis(ms),
-            )
-        };
+        let (t0, at) = recorded_clock();
         let w = [waiting(t0, 0, 1), waiting(t0, 0, 2), waiting(t0, 900, 3)];
-        assert!(l.due(i0));
+        assert!(l.due(at(0).1));
         let (wall, now) = at(1000);
         let picked = l.pick(wall, now, &w);
         assert_eq!(
@@ -229,16 +235,7 @@ mod tests {
     #[test]
     fn a_request_still_arriving_is_not_looked_at_again() {
         let mut l = Looks::new(Duration::from_secs(100));
-        let (t0, i0) = (
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000),
-            Instant::now(),
-        );
-        let at = |ms: u64| {
-            (
-                t0 + Duration::from_millis(ms),
-                i0 + Duration::from_millis(ms),
-            )
-        };
+        let (t0, at) = recorded_clock();
         let upload = |tick: u64| WaitingRequest {
             last_tick: tick,
             ..waiting(t0, 0, 1)
