@@ -1,11 +1,12 @@
 //! Edge exchanges, timed without reading a byte of payload: when a request arrives (edge
-//! payload on a connection with none pending), when the first response byte leaves, when the origin closes the connection and whether the edge then
-//! sends on it anyway. The request and its read are kept in the flow's map entry; the response
-//! sends one event carrying when the request began, and only rare transitions (a close after idle, a request
-//! after the close, a reset with a request waiting) send their own. Userspace reads requests
-//! still waiting from the map (the count of requests begun tells it when to read it all). Per packet the work is a port and range test and, on edge
-//! connections, one map lookup. What it all means (slow, idle, a keep-alive race) is decided
-//! in userspace.
+//! payload on a connection with none pending), when the first response byte leaves, when the
+//! origin closes the connection and whether the edge then sends on it anyway. The request is
+//! kept in the flow's map entry; the response sends one event carrying when the request
+//! began, and only rare transitions (a close after idle, a request after the close, a reset
+//! with a request waiting) send their own. Userspace reads requests still waiting from the
+//! map, the whole of it only when the count of requests begun has moved. Per packet the work
+//! is a port and range test and, on edge connections, one map lookup. What it all means
+//! (slow, idle, a keep-alive race) is decided in userspace.
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, TC_ACT_UNSPEC},
