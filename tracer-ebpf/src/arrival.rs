@@ -13,7 +13,7 @@ use tracer_common::{counter, ArrivalKey, EVENT_F_EDGE};
 
 use crate::common::{
     all_peers, config, count, follow_forwarded, peer_is_edge_v4, peer_is_edge_v6, port_watched,
-    record_arrival, EVENTS, SYN_CURSORS, SYN_LOG,
+    record_arrival, ring_doorbell, EVENTS, SYN_CURSORS, SYN_LOG,
 };
 
 const ETH_HLEN: usize = 14;
@@ -306,6 +306,9 @@ fn record_syn(family: u8, src: *const u8, tcp: *const u8, flags: u8, edge: bool)
         // fence keeps the compiler from moving them).
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
         core::ptr::write_volatile(&mut (*cursor).written, written.wrapping_add(1));
+    }
+    if written == read {
+        ring_doorbell();
     }
     Some(())
 }

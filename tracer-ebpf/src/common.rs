@@ -205,6 +205,16 @@ pub fn reserve_event() -> Option<RingBufEntry<Event>> {
     entry
 }
 
+/// Wakes the reader for a SYN logged on a CPU whose log it had read empty: the log cannot
+/// signal, and the agent sleeps until the ring does when a drain found nothing. A record
+/// shorter than an event, which the reader skips (its place in the ring still counts); the
+/// ring wakes the reader only when it had read everything. Not counted lost when the ring is
+/// full: the SYN is in the log, and a full ring is being read.
+#[inline(always)]
+pub fn ring_doorbell() {
+    let _ = EVENTS.output::<u64>(0u64, 0);
+}
+
 /// An event built in place of the stack, one per CPU: for a program whose stack is full (the
 /// drop hook). Programs of one kind do not nest on a CPU, so one slot serves.
 #[map]

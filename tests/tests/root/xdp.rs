@@ -103,6 +103,28 @@ fn edge_syns_are_reported_with_their_flow() {
     assert_eq!(r[1]["event"]["local_port"], 8080);
 }
 
+/// The SYN log cannot signal, so the kernel rings the ring for the first SYN it logs where the
+/// log was read empty: one wake-up for a frame's repeats while nobody reads, none for a frame
+/// it does not log. The agent sleeps until the ring says something when a drain found nothing;
+/// without this a SYN nobody answers would wait for its next tick.
+#[test]
+fn the_first_syn_logged_after_a_drain_rings_the_ring() {
+    let frames = [
+        Frame::syn(EDGE, ORIGIN, 443).build(),
+        Frame::syn(EDGE, ORIGIN, 22).build(),
+        Frame::syn(EDGE6, ORIGIN6, 8080).build(),
+    ];
+    for tc in [false, true] {
+        let r = run_hook(&frames, &["--no-reader", "--repeat", "5"], tc);
+        assert_eq!(r[0]["events"], 5, "tc {tc}: {}", r[0]);
+        assert_eq!(r[0]["doorbells"], 1, "tc {tc}: {}", r[0]);
+        assert_eq!(r[1]["events"], 0, "tc {tc}: {}", r[1]);
+        assert_eq!(r[1]["doorbells"], 0, "tc {tc}: {}", r[1]);
+        assert_eq!(r[2]["events"], 5, "tc {tc}: {}", r[2]);
+        assert_eq!(r[2]["doorbells"], 1, "tc {tc}: {}", r[2]);
+    }
+}
+
 #[test]
 fn only_bare_syns_to_watched_ports() {
     let synack = Frame {

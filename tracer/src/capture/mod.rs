@@ -47,11 +47,19 @@ pub struct Capture {
     /// rather than one per event.
     min_interval: Duration,
     last_drain: Instant,
+    /// The last drain found nothing (no ring record, no SYN, none held back): the next wait
+    /// may last until the ring says something — the kernel rings it for the first SYN it logs
+    /// after a drain too — or the tick comes.
+    quiet: bool,
+    /// Wakes the coalescing waits once at their deadline; `None`: tokio's timers.
+    timer: Option<crate::sys::timer::Timer>,
 }
 
-/// The SYN log does not signal: it is read at least this often, even when the ring is quiet
-/// (SYNs nobody answers). Its smallest part per CPU holds 1024 SYNs... at 20k SYN/s per CPU
-/// for this long; the default sizes hold well over 300k SYN/s per CPU.
+/// Without coalescing (`diagnose`, `events`) the SYN log is read at least this often, even
+/// when the ring is quiet (SYNs nobody answers). Its smallest part per CPU holds 1024 SYNs...
+/// at 20k SYN/s per CPU for this long; the default sizes hold well over 300k SYN/s per CPU.
+/// (The kernel also rings the ring for the first SYN it logs after a drain: the coalescing
+/// wait of the agent relies on that, not on this poll.)
 const SYN_LOG_POLL: Duration = Duration::from_millis(50);
 
 impl Capture {
@@ -82,6 +90,8 @@ impl Capture {
             lost_reported: 0,
             min_interval: Duration::ZERO,
             last_drain: Instant::now(),
+            quiet: false,
+            timer: None,
         })
     }
 
@@ -94,6 +104,11 @@ impl Capture {
     /// Coalesce wake-ups: drain at most once per `interval` (the ring must hold that long).
     pub fn set_min_interval(&mut self, interval: Duration) {
         self.min_interval = interval;
+        if self.timer.is_none() {
+            self.timer = crate::sys::timer::Timer::new()
+                .inspect_err(|e| tracing::debug!("no timerfd ({e}): tokio's timers"))
+                .ok();
+        }
     }
 
     /// Total events the kernel could not queue so far.
@@ -133,15 +148,11 @@ impl Capture {
     }
 
     /// Waits until events are ready, at most `tick` (and at least the minimum interval since
-    /// the last drain; exactly that interval when it is as long as the SYN log's poll).
+    /// the last drain).
     pub async fn wait(&mut self, tick: Duration) -> Result<()> {
         let since = self.last_drain.elapsed();
         if self.min_interval >= SYN_LOG_POLL {
-            // Draining at this interval reads the SYN log often enough whatever the ring
-            // says: one timer, not a sleep and then a wait for the ring (two wake-ups a drain,
-            // each a preemption of the server on a busy host and an exit in a VM).
-            tokio::time::sleep(self.min_interval.saturating_sub(since)).await;
-            return Ok(());
+            return self.wait_coalesced(tick).await;
         }
         if since < self.min_interval {
             tokio::time::sleep(self.min_interval - since).await;
@@ -152,6 +163,27 @@ impl Capture {
             guard.clear_ready();
         }
         Ok(())
+    }
+
+    /// The agent's wait: each wake-up is a preemption of the server on a busy host (and an
+    /// exit in a VM), so there are as few as the work needs. While events come, one timer a
+    /// drain, `min_interval` apart. After a drain that found nothing, the ring's own signal
+    /// or the tick, whichever is first: an origin that serves one long upload, or nothing,
+    /// wakes the tracer about once a tick. The kernel signals the ring for the first record
+    /// after a drain, SYNs included (a SYN logged on a CPU whose log was read empty rings it).
+    async fn wait_coalesced(&mut self, tick: Duration) -> Result<()> {
+        let next_drain = self.last_drain + self.min_interval;
+        if self.quiet {
+            let until = self.last_drain + tick.max(self.min_interval);
+            let (ring, timer) = (&mut self.ring, &mut self.timer);
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    guard.context("waiting for the ring buffer")?.clear_ready();
+                }
+                r = sleep_until(timer, until) => return r,
+            }
+        }
+        sleep_until(&mut self.timer, next_drain).await
     }
 
     /// Hands each event queued now to `each`, in the kernel's order (`flush`: the last drain,
@@ -174,7 +206,8 @@ impl Capture {
         // The log after the ring, so the ring events a logged SYN follows are already read
         // (or it waits).
         let held = &mut self.held_syns;
-        self.syn_log.drain(|r| held.push(*r));
+        let logged = self.syn_log.drain(|r| held.push(*r));
+        self.quiet = self.ring_batch.is_empty() && logged == 0 && held.is_empty();
         // The loss counter after the log, before any record goes out: an event lost before a
         // SYN handed out now is in this count. An attempt whose reset was lost is then known
         // to have lost it before the same flow's next SYN displaces it (a flood that reuses
@@ -243,6 +276,20 @@ impl Capture {
                 });
                 self.lost_reported = lost;
             }
+        }
+    }
+}
+
+/// Sleeps until `at` on `timer`, or on tokio's timers without one.
+async fn sleep_until(timer: &mut Option<crate::sys::timer::Timer>, at: Instant) -> Result<()> {
+    match timer {
+        Some(t) => t
+            .sleep_until(at)
+            .await
+            .context("waiting on the drain timer"),
+        None => {
+            tokio::time::sleep_until(at.into()).await;
+            Ok(())
         }
     }
 }

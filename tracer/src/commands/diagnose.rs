@@ -230,7 +230,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
         probe.netns,
         probe.reasons.clone(),
     );
-    let follows_forwarded = probe.follows_forwarded;
+    let (follows_forwarded, sees_listeners) = (probe.follows_forwarded, probe.sees_listeners);
     let arrival_hook = probe.arrival_hook.as_str();
     let mut correlator = Correlator::new();
     if probe.follows_forwarded {
@@ -239,7 +239,8 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
     let mut capture = Capture::new(probe)?;
     capture.set_read_timeout(args.timeouts.edge_read_timeout);
     // What changes on the host during the window, for when a failure began.
-    let watcher = crate::journal::watch::Watcher::start(&iface, &ports, &ranges, netns);
+    let watcher =
+        crate::journal::watch::Watcher::start(&iface, &ports, &ranges, netns, sees_listeners);
     let at_start = capture.running_counts(&iface);
     let sampler = OriginSampler::start();
     let signals = crate::capture::Shutdown::listen();

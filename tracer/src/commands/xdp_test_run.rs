@@ -1,7 +1,7 @@
 //! `tracer xdp-test-run` (hidden): crafted frames through `xdp_syn` and the empty `xdp_pass`
 //! (or, `--tc`, `tc_syn` and `tc_pass`) with BPF_PROG_TEST_RUN. One JSON line per frame: the
-//! action, whether it let the frame pass, the SYN records it produced, the kernel-measured time
-//! per run of both programs.
+//! action, whether it let the frame pass, the SYN records it produced, the wake-ups it rang on
+//! the ring for them (`doorbells`), the kernel-measured time per run of both programs.
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
@@ -43,6 +43,7 @@ pub fn run(args: XdpTestRunArgs) -> Result<()> {
     let repeat = args.repeat.max(1);
     let mut probe = Probe::for_test_run(&args.ports, &ranges, args.all_peers, args.ring_bytes)?;
     let mut syn_log = probe.take_syn_log()?;
+    let mut ring = probe.take_ring()?;
     let clock = Clock::now();
     let jiffies = JiffiesClock::new(probe.jiffies_now()?);
     let (program, empty) = if args.tc {
@@ -104,6 +105,12 @@ pub fn run(args: XdpTestRunArgs) -> Result<()> {
         });
         let (action, per_run, wall_ns, empty_per_run, empty_wall_ns) = timing?;
         let after = probe.counters()?;
+        // Records shorter than an event: the wake-ups rung for SYNs logged where the log was
+        // read empty (with `--no-reader`, one for a frame's repeats).
+        let mut doorbells = 0u64;
+        while let Some(item) = ring.next() {
+            doorbells += u64::from(item.len() < size_of::<tracer_common::Event>());
+        }
         let delta = |c: u32| after[c as usize] - before[c as usize];
         let line = json!({
             "frame": i,
@@ -111,6 +118,7 @@ pub fn run(args: XdpTestRunArgs) -> Result<()> {
             "action": action,
             "pass": if args.tc { action == TC_ACT_UNSPEC } else { action == XDP_PASS },
             "events": emitted,
+            "doorbells": doorbells,
             "event": first
                 .and_then(|r| decode_syn(&r, &clock, &jiffies, 0))
                 .map(|ev| EventRecord::of_event(&ev, &ReasonTable::default())),

@@ -18,7 +18,8 @@ use crate::model::event::ListenerEvent;
 const KEEP: usize = 1024;
 
 /// How long an event of the tracer's own namespace waits for the sampler to find its change
-/// (the sampler looks every 250 ms and says what it found one step later).
+/// (the sampler looks every 250 ms for a while after each transition and says what it found
+/// one step later).
 pub const OWN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The kernel's listener events not yet turned into changes.

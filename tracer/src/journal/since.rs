@@ -16,7 +16,8 @@ use super::{dated::Dated, Change};
 pub const HEALTHY_STRETCH: u32 = 3;
 /// Changes this long before the failure began are candidates.
 pub const LOOK_BACK: Duration = Duration::from_secs(60);
-/// ... and this long after: a change sampled (listeners every 250 ms) is seen a little late.
+/// ... and this long after: a change sampled (listeners every 250 ms around the kernel's
+/// transitions) is seen a little late.
 pub const LOOK_AHEAD: Duration = Duration::from_secs(1);
 
 /// How late a sampled change may be seen and still count as at the beginning (seconds).
@@ -138,7 +139,7 @@ pub fn since<'a>(
         })
         .collect();
     // Nearest first; a change seen after the beginning leads only when it is within one
-    // sampling step of it (a listener is looked at every 250 ms), else any change before it
+    // sampling step of it (250 ms around the kernel's transitions), else any change before it
     // goes first.
     let key = |before: f64| {
         if before >= -SAMPLED_LATE {

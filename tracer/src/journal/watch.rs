@@ -1,11 +1,16 @@
 //! Watches the host for the changes the journal records, on a thread of its own: the kernel's
 //! notifications (rtnetlink, the nftables monitor) as they come, the listeners on the watched
-//! ports every 250 ms — dated and named by the kernel's LISTEN transitions the capture hands
-//! over ([`super::listeners`]) — and the sysctls every second.
+//! ports — dated and named by the kernel's LISTEN transitions the capture hands over
+//! ([`super::listeners`]) — and the sysctls.
+//!
+//! The listeners are sampled every 250 ms around the kernel's transitions (and always, on a
+//! kernel that does not report them); between them, every 2 s: each sample is two socket
+//! dumps, and each wake-up of this thread a preemption of the server on a busy origin.
 
 use std::{
     collections::BTreeMap,
     net::IpAddr,
+    os::{fd::AsRawFd, unix::net::UnixDatagram},
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc,
@@ -15,7 +20,7 @@ use std::{
 };
 
 use super::{
-    listeners::{flaps, KernelListeners, SampleHistory, SocketCounts},
+    listeners::{flaps, KernelListeners, SampleHistory, SocketCounts, OWN_WAIT},
     netlink::{self, NftChange, RtChange},
     Change, What,
 };
@@ -27,7 +32,14 @@ use crate::{
 };
 
 const LISTENERS_EVERY: Duration = Duration::from_millis(250);
+/// Between the kernel's listener transitions, when it reports them: a transition wakes the
+/// watcher at once, so this only bounds how long a change it could not see goes unsaid.
+const LISTENERS_STEADY: Duration = Duration::from_secs(2);
+/// Sampled every [`LISTENERS_EVERY`] this long after the kernel's last transition: the
+/// sampler must find the change each own event stands for within [`OWN_WAIT`].
+const LISTENERS_ACTIVE: Duration = Duration::from_secs(4);
 const SYSCTLS_EVERY: Duration = Duration::from_secs(1);
+const _: () = assert!(LISTENERS_ACTIVE.as_millis() >= 2 * OWN_WAIT.as_millis());
 /// An nftables batch with no closing generation is said after this.
 const BATCH_WAIT: Duration = Duration::from_millis(500);
 /// Listener events queued for the journal at most.
@@ -39,6 +51,8 @@ const LOSS_WARN_EVERY: Duration = Duration::from_secs(60);
 pub struct Watcher {
     rx: mpsc::Receiver<Change>,
     listeners_tx: mpsc::SyncSender<ListenerEvent>,
+    /// Wakes the thread: a listener event queued, or the watcher stopping.
+    bell: Option<UnixDatagram>,
     /// Listener events dropped because the journal's queue was full.
     dropped: std::sync::atomic::AtomicU64,
     stop: Arc<AtomicBool>,
@@ -47,8 +61,15 @@ pub struct Watcher {
 
 impl Watcher {
     /// `own_netns`: the tracer's network namespace (its listeners are sampled; the kernel's
-    /// events from others are journaled as they are).
-    pub fn start(iface: &str, ports: &[u16], ranges: &RangeSet, own_netns: u32) -> Watcher {
+    /// events from others are journaled as they are). `kernel_listeners`: the capture hands
+    /// over the kernel's listener transitions (else the listeners are sampled every 250 ms).
+    pub fn start(
+        iface: &str,
+        ports: &[u16],
+        ranges: &RangeSet,
+        own_netns: u32,
+        kernel_listeners: bool,
+    ) -> Watcher {
         let (tx, rx) = mpsc::channel();
         // Bounded: the kernel limits listener changes per namespace, and this bounds what the
         // capture thread hands the journal whatever arrives.
@@ -56,17 +77,30 @@ impl Watcher {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let (iface, ports, ranges) = (iface.to_string(), ports.to_vec(), ranges.clone());
+        let (bell, bell_rx) = match UnixDatagram::pair().and_then(|(a, b)| {
+            a.set_nonblocking(true)?;
+            b.set_nonblocking(true)?;
+            Ok((a, b))
+        }) {
+            Ok((a, b)) => (Some(a), Some(b)),
+            Err(e) => {
+                tracing::debug!("journal: no wake-up socket ({e}): listeners sampled every 250 ms");
+                (None, None)
+            }
+        };
+        let steady = kernel_listeners && bell_rx.is_some();
         // The baseline is read on the thread: the tracer's start does not wait for it.
         let thread = std::thread::Builder::new()
             .name("journal".into())
             .spawn(move || {
                 let mut state = State::new(&iface, &ports, &ranges, own_netns);
-                state.run(&tx, &listeners_rx, &flag)
+                state.run(&tx, &listeners_rx, bell_rx.as_ref(), steady, &flag)
             })
             .ok();
         Watcher {
             rx,
             listeners_tx,
+            bell,
             dropped: std::sync::atomic::AtomicU64::new(0),
             stop,
             thread,
@@ -83,6 +117,15 @@ impl Watcher {
     pub fn listener(&self, ev: ListenerEvent) {
         if self.listeners_tx.try_send(ev).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.ring();
+        }
+    }
+
+    /// Wakes the thread (a full socket means it has a wake-up pending already).
+    fn ring(&self) {
+        if let Some(bell) = &self.bell {
+            let _ = bell.send(&[1]);
         }
     }
 
@@ -95,9 +138,26 @@ impl Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.ring();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// How often the listeners are sampled: every 250 ms without the kernel's transitions (or
+/// the bell), while a change the last sample found waits to be said, and for a while after
+/// the kernel's last transition (`since_transition`); else every 2 s.
+fn listener_every(
+    steady: bool,
+    found_waiting: bool,
+    since_transition: Option<Duration>,
+) -> Duration {
+    let active = since_transition.is_some_and(|d| d < LISTENERS_ACTIVE);
+    if !steady || found_waiting || active {
+        LISTENERS_EVERY
+    } else {
+        LISTENERS_STEADY
     }
 }
 
@@ -234,10 +294,13 @@ impl State {
         (owned, counts)
     }
 
+    /// `steady`: the kernel's listener transitions come, and wake the thread through `bell`.
     fn run(
         &mut self,
         tx: &mpsc::Sender<Change>,
         listeners_rx: &mpsc::Receiver<ListenerEvent>,
+        bell: Option<&UnixDatagram>,
+        steady: bool,
         stop: &AtomicBool,
     ) {
         let route = netlink::Socket::route()
@@ -248,6 +311,8 @@ impl State {
             .ok();
         let mut buf = vec![0u8; 64 * 1024];
         let (mut last_listeners, mut last_sysctls) = (Instant::now(), Instant::now());
+        // The kernel's last listener transition (any namespace), as the watcher got it.
+        let mut last_transition: Option<Instant> = None;
         let mut last_loss_warned: Option<Instant> = None;
         let send = |c: Change| {
             let _ = tx.send(c);
@@ -255,15 +320,34 @@ impl State {
         while !stop.load(Ordering::Relaxed) {
             let mut fds: Vec<libc::pollfd> = [&route, &nft]
                 .iter()
-                .filter_map(|s| s.as_ref())
-                .map(|s| libc::pollfd {
-                    fd: s.raw(),
+                .filter_map(|s| s.as_ref().map(|s| s.raw()))
+                .chain(bell.map(|b| b.as_raw_fd()))
+                .map(|fd| libc::pollfd {
+                    fd,
                     events: libc::POLLIN,
                     revents: 0,
                 })
                 .collect();
-            // SAFETY: poll over our own fds for at most one listener-sampling step.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 250) };
+            let every = listener_every(
+                steady,
+                !self.sampled.is_empty(),
+                last_transition.map(|t| t.elapsed()),
+            );
+            let mut next = (last_listeners + every).min(last_sysctls + SYSCTLS_EVERY.max(every));
+            if let Some(since) = self.nft_since {
+                next = next.min(since + BATCH_WAIT);
+            }
+            let timeout = next
+                .saturating_duration_since(Instant::now())
+                .as_micros()
+                .div_ceil(1000)
+                .min(i32::MAX as u128) as i32;
+            // SAFETY: poll over our own fds until the next step is due.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if let Some(b) = bell {
+                let mut byte = [0u8; 64];
+                while b.recv(&mut byte).is_ok() {}
+            }
             if let Some(s) = &route {
                 let mut changes = Vec::new();
                 let lost = s.drain(&mut buf, |kind, p| {
@@ -312,14 +396,20 @@ impl State {
             }
             for ev in listeners_rx.try_iter() {
                 self.kernel_listeners.push(ev);
+                last_transition = Some(Instant::now());
             }
-            if last_listeners.elapsed() >= LISTENERS_EVERY {
+            let every = listener_every(
+                steady,
+                !self.sampled.is_empty(),
+                last_transition.map(|t| t.elapsed()),
+            );
+            if last_listeners.elapsed() >= every {
                 last_listeners = Instant::now();
                 for change in self.listener_changes() {
                     send(change);
                 }
             }
-            if last_sysctls.elapsed() >= SYSCTLS_EVERY {
+            if last_sysctls.elapsed() >= SYSCTLS_EVERY.max(every) {
                 last_sysctls = Instant::now();
                 for (name, path) in sysctl_paths(&self.iface) {
                     let Ok(v) = std::fs::read_to_string(&path) else {
@@ -570,5 +660,37 @@ impl State {
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_are_sampled_often_only_around_the_kernels_transitions() {
+        let ms = Duration::from_millis;
+        // Without the kernel's transitions: always every 250 ms.
+        assert_eq!(listener_every(false, false, None), LISTENERS_EVERY);
+        assert_eq!(
+            listener_every(false, false, Some(ms(60_000))),
+            LISTENERS_EVERY
+        );
+        // With them: 2 s when nothing happened, 250 ms for a while after a transition and
+        // while a change found waits to be said.
+        assert_eq!(listener_every(true, false, None), LISTENERS_STEADY);
+        assert_eq!(listener_every(true, false, Some(ms(100))), LISTENERS_EVERY);
+        assert_eq!(
+            listener_every(true, false, Some(ms(3_900))),
+            LISTENERS_EVERY
+        );
+        assert_eq!(
+            listener_every(true, false, Some(ms(4_000))),
+            LISTENERS_STEADY
+        );
+        assert_eq!(
+            listener_every(true, true, Some(ms(60_000))),
+            LISTENERS_EVERY
+        );
     }
 }

@@ -132,6 +132,7 @@ impl ArrivalProgram {
 impl Probe {
     /// Attaches every tracepoint of the table whose layout this kernel gave: the BTF-typed
     /// program where it is usable and loads, else the classic one; a failure is a note.
+    /// Returns the tracepoints attached.
     pub(super) fn attach_tracepoints(
         &mut self,
         config: &Config,
@@ -139,7 +140,7 @@ impl Probe {
         formats: &HashMap<&'static str, tracefs::Format>,
         force_classic: bool,
         empty: bool,
-    ) {
+    ) -> Vec<&'static str> {
         let btf_wanted: Vec<(&str, &'static str)> = TRACEPOINTS
             .iter()
             .filter(|_| !force_classic)
@@ -149,11 +150,12 @@ impl Probe {
                     .then_some((if empty { v.empty } else { v.program }, h.name))
             })
             .collect();
-        let attached = self.attach_btf(kernel_btf, &btf_wanted);
-        for hook in TRACEPOINTS
+        let mut attached = self.attach_btf(kernel_btf, &btf_wanted);
+        let classic: Vec<&TracepointHook> = TRACEPOINTS
             .iter()
             .filter(|h| formats.contains_key(h.program) && !attached.contains(&h.name))
-        {
+            .collect();
+        for hook in classic {
             let (category, name) = (hook.category, hook.name);
             let prog = if empty { hook.empty } else { hook.program };
             let result = (|| -> Result<()> {
@@ -165,13 +167,15 @@ impl Probe {
                 tp.attach(category, name)?;
                 Ok(())
             })();
-            if let Err(e) = result {
-                self.notes.push(format!(
+            match result {
+                Ok(()) => attached.push(name),
+                Err(e) => self.notes.push(format!(
                     "{category}:{name} could not be attached ({}): not traced",
                     one_line(&e)
-                ));
+                )),
             }
         }
+        attached
     }
 
     /// Attaches each `(program, tracepoint)` as a BTF tracepoint: no trace record is filled

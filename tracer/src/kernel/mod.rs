@@ -88,6 +88,9 @@ pub struct Probe {
     /// The arrival hook attached (the report's `xdp_mode` is derived from it, never kept
     /// beside it: a re-attach changes both at once).
     pub arrival_hook: ArrivalHook,
+    /// The kernel reports sockets starting and stopping to listen (`inet_sock_set_state`
+    /// attached with its real program): the journal samples listeners only around them.
+    pub sees_listeners: bool,
     /// What the arrival hook was attached with, to attach it again when its interface comes
     /// back: (interface, its index then, hook, XDP mode, empty programs).
     arrival: Option<ArrivalTarget>,
@@ -272,6 +275,7 @@ impl Probe {
             follows_forwarded,
             notes,
             arrival_hook: ArrivalHook::XdpDriver,
+            sees_listeners: false,
             arrival: None,
             bitmaps: empty_bitmaps(),
             syn_log,
@@ -296,13 +300,14 @@ impl Probe {
                 "empty programs on every hook (TRACER_EMPTY_PROGRAMS): nothing is traced".into(),
             );
         }
-        probe.attach_tracepoints(
+        let attached = probe.attach_tracepoints(
             &config,
             kernel_btf.as_ref().ok(),
             &formats,
             force_classic,
             empty,
         );
+        probe.sees_listeners = !empty && attached.contains(&"inet_sock_set_state");
         probe.load_clock_program()?;
         let target = ArrivalTarget::new(opts.iface, opts.hook, opts.xdp_mode, empty)?;
         probe.attach_arrival(&target)?;
@@ -332,6 +337,7 @@ impl Probe {
             follows_forwarded: false,
             notes: Vec::new(),
             arrival_hook: ArrivalHook::XdpDriver,
+            sees_listeners: false,
             arrival: None,
             bitmaps: empty_bitmaps(),
             syn_log,

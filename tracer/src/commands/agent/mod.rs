@@ -48,6 +48,10 @@ const IDLE_AFTER: Duration = Duration::from_secs(25);
 /// How often /proc is searched for the tunnel's processes (a restarted cloudflared is
 /// followed within this).
 const TUNNEL_LOOK_EVERY: Duration = Duration::from_secs(5);
+/// How often the loop looks for a window's report while one is being assembled.
+const REPORT_POLL: Duration = Duration::from_millis(100);
+/// At exit, reports still being assembled are waited for this long at most.
+const REPORTS_AT_EXIT: Duration = Duration::from_secs(2);
 
 /// What log lines are limited by: the watched range a peer is in, else its /24 or /48.
 fn peer_group(ranges: &RangeSet, peer: IpAddr) -> String {
@@ -298,7 +302,22 @@ impl Sink for Agent {
         Ok(Next::Continue)
     }
 
+    /// Housekeeping is once a second, and a window closes on time: a quiet origin wakes the
+    /// agent about once a second (events wake it sooner). A closed window's report is taken
+    /// as soon as it is assembled.
+    fn tick_every(&self) -> Duration {
+        if self.assembler.pending() {
+            return REPORT_POLL;
+        }
+        let window = Duration::from_secs_f64(self.args.window);
+        Duration::from_secs(1).min(window.saturating_sub(self.window_start.0.elapsed()))
+    }
+
     fn finish(&mut self, _: &mut Capture, _: bool) -> Result<()> {
+        // Windows closed but still being assembled are reported before the agent exits.
+        for (report, started) in self.assembler.wait_done(REPORTS_AT_EXIT) {
+            self.finish_window(report, started);
+        }
         // Attempts still open end with what is known of them: each gets its line.
         self.correlator.finish();
         self.count_decided();

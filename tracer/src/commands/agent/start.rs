@@ -118,6 +118,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         correlator = correlator.following_forwarded(probe.netns);
     }
     let (notes, netns) = (probe.notes.clone(), probe.netns);
+    let sees_listeners = probe.sees_listeners;
     let follows_forwarded = probe.follows_forwarded;
     let arrival_hook = probe.arrival_hook;
     metrics.set_arrival_hook(arrival_hook.as_str());
@@ -135,7 +136,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         }
     });
     // Watching for changes from before the tracer says it is ready.
-    let watcher = Watcher::start(&iface, &ports, &ranges, netns);
+    let watcher = Watcher::start(&iface, &ports, &ranges, netns, sees_listeners);
     let signals = crate::capture::Shutdown::listen();
     write_ready_file(args.capture.ready_file.as_deref())?;
     tracing::info!(interface = %iface, metrics = %args.metrics_addr, "agent running");

@@ -173,6 +173,8 @@ pub(super) struct Assembler {
     from: std::sync::mpsc::Receiver<(Report, SystemTime)>,
     /// Windows skipped because the backlog was full.
     pub skipped: u64,
+    /// Windows handed over whose report has not come back.
+    pending: usize,
 }
 
 impl Assembler {
@@ -193,11 +195,14 @@ impl Assembler {
             to,
             from,
             skipped: 0,
+            pending: 0,
         }
     }
 
     fn submit(&mut self, closed: ClosedWindow, started: SystemTime) {
-        if self.to.try_send((closed, started)).is_err() {
+        if self.to.try_send((closed, started)).is_ok() {
+            self.pending += 1;
+        } else {
             self.skipped += 1;
             tracing::warn!(
                 skipped = self.skipped,
@@ -207,7 +212,32 @@ impl Assembler {
     }
 
     /// Reports assembled since the last call, in window order.
-    pub(super) fn done(&self) -> Vec<(Report, SystemTime)> {
-        self.from.try_iter().collect()
+    pub(super) fn done(&mut self) -> Vec<(Report, SystemTime)> {
+        let done: Vec<_> = self.from.try_iter().collect();
+        self.pending = self.pending.saturating_sub(done.len());
+        done
+    }
+
+    /// Whether a closed window's report is still being assembled.
+    pub(super) fn pending(&self) -> bool {
+        self.pending > 0
+    }
+
+    /// The reports still being assembled, waited for at most `within` in all (the agent is
+    /// stopping: a window it closed is reported, not lost).
+    pub(super) fn wait_done(&mut self, within: std::time::Duration) -> Vec<(Report, SystemTime)> {
+        let until = std::time::Instant::now() + within;
+        let mut done = self.done();
+        while self.pending > 0 {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match self.from.recv_timeout(left) {
+                Ok(r) => {
+                    self.pending -= 1;
+                    done.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        done
     }
 }
