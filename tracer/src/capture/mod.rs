@@ -150,10 +150,10 @@ impl Capture {
     /// Waits until events are ready, at most `tick` (and at least the minimum interval since
     /// the last drain).
     pub async fn wait(&mut self, tick: Duration) -> Result<()> {
-        let since = self.last_drain.elapsed();
         if self.min_interval >= SYN_LOG_POLL {
             return self.wait_coalesced(tick).await;
         }
+        let since = self.last_drain.elapsed();
         if since < self.min_interval {
             tokio::time::sleep(self.min_interval - since).await;
         }

@@ -118,12 +118,12 @@ impl Watcher {
         if self.listeners_tx.try_send(ev).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.ring();
+            self.wake();
         }
     }
 
     /// Wakes the thread (a full socket means it has a wake-up pending already).
-    fn ring(&self) {
+    fn wake(&self) {
         if let Some(bell) = &self.bell {
             let _ = bell.send(&[1]);
         }
@@ -138,7 +138,7 @@ impl Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.ring();
+        self.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -313,6 +313,9 @@ impl State {
         let (mut last_listeners, mut last_sysctls) = (Instant::now(), Instant::now());
         // The kernel's last listener transition (any namespace), as the watcher got it.
         let mut last_transition: Option<Instant> = None;
+        let cadence = |found_waiting: bool, last_transition: Option<Instant>| {
+            listener_every(steady, found_waiting, last_transition.map(|t| t.elapsed()))
+        };
         let mut last_loss_warned: Option<Instant> = None;
         let send = |c: Change| {
             let _ = tx.send(c);
@@ -328,11 +331,7 @@ impl State {
                     revents: 0,
                 })
                 .collect();
-            let every = listener_every(
-                steady,
-                !self.sampled.is_empty(),
-                last_transition.map(|t| t.elapsed()),
-            );
+            let every = cadence(!self.sampled.is_empty(), last_transition);
             let mut next = (last_listeners + every).min(last_sysctls + SYSCTLS_EVERY.max(every));
             if let Some(since) = self.nft_since {
                 next = next.min(since + BATCH_WAIT);
@@ -398,11 +397,7 @@ impl State {
                 self.kernel_listeners.push(ev);
                 last_transition = Some(Instant::now());
             }
-            let every = listener_every(
-                steady,
-                !self.sampled.is_empty(),
-                last_transition.map(|t| t.elapsed()),
-            );
+            let every = cadence(!self.sampled.is_empty(), last_transition);
             if last_listeners.elapsed() >= every {
                 last_listeners = Instant::now();
                 for change in self.listener_changes() {
