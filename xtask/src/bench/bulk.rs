@@ -18,7 +18,7 @@ use anyhow::{anyhow, Context as _, Result};
 use integration_tests::{Lab, Tracer, ORIGIN_IF, ORIGIN_V4};
 use serde_json::{json, Value};
 
-use super::{agent_args, below_in_rounds, median};
+use super::{account, agent_args, below_in_rounds, median, median_interval};
 
 const ROUNDS: usize = 15;
 
@@ -255,6 +255,16 @@ pub fn bulk(dir: Direction) -> Result<Value> {
                     .collect::<Vec<_>>(),
             }));
         }
+        let spent = account::watchers(
+            || {
+                Tracer::start(
+                    &lab.origin,
+                    &agent_args("127.0.0.1:9596", &["--hook", "tc"]),
+                )
+            },
+            || tcpdump(&lab, PORT),
+            || iperf3(&lab, dir),
+        )?;
         let tcpdump = ARMS
             .iter()
             .position(|a| *a == Arm::Tcpdump)
@@ -265,9 +275,11 @@ pub fn bulk(dir: Direction) -> Result<Value> {
             .zip(ratios)
             .skip(1)
             .map(|(arm, r)| {
+                let (lo, hi) = median_interval(&r);
                 json!({
                     "arm": arm.name(),
                     "median_ratio": (median(r.clone()) * 1000.0).round() / 1000.0,
+                    "median_interval_95": [(lo * 1000.0).round() / 1000.0, (hi * 1000.0).round() / 1000.0],
                     "below_tcpdump": below_in_rounds(&r, &tcpdump),
                 })
             })
@@ -292,6 +304,7 @@ pub fn bulk(dir: Direction) -> Result<Value> {
             "without_after": after,
             "rounds": rounds,
             "medians": medians,
+            "spent": spent,
             "target": TARGET,
         }))
     })();
@@ -337,17 +350,29 @@ pub fn render(v: &Value) -> String {
                 below["rounds_below"],
                 below["rounds"],
                 below["p"],
-                if r >= TARGET && below["worse"] == false { "ok" } else { "MISSED" }
+                if r >= TARGET && below["worse"] == false {
+                    "ok"
+                } else if below["worse"] == false
+                    && m["median_interval_95"][1].as_f64().is_some_and(|hi| hi >= TARGET)
+                {
+                    "MISSED (0.98 inside the median's 95 % interval: not resolved by this run)"
+                } else {
+                    "MISSED"
+                }
             )
             } else {
                 String::new()
             };
+        let interval = &m["median_interval_95"];
         s += &format!(
-            "   median {:<34} {:.3}  {verdict}\n",
+            "   median {:<34} {:.3} [{}, {}]  {verdict}\n",
             m["arm"].as_str().unwrap_or(""),
-            r
+            r,
+            interval[0],
+            interval[1]
         );
     }
+    s += &account::render_watchers(&v["spent"]);
     s
 }
 

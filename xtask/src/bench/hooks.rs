@@ -5,60 +5,17 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::{
+    account::{program_stats, BpfStats, PROGRAMS},
     agent_on_port_80, median,
     web::{wrk, Topology, WebLab},
 };
 
-/// The tracer's attached programs, as the kernel names them (15 characters at most).
-const PROGRAMS: [&str; 8] = [
-    "xdp_syn",
-    "tc_syn",
-    "tc_reply",
-    "btf_set_state",
-    "btf_kfree_skb",
-    "tp_send_reset",
-    "tp_recv_reset",
-    "tp_synack_rtx",
-];
 const ROUNDS: usize = 3;
 const SECS: u32 = 4;
-
-/// (run time ns, run count) per program of ours loaded now.
-fn program_stats() -> Result<BTreeMap<String, (u64, u64)>> {
-    let mut out = BTreeMap::new();
-    for info in aya::programs::loaded_programs() {
-        let info = info.context("listing loaded BPF programs")?;
-        let Some(name) = info.name_as_str().filter(|n| PROGRAMS.contains(n)) else {
-            continue;
-        };
-        let e = out.entry(name.to_string()).or_insert((0, 0));
-        e.0 += info.run_time().as_nanos() as u64;
-        e.1 += info.run_count();
-    }
-    Ok(out)
-}
-
-/// Turns the kernel's per-program statistics on for as long as it lives.
-struct BpfStats(String);
-
-impl BpfStats {
-    fn enable() -> Result<BpfStats> {
-        let path = "/proc/sys/kernel/bpf_stats_enabled";
-        let before = std::fs::read_to_string(path).context("reading bpf_stats_enabled")?;
-        std::fs::write(path, "1").context("enabling bpf_stats")?;
-        Ok(BpfStats(before.trim().to_string()))
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
-    }
-}
 
 fn measure(topology: Topology) -> Result<Value> {
     let web = WebLab::new(topology)?;

@@ -1,6 +1,7 @@
 //! `cargo xtask bench [--json]`: what the tracer costs and how exactly it counts, measured in
 //! lab namespaces on this machine. Prints figures; asserts nothing.
 
+mod account;
 mod bulk;
 mod gen;
 mod hooks;
@@ -156,6 +157,28 @@ fn median(mut v: Vec<f64>) -> f64 {
     } else {
         v[v.len() / 2]
     }
+}
+
+/// A distribution-free interval of at least 95 % for the median of `v`: the order statistics
+/// `k` and `n + 1 - k` (1-based) with `k` the largest for which fewer than `k` of `n` fair coin
+/// flips come up heads with a chance of at most 2.5 %. With 15 rounds: the 4th and 12th
+/// (96.5 %). Fewer than 9 values: their whole range.
+fn median_interval(v: &[f64]) -> (f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let choose =
+        |n: usize, k: usize| (0..k).fold(1.0f64, |c, i| c * (n - i) as f64 / (i + 1) as f64);
+    // P(X < k) for X ~ Binomial(n, 1/2).
+    let below = |k: usize| (0..k).map(|j| choose(n, j)).sum::<f64>() / 2f64.powi(n as i32);
+    let k = (1..=n / 2)
+        .take_while(|&k| below(k) <= 0.025)
+        .last()
+        .unwrap_or(1);
+    (v[k - 1], v[n - k])
 }
 
 /// Is arm `a` worse than arm `b` over the same rounds? A round's ratios scatter by several
@@ -755,6 +778,12 @@ fn connection_rate(topology: Topology) -> Result<Value> {
         let floor = median_of("empty_programs_ratio");
         let tcpdump = median_of("tcpdump_ratio");
         let against_tcpdump = below_in_rounds(&of("ratio"), &of("tcpdump_ratio"));
+        let (lo, hi) = median_interval(&of("ratio"));
+        let spent = account::watchers(
+            || agent_on_port_80(lab, "127.0.0.1:9598", &[]),
+            || bulk::tcpdump(lab, 80),
+            || wrk(lab, SECS),
+        )?;
         Ok(json!({
             "topology": match topology {
                 Topology::Direct => "nginx in the origin's namespace (a plain origin: no forwarding)",
@@ -763,6 +792,8 @@ fn connection_rate(topology: Topology) -> Result<Value> {
             "tool": format!("wrk -t2 -c32 -d{SECS}s -H 'Connection: close' (nginx, 1 worker), each arm between two runs without"),
             "rounds": rounds,
             "median_ratio": ratio,
+            "median_interval_95": [lo, hi],
+            "spent": spent,
             "empty_programs_median_ratio": floor,
             "tcpdump_median_ratio": tcpdump,
             "cpu_per_connection_median_ratio": median_of("cpu_per_connection_ratio"),
@@ -839,11 +870,13 @@ fn render_rate(v: &Value) -> String {
         );
     }
     s += &format!(
-        "   median ratio {} (target >= {} and no worse than tcpdump) {}\n   \
+        "   median ratio {} [{}, {}] (target >= {} and no worse than tcpdump) {}\n   \
          the same hooks with empty programs: {} (what attaching costs before any work)\n   \
          tcpdump with the SYN filter instead: {}; the agent below it in {} of {} rounds (p {}: {})\n   \
          machine CPU per connection against without: agent {}, empty programs {}, tcpdump {}\n",
         v["median_ratio"],
+        v["median_interval_95"][0],
+        v["median_interval_95"][1],
         v["target"],
         if v["met"] == true { "ok" } else { "MISSED" },
         v["empty_programs_median_ratio"],
@@ -856,6 +889,7 @@ fn render_rate(v: &Value) -> String {
         v["empty_programs_cpu_per_connection_median_ratio"],
         v["tcpdump_cpu_per_connection_median_ratio"],
     );
+    s += &account::render_watchers(&v["spent"]);
     s
 }
 
@@ -952,6 +986,14 @@ fn render_startup(v: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_median_interval_of_fifteen_rounds_is_the_4th_and_12th() {
+        let v: Vec<f64> = (1..=15).rev().map(f64::from).collect();
+        assert_eq!(super::median_interval(&v), (4.0, 12.0));
+        assert_eq!(super::median_interval(&[2.0, 1.0, 3.0]), (1.0, 3.0));
+        assert_eq!(super::median_interval(&[]), (0.0, 0.0));
+    }
+
     use super::below_in_rounds;
 
     /// Recorded: the session-18 upload run (agent below tcpdump in 7 of 11 rounds: scatter),
