@@ -87,17 +87,18 @@ fn parse_schedstat(s: &str) -> (u64, u64) {
 pub struct Spent {
     at: Instant,
     programs: BTreeMap<String, (u64, u64)>,
-    process: Option<(u32, (u64, u64))>,
+    pid: u32,
+    process: (u64, u64),
 }
 
 impl Spent {
-    /// Starts counting the programs' statistics (enabled by the caller) and, if given, a
-    /// process's.
-    pub fn start(pid: Option<u32>) -> Result<Spent> {
+    /// Starts counting the programs' statistics (enabled by the caller) and process `pid`'s.
+    pub fn start(pid: u32) -> Result<Spent> {
         Ok(Spent {
             at: Instant::now(),
             programs: program_stats()?,
-            process: pid.map(|p| (p, process_stats(p))),
+            pid,
+            process: process_stats(pid),
         })
     }
 
@@ -125,14 +126,12 @@ impl Spent {
                 }))
             })
             .collect();
-        let userspace = self.process.map(|(pid, (r0, s0))| {
-            let (r, s) = process_stats(pid);
-            let ns = r.saturating_sub(r0) as f64;
-            total_ns += ns;
-            json!({
-                "us_per_s": (ns / secs / 100.0).round() / 10.0,
-                "slices_per_s": (s.saturating_sub(s0) as f64 / secs * 10.0).round() / 10.0,
-            })
+        let ((r0, s0), (r, s)) = (self.process, process_stats(self.pid));
+        let ns = r.saturating_sub(r0) as f64;
+        total_ns += ns;
+        let userspace = json!({
+            "us_per_s": (ns / secs / 100.0).round() / 10.0,
+            "slices_per_s": (s.saturating_sub(s0) as f64 / secs * 10.0).round() / 10.0,
         });
         Ok(json!({
             "seconds": (secs * 100.0).round() / 100.0,
@@ -158,13 +157,13 @@ pub fn watchers<T>(
     let agent = {
         let _stats = BpfStats::enable()?;
         let running = agent();
-        let spent = Spent::start(Some(running.pid()))?;
+        let spent = Spent::start(running.pid())?;
         load()?;
         spent.finish()?
     };
     std::thread::sleep(SETTLE);
     let mut dump = tcpdump()?;
-    let spent = Spent::start(Some(dump.id()))?;
+    let spent = Spent::start(dump.id())?;
     let run = load();
     let tcpdump = spent.finish();
     let _ = dump.kill();
