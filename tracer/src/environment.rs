@@ -27,7 +27,7 @@ pub struct Environment {
     /// Switches for tests and benchmarks only, each said in the report's notes when set:
     /// `TRACER_CLASSIC_TRACEPOINTS`, `TRACER_EMPTY_PROGRAMS`, `TRACER_NO_TCX`.
     pub classic_tracepoints: bool,
-    pub empty_programs: bool,
+    pub empty_programs: EmptyPrograms,
     pub no_tcx: bool,
     /// `TRACER_TEST_FAIL_IPV6_UPDATE` (tests only): a ranges update fails halfway through the
     /// IPv6 table, as a full table or the kernel's memory would make it — what the all-or-
@@ -70,13 +70,45 @@ impl Environment {
                 "NOTIFY_SOCKET" => e.notify_socket = Some(value.clone()),
                 "JOURNAL_STREAM" => e.journal_stream = text(),
                 "TRACER_CLASSIC_TRACEPOINTS" => e.classic_tracepoints = true,
-                "TRACER_EMPTY_PROGRAMS" => e.empty_programs = true,
+                "TRACER_EMPTY_PROGRAMS" => e.empty_programs = EmptyPrograms::from_value(&value),
                 "TRACER_NO_TCX" => e.no_tcx = true,
                 "TRACER_TEST_FAIL_IPV6_UPDATE" => e.fail_ipv6_update = true,
                 _ => {}
             }
         }
         e
+    }
+}
+
+/// Which hooks get programs that do nothing (`TRACER_EMPTY_PROGRAMS`): `packets` the arrival
+/// and departure hooks only, `tracepoints` the tracepoints only, any other value all of them.
+/// The bench splits what the hooks cost with the partial forms.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum EmptyPrograms {
+    #[default]
+    None,
+    All,
+    Packets,
+    Tracepoints,
+}
+
+impl EmptyPrograms {
+    fn from_value(value: &std::ffi::OsStr) -> Self {
+        match value.to_str() {
+            Some("packets") => EmptyPrograms::Packets,
+            Some("tracepoints") => EmptyPrograms::Tracepoints,
+            _ => EmptyPrograms::All,
+        }
+    }
+
+    /// Are the packet hooks' programs empty?
+    pub fn packets(self) -> bool {
+        matches!(self, EmptyPrograms::All | EmptyPrograms::Packets)
+    }
+
+    /// Are the tracepoints' programs empty?
+    pub fn tracepoints(self) -> bool {
+        matches!(self, EmptyPrograms::All | EmptyPrograms::Tracepoints)
     }
 }
 
@@ -111,6 +143,11 @@ mod tests {
         ]);
         assert_eq!(e.state_dir, Some(PathBuf::from("/s")));
         assert_eq!(e.ranges_timeout_secs.as_deref(), Some("2.5"));
-        assert!(e.no_tcx && !e.empty_programs && !e.classic_tracepoints);
+        assert!(e.no_tcx && e.empty_programs == EmptyPrograms::None && !e.classic_tracepoints);
+        let empty = |v: &str| of(&[("TRACER_EMPTY_PROGRAMS", v)]).empty_programs;
+        assert_eq!(empty("1"), EmptyPrograms::All);
+        assert_eq!(empty(""), EmptyPrograms::All);
+        assert!(empty("packets").packets() && !empty("packets").tracepoints());
+        assert!(empty("tracepoints").tracepoints() && !empty("tracepoints").packets());
     }
 }

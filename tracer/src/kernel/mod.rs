@@ -35,6 +35,7 @@ use tracer_common::{
 };
 
 use crate::{
+    environment::EmptyPrograms,
     model::clock::JiffiesSample,
     ranges::{RangeSet, SparseBits},
     reasons::{DropClass, ReasonTable},
@@ -295,21 +296,27 @@ impl Probe {
             );
         }
         let empty = crate::environment::get().empty_programs;
-        if empty {
-            probe.notes.push(
-                "empty programs on every hook (TRACER_EMPTY_PROGRAMS): nothing is traced".into(),
-            );
+        let which = match empty {
+            EmptyPrograms::None => None,
+            EmptyPrograms::All => Some("every hook"),
+            EmptyPrograms::Packets => Some("the packet hooks"),
+            EmptyPrograms::Tracepoints => Some("the tracepoints"),
+        };
+        if let Some(which) = which {
+            probe.notes.push(format!(
+                "empty programs on {which} (TRACER_EMPTY_PROGRAMS): not traced there"
+            ));
         }
         let attached = probe.attach_tracepoints(
             &config,
             kernel_btf.as_ref().ok(),
             &formats,
             force_classic,
-            empty,
+            empty.tracepoints(),
         );
-        probe.sees_listeners = !empty && attached.contains(&"inet_sock_set_state");
+        probe.sees_listeners = !empty.tracepoints() && attached.contains(&"inet_sock_set_state");
         probe.load_clock_program()?;
-        let target = ArrivalTarget::new(opts.iface, opts.hook, opts.xdp_mode, empty)?;
+        let target = ArrivalTarget::new(opts.iface, opts.hook, opts.xdp_mode, empty.packets())?;
         probe.attach_arrival(&target)?;
         probe.arrival = Some(target);
         Ok(probe)

@@ -90,10 +90,10 @@ const ARMS: [Arm; 5] = [
 ];
 
 /// [`Arm::Classifier`] while it lives.
-struct Classifier<'a>(&'a Lab);
+pub struct Classifier<'a>(&'a Lab);
 
 impl<'a> Classifier<'a> {
-    fn attach(lab: &'a Lab) -> Self {
+    pub fn attach(lab: &'a Lab) -> Self {
         // `ret #0`: no match, the packet goes on as if nothing were attached.
         let filter =
             |dir: &str| format!("tc filter add dev {ORIGIN_IF} {dir} bpf bytecode \"1,6 0 0 0,\"");

@@ -700,9 +700,12 @@ fn connection_rate(topology: Topology) -> Result<Value> {
     // bulk arms: a neighbour seconds away drifts far less than the run a minute away), the
     // arms' order rotates every round, and the median of many short rounds is reported.
     // Every run starts its watcher, lets it settle under one second of load (start-up work
-    // is not what a connection costs), then measures. The third arm runs the agent with
-    // empty programs on the same hooks (`TRACER_EMPTY_PROGRAMS`): what attaching costs before
-    // the tracer does any work.
+    // is not what a connection costs), then measures. Beside the agent and tcpdump, four arms
+    // say where its cost sits: the agent with empty programs on every hook
+    // (`TRACER_EMPTY_PROGRAMS`: what attaching costs before any work), on the packet hooks only
+    // (the tracepoints' work stays) and on the tracepoints only (the packet hooks' work stays),
+    // and no tracer but a one-instruction classifier on the TC hook both ways: the floor any
+    // tool on that hook pays.
     const ROUNDS: usize = 15;
     const SECS: u32 = 3;
     let web = WebLab::new(topology)?;
@@ -710,15 +713,21 @@ fn connection_rate(topology: Topology) -> Result<Value> {
     let result = (|| -> Result<Value> {
         wrk(lab, 2)?; // warm-up
         let run = |arm: Arm| -> Result<(f64, f64)> {
-            let _tracer = match arm {
-                Arm::Without | Arm::Tcpdump => None,
-                Arm::Agent => Some(agent_on_port_80(lab, "127.0.0.1:9598", &[])),
-                Arm::EmptyPrograms => Some(Tracer::start_env(
+            let empty = |which: &str| {
+                Some(Tracer::start_env(
                     &lab.origin,
                     &agent_args("127.0.0.1:9598", &[]),
-                    &[("TRACER_EMPTY_PROGRAMS", "1")],
-                )),
+                    &[("TRACER_EMPTY_PROGRAMS", which)],
+                ))
             };
+            let _tracer = match arm {
+                Arm::Without | Arm::Tcpdump | Arm::Classifier => None,
+                Arm::Agent => Some(agent_on_port_80(lab, "127.0.0.1:9598", &[])),
+                Arm::EmptyPrograms => empty("1"),
+                Arm::EmptyPacketHooks => empty("packets"),
+                Arm::EmptyTracepoints => empty("tracepoints"),
+            };
+            let _classifier = (arm == Arm::Classifier).then(|| bulk::Classifier::attach(lab));
             let mut dump = match arm {
                 Arm::Tcpdump => Some(bulk::tcpdump(lab, 80)?),
                 _ => None,
@@ -737,15 +746,15 @@ fn connection_rate(topology: Topology) -> Result<Value> {
         };
         let mut rounds = Vec::new();
         for i in 0..ROUNDS {
-            let mut order = [Arm::Agent, Arm::EmptyPrograms, Arm::Tcpdump];
-            order.rotate_left(i % 3);
-            // without, arm, without, arm, without, arm, without
+            let mut order = Arm::MEASURED;
+            order.rotate_left(i % Arm::MEASURED.len());
+            // without, arm, without, arm, ..., without
             let mut before = run(Arm::Without)?;
             let mut without = vec![before.0];
-            let mut rate = [0.0f64; 4];
-            let mut cpu = [0.0f64; 4];
-            let mut paired_rate = [0.0f64; 4];
-            let mut paired_cpu = [0.0f64; 4];
+            let mut rate = [0.0f64; Arm::COUNT];
+            let mut cpu = [0.0f64; Arm::COUNT];
+            let mut paired_rate = [0.0f64; Arm::COUNT];
+            let mut paired_cpu = [0.0f64; Arm::COUNT];
             for arm in order {
                 let (r, c) = run(arm)?;
                 let after = run(Arm::Without)?;
@@ -757,19 +766,21 @@ fn connection_rate(topology: Topology) -> Result<Value> {
                 before = after;
             }
             let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
-            rounds.push(json!({
+            let mut round = json!({
                 "order": order.iter().map(|a| a.name()).collect::<Vec<_>>().join(", "),
                 "without": without.iter().map(|w| w.round()).collect::<Vec<_>>(),
                 "with": rate[Arm::Agent as usize].round(),
-                "empty_programs": rate[Arm::EmptyPrograms as usize].round(),
-                "tcpdump": rate[Arm::Tcpdump as usize].round(),
                 "ratio": round3(paired_rate[Arm::Agent as usize]),
-                "empty_programs_ratio": round3(paired_rate[Arm::EmptyPrograms as usize]),
-                "tcpdump_ratio": round3(paired_rate[Arm::Tcpdump as usize]),
                 "cpu_per_connection_ratio": round3(paired_cpu[Arm::Agent as usize]),
-                "empty_programs_cpu_per_connection_ratio": round3(paired_cpu[Arm::EmptyPrograms as usize]),
-                "tcpdump_cpu_per_connection_ratio": round3(paired_cpu[Arm::Tcpdump as usize]),
-            }));
+            });
+            for arm in Arm::MEASURED.into_iter().filter(|&a| a != Arm::Agent) {
+                let key = arm.key();
+                round[key] = json!(rate[arm as usize].round());
+                round[format!("{key}_ratio")] = json!(round3(paired_rate[arm as usize]));
+                round[format!("{key}_cpu_per_connection_ratio")] =
+                    json!(round3(paired_cpu[arm as usize]));
+            }
+            rounds.push(round);
         }
         let of =
             |key: &str| -> Vec<f64> { rounds.iter().filter_map(|p| p[key].as_f64()).collect() };
@@ -795,6 +806,9 @@ fn connection_rate(topology: Topology) -> Result<Value> {
             "median_interval_95": [lo, hi],
             "spent": spent,
             "empty_programs_median_ratio": floor,
+            "empty_packet_hooks_median_ratio": median_of("empty_packet_hooks_ratio"),
+            "empty_tracepoints_median_ratio": median_of("empty_tracepoints_ratio"),
+            "bare_classifier_median_ratio": median_of("bare_classifier_ratio"),
             "tcpdump_median_ratio": tcpdump,
             "cpu_per_connection_median_ratio": median_of("cpu_per_connection_ratio"),
             "empty_programs_cpu_per_connection_median_ratio": median_of("empty_programs_cpu_per_connection_ratio"),
@@ -823,22 +837,56 @@ fn busy_ticks() -> u64 {
 }
 
 /// The arms of a connection-rate round; the value indexes the round's rates.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Arm {
     Without = 0,
     Agent = 1,
     EmptyPrograms = 2,
+    /// Empty programs on the arrival and departure hooks, the tracepoints' real.
+    EmptyPacketHooks = 3,
+    /// Empty programs on the tracepoints, the packet hooks' real.
+    EmptyTracepoints = 4,
     /// tcpdump with the SYN filter an admin runs instead of the tracer.
-    Tcpdump = 3,
+    Tcpdump = 5,
+    /// No tracer: a one-instruction classic-BPF classifier on the TC hook both ways.
+    Classifier = 6,
 }
 
 impl Arm {
+    const COUNT: usize = 7;
+    /// Every arm a round measures, in the first round's order.
+    const MEASURED: [Arm; 6] = [
+        Arm::Agent,
+        Arm::EmptyPrograms,
+        Arm::EmptyPacketHooks,
+        Arm::EmptyTracepoints,
+        Arm::Tcpdump,
+        Arm::Classifier,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Arm::Without => "without",
             Arm::Agent => "agent",
             Arm::EmptyPrograms => "empty programs",
+            Arm::EmptyPacketHooks => "empty packet hooks",
+            Arm::EmptyTracepoints => "empty tracepoints",
             Arm::Tcpdump => "tcpdump",
+            Arm::Classifier => "bare classifier",
+        }
+    }
+
+    /// The arm's keys in a round's JSON (`{key}`, `{key}_ratio`, ...; the agent's are `with`
+    /// and `ratio`).
+    fn key(self) -> &'static str {
+        match self {
+            Arm::Without => "without",
+            Arm::Agent => "with",
+            Arm::EmptyPrograms => "empty_programs",
+            Arm::EmptyPacketHooks => "empty_packet_hooks",
+            Arm::EmptyTracepoints => "empty_tracepoints",
+            Arm::Tcpdump => "tcpdump",
+            Arm::Classifier => "bare_classifier",
         }
     }
 }
@@ -850,28 +898,34 @@ fn render_rate(v: &Value) -> String {
         v["tool"].as_str().unwrap_or("")
     );
     for (i, p) in v["rounds"].as_array().into_iter().flatten().enumerate() {
+        let without = p["without"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(num)
+            .collect::<Vec<_>>()
+            .join("/");
         s += &format!(
-            "   round {} ({}): without {} conn/s, agent {} ({}), empty programs {} ({}), tcpdump {} ({})\n",
+            "   round {} ({}): without {without} conn/s, agent {} ({})",
             i + 1,
             p["order"].as_str().unwrap_or(""),
-            p["without"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(num)
-                .collect::<Vec<_>>()
-                .join("/"),
             num(&p["with"]),
             p["ratio"],
-            num(&p["empty_programs"]),
-            p["empty_programs_ratio"],
-            num(&p["tcpdump"]),
-            p["tcpdump_ratio"],
         );
+        for arm in Arm::MEASURED.into_iter().filter(|&a| a != Arm::Agent) {
+            // Rounds recorded before an arm existed have no figure for it.
+            if !p[arm.key()].is_null() {
+                let ratio = &p[format!("{}_ratio", arm.key())];
+                s += &format!(", {} {} ({ratio})", arm.name(), num(&p[arm.key()]));
+            }
+        }
+        s += "\n";
     }
     s += &format!(
         "   median ratio {} [{}, {}] (target >= {} and no worse than tcpdump) {}\n   \
-         the same hooks with empty programs: {} (what attaching costs before any work)\n   \
+         the same hooks with empty programs: {} (what attaching costs before any work); \
+         empty on the packet hooks only {}, on the tracepoints only {}; \
+         no tracer, a bare classifier on the TC hook: {}\n   \
          tcpdump with the SYN filter instead: {}; the agent below it in {} of {} rounds (p {}: {})\n   \
          machine CPU per connection against without: agent {}, empty programs {}, tcpdump {}\n",
         v["median_ratio"],
@@ -880,6 +934,9 @@ fn render_rate(v: &Value) -> String {
         v["target"],
         if v["met"] == true { "ok" } else { "MISSED" },
         v["empty_programs_median_ratio"],
+        v["empty_packet_hooks_median_ratio"],
+        v["empty_tracepoints_median_ratio"],
+        v["bare_classifier_median_ratio"],
         v["tcpdump_median_ratio"],
         v["below_tcpdump"]["rounds_below"],
         v["below_tcpdump"]["rounds"],
@@ -1020,5 +1077,42 @@ mod tests {
         assert_eq!(v["worse"], true, "{v}");
         // Ties are no evidence either way.
         assert_eq!(below_in_rounds(&tcpdump, &tcpdump)["worse"], false);
+    }
+
+    /// A round as the bench records it now, and one recorded before the split arms: both
+    /// render, the old one without figures it never had.
+    #[test]
+    fn a_rate_round_renders_each_arm_it_measured() {
+        let round = |split: bool| {
+            let mut r = serde_json::json!({
+                "order": "agent, tcpdump", "without": [45000.0, 46000.0],
+                "with": 42000.0, "ratio": 0.93,
+                "empty_programs": 44000.0, "empty_programs_ratio": 0.96,
+                "tcpdump": 43000.0, "tcpdump_ratio": 0.94,
+            });
+            if split {
+                r["empty_packet_hooks"] = 43500.0.into();
+                r["empty_packet_hooks_ratio"] = 0.955.into();
+                r["bare_classifier"] = 44200.0.into();
+                r["bare_classifier_ratio"] = 0.966.into();
+            }
+            r
+        };
+        let v = serde_json::json!({"rounds": [round(true), round(false)], "median_ratio": 0.93});
+        let text = super::render_rate(&v);
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("round ")).collect();
+        assert!(
+            lines[0].contains("empty packet hooks 43500 (0.955)"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[0].contains("bare classifier 44200 (0.966)"),
+            "{}",
+            lines[0]
+        );
+        assert!(!lines[0].contains("empty tracepoints"), "{}", lines[0]);
+        assert!(lines[1].contains("tcpdump 43000 (0.94)"), "{}", lines[1]);
+        assert!(!lines[1].contains("bare classifier"), "{}", lines[1]);
     }
 }
