@@ -110,6 +110,16 @@ impl EmptyPrograms {
     pub fn tracepoints(self) -> bool {
         matches!(self, EmptyPrograms::All | EmptyPrograms::Tracepoints)
     }
+
+    /// The hooks emptied, as the report's note says them (`None`: the real programs).
+    pub fn hooks(self) -> Option<&'static str> {
+        match self {
+            EmptyPrograms::None => None,
+            EmptyPrograms::All => Some("every hook"),
+            EmptyPrograms::Packets => Some("the packet hooks"),
+            EmptyPrograms::Tracepoints => Some("the tracepoints"),
+        }
+    }
 }
 
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();

@@ -35,7 +35,6 @@ use tracer_common::{
 };
 
 use crate::{
-    environment::EmptyPrograms,
     model::clock::JiffiesSample,
     ranges::{RangeSet, SparseBits},
     reasons::{DropClass, ReasonTable},
@@ -296,13 +295,7 @@ impl Probe {
             );
         }
         let empty = crate::environment::get().empty_programs;
-        let which = match empty {
-            EmptyPrograms::None => None,
-            EmptyPrograms::All => Some("every hook"),
-            EmptyPrograms::Packets => Some("the packet hooks"),
-            EmptyPrograms::Tracepoints => Some("the tracepoints"),
-        };
-        if let Some(which) = which {
+        if let Some(which) = empty.hooks() {
             probe.notes.push(format!(
                 "empty programs on {which} (TRACER_EMPTY_PROGRAMS): not traced there"
             ));

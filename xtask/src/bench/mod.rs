@@ -853,7 +853,7 @@ enum Arm {
 }
 
 impl Arm {
-    const COUNT: usize = 7;
+    const COUNT: usize = Arm::Classifier as usize + 1;
     /// Every arm a round measures, in the first round's order.
     const MEASURED: [Arm; 6] = [
         Arm::Agent,
