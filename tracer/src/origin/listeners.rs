@@ -170,7 +170,7 @@ pub fn read() -> Vec<Listener> {
             tracing::debug!("sock_diag failed ({e}); reading /proc/net/tcp");
             let mut all = Vec::new();
             for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
-                if let Ok(text) = std::fs::read_to_string(path) {
+                if let Ok(text) = crate::origin::proc_net::read_bounded(path) {
                     all.extend(parse(&text));
                 }
             }

@@ -194,33 +194,48 @@ const TCP_SYN_SENT: u8 = 2;
 
 /// Counts a process's sockets toward the edge, from its namespace's tables.
 pub fn edge_sockets(pid: u32) -> EdgeSockets {
-    let mine = socket_inodes(pid);
+    let read = |files: [&str; 2]| -> Vec<SocketRow> {
+        files
+            .iter()
+            .filter_map(|f| read_bounded(&format!("/proc/{pid}/net/{f}")).ok())
+            .flat_map(|text| parse_sockets(&text))
+            .collect()
+    };
+    let mut s = count_edge_sockets(
+        &socket_inodes(pid),
+        &read(["tcp", "tcp6"]),
+        &read(["udp", "udp6"]),
+    );
+    s.udp_rcvbuf_errors = udp_rcvbuf_errors(pid);
+    s
+}
+
+/// Counts the rows of `mine` (a process's socket inodes) in its namespace's TCP and UDP
+/// tables, each socket once: /proc/net/tcp is read a page at a time and resumed by position,
+/// so a socket opening or closing between two reads (a busy tunnel dials its service many
+/// times a second) can show a row twice.
+fn count_edge_sockets(mine: &BTreeSet<u64>, tcp: &[SocketRow], udp: &[SocketRow]) -> EdgeSockets {
     let mut s = EdgeSockets::default();
-    for file in ["tcp", "tcp6"] {
-        let Ok(text) = read_bounded(&format!("/proc/{pid}/net/{file}")) else {
+    let mut counted = BTreeSet::new();
+    for row in tcp {
+        if !mine.contains(&row.inode)
+            || row.remote.port() != EDGE_PORT
+            || !counted.insert(row.inode)
+        {
             continue;
-        };
-        for row in parse_sockets(&text) {
-            if !mine.contains(&row.inode) || row.remote.port() != EDGE_PORT {
-                continue;
-            }
-            match row.state {
-                TCP_ESTABLISHED => s.tcp_established += 1,
-                TCP_SYN_SENT => s.tcp_connecting += 1,
-                _ => {}
-            }
+        }
+        match row.state {
+            TCP_ESTABLISHED => s.tcp_established += 1,
+            TCP_SYN_SENT => s.tcp_connecting += 1,
+            _ => {}
         }
     }
-    for file in ["udp", "udp6"] {
-        let Ok(text) = read_bounded(&format!("/proc/{pid}/net/{file}")) else {
-            continue;
-        };
-        s.udp += parse_sockets(&text)
-            .iter()
-            .filter(|r| mine.contains(&r.inode))
-            .count() as u32;
-    }
-    s.udp_rcvbuf_errors = udp_rcvbuf_errors(pid);
+    s.udp = udp
+        .iter()
+        .filter(|r| mine.contains(&r.inode))
+        .map(|r| r.inode)
+        .collect::<BTreeSet<_>>()
+        .len() as u32;
     s
 }
 
@@ -290,6 +305,32 @@ mod tests {
         let rows = parse_sockets(tcp6);
         assert_eq!(rows[0].remote, "[::1]:8080".parse().unwrap());
         assert_eq!(rows[0].state, 2);
+    }
+
+    #[test]
+    fn a_socket_shown_twice_by_a_resumed_read_is_counted_once() {
+        let row = |remote: &str, state, inode| SocketRow {
+            remote: remote.parse().unwrap(),
+            state,
+            inode,
+        };
+        let edge = row("172.48.1.10:7844", TCP_ESTABLISHED, 2002);
+        let tcp = [
+            edge,
+            row("172.48.1.11:7844", TCP_SYN_SENT, 2003),
+            // Another process's connection, and the same socket again (a resumed read).
+            row("172.48.1.12:7844", TCP_ESTABLISHED, 9999),
+            edge,
+            row("127.0.0.1:8080", TCP_ESTABLISHED, 2004),
+        ];
+        let quic = row("0.0.0.0:0", 7, 2005);
+        let mine = BTreeSet::from([2002, 2003, 2004, 2005]);
+        let s = count_edge_sockets(&mine, &tcp, &[quic, quic]);
+        assert_eq!(
+            (s.tcp_established, s.tcp_connecting, s.udp),
+            (1, 1, 1),
+            "{s:?}"
+        );
     }
 
     #[test]
