@@ -134,7 +134,9 @@ const _: () = assert!(size_of::<FlowState>() == 24);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowSlot {
     pub key: ArrivalKey,
-    pub _pad: u32,
+    /// The [`ExchangeSample::epoch`] it was followed under: a slot of an earlier epoch is
+    /// free (its connection may have left the sample and come back, its state stale).
+    pub epoch: u32,
     pub state: FlowState,
 }
 
@@ -150,6 +152,39 @@ pub fn slot_bucket(words: &[u32; 5], slots: u32) -> u32 {
     let h =
         (words[0] ^ words[1] ^ words[2] ^ words[3] ^ (port << 16) ^ port).wrapping_mul(0x9E37_79B1);
     (h >> (32 - bucket_bits)) * 2
+}
+
+/// The largest [`ExchangeSample::shift`]: one edge connection in 1,024 followed.
+pub const SAMPLE_SHIFT_MAX: u32 = 10;
+
+/// Which edge connections the exchange timing follows (`EXCHANGE_SAMPLE[0]`, written by
+/// userspace as the request rate moves): 1 in `2^shift`, by a hash of the connection's key.
+/// Both packet programs compute the same test, so a connection outside the sample costs them
+/// no table access at all. `epoch` changes with every new setting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExchangeSample {
+    pub shift: u32,
+    pub epoch: u32,
+}
+
+/// Is the connection with key `words` among the 1 in `2^shift` followed? The top bits of a
+/// second multiplicative hash of the key (the bucket takes the first's), so a sample spreads
+/// over the whole table.
+#[inline(always)]
+pub fn in_exchange_sample(words: &[u32; 5], shift: u32) -> bool {
+    if shift == 0 {
+        return true;
+    }
+    let shift = if shift > SAMPLE_SHIFT_MAX {
+        SAMPLE_SHIFT_MAX
+    } else {
+        shift
+    };
+    let port = words[4] & 0xffff;
+    let h =
+        (words[0] ^ words[1] ^ words[2] ^ words[3] ^ (port << 16) ^ port).wrapping_mul(0x85EB_CA6B);
+    h >> (32 - shift) == 0
 }
 
 /// Slots of `ARRIVALS`, when forwarded connections are followed (a power of two): SYNs of
@@ -627,11 +662,15 @@ mod pod {
     unsafe impl aya::Pod for ListenBudget {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for FlowSlot {}
+    unsafe impl aya::Pod for ExchangeSample {}
     unsafe impl aya::Pod for ArrivalSlot {}
 }
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
     use super::*;
 
     fn words(addr: [u8; 4], port: u16) -> [u32; 5] {
@@ -644,6 +683,40 @@ mod tests {
         };
         // SAFETY: 20 bytes aligned to 4, as the kernel reads it.
         unsafe { *(&key as *const ArrivalKey).cast::<[u32; 5]>() }
+    }
+
+    #[test]
+    fn a_sample_takes_its_share_of_one_address_s_ports_across_the_table() {
+        // 1 in 16 of 20,000 ports of one address: about 1,250, and spread over the buckets
+        // (not piled into the few whose index shares the sample's bits).
+        for shift in [0, 4, SAMPLE_SHIFT_MAX] {
+            let taken: Vec<[u32; 5]> = (1024..21024u16)
+                .map(|p| words([173, 245, 48, 10], p))
+                .filter(|w| in_exchange_sample(w, shift))
+                .collect();
+            let expected = 20_000 >> shift;
+            assert!(
+                taken.len().abs_diff(expected) <= expected / 5 + 10,
+                "shift {shift}: {} taken",
+                taken.len()
+            );
+            let mut buckets: Vec<u32> = taken
+                .iter()
+                .map(|w| slot_bucket(w, EXCHANGE_FLOWS))
+                .collect();
+            buckets.sort_unstable();
+            buckets.dedup();
+            assert!(
+                buckets.len() * 10 >= taken.len() * 8,
+                "shift {shift}: piled up"
+            );
+        }
+        // Past the largest shift: the largest.
+        let w = words([173, 245, 48, 10], 5000);
+        assert_eq!(
+            in_exchange_sample(&w, 31),
+            in_exchange_sample(&w, SAMPLE_SHIFT_MAX)
+        );
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! began, and only rare transitions (a close after idle, a request after the close, a reset
 //! with a request waiting) send their own. Userspace reads requests still waiting from the
 //! map, the whole of it only when the count of requests begun has moved. Per packet the work
-//! is a port and range test and, on edge connections, one map lookup. What it all means
-//! (slow, idle, a keep-alive race) is decided in userspace.
+//! is a port and range test and, on edge connections, one map lookup. On a busy host
+//! userspace narrows the followed connections to a hash sample (`EXCHANGE_SAMPLE`): the rest
+//! cost the hash, no table access. What it all means (slow, idle, a keep-alive race) is
+//! decided in userspace.
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, TC_ACT_UNSPEC},
@@ -16,9 +18,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tracer_common::{
-    counter, slot_bucket, ArrivalKey, Event, EventKind, FlowSlot, FlowState, EVENT_F_EDGE,
-    EVENT_F_EGRESS, EVENT_F_PENDING, EXCHANGE_FLOWS, FLOW_F_AFTER_CLOSE, FLOW_F_EDGE_CLOSED,
-    FLOW_F_ORIGIN_CLOSED, PHASE_REQUEST, PHASE_RESPONSE,
+    counter, in_exchange_sample, slot_bucket, ArrivalKey, Event, EventKind, ExchangeSample,
+    FlowSlot, FlowState, EVENT_F_EDGE, EVENT_F_EGRESS, EVENT_F_PENDING, EXCHANGE_FLOWS,
+    FLOW_F_AFTER_CLOSE, FLOW_F_EDGE_CLOSED, FLOW_F_ORIGIN_CLOSED, PHASE_REQUEST, PHASE_RESPONSE,
 };
 
 use crate::{
@@ -43,37 +45,55 @@ pub const TCP_RST: u8 = 0x04;
 #[map]
 pub static FLOWS: Array<FlowSlot> = Array::with_max_entries(EXCHANGE_FLOWS, BPF_F_MMAPABLE);
 
-/// The slot of the followed connection `key`, if its bucket holds it.
+/// `[0]`: which edge connections are followed ([`ExchangeSample`]); userspace samples them
+/// when edge requests come faster than the host should pay to time each one.
+#[map]
+pub static EXCHANGE_SAMPLE: Array<ExchangeSample> = Array::with_max_entries(1, 0);
+
+/// The sample in force.
 #[inline(always)]
-fn find(key: &ArrivalKey) -> Option<*mut FlowSlot> {
+fn sample() -> ExchangeSample {
+    match EXCHANGE_SAMPLE.get_ptr(0) {
+        Some(s) => unsafe { core::ptr::read_volatile(s) },
+        None => ExchangeSample::default(),
+    }
+}
+
+/// The slot of the followed connection `key`, if its bucket holds it under `epoch`.
+#[inline(always)]
+fn find(key: &ArrivalKey, epoch: u32) -> Option<*mut FlowSlot> {
     let w = key_words(key);
     let first = slot_bucket(w, EXCHANGE_FLOWS);
     let a = FLOWS.get_ptr_mut(first)?;
-    if same_key(w, unsafe { &raw const (*a).key }) {
+    if same_key(w, unsafe { &raw const (*a).key }) && unsafe { (*a).epoch } == epoch {
         return Some(a);
     }
     let b = FLOWS.get_ptr_mut(first + 1)?;
-    if same_key(w, unsafe { &raw const (*b).key }) {
+    if same_key(w, unsafe { &raw const (*b).key }) && unsafe { (*b).epoch } == epoch {
         return Some(b);
     }
     None
 }
 
-/// Does the slot follow a connection the edge may still use? (Free and edge-closed slots
-/// are taken first.)
+/// Does the slot follow a connection the edge may still use? (Free, edge-closed and
+/// earlier epochs' slots are taken first.)
 #[inline(always)]
-fn live(slot: *const FlowSlot) -> bool {
-    unsafe { (*slot).key.family != 0 && (*slot).state.flags & FLOW_F_EDGE_CLOSED == 0 }
+fn live(slot: *const FlowSlot, epoch: u32) -> bool {
+    unsafe {
+        (*slot).key.family != 0
+            && (*slot).epoch == epoch
+            && (*slot).state.flags & FLOW_F_EDGE_CLOSED == 0
+    }
 }
 
 /// Starts following `key` with `state` in its bucket.
 #[inline(always)]
-fn follow(key: &ArrivalKey, state: FlowState) {
+fn follow(key: &ArrivalKey, state: FlowState, epoch: u32) {
     let first = slot_bucket(key_words(key), EXCHANGE_FLOWS);
     let (Some(a), Some(b)) = (FLOWS.get_ptr_mut(first), FLOWS.get_ptr_mut(first + 1)) else {
         return;
     };
-    let slot = match (live(a), live(b)) {
+    let slot = match (live(a, epoch), live(b, epoch)) {
         (true, false) => b,
         (false, _) => a,
         (true, true) => {
@@ -86,6 +106,7 @@ fn follow(key: &ArrivalKey, state: FlowState) {
     };
     unsafe {
         (*slot).key = *key;
+        (*slot).epoch = epoch;
         (*slot).state = state;
     }
 }
@@ -183,8 +204,12 @@ fn inbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payload
         return;
     }
     let key = key_of::<V6>(src, be16(tcp));
+    let sample = sample();
+    if !in_exchange_sample(key_words(&key), sample.shift) {
+        return;
+    }
     let local = unsafe { src.add(if V6 { 16 } else { 4 }) };
-    let Some(slot) = find(&key) else {
+    let Some(slot) = find(&key, sample.epoch) else {
         // A connection not followed yet (new, or older than the tracer): its first payload is
         // a request.
         if payload == 0 || flags & (TCP_FIN | TCP_RST) != 0 {
@@ -197,7 +222,7 @@ fn inbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payload
             phase: PHASE_REQUEST,
             flags: 0,
         };
-        follow(&key, state);
+        follow(&key, state, sample.epoch);
         count(counter::REQUESTS_BEGUN);
         return;
     };
@@ -281,7 +306,11 @@ fn outbound_at<const V6: bool>(src: *const u8, tcp: *const u8, flags: u8, payloa
         return;
     }
     let key = key_of::<V6>(peer, be16(unsafe { tcp.add(2) }));
-    let Some(slot) = find(&key) else {
+    let sample = sample();
+    if !in_exchange_sample(key_words(&key), sample.shift) {
+        return;
+    }
+    let Some(slot) = find(&key, sample.epoch) else {
         return;
     };
     let s = unsafe { &raw mut (*slot).state };

@@ -149,9 +149,10 @@ pub struct CaptureArgs {
     pub ring_bytes: Option<u32>,
 }
 
-/// Cloudflare's timeouts on the origin's side, for plans that differ and for tests.
+/// The exchange timing's settings: Cloudflare's timeouts on the origin's side (for plans that
+/// differ and for tests), and how much of the edge's traffic it follows.
 #[derive(Args, Debug, Clone, Copy)]
-pub struct EdgeTimeouts {
+pub struct TimingArgs {
     /// Cloudflare's proxy read timeout: a response whose first byte comes later is a 524
     /// (slow_response). 100 s on most plans; Enterprise can raise it to 6,000 s.
     #[arg(long, value_name = "DURATION", default_value = "100s", value_parser = parse_edge_timeout)]
@@ -160,6 +161,12 @@ pub struct EdgeTimeouts {
     /// closing idle connections sooner risks a 520 (keepalive_race).
     #[arg(long, value_name = "DURATION", default_value = "900s", value_parser = parse_edge_timeout)]
     pub edge_idle_timeout: std::time::Duration,
+    /// Above this many edge requests a second the exchange timing (response and idle-close
+    /// times, slow_response, keepalive_race) follows a sample of the edge's connections,
+    /// 1 in 2, 4 ... 1,024 chosen by a hash of each, so its cost stays bounded; reports say
+    /// the sample. 0: follow every connection at any rate. Handshakes are always all timed.
+    #[arg(long, value_name = "REQUESTS", default_value_t = crate::capture::sampling::DEFAULT_LIMIT)]
+    pub timing_sample_above: u32,
 }
 
 /// `--edge-read-timeout`, `--edge-idle-timeout`: 100 ms to 2 h.
@@ -268,7 +275,7 @@ pub struct DiagnoseArgs {
     #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]
-    pub timeouts: EdgeTimeouts,
+    pub timeouts: TimingArgs,
     #[command(flatten)]
     pub tunnel: TunnelArgs,
     /// Answer from the running agent's recent history instead of watching a new window: when
@@ -355,7 +362,7 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]
-    pub timeouts: EdgeTimeouts,
+    pub timeouts: TimingArgs,
     #[command(flatten)]
     pub tunnel: TunnelArgs,
     /// Scheduling niceness (-20..19). The agent needs about 1% of a core at 40k new

@@ -361,3 +361,66 @@ fn an_unread_request_is_found(lab: &Lab, listener: std::net::TcpListener) {
         "{evidence}"
     );
 }
+
+/// A busy host (here: over `--timing-sample-above 20` edge requests a second, each on its own
+/// connection) times a sample of the edge's connections in the kernel: the report says 1 in
+/// how many, the kernel began fewer requests than were sent (the rest cost its table nothing),
+/// and the ones it followed are timed, healthy.
+#[test]
+fn a_busy_host_times_a_sample_of_the_edges_connections() {
+    use std::io::{Read as _, Write as _};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let lab = Lab::new();
+    let listener = lab.origin.listen("0.0.0.0", 8080, 256);
+    listener.set_nonblocking(true).expect("nonblocking");
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let app = std::thread::spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            let Ok((mut conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            };
+            let _ = conn.set_nonblocking(false);
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 512];
+            if conn.read(&mut buf).is_ok_and(|n| n > 0) {
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            }
+        }
+    });
+    let tracer = Tracer::diagnose_with(
+        &lab.origin,
+        "8080",
+        "6",
+        &["--timing-sample-above", "20"],
+        &[],
+    );
+    // About 100 requests a second for four seconds, each on a new connection.
+    let mut sent = 0u64;
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        let mut conn = edge_to_8080(&lab);
+        assert!(request(&mut conn).expect("an answer") > 0);
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(8));
+    }
+    let (code, out) = tracer.wait(Duration::from_secs(40));
+    stop.store(true, Ordering::Relaxed);
+    let _ = app.join();
+    assert_eq!(code, 0, "{out}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    let t = &r["timing"];
+    let one_in = t["exchanges_followed_one_in"].as_u64().unwrap();
+    assert!((2..=1024).contains(&one_in), "{t:#}");
+    let requests = t["requests"].as_u64().unwrap();
+    assert!(sent >= 200, "only {sent} requests sent");
+    assert!(
+        requests > 0 && requests * 4 < sent * 3,
+        "{requests} of {sent} requests followed: {t:#}"
+    );
+    // (An exchange under way when the sample changed is not timed: it starts afresh.)
+    let responses = t["response_ms"]["count"].as_u64().unwrap();
+    assert!(responses > 0 && responses + 2 >= requests, "{t:#}");
+    assert_eq!(r["verdict"], "healthy", "{r:#}");
+}

@@ -5,6 +5,7 @@
 
 pub mod looks;
 mod order;
+pub mod sampling;
 pub mod session;
 
 use std::time::{Duration, Instant, SystemTime};
@@ -53,6 +54,9 @@ pub struct Capture {
     quiet: bool,
     /// Wakes the coalescing waits once at their deadline; `None`: tokio's timers.
     timer: Option<crate::sys::timer::Timer>,
+    /// Which edge connections the exchange timing follows, and the sample the kernel has.
+    sample: sampling::SampleControl,
+    sample_in_kernel: tracer_common::ExchangeSample,
 }
 
 /// Without coalescing (`diagnose`, `events`) the SYN log is read at least this often, even
@@ -92,7 +96,42 @@ impl Capture {
             last_drain: Instant::now(),
             quiet: false,
             timer: None,
+            sample: sampling::SampleControl::new(0),
+            sample_in_kernel: Default::default(),
         })
+    }
+
+    /// Samples the exchange timing above `limit` edge requests a second (0: never).
+    pub fn set_timing_sample_above(&mut self, limit: u32) {
+        self.sample = sampling::SampleControl::new(limit);
+    }
+
+    /// 1 in how many edge connections the exchange timing followed at the sparsest since the
+    /// last call (1: every one).
+    pub fn take_exchange_sample(&mut self) -> u32 {
+        self.sample.take_peak()
+    }
+
+    /// Hands the kernel a new sample when the request rate calls for one.
+    fn update_sample(&mut self) {
+        let now = Instant::now();
+        if !self.sample.due(now) {
+            return;
+        }
+        let begun = self.probe.counter(counter::REQUESTS_BEGUN).ok();
+        let Some(sample) = self.sample.update(begun, now) else {
+            return;
+        };
+        match self.probe.set_exchange_sample(sample) {
+            Ok(()) => {
+                tracing::info!(
+                    "exchange timing follows 1 in {} edge connections",
+                    1u32 << sample.shift
+                );
+                self.sample_in_kernel = sample;
+            }
+            Err(e) => tracing::warn!("the exchange timing's sample is unchanged: {e:#}"),
+        }
     }
 
     /// Looks at waiting requests in time to tell a request slower than `read_timeout` read
@@ -132,7 +171,7 @@ impl Capture {
         };
         let begun = self.probe.counter(counter::REQUESTS_BEGUN).ok();
         flows
-            .waiting(begun)
+            .waiting(begun, self.sample_in_kernel.epoch)
             .iter()
             .filter_map(|(k, s)| crate::model::decode::decode_waiting(k, s, &self.clock))
             .collect()
@@ -240,6 +279,7 @@ impl Capture {
         self.ring_batch.clear();
         held.drain(..ready);
         self.look_at_waiting(&mut each);
+        self.update_sample();
     }
 
     /// Looks at the sockets of requests that have waited a while, when a pass is due: what it

@@ -238,6 +238,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
     }
     let mut capture = Capture::new(probe)?;
     capture.set_read_timeout(args.timeouts.edge_read_timeout);
+    capture.set_timing_sample_above(args.timeouts.timing_sample_above);
     // What changes on the host during the window, for when a failure began.
     let watcher =
         crate::journal::watch::Watcher::start(&iface, &ports, &ranges, netns, sees_listeners);
@@ -303,6 +304,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<u8> {
     w.tally.exchanges = w
         .exchanges
         .take_window(SystemTime::now(), &capture.waiting_requests());
+    w.tally.exchanges.followed_one_in = capture.take_exchange_sample();
     let closed = window::close(
         w.tally.clone(),
         &mut w.sampler,

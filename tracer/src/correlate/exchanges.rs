@@ -79,6 +79,9 @@ pub struct ExchangeWindow {
     /// Connections the origin closed, or reset, while a request was waiting for its answer.
     pub closed_pending: u64,
     pub reset_pending: u64,
+    /// 1 in how many edge connections the kernel followed at the sparsest during the window
+    /// (`--timing-sample-above`; 0 or 1: every one). The counts above are theirs.
+    pub followed_one_in: u32,
 }
 
 /// What one step changed, for the agent's histograms.

@@ -47,6 +47,9 @@ pub struct Timing {
     pub slow_unread: u64,
     /// Requests that arrived on connections the origin had already closed.
     pub requests_after_close: u64,
+    /// 1 in how many edge connections the exchange timing followed (1: every one): the
+    /// response and idle-close figures and the counts of requests are theirs.
+    pub exchanges_followed_one_in: u32,
 }
 
 impl Handshakes {
@@ -70,6 +73,7 @@ impl Handshakes {
             slow_responses: x.slow,
             slow_unread: x.slow_unread,
             requests_after_close: x.after_close,
+            exchanges_followed_one_in: x.followed_one_in.max(1),
         }
     }
 }

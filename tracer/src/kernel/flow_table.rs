@@ -85,8 +85,9 @@ impl FlowTable {
     }
 
     /// Followed edge connections whose request is still waiting for its first response byte
-    /// (phase request). `begun`: the kernel's count of requests begun, read just before.
-    pub fn waiting(&self, begun: Option<u64>) -> Vec<(ArrivalKey, FlowState)> {
+    /// (phase request). `begun`: the kernel's count of requests begun, read just before;
+    /// `epoch`: the sample's in force (a slot of an earlier one is no longer kept).
+    pub fn waiting(&self, begun: Option<u64>, epoch: u32) -> Vec<(ArrivalKey, FlowState)> {
         let now = Instant::now();
         let mut plan = self.plan.borrow_mut();
         let pass = plan.plan(begun, now);
@@ -94,7 +95,8 @@ impl FlowTable {
         let mut out = Vec::new();
         let mut read = |i: u32| {
             if let Some(slot) = self.slot(i) {
-                if slot.key.family != 0 && slot.state.phase == PHASE_REQUEST {
+                if slot.key.family != 0 && slot.epoch == epoch && slot.state.phase == PHASE_REQUEST
+                {
                     found.push(i);
                     out.push((slot.key, slot.state));
                 }

@@ -53,6 +53,16 @@ impl Probe {
         Ok(())
     }
 
+    /// Which edge connections the exchange timing follows from now on.
+    pub fn set_exchange_sample(&mut self, sample: tracer_common::ExchangeSample) -> Result<()> {
+        let mut map: Array<&mut MapData, tracer_common::ExchangeSample> = Array::try_from(
+            self.ebpf
+                .map_mut("EXCHANGE_SAMPLE")
+                .ok_or_else(|| anyhow!("EXCHANGE_SAMPLE map missing"))?,
+        )?;
+        map.set(0, sample, 0).context("updating EXCHANGE_SAMPLE")
+    }
+
     /// Replaces the watched ranges in place: new entries first, then stale ones removed, so a
     /// peer inside both lists never stops matching and nothing is detached.
     pub fn set_ranges(&mut self, ranges: &RangeSet) -> Result<()> {

@@ -109,6 +109,7 @@ pub struct Metrics {
     response_seconds: PortHistogram,
     idle_close_seconds: PortHistogram,
     slow_responses: IntCounter,
+    exchanges_followed_one_in: IntGauge,
     requests_after_close: IntCounter,
     tls_ok: IntGaugeVec,
     tls_not_after: IntGaugeVec,
@@ -302,6 +303,12 @@ impl Metrics {
             "tracer_edge_slow_responses_total",
             "Edge requests whose first response byte came later than the edge's read timeout (--edge-read-timeout, 100 s by default), or had not come by then: 524 for the visitor.",
         )?;
+        let exchanges_followed_one_in = gauge(
+            &r,
+            "tracer_edge_exchanges_followed_one_in",
+            "1 in how many edge connections the exchange timing followed in the last window (1: every one; more above --timing-sample-above requests a second, chosen by a hash of each connection): the response and idle-close histograms and the slow and after-close counters count those.",
+        )?;
+        exchanges_followed_one_in.set(1);
         let requests_after_close = counter(
             &r,
             "tracer_edge_requests_after_close_total",
@@ -339,6 +346,7 @@ impl Metrics {
             response_seconds,
             idle_close_seconds,
             slow_responses,
+            exchanges_followed_one_in,
             requests_after_close,
             tls_ok,
             tls_not_after,
@@ -513,9 +521,11 @@ impl Metrics {
 
     /// A window's slow responses and requests after a close (counted when it closes: a
     /// request still waiting is slow only once it has waited the read timeout).
-    pub fn exchange_window(&self, slow: u64, after_close: u64) {
+    pub fn exchange_window(&self, slow: u64, after_close: u64, followed_one_in: u32) {
         self.slow_responses.inc_by(slow);
         self.requests_after_close.inc_by(after_close);
+        self.exchanges_followed_one_in
+            .set(i64::from(followed_one_in.max(1)));
     }
 
     /// Edge SYNs at `port` are at least the `refused` the kernel counted there: a refused SYN

@@ -312,6 +312,12 @@ impl Report {
                 t.slow_unread
             ));
         }
+        if t.exchanges_followed_one_in > 1 && (t.requests > 0 || t.idle_close.count > 0) {
+            line(format!(
+                "Exchange timing followed 1 in {} edge connections (a busy host: --timing-sample-above); the response and idle-close figures are theirs",
+                t.exchanges_followed_one_in
+            ));
+        }
         if t.idle_close.count > 0 || t.requests_after_close > 0 {
             line(format!(
                 "Idle close (origin closed an idle edge connection): p50 {}, max {} over {} closes; {} requests arrived after the close",

@@ -91,6 +91,10 @@ struct TimingJson {
     slow_responses_unread: u64,
     /// Requests that arrived on connections the origin had already closed.
     requests_after_close: u64,
+    /// 1 in how many edge connections the exchange timing followed (1: every one; more above
+    /// `--timing-sample-above` requests a second): the response and idle-close figures and
+    /// the request counts are theirs.
+    exchanges_followed_one_in: u32,
 }
 
 impl TimingJson {
@@ -105,6 +109,7 @@ impl TimingJson {
             slow_responses: t.slow_responses,
             slow_responses_unread: t.slow_unread,
             requests_after_close: t.requests_after_close,
+            exchanges_followed_one_in: t.exchanges_followed_one_in.max(1),
         }
     }
 }
@@ -672,6 +677,28 @@ mod tests {
             assert_eq!(got, want, "line {}", n + 1);
         }
         assert_eq!(doc.lines().count(), recorded.lines().count());
+    }
+
+    /// A sampled window's text says the sample beside the response line; a whole one does
+    /// not.
+    #[test]
+    fn the_text_says_when_the_exchange_timing_was_sampled() {
+        let mut r = full_report();
+        r.timing.requests = 40;
+        r.timing.response.count = 40;
+        let flat = |r: &Report| r.to_text().split_whitespace().collect::<Vec<_>>().join(" ");
+        r.timing.exchanges_followed_one_in = 16;
+        assert!(
+            flat(&r).contains("Exchange timing followed 1 in 16 edge connections"),
+            "{}",
+            r.to_text()
+        );
+        r.timing.exchanges_followed_one_in = 1;
+        assert!(
+            !flat(&r).contains("Exchange timing followed"),
+            "{}",
+            r.to_text()
+        );
     }
 
     fn schema(name: &str) -> serde_json::Value {

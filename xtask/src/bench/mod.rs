@@ -700,12 +700,13 @@ fn connection_rate(topology: Topology) -> Result<Value> {
     // bulk arms: a neighbour seconds away drifts far less than the run a minute away), the
     // arms' order rotates every round, and the median of many short rounds is reported.
     // Every run starts its watcher, lets it settle under one second of load (start-up work
-    // is not what a connection costs), then measures. Beside the agent and tcpdump, four arms
-    // say where its cost sits: the agent with empty programs on every hook
-    // (`TRACER_EMPTY_PROGRAMS`: what attaching costs before any work), on the packet hooks only
-    // (the tracepoints' work stays) and on the tracepoints only (the packet hooks' work stays),
-    // and no tracer but a one-instruction classifier on the TC hook both ways: the floor any
-    // tool on that hook pays.
+    // is not what a connection costs; it is also when the agent narrows its exchange timing
+    // to a sample, tens of thousands of requests a second being far above
+    // `--timing-sample-above`), then measures. Beside the agent and tcpdump: the agent timing
+    // every exchange at any rate (`--timing-sample-above 0`), the agent with empty programs
+    // (`TRACER_EMPTY_PROGRAMS`: what attaching costs before any work), and no tracer but a
+    // one-instruction classifier on the TC hook both ways: the floor any tool on that hook
+    // pays.
     const ROUNDS: usize = 15;
     const SECS: u32 = 3;
     let web = WebLab::new(topology)?;
@@ -723,6 +724,11 @@ fn connection_rate(topology: Topology) -> Result<Value> {
             let _tracer = match arm {
                 Arm::Without | Arm::Tcpdump | Arm::Classifier => None,
                 Arm::Agent => Some(agent_on_port_80(lab, "127.0.0.1:9598", &[])),
+                Arm::AgentEveryExchange => Some(agent_on_port_80(
+                    lab,
+                    "127.0.0.1:9598",
+                    &["--timing-sample-above", "0"],
+                )),
                 Arm::EmptyPrograms => empty("1"),
                 Arm::EmptyPacketHooks => empty("packets"),
                 Arm::EmptyTracepoints => empty("tracepoints"),
@@ -805,6 +811,8 @@ fn connection_rate(topology: Topology) -> Result<Value> {
             "median_ratio": ratio,
             "median_interval_95": [lo, hi],
             "spent": spent,
+            "every_exchange_median_ratio": median_of("every_exchange_ratio"),
+            "every_exchange_below_tcpdump": below_in_rounds(&of("every_exchange_ratio"), &of("tcpdump_ratio")),
             "empty_programs_median_ratio": floor,
             "empty_packet_hooks_median_ratio": median_of("empty_packet_hooks_ratio"),
             "empty_tracepoints_median_ratio": median_of("empty_tracepoints_ratio"),
@@ -850,13 +858,26 @@ enum Arm {
     Tcpdump = 5,
     /// No tracer: a one-instruction classic-BPF classifier on the TC hook both ways.
     Classifier = 6,
+    /// The agent timing every edge exchange at any rate (`--timing-sample-above 0`).
+    AgentEveryExchange = 7,
 }
 
 impl Arm {
-    const COUNT: usize = Arm::Classifier as usize + 1;
-    /// Every arm a round measures, in the first round's order.
-    const MEASURED: [Arm; 6] = [
+    const COUNT: usize = Arm::AgentEveryExchange as usize + 1;
+    /// Every arm a round measures, in the first round's order. (The hook-by-hook split,
+    /// `EmptyPacketHooks` and `EmptyTracepoints`, found where the cost sat: BENCHMARKS.md,
+    /// session 23; its rounds still render.)
+    const MEASURED: [Arm; 5] = [
         Arm::Agent,
+        Arm::AgentEveryExchange,
+        Arm::EmptyPrograms,
+        Arm::Tcpdump,
+        Arm::Classifier,
+    ];
+    /// Every arm a recorded round may have, the agent's first.
+    const RECORDED: [Arm; 7] = [
+        Arm::Agent,
+        Arm::AgentEveryExchange,
         Arm::EmptyPrograms,
         Arm::EmptyPacketHooks,
         Arm::EmptyTracepoints,
@@ -873,6 +894,7 @@ impl Arm {
             Arm::EmptyTracepoints => "empty tracepoints",
             Arm::Tcpdump => "tcpdump",
             Arm::Classifier => "bare classifier",
+            Arm::AgentEveryExchange => "agent timing every exchange",
         }
     }
 
@@ -887,6 +909,7 @@ impl Arm {
             Arm::EmptyTracepoints => "empty_tracepoints",
             Arm::Tcpdump => "tcpdump",
             Arm::Classifier => "bare_classifier",
+            Arm::AgentEveryExchange => "every_exchange",
         }
     }
 }
@@ -912,8 +935,8 @@ fn render_rate(v: &Value) -> String {
             num(&p["with"]),
             p["ratio"],
         );
-        for arm in Arm::MEASURED.into_iter().filter(|&a| a != Arm::Agent) {
-            // Rounds recorded before an arm existed have no figure for it.
+        for arm in Arm::RECORDED.into_iter().filter(|&a| a != Arm::Agent) {
+            // Rounds recorded before an arm existed (or after it left) have no figure for it.
             if !p[arm.key()].is_null() {
                 let ratio = &p[format!("{}_ratio", arm.key())];
                 s += &format!(", {} {} ({ratio})", arm.name(), num(&p[arm.key()]));
@@ -923,6 +946,7 @@ fn render_rate(v: &Value) -> String {
     }
     s += &format!(
         "   median ratio {} [{}, {}] (target >= {} and no worse than tcpdump) {}\n   \
+         timing every exchange at any rate (--timing-sample-above 0): {}, below tcpdump in {} of {} rounds\n   \
          the same hooks with empty programs: {} (what attaching costs before any work); \
          empty on the packet hooks only {}, on the tracepoints only {}; \
          no tracer, a bare classifier on the TC hook: {}\n   \
@@ -933,6 +957,9 @@ fn render_rate(v: &Value) -> String {
         v["median_interval_95"][1],
         v["target"],
         if v["met"] == true { "ok" } else { "MISSED" },
+        v["every_exchange_median_ratio"],
+        v["every_exchange_below_tcpdump"]["rounds_below"],
+        v["every_exchange_below_tcpdump"]["rounds"],
         v["empty_programs_median_ratio"],
         v["empty_packet_hooks_median_ratio"],
         v["empty_tracepoints_median_ratio"],

@@ -125,6 +125,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let reasons = probe.reasons.clone();
     let mut capture = Capture::new(probe)?;
     capture.set_read_timeout(timeouts.edge_read_timeout);
+    capture.set_timing_sample_above(timeouts.timing_sample_above);
     // A few drains per second, not one per event: the ring holds well over this interval.
     capture.set_min_interval(Duration::from_millis(100));
     let hup = Arc::new(AtomicBool::new(false));

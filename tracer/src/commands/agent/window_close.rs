@@ -52,7 +52,7 @@ impl Agent {
 
     /// Closes the window on the capture thread (cheap, in order) and hands it to the
     /// assembler; its report comes back through [`Agent::finish_window`].
-    pub(super) fn close_window(&mut self, capture: &Capture) {
+    pub(super) fn close_window(&mut self, capture: &mut Capture) {
         let notes: Vec<String> = self
             .notes
             .iter()
@@ -89,8 +89,10 @@ impl Agent {
         self.tally.exchanges = self
             .exchanges
             .take_window(SystemTime::now(), &capture.waiting_requests());
+        self.tally.exchanges.followed_one_in = capture.take_exchange_sample();
         let x = &self.tally.exchanges;
-        self.metrics.exchange_window(x.slow, x.after_close);
+        self.metrics
+            .exchange_window(x.slow, x.after_close, x.followed_one_in);
         let closed = window::close(
             std::mem::take(&mut self.tally),
             &mut self.sampler,
