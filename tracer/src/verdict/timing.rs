@@ -106,6 +106,7 @@ pub(super) fn slow_response(i: &Inputs<'_>) -> Option<Cause> {
         }
     )];
     evidence.extend(x.slowest.iter().map(slow_line));
+    evidence.extend(sampled_line(x));
     let mut next = Vec::new();
     if x.slow_unread > 0 {
         next.push(format!(
@@ -136,6 +137,7 @@ pub(super) fn keepalive_race(i: &Inputs<'_>) -> Option<Cause> {
         secs(x.after_close_gap_max)
     )];
     evidence.extend(idle_close_line(x));
+    evidence.extend(sampled_line(x));
     let next = vec![
         format!(
             "Keep idle connections open longer than Cloudflare does ({}): nginx `keepalive_timeout {}s;` (and a high `keepalive_requests`), Apache `KeepAliveTimeout {}`, Node.js `server.keepAliveTimeout` (and `headersTimeout` above it), gunicorn `--keep-alive`.",
@@ -151,6 +153,16 @@ pub(super) fn keepalive_race(i: &Inputs<'_>) -> Option<Cause> {
         evidence,
         next,
     ))
+}
+
+/// On a busy host the counts are a sample's: said beside them.
+fn sampled_line(x: &ExchangeWindow) -> Option<String> {
+    (x.followed_one_in > 1).then(|| {
+        format!(
+            "these counts are of the 1 in {} edge connections the exchange timing followed (over --timing-sample-above requests a second): the edge met about {} times as many",
+            x.followed_one_in, x.followed_one_in
+        )
+    })
 }
 
 /// "the origin closed idle edge connections after p50 1.0 s (max 1.0 s), sooner than …"
@@ -312,6 +324,22 @@ mod tests {
             causes[0].evidence
         );
         assert!(causes[0].next_steps[0].contains("keepalive_timeout 905s"));
+        assert!(
+            !causes[0]
+                .evidence
+                .iter()
+                .any(|e| e.contains("connections the exchange timing followed")),
+            "{:?}",
+            causes[0].evidence
+        );
+        // A sampled window says its counts are a sample's.
+        f.exchanges.followed_one_in = 16;
+        let (_, causes) = crate::verdict::decide(&inputs(&f, crate::correlate::Counts::default()));
+        assert!(
+            causes[0].evidence[2].contains("the 1 in 16 edge connections"),
+            "{:?}",
+            causes[0].evidence
+        );
         // Without the late request: healthy, with the risk said.
         let mut x = Exchanges::new(Duration::from_secs(100), EDGE_IDLE_TIMEOUT);
         x.observe(&step(t0, 2, 1, answered));

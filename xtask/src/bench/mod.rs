@@ -791,6 +791,11 @@ fn connection_rate(topology: Topology) -> Result<Value> {
         let of =
             |key: &str| -> Vec<f64> { rounds.iter().filter_map(|p| p[key].as_f64()).collect() };
         let median_of = |key: &str| median(of(key));
+        // An arm a run did not measure has no median (not a zero).
+        let median_if = |key: &str| {
+            let v = of(key);
+            (!v.is_empty()).then(|| median(v))
+        };
         let ratio = median_of("ratio");
         let floor = median_of("empty_programs_ratio");
         let tcpdump = median_of("tcpdump_ratio");
@@ -811,11 +816,11 @@ fn connection_rate(topology: Topology) -> Result<Value> {
             "median_ratio": ratio,
             "median_interval_95": [lo, hi],
             "spent": spent,
-            "every_exchange_median_ratio": median_of("every_exchange_ratio"),
+            "every_exchange_median_ratio": median_if("every_exchange_ratio"),
             "every_exchange_below_tcpdump": below_in_rounds(&of("every_exchange_ratio"), &of("tcpdump_ratio")),
             "empty_programs_median_ratio": floor,
-            "empty_packet_hooks_median_ratio": median_of("empty_packet_hooks_ratio"),
-            "empty_tracepoints_median_ratio": median_of("empty_tracepoints_ratio"),
+            "empty_packet_hooks_median_ratio": median_if("empty_packet_hooks_ratio"),
+            "empty_tracepoints_median_ratio": median_if("empty_tracepoints_ratio"),
             "bare_classifier_median_ratio": median_of("bare_classifier_ratio"),
             "tcpdump_median_ratio": tcpdump,
             "cpu_per_connection_median_ratio": median_of("cpu_per_connection_ratio"),
@@ -946,10 +951,8 @@ fn render_rate(v: &Value) -> String {
     }
     s += &format!(
         "   median ratio {} [{}, {}] (target >= {} and no worse than tcpdump) {}\n   \
-         timing every exchange at any rate (--timing-sample-above 0): {}, below tcpdump in {} of {} rounds\n   \
-         the same hooks with empty programs: {} (what attaching costs before any work); \
-         empty on the packet hooks only {}, on the tracepoints only {}; \
-         no tracer, a bare classifier on the TC hook: {}\n   \
+         {}the same hooks with empty programs: {} (what attaching costs before any work); \
+         {}no tracer, a bare classifier on the TC hook: {}\n   \
          tcpdump with the SYN filter instead: {}; the agent below it in {} of {} rounds (p {}: {})\n   \
          machine CPU per connection against without: agent {}, empty programs {}, tcpdump {}\n",
         v["median_ratio"],
@@ -957,12 +960,25 @@ fn render_rate(v: &Value) -> String {
         v["median_interval_95"][1],
         v["target"],
         if v["met"] == true { "ok" } else { "MISSED" },
-        v["every_exchange_median_ratio"],
-        v["every_exchange_below_tcpdump"]["rounds_below"],
-        v["every_exchange_below_tcpdump"]["rounds"],
+        if v["every_exchange_median_ratio"].is_null() {
+            String::new()
+        } else {
+            format!(
+                "timing every exchange at any rate (--timing-sample-above 0): {}, below tcpdump in {} of {} rounds\n   ",
+                v["every_exchange_median_ratio"],
+                v["every_exchange_below_tcpdump"]["rounds_below"],
+                v["every_exchange_below_tcpdump"]["rounds"],
+            )
+        },
         v["empty_programs_median_ratio"],
-        v["empty_packet_hooks_median_ratio"],
-        v["empty_tracepoints_median_ratio"],
+        if v["empty_packet_hooks_median_ratio"].is_null() {
+            String::new()
+        } else {
+            format!(
+                "empty on the packet hooks only {}, on the tracepoints only {}; ",
+                v["empty_packet_hooks_median_ratio"], v["empty_tracepoints_median_ratio"]
+            )
+        },
         v["bare_classifier_median_ratio"],
         v["tcpdump_median_ratio"],
         v["below_tcpdump"]["rounds_below"],
@@ -1141,5 +1157,23 @@ mod tests {
         assert!(!lines[0].contains("empty tracepoints"), "{}", lines[0]);
         assert!(lines[1].contains("tcpdump 43000 (0.94)"), "{}", lines[1]);
         assert!(!lines[1].contains("bare classifier"), "{}", lines[1]);
+        // A run with the every-exchange arm and without the split: its median said, the
+        // split's medians not (not as zeros).
+        let mut r = round(false);
+        r["every_exchange"] = 41000.0.into();
+        r["every_exchange_ratio"] = 0.91.into();
+        let v = serde_json::json!({
+            "rounds": [r], "median_ratio": 0.93,
+            "every_exchange_median_ratio": 0.91,
+            "every_exchange_below_tcpdump": {"rounds_below": 1, "rounds": 1},
+            "empty_packet_hooks_median_ratio": null,
+        });
+        let text = super::render_rate(&v);
+        assert!(
+            text.contains("agent timing every exchange 41000 (0.91)")
+                && text.contains("(--timing-sample-above 0): 0.91, below tcpdump in 1 of 1"),
+            "{text}"
+        );
+        assert!(!text.contains("packet hooks only"), "{text}");
     }
 }
