@@ -148,9 +148,7 @@ const _: () = assert!(size_of::<FlowSlot>() == 48);
 #[inline(always)]
 pub fn slot_bucket(words: &[u32; 5], slots: u32) -> u32 {
     let bucket_bits = (slots / 2).trailing_zeros();
-    let port = words[4] & 0xffff;
-    let h =
-        (words[0] ^ words[1] ^ words[2] ^ words[3] ^ (port << 16) ^ port).wrapping_mul(0x9E37_79B1);
+    let h = key_fold(words).wrapping_mul(0x9E37_79B1);
     (h >> (32 - bucket_bits)) * 2
 }
 
@@ -181,10 +179,16 @@ pub fn in_exchange_sample(words: &[u32; 5], shift: u32) -> bool {
     } else {
         shift
     };
-    let port = words[4] & 0xffff;
-    let h =
-        (words[0] ^ words[1] ^ words[2] ^ words[3] ^ (port << 16) ^ port).wrapping_mul(0x85EB_CA6B);
+    let h = key_fold(words).wrapping_mul(0x85EB_CA6B);
     h >> (32 - shift) == 0
+}
+
+/// A key's address words and port folded into one word, which the table's bucket and the
+/// exchange sample each hash with their own multiplier.
+#[inline(always)]
+fn key_fold(words: &[u32; 5]) -> u32 {
+    let port = words[4] & 0xffff;
+    words[0] ^ words[1] ^ words[2] ^ words[3] ^ (port << 16) ^ port
 }
 
 /// Slots of `ARRIVALS`, when forwarded connections are followed (a power of two): SYNs of

@@ -139,7 +139,7 @@ impl TunnelWatch {
             if !seen.insert(p.netns) {
                 continue;
             }
-            if let Some(n) = tunnel::edge_sockets(p.pid).udp_rcvbuf_errors {
+            if let Some(n) = tunnel::udp_rcvbuf_errors(p.pid) {
                 *total.get_or_insert(0) += n;
             }
         }

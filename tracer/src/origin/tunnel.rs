@@ -240,7 +240,7 @@ fn count_edge_sockets(mine: &BTreeSet<u64>, tcp: &[SocketRow], udp: &[SocketRow]
 }
 
 /// `UdpRcvbufErrors` of /proc/PID/net/snmp plus `Udp6RcvbufErrors` of snmp6.
-fn udp_rcvbuf_errors(pid: u32) -> Option<u64> {
+pub fn udp_rcvbuf_errors(pid: u32) -> Option<u64> {
     let v4 = read_bounded(&format!("/proc/{pid}/net/snmp"))
         .ok()
         .and_then(|t| snmp_value(&t, "Udp", "RcvbufErrors"));
